@@ -1,0 +1,118 @@
+"""Class-conditional DiT backbones through diffusers: DiT-XL/2 with the SD VAE, or the harness's pixel DiT.
+
+Both are a `DiTTransformer2DModel` + an optional `AutoencoderKL` + a scheduler config, stored the way the
+hub stores `facebook/DiT-XL-2-256` (subfolders transformer/, vae/, scheduler/), so the harness's own
+trained backbone loads through exactly the code path a user's pretrained one does.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+
+
+class DiTBackbone(torch.nn.Module):
+    def __init__(self, transformer: DiTTransformer2DModel, scheduler: DDIMScheduler,
+                 vae: AutoencoderKL | None = None, clip_sample: bool | None = None):
+        super().__init__()
+        self.transformer, self.vae, self.scheduler = transformer, vae, scheduler
+        cfg = transformer.config
+        self.num_classes = int(cfg.num_embeds_ada_norm)
+        # diffusers' LabelEmbedding keeps one extra row for the dropped ("null") label when trained with CFG.
+        self.null_class = self.num_classes
+        self.latent_channels = int(cfg.in_channels)
+        self.latent_size = int(cfg.sample_size)
+        self.image_channels = self.latent_channels if vae is None else int(vae.config.in_channels)
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_size = self.latent_size * self.vae_scale
+        self.scaling_factor = float(vae.config.scaling_factor) if vae is not None else 1.0
+        # Pixel-space samples live in [-1, 1]: clipping x0 keeps high guidance from saturating them.
+        self.clip_sample = (vae is None) if clip_sample is None else clip_sample
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.latent_size, self.latent_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (N, C, H, W) → latents. The posterior mean, so encoding is deterministic."""
+        x = images.to(self.device, torch.float32) * 2 - 1
+        if self.vae is None:
+            return x
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.encode(x.to(dtype)).latent_dist.mean.float() * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → images in [0, 1]."""
+        if self.vae is None:
+            x = latents
+        else:
+            dtype = next(self.vae.parameters()).dtype
+            x = self.vae.decode((latents / self.scaling_factor).to(dtype)).sample.float()
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Noise prediction for class `labels` (`null_class` = unconditional)."""
+        t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
+        labels = torch.as_tensor(labels, device=x_t.device).long().expand(x_t.shape[0])
+        dtype = next(self.transformer.parameters()).dtype
+        out = self.transformer(x_t.to(dtype), timestep=t, class_labels=labels).sample.float()
+        # DiT-XL/2 also predicts a variance (learn_sigma): its first channels are the noise.
+        return out[:, : self.latent_channels]
+
+    def eps_cfg(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+        """Classifier-free guidance: eps_null + scale · (eps_cond − eps_null), both in one batch."""
+        if scale == 1.0:
+            return self.eps(x_t, t, labels)
+        n = x_t.shape[0]
+        null = torch.full((n,), self.null_class, device=x_t.device, dtype=torch.long)
+        labels = torch.as_tensor(labels, device=x_t.device).long().expand(n)
+        t = torch.as_tensor(t, device=x_t.device).expand(n)
+        both = self.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+        cond, uncond = both[:n], both[n:]
+        return uncond + scale * (cond - uncond)
+
+
+def _hub_kwargs() -> dict:
+    # Users on clusters without network set HF_HUB_OFFLINE=1; a local directory never needs the network.
+    return {"local_files_only": os.environ.get("HF_HUB_OFFLINE", "0") == "1"}
+
+
+def load_dit_backbone(path_or_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                      vae: str | Path | None = "subfolder") -> DiTBackbone:
+    """Load transformer/ (+ vae/) + scheduler/ from a hub id or a local directory.
+
+    `vae="subfolder"` takes vae/ beside the transformer when present (DiT-XL-2-256 ships one); a path or
+    hub id loads a separate VAE (e.g. stabilityai/sd-vae-ft-ema); None means a pixel-space model.
+    """
+    src = str(path_or_id)
+    kw = _hub_kwargs()
+    transformer = DiTTransformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=dtype, **kw)
+    scheduler = DDIMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
+    autoencoder = None
+    if vae == "subfolder":
+        local = Path(src)
+        if not local.exists() or (local / "vae").is_dir():
+            autoencoder = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype, **kw)
+    elif vae is not None:
+        autoencoder = AutoencoderKL.from_pretrained(str(vae), torch_dtype=dtype, **kw)
+    backbone = DiTBackbone(transformer, scheduler, autoencoder)
+    return backbone.to(device)
+
+
+def save_dit_backbone(backbone: DiTBackbone, path: Path) -> None:
+    """Write the hub layout that `load_dit_backbone` reads."""
+    path = Path(path)
+    backbone.transformer.save_pretrained(path / "transformer")
+    backbone.scheduler.save_pretrained(path / "scheduler")
+    if backbone.vae is not None:
+        backbone.vae.save_pretrained(path / "vae")

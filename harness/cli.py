@@ -1,0 +1,118 @@
+"""`python benchmark.py --suite NAME` / `ddbench --suite NAME`: suite → prepare → distill → evaluate → leaderboard."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .data import DataError, load_real_data
+from .suite import SuiteError, load_suite
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"ddbench: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ddbench", description=__doc__)
+    p.add_argument("--suite", default="fashion-mnist", help="a suite name in benchmarks/ or a YAML path")
+    p.add_argument("--out", default="runs", type=Path, help="all outputs of the run (default: runs/)")
+    p.add_argument("--methods", help="comma-separated methods (default: the suite's)")
+    p.add_argument("--ipc", type=_int_list, help="comma-separated IPCs (default: the suite's)")
+    p.add_argument("--seeds", type=_positive, help="student seeds per setting (default: the suite's)")
+    p.add_argument("--profile", default="full", help="quick or full (default: full)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--no-check", action="store_true", help="skip the backbone check")
+    return p
+
+
+def fail(message: str) -> None:
+    print(f"ddbench: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides = {}
+    if args.ipc:
+        overrides["ipcs"] = args.ipc
+    if args.seeds:
+        overrides["seeds"] = args.seeds
+    try:
+        suite = load_suite(args.suite, args.profile, overrides)
+        methods = list(suite.methods)
+        if args.methods:
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            unknown = [m for m in methods if m not in suite.methods]
+            if unknown:
+                raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(unknown)}, "
+                                 f"not in the suite (it has: {', '.join(suite.methods)})")
+        real = load_real_data(suite.data)
+    except (SuiteError, DataError) as e:
+        fail(str(e))
+    return run(suite, real, methods, args.out, args.address, check=not args.no_check)
+
+
+def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True) -> int:
+    import ray
+
+    from .distill import distill, plan
+    from .evaluate import evaluate
+    from .leaderboard import render
+    from .prepare import prepare
+    from .store import ResultStore
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    print(f"[suite] {suite.name}: {len(methods)} methods × IPC {suite.ipcs} × {len(suite.students)} students × "
+          f"{len(suite.protocols)} protocols × {suite.seeds} seeds → {out}", flush=True)
+    prepared = prepare(suite, real, out, check=check)
+
+    def connect():  # only when there is work: a rerun with everything cached never starts Ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     num_cpus=None if address else os.cpu_count())
+
+    jobs = plan(suite, prepared, out, methods, suite.ipcs)
+    manifests = distill(suite, real, prepared, jobs, connect)
+    store = ResultStore(out / "results" / f"{suite.name}.jsonl")
+    evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect)
+    notes = [f"teacher: {suite.teacher.arch}" + (f", test accuracy {prepared.teacher_test_accuracy:.1%}"
+                                                  if prepared.teacher_test_accuracy is not None else "")]
+    if prepared.backbone_check:
+        c = prepared.backbone_check
+        notes.append(f"backbone check: the teacher agrees with the conditioning class on {c['agreement']:.1%} of "
+                     f"{c['samples']} samples (cfg {c['cfg_scale']}, {c['steps']} DDIM steps)")
+    notes.append("protocols: " + "; ".join(f"{k}: epochs by IPC {v.epochs}" for k, v in suite.protocols.items()))
+    current = {(m["method"], m["config_hash"]) for m in manifests}
+    md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes)
+    print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(md.read_text(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Distill: run every (method, IPC) of a suite, one class per shard, on Ray actors.
+
+Actors hold the backbone and the teacher (one actor per GPU where there are GPUs, else one single-threaded
+actor per core) and take shards from the driver. A shard — (method, config hash, IPC, class) — is written to
+a temporary folder and renamed into place, so an interrupted run leaves either a whole shard or none, and
+a rerun skips whole shards. Each shard's seed comes from its identity, so a resumed run makes the same
+images as an uninterrupted one. A finished set is an ImageFolder of PNGs plus manifest.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from methods import get_method
+from methods.base import ClassTask
+
+from .data import RealData, load_real_data
+from .prepare import Prepared
+from .suite import Suite, config_hash
+
+
+@dataclass
+class DistillJob:
+    """One (method, IPC) set and where it goes."""
+    method: str
+    config: dict
+    config_hash: str
+    ipc: int
+    path: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def done(self) -> bool:
+        return self.manifest_path.exists()
+
+
+def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, str]:
+    """The method's config and a hash of everything that decides its images."""
+    cls = get_method(name)
+    config = dataclasses.asdict(suite.method_config(name))
+    ident = {"method": name, "config": config, "seed": suite.seed, "image_size": suite.data.image_size}
+    if cls.uses_backbone:
+        ident["backbone"] = prepared.backbone_hash
+    if cls.uses_teacher:
+        ident["teacher"] = prepared.teacher_hash
+    return config, config_hash(ident)
+
+
+def shard_seed(suite_seed: int, method: str, cfg_hash: str, ipc: int, class_key: str) -> int:
+    digest = hashlib.sha256(f"{suite_seed}/{method}/{cfg_hash}/{ipc}/{class_key}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def plan(suite: Suite, prepared: Prepared, out: Path, methods: list[str], ipcs: list[int]) -> list[DistillJob]:
+    jobs = []
+    for name in methods:
+        config, h = method_identity(suite, prepared, name)
+        for ipc in ipcs:
+            jobs.append(DistillJob(name, config, h, ipc, out / "distilled" / suite.name / name / h / f"ipc{ipc}"))
+    return jobs
+
+
+def versions() -> dict:
+    import diffusers
+    import timm
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "timm": timm.__version__,
+            "python": platform.python_version()}
+
+
+def save_images(images: torch.Tensor, folder: Path) -> None:
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i, a in enumerate(arr):
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(folder / f"{i:04d}.png", optimize=False)
+
+
+def load_distilled(path: Path, classes: list[str], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read an ImageFolder distilled set back as uint8 images and labels in the suite's class order."""
+    images, labels = [], []
+    for label, key in enumerate(classes):
+        for f in sorted((path / key).glob("*.png")):
+            with Image.open(f) as img:
+                a = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+            images.append(torch.from_numpy(a.copy()).reshape(a.shape[0], a.shape[1], -1).permute(2, 0, 1))
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+
+
+class ShardWorker:
+    """Holds the models; distils one class at a time. Used in-process or as a Ray actor."""
+
+    def __init__(self, suite: Suite, prepared: Prepared, device: str = "cpu", threads: int | None = None,
+                 real: RealData | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.suite, self.prepared, self.device = suite, prepared, device
+        self.real = real if real is not None else load_real_data(suite.data)
+        self._backbone = self._teacher = None
+        self._methods: dict[str, object] = {}
+
+    def _method(self, name: str):
+        if name not in self._methods:
+            cls = get_method(name)
+            if cls.uses_backbone and self._backbone is None:
+                self._backbone = self.prepared.load_backbone(self.suite, self.device)
+            if cls.uses_teacher and self._teacher is None:
+                self._teacher = self.prepared.load_teacher(self.suite, self.real.classes, self.device)
+            self._methods[name] = cls(self.suite.method_config(name), self._backbone, self._teacher, self.device)
+        return self._methods[name]
+
+    def run_shard(self, job: DistillJob, label: int) -> dict:
+        key = self.real.classes[label]
+        final = job.path / key
+        if (final / "shard.json").exists():  # another attempt already finished it
+            return json.loads((final / "shard.json").read_text())
+        method = self._method(job.method)
+        seed = shard_seed(self.suite.seed, job.method, job.config_hash, job.ipc, key)
+        real = self.real.train.class_images(label) if type(method).uses_real else None
+        task = ClassTask(label, key, job.ipc, seed, real, len(self.real.classes), self.real.image_size,
+                         self.real.channels)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        images = method.distill_class(task)
+        seconds = time.perf_counter() - t0
+        expected = (job.ipc, self.real.channels, self.real.image_size, self.real.image_size)
+        if tuple(images.shape) != expected:
+            raise RuntimeError(f"{job.method} returned {tuple(images.shape)} for class {key}, expected {expected}")
+        if torch.cuda.is_available():
+            peak, peak_kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
+        else:
+            peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss"
+        stats = {"class": key, "label": label, "seed": seed, "seconds": seconds, "images": job.ipc,
+                 "peak_memory_bytes": int(peak), "peak_memory_kind": peak_kind}
+        tmp = job.path / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_images(images, tmp)
+        (tmp / "shard.json").write_text(json.dumps(stats))
+        try:
+            os.rename(tmp, final)
+        except OSError:  # a concurrent attempt won the race; its shard is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+        return stats
+
+
+def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: list[str]) -> dict:
+    shards = [json.loads((job.path / k / "shard.json").read_text()) for k in classes]
+    images = sum(s["images"] for s in shards)
+    seconds = sum(s["seconds"] for s in shards)
+    manifest = {
+        "suite": suite.name, "method": job.method, "config": job.config, "config_hash": job.config_hash,
+        "ipc": job.ipc, "classes": classes, "seeds": {s["class"]: s["seed"] for s in shards},
+        "images": images, "distill_seconds": seconds, "seconds_per_image": seconds / max(images, 1),
+        "peak_memory_bytes": max(s["peak_memory_bytes"] for s in shards),
+        "peak_memory_kind": shards[0]["peak_memory_kind"],
+        "backbone": prepared.backbone_hash if get_method(job.method).uses_backbone else None,
+        "teacher": prepared.teacher_hash if get_method(job.method).uses_teacher else None,
+        "backbone_check": prepared.backbone_check, "versions": versions(),
+    }
+    tmp = job.manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, job.manifest_path)
+    return manifest
+
+
+def _actor_count_and_options(pending: int) -> tuple[int, dict, str, int]:
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return min(gpus, pending), {"num_gpus": 1, "num_cpus": 1}, "cuda", 4
+    cpus = max(1, int(resources.get("CPU", 1)))
+    return min(cpus, pending), {"num_cpus": 1}, "cpu", 1
+
+
+def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[DistillJob], connect) -> list[dict]:
+    """Make every job's set on Ray actors; returns the manifests (existing ones are read, not redone).
+
+    `connect()` starts or joins the Ray cluster; it is called only if some shard is missing.
+    """
+    import ray
+
+    shards = [(job, label) for job in jobs if not job.done() for label, key in enumerate(real.classes)
+              if not (job.path / key / "shard.json").exists()]
+    done_before = sum(len(real.classes) for job in jobs) - len(shards)
+    print(f"[distill] {len(jobs)} sets, {len(shards)} shards to make ({done_before} already on disk)", flush=True)
+    if shards:
+        connect()
+        n, options, device, threads = _actor_count_and_options(len(shards))
+        Actor = ray.remote(**options)(ShardWorker)
+        suite_ref, prepared_ref = ray.put(suite), ray.put(prepared)
+        actors = [Actor.remote(suite_ref, prepared_ref, device, threads) for _ in range(n)]
+        queue = list(shards)
+        in_flight = {}
+        for actor in actors:
+            if queue:
+                job, label = queue.pop(0)
+                in_flight[actor.run_shard.remote(job, label)] = actor
+        bar = tqdm(total=len(shards), desc=f"[distill] shards on {n} {device} actor(s)", mininterval=2)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            actor = in_flight.pop(ready[0])
+            ray.get(ready[0])  # re-raises a method's error here, with its traceback
+            bar.update(1)
+            if queue:
+                job, label = queue.pop(0)
+                in_flight[actor.run_shard.remote(job, label)] = actor
+        bar.close()
+        for actor in actors:
+            ray.kill(actor)
+    manifests = []
+    for job in jobs:
+        if not job.done():
+            write_manifest(job, suite, prepared, real.classes)
+        manifest = json.loads(job.manifest_path.read_text())
+        manifest["path"] = str(job.path)  # where this run keeps it; not stored, so a set can be moved
+        manifests.append(manifest)
+    return manifests

@@ -1,0 +1,79 @@
+"""Leaderboard: the result store's rows, aggregated over seeds, as Markdown and CSV.
+
+Only rows of the configurations the suite defines now are shown (an old config's rows stay in the store
+but would mix two experiments). Rows copied from papers carry kind "reported" and are never averaged with
+measured ones.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+GROUP = ["method", "config_hash", "ipc", "student", "protocol"]
+
+
+def aggregate(rows: list[dict], current: set[tuple[str, str]] | None = None) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    if "kind" in df:
+        df = df[df["kind"] == "measured"]
+    if current is not None:
+        df = df[[(m, h) in current for m, h in zip(df["method"], df["config_hash"])]]
+    if df.empty:
+        return df
+    g = df.groupby(GROUP, sort=False)
+    out = g.agg(mean=("accuracy", "mean"), std=("accuracy", lambda a: a.std(ddof=1) if len(a) > 1 else 0.0),
+                seeds=("seed", "nunique"), train_seconds=("train_seconds", "mean"),
+                seconds_per_image=("distill_seconds_per_image", "first"),
+                peak_memory_mb=("peak_memory_bytes", lambda b: b.iloc[0] / 2**20)).reset_index()
+    return out
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})"
+
+
+def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path, method_order: list[str],
+           notes: list[str]) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(rows, current)
+    csv_path, md_path = out_dir / f"{suite.name}.csv", out_dir / f"{suite.name}.md"
+    agg.to_csv(csv_path, index=False, float_format="%.5f")
+    lines = [f"# {suite.name}", "",
+             "Test accuracy (%) on the real held-out test set, mean ± sample std over student seeds "
+             "(number of seeds in brackets); all rows measured by ddbench, none reported from papers.", ""]
+    lines += [f"- {n}" for n in notes] + [""]
+    if agg.empty:
+        lines.append("No results yet.")
+    else:
+        ipcs = sorted(agg["ipc"].unique())
+        order = {m: i for i, m in enumerate(method_order)}
+        for (student, protocol), part in agg.groupby(["student", "protocol"], sort=False):
+            lines += [f"## {student}, {protocol}", "", "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
+                      "|---|" + "---|" * len(ipcs)]
+            for method in sorted(part["method"].unique(), key=lambda m: order.get(m, math.inf)):
+                cells = []
+                for ipc in ipcs:
+                    r = part[(part["method"] == method) & (part["ipc"] == ipc)]
+                    cells.append(_cell(r["mean"].iloc[0], r["std"].iloc[0], r["seeds"].iloc[0]) if len(r) else "–")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += ["## Cost of distillation", "",
+                  "Seconds per distilled image and peak memory of the process that made it (CPU: process peak "
+                  "RSS; GPU: peak allocated CUDA memory).", "",
+                  "| method | " + " | ".join(f"IPC {i} s/img" for i in ipcs) + " | peak memory (MB) |",
+                  "|---|" + "---|" * (len(ipcs) + 1)]
+        cost = agg.drop_duplicates(["method", "ipc"])
+        for method in sorted(cost["method"].unique(), key=lambda m: order.get(m, math.inf)):
+            part = cost[cost["method"] == method]
+            cells = []
+            for ipc in ipcs:
+                r = part[part["ipc"] == ipc]
+                cells.append(f"{r['seconds_per_image'].iloc[0]:.3f}" if len(r) else "–")
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {part['peak_memory_mb'].max():.0f} |")
+        lines.append("")
+    md_path.write_text("\n".join(lines))
+    return md_path, csv_path

@@ -1,0 +1,150 @@
+"""Prepare: what a suite needs before any method runs — the diffusion backbone and the teacher — and the
+backbone check (does the teacher recognise the backbone's samples as their conditioning class?).
+
+Everything is content-addressed: the key is a hash of the config and of the training data, so the same
+suite reuses what an earlier run (or the repository's committed `weights/`) already made.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .backbones import ddim_sample, load_dit_backbone
+from .backbones.pixel_dit import train_pixel_dit
+from .data import RealData
+from .suite import CLASSES_DIR, Suite, config_hash, read_class_list
+from .teachers import Teacher, accuracy, load_timm_teacher, load_trained_teacher, train_teacher
+
+REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Prepared:
+    """Where the prepared artefacts are, and their identities (hashes) for downstream cache keys."""
+    backbone_source: str       # local directory or hub id
+    backbone_hash: str
+    teacher_source: str        # a trained teacher file, or a timm weights spec
+    teacher_hash: str
+    teacher_test_accuracy: float | None
+    backbone_check: dict | None
+
+    def load_backbone(self, suite: Suite, device="cpu"):
+        vae = suite.backbone.vae if suite.backbone.kind == "dit" else None
+        return load_dit_backbone(self.backbone_source, device=device, dtype=DTYPES[suite.backbone.dtype], vae=vae)
+
+    def load_teacher(self, suite: Suite, real_classes: list[str], device="cpu") -> Teacher:
+        if suite.teacher.kind == "trained":
+            return load_trained_teacher(Path(self.teacher_source), device)
+        model_classes = read_class_list(CLASSES_DIR / f"{suite.teacher.classes}.txt")
+        return load_timm_teacher(suite.teacher.arch, suite.teacher.weights, real_classes, model_classes,
+                                 suite.teacher.input_size, device)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
+    """The committed copy in weights/<suite>/ if there is one, else the run's own cache."""
+    committed = REPO_WEIGHTS / suite.name / name
+    return committed if committed.exists() else out / "cache" / name
+
+
+def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]:
+    if suite.backbone.kind == "dit":
+        return suite.backbone.pretrained, config_hash({"pretrained": suite.backbone.pretrained,
+                                                       "vae": suite.backbone.vae, "dtype": suite.backbone.dtype})
+    key = config_hash({"kind": "pixel-dit", "train": asdict(suite.backbone.train), "data": real.train.fingerprint(),
+                       "classes": real.classes})
+    name = f"backbone-{key}"
+    where = _cached_dir(out, suite, name)
+    model_dir = where / "model"
+    if (model_dir / "transformer" / "config.json").exists():
+        _log(f"[prepare] backbone: pixel DiT {key} from {where}")
+        return str(model_dir), key
+    _log(f"[prepare] backbone: training pixel DiT {key} ({suite.backbone.train.steps} steps; resumes if interrupted)")
+    images = real.train.load(torch.arange(len(real.train)))
+    tmp = where / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    train_pixel_dit(images, real.train.labels, len(real.classes), suite.backbone.train, tmp, where / "work")
+    os.replace(tmp, model_dir)
+    return str(model_dir), key
+
+
+def prepare_teacher(suite: Suite, real: RealData, out: Path) -> tuple[str, str, float | None]:
+    t = suite.teacher
+    if t.kind == "timm":
+        return t.weights or "", config_hash({"arch": t.arch, "weights": t.weights, "classes": t.classes}), None
+    key = config_hash({"kind": "trained", "train": asdict(t.train), "arch": t.arch,
+                       "data": real.train.fingerprint(), "classes": real.classes})
+    where = _cached_dir(out, suite, f"teacher-{key}")
+    path = where / "teacher.pt"
+    if not path.exists():
+        _log(f"[prepare] teacher: training {t.arch} {key}")
+        where.mkdir(parents=True, exist_ok=True)
+        train_teacher(real.train.load(torch.arange(len(real.train))), real.train.labels, len(real.classes),
+                      t.arch, t.train, path)
+    teacher = load_trained_teacher(path)
+    acc = accuracy(teacher, real.test.load(torch.arange(len(real.test))), real.test.labels)
+    _log(f"[prepare] teacher: {t.arch} {key}, test accuracy {acc:.2%}")
+    return str(path), key, acc
+
+
+@torch.no_grad()
+def backbone_check(backbone, teacher: Teacher, num_classes: int, per_class: int, cfg_scale: float, steps: int,
+                   seed: int = 0, batch_size: int = 100) -> dict:
+    """Sample `per_class` images per class and count how many the teacher assigns to their condition."""
+    agree, total = torch.zeros(num_classes), 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=num_classes * per_class, desc="[prepare] backbone check", mininterval=5)
+    for c in range(num_classes):
+        g = torch.Generator().manual_seed(seed * 100_003 + c)
+        noise = torch.randn((per_class, *backbone.latent_shape), generator=g)
+        for i in range(0, per_class, batch_size):
+            z = ddim_sample(backbone, noise[i:i + batch_size].to(backbone.device), c, steps, cfg_scale)
+            pred = teacher(backbone.decode(z)).argmax(1).cpu()
+            agree[c] += (pred == c).sum()
+            total += len(pred)
+            bar.update(len(pred))
+    bar.close()
+    per_class_rate = (agree / per_class).tolist()
+    return {"agreement": float(agree.sum() / total), "per_class": per_class_rate, "samples": total,
+            "cfg_scale": cfg_scale, "steps": steps, "seconds": time.perf_counter() - t0}
+
+
+def prepare(suite: Suite, real: RealData, out: Path, check: bool = True) -> Prepared:
+    out = Path(out)
+    backbone_source, backbone_hash = prepare_backbone(suite, real, out)
+    teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out)
+    result = None
+    if check:
+        b = suite.backbone
+        key = config_hash([backbone_hash, teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
+        path = out / "cache" / f"backbone-check-{key}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+        else:
+            prepared = Prepared(backbone_source, backbone_hash, teacher_source, teacher_hash, teacher_acc, None)
+            backbone = prepared.load_backbone(suite)
+            teacher = prepared.load_teacher(suite, real.classes)
+            result = backbone_check(backbone, teacher, len(real.classes), b.check_per_class, b.check_cfg_scale,
+                                    b.check_steps)
+            result["min_agreement"] = b.check_min_agreement
+            result["passed"] = result["agreement"] >= b.check_min_agreement
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1))
+            os.replace(tmp, path)
+        verdict = "passes" if result["passed"] else "FAILS"
+        _log(f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
+             f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
+             f"{verdict} the suite's minimum {result['min_agreement']:.0%}")
+    return Prepared(backbone_source, backbone_hash, teacher_source, teacher_hash, teacher_acc, result)

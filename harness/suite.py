@@ -1,0 +1,298 @@
+"""Suites: a YAML file says what to benchmark; `load_suite` turns it into checked dataclasses.
+
+Every field is checked on load (name, type, range, files that must exist, known methods and students), so a
+mistake costs one clear line — `benchmarks/x.yaml: data.root: ...` — not a traceback an hour into a run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .backbones.pixel_dit import PixelDiTConfig
+from .evaluate import HardLabelConfig
+from .teachers import TeacherTrainConfig
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+CLASSES_DIR = Path(__file__).resolve().parent / "classes"
+
+
+class SuiteError(Exception):
+    """A suite file is wrong; the message is one line naming the file and the field."""
+
+
+@dataclass
+class DataConfig:
+    format: str                      # "idx" (Fashion-MNIST files) or "imagefolder" (ImageNet layout)
+    root: str
+    image_size: int = 28
+    val_per_class: int = 500         # carved from the training set, for hyperparameter search only
+    val_seed: int = 0
+    classes: str | None = None       # a class list in harness/classes/ (by name) or a file path
+    train_dir: str = "train"
+    test_dir: str = "val"
+    max_train_per_class: int | None = None
+
+    def class_list_path(self) -> Path:
+        p = Path(self.classes)
+        return p if p.suffix == ".txt" else CLASSES_DIR / f"{self.classes}.txt"
+
+    def class_keys(self) -> list[str]:
+        return read_class_list(self.class_list_path())
+
+    def class_names(self) -> list[str]:
+        names = self.class_list_path().with_suffix(".names.txt")
+        return read_class_list(names) if names.exists() else self.class_keys()
+
+
+@dataclass
+class BackboneConfig:
+    kind: str                              # "pixel-dit" (trained by prepare) or "dit" (pretrained)
+    pretrained: str | None = None          # hub id or local directory (kind: dit)
+    vae: str | None = "subfolder"          # "subfolder", a hub id / directory, or null
+    dtype: str = "float32"
+    train: PixelDiTConfig = field(default_factory=PixelDiTConfig)  # kind: pixel-dit
+    check_per_class: int = 100             # the backbone check: teacher agreement on fresh samples
+    check_min_agreement: float = 0.75
+    check_cfg_scale: float = 4.0
+    check_steps: int = 50
+
+
+@dataclass
+class TeacherConfig:
+    kind: str                              # "trained" (by prepare) or "timm" (pretrained on ImageNet-1k)
+    arch: str = "convnet3"
+    weights: str | None = None             # timm tag / hub id, or a local file (kind: timm)
+    classes: str = "imagenet-1k"           # the WNIDs of the pretrained model's outputs, in order
+    input_size: int = 224
+    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+
+
+@dataclass
+class Suite:
+    name: str
+    data: DataConfig
+    backbone: BackboneConfig
+    teacher: TeacherConfig
+    methods: dict[str, dict] = field(default_factory=dict)
+    ipcs: list[int] = field(default_factory=lambda: [1, 10, 50])
+    students: list[str] = field(default_factory=lambda: ["convnet3"])
+    protocols: dict[str, HardLabelConfig] = field(default_factory=lambda: {"hard-label": HardLabelConfig()})
+    seeds: int = 3
+    seed: int = 0                          # the distillation seed
+    profiles: dict[str, dict] = field(default_factory=dict)
+    source: str = ""
+
+    def method_config(self, name: str):
+        from methods import get_method
+
+        cls = get_method(name)
+        return build(cls.Config, self.methods.get(name) or {}, f"methods.{name}", self.source)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides results (not paths, not profiles)."""
+        d = dataclasses.asdict(self)
+        for k in ("profiles", "source"):
+            d.pop(k)
+        d["data"].pop("root")
+        return config_hash(d)
+
+
+def config_hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def read_class_list(path: Path) -> list[str]:
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (list, dict):
+        return "a list" if origin is list else "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value, tp, where: str, source: str):
+    """Check `value` against the annotation `tp`; returns the (possibly built) value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where, source)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where, source)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise SuiteError(f"{source}: {where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise SuiteError(f"{source}: {where}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, f"{where} key", source): _coerce(v, val_tp, f"{where}.{k}", source)
+                for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise SuiteError(f"{source}: {where}: expected {_describe(tp)}, got {value!r}")
+    return value
+
+
+def build(cls, raw, where: str, source: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown, missing and mistyped fields."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{source}: {where or 'top level'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{where}." if where else ""
+    for key in raw:
+        if key not in fields:
+            raise SuiteError(f"{source}: {prefix}{key}: unknown field (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], prefix + name, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SuiteError(f"{source}: {prefix}{name}: missing (required)")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SuiteError(f"{source}: {where or 'top level'}: {e}") from None
+
+
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def _expand_env(value):
+    """`${VAR}` / `${VAR:-default}` in strings, so a suite can point at data without being edited."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    return value
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return BENCHMARKS_DIR / f"{name_or_path}.yaml"
+
+
+def load_suite(name_or_path: str, profile: str = "full", overrides: dict | None = None,
+               check_files: bool = True) -> Suite:
+    """Load, merge the profile and CLI overrides, and check a suite. Raises SuiteError (one line)."""
+    path = resolve_suite_path(name_or_path)
+    source = str(path)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in BENCHMARKS_DIR.glob("*.yaml")))
+        raise SuiteError(f"{source}: no such suite file (suites in benchmarks/: {known})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SuiteError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{source}: top level: expected a mapping")
+    profiles = raw.get("profiles") or {}
+    if profile != "full":
+        if profile not in profiles:
+            raise SuiteError(f"{source}: profiles.{profile}: no such profile (have: full, {', '.join(profiles)})")
+        raw = _merge(raw, profiles[profile])
+    raw = _expand_env(_merge(raw, overrides or {}))
+    suite = build(Suite, raw, "", source)
+    suite.source = source
+    _check(suite, source, check_files)
+    return suite
+
+
+def _check(s: Suite, source: str, check_files: bool) -> None:
+    from methods import get_method, list_methods
+
+    from .students import is_student
+
+    def fail(where, msg):
+        raise SuiteError(f"{source}: {where}: {msg}")
+
+    if s.data.format not in ("idx", "imagefolder"):
+        fail("data.format", f"must be idx or imagefolder, got {s.data.format!r}")
+    if s.data.format == "imagefolder":
+        if not s.data.classes:
+            fail("data.classes", "required for imagefolder data: a class list such as imagenette")
+        if not s.data.class_list_path().is_file():
+            fail("data.classes", f"class list {s.data.class_list_path()} not found")
+    if s.data.image_size < 8:
+        fail("data.image_size", f"must be at least 8, got {s.data.image_size}")
+    if s.data.val_per_class < 1:
+        fail("data.val_per_class", "must be at least 1")
+    if check_files:
+        root = Path(s.data.root)
+        if not root.is_dir():
+            hint = ("install it with `apt-get install -y dataset-fashion-mnist`" if s.data.format == "idx"
+                    else "point data.root at an ImageNet-style folder (train/<wnid>/..., val/<wnid>/...)")
+            fail("data.root", f"{root} does not exist; {hint}")
+    if s.backbone.kind not in ("pixel-dit", "dit"):
+        fail("backbone.kind", f"must be pixel-dit or dit, got {s.backbone.kind!r}")
+    if s.backbone.kind == "dit" and not s.backbone.pretrained:
+        fail("backbone.pretrained", "required for kind dit: a hub id or a local directory")
+    if s.backbone.dtype not in ("float32", "float16", "bfloat16"):
+        fail("backbone.dtype", f"must be float32, float16 or bfloat16, got {s.backbone.dtype!r}")
+    if not 0 <= s.backbone.check_min_agreement <= 1:
+        fail("backbone.check_min_agreement", "must be a fraction in [0, 1]")
+    if s.teacher.kind not in ("trained", "timm"):
+        fail("teacher.kind", f"must be trained or timm, got {s.teacher.kind!r}")
+    if not is_student(s.teacher.arch) and s.teacher.kind == "trained":
+        fail("teacher.arch", f"unknown architecture {s.teacher.arch!r}")
+    if s.teacher.kind == "timm" and not (CLASSES_DIR / f"{s.teacher.classes}.txt").is_file():
+        fail("teacher.classes", f"class list {s.teacher.classes!r} not found in {CLASSES_DIR}")
+    if not s.ipcs or any(i < 1 for i in s.ipcs):
+        fail("ipcs", f"must be a non-empty list of positive integers, got {s.ipcs}")
+    if s.seeds < 1:
+        fail("seeds", f"must be at least 1, got {s.seeds}")
+    if not s.methods:
+        fail("methods", "no methods listed")
+    for name in s.methods:
+        try:
+            get_method(name)
+        except KeyError:
+            fail(f"methods.{name}", f"unknown method (known: {', '.join(list_methods())})")
+        s.method_config(name)
+    for i, student in enumerate(s.students):
+        if not is_student(student):
+            fail(f"students[{i}]", f"unknown student {student!r}: not in timm's registry")
+    for name in s.protocols:
+        if name not in ("hard-label",):
+            fail(f"protocols.{name}", "unknown protocol (known: hard-label)")

@@ -1,0 +1,170 @@
+"""Teachers: the classifiers methods use to select, score and relabel images.
+
+A `Teacher` takes images in [0, 1] at any size, resizes and normalises them for its network, and gives
+logits over the suite's classes (in the suite's class order) or pooled features. For the ImageNet family
+it is a timm model pretrained on ImageNet-1k whose 1,000 outputs are picked by WNID — the alignment check
+that keeps a class-order mismatch from silently costing 30 points. For datasets without a public model,
+`prepare` trains one with `train_teacher`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .students import create_student
+
+
+class Teacher(nn.Module):
+    def __init__(self, model: nn.Module, input_size: int, in_chans: int, mean, std,
+                 class_indices: list[int] | None = None):
+        super().__init__()
+        self.model, self.input_size, self.in_chans = model, input_size, in_chans
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("class_indices",
+                             torch.tensor(class_indices if class_indices is not None else [], dtype=torch.long))
+        self.requires_grad_(False)
+        self.eval()
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.mean.device, torch.float32)
+        if x.shape[1] != self.in_chans:  # grey data for an RGB teacher, or the reverse
+            x = x.expand(-1, self.in_chans, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over the suite's classes for images in [0, 1]."""
+        logits = self.model(self.prepare_input(x))
+        return logits[:, self.class_indices] if len(self.class_indices) else logits
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features for images in [0, 1]."""
+        feats = self.model.forward_features(self.prepare_input(x))
+        return self.model.forward_head(feats, pre_logits=True)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        return torch.cat([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig:
+    width: int = 64
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random shift by up to `pad` pixels and horizontal flip, on a whole batch at once."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def train_teacher(images: torch.Tensor, labels: torch.Tensor, num_classes: int, arch: str,
+                  cfg: TeacherTrainConfig, out_path: Path, progress: bool = True) -> Teacher:
+    """Train a classifier from scratch on uint8 images; saves a state dict + meta to `out_path`."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    in_chans, size = images.shape[1], images.shape[-1]
+    mean = [images.float().div(255).mean().item()] * in_chans
+    std = [images.float().div(255).std().item()] * in_chans
+    model = create_student(arch, num_classes, in_chans, size, width=cfg.width)
+    teacher = Teacher(model, size, in_chans, mean, std)
+    steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    model.train().requires_grad_(True)
+    data = images.float().div(255)
+    bar = tqdm(total=total, desc=f"prepare: train teacher {arch}", disable=not progress, mininterval=5)
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(data), generator=gen)
+        for i in range(0, len(data), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            x = _augment(data[idx], gen)
+            loss = F.cross_entropy(model((x - teacher.mean) / teacher.std), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    teacher.requires_grad_(False).eval()
+    save_teacher(teacher, arch, num_classes, out_path, width=cfg.width)
+    return teacher
+
+
+def save_teacher(teacher: Teacher, arch: str, num_classes: int, path: Path, **kwargs) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"arch": arch, "kwargs": kwargs, "num_classes": num_classes, "in_chans": teacher.in_chans,
+                "input_size": teacher.input_size, "mean": teacher.mean.flatten().tolist(),
+                "std": teacher.std.flatten().tolist(), "state_dict": teacher.model.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_trained_teacher(path: Path, device="cpu") -> Teacher:
+    meta = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_student(meta["arch"], meta["num_classes"], meta["in_chans"], meta["input_size"], **meta["kwargs"])
+    model.load_state_dict(meta["state_dict"])
+    return Teacher(model, meta["input_size"], meta["in_chans"], meta["mean"], meta["std"]).to(device)
+
+
+def load_timm_teacher(arch: str, weights: str | None, suite_classes: list[str], model_classes: list[str],
+                      input_size: int, device="cpu") -> Teacher:
+    """A timm model pretrained on ImageNet-1k, its outputs picked by WNID for the suite's classes.
+
+    `weights` is a hub tag/id (e.g. "timm/resnet18.tv_in1k") or a local file; offline users pass a file.
+    """
+    import timm
+
+    missing = [k for k in suite_classes if k not in model_classes]
+    if missing:
+        raise ValueError(f"teacher {arch} has no output for classes {missing[:5]} (of {len(missing)}): "
+                         f"its class list does not cover the suite's WNIDs")
+    if weights and Path(weights).is_file():
+        model = timm.create_model(arch, pretrained=True, num_classes=len(model_classes),
+                                  pretrained_cfg_overlay={"file": str(weights)})
+    elif weights:  # a timm name with its pretrained tag, e.g. resnet18.tv_in1k (from the hub, or its cache)
+        if weights.split(".")[0] != arch:
+            raise ValueError(f"teacher weights {weights!r} are not for architecture {arch!r}")
+        model = timm.create_model(weights, pretrained=True, num_classes=len(model_classes))
+    else:
+        raise ValueError(f"teacher {arch}: no weights given (a timm tag like {arch}.tv_in1k or a local file)")
+    cfg = model.pretrained_cfg
+    index = {k: i for i, k in enumerate(model_classes)}
+    return Teacher(model, input_size, 3, list(cfg.get("mean", (0.485, 0.456, 0.406))),
+                   list(cfg.get("std", (0.229, 0.224, 0.225))),
+                   class_indices=[index[k] for k in suite_classes]).to(device)
+
+
+@torch.no_grad()
+def accuracy(teacher: Teacher, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    correct = 0
+    for i in range(0, len(images_u8), batch_size):
+        pred = teacher(images_u8[i:i + batch_size].float().div(255)).argmax(1)
+        correct += (pred == labels[i:i + batch_size].to(pred.device)).sum().item()
+    return correct / max(1, len(images_u8))

@@ -1,0 +1,61 @@
+"""What every method is: a config dataclass with the paper's defaults and a per-class distillation step.
+
+Methods are plain torch. They receive the backbone (Backbone protocol), the teacher and the real images of
+one class, and return that class's IPC images in [0, 1]. Orchestration (which class runs where, caching,
+writing) lives in harness/, so a method can be run and tested on its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+@dataclass
+class ClassTask:
+    label: int            # index in the suite's class list
+    key: str              # class key (WNID or name)
+    ipc: int              # images to return
+    seed: int             # derived from (suite seed, method, config, IPC, class): same task → same images
+    real: torch.Tensor | None  # uint8 (N, C, H, W) training images of this class; None if the method needs none
+    num_classes: int
+    image_size: int       # the suite's image size; returned images must have it
+    channels: int
+
+    def generator(self, device="cpu") -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(self.seed)
+
+
+class Method:
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    uses_backbone: ClassVar[bool] = False
+    uses_teacher: ClassVar[bool] = False
+    uses_real: ClassVar[bool] = True
+
+    def __init__(self, config=None, backbone=None, teacher=None, device: str | torch.device = "cpu"):
+        self.config = config if config is not None else self.Config()
+        if self.uses_backbone and backbone is None:
+            raise ValueError(f"method {self.name} needs a diffusion backbone")
+        if self.uses_teacher and teacher is None:
+            raise ValueError(f"method {self.name} needs a teacher")
+        self.backbone, self.teacher, self.device = backbone, teacher, torch.device(device)
+
+    def distill_class(self, task: ClassTask) -> torch.Tensor:
+        """Return `task.ipc` images of class `task.label`, float in [0, 1], shape (ipc, C, H, W)."""
+        raise NotImplementedError
+
+    @classmethod
+    def config_dict(cls, config) -> dict:
+        return dataclasses.asdict(config)
+
+
+def real_as_float(real: torch.Tensor) -> torch.Tensor:
+    return real.float().div(255)
+
+
+@torch.no_grad()
+def teacher_features(teacher, images01: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([teacher.features(images01[i:i + batch_size]) for i in range(0, len(images01), batch_size)])

@@ -1,0 +1,42 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+TINY_SUITE = TESTS / "tiny-suite.yaml"
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+# Tests run single-threaded like the Ray workers, and never touch a model hub.
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_sessionstart(session):
+    if not (FASHION_ROOT / "train-images-idx3-ubyte.gz").exists():
+        pytest.exit("Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist", returncode=2)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster (two CPUs), shared by the tests that need one."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_suite():
+    from harness.suite import load_suite
+
+    return load_suite(str(TINY_SUITE))
+
+
+@pytest.fixture(scope="session")
+def tiny_real(tiny_suite):
+    from harness.data import load_real_data
+
+    return load_real_data(tiny_suite.data)

@@ -1,0 +1,69 @@
+"""Suite loading: the shipped suites load; every kind of mistake is one line naming file and field, exit 2."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.suite import BENCHMARKS_DIR, SuiteError, load_suite
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCHMARKS_DIR.glob("*.yaml")))
+def test_shipped_suites_load(name):
+    suite = load_suite(name, check_files=False)
+    assert suite.name == name
+    assert suite.methods and suite.ipcs and suite.students
+
+
+def test_quick_profile_overrides(tiny_suite):
+    full = load_suite("fashion-mnist")
+    quick = load_suite("fashion-mnist", "quick")
+    assert quick.ipcs == [1, 10] and quick.seeds == 1 and full.ipcs == [1, 10, 50]
+    assert full.fingerprint() != quick.fingerprint()
+
+
+def _write(tmp_path, mutate):
+    raw = yaml.safe_load((BENCHMARKS_DIR / "fashion-mnist.yaml").read_text())
+    mutate(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+BAD = {
+    "unknown field": (lambda r: r["data"].update(colour="red"), "data.colour: unknown field"),
+    "wrong type": (lambda r: r["data"].update(val_per_class="many"), "data.val_per_class: expected an integer"),
+    "missing field": (lambda r: r.pop("teacher"), "teacher: missing"),
+    "missing data": (lambda r: r["data"].update(root="/nonexistent/fmnist"), "data.root: /nonexistent/fmnist does not exist"),
+    "unknown method": (lambda r: r["methods"].update({"magic": {}}), "methods.magic: unknown method"),
+    "bad method option": (lambda r: r["methods"].update({"diffusion": {"cfg": 2}}), "methods.diffusion.cfg: unknown field"),
+    "unknown student": (lambda r: r.update(students=["convnet3", "resnet9000"]), "students[1]: unknown student"),
+    "bad ipc": (lambda r: r.update(ipcs=[0]), "ipcs: must be a non-empty list of positive integers"),
+    "nested type": (lambda r: r["backbone"]["train"].update(lr="fast"), "backbone.train.lr: expected a number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_suite_is_one_line(tmp_path, case):
+    mutate, expected = BAD[case]
+    path = _write(tmp_path, mutate)
+    with pytest.raises(SuiteError) as err:
+        load_suite(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and expected in message and "\n" not in message
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path):
+    path = _write(tmp_path, lambda r: r["data"].update(colour="red"))
+    cases = [["--suite", str(path)], ["--suite", "no-such-suite"], ["--suite", "fashion-mnist", "--ipc", "ten"],
+             ["--suite", "fashion-mnist", "--methods", "magic"], ["--suite", "fashion-mnist", "--profile", "huge"]]
+    for args in cases:
+        proc = subprocess.run([sys.executable, "benchmark.py", *args, "--out", str(tmp_path / "out")], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ddbench: error:"), (args, proc.stderr)
+        assert not (tmp_path / "out").exists()
