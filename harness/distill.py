@@ -173,24 +173,28 @@ def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: l
         "teacher": prepared.teacher_hash if get_method(job.method).uses_teacher else None,
         "backbone_check": prepared.backbone_check, "versions": versions(),
     }
+    for stale in job.path.glob(".*.tmp-*"):  # shards a killed attempt left half-written
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = job.manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, job.manifest_path)
     return manifest
 
 
-def _actor_count_and_options(pending: int) -> tuple[int, dict, str, int]:
+def _actor_count_and_options(pending: int, max_actors: int | None) -> tuple[int, dict, str, int]:
     import ray
 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
+    limit = max_actors or pending
     if gpus:
-        return min(gpus, pending), {"num_gpus": 1, "num_cpus": 1}, "cuda", 4
+        return min(gpus, pending, limit), {"num_gpus": 1, "num_cpus": 1}, "cuda", 4
     cpus = max(1, int(resources.get("CPU", 1)))
-    return min(cpus, pending), {"num_cpus": 1}, "cpu", 1
+    return min(cpus, pending, limit), {"num_cpus": 1}, "cpu", 1
 
 
-def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[DistillJob], connect) -> list[dict]:
+def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[DistillJob], connect,
+            max_actors: int | None = None) -> list[dict]:
     """Make every job's set on Ray actors; returns the manifests (existing ones are read, not redone).
 
     `connect()` starts or joins the Ray cluster; it is called only if some shard is missing.
@@ -203,7 +207,7 @@ def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[Distill
     print(f"[distill] {len(jobs)} sets, {len(shards)} shards to make ({done_before} already on disk)", flush=True)
     if shards:
         connect()
-        n, options, device, threads = _actor_count_and_options(len(shards))
+        n, options, device, threads = _actor_count_and_options(len(shards), max_actors)
         Actor = ray.remote(**options)(ShardWorker)
         suite_ref, prepared_ref = ray.put(suite), ray.put(prepared)
         actors = [Actor.remote(suite_ref, prepared_ref, device, threads) for _ in range(n)]

@@ -22,8 +22,10 @@ from .students import create_student
 @dataclass
 class HardLabelConfig:
     """The hard-label recipe of Minimax / CaO2 (SGD, multistep, CutMix, RRC, flip, colour jitter)."""
-    # Epochs by IPC: the first key >= IPC applies (the reference: ≤10 → 2000, ≤50 → 1500, ≤200 → 1000).
-    epochs: dict[int, int] = field(default_factory=lambda: {10: 2000, 50: 1500, 200: 1000})
+    # Epochs by IPC: the first key >= IPC applies, `epochs_beyond` above every key (Minimax argument.py:
+    # 1 → 3000, ≤10 → 2000, ≤50 → 1500, ≤200 → 1000, ≤500 → 500, else 300).
+    epochs: dict[int, int] = field(default_factory=lambda: {1: 3000, 10: 2000, 50: 1500, 200: 1000, 500: 500})
+    epochs_beyond: int = 300
     batch_size: int = 64
     lr: float = 0.01
     momentum: float = 0.9
@@ -31,7 +33,7 @@ class HardLabelConfig:
     milestones: list[float] = field(default_factory=lambda: [2 / 3, 5 / 6])  # fractions of training
     gamma: float = 0.2
     cutmix_beta: float = 1.0
-    cutmix_prob: float = 0.5
+    cutmix_prob: float = 1.0  # the reference's mix_p for ImageNet (it uses 0.5 for MNIST-like data)
     rrc_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     flip: bool = True
     color_jitter: float = 0.4
@@ -41,7 +43,7 @@ class HardLabelConfig:
         for bound in sorted(self.epochs):
             if ipc <= bound:
                 return self.epochs[bound]
-        return self.epochs[max(self.epochs)]
+        return self.epochs_beyond
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, cfg: HardLabelConfig) -> torch.Tensor:

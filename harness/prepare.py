@@ -6,6 +6,7 @@ suite reuses what an earlier run (or the repository's committed `weights/`) alre
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -53,9 +54,16 @@ def _log(msg: str) -> None:
 
 
 def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
-    """The committed copy in weights/<suite>/ if there is one, else the run's own cache."""
+    """The committed copy in weights/<suite>/ if there is one (checksums verified), else the run's own cache."""
     committed = REPO_WEIGHTS / suite.name / name
-    return committed if committed.exists() else out / "cache" / name
+    if not committed.exists():
+        return out / "cache" / name
+    sums = REPO_WEIGHTS / suite.name / "SHA256SUMS"
+    for line in sums.read_text().splitlines() if sums.exists() else []:
+        digest, rel = line.split(maxsplit=1)
+        if rel.startswith(name + "/") and hashlib.sha256((sums.parent / rel).read_bytes()).hexdigest() != digest:
+            raise RuntimeError(f"committed weights {sums.parent / rel} do not match {sums}: re-fetch the repository")
+    return committed
 
 
 def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]:

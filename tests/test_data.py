@@ -55,3 +55,22 @@ def test_validation_split_is_deterministic_and_disjoint():
     assert not set(train.parent_indices.tolist()) & set(val.parent_indices.tolist())
     _, other = carve_validation(full, 500, seed=1)
     assert not torch.equal(other.parent_indices, val.parent_indices)
+
+
+def test_imagefolder_by_wnid(tmp_path):
+    from PIL import Image
+
+    from harness.data import FolderImageSet
+
+    rng = np.random.default_rng(0)
+    for wnid, n in (("n01440764", 3), ("n02102040", 2), ("n99999999", 1)):
+        (tmp_path / wnid).mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / wnid / f"{i}.JPEG")
+    # Only the listed classes, in the list's order (not the folders' sorted order).
+    ds = FolderImageSet(tmp_path, ["n02102040", "n01440764"], size=16)
+    assert ds.labels.tolist() == [0, 0, 1, 1, 1]
+    imgs = ds.load([0, 4])
+    assert imgs.shape == (2, 3, 16, 16) and imgs.dtype == torch.uint8
+    with pytest.raises(DataError, match="n03000684 is missing"):
+        FolderImageSet(tmp_path, ["n03000684"], size=16)

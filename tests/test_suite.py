@@ -67,3 +67,28 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("ddbench: error:"), (args, proc.stderr)
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"])
+def test_imagenet_family_carries_the_papers_settings(name):
+    suite = load_suite(name, check_files=False)
+    assert suite.data.format == "imagefolder" and suite.data.classes
+    assert suite.backbone.kind == "dit" and suite.backbone.pretrained == "facebook/DiT-XL-2-256"
+    assert suite.backbone.vae == "subfolder"
+    assert suite.teacher.kind == "timm" and suite.teacher.weights == "resnet18.tv_in1k"
+    assert suite.teacher.classes == "imagenet-1k"
+    diffusion = suite.method_config("diffusion")
+    assert (diffusion.cfg_scale, diffusion.steps) == (4.0, 50)  # the papers' DiT baseline
+    hard = suite.protocols["hard-label"]
+    assert (hard.lr, hard.momentum, hard.weight_decay, hard.batch_size, hard.cutmix_prob) == (0.01, 0.9, 5e-4, 64, 1.0)
+    if name == "imagenet-100":  # the reference trains 100-class students for 2/3 of the epochs
+        assert [hard.epochs_for(i) for i in (1, 10, 50)] == [2000, 1300, 1000]
+    else:
+        assert [hard.epochs_for(i) for i in (1, 10, 50)] == [3000, 2000, 1500]
+
+
+def test_data_root_from_environment(monkeypatch):
+    monkeypatch.setenv("IMAGENET_ROOT", "/somewhere/imagenet")
+    assert load_suite("imagenette", check_files=False).data.root == "/somewhere/imagenet"
+    monkeypatch.delenv("IMAGENET_ROOT")
+    assert load_suite("imagenette", check_files=False).data.root == "/data/imagenet"

@@ -1,0 +1,49 @@
+"""Publish a suite's prepared backbone and teacher into weights/<suite>/, the way a hub ships weights.
+
+    python scripts/publish_weights.py --suite fashion-mnist [--out runs]
+
+Runs `prepare` (which trains whatever the cache under --out lacks), copies the inference files (not the
+training checkpoint) into weights/<suite>/<kind>-<hash>/, and writes SHA256SUMS, which `prepare` verifies
+before it uses committed weights.
+"""
+import argparse
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.data import load_real_data  # noqa: E402
+from harness.prepare import REPO_WEIGHTS, prepare  # noqa: E402
+from harness.suite import load_suite  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--suite", default="fashion-mnist")
+    p.add_argument("--out", default="runs", type=Path)
+    args = p.parse_args()
+    suite = load_suite(args.suite)
+    real = load_real_data(suite.data)
+    prepared = prepare(suite, real, args.out, check=False)
+    dest = REPO_WEIGHTS / suite.name
+    dest.mkdir(parents=True, exist_ok=True)
+    backbone_dir = Path(prepared.backbone_source)       # .../backbone-<hash>/model
+    teacher_file = Path(prepared.teacher_source)        # .../teacher-<hash>/teacher.pt
+    if backbone_dir.parent.parent != dest:
+        shutil.copytree(backbone_dir, dest / backbone_dir.parent.name / "model", dirs_exist_ok=True)
+    if teacher_file.parent.parent != dest:
+        (dest / teacher_file.parent.name).mkdir(exist_ok=True)
+        shutil.copy2(teacher_file, dest / teacher_file.parent.name / teacher_file.name)
+    lines = []
+    for f in sorted(dest.rglob("*")):
+        if f.is_file() and f.name not in ("SHA256SUMS", "README.md"):
+            lines.append(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(dest)}")
+    (dest / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The whole spine on a real local Ray cluster: suite → prepare → distill → evaluate → leaderboard, the rerun
+that recomputes nothing, and a run killed mid-distillation that resumes to byte-identical images."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import run
+from harness.suite import load_suite
+from tests.conftest import TINY_SUITE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, ray_cluster, tiny_suite, tiny_real):
+    out = tmp_path_factory.mktemp("run")
+    run(tiny_suite, tiny_real, list(tiny_suite.methods), out, None)
+    return out
+
+
+def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real):
+    manifests = sorted(first_run.glob("distilled/tiny/*/*/ipc*/manifest.json"))
+    assert len(manifests) == len(tiny_suite.methods) * len(tiny_suite.ipcs)
+    for path in manifests:
+        m = json.loads(path.read_text())
+        assert m["images"] == m["ipc"] * 10 and m["seconds_per_image"] >= 0 and m["peak_memory_bytes"] > 0
+        assert set(m["seeds"]) == set(tiny_real.classes) and "torch" in m["versions"]
+        assert 0 <= m["backbone_check"]["agreement"] <= 1
+        for key in tiny_real.classes:
+            assert len(list((path.parent / key).glob("*.png"))) == m["ipc"]
+    rows = [json.loads(line) for line in (first_run / "results" / "tiny.jsonl").read_text().splitlines()]
+    assert len(rows) == len(tiny_suite.methods) * len(tiny_suite.ipcs) * tiny_suite.seeds
+    assert all(0 <= r["accuracy"] <= 1 and r["kind"] == "measured" for r in rows)
+    board = (first_run / "leaderboard" / "tiny.md").read_text()
+    for method in tiny_suite.methods:
+        assert f"| {method} |" in board
+    assert (first_run / "leaderboard" / "tiny.csv").exists()
+
+
+def test_rerun_recomputes_nothing(first_run, tiny_suite, tiny_real, capsys):
+    before = snapshot(first_run / "distilled")
+    store = (first_run / "results" / "tiny.jsonl").read_bytes()
+    run(tiny_suite, tiny_real, list(tiny_suite.methods), first_run, None)
+    printed = capsys.readouterr().out
+    assert "0 shards to make" in printed and "0 to run" in printed
+    assert snapshot(first_run / "distilled") == before
+    assert (first_run / "results" / "tiny.jsonl").read_bytes() == store
+
+
+def test_killed_distillation_resumes_to_identical_images(tmp_path, first_run, ray_cluster, tiny_real):
+    raw = yaml.safe_load(TINY_SUITE.read_text())
+    raw["methods"] = {"diffusion": {"cfg_scale": 2.0, "steps": 150}}  # slow enough to be killed midway
+    suite_path = tmp_path / "slow.yaml"
+    suite_path.write_text(yaml.safe_dump(raw))
+    suite = load_suite(str(suite_path))
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    for out in (killed, clean):  # the same prepared backbone and teacher for both
+        shutil.copytree(first_run / "cache", out / "cache")
+    proc = subprocess.Popen([sys.executable, "benchmark.py", "--suite", str(suite_path), "--out", str(killed)],
+                            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, shards = time.time() + 240, []
+    while time.time() < deadline and proc.poll() is None:
+        shards = list(killed.glob("distilled/tiny/diffusion/*/ipc*/*/shard.json"))
+        if len(shards) >= 3:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(shards) < 20, "the run must be killed during distillation"
+    assert not list(killed.glob("distilled/tiny/diffusion/*/ipc*/manifest.json"))
+    run(suite, tiny_real, ["diffusion"], killed, None)
+    run(suite, tiny_real, ["diffusion"], clean, None)
+    resumed = sorted(killed.glob("distilled/**/*.png"))
+    assert len(resumed) == 30
+    for png in resumed:
+        assert png.read_bytes() == (clean / png.relative_to(killed)).read_bytes()
