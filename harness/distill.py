@@ -123,6 +123,10 @@ class ShardWorker:
             self._methods[name] = cls(self.suite.method_config(name), self._backbone, self._teacher, self.device)
         return self._methods[name]
 
+    def warm(self, method: str) -> None:
+        """Load what `method` needs now, so that later shards measure only distillation."""
+        self._method(method)
+
     def run_shard(self, job: DistillJob, label: int) -> dict:
         key = self.real.classes[label]
         final = job.path / key
