@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         real = load_real_data(suite.data)
     except (SuiteError, DataError) as e:
         fail(str(e))
-    return run(suite, real, methods, args.out, args.address, check=not args.no_check)
+    from .prepare import PrepareError
+
+    try:
+        return run(suite, real, methods, args.out, args.address, check=not args.no_check)
+    except PrepareError as e:
+        fail(str(e))
 
 
 def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True) -> int:

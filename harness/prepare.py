@@ -27,6 +27,10 @@ REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+class PrepareError(Exception):
+    """A model the suite names cannot be had; one line that says which and what to do."""
+
+
 @dataclass
 class Prepared:
     """Where the prepared artefacts are, and their identities (hashes) for downstream cache keys."""
@@ -68,6 +72,15 @@ def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
 
 def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]:
     if suite.backbone.kind == "dit":
+        from diffusers import DiTTransformer2DModel
+
+        try:  # only the config: fails fast, before any actor starts, when the hub is out of reach
+            DiTTransformer2DModel.load_config(suite.backbone.pretrained, subfolder="transformer",
+                                              local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") == "1")
+        except Exception as e:
+            raise PrepareError(f"{suite.source}: backbone.pretrained: cannot load {suite.backbone.pretrained!r} "
+                               f"({type(e).__name__}); without network, set it to a local copy of the model "
+                               f"(transformer/, vae/, scheduler/)") from None
         return suite.backbone.pretrained, config_hash({"pretrained": suite.backbone.pretrained,
                                                        "vae": suite.backbone.vae, "dtype": suite.backbone.dtype})
     key = config_hash({"kind": "pixel-dit", "train": asdict(suite.backbone.train), "data": real.train.fingerprint(),
@@ -90,6 +103,13 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
 def prepare_teacher(suite: Suite, real: RealData, out: Path) -> tuple[str, str, float | None]:
     t = suite.teacher
     if t.kind == "timm":
+        try:
+            load_timm_teacher(t.arch, t.weights, real.classes, read_class_list(CLASSES_DIR / f"{t.classes}.txt"),
+                              t.input_size)
+        except Exception as e:
+            raise PrepareError(f"{suite.source}: teacher.weights: cannot load {t.weights!r} for {t.arch} "
+                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); without network, "
+                               f"set it to a local weights file") from None
         return t.weights or "", config_hash({"arch": t.arch, "weights": t.weights, "classes": t.classes}), None
     key = config_hash({"kind": "trained", "train": asdict(t.train), "arch": t.arch,
                        "data": real.train.fingerprint(), "classes": real.classes})

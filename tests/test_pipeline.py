@@ -87,3 +87,51 @@ def test_killed_distillation_resumes_to_identical_images(tmp_path, first_run, ra
     assert len(resumed) == 30
     for png in resumed:
         assert png.read_bytes() == (clean / png.relative_to(killed)).read_bytes()
+
+
+def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
+    """The path a DiT-XL/2 + timm-teacher suite takes, on an ImageNet-style folder, a tiny latent DiT saved in the
+    hub layout and tiny local timm weights: no hub, no ImageNet."""
+    import numpy as np
+    import timm
+    import torch
+    from PIL import Image
+
+    from harness.backbones.dit import save_dit_backbone
+    from harness.data import load_real_data
+    from tests.test_backbone import tiny_latent_dit
+
+    rng = np.random.default_rng(0)
+    wnids = ["n02102040", "n01440764"]
+    for split, n in (("train", 8), ("val", 3)):
+        for w in wnids:
+            (tmp_path / "data" / split / w).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / w / f"{i}.JPEG")
+    (tmp_path / "classes.txt").write_text("\n".join(wnids) + "\n")
+    save_dit_backbone(tiny_latent_dit(), tmp_path / "dit")
+    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), tmp_path / "teacher.pth")
+    suite_path = tmp_path / "folder.yaml"
+    suite_path.write_text(yaml.safe_dump({
+        "name": "folder",
+        "data": {"format": "imagefolder", "root": str(tmp_path / "data"), "classes": str(tmp_path / "classes.txt"),
+                 "image_size": 32, "val_per_class": 2},
+        "backbone": {"kind": "dit", "pretrained": str(tmp_path / "dit"), "check_per_class": 2, "check_steps": 2},
+        "teacher": {"kind": "timm", "arch": "test_resnet", "weights": str(tmp_path / "teacher.pth"),
+                    "input_size": 32},
+        "methods": {"diffusion": {"steps": 2}, "herding": {}},
+        "ipcs": [2], "seeds": 1,
+        "protocols": {"hard-label": {"epochs": {2: 1}, "student_kwargs": {"convnet3": {"width": 8}}}},
+    }))
+    suite = load_suite(str(suite_path))
+    real = load_real_data(suite.data)
+    assert real.classes == wnids and real.channels == 3 and len(real.train) == 12
+    out = tmp_path / "out"
+    run(suite, real, ["diffusion", "herding"], out, None)
+    for method in ("diffusion", "herding"):
+        (manifest,) = out.glob(f"distilled/folder/{method}/*/ipc2/manifest.json")
+        assert json.loads(manifest.read_text())["images"] == 4
+        with Image.open(next((manifest.parent / wnids[0]).glob("*.png"))) as img:
+            assert img.size == (32, 32) and img.mode == "RGB"
+    assert len((out / "results" / "folder.jsonl").read_text().splitlines()) == 2
