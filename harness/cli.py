@@ -111,7 +111,9 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         c = prepared.backbone_check
         notes.append(f"backbone check: the teacher agrees with the conditioning class on {c['agreement']:.1%} of "
                      f"{c['samples']} samples (cfg {c['cfg_scale']}, {c['steps']} DDIM steps)")
-    notes.append("protocols: " + "; ".join(f"{k}: epochs by IPC {v.epochs}" for k, v in suite.protocols.items()))
+    notes.append("protocols: " + "; ".join(
+        f"{k}: epochs by IPC {v.epochs}" + (f", student options {v.student_kwargs}" if v.student_kwargs else "")
+        for k, v in suite.protocols.items()))
     current = {(m["method"], m["config_hash"]) for m in manifests}
     md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes)
     print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
