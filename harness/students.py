@@ -5,6 +5,8 @@ ResNetAP-10 are registered into timm's registry here so they are created the sam
 """
 from __future__ import annotations
 
+import math
+
 import timm
 import torch
 from torch import nn
@@ -29,9 +31,11 @@ class ConvNet(nn.Module):
         super().__init__()
         layers, c, size = [], in_chans, img_size
         for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True),
-                       nn.AvgPool2d(2, 2)]
-            c, size = width, size // 2
+            layers += [nn.Conv2d(c, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True)]
+            if size >= 2:  # a deep ConvNet on small images stops pooling at 1×1 rather than failing
+                layers.append(nn.AvgPool2d(2, 2))
+                size //= 2
+            c = width
         self.features = nn.Sequential(*layers)
         self.num_features = width * size * size
         self.num_classes = num_classes
@@ -62,8 +66,64 @@ def convnet6(pretrained: bool = False, **kwargs) -> ConvNet:
     return ConvNet(depth=kwargs.pop("depth", 6), **kwargs)
 
 
-# Models that take their input size as an argument (the rest adapt through global pooling).
-_SIZED = ("convnet", "vit_", "swin_", "deit_")
+class _APBlock(nn.Module):
+    """ResNet basic block whose downsampling is average pooling after a stride-1 conv (IDC's ResNetAP)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none")
+        self.norm1 = _norm(norm, c_out)
+        self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=norm == "none")
+        self.norm2 = _norm(norm, c_out)
+        self.shortcut = nn.Identity()
+        if stride > 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=norm == "none"),
+                                          nn.AvgPool2d(stride) if stride > 1 else nn.Identity(), _norm(norm, c_out))
+
+    def forward(self, x):
+        out = self.pool(torch.relu(self.norm1(self.conv1(x))))
+        return torch.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetAP(nn.Module):
+    """ResNetAP-D of IDC / Minimax, the hard-label protocol's default student. The stem follows the input
+    size as in the reference: ≤64 px no pooling, ≤128 px a 2×2 average pool, larger a 7×7 conv + 4×4 pool."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, img_size: int = 224, blocks=(1, 1, 1, 1),
+                 width: int = 64, norm: str = "instancenorm", **_):
+        super().__init__()
+        kernel, pool = (3, 1) if img_size <= 64 else (3, 2) if img_size <= 128 else (7, 4)
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, kernel, padding=kernel // 2, bias=norm == "none"),
+                                  _norm(norm, width), nn.ReLU(inplace=True),
+                                  nn.AvgPool2d(pool) if pool > 1 else nn.Identity())
+        stages, c = [], width
+        for i, n in enumerate(blocks):
+            c_out = width * 2 ** i
+            for j in range(n):
+                stages.append(_APBlock(c, c_out, 2 if (i > 0 and j == 0) else 1, norm))
+                c = c_out
+        self.stages = nn.Sequential(*stages)
+        self.num_features, self.num_classes = c, num_classes
+        self.fc = nn.Linear(c, num_classes)
+        for m in self.modules():  # the reference's He init of convs, unit norms
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+
+    def forward_features(self, x):
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def resnetap10(pretrained: bool = False, **kwargs) -> ResNetAP:
+    return ResNetAP(blocks=(1, 1, 1, 1), **kwargs)
 
 
 def is_student(name: str) -> bool:
@@ -71,7 +131,22 @@ def is_student(name: str) -> bool:
 
 
 def create_student(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs) -> nn.Module:
-    """Build `name` from timm's registry for `in_chans`-channel `img_size` inputs."""
-    if any(name.startswith(p) for p in _SIZED):
+    """Build `name` from timm's registry for `in_chans`-channel `img_size` inputs.
+
+    The one place where inputs are adapted: models that take their size get it; ViTs on ≤64 px images use
+    4-pixel patches; timm ResNets on ≤64 px images get the field's small-input stem (3×3 conv, stride 1, no
+    max-pool), as CIFAR-style ResNet-18 has it. Grey input is a one-channel first conv (`in_chans`).
+    """
+    if name.startswith(("convnet", "resnetap", "vit_", "swin_", "deit_")):
         kwargs.setdefault("img_size", img_size)
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if name.startswith(("vit_", "deit_")) and img_size <= 64:
+        kwargs.setdefault("patch_size", 4)
+    if name.startswith("swin_") and img_size <= 64:
+        kwargs.setdefault("patch_size", 2)
+        kwargs.setdefault("window_size", 4)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if isinstance(model, timm.models.ResNet) and img_size <= 64:
+        width = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
