@@ -104,7 +104,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     jobs = plan(suite, prepared, out, methods, suite.ipcs)
     manifests = distill(suite, real, prepared, jobs, connect)
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
-    evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect)
+    evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect, prepared)
     notes = [f"teacher: {suite.teacher.arch}" + (f", test accuracy {prepared.teacher_test_accuracy:.1%}"
                                                   if prepared.teacher_test_accuracy is not None else "")]
     if prepared.backbone_check:

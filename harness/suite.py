@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .backbones.pixel_dit import PixelDiTConfig
-from .evaluate import HardLabelConfig
+from .evaluate import PROTOCOLS, HardLabelConfig
 from .teachers import TeacherTrainConfig
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -87,7 +87,7 @@ class Suite:
     methods: dict[str, dict] = field(default_factory=dict)
     ipcs: list[int] = field(default_factory=lambda: [1, 10, 50])
     students: list[str] = field(default_factory=lambda: ["convnet3"])
-    protocols: dict[str, HardLabelConfig] = field(default_factory=lambda: {"hard-label": HardLabelConfig()})
+    protocols: dict[str, Any] = field(default_factory=lambda: {"hard-label": HardLabelConfig()})
     seeds: int = 3
     seed: int = 0                          # the distillation seed
     profiles: dict[str, dict] = field(default_factory=dict)
@@ -293,6 +293,11 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
     for i, student in enumerate(s.students):
         if not is_student(student):
             fail(f"students[{i}]", f"unknown student {student!r}: not in timm's registry")
-    for name in s.protocols:
-        if name not in ("hard-label",):
-            fail(f"protocols.{name}", "unknown protocol (known: hard-label)")
+    for name, raw in list(s.protocols.items()):
+        if name not in PROTOCOLS:
+            fail(f"protocols.{name}", f"unknown protocol (known: {', '.join(PROTOCOLS)})")
+        if not isinstance(raw, PROTOCOLS[name]):
+            s.protocols[name] = build(PROTOCOLS[name], raw, f"protocols.{name}", source)
+        cfg = s.protocols[name]
+        if isinstance(cfg, PROTOCOLS["soft-label"]) and cfg.mix not in ("cutmix", "mixup"):
+            fail(f"protocols.{name}.mix", f"must be cutmix or mixup, got {cfg.mix!r}")

@@ -18,7 +18,8 @@ def test_reference_recipe_defaults():
 def test_augment_and_cutmix_shapes_and_targets():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 3, 16, 16)
-    out = augment(x, g, HardLabelConfig())
+    cfg = HardLabelConfig()
+    out = augment(x, g, cfg.rrc_scale, cfg.flip, cfg.color_jitter)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     mixed, target = cutmix(x, torch.tensor([0, 1, 2, 0, 1, 2]), 3, g, 1.0)
     assert mixed.shape == x.shape
@@ -36,3 +37,64 @@ def test_student_learns_from_real_images(tiny_real):
     again = train_student("convnet3", train.load(idx), train.labels[idx], test.load(torch.arange(2000)),
                           test.labels[:2000], 10, 20, cfg, seed=0)
     assert again["accuracy"] == result["accuracy"]
+
+
+def test_rded_soft_label_defaults():
+    from harness.evaluate import SoftLabelConfig, rded_cosine
+
+    cfg = SoftLabelConfig()
+    assert cfg.epochs_for(10) == 300 and cfg.epochs_for(50) == 300
+    assert (cfg.lr, cfg.weight_decay, cfg.mix, cfg.cutmix_beta, cfg.patch_factor) == (1e-3, 0.01, "cutmix", 1.0, 2)
+    assert cfg.tau() == 20 and SoftLabelConfig(mix="mixup").tau() == 4 and SoftLabelConfig(mix="mixup").mixup_alpha == 0.8
+    assert [cfg.batch_for(i, 10, 10_000) for i in (1, 10, 50)] == [10, 50, 100]
+    assert cfg.batch_for(10, 100, 10_000) == 100 and cfg.batch_for(50, 10, 30) == 30  # ×2 for 100 classes; capped
+    assert cfg.lr_for("resnet18") == 1e-3 and cfg.lr_for("mobilenetv2_100") == 2.5e-3
+    assert cfg.lr_for("efficientnet_b0") == 2e-3 and cfg.lr_for("vit_tiny_patch16_224") == 1e-4
+    f = rded_cosine(300)
+    assert f(0) == 1.0 and abs(f(300) - 0.5) < 1e-12  # RDED's quarter cosine ends at half the lr
+
+
+def test_shuffle_patches_permutes_strips():
+    from harness.evaluate import shuffle_patches
+
+    x = torch.arange(2 * 16, dtype=torch.float).view(2, 1, 4, 4)
+    out = shuffle_patches(x, 2, torch.Generator().manual_seed(3))
+    for a, b in zip(x, out):
+        assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)
+        # 2×2 blocks of 2×2 pixels move whole: each output block is some input block.
+        blocks = {a[:, r:r + 2, c:c + 2].flatten().tolist().__str__() for r in (0, 2) for c in (0, 2)}
+        assert all(b[:, r:r + 2, c:c + 2].flatten().tolist().__str__() in blocks for r in (0, 2) for c in (0, 2))
+
+
+def test_soft_label_loss_is_kl_of_softened_outputs():
+    from harness.evaluate import soft_label_loss
+
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    p, q = torch.softmax(t / 3, 1), torch.log_softmax(s / 3, 1)
+    expected = (p * (p.log() - q)).sum(1).mean()
+    torch.testing.assert_close(soft_label_loss(s, t, 3.0), expected)
+    assert soft_label_loss(t, t, 3.0).abs() < 1e-6
+
+
+def test_soft_label_student_learns_from_a_teacher(tiny_real):
+    from harness.evaluate import SoftLabelConfig
+    from harness.students import create_student
+    from harness.teachers import Teacher
+
+    train, test = tiny_real.train, tiny_real.test
+    idx = torch.cat([train.indices_of(c)[:20] for c in range(10)])
+    # A teacher that knows the answer: trained briefly with the hard-label loop on the same images.
+    teacher_net = create_student("convnet3", 10, 1, 28, width=16)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(teacher_net.parameters(), 3e-3)
+    data = train.load(torch.arange(len(train))).float().div(255)
+    for step in range(150):
+        b = torch.randint(0, len(data), (128,))
+        loss = torch.nn.functional.cross_entropy(teacher_net((data[b] - 0.3) / 0.35), train.labels[b])
+        opt.zero_grad(); loss.backward(); opt.step()
+    teacher = Teacher(teacher_net, 28, 1, [0.3], [0.35])
+    cfg = SoftLabelConfig(epochs={100: 15}, student_kwargs={"convnet3": {"width": 16}})
+    # Passed as IPC 1 so that RDED's batch size for it (10) gives enough steps in 15 epochs.
+    result = train_student("convnet3", train.load(idx), train.labels[idx], test.load(torch.arange(2000)),
+                           test.labels[:2000], 10, 1, cfg, seed=0, teacher=teacher)
+    assert result["epochs"] == 15 and result["accuracy"] > 0.5

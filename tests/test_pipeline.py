@@ -42,7 +42,8 @@ def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real)
         for key in tiny_real.classes:
             assert len(list((path.parent / key).glob("*.png"))) == m["ipc"]
     rows = [json.loads(line) for line in (first_run / "results" / "tiny.jsonl").read_text().splitlines()]
-    assert len(rows) == len(tiny_suite.methods) * len(tiny_suite.ipcs) * tiny_suite.seeds
+    assert len(rows) == len(tiny_suite.methods) * len(tiny_suite.ipcs) * tiny_suite.seeds * 2  # two protocols
+    assert {r["protocol"] for r in rows} == {"hard-label", "soft-label"}
     assert all(0 <= r["accuracy"] <= 1 and r["kind"] == "measured" for r in rows)
     board = (first_run / "leaderboard" / "tiny.md").read_text()
     for method in tiny_suite.methods:
@@ -63,6 +64,7 @@ def test_rerun_recomputes_nothing(first_run, tiny_suite, tiny_real, capsys):
 def test_killed_distillation_resumes_to_identical_images(tmp_path, first_run, ray_cluster, tiny_real):
     raw = yaml.safe_load(TINY_SUITE.read_text())
     raw["methods"] = {"diffusion": {"cfg_scale": 2.0, "steps": 150}}  # slow enough to be killed midway
+    raw["protocols"].pop("soft-label")
     suite_path = tmp_path / "slow.yaml"
     suite_path.write_text(yaml.safe_dump(raw))
     suite = load_suite(str(suite_path))
