@@ -19,6 +19,11 @@ import torch.nn.functional as F
 from .students import create_student
 
 
+def by_ipc(table: dict[int, int], ipc: int, beyond: int) -> int:
+    """The value of the first IPC bound ≥ `ipc` in `table`, or `beyond` above all of them."""
+    return next((table[bound] for bound in sorted(table) if ipc <= bound), beyond)
+
+
 @dataclass
 class HardLabelConfig:
     """The hard-label recipe of Minimax / CaO2 (SGD, multistep, CutMix, RRC, flip, colour jitter)."""
@@ -40,10 +45,7 @@ class HardLabelConfig:
     student_kwargs: dict[str, dict] = field(default_factory=dict)  # per student, e.g. {convnet3: {width: 64}}
 
     def epochs_for(self, ipc: int) -> int:
-        for bound in sorted(self.epochs):
-            if ipc <= bound:
-                return self.epochs[bound]
-        return self.epochs_beyond
+        return by_ipc(self.epochs, ipc, self.epochs_beyond)
 
 
 @dataclass
@@ -70,10 +72,10 @@ class SoftLabelConfig:
     student_kwargs: dict[str, dict] = field(default_factory=dict)
 
     def epochs_for(self, ipc: int) -> int:
-        return HardLabelConfig.epochs_for(self, ipc)
+        return by_ipc(self.epochs, ipc, self.epochs_beyond)
 
     def batch_for(self, ipc: int, num_classes: int, images: int) -> int:
-        size = next((self.batch_size[b] for b in sorted(self.batch_size) if ipc <= b), self.batch_size_beyond)
+        size = by_ipc(self.batch_size, ipc, self.batch_size_beyond)
         return min(size * (2 if num_classes >= 100 else 1), images)
 
     def lr_for(self, student: str) -> float:
