@@ -1,0 +1,32 @@
+"""Leaderboard aggregation: mean ± sample std over seeds, only current configs, best of protocols."""
+from types import SimpleNamespace
+
+from harness.leaderboard import aggregate, best_of_protocols, render
+
+
+def _rows():
+    rows = []
+    for protocol, accs in (("hard-label", [0.50, 0.60]), ("soft-label", [0.70, 0.80])):
+        for seed, acc in enumerate(accs):
+            rows.append(dict(method="m", config_hash="h", ipc=10, student="convnet3", protocol=protocol, seed=seed,
+                             accuracy=acc, train_seconds=1.0, distill_seconds_per_image=0.5,
+                             peak_memory_bytes=2**20, kind="measured"))
+    rows.append(dict(rows[0], config_hash="old", accuracy=0.99))  # an earlier config: not shown
+    rows.append(dict(rows[0], kind="reported", accuracy=0.95))    # a paper's number: never averaged in
+    return rows
+
+
+def test_aggregate_and_best_of():
+    agg = aggregate(_rows(), {("m", "h")})
+    hard = agg[agg["protocol"] == "hard-label"].iloc[0]
+    assert abs(hard["mean"] - 0.55) < 1e-9 and abs(hard["std"] - 0.0707107) < 1e-6 and hard["seeds"] == 2
+    best = best_of_protocols(agg)
+    assert len(best) == 1 and best.iloc[0]["protocol"] == "soft-label" and abs(best.iloc[0]["mean"] - 0.75) < 1e-9
+
+
+def test_render_shows_tables_and_best_of(tmp_path):
+    md, csv = render(SimpleNamespace(name="s"), _rows(), {("m", "h")}, tmp_path, ["m"], ["a note"])
+    text = md.read_text()
+    assert "## convnet3, hard-label" in text and "## convnet3, soft-label" in text
+    assert "| m | 75.0 ± 7.1 (2) soft-label |" in text and "99.0" not in text and "95.0" not in text
+    assert csv.read_text().count("\n") == 3  # header + two protocols
