@@ -98,3 +98,66 @@ def test_soft_label_student_learns_from_a_teacher(tiny_real):
     result = train_student("convnet3", train.load(idx), train.labels[idx], test.load(torch.arange(2000)),
                            test.labels[:2000], 10, 1, cfg, seed=0, teacher=teacher)
     assert result["epochs"] == 15 and result["accuracy"] > 0.5
+
+
+def _small_set(tiny_real, per_class=5):
+    train, test = tiny_real.train, tiny_real.test
+    idx = torch.cat([train.indices_of(c)[:per_class] for c in range(10)])
+    return train.load(idx), train.labels[idx], test.load(torch.arange(1000)), test.labels[:1000]
+
+
+def _trained_weights(monkeypatch, vectorise, seeds, cfg, data, teacher=None):
+    """Run train_student and capture the trained models' weights (through SeedStack.unstacked)."""
+    from harness import evaluate
+
+    captured = []
+    original = evaluate.SeedStack.unstacked
+
+    def capture(self):
+        models = original(self)
+        captured.extend({k: v.detach().clone() for k, v in m.state_dict().items()} for m in models)
+        return models
+
+    monkeypatch.setattr(evaluate.SeedStack, "unstacked", capture)
+    results = train_student("resnet18", *data, 10, 5, cfg, seeds, teacher=teacher, vectorise=vectorise)
+    return results, captured
+
+
+def test_seeds_trained_together_are_the_seeds_trained_alone(tiny_real, monkeypatch):
+    from harness.evaluate import SoftLabelConfig
+    from harness.students import create_student
+
+    data = _small_set(tiny_real)
+    kwargs = {"resnet18": {"channels": [4, 4, 8, 8]}}  # batch norm: running stats must follow each seed
+    teacher = create_student("convnet3", 10, 1, 28, width=4).eval()
+    for cfg in (HardLabelConfig(epochs={5: 2}, batch_size=16, student_kwargs=kwargs),
+                SoftLabelConfig(epochs={5: 2}, student_kwargs=kwargs)):
+        alone, (w_alone,) = _trained_weights(monkeypatch, False, [1], cfg, data, teacher)
+        loop, w_loop = _trained_weights(monkeypatch, False, [0, 1], cfg, data, teacher)
+        vec, w_vec = _trained_weights(monkeypatch, True, [0, 1], cfg, data, teacher)
+        assert loop[1]["accuracy"] == alone[0]["accuracy"] and loop[1]["seeds_together"] == 2
+        for name, value in w_alone.items():
+            assert torch.equal(w_loop[1][name], value), name  # one after another: exactly seed 1 alone
+            torch.testing.assert_close(w_vec[1][name].float(), value.float(), rtol=1e-3, atol=1e-4)
+        assert not torch.equal(w_loop[0]["fc.weight"], w_loop[1]["fc.weight"])  # the seeds differ
+
+
+def test_data_parallel_through_ray_train_matches_one_process(tiny_real, ray_cluster, tmp_path):
+    """Two DDP workers on CPU (gloo) through TorchTrainer: the same batches as one process, so ConvNet-3
+    (instance norm: nothing per-worker) learns the same weights up to float reduction order."""
+    from harness.evaluate import EvalTrial, run_group_distributed
+
+    images, labels, test_images, test_labels = _small_set(tiny_real)
+    cfg = HardLabelConfig(epochs={5: 3}, batch_size=16, student_kwargs={"convnet3": {"width": 8}})
+    one = train_student("convnet3", images, labels, test_images, test_labels, 10, 5, cfg, [0])
+    set_dir = tmp_path / "set"
+    for c, key in enumerate(tiny_real.classes):
+        (set_dir / key).mkdir(parents=True)
+        from PIL import Image
+        for i, img in enumerate(images[labels == c]):
+            Image.fromarray(img[0].numpy()).save(set_dir / key / f"{i}.png")
+    trial = EvalTrial("tiny", "random-real", "h", 5, str(set_dir), "convnet3", "hard-label", "p", 0, 0.0, 0)
+    (row,) = run_group_distributed([trial], cfg, tiny_real.classes, 1, (test_images, test_labels), 2, False,
+                                   storage_path=str(tmp_path / "ray_train"))
+    assert row["seed"] == 0 and row["kind"] == "measured"
+    assert abs(row["accuracy"] - one[0]["accuracy"]) <= 0.02
