@@ -43,9 +43,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated methods (default: the suite's)")
     p.add_argument("--ipc", type=_int_list, help="comma-separated IPCs (default: the suite's)")
     p.add_argument("--seeds", type=_positive, help="student seeds per setting (default: the suite's)")
-    p.add_argument("--profile", default="full", help="quick or full (default: full)")
+    p.add_argument("--profile", default="full", help="full (the suite as written) or one of its profiles, e.g. quick, leaderboard (default: full)")
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
     p.add_argument("--no-check", action="store_true", help="skip the backbone check")
+    p.add_argument("--cross-arch", action="store_true",
+                   help="run the suite's cross-architecture study (teacher × student table and heatmap) instead")
     return p
 
 
@@ -70,18 +72,21 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(unknown)}, "
                                  f"not in the suite (it has: {', '.join(suite.methods)})")
+        if args.cross_arch and suite.cross_arch is None:
+            raise SuiteError(f"{suite.source}: cross_arch: --cross-arch needs a cross_arch section in the suite")
         real = load_real_data(suite.data)
     except (SuiteError, DataError) as e:
         fail(str(e))
     from .prepare import PrepareError
 
     try:
-        return run(suite, real, methods, args.out, args.address, check=not args.no_check)
+        return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch)
     except PrepareError as e:
         fail(str(e))
 
 
-def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True) -> int:
+def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True,
+        cross_arch: bool = False) -> int:
     import ray
 
     from .distill import distill, plan
@@ -101,10 +106,17 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      num_cpus=None if address else os.cpu_count())
 
+    if cross_arch:
+        from .cross_arch import cross_architecture
+
+        paths = cross_architecture(suite, real, prepared, out, connect)
+        print(f"[cross-arch] {', '.join(map(str, paths))} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(paths[0].read_text(), flush=True)
+        return 0
     jobs = plan(suite, prepared, out, methods, suite.ipcs)
     manifests = distill(suite, real, prepared, jobs, connect)
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
-    evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect, prepared)
+    evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect, prepared, out)
     notes = [f"teacher: {suite.teacher.arch}" + (f", test accuracy {prepared.teacher_test_accuracy:.1%}"
                                                   if prepared.teacher_test_accuracy is not None else "")]
     if prepared.backbone_check:
@@ -114,7 +126,9 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     notes.append("protocols: " + "; ".join(
         f"{k}: epochs by IPC {v.epochs}" + (f", student options {v.student_kwargs}" if v.student_kwargs else "")
         for k, v in suite.protocols.items()))
-    current = {(m["method"], m["config_hash"]) for m in manifests}
+    from .evaluate import FULL_DATA
+
+    current = {(m["method"], m["config_hash"]) for m in manifests} | {(FULL_DATA, real.train.fingerprint()[:12])}
     md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes)
     print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(md.read_text(), flush=True)

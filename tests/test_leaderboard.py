@@ -1,7 +1,9 @@
 """Leaderboard aggregation: mean ± sample std over seeds, only current configs, best of protocols."""
 from types import SimpleNamespace
 
-from harness.leaderboard import aggregate, best_of_protocols, render
+import math
+
+from harness.leaderboard import aggregate, best_of_protocols, label_robust_scores, render
 
 
 def _rows():
@@ -30,3 +32,25 @@ def test_render_shows_tables_and_best_of(tmp_path):
     assert "## convnet3, hard-label" in text and "## convnet3, soft-label" in text
     assert "| m | 75.0 ± 7.1 (2) soft-label |" in text and "99.0" not in text and "95.0" not in text
     assert csv.read_text().count("\n") == 3  # header + two protocols
+
+
+def test_label_robust_score_on_fractions_paired_by_seed():
+    base = dict(config_hash="h", ipc=10, student="convnet3", train_seconds=1.0, distill_seconds_per_image=0.0,
+                peak_memory_bytes=0, kind="measured")
+    rows = [dict(base, method="full-data", ipc=0, protocol="hard-label", seed=0, accuracy=0.90)]
+    accs = {("m", "hard-label"): [0.60, 0.70], ("m", "soft-label"): [0.80, 0.82],
+            ("random-real", "hard-label"): [0.5, 0.5], ("random-real", "soft-label"): [0.70, 0.78]}
+    for (method, protocol), values in accs.items():
+        rows += [dict(base, method=method, protocol=protocol, seed=s, accuracy=a) for s, a in enumerate(values)]
+    lrs = label_robust_scores(rows, {("m", "h"), ("random-real", "h"), ("full-data", "h")}).set_index("method")
+
+    def score(hard, soft, rand):  # DD-Ranking's formula with λ = 0.5 on fractions
+        alpha = 0.5 * (soft - rand) - 0.5 * (0.90 - hard)
+        return (math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1))
+
+    expected = [score(0.60, 0.80, 0.70), score(0.70, 0.82, 0.78)]
+    assert abs(lrs.loc["m", "lrs"] - sum(expected) / 2) < 1e-9 and lrs.loc["m", "seeds"] == 2
+    assert abs(lrs.loc["m", "hlr"] - 0.25) < 1e-9 and abs(lrs.loc["m", "ior"] - 0.07) < 1e-9
+    assert 0 < lrs.loc["m", "lrs"] < 1 and lrs.loc["m", "ior_protocol"] == "soft-label"
+    # the baseline against itself: IOR = 0, so its score only reflects how far it is from full data
+    assert abs(lrs.loc["random-real", "ior"]) < 1e-12
