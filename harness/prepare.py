@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .backbones import ddim_sample, load_dit_backbone
 from .backbones.pixel_dit import train_pixel_dit
 from .data import RealData
-from .suite import CLASSES_DIR, Suite, config_hash, read_class_list
+from .suite import CLASSES_DIR, Suite, TeacherConfig, config_hash, read_class_list
 from .teachers import Teacher, accuracy, load_timm_teacher, load_trained_teacher, train_teacher
 
 REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -46,11 +46,15 @@ class Prepared:
         return load_dit_backbone(self.backbone_source, device=device, dtype=DTYPES[suite.backbone.dtype], vae=vae)
 
     def load_teacher(self, suite: Suite, real_classes: list[str], device="cpu") -> Teacher:
-        if suite.teacher.kind == "trained":
-            return load_trained_teacher(Path(self.teacher_source), device)
-        model_classes = read_class_list(CLASSES_DIR / f"{suite.teacher.classes}.txt")
-        return load_timm_teacher(suite.teacher.arch, suite.teacher.weights, real_classes, model_classes,
-                                 suite.teacher.input_size, device)
+        return load_teacher(suite.teacher, self.teacher_source, real_classes, device)
+
+
+def load_teacher(t: TeacherConfig, source: str, real_classes: list[str], device="cpu") -> Teacher:
+    """A prepared teacher: the trained file at `source`, or timm weights mapped onto the suite's classes."""
+    if t.kind == "trained":
+        return load_trained_teacher(Path(source), device)
+    model_classes = read_class_list(CLASSES_DIR / f"{t.classes}.txt")
+    return load_timm_teacher(t.arch, t.weights, real_classes, model_classes, t.input_size, device)
 
 
 def _log(msg: str) -> None:
@@ -100,8 +104,11 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
     return str(model_dir), key
 
 
-def prepare_teacher(suite: Suite, real: RealData, out: Path) -> tuple[str, str, float | None]:
-    t = suite.teacher
+def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | None = None
+                    ) -> tuple[str, str, float | None]:
+    """The suite's teacher (or `t`, e.g. a cross-architecture teacher): its source, identity hash and, for a
+    trained one, its test accuracy."""
+    t = t or suite.teacher
     if t.kind == "timm":
         try:
             load_timm_teacher(t.arch, t.weights, real.classes, read_class_list(CLASSES_DIR / f"{t.classes}.txt"),
@@ -111,15 +118,18 @@ def prepare_teacher(suite: Suite, real: RealData, out: Path) -> tuple[str, str, 
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); without network, "
                                f"set it to a local weights file") from None
         return t.weights or "", config_hash({"arch": t.arch, "weights": t.weights, "classes": t.classes}), None
-    key = config_hash({"kind": "trained", "train": asdict(t.train), "arch": t.arch,
-                       "data": real.train.fingerprint(), "classes": real.classes})
+    identity = {"kind": "trained", "train": asdict(t.train), "arch": t.arch, "data": real.train.fingerprint(),
+                "classes": real.classes}
+    if t.arch_kwargs:  # only when set, so the identity of teachers made before the option existed holds
+        identity["arch_kwargs"] = t.arch_kwargs
+    key = config_hash(identity)
     where = _cached_dir(out, suite, f"teacher-{key}")
     path = where / "teacher.pt"
     if not path.exists():
         _log(f"[prepare] teacher: training {t.arch} {key}")
         where.mkdir(parents=True, exist_ok=True)
         train_teacher(real.train.load(torch.arange(len(real.train))), real.train.labels, len(real.classes),
-                      t.arch, t.train, path)
+                      t.arch, t.train, path, arch_kwargs=t.arch_kwargs)
     teacher = load_trained_teacher(path)
     acc = accuracy(teacher, real.test.load(torch.arange(len(real.test))), real.test.labels)
     _log(f"[prepare] teacher: {t.arch} {key}, test accuracy {acc:.2%}")

@@ -76,6 +76,27 @@ class TeacherConfig:
     classes: str = "imagenet-1k"           # the WNIDs of the pretrained model's outputs, in order
     input_size: int = 224
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {channels: [16, 32, 64, 128]} (kind: trained)
+
+
+@dataclass
+class FullDataConfig:
+    """The full-data reference row: each student trained once on the whole training split (less validation)
+    with the hard-label recipe, for `epochs` epochs. 0 turns it off (ImageNet-1k does not fit the in-memory
+    loader; its suites leave it off)."""
+    epochs: int = 0
+    batch_size: int = 128
+
+
+@dataclass
+class CrossArchConfig:
+    """The cross-architecture study (`--cross-arch`): every student trained on one distilled set with every
+    teacher as the soft-label source (the shape of CaO2's Table 4)."""
+    method: str = "diffusion"
+    ipc: int = 10
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    students: list[str] = field(default_factory=list)
+    seeds: int = 1
 
 
 @dataclass
@@ -90,6 +111,10 @@ class Suite:
     protocols: dict[str, Any] = field(default_factory=lambda: {"hard-label": HardLabelConfig()})
     seeds: int = 3
     seed: int = 0                          # the distillation seed
+    full_data: FullDataConfig = field(default_factory=FullDataConfig)
+    # Students trained data-parallel through Ray Train, with this many workers (one GPU each where GPUs exist).
+    distributed_students: dict[str, int] = field(default_factory=dict)
+    cross_arch: CrossArchConfig | None = None
     profiles: dict[str, dict] = field(default_factory=dict)
     source: str = ""
 
@@ -272,12 +297,6 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
         fail("backbone.dtype", f"must be float32, float16 or bfloat16, got {s.backbone.dtype!r}")
     if not 0 <= s.backbone.check_min_agreement <= 1:
         fail("backbone.check_min_agreement", "must be a fraction in [0, 1]")
-    if s.teacher.kind not in ("trained", "timm"):
-        fail("teacher.kind", f"must be trained or timm, got {s.teacher.kind!r}")
-    if not is_student(s.teacher.arch) and s.teacher.kind == "trained":
-        fail("teacher.arch", f"unknown architecture {s.teacher.arch!r}")
-    if s.teacher.kind == "timm" and not (CLASSES_DIR / f"{s.teacher.classes}.txt").is_file():
-        fail("teacher.classes", f"class list {s.teacher.classes!r} not found in {CLASSES_DIR}")
     if not s.ipcs or any(i < 1 for i in s.ipcs):
         fail("ipcs", f"must be a non-empty list of positive integers, got {s.ipcs}")
     if s.seeds < 1:
@@ -293,6 +312,23 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
     for i, student in enumerate(s.students):
         if not is_student(student):
             fail(f"students[{i}]", f"unknown student {student!r}: not in timm's registry")
+    _check_teacher(s.teacher, "teacher", fail)
+    if s.full_data.epochs < 0 or s.full_data.batch_size < 1:
+        fail("full_data", "epochs must be ≥ 0 and batch_size ≥ 1")
+    for student, workers in s.distributed_students.items():
+        if student not in s.students or workers < 1:
+            fail(f"distributed_students.{student}", "must name one of the suite's students with ≥ 1 workers")
+    if s.cross_arch is not None:
+        c = s.cross_arch
+        if c.method not in s.methods:
+            fail("cross_arch.method", f"{c.method!r} is not one of the suite's methods")
+        if not c.teachers or not c.students:
+            fail("cross_arch", "needs at least one teacher and one student")
+        for i, t in enumerate(c.teachers):
+            _check_teacher(t, f"cross_arch.teachers[{i}]", fail)
+        for i, student in enumerate(c.students):
+            if not is_student(student):
+                fail(f"cross_arch.students[{i}]", f"unknown student {student!r}: not in timm's registry")
     for name, raw in list(s.protocols.items()):
         if name not in PROTOCOLS:
             fail(f"protocols.{name}", f"unknown protocol (known: {', '.join(PROTOCOLS)})")
@@ -301,3 +337,14 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
         cfg = s.protocols[name]
         if isinstance(cfg, PROTOCOLS["soft-label"]) and cfg.mix not in ("cutmix", "mixup"):
             fail(f"protocols.{name}.mix", f"must be cutmix or mixup, got {cfg.mix!r}")
+
+
+def _check_teacher(t: TeacherConfig, where: str, fail) -> None:
+    from .students import is_student
+
+    if t.kind not in ("trained", "timm"):
+        fail(f"{where}.kind", f"must be trained or timm, got {t.kind!r}")
+    if not is_student(t.arch) and t.kind == "trained":
+        fail(f"{where}.arch", f"unknown architecture {t.arch!r}")
+    if t.kind == "timm" and not (CLASSES_DIR / f"{t.classes}.txt").is_file():
+        fail(f"{where}.classes", f"class list {t.classes!r} not found in {CLASSES_DIR}")

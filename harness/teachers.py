@@ -83,14 +83,19 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tenso
 
 
 def train_teacher(images: torch.Tensor, labels: torch.Tensor, num_classes: int, arch: str,
-                  cfg: TeacherTrainConfig, out_path: Path, progress: bool = True) -> Teacher:
-    """Train a classifier from scratch on uint8 images; saves a state dict + meta to `out_path`."""
+                  cfg: TeacherTrainConfig, out_path: Path, progress: bool = True,
+                  arch_kwargs: dict | None = None) -> Teacher:
+    """Train a classifier from scratch on uint8 images; saves a state dict + meta to `out_path`.
+
+    `arch_kwargs` are the architecture's own options (e.g. a ResNet's channels); without them the
+    architecture gets `width=cfg.width` (the ConvNet family's option)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     in_chans, size = images.shape[1], images.shape[-1]
     mean = [images.float().div(255).mean().item()] * in_chans
     std = [images.float().div(255).std().item()] * in_chans
-    model = create_student(arch, num_classes, in_chans, size, width=cfg.width)
+    arch_kwargs = dict(arch_kwargs) if arch_kwargs else {"width": cfg.width}
+    model = create_student(arch, num_classes, in_chans, size, **arch_kwargs)
     teacher = Teacher(model, size, in_chans, mean, std)
     steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -113,7 +118,7 @@ def train_teacher(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     teacher.requires_grad_(False).eval()
-    save_teacher(teacher, arch, num_classes, out_path, width=cfg.width)
+    save_teacher(teacher, arch, num_classes, out_path, **arch_kwargs)
     return teacher
 
 

@@ -42,13 +42,17 @@ def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real)
         for key in tiny_real.classes:
             assert len(list((path.parent / key).glob("*.png"))) == m["ipc"]
     rows = [json.loads(line) for line in (first_run / "results" / "tiny.jsonl").read_text().splitlines()]
+    full = [r for r in rows if r["method"] == "full-data"]
+    assert len(full) == len(tiny_suite.students) and full[0]["ipc"] == 0
+    rows = [r for r in rows if r["method"] != "full-data"]
     assert len(rows) == len(tiny_suite.methods) * len(tiny_suite.ipcs) * tiny_suite.seeds * 2  # two protocols
     assert {r["protocol"] for r in rows} == {"hard-label", "soft-label"}
     assert all(0 <= r["accuracy"] <= 1 and r["kind"] == "measured" for r in rows)
     board = (first_run / "leaderboard" / "tiny.md").read_text()
     for method in tiny_suite.methods:
         assert f"| {method} |" in board
-    assert (first_run / "leaderboard" / "tiny.csv").exists()
+    assert "## Full-data reference" in board and "## DD-Ranking label-robust score" in board
+    assert (first_run / "leaderboard" / "tiny.csv").exists() and (first_run / "leaderboard" / "tiny-lrs.csv").exists()
 
 
 def test_rerun_recomputes_nothing(first_run, tiny_suite, tiny_real, capsys):
@@ -61,10 +65,25 @@ def test_rerun_recomputes_nothing(first_run, tiny_suite, tiny_real, capsys):
     assert (first_run / "results" / "tiny.jsonl").read_bytes() == store
 
 
+def test_cross_architecture_table_and_heatmap(first_run, tiny_suite, tiny_real, capsys):
+    c = tiny_suite.cross_arch
+    run(tiny_suite, tiny_real, list(tiny_suite.methods), first_run, None, cross_arch=True)
+    rows = [json.loads(line) for line in (first_run / "results" / "tiny-cross-arch.jsonl").read_text().splitlines()]
+    assert len(rows) == len(c.teachers) * len(c.students) * c.seeds
+    assert len({r["teacher_hash"] for r in rows}) == len(c.teachers) and {r["student"] for r in rows} == set(c.students)
+    table = (first_run / "leaderboard" / "tiny-cross-arch.md").read_text()
+    assert "| convnet3 [" in table and "| resnetap10 (width 4) [" in table
+    png = (first_run / "leaderboard" / "tiny-cross-arch.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    run(tiny_suite, tiny_real, list(tiny_suite.methods), first_run, None, cross_arch=True)  # cached: nothing new
+    assert "0 of" in capsys.readouterr().out
+
+
 def test_killed_distillation_resumes_to_identical_images(tmp_path, first_run, ray_cluster, tiny_real):
     raw = yaml.safe_load(TINY_SUITE.read_text())
     raw["methods"] = {"diffusion": {"cfg_scale": 2.0, "steps": 150}}  # slow enough to be killed midway
     raw["protocols"].pop("soft-label")
+    raw.pop("cross_arch")
     suite_path = tmp_path / "slow.yaml"
     suite_path.write_text(yaml.safe_dump(raw))
     suite = load_suite(str(suite_path))

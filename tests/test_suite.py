@@ -25,6 +25,22 @@ def test_quick_profile_overrides(tiny_suite):
     assert full.fingerprint() != quick.fingerprint()
 
 
+def test_fashion_leaderboard_profile_and_scaled_students():
+    """The published fashion-mnist leaderboard's grid, and the scaled epochs and widths its YAML states."""
+    full, board = load_suite("fashion-mnist"), load_suite("fashion-mnist", "leaderboard")
+    assert full.students == ["convnet3"] and full.seeds == 2
+    assert board.students == ["convnet3", "resnetap10", "resnet18"] and board.seeds == 3
+    assert set(board.protocols) == {"hard-label", "soft-label"} and board.full_data.epochs == 3
+    for cfg in board.protocols.values():
+        assert cfg.epochs == {1: 200, 10: 100, 50: 40}
+        assert cfg.student_kwargs == {"convnet3": {"width": 64}, "resnetap10": {"width": 16},
+                                      "resnet18": {"channels": [16, 32, 64, 128]}}
+    # the default run's protocols are the leaderboard's, so their rows are shared
+    assert full.protocols == board.protocols
+    c = board.cross_arch
+    assert len(c.teachers) >= 3 and len(c.students) >= 5 and c.method in board.methods
+
+
 def _write(tmp_path, mutate):
     raw = yaml.safe_load((BENCHMARKS_DIR / "fashion-mnist.yaml").read_text())
     mutate(raw)
@@ -43,6 +59,11 @@ BAD = {
     "unknown student": (lambda r: r.update(students=["convnet3", "resnet9000"]), "students[1]: unknown student"),
     "bad ipc": (lambda r: r.update(ipcs=[0]), "ipcs: must be a non-empty list of positive integers"),
     "nested type": (lambda r: r["backbone"]["train"].update(lr="fast"), "backbone.train.lr: expected a number"),
+    "cross-arch method": (lambda r: r["cross_arch"].update(method="magic"), "cross_arch.method: 'magic' is not one"),
+    "cross-arch teacher": (lambda r: r["cross_arch"]["teachers"][1].update(arch="resnet9000"),
+                           "cross_arch.teachers[1].arch: unknown architecture"),
+    "distributed student": (lambda r: r.update(distributed_students={"resnet50": 2}),
+                            "distributed_students.resnet50: must name one of the suite's students"),
 }
 
 
