@@ -28,7 +28,7 @@ from methods import get_method
 from methods.base import ClassTask
 
 from .data import RealData, load_real_data
-from .prepare import Prepared
+from .prepare import Prepared, backbone_conditions
 from .suite import Suite, config_hash
 
 
@@ -58,6 +58,8 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
         ident["backbone"] = prepared.backbone_hash
     if cls.uses_teacher:
         ident["teacher"] = prepared.teacher_hash
+    if cls.needs_teacher_val_accuracy(suite.method_config(name)):  # it decides the images (CaO2's ĉ)
+        ident["teacher_val_accuracy"] = prepared.teacher_val_accuracy
     return config, config_hash(ident)
 
 
@@ -111,6 +113,7 @@ class ShardWorker:
         self.suite, self.prepared, self.device = suite, prepared, device
         self.real = real if real is not None else load_real_data(suite.data)
         self._backbone = self._teacher = None
+        self.conditions = backbone_conditions(suite, self.real.classes)
         self._methods: dict[str, object] = {}
 
     def _method(self, name: str):
@@ -136,7 +139,7 @@ class ShardWorker:
         seed = shard_seed(self.suite.seed, job.method, job.config_hash, job.ipc, key)
         real = self.real.train.class_images(label) if type(method).uses_real else None
         task = ClassTask(label, key, job.ipc, seed, real, len(self.real.classes), self.real.image_size,
-                         self.real.channels)
+                         self.real.channels, condition=self.conditions[label])
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from methods import get_method
+
 from .backbones import ddim_sample, load_dit_backbone
 from .backbones.pixel_dit import train_pixel_dit
 from .data import RealData
@@ -40,13 +42,16 @@ class Prepared:
     teacher_hash: str
     teacher_test_accuracy: float | None
     backbone_check: dict | None
+    teacher_val_accuracy: float | None = None  # only where a suite's method needs it
 
     def load_backbone(self, suite: Suite, device="cpu"):
         vae = suite.backbone.vae if suite.backbone.kind == "dit" else None
         return load_dit_backbone(self.backbone_source, device=device, dtype=DTYPES[suite.backbone.dtype], vae=vae)
 
     def load_teacher(self, suite: Suite, real_classes: list[str], device="cpu") -> Teacher:
-        return load_teacher(suite.teacher, self.teacher_source, real_classes, device)
+        teacher = load_teacher(suite.teacher, self.teacher_source, real_classes, device)
+        teacher.val_accuracy = self.teacher_val_accuracy
+        return teacher
 
 
 def load_teacher(t: TeacherConfig, source: str, real_classes: list[str], device="cpu") -> Teacher:
@@ -55,6 +60,15 @@ def load_teacher(t: TeacherConfig, source: str, real_classes: list[str], device=
         return load_trained_teacher(Path(source), device)
     model_classes = read_class_list(CLASSES_DIR / f"{t.classes}.txt")
     return load_timm_teacher(t.arch, t.weights, real_classes, model_classes, t.input_size, device)
+
+
+def backbone_conditions(suite: Suite, classes: list[str]) -> list[int]:
+    """The backbone's label of each suite class: its index in `backbone.classes` (by WNID), or its position
+    in the suite when the backbone was trained on the suite."""
+    if suite.backbone.classes is None:
+        return list(range(len(classes)))
+    index = {k: i for i, k in enumerate(read_class_list(CLASSES_DIR / f"{suite.backbone.classes}.txt"))}
+    return [index[k] for k in classes]
 
 
 def _log(msg: str) -> None:
@@ -86,7 +100,8 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
                                f"({type(e).__name__}); without network, set it to a local copy of the model "
                                f"(transformer/, vae/, scheduler/)") from None
         return suite.backbone.pretrained, config_hash({"pretrained": suite.backbone.pretrained,
-                                                       "vae": suite.backbone.vae, "dtype": suite.backbone.dtype})
+                                                       "vae": suite.backbone.vae, "dtype": suite.backbone.dtype,
+                                                       "classes": suite.backbone.classes})
     key = config_hash({"kind": "pixel-dit", "train": asdict(suite.backbone.train), "data": real.train.fingerprint(),
                        "classes": real.classes})
     name = f"backbone-{key}"
@@ -136,10 +151,34 @@ def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | 
     return str(path), key, acc
 
 
+def teacher_val_accuracy(suite: Suite, real: RealData, out: Path, source: str, teacher_hash: str,
+                         chunk: int = 1000) -> float:
+    """The teacher's accuracy over the suite's classes on the validation split (never the test split),
+    cached by teacher and split; read in chunks, because ImageNet-1k's split does not fit in memory."""
+    key = config_hash([teacher_hash, real.val.fingerprint()])
+    path = out / "cache" / f"teacher-val-{key}.json"
+    if path.exists():
+        acc = json.loads(path.read_text())["accuracy"]
+    else:
+        teacher = load_teacher(suite.teacher, source, real.classes, "cuda" if torch.cuda.is_available() else "cpu")
+        correct = 0.0
+        for i in range(0, len(real.val), chunk):
+            idx = torch.arange(i, min(i + chunk, len(real.val)))
+            correct += accuracy(teacher, real.val.load(idx), real.val.labels[idx]) * len(idx)
+        acc = correct / max(1, len(real.val))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"accuracy": acc, "images": len(real.val)}))
+        os.replace(tmp, path)
+    _log(f"[prepare] teacher: validation accuracy {acc:.2%} ({len(real.val)} images)")
+    return acc
+
+
 @torch.no_grad()
 def backbone_check(backbone, teacher: Teacher, num_classes: int, per_class: int, cfg_scale: float, steps: int,
-                   seed: int = 0, batch_size: int = 100) -> dict:
-    """Sample `per_class` images per class and count how many the teacher assigns to their condition."""
+                   seed: int = 0, batch_size: int = 100, conditions: list[int] | None = None) -> dict:
+    """Sample `per_class` images per class and count how many the teacher assigns to their condition.
+    `conditions[c]` is the backbone's label of suite class c (default: c)."""
     agree, total = torch.zeros(num_classes), 0
     t0 = time.perf_counter()
     bar = tqdm(total=num_classes * per_class, desc="[prepare] backbone check", mininterval=5)
@@ -147,7 +186,8 @@ def backbone_check(backbone, teacher: Teacher, num_classes: int, per_class: int,
         g = torch.Generator().manual_seed(seed * 100_003 + c)
         noise = torch.randn((per_class, *backbone.latent_shape), generator=g)
         for i in range(0, per_class, batch_size):
-            z = ddim_sample(backbone, noise[i:i + batch_size].to(backbone.device), c, steps, cfg_scale)
+            z = ddim_sample(backbone, noise[i:i + batch_size].to(backbone.device),
+                            conditions[c] if conditions else c, steps, cfg_scale)
             pred = teacher(backbone.decode(z)).argmax(1).cpu()
             agree[c] += (pred == c).sum()
             total += len(pred)
@@ -162,6 +202,9 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True) -> Prep
     out = Path(out)
     backbone_source, backbone_hash = prepare_backbone(suite, real, out)
     teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out)
+    val_acc = None
+    if any(get_method(n).needs_teacher_val_accuracy(suite.method_config(n)) for n in suite.methods):
+        val_acc = teacher_val_accuracy(suite, real, out, teacher_source, teacher_hash)
     result = None
     if check:
         b = suite.backbone
@@ -173,8 +216,9 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True) -> Prep
             prepared = Prepared(backbone_source, backbone_hash, teacher_source, teacher_hash, teacher_acc, None)
             backbone = prepared.load_backbone(suite)
             teacher = prepared.load_teacher(suite, real.classes)
+            conditions = backbone_conditions(suite, real.classes)
             result = backbone_check(backbone, teacher, len(real.classes), b.check_per_class, b.check_cfg_scale,
-                                    b.check_steps)
+                                    b.check_steps, conditions=conditions)
             result["min_agreement"] = b.check_min_agreement
             result["passed"] = result["agreement"] >= b.check_min_agreement
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,4 +229,4 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True) -> Prep
         _log(f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
              f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
              f"{verdict} the suite's minimum {result['min_agreement']:.0%}")
-    return Prepared(backbone_source, backbone_hash, teacher_source, teacher_hash, teacher_acc, result)
+    return Prepared(backbone_source, backbone_hash, teacher_source, teacher_hash, teacher_acc, result, val_acc)

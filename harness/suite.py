@@ -61,6 +61,9 @@ class BackboneConfig:
     pretrained: str | None = None          # hub id or local directory (kind: dit)
     vae: str | None = "subfolder"          # "subfolder", a hub id / directory, or null
     dtype: str = "float32"
+    # The class list of a pretrained backbone's labels (kind: dit), e.g. imagenet-1k: each suite class is
+    # conditioned on its own index there, found by WNID. None: the suite's class order (a backbone trained on it).
+    classes: str | None = None
     train: PixelDiTConfig = field(default_factory=PixelDiTConfig)  # kind: pixel-dit
     check_per_class: int = 100             # the backbone check: teacher agreement on fresh samples
     check_min_agreement: float = 0.75
@@ -293,6 +296,14 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
         fail("backbone.kind", f"must be pixel-dit or dit, got {s.backbone.kind!r}")
     if s.backbone.kind == "dit" and not s.backbone.pretrained:
         fail("backbone.pretrained", "required for kind dit: a hub id or a local directory")
+    if s.backbone.classes is not None:
+        path = CLASSES_DIR / f"{s.backbone.classes}.txt"
+        if not path.is_file():
+            fail("backbone.classes", f"class list {s.backbone.classes!r} not found in {CLASSES_DIR}")
+        if s.data.format == "imagefolder" and s.data.class_list_path().is_file():
+            missing = sorted(set(s.data.class_keys()) - set(read_class_list(path)))
+            if missing:
+                fail("backbone.classes", f"{len(missing)} suite classes are not backbone labels, e.g. {missing[0]}")
     if s.backbone.dtype not in ("float32", "float16", "bfloat16"):
         fail("backbone.dtype", f"must be float32, float16 or bfloat16, got {s.backbone.dtype!r}")
     if not 0 <= s.backbone.check_min_agreement <= 1:

@@ -30,6 +30,9 @@ class Teacher(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("class_indices",
                              torch.tensor(class_indices if class_indices is not None else [], dtype=torch.long))
+        # Accuracy on the suite's validation split, where a method asked `prepare` for it (CaO2's task
+        # difficulty); None otherwise.
+        self.val_accuracy: float | None = None
         self.requires_grad_(False)
         self.eval()
 

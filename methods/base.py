@@ -23,6 +23,13 @@ class ClassTask:
     num_classes: int
     image_size: int       # the suite's image size; returned images must have it
     channels: int
+    # The backbone's label for this class: for a DiT pretrained on ImageNet-1k its ImageNet index (a Woof
+    # breed is not label 0 there); for a backbone trained on the suite, `label`.
+    condition: int | None = None
+
+    def __post_init__(self):
+        if self.condition is None:
+            self.condition = self.label
 
     def generator(self, device="cpu") -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed)
@@ -46,6 +53,12 @@ class Method:
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         """Return `task.ipc` images of class `task.label`, float in [0, 1], shape (ipc, C, H, W)."""
         raise NotImplementedError
+
+    @classmethod
+    def needs_teacher_val_accuracy(cls, config) -> bool:
+        """Whether `prepare` must measure the teacher on the validation split for this config (it is then
+        `teacher.val_accuracy`); off by default, because on ImageNet-1k that costs a pass over 50,000 images."""
+        return False
 
     @classmethod
     def config_dict(cls, config) -> dict:

@@ -46,6 +46,6 @@ class Diffusion(Method):
         noise = torch.randn((task.ipc, *bb.latent_shape), generator=task.generator())
         out = []
         for i in range(0, task.ipc, cfg.batch_size):
-            z = ddim_sample(bb, noise[i:i + cfg.batch_size].to(self.device), task.label, cfg.steps, cfg.cfg_scale)
+            z = ddim_sample(bb, noise[i:i + cfg.batch_size].to(self.device), task.condition, cfg.steps, cfg.cfg_scale)
             out.append(bb.decode(z).cpu())
         return fit_to_task(torch.cat(out), task)

@@ -72,3 +72,13 @@ def test_feature_methods_select_real_images(name, tiny_suite, tiny_real):
     as_u8 = (out * 255).round().to(torch.uint8)
     assert all(any(torch.equal(img, r) for r in real) for img in as_u8)
     assert len({img.numpy().tobytes() for img in as_u8}) == 5
+
+
+def test_diffusion_samples_the_backbone_label_not_the_suite_position():
+    from methods.diffusion import Diffusion, DiffusionConfig
+
+    method = Diffusion(DiffusionConfig(steps=2, cfg_scale=2.0), tiny_latent_dit())
+    common = dict(key="k", ipc=2, seed=5, real=None, num_classes=10, image_size=8, channels=3)
+    mapped = method.distill_class(ClassTask(label=0, condition=3, **common))
+    assert torch.equal(mapped, method.distill_class(ClassTask(label=3, **common)))
+    assert not torch.equal(mapped, method.distill_class(ClassTask(label=0, **common)))

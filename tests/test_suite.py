@@ -113,3 +113,20 @@ def test_data_root_from_environment(monkeypatch):
     assert load_suite("imagenette", check_files=False).data.root == "/somewhere/imagenet"
     monkeypatch.delenv("IMAGENET_ROOT")
     assert load_suite("imagenette", check_files=False).data.root == "/data/imagenet"
+
+
+def test_pretrained_backbone_conditions_each_class_on_its_imagenet_label():
+    """DiT-XL/2's label for a Woof breed is its ImageNet-1k index, not its place in the suite's list."""
+    from harness.prepare import backbone_conditions
+    from harness.suite import CLASSES_DIR, read_class_list
+
+    imagenet = read_class_list(CLASSES_DIR / "imagenet-1k.txt")
+    for name in ("imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"):
+        suite = load_suite(name, check_files=False)
+        assert suite.backbone.classes == "imagenet-1k"
+        keys = suite.data.class_keys()
+        assert backbone_conditions(suite, keys) == [imagenet.index(k) for k in keys]
+    woof = load_suite("imagewoof", check_files=False)
+    assert backbone_conditions(woof, woof.data.class_keys())[0] != 0
+    fashion = load_suite("fashion-mnist")
+    assert backbone_conditions(fashion, list("abc")) == [0, 1, 2]  # trained on the suite: its own order

@@ -1,0 +1,211 @@
+"""CaO2: OSS's selection rule, the CLO loss and optimiser on a tiny latent DiT, batched == one image at a time,
+the ablation variants, the `auto` condition, and the paper's settings pinned in the defaults and the suites."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from harness.students import create_student
+from harness.suite import load_suite
+from harness.teachers import Teacher, accuracy, save_teacher
+from methods import get_method
+from methods.base import ClassTask
+from methods.cao2 import (CaO2Config, clo_loss, optimise_latents, oss_select, resolve_condition,
+                          selector_scores)
+from tests.test_backbone import tiny_latent_dit
+
+
+def _teacher(num_outputs=10, class_indices=None, val_accuracy=None):
+    torch.manual_seed(0)
+    teacher = Teacher(create_student("convnet3", num_outputs, 3, 8, width=8), 8, 3, [0.5] * 3, [0.25] * 3,
+                      class_indices=class_indices)
+    teacher.val_accuracy = val_accuracy
+    return teacher
+
+
+def _task(ipc, seed=5, label=3):
+    return ClassTask(label=label, key=f"c{label}", ipc=ipc, seed=seed, real=None, num_classes=10, image_size=8,
+                     channels=3)
+
+
+def _method(name="cao2", teacher=None, **overrides):
+    cls = get_method(name)
+    config = dataclasses.replace(cls.Config(), steps=3, **{"condition": "class", **overrides})
+    return cls(config, backbone=tiny_latent_dit(), teacher=teacher or _teacher())
+
+
+def test_defaults_are_the_papers():
+    cfg = CaO2Config()
+    # §4.1 and the reference's sample_*.py: DiT-XL/2-256, guidance 2.7, 50 steps; Adam lr 6e-4, λ = 10, 100
+    # iterations; T̂ = T/4; pool 4 × IPC (ImageNet-1k / ImageWoof); both stages on.
+    assert (cfg.cfg_scale, cfg.steps) == (2.7, 50)
+    assert (cfg.lr, cfg.linf_weight, cfg.iterations, cfg.t_max_fraction) == (6e-4, 10.0, 100, 0.25)
+    assert (cfg.pool_factor, cfg.oss, cfg.clo, cfg.condition) == (4, True, True, "auto")
+    assert cfg.least_confident_from_ipc == 50  # "most confident for IPC 10, least confident for IPC 50"
+    with pytest.raises(ValueError, match="condition"):
+        CaO2Config(condition="true")
+
+
+def test_ablations_are_registered_variants_of_one_config():
+    base = dataclasses.asdict(CaO2Config())
+    oss_only = dataclasses.asdict(get_method("cao2-oss-only").Config())
+    clo_only = dataclasses.asdict(get_method("cao2-clo-only").Config())
+    assert oss_only == {**base, "clo": False} and clo_only == {**base, "oss": False}
+    assert get_method("cao2").Config is CaO2Config
+
+
+def test_oss_keeps_correct_samples_by_confidence():
+    p = torch.tensor([0.9, 0.2, 0.6, 0.95, 0.4, 0.7, 0.3, 0.8])
+    correct = torch.tensor([True, False, True, False, True, True, False, True])
+    order = torch.arange(8)
+    # Low IPC: the most confident correct ones (3 is confident but not correct).
+    assert oss_select(p, correct, 3, True, order).tolist() == [0, 7, 5]
+    # High IPC: the least confident correct ones.
+    assert oss_select(p, correct, 3, False, order).tolist() == [4, 2, 5]
+
+
+def test_oss_fills_a_shortfall_from_the_rest_in_random_order():
+    p = torch.tensor([0.9, 0.2, 0.6, 0.95, 0.4, 0.7])
+    correct = torch.tensor([False, True, False, False, True, False])
+    fill_order = torch.tensor([3, 1, 5, 0, 4, 2])  # a permutation drawn by the caller
+    chosen = oss_select(p, correct, 4, True, fill_order).tolist()
+    # Both correct samples first (most confident first), then incorrect ones in fill order.
+    assert chosen == [4, 1, 3, 5]
+    assert oss_select(p, torch.zeros(6, dtype=torch.bool), 2, True, fill_order).tolist() == [3, 1]
+
+
+def test_selector_reads_every_output_of_a_pretrained_teacher():
+    # A 10-output "ImageNet" teacher serving a 2-class suite (its outputs 3 and 7): a sample whose top-1
+    # is output 2 (outside the suite) is not assigned to its condition, though 7 wins among the suite's two.
+    teacher = _teacher(10, class_indices=[3, 7])
+    bias = teacher.model.classifier.bias
+    with torch.no_grad():
+        bias.zero_()
+        bias[2], bias[7] = 50.0, 25.0
+    images = torch.rand(4, 3, 8, 8)
+    p, correct = selector_scores(teacher, images, label=1)
+    assert not correct.any() and (p < 1e-6).all()
+    assert (teacher(images).argmax(1) == 1).all()
+    with torch.no_grad():
+        bias[7] = 100.0
+    p, correct = selector_scores(teacher, images, label=1)
+    assert correct.all() and (p > 0.99).all()
+
+
+def test_clo_loss_is_mse_plus_weighted_max_error():
+    noise = torch.zeros(2, 1, 2, 2)
+    pred = torch.tensor([[1.0, -3.0, 0.0, 2.0], [0.5, 0.5, 0.5, 0.5]]).view(2, 1, 2, 2)
+    torch.testing.assert_close(clo_loss(pred, noise, 10.0), torch.tensor([14 / 4 + 30.0, 0.25 + 5.0]))
+
+
+def test_clo_lowers_the_diffusion_loss_of_frozen_tiny_dit():
+    bb = tiny_latent_dit()
+    weights = [p.clone() for p in bb.parameters()]
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g)
+    ts = torch.randint(1, 251, (100, 3), generator=g)
+    out = optimise_latents(bb, latents, torch.tensor(3), noise, ts, lr=6e-4, linf_weight=10.0)
+
+    @torch.no_grad()
+    def expected_loss(x):  # Eq. 4 averaged over t ∈ [1, T/4] for the fixed ε
+        losses = []
+        for t in range(1, 251, 10):
+            a = bb.alphas_cumprod[t]
+            losses.append(clo_loss(bb.eps(a.sqrt() * x + (1 - a).sqrt() * noise, torch.tensor(t), 3), noise, 10.0))
+        return torch.stack(losses).mean(0)
+
+    assert (expected_loss(out) < expected_loss(latents)).all()
+    assert 0 < (out - latents).abs().max() < 2 * 100 * 6e-4  # Adam moves each entry by about lr a step
+    assert all(torch.equal(p, w) for p, w in zip(bb.parameters(), weights))  # the backbone stays frozen
+
+
+def test_batched_clo_equals_one_image_at_a_time():
+    bb = tiny_latent_dit()
+    g = torch.Generator().manual_seed(1)
+    latents, noise = torch.randn(5, 4, 4, 4, generator=g), torch.randn(5, 4, 4, 4, generator=g)
+    ts = torch.randint(1, 251, (100, 5), generator=g)
+    batched = optimise_latents(bb, latents, torch.tensor(bb.null_class), noise, ts, 6e-4, 10.0)
+    one_by_one = torch.cat([optimise_latents(bb, latents[i:i + 1], torch.tensor(bb.null_class), noise[i:i + 1],
+                                             ts[:, i:i + 1], 6e-4, 10.0) for i in range(5)])
+    torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-6)
+    # The method's chunking is only a memory knob.
+    whole, single = _method(clo_batch_size=4, iterations=20), _method(clo_batch_size=1, iterations=20)
+    torch.testing.assert_close(whole.distill_class(_task(4)), single.distill_class(_task(4)), rtol=0, atol=1e-5)
+
+
+def test_cao2_on_tiny_latent_dit_and_vae():
+    full = _method(iterations=20)
+    a = full.distill_class(_task(3))
+    assert a.shape == (3, 3, 8, 8) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, full.distill_class(_task(3)))
+    assert not torch.equal(a, full.distill_class(_task(3, seed=6)))
+    # OSS alone is CaO2 without its CLO steps; CLO then changes the images; the condition matters.
+    oss_only = _method("cao2-oss-only", iterations=20).distill_class(_task(3))
+    assert torch.equal(oss_only, _method(iterations=0).distill_class(_task(3)))
+    assert not torch.equal(a, oss_only)
+    assert not torch.equal(a, _method(iterations=20, condition="null").distill_class(_task(3)))
+    # Without OSS there is no pool: with no CLO steps either, it is the `diffusion` baseline at CaO2's
+    # guidance (Table 3's first row), image for image.
+    assert _method("cao2-clo-only", iterations=5).distill_class(_task(2)).shape == (2, 3, 8, 8)
+    diffusion = get_method("diffusion")(get_method("diffusion").Config(cfg_scale=2.7, steps=3),
+                                        backbone=tiny_latent_dit())
+    torch.testing.assert_close(_method("cao2-clo-only", iterations=0).distill_class(_task(2)),
+                               diffusion.distill_class(_task(2)), rtol=0, atol=1e-6)
+    # Grey suites get grey images at their size, as from `diffusion`.
+    grey = ClassTask(label=1, key="c1", ipc=2, seed=0, real=None, num_classes=10, image_size=6, channels=1)
+    assert _method(iterations=2).distill_class(grey).shape == (2, 1, 6, 6)
+
+
+def test_auto_condition_reads_the_teachers_validation_accuracy():
+    auto = CaO2Config()
+    assert resolve_condition(auto, _teacher(val_accuracy=0.98)) == "class"    # ImageNette-like: easy
+    assert resolve_condition(auto, _teacher(val_accuracy=0.90)) == "null"     # ImageWoof-like: hard
+    assert resolve_condition(CaO2Config(condition="class"), _teacher()) == "class"
+    with pytest.raises(ValueError, match="validation accuracy"):
+        resolve_condition(auto, _teacher())
+    assert get_method("cao2").needs_teacher_val_accuracy(auto)
+    assert not get_method("cao2").needs_teacher_val_accuracy(CaO2Config(condition="null"))
+    assert not get_method("cao2-oss-only").needs_teacher_val_accuracy(get_method("cao2-oss-only").Config())
+    assert not get_method("diffusion").needs_teacher_val_accuracy(get_method("diffusion").Config())
+
+
+def test_prepare_measures_the_teacher_on_the_validation_split(tiny_suite, tiny_real, tmp_path):
+    from harness.prepare import Prepared, teacher_val_accuracy
+
+    model = create_student("convnet3", 10, 1, 28, width=8)
+    save_teacher(Teacher(model, 28, 1, [0.3], [0.3]), "convnet3", 10, tmp_path / "t.pt", width=8)
+    teacher = Teacher(model, 28, 1, [0.3], [0.3])
+    expected = accuracy(teacher, tiny_real.val.load(torch.arange(len(tiny_real.val))), tiny_real.val.labels)
+    acc = teacher_val_accuracy(tiny_suite, tiny_real, tmp_path, str(tmp_path / "t.pt"), "h", chunk=64)
+    assert acc == pytest.approx(expected)
+    (cached,) = (tmp_path / "cache").glob("teacher-val-*.json")
+    assert json.loads(cached.read_text())["accuracy"] == acc
+    prepared = Prepared("", "", str(tmp_path / "t.pt"), "h", None, None, acc)
+    assert prepared.load_teacher(tiny_suite, tiny_real.classes).val_accuracy == acc
+
+
+# The paper's settings per ImageNet suite (§4.1, DESIGN §5): pool factor, condition (Fig. 3(d): null for
+# ImageWoof, ImageNet-1k and the ImageNet-100 script; the true class for ImageNette) and T̂ (IN-100: T/8).
+SETTINGS = {"imagenet": (4, "null", 0.25), "imagewoof": (4, "null", 0.25), "imagenette": (2, "class", 0.25),
+            "imagenet-100": (2, "null", 0.125), "imageidc": (2, "auto", 0.25)}
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_imagenet_family_runs_cao2_with_the_papers_settings(name):
+    suite = load_suite(name, check_files=False)
+    assert suite.backbone.pretrained == "facebook/DiT-XL-2-256" and suite.teacher.weights == "resnet18.tv_in1k"
+    cfg = suite.method_config("cao2")
+    assert (cfg.cfg_scale, cfg.steps, cfg.lr, cfg.linf_weight, cfg.iterations) == (2.7, 50, 6e-4, 10.0, 100)
+    assert (cfg.pool_factor, cfg.condition, cfg.t_max_fraction) == SETTINGS[name]
+    assert cfg.oss and cfg.clo
+
+
+def test_fashion_mnist_runs_cao2_and_its_ablations_like_diffusion():
+    suite = load_suite("fashion-mnist", check_files=False)
+    diffusion = suite.method_config("diffusion")
+    configs = {n: suite.method_config(n) for n in ("cao2", "cao2-oss-only", "cao2-clo-only")}
+    for cfg in configs.values():
+        assert (cfg.cfg_scale, cfg.steps) == (diffusion.cfg_scale, diffusion.steps) == (2.0, 25)
+        assert (cfg.lr, cfg.linf_weight, cfg.iterations, cfg.t_max_fraction) == (6e-4, 10.0, 100, 0.25)
+    assert [(c.oss, c.clo) for c in configs.values()] == [(True, True), (True, False), (False, True)]
