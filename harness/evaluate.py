@@ -406,17 +406,23 @@ def _rows(trials: list[EvalTrial], results: list[dict]) -> list[dict]:
     return rows
 
 
+def _train_group(trials: list[EvalTrial], protocol_cfg, classes: list[str], channels: int, test, device: str,
+                 suite, prepared, teacher, **options) -> list[dict]:
+    """Load the group's set (or the real training split) and its teacher, train its seeds, make its rows."""
+    images, labels, protocol_cfg = _trial_data(trials[0], protocol_cfg, classes, channels, suite)
+    if teacher is None and isinstance(protocol_cfg, SoftLabelConfig):
+        teacher = prepared.load_teacher(suite, classes, device)
+    results = train_student(trials[0].student, images, labels, test[0], test[1], len(classes), trials[0].ipc,
+                            protocol_cfg, [t.seed for t in trials], device=device, teacher=teacher, **options)
+    return _rows(trials, results)
+
+
 def run_group(trials: list[EvalTrial], protocol_cfg, classes: list[str], channels: int,
               test: tuple[torch.Tensor, torch.Tensor], device: str, threads: int, suite=None, prepared=None,
               teacher=None) -> list[dict]:
     """The seeds of one (set, student, protocol), trained together in one process; one row per seed."""
     torch.set_num_threads(threads)
-    images, labels, protocol_cfg = _trial_data(trials[0], protocol_cfg, classes, channels, suite)
-    if teacher is None and isinstance(protocol_cfg, SoftLabelConfig):
-        teacher = prepared.load_teacher(suite, classes, device)
-    results = train_student(trials[0].student, images, labels, test[0], test[1], len(classes), trials[0].ipc,
-                            protocol_cfg, [t.seed for t in trials], device=device, teacher=teacher)
-    return _rows(trials, results)
+    return _train_group(trials, protocol_cfg, classes, channels, test, device, suite, prepared, teacher)
 
 
 def run_group_distributed(trials: list[EvalTrial], protocol_cfg, classes: list[str], channels: int,
@@ -430,24 +436,16 @@ def run_group_distributed(trials: list[EvalTrial], protocol_cfg, classes: list[s
 
     def loop(config):
         context = ray.train.get_context()
-        device = "cuda" if use_gpu else "cpu"
-        if use_gpu:
-            device = str(ray.train.torch.get_device())
+        device = str(ray.train.torch.get_device()) if use_gpu else "cpu"
         torch.set_num_threads(1)
-        images, labels, cfg = _trial_data(trials[0], protocol_cfg, classes, channels, suite)
-        tutor = teacher
-        if tutor is None and isinstance(cfg, SoftLabelConfig):
-            tutor = prepared.load_teacher(suite, classes, device)
-        results = train_student(trials[0].student, images, labels, test[0], test[1], len(classes), trials[0].ipc,
-                                cfg, [t.seed for t in trials], device=device, teacher=tutor, vectorise=False,
-                                rank=context.get_world_rank(), world=context.get_world_size(),
-                                wrap=lambda m: prepare_model(m, move_to_device=False) if not use_gpu
-                                else prepare_model(m))
+        rows = _train_group(trials, protocol_cfg, classes, channels, test, device, suite, prepared, teacher,
+                            vectorise=False, rank=context.get_world_rank(), world=context.get_world_size(),
+                            wrap=lambda m: prepare_model(m, move_to_device=use_gpu))
         if context.get_world_rank() != 0:
             ray.train.report({})
             return
         with tempfile.TemporaryDirectory() as tmp:  # Ray Train keeps a result only with a checkpoint
-            (Path(tmp) / "rows.json").write_text(json.dumps(_rows(trials, results)))
+            (Path(tmp) / "rows.json").write_text(json.dumps(rows))
             ray.train.report({"seeds": len(trials)}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     result = TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),

@@ -14,7 +14,8 @@ import pandas as pd
 GROUP = ["method", "config_hash", "ipc", "student", "protocol"]
 
 
-def aggregate(rows: list[dict], current: set[tuple[str, str]] | None = None) -> pd.DataFrame:
+def measured_rows(rows: list[dict], current: set[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """The store's measured rows (never a paper's reported ones) of the configurations in `current`."""
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -22,6 +23,11 @@ def aggregate(rows: list[dict], current: set[tuple[str, str]] | None = None) -> 
         df = df[df["kind"] == "measured"]
     if current is not None:
         df = df[[(m, h) in current for m, h in zip(df["method"], df["config_hash"])]]
+    return df
+
+
+def aggregate(rows: list[dict], current: set[tuple[str, str]] | None = None) -> pd.DataFrame:
+    df = measured_rows(rows, current)
     if df.empty:
         return df
     g = df.groupby(GROUP, sort=False)
@@ -47,13 +53,9 @@ def label_robust_scores(rows: list[dict], current: set[tuple[str, str]] | None =
     LRS = (exp(λ·IOR − (1 − λ)·HLR) − e⁻¹) / (e − e⁻¹), in [0, 1]. Seed i of the method is paired with seed i
     of the baseline. Without a soft-label protocol, IOR compares hard-label accuracies (said in the table).
     """
-    df = pd.DataFrame(rows)
+    df = measured_rows(rows, current)
     if df.empty:
         return df
-    if "kind" in df:
-        df = df[df["kind"] == "measured"]
-    if current is not None:
-        df = df[[(m, h) in current for m, h in zip(df["method"], df["config_hash"])]]
     full = df[df["method"] == full_data].groupby("student")["accuracy"].mean()
     df = df[df["method"] != full_data]
     soft = "soft-label" if (df["protocol"] == "soft-label").any() else "hard-label"
