@@ -42,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", type=Path, help="all outputs of the run (default: runs/)")
     p.add_argument("--methods", help="comma-separated methods (default: the suite's)")
     p.add_argument("--ipc", type=_int_list, help="comma-separated IPCs (default: the suite's)")
+    p.add_argument("--students", help="comma-separated students (default: the suite's or the profile's)")
     p.add_argument("--seeds", type=_positive, help="student seeds per setting (default: the suite's)")
     p.add_argument("--profile", default="full", help="full (the suite as written) or one of its profiles, e.g. quick, leaderboard (default: full)")
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["ipcs"] = args.ipc
     if args.seeds:
         overrides["seeds"] = args.seeds
+    if args.students:
+        overrides["students"] = [s.strip() for s in args.students.split(",") if s.strip()]
     try:
         suite = load_suite(args.suite, args.profile, overrides)
         methods = list(suite.methods)

@@ -40,6 +40,9 @@ class DistillJob:
     config_hash: str
     ipc: int
     path: Path
+    # What seeds the shards: the method and its config hash, except where variants of one method share
+    # their draws (see Method.seed_identity).
+    seed_key: str = ""
 
     @property
     def manifest_path(self) -> Path:
@@ -49,31 +52,41 @@ class DistillJob:
         return self.manifest_path.exists()
 
 
-def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, str]:
-    """The method's config and a hash of everything that decides its images."""
+def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, str, str]:
+    """The method's config, a hash of everything that decides its images, and the key its shards are seeded
+    from (`name/hash`, or the shared key of a method's ablation variants)."""
     cls = get_method(name)
-    config = dataclasses.asdict(suite.method_config(name))
+    method_config = suite.method_config(name)
+    config = dataclasses.asdict(method_config)
     ident = {"method": name, "config": config, "seed": suite.seed, "image_size": suite.data.image_size}
     if cls.uses_backbone:
         ident["backbone"] = prepared.backbone_hash
     if cls.uses_teacher:
         ident["teacher"] = prepared.teacher_hash
-    if cls.needs_teacher_val_accuracy(suite.method_config(name)):  # it decides the images (CaO2's ĉ)
+    if cls.needs_teacher_val_accuracy(method_config):  # it decides the images (CaO2's ĉ)
         ident["teacher_val_accuracy"] = prepared.teacher_val_accuracy
-    return config, config_hash(ident)
+    h = config_hash(ident)
+    shared = cls.seed_identity(method_config)
+    if shared is None:
+        return config, h, f"{name}/{h}"
+    family, seed_config = shared
+    # Without the teacher's accuracy: it decides what CLO aims at (ĉ), not what is drawn.
+    seed_ident = {k: v for k, v in ident.items() if k != "teacher_val_accuracy"}
+    return config, h, f"{family}/{config_hash({**seed_ident, 'method': family, 'config': seed_config})}"
 
 
-def shard_seed(suite_seed: int, method: str, cfg_hash: str, ipc: int, class_key: str) -> int:
-    digest = hashlib.sha256(f"{suite_seed}/{method}/{cfg_hash}/{ipc}/{class_key}".encode()).hexdigest()
+def shard_seed(suite_seed: int, seed_key: str, ipc: int, class_key: str) -> int:
+    digest = hashlib.sha256(f"{suite_seed}/{seed_key}/{ipc}/{class_key}".encode()).hexdigest()
     return int(digest[:8], 16)
 
 
 def plan(suite: Suite, prepared: Prepared, out: Path, methods: list[str], ipcs: list[int]) -> list[DistillJob]:
     jobs = []
     for name in methods:
-        config, h = method_identity(suite, prepared, name)
+        config, h, seed_key = method_identity(suite, prepared, name)
         for ipc in ipcs:
-            jobs.append(DistillJob(name, config, h, ipc, out / "distilled" / suite.name / name / h / f"ipc{ipc}"))
+            jobs.append(DistillJob(name, config, h, ipc, out / "distilled" / suite.name / name / h / f"ipc{ipc}",
+                                   seed_key))
     return jobs
 
 
@@ -136,7 +149,7 @@ class ShardWorker:
         if (final / "shard.json").exists():  # another attempt already finished it
             return json.loads((final / "shard.json").read_text())
         method = self._method(job.method)
-        seed = shard_seed(self.suite.seed, job.method, job.config_hash, job.ipc, key)
+        seed = shard_seed(self.suite.seed, job.seed_key or f"{job.method}/{job.config_hash}", job.ipc, key)
         real = self.real.train.class_images(label) if type(method).uses_real else None
         task = ClassTask(label, key, job.ipc, seed, real, len(self.real.classes), self.real.image_size,
                          self.real.channels, condition=self.conditions[label])

@@ -61,6 +61,13 @@ class Method:
         return False
 
     @classmethod
+    def seed_identity(cls, config) -> tuple[str, dict] | None:
+        """None: a class's draws are seeded by this method and its whole config. Ablation variants of one
+        method return the same (family, config) so that they draw the same noise and differ only in the
+        stage they switch off, as the paper's ablation table runs them from one noise bank."""
+        return None
+
+    @classmethod
     def config_dict(cls, config) -> dict:
         return dataclasses.asdict(config)
 

@@ -21,6 +21,7 @@ suite can list all three (a suite's `methods:` is keyed by method name).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -155,19 +156,28 @@ class CaO2(Method):
     def needs_teacher_val_accuracy(cls, config) -> bool:
         return config.clo and config.condition == "auto"
 
+    @classmethod
+    def seed_identity(cls, config) -> tuple[str, dict]:
+        # cao2, cao2-oss-only and cao2-clo-only with otherwise equal settings share one noise bank, one fill
+        # order and one set of CLO draws (the reference samples every ablation from its seed-42 bank).
+        return "cao2", dataclasses.asdict(dataclasses.replace(config, oss=True, clo=True))
+
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         step = self.config.batch_size
         return torch.cat([self.backbone.decode(latents[i:i + step]) for i in range(0, len(latents), step)])
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         bb, cfg = self.backbone, self.config
-        pool_size = task.ipc * cfg.pool_factor if cfg.oss else task.ipc
+        # The bank always holds the full pool, so that without OSS the IPC samples are the bank's first
+        # IPC: the same noises the OSS variants choose among.
+        bank_size = task.ipc * cfg.pool_factor
+        pool_size = bank_size if cfg.oss else task.ipc
         t_max = max(1, round(bb.num_train_timesteps * cfg.t_max_fraction))
         # Every random draw is made up front on the CPU, in a fixed order, so a task gives the same images
         # on any device and the CLO draws do not depend on how many samples OSS found correct.
         gen = task.generator()
-        pool_noise = torch.randn((pool_size, *bb.latent_shape), generator=gen)
-        fill_order = torch.randperm(pool_size, generator=gen)
+        pool_noise = torch.randn((bank_size, *bb.latent_shape), generator=gen)[:pool_size]
+        fill_order = torch.randperm(bank_size, generator=gen)
         clo_noise = torch.randn((task.ipc, *bb.latent_shape), generator=gen)
         clo_t = torch.randint(1, t_max + 1, (cfg.iterations, task.ipc), generator=gen)
 

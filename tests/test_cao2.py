@@ -11,6 +11,7 @@ from harness.suite import load_suite
 from harness.teachers import Teacher, accuracy, save_teacher
 from methods import get_method
 from methods.base import ClassTask
+from harness.backbones.sampling import ddim_sample
 from methods.cao2 import (CaO2Config, clo_loss, optimise_latents, oss_select, resolve_condition,
                           selector_scores)
 from tests.test_backbone import tiny_latent_dit
@@ -145,16 +146,35 @@ def test_cao2_on_tiny_latent_dit_and_vae():
     assert torch.equal(oss_only, _method(iterations=0).distill_class(_task(3)))
     assert not torch.equal(a, oss_only)
     assert not torch.equal(a, _method(iterations=20, condition="null").distill_class(_task(3)))
-    # Without OSS there is no pool: with no CLO steps either, it is the `diffusion` baseline at CaO2's
-    # guidance (Table 3's first row), image for image.
+    # Without OSS there is no pool: the IPC samples are the noise bank's first IPC, the noises the OSS
+    # variants choose among; with no CLO steps either, that is plain sampling at CaO2's guidance (Table 3's
+    # first row), image for image.
     assert _method("cao2-clo-only", iterations=5).distill_class(_task(2)).shape == (2, 3, 8, 8)
-    diffusion = get_method("diffusion")(get_method("diffusion").Config(cfg_scale=2.7, steps=3),
-                                        backbone=tiny_latent_dit())
-    torch.testing.assert_close(_method("cao2-clo-only", iterations=0).distill_class(_task(2)),
-                               diffusion.distill_class(_task(2)), rtol=0, atol=1e-6)
+    bb = tiny_latent_dit()
+    bank = torch.randn((2 * CaO2Config().pool_factor, *bb.latent_shape), generator=_task(2).generator())
+    first = bb.decode(ddim_sample(bb, bank[:2], _task(2).condition, 3, 2.7))
+    torch.testing.assert_close(_method("cao2-clo-only", iterations=0).distill_class(_task(2)), first,
+                               rtol=0, atol=1e-6)
     # Grey suites get grey images at their size, as from `diffusion`.
     grey = ClassTask(label=1, key="c1", ipc=2, seed=0, real=None, num_classes=10, image_size=6, channels=1)
     assert _method(iterations=2).distill_class(grey).shape == (2, 1, 6, 6)
+
+
+def test_ablation_variants_share_their_draws():
+    """cao2 = CLO applied to cao2-oss-only's selection, and all three variants seed from one key, so Table 3's
+    rows differ only in the stage switched off."""
+    from types import SimpleNamespace
+
+    from harness.distill import method_identity
+
+    suite = load_suite("fashion-mnist", check_files=False)
+    prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9)
+    ids = {n: method_identity(suite, prepared, n) for n in ("cao2", "cao2-oss-only", "cao2-clo-only", "diffusion")}
+    assert len({h for _, h, _ in ids.values()}) == 4           # four different sets …
+    assert ids["cao2"][2] == ids["cao2-oss-only"][2] == ids["cao2-clo-only"][2]   # … three from one seed key
+    assert ids["diffusion"][2] == f"diffusion/{ids['diffusion'][1]}"
+    other = SimpleNamespace(backbone_hash="b2", teacher_hash="t", teacher_val_accuracy=0.9)
+    assert method_identity(suite, other, "cao2")[2] != ids["cao2"][2]   # a new backbone draws anew
 
 
 def test_auto_condition_reads_the_teachers_validation_accuracy():
