@@ -41,6 +41,9 @@ class Method:
     uses_backbone: ClassVar[bool] = False
     uses_teacher: ClassVar[bool] = False
     uses_real: ClassVar[bool] = True
+    # Ranges the hyperparameter-search stage may explore, by config field: ("float" | "log" | "int", low, high)
+    # or ("choice", [values]). Empty: nothing to search.
+    search_space: ClassVar[dict[str, tuple]] = {}
 
     def __init__(self, config=None, backbone=None, teacher=None, device: str | torch.device = "cpu"):
         self.config = config if config is not None else self.Config()
@@ -49,6 +52,9 @@ class Method:
         if self.uses_teacher and teacher is None:
             raise ValueError(f"method {self.name} needs a teacher")
         self.backbone, self.teacher, self.device = backbone, teacher, torch.device(device)
+        # Seconds a method spends in its named stages (e.g. {"bo": 3.2}) during one distill_class call; the
+        # harness clears it before each class and records it with the shard's cost.
+        self.stage_seconds: dict[str, float] = {}
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         """Return `task.ipc` images of class `task.label`, float in [0, 1], shape (ipc, C, H, W)."""
