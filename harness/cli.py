@@ -80,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         real = load_real_data(suite.data)
     except (SuiteError, DataError) as e:
         fail(str(e))
+    from .diversity import DiversityError
     from .prepare import PrepareError
 
     try:
         return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch)
-    except PrepareError as e:
+    except (PrepareError, DiversityError) as e:
         fail(str(e))
 
 
@@ -93,6 +94,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     import ray
 
     from .distill import distill, plan
+    from .diversity import measure_sets
     from .evaluate import evaluate
     from .leaderboard import render
     from .prepare import prepare
@@ -118,6 +120,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         return 0
     jobs = plan(suite, prepared, out, methods, suite.ipcs)
     manifests = distill(suite, real, prepared, jobs, connect)
+    measure_sets(suite, real, prepared, manifests, out)
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
     evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect, prepared, out)
     notes = [f"teacher: {suite.teacher.arch}" + (f", test accuracy {prepared.teacher_test_accuracy:.1%}"
@@ -132,7 +135,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     from .evaluate import FULL_DATA
 
     current = {(m["method"], m["config_hash"]) for m in manifests} | {(FULL_DATA, real.train.fingerprint()[:12])}
-    md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes)
+    md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes, manifests)
     print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(md.read_text(), flush=True)
     return 0

@@ -15,6 +15,7 @@ import os
 import platform
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,84 @@ def load_distilled(path: Path, classes: list[str], channels: int) -> tuple[torch
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
 
+class ShardPeakMemory:
+    """Peak memory of one shard, not of the actor's lifetime: actors are reused across shards and methods, so
+    a lifetime maximum (`ru_maxrss`) only grows and would charge every later shard with the hungriest
+    earlier one.
+
+    - `cuda_max_allocated`: torch's peak allocated CUDA memory, reset before the shard.
+    - `shard_peak_rss` (Linux, CPU): writing 5 to /proc/self/clear_refs resets the kernel's resident
+      high-water mark (VmHWM) to the current RSS; VmHWM is read back after the shard. It counts what the
+      process already holds (models, real data) as well as what the shard allocates.
+    - `process_max_rss`: where that reset is not possible, the process's lifetime peak, an upper bound.
+    """
+
+    def __init__(self, device: str | torch.device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.kind = "cuda_max_allocated" if self.cuda else "process_max_rss"
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:  # not Linux, or a kernel/sandbox that forbids it
+            self.kind = "process_max_rss"
+            return
+        self.kind = "shard_peak_rss" if _vm_hwm() is not None else "process_max_rss"
+
+    def peak(self) -> int:
+        if self.cuda:
+            return int(torch.cuda.max_memory_allocated(self.device))
+        hwm = _vm_hwm() if self.kind == "shard_peak_rss" else None
+        if hwm is not None:
+            return hwm
+        self.kind = "process_max_rss"
+        # ru_maxrss is in KiB on Linux but in bytes on macOS.
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def _vm_hwm() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # the kernel writes it in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str | torch.device) -> dict:
+    """What a shard ran on: the accelerator (or "cpu"), the host CPU model and torch's intra-op threads."""
+    d = torch.device(device)
+    return {"device": torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu", "cpu": _cpu_model(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def _one(values):
+    """The one value all shards share, or every distinct value joined with " + " where a set was made on
+    unlike machines (a resumed run on another node): it stays visible rather than silently picking one."""
+    distinct = sorted({v for v in values if v is not None}, key=str)
+    if not distinct:
+        return None
+    return distinct[0] if len(distinct) == 1 else " + ".join(map(str, distinct))
+
+
 class ShardWorker:
     """Holds the models; distils one class at a time. Used in-process or as a Ray actor."""
 
@@ -153,20 +232,21 @@ class ShardWorker:
         real = self.real.train.class_images(label) if type(method).uses_real else None
         task = ClassTask(label, key, job.ipc, seed, real, len(self.real.classes), self.real.image_size,
                          self.real.channels, condition=self.conditions[label])
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        method.stage_seconds.clear()  # the method fills it during this class only
+        memory = ShardPeakMemory(self.device)
+        memory.start()
         t0 = time.perf_counter()
         images = method.distill_class(task)
+        if memory.cuda:  # kernels still queued would otherwise fall outside the measured time
+            torch.cuda.synchronize(memory.device)
         seconds = time.perf_counter() - t0
+        peak = memory.peak()
         expected = (job.ipc, self.real.channels, self.real.image_size, self.real.image_size)
         if tuple(images.shape) != expected:
             raise RuntimeError(f"{job.method} returned {tuple(images.shape)} for class {key}, expected {expected}")
-        if torch.cuda.is_available():
-            peak, peak_kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
-        else:
-            peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss"
         stats = {"class": key, "label": label, "seed": seed, "seconds": seconds, "images": job.ipc,
-                 "peak_memory_bytes": int(peak), "peak_memory_kind": peak_kind}
+                 "peak_memory_bytes": int(peak), "peak_memory_kind": memory.kind,
+                 "stage_seconds": {k: float(v) for k, v in method.stage_seconds.items()}, **machine(self.device)}
         tmp = job.path / f".{key}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -183,12 +263,20 @@ def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: l
     shards = [json.loads((job.path / k / "shard.json").read_text()) for k in classes]
     images = sum(s["images"] for s in shards)
     seconds = sum(s["seconds"] for s in shards)
+    stages: dict[str, float] = {}
+    for s in shards:  # shards made before stages were recorded have none
+        for stage, t in s.get("stage_seconds", {}).items():
+            stages[stage] = stages.get(stage, 0.0) + t
     manifest = {
         "suite": suite.name, "method": job.method, "config": job.config, "config_hash": job.config_hash,
         "ipc": job.ipc, "classes": classes, "seeds": {s["class"]: s["seed"] for s in shards},
         "images": images, "distill_seconds": seconds, "seconds_per_image": seconds / max(images, 1),
         "peak_memory_bytes": max(s["peak_memory_bytes"] for s in shards),
-        "peak_memory_kind": shards[0]["peak_memory_kind"],
+        "peak_memory_kind": _one(s["peak_memory_kind"] for s in shards),
+        "stage_seconds": stages,
+        # Costs compare only between like machines: what ran the shards, and with how many threads.
+        "device": _one(s.get("device") for s in shards), "cpu": _one(s.get("cpu") for s in shards),
+        "torch_threads": _one(s.get("torch_threads") for s in shards),
         "backbone": prepared.backbone_hash if get_method(job.method).uses_backbone else None,
         "teacher": prepared.teacher_hash if get_method(job.method).uses_teacher else None,
         "backbone_check": prepared.backbone_check, "versions": versions(),

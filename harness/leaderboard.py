@@ -86,8 +86,124 @@ def _cell(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})"
 
 
+MEMORY_KINDS = {
+    "shard_peak_rss": "peak resident memory of the actor process during the shard (reset before each shard), "
+                      "the models and data it holds included",
+    "cuda_max_allocated": "peak CUDA memory allocated by torch during the shard",
+    "process_max_rss": "the process's lifetime peak resident memory (no per-shard reset was possible: an upper "
+                       "bound, not comparable between methods)",
+}
+
+
+def _sorted_by_method(df: pd.DataFrame, method_order: list[str]) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(method_order)}
+    key = df["method"].map(lambda m: order.get(m, math.inf))
+    return df.assign(_order=key).sort_values(["_order", "ipc"], kind="stable").drop(columns="_order")
+
+
+def cost_table(manifests: list[dict], method_order: list[str]) -> pd.DataFrame:
+    """One row per set: seconds per distilled image, peak memory and the seconds and share of each named
+    stage (stage_<name>_seconds, stage_<name>_share), as the manifests record them."""
+    out = []
+    for m in manifests:
+        row = {"method": m["method"], "config_hash": m["config_hash"], "ipc": m["ipc"], "images": m["images"],
+               "distill_seconds": m["distill_seconds"], "seconds_per_image": m["seconds_per_image"],
+               "peak_memory_mib": m["peak_memory_bytes"] / 2**20, "peak_memory_kind": m.get("peak_memory_kind"),
+               # sets made before the machine was recorded say so rather than borrow this run's machine
+               "device": m.get("device") or "unrecorded", "cpu": m.get("cpu") or "unrecorded",
+               "torch_threads": "unrecorded" if m.get("torch_threads") is None else str(m["torch_threads"])}
+        for stage, seconds in (m.get("stage_seconds") or {}).items():
+            row[f"stage_{stage}_seconds"] = seconds
+            row[f"stage_{stage}_share"] = seconds / m["distill_seconds"] if m["distill_seconds"] > 0 else math.nan
+        out.append(row)
+    return _sorted_by_method(pd.DataFrame(out), method_order).reset_index(drop=True)
+
+
+def _stages_cell(row) -> str:
+    shares = [(c[len("stage_"):-len("_share")], row[c]) for c in row.index
+              if c.startswith("stage_") and c.endswith("_share") and pd.notna(row[c])]
+    return ", ".join(f"{name} {100 * share:.0f} %" for name, share in shares) or "–"
+
+
+def _machine(row) -> str:
+    threads = "" if row["torch_threads"] == "unrecorded" else f", {row['torch_threads']} torch thread(s)"
+    return f"{row['device']} (host {row['cpu']}{threads})" if row["device"] != "cpu" else f"cpu ({row['cpu']}{threads})"
+
+
+def _cost_lines(cost: pd.DataFrame) -> list[str]:
+    machines = cost.apply(_machine, axis=1)
+    kinds = cost["peak_memory_kind"].fillna("unrecorded")
+    lines = ["## Cost of distillation", "",
+             "Per set (the shape of Table 5 of the adaptive-sampling paper): seconds of distillation per image "
+             "(all classes' shards summed, over the images made), peak memory of one shard (the largest over the "
+             "set's classes), and the share of the distillation time a method spent in its named stages.", ""]
+    if machines.nunique() == 1:
+        lines.append(f"- machine: {machines.iloc[0]}; costs compare only between sets made on like machines")
+    for kind in sorted(kinds.unique()):
+        lines.append(f"- memory `{kind}`: {MEMORY_KINDS.get(kind, 'as recorded by the harness that made the set')}")
+    extra = [("memory kind", kinds)] if kinds.nunique() > 1 else []
+    extra += [("machine", machines)] if machines.nunique() > 1 else []
+    lines += ["", "| method | IPC | images | s / image | peak memory (MiB) | named stages |"
+              + "".join(f" {name} |" for name, _ in extra), "|---|---|---|---|---|---|" + "---|" * len(extra)]
+    for i, r in cost.iterrows():
+        cells = [r["method"], str(r["ipc"]), str(r["images"]), f"{r['seconds_per_image']:.3f}",
+                 f"{r['peak_memory_mib']:.0f}", _stages_cell(r)] + [str(values.iloc[i]) for _, values in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+DIVERSITY_MEASURES = ["fid", "kid", "precision", "recall", "density", "coverage"]
+
+
+def diversity_table(manifests: list[dict], method_order: list[str]) -> pd.DataFrame:
+    """One row per measured set: its diversity entry (see harness/diversity.py) beside its identity."""
+    out = [{"method": m["method"], "config_hash": m["config_hash"], "ipc": m["ipc"], **m["diversity"]}
+           for m in manifests if m.get("diversity")]
+    if not out:
+        return pd.DataFrame()
+    return _sorted_by_method(pd.DataFrame(out), method_order).reset_index(drop=True)
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _diversity_lines(div: pd.DataFrame) -> list[str]:
+    first = div.iloc[0]
+    extractor = ", ".join(sorted(div["extractor"].unique()))
+    source = ("the suite's frozen teacher's penultimate features" if extractor == "teacher"
+              else "the FID Inception-v3 (pool3)" if extractor == "inception" else extractor)
+    lines = ["## Diversity and fidelity", "",
+             f"Each whole set against the real training images, on {source} ({int(first['feature_dim'])}-d; the "
+             "measures of Table 4 of the adaptive-sampling paper). FID and KID (lower is better) against a "
+             f"class-balanced sample of {int(first['real_images'])} real images; precision (fidelity), recall, "
+             f"density and coverage (diversity; higher is better, k = {int(first['nearest_k'])}) against real "
+             "samples of the set's own size and class balance, mean over "
+             f"{int(first['real_draws']) if pd.notna(first.get('real_draws')) else 0} draws (standard deviations "
+             "in the CSV). Compare within an IPC: every measure depends on the set's size.", ""]
+    if extractor != "inception":
+        lines.append("- Not Inception features: the FIDs here are not comparable with the Inception FIDs papers "
+                     "report, only with each other.")
+    if div["fid"].isna().any():
+        lines.append(f"- FID –: the set has fewer than {int(div['fid_min_images'].max())} images, the feature "
+                     "dimension + 1; with fewer its feature covariance is singular and FID is mostly sample-size "
+                     "bias. KID, unbiased at any size, stands in.")
+    if div["precision"].isna().any():
+        lines.append(f"- precision … coverage –: fewer than k + 2 = {int(div['prdc_min_images'].max())} images.")
+    lines += ["", "| method | IPC | images | FID | KID | precision | recall | density | coverage |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in div.iterrows():
+        cells = [r["method"], str(r["ipc"]), str(r["images"]), _fmt(r["fid"], ".2f"), _fmt(r["kid"], ".3g")]
+        cells += [_fmt(r[name], ".2f") for name in ("precision", "recall", "density", "coverage")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path, method_order: list[str],
-           notes: list[str]) -> tuple[Path, Path]:
+           notes: list[str], manifests: list[dict] | None = None) -> tuple[Path, Path]:
+    """Write leaderboard/<suite>.md and .csv (accuracy), and, from the `manifests` of the sets on the board,
+    the cost table (<suite>-cost.csv) and, where the sets were measured, the diversity table
+    (<suite>-diversity.csv). Without manifests the board has the accuracy tables only."""
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(rows, current)
     lrs = label_robust_scores(rows, current)
@@ -144,19 +260,13 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
                                      else "–")
                     lines.append(f"| {method} | " + " | ".join(cells) + " |")
                 lines.append("")
-        lines += ["## Cost of distillation", "",
-                  "Seconds per distilled image and peak memory of the process that made it (CPU: process peak "
-                  "RSS; GPU: peak allocated CUDA memory).", "",
-                  "| method | " + " | ".join(f"IPC {i} s/img" for i in ipcs) + " | peak memory (MB) |",
-                  "|---|" + "---|" * (len(ipcs) + 1)]
-        cost = agg.drop_duplicates(["method", "ipc"])
-        for method in sorted(cost["method"].unique(), key=lambda m: order.get(m, math.inf)):
-            part = cost[cost["method"] == method]
-            cells = []
-            for ipc in ipcs:
-                r = part[part["ipc"] == ipc]
-                cells.append(f"{r['seconds_per_image'].iloc[0]:.3f}" if len(r) else "–")
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {part['peak_memory_mb'].max():.0f} |")
-        lines.append("")
+    if manifests:
+        cost = cost_table(manifests, method_order)
+        cost.to_csv(out_dir / f"{suite.name}-cost.csv", index=False, float_format="%.5f")
+        lines += _cost_lines(cost)
+        div = diversity_table(manifests, method_order)
+        if not div.empty:
+            div.to_csv(out_dir / f"{suite.name}-diversity.csv", index=False, float_format="%.6g")
+            lines += _diversity_lines(div)
     md_path.write_text("\n".join(lines))
     return md_path, csv_path

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .backbones.pixel_dit import PixelDiTConfig
+from .diversity import DiversityConfig, DiversityError, check_config
 from .evaluate import PROTOCOLS, HardLabelConfig
 from .teachers import TeacherTrainConfig
 
@@ -118,6 +119,8 @@ class Suite:
     # Students trained data-parallel through Ray Train, with this many workers (one GPU each where GPUs exist).
     distributed_students: dict[str, int] = field(default_factory=dict)
     cross_arch: CrossArchConfig | None = None
+    # How distilled sets are compared with the real data (FID, precision, recall, ...): see harness/diversity.py.
+    diversity: DiversityConfig = field(default_factory=DiversityConfig)
     profiles: dict[str, dict] = field(default_factory=dict)
     source: str = ""
 
@@ -340,6 +343,12 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
         for i, student in enumerate(c.students):
             if not is_student(student):
                 fail(f"cross_arch.students[{i}]", f"unknown student {student!r}: not in timm's registry")
+    try:
+        check_config(s.diversity)
+    except DiversityError as e:
+        raise SuiteError(f"{source}: {e}") from None
+    if check_files and s.diversity.inception_weights and not Path(s.diversity.inception_weights).is_file():
+        fail("diversity.inception_weights", f"{s.diversity.inception_weights} is not a file")
     for name, raw in list(s.protocols.items()):
         if name not in PROTOCOLS:
             fail(f"protocols.{name}", f"unknown protocol (known: {', '.join(PROTOCOLS)})")

@@ -54,3 +54,50 @@ def test_label_robust_score_on_fractions_paired_by_seed():
     assert 0 < lrs.loc["m", "lrs"] < 1 and lrs.loc["m", "ior_protocol"] == "soft-label"
     # the baseline against itself: IOR = 0, so its score only reflects how far it is from full data
     assert abs(lrs.loc["random-real", "ior"]) < 1e-12
+
+
+def _manifest(method, ipc, seconds, stages=None, diversity=None, **extra):
+    m = dict(dict(method=method, config_hash="h", ipc=ipc, images=10 * ipc, distill_seconds=seconds,
+                  seconds_per_image=seconds / (10 * ipc), peak_memory_bytes=300 * 2**20,
+                  peak_memory_kind="shard_peak_rss", stage_seconds=stages or {}, device="cpu", cpu="Some CPU",
+                  torch_threads=1), **extra)
+    if diversity is not None:
+        m["diversity"] = diversity
+    return m
+
+
+def _div(images, fid):
+    return dict(extractor="teacher", images=images, real_images=10000, feature_dim=576, fid_min_images=577, fid=fid,
+                kid=0.0123, kid_std=0.001, nearest_k=5, prdc_min_images=7, real_draws=10, precision=0.84, recall=0.45,
+                density=1.86, coverage=0.33, precision_std=0.01, recall_std=0.02, density_std=0.1, coverage_std=0.01)
+
+
+def test_cost_and_diversity_tables_from_manifests(tmp_path):
+    manifests = [_manifest("adaptive-sampling", 10, 27.0, {"bo": 7.0, "sampling": 20.0}, _div(100, None)),
+                 _manifest("m", 10, 26.0, diversity=_div(1000, 48.7))]
+    md, _ = render(SimpleNamespace(name="s"), _rows(), {("m", "h")}, tmp_path, ["m", "adaptive-sampling"], [],
+                   manifests)
+    text = md.read_text()
+    cost = text[text.index("## Cost of distillation"):text.index("## Diversity and fidelity")]
+    assert "| m | 10 | 100 | 0.260 | 300 | – |" in cost
+    assert "| adaptive-sampling | 10 | 100 | 0.270 | 300 | bo 26 %, sampling 74 % |" in cost
+    assert "machine: cpu (Some CPU, 1 torch thread(s))" in cost and "`shard_peak_rss`" in cost
+    assert cost.index("| m |") < cost.index("| adaptive-sampling |")  # the suite's method order
+    csv = (tmp_path / "s-cost.csv").read_text().splitlines()
+    assert "stage_bo_share" in csv[0] and len(csv) == 3
+    div = text[text.index("## Diversity and fidelity"):]
+    assert "| m | 10 | 1000 | 48.70 | 0.0123 | 0.84 | 0.45 | 1.86 | 0.33 |" in div
+    assert "| adaptive-sampling | 10 | 100 | – | 0.0123 |" in div and "fewer than 577 images" in div
+    assert "not comparable with the Inception FIDs" in div
+    assert (tmp_path / "s-diversity.csv").read_text().count("\n") == 3
+
+
+def test_cost_table_shows_unlike_machines_and_old_manifests(tmp_path):
+    old = _manifest("m", 1, 1.0)
+    for key in ("stage_seconds", "device", "cpu", "torch_threads"):  # a set made before these were recorded
+        del old[key]
+    manifests = [old, _manifest("m", 10, 5.0, device="NVIDIA H100 80GB HBM3", peak_memory_kind="cuda_max_allocated")]
+    md, _ = render(SimpleNamespace(name="s"), _rows(), {("m", "h")}, tmp_path, ["m"], [], manifests)
+    cost = md.read_text().split("## Cost of distillation")[1]
+    assert "| memory kind | machine |" in cost and "NVIDIA H100 80GB HBM3 (host Some CPU, 1 torch thread(s))" in cost
+    assert "unrecorded" in cost and "## Diversity" not in md.read_text()

@@ -38,6 +38,10 @@ def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real)
         m = json.loads(path.read_text())
         assert m["images"] == m["ipc"] * 10 and m["seconds_per_image"] >= 0 and m["peak_memory_bytes"] > 0
         assert set(m["seeds"]) == set(tiny_real.classes) and "torch" in m["versions"]
+        assert m["peak_memory_kind"] in ("shard_peak_rss", "process_max_rss") and isinstance(m["stage_seconds"], dict)
+        assert m["device"] == "cpu" and m["torch_threads"] == 1  # single-threaded CPU actors
+        (measured,) = json.loads((path.parent / "diversity.json").read_text()).values()
+        assert measured["images"] == m["images"] and measured["extractor"] == "teacher"
         assert 0 <= m["backbone_check"]["agreement"] <= 1
         for key in tiny_real.classes:
             assert len(list((path.parent / key).glob("*.png"))) == m["ipc"]
@@ -53,6 +57,13 @@ def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real)
         assert f"| {method} |" in board
     assert "## Full-data reference" in board and "## DD-Ranking label-robust score" in board
     assert (first_run / "leaderboard" / "tiny.csv").exists() and (first_run / "leaderboard" / "tiny-lrs.csv").exists()
+    cost = board[board.index("## Cost of distillation"):board.index("## Diversity and fidelity")]
+    div = board[board.index("## Diversity and fidelity"):]
+    for method in tiny_suite.methods:
+        for ipc in tiny_suite.ipcs:
+            assert f"| {method} | {ipc} | {10 * ipc} |" in cost and f"| {method} | {ipc} | {10 * ipc} |" in div
+    assert (first_run / "leaderboard" / "tiny-cost.csv").exists()
+    assert (first_run / "leaderboard" / "tiny-diversity.csv").exists()
 
 
 def test_rerun_recomputes_nothing(first_run, tiny_suite, tiny_real, capsys):
@@ -60,7 +71,7 @@ def test_rerun_recomputes_nothing(first_run, tiny_suite, tiny_real, capsys):
     store = (first_run / "results" / "tiny.jsonl").read_bytes()
     run(tiny_suite, tiny_real, list(tiny_suite.methods), first_run, None)
     printed = capsys.readouterr().out
-    assert "0 shards to make" in printed and "0 to run" in printed
+    assert "0 shards to make" in printed and "0 to run" in printed and "0 to measure" in printed
     assert snapshot(first_run / "distilled") == before
     assert (first_run / "results" / "tiny.jsonl").read_bytes() == store
 
