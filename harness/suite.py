@@ -128,7 +128,9 @@ class Suite:
         from methods import get_method
 
         cls = get_method(name)
-        return build(cls.Config, self.methods.get(name) or {}, f"methods.{name}", self.source)
+        if name not in self.methods:  # a method the suite does not list has no settings here, not defaults
+            raise SuiteError(f"{self.source}: methods.{name}: not in the suite (it has: {', '.join(self.methods)})")
+        return build(cls.Config, self.methods[name] or {}, f"methods.{name}", self.source)
 
     def fingerprint(self) -> str:
         """Hash of everything that decides results (not paths, not profiles)."""

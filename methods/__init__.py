@@ -23,4 +23,4 @@ def list_methods() -> list[str]:
 
 
 # Importing the modules registers them.
-from . import cao2, diffusion, herding, k_center, random_real  # noqa: E402,F401
+from . import adaptive_sampling, cao2, d4m, diffusion, herding, k_center, random_real  # noqa: E402,F401

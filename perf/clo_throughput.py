@@ -20,13 +20,13 @@ import torch  # noqa: E402
 from harness.data import load_real_data  # noqa: E402
 from harness.prepare import Prepared, prepare_backbone  # noqa: E402
 from harness.suite import load_suite  # noqa: E402
-from methods import get_method  # noqa: E402
 from methods.cao2 import optimise_latents  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--suite", default="fashion-mnist")
+    p.add_argument("--profile", default="leaderboard", help="the suite profile that lists cao2")
     p.add_argument("--out", default="runs", type=Path, help="where the suite's prepared models are cached")
     p.add_argument("--images", type=int, default=10, help="images of one class (the IPC)")
     p.add_argument("--iterations", type=int, default=20)
@@ -34,8 +34,8 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    suite = load_suite(args.suite)
-    cfg = suite.method_config("cao2") if "cao2" in suite.methods else get_method("cao2").Config()
+    suite = load_suite(args.suite, args.profile)
+    cfg = suite.method_config("cao2")
     source, h = prepare_backbone(suite, load_real_data(suite.data), args.out)
     bb = Prepared(source, h, "", "", None, None).load_backbone(suite, args.device)
 

@@ -167,7 +167,7 @@ def test_ablation_variants_share_their_draws():
 
     from harness.distill import method_identity
 
-    suite = load_suite("fashion-mnist", check_files=False)
+    suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
     prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9)
     ids = {n: method_identity(suite, prepared, n) for n in ("cao2", "cao2-oss-only", "cao2-clo-only", "diffusion")}
     assert len({h for _, h, _ in ids.values()}) == 4           # four different sets …
@@ -222,7 +222,7 @@ def test_imagenet_family_runs_cao2_with_the_papers_settings(name):
 
 
 def test_fashion_mnist_runs_cao2_and_its_ablations_like_diffusion():
-    suite = load_suite("fashion-mnist", check_files=False)
+    suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
     diffusion = suite.method_config("diffusion")
     configs = {n: suite.method_config(n) for n in ("cao2", "cao2-oss-only", "cao2-clo-only")}
     for cfg in configs.values():

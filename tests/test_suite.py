@@ -29,6 +29,14 @@ def test_fashion_leaderboard_profile_and_scaled_students():
     """The published fashion-mnist leaderboard's grid, and the scaled epochs and widths its YAML states."""
     full, board = load_suite("fashion-mnist"), load_suite("fashion-mnist", "leaderboard")
     assert full.students == ["convnet3"] and full.seeds == 2
+    # The default run keeps the spine's four baselines (its 20-minute budget); the papers' methods and their
+    # ablations are on the published board.
+    assert list(full.methods) == ["random-real", "diffusion", "herding", "k-center"]
+    assert list(board.methods) == list(full.methods) + [
+        "cao2", "cao2-oss-only", "cao2-clo-only", "d4m", "adaptive-sampling", "adaptive-sampling-no-repulsion",
+        "adaptive-sampling-fixed"]
+    with pytest.raises(SuiteError, match="methods.cao2: not in the suite"):
+        full.method_config("cao2")
     assert board.students == ["convnet3", "resnetap10", "resnet18"] and board.seeds == 3
     assert set(board.protocols) == {"hard-label", "soft-label"} and board.full_data.epochs == 3
     for cfg in board.protocols.values():

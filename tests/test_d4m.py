@@ -1,0 +1,103 @@
+"""D4M: the prototypes are the mini-batch k-means centres of the class's latents, each starts an img2img sample;
+end to end on the tiny latent DiT + VAE; the reference's defaults pinned, and each suite's settings."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import MiniBatchKMeans
+
+from harness.backbones.sampling import img2img
+from harness.suite import load_suite
+from methods import get_method
+from methods.base import ClassTask
+from methods.d4m import D4MConfig, kmeans_prototypes
+from tests.test_backbone import tiny_latent_dit
+
+
+def _task(ipc, seed=5, n_real=24, label=3, channels=3, size=8):
+    real = torch.randint(0, 256, (n_real, channels, size, size), generator=torch.Generator().manual_seed(label),
+                         dtype=torch.uint8)
+    return ClassTask(label=label, key=f"c{label}", ipc=ipc, seed=seed, real=real, num_classes=10, image_size=size,
+                     channels=channels)
+
+
+def _method(**overrides):
+    return get_method("d4m")(dataclasses.replace(D4MConfig(), **{"steps": 4, **overrides}), backbone=tiny_latent_dit())
+
+
+def test_defaults_are_the_references():
+    cfg = D4MConfig()
+    # gen_syn_image_imgnt.sh: --guidance_scale 8 --strength 0.7; the img2img pipeline's 50 inference steps.
+    assert (cfg.strength, cfg.cfg_scale, cfg.steps) == (0.7, 8.0, 50)
+    assert cfg.kmeans_batch_size == 1024   # sklearn's default for fit
+    with pytest.raises(ValueError, match="strength"):
+        D4MConfig(strength=1.2)
+
+
+def test_prototypes_are_the_kmeans_centres_of_the_class_latents():
+    method, task = _method(), _task(4)
+    latents = method.encode_real(task)
+    assert latents.shape == (24, 4, 4, 4)
+    torch.testing.assert_close(latents, method.backbone.encode(task.real.float() / 255))
+    random_state = int(torch.randint(0, 2**31 - 1, (1,), generator=task.generator()))
+    km = MiniBatchKMeans(n_clusters=4, random_state=random_state, batch_size=1024, n_init="auto")
+    km.fit(latents.flatten(1).double().numpy())
+    expected = torch.from_numpy(np.asarray(km.cluster_centers_)).float().view(4, 4, 4, 4)
+    protos = method.prototypes(task)
+    torch.testing.assert_close(protos, expected)
+    # Centres, not members: each is (up to mini-batch k-means' sampling of its batches with replacement) the
+    # mean of the latents assigned to it.
+    labels = torch.from_numpy(km.predict(latents.flatten(1).double().numpy()))
+    for c in range(4):
+        if (labels == c).any():
+            torch.testing.assert_close(protos[c], latents[labels == c].mean(0), atol=0.05, rtol=0)
+    # IPC 1: the class mean.
+    torch.testing.assert_close(method.prototypes(_task(1)), latents.mean(0, keepdim=True), atol=0.01, rtol=0)
+
+
+def test_kmeans_needs_as_many_latents_as_prototypes():
+    with pytest.raises(ValueError, match="cannot make"):
+        kmeans_prototypes(torch.randn(3, 4), 5, 0, 1024)
+
+
+def test_each_prototype_starts_an_img2img_sample():
+    method, task = _method(), _task(3)
+    out = method.distill_class(task)
+    assert out.shape == (3, 3, 8, 8) and out.min() >= 0 and out.max() <= 1
+    gen = task.generator()
+    torch.randint(0, 2**31 - 1, (1,), generator=gen)
+    noise = torch.randn((3, 4, 4, 4), generator=gen)
+    expected = img2img(method.backbone, task.condition, noise, 0.7, 8.0, 4, latents=method.prototypes(task))
+    torch.testing.assert_close(out, expected)
+    # At strength 0 the distilled images are the decoded prototypes themselves.
+    torch.testing.assert_close(_method(strength=0.0).distill_class(task),
+                               method.backbone.decode(method.prototypes(task)))
+
+
+def test_d4m_end_to_end_is_deterministic_per_seed():
+    method = _method()
+    a = method.distill_class(_task(3))
+    assert torch.equal(a, method.distill_class(_task(3)))
+    assert not torch.equal(a, method.distill_class(_task(3, seed=6)))
+    # The memory knob does not change the images.
+    torch.testing.assert_close(_method(batch_size=1).distill_class(_task(3)), a, atol=1e-5, rtol=0)
+    # A grey suite at another size gets grey images at its size.
+    grey = _task(2, channels=1, size=6)
+    assert method.distill_class(grey).shape == (2, 1, 6, 6)
+
+
+IMAGENET_SUITES = ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"]
+
+
+@pytest.mark.parametrize("name", IMAGENET_SUITES)
+def test_imagenet_family_runs_d4m_with_the_reference_settings(name):
+    cfg = load_suite(name, check_files=False).method_config("d4m")
+    assert (cfg.strength, cfg.cfg_scale, cfg.steps) == (0.7, 8.0, 50)
+
+
+def test_fashion_mnist_runs_d4m_at_the_backbones_guidance():
+    suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
+    cfg, diffusion = suite.method_config("d4m"), suite.method_config("diffusion")
+    assert (cfg.cfg_scale, cfg.steps) == (diffusion.cfg_scale, diffusion.steps) == (2.0, 25)
+    assert cfg.strength == 0.7
