@@ -1,5 +1,6 @@
 """Cost accounting of a shard: its own peak memory (not the actor's lifetime maximum), the method's named
 stages, and the machine — in shard.json and summed into the manifest."""
+import dataclasses
 import json
 import resource
 import sys
@@ -58,7 +59,8 @@ def _clear_refs_writable() -> bool:
 @pytest.fixture()
 def worker_and_job(tmp_path, tiny_suite, tiny_real):
     prepared = Prepared("", "", "", "", None, None)
-    worker = ShardWorker(tiny_suite, prepared, "cpu", real=tiny_real)
+    suite = dataclasses.replace(tiny_suite, methods={**tiny_suite.methods, MemoryHog.name: {"mib": HOG_MIB}})
+    worker = ShardWorker(suite, prepared, "cpu", real=tiny_real)
     job = DistillJob(MemoryHog.name, {"mib": HOG_MIB}, "h", 2, tmp_path / "set")
     return worker, job, prepared
 
