@@ -70,7 +70,7 @@ def main() -> int:
     cls = get_method(name)
     on_cfg = suite.method_config(name)
     arms = {"on": on_cfg, "off": dataclasses.replace(on_cfg, repulsion=False)}
-    where = (f"(β*, γ*) by BO per mini-batch, the same for both arms" if args.bo
+    where = ("(β*, γ*) by BO per mini-batch, the same for both arms" if args.bo
              else f"(β, γ) = ({on_cfg.cfg_scale}, {on_cfg.strength})")
     print(f"{suite.name}: {name}, IPC {args.ipc}, {len(real.classes)} classes, {where}, repulsion λ = "
           f"{on_cfg.repulsion_weight}; {args.draws} draws; measures on {suite.diversity.extractor} features"
