@@ -73,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
             unknown = [m for m in methods if m not in suite.methods]
             if unknown:
+                in_profiles = [p for p, v in suite.profiles.items()
+                               if all(m in (v.get("methods") or {}) for m in unknown)]
+                hint = f"; --profile {in_profiles[0]} lists them" if in_profiles and args.profile == "full" else ""
                 raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(unknown)}, "
-                                 f"not in the suite (it has: {', '.join(suite.methods)})")
+                                 f"not in the suite (it has: {', '.join(suite.methods)}){hint}")
         if args.cross_arch and suite.cross_arch is None:
             raise SuiteError(f"{suite.source}: cross_arch: --cross-arch needs a cross_arch section in the suite")
         real = load_real_data(suite.data)

@@ -96,6 +96,10 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("ddbench: error:"), (args, proc.stderr)
         assert not (tmp_path / "out").exists()
+    # A paper's method asked of the default run points at the profile that has it.
+    proc = subprocess.run([sys.executable, "benchmark.py", "--suite", "fashion-mnist", "--methods", "cao2,d4m",
+                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("; --profile leaderboard lists them"), proc.stderr
 
 
 @pytest.mark.parametrize("name", ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"])
