@@ -39,7 +39,7 @@ import torch
 from harness.backbones.sampling import fit_to_backbone, img2img, img2img_start
 
 from . import register_method
-from .base import ClassTask, Method, real_as_float
+from .base import ClassTask, Method, real_as_float, teacher_logits
 from .diffusion import fit_to_task
 
 
@@ -105,18 +105,10 @@ class AdaptiveSamplingConfig:
 
 # ---- teacher-guided fidelity (Eq. 5) ----
 
-@torch.no_grad()
 def teacher_log_probs(teacher, images01: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """log T(x): the teacher's log-softmax. A pretrained ImageNet-1k teacher is read over all its outputs, as
-    CaO2's selector is (methods/cao2.py): its soft label of a Woof image includes the breeds outside the
-    suite, which is what the paper's teacher predicts."""
-    full = len(teacher.class_indices) > 0
-    out = []
-    for i in range(0, len(images01), batch_size):
-        x = images01[i:i + batch_size]
-        logits = teacher.model(teacher.prepare_input(x)) if full else teacher(x)
-        out.append(logits.float().log_softmax(1).cpu())
-    return torch.cat(out)
+    """log T(x) over all the teacher's outputs (`teacher_logits`): a pretrained ImageNet-1k teacher's soft
+    label of a Woof image includes the breeds outside the suite, which is what the paper's teacher predicts."""
+    return teacher_logits(teacher, images01, batch_size).log_softmax(1)
 
 
 def fidelity(log_p_real: torch.Tensor, log_p_gen: torch.Tensor) -> float:

@@ -85,3 +85,20 @@ def real_as_float(real: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def teacher_features(teacher, images01: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     return torch.cat([teacher.features(images01[i:i + batch_size]) for i in range(0, len(images01), batch_size)])
+
+
+@torch.no_grad()
+def teacher_logits(teacher, images01: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The teacher's logits (float, CPU) over all its outputs. A pretrained ImageNet-1k teacher is read over all
+    1,000, as the papers' selectors and soft-label teachers (torchvision's ResNet-18) are: a Woof sample the
+    teacher calls a breed outside the suite is not "correct" just because that breed is not a suite class.
+    A suite-trained teacher's outputs are the suite's classes."""
+    full = len(teacher.class_indices) > 0
+    return torch.cat([(teacher.model(teacher.prepare_input(x)) if full else teacher(x)).float().cpu()
+                      for x in images01.split(batch_size)])
+
+
+def teacher_output_index(teacher, label: int) -> int:
+    """Which of `teacher_logits`' columns is the suite's class `label`."""
+    return int(teacher.class_indices[label]) if len(teacher.class_indices) > 0 else label
+

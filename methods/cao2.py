@@ -29,7 +29,7 @@ import torch
 from harness.backbones.sampling import ddim_sample
 
 from . import register_method
-from .base import ClassTask, Method
+from .base import ClassTask, Method, teacher_logits, teacher_output_index
 from .diffusion import fit_to_task
 
 CONDITIONS = ("auto", "class", "null")
@@ -86,23 +86,12 @@ def oss_select(p_condition: torch.Tensor, is_condition: torch.Tensor, ipc: int, 
     return chosen
 
 
-@torch.no_grad()
 def selector_scores(teacher, images01: torch.Tensor, label: int, batch_size: int = 500
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """p(condition | x) and whether the condition is the teacher's top-1.
-
-    A pretrained ImageNet-1k teacher is read over all its outputs, as the paper's selector (torchvision's
-    ResNet-18, softmax over 1,000 classes) is: a Woof sample the teacher calls another breed outside the
-    suite is not "correct" just because that breed is not one of the suite's classes."""
-    full = len(teacher.class_indices) > 0
-    target = int(teacher.class_indices[label]) if full else label
-    p, top1 = [], []
-    for i in range(0, len(images01), batch_size):
-        x = images01[i:i + batch_size]
-        logits = teacher.model(teacher.prepare_input(x)) if full else teacher(x)
-        p.append(logits.softmax(1)[:, target].cpu())
-        top1.append(logits.argmax(1).cpu() == target)
-    return torch.cat(p), torch.cat(top1)
+    """p(condition | x) and whether the condition is the teacher's top-1, over all the teacher's outputs
+    (`teacher_logits`), as the paper's selector (torchvision's ResNet-18, softmax over 1,000 classes) is read."""
+    logits, target = teacher_logits(teacher, images01, batch_size), teacher_output_index(teacher, label)
+    return logits.softmax(1)[:, target], logits.argmax(1) == target
 
 
 def clo_loss(eps_pred: torch.Tensor, noise: torch.Tensor, linf_weight: float) -> torch.Tensor:
