@@ -135,6 +135,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     notes.append("protocols: " + "; ".join(
         f"{k}: epochs by IPC {v.epochs}" + (f", student options {v.student_kwargs}" if v.student_kwargs else "")
         for k, v in suite.protocols.items()))
+    notes += suite.notes
     from .evaluate import FULL_DATA
 
     current = {(m["method"], m["config_hash"]) for m in manifests} | {(FULL_DATA, real.train.fingerprint()[:12])}

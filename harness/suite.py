@@ -121,6 +121,8 @@ class Suite:
     cross_arch: CrossArchConfig | None = None
     # How distilled sets are compared with the real data (FID, precision, recall, ...): see harness/diversity.py.
     diversity: DiversityConfig = field(default_factory=DiversityConfig)
+    # Caveats a reader of the leaderboard needs beside the numbers (listed under its header).
+    notes: list[str] = field(default_factory=list)
     profiles: dict[str, dict] = field(default_factory=dict)
     source: str = ""
 
@@ -135,7 +137,7 @@ class Suite:
     def fingerprint(self) -> str:
         """Hash of everything that decides results (not paths, not profiles)."""
         d = dataclasses.asdict(self)
-        for k in ("profiles", "source"):
+        for k in ("profiles", "source", "notes"):
             d.pop(k)
         d["data"].pop("root")
         return config_hash(d)

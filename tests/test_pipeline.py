@@ -55,6 +55,7 @@ def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real)
     board = (first_run / "leaderboard" / "tiny.md").read_text()
     for method in tiny_suite.methods:
         assert f"| {method} |" in board
+    assert "- a tiny suite: its numbers mean nothing" in board  # the suite's own notes head the board
     assert "## Full-data reference" in board and "## DD-Ranking label-robust score" in board
     assert (first_run / "leaderboard" / "tiny.csv").exists() and (first_run / "leaderboard" / "tiny-lrs.csv").exists()
     cost = board[board.index("## Cost of distillation"):board.index("## Diversity and fidelity")]

@@ -70,6 +70,7 @@ BAD = {
     "cross-arch method": (lambda r: r["cross_arch"].update(method="magic"), "cross_arch.method: 'magic' is not one"),
     "cross-arch teacher": (lambda r: r["cross_arch"]["teachers"][1].update(arch="resnet9000"),
                            "cross_arch.teachers[1].arch: unknown architecture"),
+    "note not text": (lambda r: r.update(notes=[{"a": 1}]), "notes[0]: expected a string"),
     "distributed student": (lambda r: r.update(distributed_students={"resnet50": 2}),
                             "distributed_students.resnet50: must name one of the suite's students"),
 }
