@@ -101,4 +101,3 @@ def teacher_logits(teacher, images01: torch.Tensor, batch_size: int = 256) -> to
 def teacher_output_index(teacher, label: int) -> int:
     """Which of `teacher_logits`' columns is the suite's class `label`."""
     return int(teacher.class_indices[label]) if len(teacher.class_indices) > 0 else label
-
