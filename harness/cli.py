@@ -16,6 +16,7 @@ from .diversity import DiversityError, measure_sets
 from .evaluate import evaluate, full_data_protocol
 from .identity import FULL_DATA
 from .leaderboard import render
+from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .prepare import PrepareError, prepare
 from .store import ResultStore
 from .suite import SuiteError, load_suite
@@ -59,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the backbone check")
     p.add_argument("--cross-arch", action="store_true",
                    help="run the suite's cross-architecture study (teacher × student table and heatmap) instead")
+    p.add_argument("--plan", action="store_true",
+                   help="print what the suite would do and cost (shards, trials, model loads, images, disk, GPU-hours) "
+                        "and run nothing; needs neither the data nor the models")
+    p.add_argument("--gpus", type=_positive, default=1, help="GPUs the plan spreads the work over (default: 1)")
+    p.add_argument("--gpu-tflops", type=float, default=DEFAULT_GPU_TFLOPS,
+                   help=f"sustained TFLOP/s per GPU the plan prices unmeasured work at (default: {DEFAULT_GPU_TFLOPS:g})")
     return p
 
 
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.students:
         overrides["students"] = [s.strip() for s in args.students.split(",") if s.strip()]
     try:
-        suite = load_suite(args.suite, args.profile, overrides)
+        suite = load_suite(args.suite, args.profile, overrides, check_files=not args.plan)
         methods = list(suite.methods)
         if args.methods:
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -90,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                                  f"not in the suite (it has: {', '.join(suite.methods)}){hint}")
         if args.cross_arch and suite.cross_arch is None:
             raise SuiteError(f"{suite.source}: cross_arch: --cross-arch needs a cross_arch section in the suite")
+        if args.plan:
+            print(make_plan(suite, methods, args.out, args.gpus, args.gpu_tflops), flush=True)
+            return 0
         real = load_real_data(suite.data)
-    except (SuiteError, DataError) as e:
+    except (SuiteError, DataError, PlanError) as e:
         fail(str(e))
     try:
         return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch)

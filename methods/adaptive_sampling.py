@@ -55,7 +55,7 @@ import torch
 
 from harness.backbones.sampling import fit_to_backbone, img2img, img2img_start
 
-from .base import ClassTask, Method, draw_real, real_as_float, teacher_logits
+from .base import ClassTask, Method, Work, draw_real, real_as_float, teacher_logits
 from .diffusion import fit_to_task
 from .registry import register_method, register_variant
 
@@ -265,6 +265,15 @@ class AdaptiveSampling(Method):
         "ucb_kappa": ("float", 0.5, 3.0),
         "strength_min": ("float", 0.3, 0.7),
     }
+
+    @classmethod
+    def work(cls, config, ipc, real_per_class):
+        # BO picks the strength per seed batch: the plan prices the middle of its range.
+        strength = (config.strength_min + config.strength_max) / 2 if config.bo else config.strength
+        full = int(config.steps * strength)
+        proxies = config.bo_init + config.bo_iterations if config.bo else 0
+        per_image = (proxies * int(config.steps // 2 * strength) + full) * 2  # guided: always two evaluations
+        return Work(backbone=ipc * per_image, vae=ipc * (2 + proxies), teacher=ipc * (1 + proxies) if config.bo else 0)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

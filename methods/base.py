@@ -43,6 +43,20 @@ NEEDS = frozenset({"backbone", "teacher", "teacher_val_accuracy", "real_images"}
 
 
 @dataclass
+class Work:
+    """What distilling one class costs, counted in model evaluations of one image: the plan (`--plan`) prices
+    the counts before anything runs. A backward pass counts as two evaluations."""
+    backbone: float = 0.0   # transformer evaluations of one latent at one timestep (guidance doubles them)
+    vae: float = 0.0        # VAE encodes and decodes of one image
+    teacher: float = 0.0    # teacher forward passes of one image
+
+
+def guided(cfg_scale: float) -> int:
+    """Transformer evaluations per guided step: guidance runs the conditional and the null class."""
+    return 1 if cfg_scale == 1.0 else 2
+
+
+@dataclass
 class MethodContext:
     """Everything the harness hands a method, filled with what the method declared it needs."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -100,6 +114,12 @@ class Method:
         return cls.needs
 
     @classmethod
+    def work(cls, config, ipc: int, real_per_class: int) -> Work | None:
+        """The model evaluations one class costs at `ipc` with `real_per_class` training images; None where the
+        method has not declared it (the plan then says its generation cost is unknown)."""
+        return None
+
+    @classmethod
     def seed_identity(cls, config) -> tuple[str, dict] | None:
         """None: a class's draws are seeded by this method and its whole config. A method with paired
         switches returns its family and the config with those switches at the family's defaults, the same
@@ -140,6 +160,10 @@ class FeatureSelection(Method):
     @staticmethod
     def order(features: torch.Tensor, k: int) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def work(cls, config, ipc, real_per_class):
+        return Work(teacher=real_per_class)  # features of every real image of the class
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         images = real_as_float(task.real)

@@ -43,7 +43,7 @@ import torch
 
 from harness.backbones.sampling import ddim_sample
 
-from .base import ClassTask, Method, teacher_logits, teacher_output_index
+from .base import ClassTask, Method, Work, guided, teacher_logits, teacher_output_index
 from .diffusion import fit_to_task
 from .registry import register_method, register_variant
 
@@ -160,6 +160,15 @@ class CaO2(Method):
     @classmethod
     def needs_for(cls, config) -> frozenset[str]:
         return cls.needs | ({"teacher_val_accuracy"} if config.clo and config.condition == "auto" else set())
+
+    @classmethod
+    def work(cls, config, ipc, real_per_class):
+        pool = ipc * config.pool_factor if config.oss else ipc
+        clo = config.clo and config.iterations
+        # A CLO iteration is one unguided evaluation and its backward pass.
+        return Work(backbone=pool * config.steps * guided(config.cfg_scale) + (ipc * config.iterations * 3 if clo else 0),
+                    vae=(pool if config.oss else 0) + (ipc if clo or not config.oss else 0),
+                    teacher=pool if config.oss else 0)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         step = self.config.batch_size

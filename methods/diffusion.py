@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from harness.backbones.sampling import ddim_sample
 
-from .base import ClassTask, Method
+from .base import ClassTask, Method, Work, guided
 from .registry import register_method
 
 
@@ -42,6 +42,10 @@ class Diffusion(Method):
     name = "diffusion"
     Config = DiffusionConfig
     needs = frozenset({"backbone"})
+
+    @classmethod
+    def work(cls, config, ipc, real_per_class):
+        return Work(backbone=ipc * config.steps * guided(config.cfg_scale), vae=ipc)
 
     @torch.no_grad()
     def distill_class(self, task: ClassTask) -> torch.Tensor:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import ClassTask, Method, draw_real, real_as_float
+from .base import ClassTask, Method, Work, draw_real, real_as_float
 from .registry import register_method
 
 
@@ -24,6 +24,10 @@ class RandomReal(Method):
     name = "random-real"
     Config = RandomRealConfig
     random_baseline = True
+
+    @classmethod
+    def work(cls, config, ipc, real_per_class):
+        return Work()
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         return real_as_float(task.real[draw_real(task, task.generator())])

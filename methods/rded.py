@@ -68,7 +68,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import ClassTask, Method, draw_real, real_as_float, teacher_logits, teacher_output_index
+from .base import ClassTask, Method, Work, draw_real, real_as_float, teacher_logits, teacher_output_index
 from .registry import register_method, register_variant
 
 
@@ -193,6 +193,11 @@ class RDED(Method):
     needs = frozenset({"teacher", "real_images"})
     # rded and rded-no-stitch draw the same candidates and boxes: the rows differ only in the stitching.
     paired_switches = ("factor",)
+
+    @classmethod
+    def work(cls, config, ipc, real_per_class):
+        candidates = min(real_per_class, max(config.num_candidates, ipc * config.factor ** 2))
+        return Work(teacher=candidates * config.num_crops)
 
     def select_crops(self, task: ClassTask) -> Selection:
         cfg, real = self.config, task.real

@@ -1,0 +1,107 @@
+"""`--plan`: every suite planned without its data or models, FLOPs checked against published figures, method
+work counted as the methods run, and measured costs preferred where a run left them."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import ray
+
+from harness.cli import main
+from harness.plan import DIT_XL_2, KNOWN_DITS, backbone_flops, classifier_flops, make_plan
+from harness.suite import load_suite
+from methods import get_method, list_methods
+
+SUITES = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "benchmarks").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_suite_plans_without_data(suite, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "no-imagenet-here"))
+    assert main(["--suite", suite, "--plan", "--out", str(tmp_path), "--gpus", "4"]) == 0
+    text = capsys.readouterr().out
+    assert not ray.is_initialized()  # nothing ran
+    total = re.search(r"total ≈ ([\d,.]+) GPU-hours; ≈ ([\d,.]+) h of wall clock on 4 GPU", text)
+    assert total, text
+    assert float(total.group(1).replace(",", "")) > 0
+    loaded = load_suite(suite, check_files=False)
+    for method in loaded.methods:
+        assert re.search(rf"^  {re.escape(method)} ", text, re.M), method
+    assert not list(tmp_path.iterdir())  # wrote nothing
+
+
+def test_imagenet_plan_counts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "absent"))
+    suite = load_suite("imagenet", check_files=False)
+    text = make_plan(suite, ["diffusion"], tmp_path, gpus=8, gpu_tflops=25.0)
+    images = sum(suite.ipcs) * 1000
+    row = re.search(r"^  diffusion +(\d+) +(\d+) +([\d,]+) +([\d,]+) ", text, re.M)
+    assert row and int(row.group(1)) == len(suite.ipcs) and int(row.group(2)) == len(suite.ipcs) * 1000
+    assert int(row.group(3).replace(",", "")) == images
+    config = suite.method_config("diffusion")
+    assert int(row.group(4).replace(",", "")) == images * config.steps * 2  # guided: two evaluations a step
+    assert "ImageNet's split sizes" in text
+
+
+def test_flops_match_published_figures(tiny_suite):
+    imagenet = load_suite("imagenet", check_files=False)
+    transformer, vae, params, _ = backbone_flops(imagenet, 3, 1000)
+    # DiT paper, Table 4: DiT-XL/2 at 256 px costs 118.6 Gflops (multiply-adds); torch counts two FLOPs each.
+    assert transformer / 2 / 1e9 == pytest.approx(118.6, rel=0.01)
+    assert vae > 0 and params > 6e8
+    # torchvision's ResNet-18 card: 1.81 GFLOPS (multiply-adds) at 224 px.
+    assert classifier_flops("resnet18", 1000, 3, 224, {}, pretrained=True) / 2 / 1e9 == pytest.approx(1.81, rel=0.01)
+    assert KNOWN_DITS["facebook/DiT-XL-2-256"]["num_layers"] == DIT_XL_2["num_layers"] == 28
+
+
+def test_every_method_declares_its_work():
+    for name in list_methods():
+        cls = get_method(name)
+        work = cls.work(cls.default_config(), 10, 1300)
+        assert work is not None, name
+        assert min(work.backbone, work.vae, work.teacher) >= 0
+        if "backbone" in cls.needs:
+            assert work.backbone > 0, name
+
+
+def test_method_work_follows_the_config():
+    cao2 = get_method("cao2")
+    full = cao2.work(cao2.default_config(), 10, 1300)
+    c = cao2.default_config()
+    assert full.backbone == 10 * c.pool_factor * c.steps * 2 + 10 * c.iterations * 3
+    no_clo = cao2.work(get_method("cao2-oss-only").default_config(), 10, 1300)
+    assert no_clo.backbone == 10 * c.pool_factor * c.steps * 2
+    d4m = get_method("d4m")
+    w = d4m.work(d4m.default_config(), 10, 1300)
+    assert w.backbone == 10 * int(50 * 0.7) * 2 and w.vae == 1300 + 10  # every real image is encoded
+    herding = get_method("herding")
+    assert herding.work(herding.default_config(), 10, 1300).teacher == 1300
+
+
+def test_measured_costs_are_preferred(tmp_path, capsys):
+    """A run's own figures replace the FLOP estimate: a manifest's seconds per image, a row's seconds per
+    image-epoch."""
+    suite = load_suite("fashion-mnist")
+    folder = tmp_path / "distilled" / suite.name / "diffusion" / "abc" / "ipc10"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(
+        {"method": "diffusion", "distill_seconds": 50.0, "images": 100, "device": "NVIDIA H100"}))
+    (tmp_path / "results").mkdir()
+    row = {"kind": "measured", "suite": suite.name, "student": "convnet3", "protocol": "hard-label", "ipc": 10,
+           "epochs": 100, "train_seconds": 2.0, "method": "diffusion", "seed": 0, "config_hash": "abc",
+           "protocol_hash": "def", "accuracy": 0.5}
+    (tmp_path / "results" / f"{suite.name}.jsonl").write_text(json.dumps(row) + "\n")
+    text = make_plan(suite, ["diffusion", "random-real"], tmp_path, gpus=1, gpu_tflops=25.0)
+    assert re.search(r"^  diffusion .*measured in .* on NVIDIA H100: 0\.5 s/image", text, re.M)
+    assert re.search(r"^  random-real .*FLOPs", text, re.M)
+    per = 2.0 / (100 * 10 * 10)
+    assert re.search(rf"^  convnet3 +hard-label .*measured in .*: {per:.3g} s/image-epoch", text, re.M)
+    assert re.search(r"^  convnet3 +soft-label .*FLOPs", text, re.M)
+
+
+def test_plan_rejects_bad_numbers(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--suite", "fashion-mnist", "--plan", "--gpu-tflops", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--gpu-tflops" in err
