@@ -264,7 +264,7 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
             trials += 1
             lines.append(f"  {student:18} {'full data':18} {size:>5} {1:>7} {image_epochs:>14,.0f} "
                          f"{_hours(seconds):>8}  FLOPs")
-    lines.append(f"  {trials:,} trials; teacher loads for relabelling: {teacher_loads:,} (one per soft-label setting)")
+    lines.append(f"  {trials:,} trials; teacher loads for relabelling: {teacher_loads:,} (one per setting its protocol relabels)")
     total = distill_seconds + check + evaluate_seconds
     lines += ["", f"total ≈ {_hours(total)} GPU-hours; ≈ {_hours(total / gpus)} h of wall clock on {gpus} GPU(s) "
               "if the work spreads evenly"]
