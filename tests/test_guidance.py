@@ -85,7 +85,8 @@ class DiTSpacedDiffusion:
         self.coef2 = (1.0 - prev) * np.sqrt(1.0 - b) / (1.0 - ac)
 
     def p_sample(self, model_output, x, i, noise):
-        """p_mean_variance with LEARNED_RANGE and EPSILON (l.254-332), clip_denoised=False, then p_sample (l.376-417)."""
+        """p_mean_variance with LEARNED_RANGE and EPSILON (l.254-332), clip_denoised=False, then p_sample
+        (l.376-417)."""
         def at(a):
             return torch.tensor(a[i], dtype=torch.float64).float()
 
@@ -123,7 +124,8 @@ def test_guiding_every_channel_is_dits_standard_alternative():
     bb = dit_backbone(guided=4)
     x, t, labels = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1)), torch.tensor(500), 3
     with torch.no_grad():
-        reference = dit_forward_with_cfg(bb.transformer, torch.cat([x, x]), t.expand(4), torch.tensor([3, 3, 10, 10]), 2.5,
+        reference = dit_forward_with_cfg(bb.transformer, torch.cat([x, x]), t.expand(4),
+                                         torch.tensor([3, 3, 10, 10]), 2.5,
                                          guided=bb.transformer.config.in_channels)[:2]
         torch.testing.assert_close(bb.guided_output(x, t, labels, 2.5), reference, rtol=1e-6, atol=1e-6)
         # The same scale is stronger guidance than DiT's: the fourth channel moves too.
@@ -321,7 +323,6 @@ def test_a_pretrained_dit_loads_the_suites_vae_and_dits_guidance(tmp_path):
 
 def test_a_pixel_dits_identity_changes_only_when_guidance_is_set_below_every_channel(tmp_path):
     """An RGB pixel DiT (3 channels): unset and 3 are the same backbone identity; 1 is another."""
-    import numpy as np
     from PIL import Image
 
     from harness.data import load_real_data
