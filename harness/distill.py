@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from methods import get_method
-from methods.base import ClassTask, MethodContext
+from methods.base import ClassTask, MethodContext, config_identity
 
 from .data import RealData, load_real_data
 from .identity import config_hash, versions
@@ -57,7 +57,8 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
     cls = get_method(name)
     method_config = suite.method_config(name)
     config = dataclasses.asdict(method_config)
-    ident = {"method": name, "config": config, "seed": suite.seed, "image_size": suite.data.image_size}
+    ident = {"method": name, "config": config_identity(method_config), "seed": suite.seed,
+             "image_size": suite.data.image_size}
     needs = cls.needs_for(method_config)
     if "backbone" in needs:
         ident["backbone"] = prepared.backbone_hash

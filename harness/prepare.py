@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DiTTransformer2DModel
+from diffusers import AutoencoderKL, DiTTransformer2DModel
 from tqdm.auto import tqdm
 
 from methods import get_method
@@ -22,6 +22,7 @@ from methods.base import MethodContext
 
 from . import atomic
 from .backbones import ddim_sample, load_dit_backbone
+from .backbones.dit import DIT_GUIDED_CHANNELS
 from .backbones.pixel_dit import train_pixel_dit
 from .data import RealData
 from .identity import class_list, config_hash
@@ -54,7 +55,8 @@ class Prepared:
 
     def load_backbone(self, device="cpu"):
         vae = self.backbone.vae if self.backbone.kind == "dit" else None
-        return load_dit_backbone(self.backbone_source, device=device, dtype=DTYPES[self.backbone.dtype], vae=vae)
+        return load_dit_backbone(self.backbone_source, device=device, dtype=DTYPES[self.backbone.dtype], vae=vae,
+                                 guided_channels=guided_channels(self.backbone))
 
     def load_teacher(self, device="cpu") -> Teacher:
         return load_teacher(self.teacher, self.teacher_source, self.classes, device)
@@ -75,6 +77,21 @@ def load_teacher(t: TeacherConfig, source: str, real_classes: list[str], device=
     if t.kind == "trained":
         return load_trained_teacher(Path(source), device)
     return load_timm_teacher(t.arch, t.weights, real_classes, class_list(t.classes), t.input_size, device)
+
+
+def guided_channels(b: BackboneConfig) -> int | None:
+    """How many noise channels guidance combines: as the suite sets it, else DiT's three for a pretrained DiT
+    (models.py `forward_with_cfg`) and every channel (None) for the pixel DiT, as its committed sets were made."""
+    if b.guided_channels is not None:
+        return b.guided_channels
+    return DIT_GUIDED_CHANNELS if b.kind == "dit" else None
+
+
+def _check_guided_channels(suite: Suite, latent_channels: int) -> None:
+    n = guided_channels(suite.backbone)
+    if n is not None and n > latent_channels:
+        raise PrepareError(f"{suite.source}: backbone.guided_channels: {n} is more than the backbone's "
+                           f"{latent_channels} latent channels")
 
 
 def backbone_conditions(suite: Suite, classes: list[str]) -> list[int]:
@@ -111,15 +128,25 @@ def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
 def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]:
     if suite.backbone.kind == "dit":
         try:  # only the config: fails fast, before any actor starts, when the hub is out of reach
-            DiTTransformer2DModel.load_config(suite.backbone.pretrained, subfolder="transformer",
-                                              local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") == "1")
+            config = DiTTransformer2DModel.load_config(suite.backbone.pretrained, subfolder="transformer",
+                                                       local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") == "1")
         except Exception as e:
             raise PrepareError(f"{suite.source}: backbone.pretrained: cannot load {suite.backbone.pretrained!r} "
                                f"({type(e).__name__}); without network, set it to a local copy of the model "
                                f"(transformer/, vae/, scheduler/)") from None
+        vae = suite.backbone.vae
+        if vae not in (None, "subfolder"):
+            try:
+                AutoencoderKL.load_config(vae, local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") == "1")
+            except Exception as e:
+                raise PrepareError(f"{suite.source}: backbone.vae: cannot load {vae!r} ({type(e).__name__}); "
+                                   f"without network, set it to a local copy of the VAE (config.json and "
+                                   f"weights)") from None
+        _check_guided_channels(suite, int(config["in_channels"]))
         return suite.backbone.pretrained, config_hash({"pretrained": suite.backbone.pretrained,
                                                        "vae": suite.backbone.vae, "dtype": suite.backbone.dtype,
-                                                       "classes": suite.backbone.classes})
+                                                       "classes": suite.backbone.classes,
+                                                       "guided_channels": guided_channels(suite.backbone)})
     key = config_hash({"kind": "pixel-dit", "train": asdict(suite.backbone.train), "data": real.train.fingerprint(),
                        "classes": real.classes})
     name = f"backbone-{key}"
@@ -127,13 +154,18 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
     model_dir = where / "model"
     if (model_dir / "transformer" / "config.json").exists():
         _log(f"[prepare] backbone: pixel DiT {key} from {where}")
-        return str(model_dir), key
-    _log(f"[prepare] backbone: training pixel DiT {key} ({suite.backbone.train.steps} steps; resumes if interrupted)")
-    images = real.train.load(torch.arange(len(real.train)))
-    atomic.sweep_temps(where)  # a model folder a killed run left half-written
-    with atomic.replacing(model_dir) as tmp:  # training resumes from where/work, not from a half-written model
-        train_pixel_dit(images, real.train.labels, len(real.classes), suite.backbone.train, tmp, where / "work")
-    return str(model_dir), key
+    else:
+        _log(f"[prepare] backbone: training pixel DiT {key} ({suite.backbone.train.steps} steps; resumes if "
+             f"interrupted)")
+        images = real.train.load(torch.arange(len(real.train)))
+        atomic.sweep_temps(where)  # a model folder a killed run left half-written
+        with atomic.replacing(model_dir) as tmp:  # training resumes from where/work, not from a half-written model
+            train_pixel_dit(images, real.train.labels, len(real.classes), suite.backbone.train, tmp, where / "work")
+    channels = json.loads((model_dir / "transformer" / "config.json").read_text())["in_channels"]
+    _check_guided_channels(suite, channels)
+    n = guided_channels(suite.backbone)
+    # `key` names the trained model; sets made with other guidance than every channel get another identity.
+    return str(model_dir), key if n in (None, channels) else config_hash({"backbone": key, "guided_channels": n})
 
 
 def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | None = None

@@ -71,6 +71,13 @@ class BackboneConfig:
     check_min_agreement: float = 0.75
     check_cfg_scale: float = 4.0
     check_steps: int = 50
+    # Classifier-free guidance combines the first N noise channels; the rest are the conditional pass's output.
+    # None: DiT's 3 of 4 for kind dit (the guidance of every DiT-based paper), every channel for pixel-dit.
+    guided_channels: int | None = None
+
+    def __post_init__(self):
+        if self.guided_channels is not None and self.guided_channels < 1:
+            raise ValueError(f"guided_channels: must be at least 1, got {self.guided_channels}")
 
 
 @dataclass

@@ -37,6 +37,22 @@ class ClassTask:
         return torch.Generator(device=device).manual_seed(self.seed)
 
 
+# Field metadata of a config setting added after sets were made with the config: the setting enters a set's
+# identity only when set away from its default, so the sets made before it existed keep their hashes.
+IDENTITY_WHEN_SET = {"identity": "when-set"}
+
+
+def config_identity(config) -> dict:
+    """A method config as it enters a set's identity (its hash and seed key): every field, less the
+    `IDENTITY_WHEN_SET` fields left at their defaults."""
+    out = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.metadata.get("identity") == "when-set" and getattr(config, f.name) == default:
+            del out[f.name]
+    return out
+
+
 # What a method may ask the harness for (`Method.needs`). Each is loaded once per worker and handed over in
 # the MethodContext, except `real_images`, which arrive per class in the ClassTask.
 NEEDS = frozenset({"backbone", "teacher", "teacher_val_accuracy", "real_images"})
@@ -129,7 +145,7 @@ class Method:
         family = cls.family or cls.name
         root = next(c for c in cls.__mro__ if getattr(c, "name", None) == family)
         anchor = root.default_config()
-        return family, dataclasses.asdict(dataclasses.replace(
+        return family, config_identity(dataclasses.replace(
             config, **{f: getattr(anchor, f) for f in cls.paired_switches}))
 
 

@@ -153,7 +153,7 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
         "backbone": {"kind": "dit", "pretrained": str(tmp_path / "dit"), "check_per_class": 2, "check_steps": 2},
         "teacher": {"kind": "timm", "arch": "test_resnet", "weights": str(tmp_path / "teacher.pth"),
                     "input_size": 32},
-        "methods": {"diffusion": {"steps": 2}, "herding": {}},
+        "methods": {"diffusion": {"steps": 2, "sampler": "ddpm"}, "herding": {}},  # as the ImageNet suites sample
         "ipcs": [2], "seeds": 1,
         "protocols": {"hard-label": {"epochs": {2: 1}, "student_kwargs": {"convnet3": {"width": 8}}}},
     }))

@@ -127,7 +127,7 @@ def test_imagenet_family_carries_the_papers_settings(name):
     suite = load_suite(name, check_files=False)
     assert suite.data.format == "imagefolder" and suite.data.classes
     assert suite.backbone.kind == "dit" and suite.backbone.pretrained == "facebook/DiT-XL-2-256"
-    assert suite.backbone.vae == "subfolder"
+    assert suite.backbone.vae == "stabilityai/sd-vae-ft-mse"  # the papers' VAE (tests/test_guidance.py)
     assert suite.teacher.kind == "timm" and suite.teacher.weights == "resnet18.tv_in1k"
     assert suite.teacher.classes == "imagenet-1k"
     diffusion = suite.method_config("diffusion")

@@ -13,9 +13,18 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
 
+# DiT's `forward_with_cfg` guides only the first three of DiT-XL/2's four latent channels "for exact
+# reproducibility reasons" (facebookresearch/DiT models.py l.258-262; MinimaxDiffusion and CaO2 keep it): the
+# guidance every DiT-based paper ran.
+DIT_GUIDED_CHANNELS = 3
+
+
 class DiTBackbone(torch.nn.Module):
     def __init__(self, transformer: DiTTransformer2DModel, scheduler: DDIMScheduler,
-                 vae: AutoencoderKL | None = None, clip_sample: bool | None = None):
+                 vae: AutoencoderKL | None = None, clip_sample: bool | None = None,
+                 guided_channels: int | None = None):
+        """`guided_channels`: how many leading output channels classifier-free guidance combines (None: every
+        noise channel); the rest are the conditional pass's raw output, as in DiT's `forward_with_cfg`."""
         super().__init__()
         self.transformer, self.vae, self.scheduler = transformer, vae, scheduler
         cfg = transformer.config
@@ -30,7 +39,15 @@ class DiTBackbone(torch.nn.Module):
         self.scaling_factor = float(vae.config.scaling_factor) if vae is not None else 1.0
         # Pixel-space samples live in [-1, 1]: clipping x0 keeps high guidance from saturating them.
         self.clip_sample = (vae is None) if clip_sample is None else clip_sample
+        self.guided_channels = self.latent_channels if guided_channels is None else int(guided_channels)
+        if not 1 <= self.guided_channels <= self.latent_channels:
+            raise ValueError(f"guided_channels: must be in [1, {self.latent_channels}] (the latent channels), "
+                             f"got {guided_channels}")
+        # Noise and, where the model learns its variance (DiT's learn_sigma), as many variance channels.
+        self.learned_variance = int(cfg.out_channels or self.latent_channels) == 2 * self.latent_channels
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
+        # Float64 as DiT's gaussian_diffusion.py computes its schedules: the DDPM sampler's respaced posterior.
+        self.register_buffer("betas", scheduler.betas.clone().double(), persistent=False)
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.requires_grad_(False)
         self.eval()
@@ -60,26 +77,37 @@ class DiTBackbone(torch.nn.Module):
             x = self.vae.decode((latents / self.scaling_factor).to(dtype)).sample.float()
         return ((x + 1) / 2).clamp(0, 1)
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Noise prediction for class `labels` (`null_class` = unconditional)."""
+    def output(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The transformer's whole output for class `labels` (`null_class` = unconditional): the noise, then
+        DiT-XL/2's variance channels (learn_sigma) where it has them."""
         t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
         labels = torch.as_tensor(labels, device=x_t.device).long().expand(x_t.shape[0])
         dtype = next(self.transformer.parameters()).dtype
-        out = self.transformer(x_t.to(dtype), timestep=t, class_labels=labels).sample.float()
-        # DiT-XL/2 also predicts a variance (learn_sigma): its first channels are the noise.
-        return out[:, : self.latent_channels]
+        return self.transformer(x_t.to(dtype), timestep=t, class_labels=labels).sample.float()
 
-    def eps_cfg(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
-        """Classifier-free guidance: eps_null + scale · (eps_cond − eps_null), both in one batch."""
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Noise prediction for class `labels` (`null_class` = unconditional)."""
+        return self.output(x_t, t, labels)[:, : self.latent_channels]
+
+    def guided_output(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+        """The whole output under classifier-free guidance, formed as DiT's `forward_with_cfg` forms it: the
+        first `guided_channels` channels are null + scale · (cond − null), both passes in one batch; the
+        channels after them (further noise channels, the variance) are the conditional pass's. Every guided
+        sampler goes through here."""
         if scale == 1.0:
-            return self.eps(x_t, t, labels)
-        n = x_t.shape[0]
+            return self.output(x_t, t, labels)
+        n, k = x_t.shape[0], self.guided_channels
         null = torch.full((n,), self.null_class, device=x_t.device, dtype=torch.long)
         labels = torch.as_tensor(labels, device=x_t.device).long().expand(n)
         t = torch.as_tensor(t, device=x_t.device).expand(n)
-        both = self.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+        both = self.output(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
         cond, uncond = both[:n], both[n:]
-        return uncond + scale * (cond - uncond)
+        guided = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
+        return torch.cat([guided, cond[:, k:]], dim=1)
+
+    def eps_cfg(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+        """The guided noise prediction (`guided_output`'s noise channels)."""
+        return self.guided_output(x_t, t, labels, scale)[:, : self.latent_channels]
 
 
 def _hub_kwargs() -> dict:
@@ -88,11 +116,12 @@ def _hub_kwargs() -> dict:
 
 
 def load_dit_backbone(path_or_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                      vae: str | Path | None = "subfolder") -> DiTBackbone:
+                      vae: str | Path | None = "subfolder", guided_channels: int | None = None) -> DiTBackbone:
     """Load transformer/ (+ vae/) + scheduler/ from a hub id or a local directory.
 
-    `vae="subfolder"` takes vae/ beside the transformer when present (DiT-XL-2-256 ships one); a path or
-    hub id loads a separate VAE (e.g. stabilityai/sd-vae-ft-ema); None means a pixel-space model.
+    `vae="subfolder"` takes vae/ beside the transformer when present (the hub's DiT-XL-2-256 ships
+    sd-vae-ft-ema there); a path or hub id loads a separate VAE (the papers decode with
+    stabilityai/sd-vae-ft-mse); None means a pixel-space model. `guided_channels` is `DiTBackbone`'s.
     """
     src = str(path_or_id)
     kw = _hub_kwargs()
@@ -105,7 +134,7 @@ def load_dit_backbone(path_or_id: str | Path, device: str | torch.device = "cpu"
             autoencoder = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype, **kw)
     elif vae is not None:
         autoencoder = AutoencoderKL.from_pretrained(str(vae), torch_dtype=dtype, **kw)
-    backbone = DiTBackbone(transformer, scheduler, autoencoder)
+    backbone = DiTBackbone(transformer, scheduler, autoencoder, guided_channels=guided_channels)
     return backbone.to(device)
 
 

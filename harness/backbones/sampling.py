@@ -1,12 +1,14 @@
-"""Deterministic DDIM (η = 0) over the Backbone protocol, with classifier-free guidance, and image-to-image.
+"""Deterministic DDIM (η = 0) over the Backbone protocol, with classifier-free guidance, and image-to-image;
+and DiT's own sampler, respaced DDPM with the model's learned variance.
 
-Written over `alphas_cumprod` rather than through a diffusers scheduler object so that methods can start
+Written over the backbone's schedule rather than through a diffusers scheduler object so that methods can start
 from any timestep (image-to-image), step one image set at a time and hook into each step (repulsion)
 without the scheduler's internal state getting in the way.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -112,3 +114,91 @@ def fit_to_backbone(images: torch.Tensor, backbone) -> torch.Tensor:
         images = F.interpolate(images, size=(backbone.image_size, backbone.image_size), mode="bilinear",
                                antialias=True, align_corners=False).clamp(0, 1)
     return images
+
+
+def respaced_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """The training timesteps a `steps`-step respaced DDPM keeps, ascending: DiT's
+    `space_timesteps(T, str(steps))` with its one section (facebookresearch/DiT diffusion/respace.py l.41-62),
+    `steps` points spread evenly over [0, T − 1], both ends included, each rounded half to even."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"DDPM steps must be in [1, {num_train_timesteps}], got {steps}")
+    stride = 1 if steps == 1 else (num_train_timesteps - 1) / (steps - 1)
+    kept, position = [], 0.0
+    for _ in range(steps):  # accumulated, as the reference does, so that ties round the same way
+        kept.append(round(position))
+        position += stride
+    return kept
+
+
+@dataclass(frozen=True)
+class RespacedSchedule:
+    """A respaced diffusion (DiT's `SpacedDiffusion`, respace.py l.73-87): the kept timesteps and the betas
+    that take the kept ᾱ from one to the next, with the posterior q(x_{i−1} | x_i, x_0) of that chain
+    (gaussian_diffusion.py l.174-201), all float64."""
+    timesteps: list[int]          # training timesteps, ascending; the model is told these
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2: torch.Tensor
+
+
+def respaced_schedule(train_betas: torch.Tensor, steps: int) -> RespacedSchedule:
+    timesteps = respaced_timesteps(len(train_betas), steps)
+    train_ac = torch.cumprod(1 - train_betas.double().cpu(), 0)
+    ac = train_ac[timesteps]
+    ac_prev = torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
+    betas = 1 - ac / ac_prev
+    posterior_variance = betas * (1 - ac_prev) / (1 - ac)
+    # The posterior variance is 0 at the chain's first step: its log is clipped to the next step's (a one-step
+    # chain has no step that adds noise, so none).
+    clipped = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]])) if steps > 1 \
+        else torch.empty(0, dtype=betas.dtype)
+    return RespacedSchedule(timesteps, betas, ac, posterior_variance, clipped,
+                            betas * ac_prev.sqrt() / (1 - ac), (1 - ac_prev) * (1 - betas).sqrt() / (1 - ac))
+
+
+def ddpm_step(backbone, schedule: RespacedSchedule, x: torch.Tensor, i: int, labels: torch.Tensor,
+              cfg_scale: float, noise: torch.Tensor | None) -> torch.Tensor:
+    """One ancestral step from position `i` of `schedule` (the model told timestep `schedule.timesteps[i]`) to
+    i − 1, as DiT's `p_sample` takes it (gaussian_diffusion.py l.254-332, l.376-417): x̂_0 from the guided noise,
+    the posterior mean, and a variance that a model with learned variance (LEARNED_RANGE) interpolates in
+    log space between the posterior's β̃ (its output −1) and β (+1), and that is β otherwise (FIXED_LARGE,
+    DiT's `learn_sigma=False`). `noise` is x's shape; at i = 0 no noise is added (and None is allowed)."""
+    def at(values: torch.Tensor) -> torch.Tensor:  # float64 terms cast once, as DiT's `_extract_into_tensor`
+        return values[i].to(x.device, torch.float32)
+
+    c = backbone.latent_channels
+    out = backbone.guided_output(x, torch.tensor(schedule.timesteps[i], device=x.device), labels, cfg_scale)
+    eps = out[:, :c]
+    ac = schedule.alphas_cumprod
+    x0 = at((1 / ac).sqrt()) * x - at((1 / ac - 1).sqrt()) * eps
+    if backbone.clip_sample:
+        x0 = x0.clamp(-1, 1)
+    mean = at(schedule.posterior_mean_coef1) * x0 + at(schedule.posterior_mean_coef2) * x
+    if i == 0:
+        return mean
+    if backbone.learned_variance:
+        frac = (out[:, c:2 * c] + 1) / 2
+        log_variance = frac * at(schedule.betas.log()) + (1 - frac) * at(schedule.posterior_log_variance_clipped)
+    else:  # FIXED_LARGE differs from β only at i = 0, where no noise is added
+        log_variance = at(schedule.betas.log()).expand_as(x)
+    return mean + (0.5 * log_variance).exp() * noise.to(x.device, x.dtype)
+
+
+@torch.no_grad()
+def ddpm_sample(backbone, x: torch.Tensor, labels: torch.Tensor | int, steps: int, cfg_scale: float,
+                generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """DiT's default sampler (sample.py: `create_diffusion(str(steps))`, `p_sample_loop`, `clip_denoised=False`):
+    ancestral DDPM over `steps` respaced timesteps from the noise `x` at T, with classifier-free guidance
+    `cfg_scale`. Each step's noise is drawn on the CPU from `generators`, one per image, so an image's samples do
+    not depend on the batch it is drawn in, nor on the device. Returns latents."""
+    if len(generators) != x.shape[0]:
+        raise ValueError(f"ddpm_sample takes one generator per image: {len(generators)} for {x.shape[0]}")
+    schedule = respaced_schedule(backbone.betas, steps)
+    labels = torch.as_tensor(labels, device=x.device).long().expand(x.shape[0])
+    for i in reversed(range(steps)):
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]) if i > 0 else None
+        x = ddpm_step(backbone, schedule, x, i, labels, cfg_scale, noise)
+    return x
