@@ -104,7 +104,7 @@ class CrossArchConfig:
     seeds: int = 1
 
 
-# The protocol of a paper's number that is the higher of its hard- and soft-label evaluations (CaO2 and IMS3
+# The protocol of a paper's number that is the higher of its evaluations with hard and with soft labels (CaO2 and IMS3
 # report so): compared with the board's best-of-protocols table.
 BEST_OF_PROTOCOLS = "best-of-protocols"
 
@@ -404,16 +404,18 @@ def _check_reported(s: Suite, fail) -> None:
             fail(f"reported.protocols.{name}", "is already a protocol of the suite's board: do not redeclare it")
     if not r.entries:
         fail("reported.entries", "empty: list the papers' numbers, or leave the reported section out")
+    timm_students = {name for name in {e.student for e in r.entries} if is_student(name)}  # one registry look-up each
     seen = set()
     for i, e in enumerate(r.entries):
         where = f"reported.entries[{i}]"
         if e.paper not in r.papers:
             fail(f"{where}.paper", f"{e.paper!r} is not in reported.papers (have: {', '.join(r.papers)})")
         if e.method not in s.methods and e.method not in r.not_implemented and e.method != FULL_DATA:
-            fail(f"{where}.method", f"{e.method!r} is neither one of the suite's methods nor in reported.not_implemented")
+            fail(f"{where}.method", f"{e.method!r} is neither one of the suite's methods nor in "
+                                    "reported.not_implemented")
         if (e.ipc == 0) != (e.kind == FULL_DATA):
             fail(f"{where}.ipc", f"must be ≥ 1 for a distilled set and 0 for {FULL_DATA}, got {e.ipc}")
-        if not is_student(e.student) and e.student not in r.students:
+        if e.student not in timm_students and e.student not in r.students:
             fail(f"{where}.student", f"{e.student!r} is neither in timm's registry nor in reported.students")
         if e.protocol not in s.protocols and e.protocol != BEST_OF_PROTOCOLS and e.protocol not in r.protocols:
             fail(f"{where}.protocol", f"{e.protocol!r} is neither a suite protocol, {BEST_OF_PROTOCOLS}, nor in "
@@ -422,7 +424,8 @@ def _check_reported(s: Suite, fail) -> None:
             fail(f"{where}.accuracy", f"must be a percentage in (0, 100] with a std ≥ 0, got {e.accuracy} ± {e.std}")
         key = (e.method, e.ipc, e.student, e.protocol, e.paper, e.table)
         if key in seen:
-            fail(where, f"a second number for {e.method} at IPC {e.ipc}, {e.student}, {e.protocol} in {e.paper} {e.table}")
+            fail(where, f"a second number for {e.method} at IPC {e.ipc}, {e.student}, {e.protocol} in "
+                        f"{e.paper} {e.table}")
         seen.add(key)
 
 
