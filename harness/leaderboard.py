@@ -3,8 +3,9 @@ label-robust (LRS) and augmentation-robust (ARS) scores.
 
 Only rows of the configurations the suite defines now are shown (an old config's rows stay in the store
 but would mix two experiments). Rows copied from papers carry kind "reported" and are never averaged with
-measured ones. Protocols are found by what they declare (harness/protocols.py), the random baseline by the
-method that declares itself one: nothing here names a protocol or a method.
+measured ones; the papers' numbers a suite lists (its `reported:` section) are shown in their own section beside
+the measured ones and read nowhere else. Protocols are found by what they declare (harness/protocols.py), the
+random baseline by the method that declares itself one: nothing here names a protocol or a method.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from methods import get_method, list_methods
 from .identity import FULL_DATA
 from .protocols import get_protocol, list_protocols, score_protocols
 from .sets import Manifest
+from .suite import BEST_OF_PROTOCOLS
 
 GROUP = ["method", "config_hash", "ipc", "student", "protocol"]
 
@@ -262,6 +264,81 @@ def _diversity_lines(div: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def _measured_for(entry, agg: pd.DataFrame, best: pd.DataFrame, full: pd.DataFrame):
+    """The measured row a reported entry compares with, or None: the full-data row of its student and recipe,
+    the best-of-protocols row of its setting, or the row of its setting under its protocol."""
+    if (full if entry.kind == FULL_DATA else agg).empty:
+        return None
+    if entry.kind == FULL_DATA:
+        found = full[(full["student"] == entry.student) & (full["protocol"] == entry.protocol)]
+    else:
+        rows = best if entry.protocol == BEST_OF_PROTOCOLS else agg[agg["protocol"] == entry.protocol]
+        found = rows[(rows["method"] == entry.method) & (rows["ipc"] == entry.ipc) & (rows["student"] == entry.student)]
+    return found.iloc[0] if len(found) else None
+
+
+def reported_table(reported, agg: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
+    """One row per reported entry (harness/suite.py `ReportedConfig`): the paper's number, as a fraction like the
+    accuracy CSV, beside ddbench's measured mean for the same method, IPC, student and protocol where the board
+    has one, and measured − reported. Reported numbers are only ever read here."""
+    best = best_of_protocols(agg) if not agg.empty else agg
+    out = []
+    for e in reported.entries:
+        m = _measured_for(e, agg, best, full)
+        reported_mean = e.accuracy / 100
+        out.append({"kind": e.kind, "method": e.method, "ipc": e.ipc, "student": e.student, "protocol": e.protocol,
+                    "paper": e.paper, "table": e.table, "reported_mean": reported_mean,
+                    "reported_std": math.nan if e.std is None else e.std / 100, "note": e.note,
+                    "measured_protocol": None if m is None else m["protocol"],
+                    "measured_mean": math.nan if m is None else m["mean"],
+                    "measured_std": math.nan if m is None else m["std"],
+                    "measured_seeds": 0 if m is None else int(m["seeds"]),
+                    "measured_minus_reported": math.nan if m is None else m["mean"] - reported_mean})
+    return pd.DataFrame(out)
+
+
+def _as_printed(percent: float) -> str:
+    """A paper's number with the decimals it was printed with: one, unless it has more (69.758)."""
+    one = f"{percent:.1f}"
+    return one if math.isclose(float(one), percent, abs_tol=1e-9) else f"{percent:.6g}"
+
+
+def _reported_lines(reported, table: pd.DataFrame, csv_name: str) -> list[str]:
+    notes = list(dict.fromkeys(n for n in table["note"] if n))
+    lines = ["## Reported by the papers", "",
+             "The papers' own numbers (%, mean ± std as their tables print them), copied, not measured by ddbench. "
+             "Beside each, ddbench's measured mean for the same method, IPC, student and protocol where this board "
+             "has one, and measured − reported in points. They never enter the tables, best-of, full-data row, LRS "
+             f"or ARS above; `{csv_name}` has them apart from the measured CSV. {BEST_OF_PROTOCOLS} is the higher of "
+             "a paper's evaluations with hard and with soft labels, compared with this board's best-of-protocols "
+             "table.", ""]
+    lines += [f"- {name}: {ref}" for name, ref in reported.papers.items()]
+    lines += [f"- {name} (not implemented in ddbench): {what}" for name, what in reported.not_implemented.items()]
+    lines += [f"- {name} (protocol): {what}" for name, what in reported.protocols.items()]
+    lines += [f"- {name} (student): {what}" for name, what in reported.students.items()]
+    if (table["kind"] == FULL_DATA).any():
+        lines.append(f"- Reported {FULL_DATA} rows are shown for reference only: the label-robust score's HLR reads "
+                     f"ddbench's measured {FULL_DATA} row alone, never a paper's.")
+    lines += [f"- [{i}] {note}" for i, note in enumerate(notes, 1)] + [""]
+    for student, part in table.groupby("student", sort=False):
+        lines += [f"### {student}", "", "| method | IPC | protocol | reported (paper, table) | measured | "
+                  "measured − reported |", "|---|---|---|---|---|---|"]
+        for r in part.itertuples():
+            spread = "" if math.isnan(r.reported_std) else f" ± {_as_printed(100 * r.reported_std)}"
+            mark = f" [{notes.index(r.note) + 1}]" if r.note else ""
+            cited = f"{_as_printed(100 * r.reported_mean)}{spread} ({r.paper}, {r.table}){mark}"
+            if r.measured_seeds:
+                picked = f" {r.measured_protocol}" if r.protocol == BEST_OF_PROTOCOLS else ""
+                measured = _cell(r.measured_mean, r.measured_std, r.measured_seeds) + picked
+                diff = f"{100 * r.measured_minus_reported:+.1f}"
+            else:
+                measured = diff = "–"
+            ipc = "full" if r.kind == FULL_DATA else str(r.ipc)
+            lines.append(f"| {r.method} | {ipc} | {r.protocol} | {cited} | {measured} | {diff} |")
+        lines.append("")
+    return lines
+
+
 def board_order(df: pd.DataFrame, method_order: list[str], students: list[str], protocols: list[str],
                 by: tuple[str, ...] = ("method", "student", "protocol", "ipc")) -> pd.DataFrame:
     """`df` sorted by the columns `by`: methods in the run's order, students and protocols in the suite's
@@ -318,9 +395,12 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
         lrs.to_csv(out_dir / f"{suite.name}-lrs.csv", index=False, float_format="%.5f")
     if not ars.empty:
         ars.to_csv(out_dir / f"{suite.name}-ars.csv", index=False, float_format="%.5f")
+    reported = getattr(suite, "reported", None)
+    provenance = ("all rows measured by ddbench except those under 'Reported by the papers', copied from papers"
+                  if reported else "all rows measured by ddbench, none reported from papers")
     lines = [f"# {suite.name}", "",
              "Test accuracy (%) on the real held-out test set, mean ± sample std over student seeds "
-             "(number of seeds in brackets); all rows measured by ddbench, none reported from papers.", ""]
+             f"(number of seeds in brackets); {provenance}.", ""]
     lines += [f"- {n}" for n in notes] + [""]
     if agg.empty:
         lines.append("No results yet.")
@@ -361,6 +441,14 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
                 lines += [f"### {student}", ""]
                 lines += _ipc_table(part, ipcs, order, lambda r: f"{100 * r['ars']:.1f} ± {100 * r['ars_std']:.1f}")
                 lines.append("")
+    if reported:
+        table = reported_table(reported, agg, full)
+        order = method_order + [m for m in suite.methods if m not in method_order] + list(reported.not_implemented)
+        table = board_order(table, order + [FULL_DATA], students, protocol_names,
+                            ("student", "method", "ipc", "protocol"))
+        csv_name = f"{suite.name}-reported.csv"
+        table.to_csv(out_dir / csv_name, index=False, float_format="%.5f")
+        lines += _reported_lines(reported, table, csv_name)
     if manifests:
         cost = cost_table(manifests, method_order)
         cost.to_csv(out_dir / f"{suite.name}-cost.csv", index=False, float_format="%.5f")

@@ -21,7 +21,7 @@ from methods import get_method, list_methods
 
 from .backbones.pixel_dit import PixelDiTConfig
 from .diversity import DiversityConfig, DiversityError, check_config
-from .identity import CLASSES_DIR, read_class_list
+from .identity import CLASSES_DIR, FULL_DATA, read_class_list
 from .protocols import Protocol, get_protocol, list_protocols, reference_protocol
 from .students import is_student
 from .teachers import TeacherTrainConfig
@@ -111,6 +111,42 @@ class CrossArchConfig:
     seeds: int = 1
 
 
+# The protocol of a paper's number that is the higher of its evaluations with hard and with soft labels (CaO2 and IMS3
+# report so): compared with the board's best-of-protocols table.
+BEST_OF_PROTOCOLS = "best-of-protocols"
+
+
+@dataclass
+class ReportedEntry:
+    """One number a paper prints: accuracy (%) and std as printed, of `method` at `ipc` images per class, with
+    `student` trained under `protocol`, from `table` of `paper`. `method: full-data` (IPC 0) is a full-data
+    reference: each student trained on the whole training set."""
+    method: str
+    student: str
+    protocol: str
+    accuracy: float
+    paper: str
+    table: str
+    ipc: int = 0
+    std: float | None = None
+    note: str = ""
+
+    @property
+    def kind(self) -> str:
+        return FULL_DATA if self.method == FULL_DATA else "distilled"
+
+
+@dataclass
+class ReportedConfig:
+    """The papers' own numbers for this suite's data (harness/leaderboard.py shows them beside, never inside,
+    the measured ones). Names that are neither the suite's nor timm's are declared here with what they are."""
+    papers: dict[str, str]                                     # short cite → the full reference
+    entries: list[ReportedEntry]
+    not_implemented: dict[str, str] = field(default_factory=dict)  # methods ddbench does not run → what they are
+    protocols: dict[str, str] = field(default_factory=dict)    # evaluation labels not in the suite → what they mean
+    students: dict[str, str] = field(default_factory=dict)     # architectures not in timm's registry → what they are
+
+
 def _default_protocols() -> dict[str, Protocol]:
     reference = reference_protocol({})
     return {reference.name: reference}
@@ -138,6 +174,8 @@ class Suite:
     diversity: DiversityConfig = field(default_factory=DiversityConfig)
     # Caveats a reader of the leaderboard needs beside the numbers (listed under its header).
     notes: list[str] = field(default_factory=list)
+    # The papers' own numbers, shown beside the measured ones (None: the board has no reported section).
+    reported: ReportedConfig | None = None
     profiles: dict[str, dict] = field(default_factory=dict)
     source: str = ""
 
@@ -358,6 +396,44 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
             fail(f"protocols.{name}", f"unknown protocol (known: {', '.join(list_protocols())})")
         if not isinstance(raw, cls):
             s.protocols[name] = build(cls, raw, f"protocols.{name}", source)
+    if s.reported is not None:
+        _check_reported(s, fail)
+
+
+def _check_reported(s: Suite, fail) -> None:
+    r = s.reported
+    implemented = set(list_methods())
+    for name in r.not_implemented:
+        if name in implemented or name == FULL_DATA:
+            fail(f"reported.not_implemented.{name}", "is implemented in ddbench: report it under its own name")
+    for name in r.protocols:
+        if name in s.protocols or name == BEST_OF_PROTOCOLS:
+            fail(f"reported.protocols.{name}", "is already a protocol of the suite's board: do not redeclare it")
+    if not r.entries:
+        fail("reported.entries", "empty: list the papers' numbers, or leave the reported section out")
+    timm_students = {name for name in {e.student for e in r.entries} if is_student(name)}  # one registry look-up each
+    seen = set()
+    for i, e in enumerate(r.entries):
+        where = f"reported.entries[{i}]"
+        if e.paper not in r.papers:
+            fail(f"{where}.paper", f"{e.paper!r} is not in reported.papers (have: {', '.join(r.papers)})")
+        if e.method not in s.methods and e.method not in r.not_implemented and e.method != FULL_DATA:
+            fail(f"{where}.method", f"{e.method!r} is neither one of the suite's methods nor in "
+                                    "reported.not_implemented")
+        if (e.ipc == 0) != (e.kind == FULL_DATA):
+            fail(f"{where}.ipc", f"must be ≥ 1 for a distilled set and 0 for {FULL_DATA}, got {e.ipc}")
+        if e.student not in timm_students and e.student not in r.students:
+            fail(f"{where}.student", f"{e.student!r} is neither in timm's registry nor in reported.students")
+        if e.protocol not in s.protocols and e.protocol != BEST_OF_PROTOCOLS and e.protocol not in r.protocols:
+            fail(f"{where}.protocol", f"{e.protocol!r} is neither a suite protocol, {BEST_OF_PROTOCOLS}, nor in "
+                                      "reported.protocols")
+        if not 0 < e.accuracy <= 100 or (e.std is not None and e.std < 0):
+            fail(f"{where}.accuracy", f"must be a percentage in (0, 100] with a std ≥ 0, got {e.accuracy} ± {e.std}")
+        key = (e.method, e.ipc, e.student, e.protocol, e.paper, e.table)
+        if key in seen:
+            fail(where, f"a second number for {e.method} at IPC {e.ipc}, {e.student}, {e.protocol} in "
+                        f"{e.paper} {e.table}")
+        seen.add(key)
 
 
 def _check_teacher(t: TeacherConfig, where: str, fail) -> None:
