@@ -13,7 +13,7 @@ import torch.nn.functional as F
 # ITU-R 601 luma, the grey of torchvision's rgb_to_grayscale and of the reference's Grayscale (Minimax
 # misc/utils.py l.231–237): contrast and saturation blend towards it.
 LUMA = (0.299, 0.587, 0.114)
-# The principal components of ImageNet's RGB pixels (AlexNet's lighting noise), as Minimax data.py l.319–325 has them.
+# The principal components of ImageNet's RGB pixels (AlexNet's lighting noise), from Minimax data.py l.319–325.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009),
                    (-0.5808, -0.0045, -0.8140),

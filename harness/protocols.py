@@ -1,9 +1,10 @@
 """Evaluation protocols: how a student is trained on a distilled set. The one registry of them.
 
 A protocol is an object: its dataclass fields are the recipe a suite may set (`protocols.<name>:` in YAML,
-hashed into every result row's key), and its methods supply what the training loop in harness/training.py
-asks for — epochs and batch size for an IPC, the optimiser and schedule, one augmented batch with its
-targets, the loss, and whether the teacher must relabel each batch. The loop has no branch on a protocol's
+hashed into every result row's key; see WHEN_SET), and its methods supply what the training loop in
+harness/training.py asks for — epochs and batch size for an IPC, the optimiser and schedule, one augmented batch
+with its targets, the loss, whether the teacher must relabel each batch, the student's input size and the
+test images' resize and crop. The loop has no branch on a protocol's
 name; the leaderboard, the cross-architecture study and the suite checker find protocols here by what they
 declare (`labels`, `augmented`, `reference`, `ranked`), never by name. Adding a protocol is one class here.
 """
@@ -220,7 +221,8 @@ class HardLabel(SGDRecipe):
     def __post_init__(self):
         super().__post_init__()
         if self.color_jitter_order not in JITTER_ORDERS:
-            raise ValueError(f"color_jitter_order: must be {' or '.join(JITTER_ORDERS)}, got {self.color_jitter_order!r}")
+            raise ValueError(f"color_jitter_order: must be {' or '.join(JITTER_ORDERS)}, "
+                             f"got {self.color_jitter_order!r}")
         if self.lighting < 0:
             raise ValueError(f"lighting: must be ≥ 0, got {self.lighting}")
 
