@@ -4,7 +4,6 @@ Table 4). It reuses the evaluation stage's trials and Ray execution; only the te
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +34,7 @@ def cross_architecture(suite, real, prepared, out: Path, connect) -> tuple[Path,
     by_hash, trials = {}, []
     for t, source, key, acc in teachers:
         # The teacher is part of the protocol: its identity goes into the protocol hash of the row's key.
-        phash = config_hash([dataclasses.asdict(protocol), key])
+        phash = config_hash([protocol.identity_fields(), key])
         by_hash[phash] = (t, source, key, acc)
         for student in c.students:
             for seed in range(c.seeds):

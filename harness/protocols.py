@@ -1,9 +1,10 @@
 """Evaluation protocols: how a student is trained on a distilled set. The one registry of them.
 
 A protocol is an object: its dataclass fields are the recipe a suite may set (`protocols.<name>:` in YAML,
-hashed into every result row's key), and its methods supply what the training loop in harness/training.py
-asks for — epochs and batch size for an IPC, the optimiser and schedule, one augmented batch with its
-targets, the loss, and whether the teacher must relabel each batch. The loop has no branch on a protocol's
+hashed into every result row's key; see WHEN_SET), and its methods supply what the training loop in
+harness/training.py asks for — epochs and batch size for an IPC, the optimiser and schedule, one augmented batch
+with its targets, the loss, whether the teacher must relabel each batch, the student's input size and the
+test images' resize and crop. The loop has no branch on a protocol's
 name; the leaderboard, the cross-architecture study and the suite checker find protocols here by what they
 declare (`labels`, `augmented`, `reference`, `ranked`), never by name. Adding a protocol is one class here.
 """
@@ -17,10 +18,19 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .augment import augment, cutmix, mixup, shuffle_patches
+from .augment import JITTER_ORDERS, augment, cutmix, mixup, resize_center_crop, shuffle_patches
 from .identity import config_hash
 
 _REGISTRY: dict[str, type["Protocol"]] = {}
+
+# The metadata of a field added after results were first stored under its protocol: it enters the protocol's
+# identity only when set away from its default. A setting whose default keeps the earlier behaviour must not
+# retire the rows measured before it existed (their recipe is unchanged; only the hash of its fields would be).
+WHEN_SET = {"identity": "when-set"}
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
 
 
 def register_protocol(cls):
@@ -58,13 +68,45 @@ class Protocol:
     # run that only feeds a score (DD-Ranking's no-augmentation run) does not.
     ranked: ClassVar[bool] = True
 
+    # The side of the student's square input (None: the images' own) and the side the test images' shorter side
+    # is resized to before their centre crop to it (None: the input size). Fields of the protocols that set them.
+    input_size: int | None = None
+    test_resize: int | None = None
+
     @property
     def needs_teacher(self) -> bool:
         return self.labels == "soft"
 
+    def identity_fields(self) -> dict:
+        """Every field of the recipe, less the fields added later (WHEN_SET) that are at their default."""
+        fields = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("identity") == WHEN_SET["identity"] and fields[f.name] == _default(f):
+                del fields[f.name]
+        return fields
+
     def identity(self) -> str:
-        """The protocol hash of result rows: every field of the recipe."""
-        return config_hash(dataclasses.asdict(self))
+        """The protocol hash of result rows: the hash of `identity_fields()`."""
+        return config_hash(self.identity_fields())
+
+    def train_size(self, image_size: int) -> int:
+        """The side of the images the student trains on, and so is built for."""
+        return self.input_size or image_size
+
+    def test_view(self, x: torch.Tensor) -> torch.Tensor:
+        """Test images in [0, 1] as the student sees them: resized, then centre-cropped to the input size."""
+        if self.input_size is None and self.test_resize is None:
+            return x
+        size = self.train_size(x.shape[-1])
+        return resize_center_crop(x, self.test_resize or size, size)
+
+    def _check_sizes(self):
+        for name in ("input_size", "test_resize"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be a positive number of pixels or null, got {getattr(self, name)}")
+        if self.input_size and self.test_resize and self.test_resize < self.input_size:
+            raise ValueError(f"test_resize: must be at least input_size ({self.input_size}) for the centre crop "
+                             f"to it, got {self.test_resize}")
 
     def epochs_for(self, ipc: int) -> int:
         return by_ipc(self.epochs, ipc, self.epochs_beyond)
@@ -72,7 +114,8 @@ class Protocol:
     def batch_size_for(self, ipc: int, num_classes: int, images: int) -> int:
         raise NotImplementedError
 
-    def optimizer(self, param_groups: Callable[[bool, float], list[dict]], student: str) -> torch.optim.Optimizer:
+    def optimizer(self, param_groups: Callable[[bool, float], list[dict]], student: str, num_classes: int
+                  ) -> torch.optim.Optimizer:
         """`param_groups(no_decay_on_bias_and_norm, weight_decay)` gives the student's parameters."""
         raise NotImplementedError
 
@@ -114,19 +157,35 @@ class SGDRecipe(Protocol):
     milestones: list[float] = field(default_factory=lambda: [2 / 3, 5 / 6])  # fractions of training
     gamma: float = 0.2
     student_kwargs: dict[str, dict] = field(default_factory=dict)  # per student, e.g. {convnet3: {width: 64}}
+    # Above `many_classes` classes (ImageNet-1k) the reference trains at lr 0.1, weight decay 1e-4 and a batch of
+    # at least 128 (Minimax argument.py l.294–301, `if args.nclass > 100`); its epochs are the IPC's as ever.
+    many_classes: int = field(default=100, metadata=WHEN_SET)
+    many_classes_lr: float = field(default=0.1, metadata=WHEN_SET)
+    many_classes_weight_decay: float = field(default=1e-4, metadata=WHEN_SET)
+    many_classes_batch_size: int = field(default=128, metadata=WHEN_SET)
+    input_size: int | None = field(default=None, metadata=WHEN_SET)
+    test_resize: int | None = field(default=None, metadata=WHEN_SET)
+
+    def __post_init__(self):
+        self._check_sizes()
 
     def batch_size_for(self, ipc: int, num_classes: int, images: int) -> int:
+        if num_classes > self.many_classes:
+            return max(self.batch_size, self.many_classes_batch_size)  # argument.py l.301: max(128, batch_size)
         return self.batch_size
 
-    def optimizer(self, param_groups, student: str) -> torch.optim.Optimizer:
-        return torch.optim.SGD(param_groups(False, 0.0), lr=self.lr, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
+    def optimizer(self, param_groups, student: str, num_classes: int) -> torch.optim.Optimizer:
+        many = num_classes > self.many_classes
+        return torch.optim.SGD(param_groups(False, 0.0), lr=self.many_classes_lr if many else self.lr,
+                               momentum=self.momentum,
+                               weight_decay=self.many_classes_weight_decay if many else self.weight_decay)
 
     def scheduler(self, opt, epochs: int):
         return torch.optim.lr_scheduler.MultiStepLR(opt, [int(m * epochs) for m in self.milestones], self.gamma)
 
     def batch(self, x, y, gen, num_classes):
-        return x, F.one_hot(y, num_classes).float()
+        size = self.train_size(x.shape[-1])
+        return resize_center_crop(x, size, size), F.one_hot(y, num_classes).float()
 
     def loss(self, logits, target):
         return torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
@@ -139,8 +198,8 @@ class SGDRecipe(Protocol):
 @register_protocol
 @dataclass
 class HardLabel(SGDRecipe):
-    """The hard-label recipe of Minimax / CaO2: the SGD recipe with CutMix, random-resized crop, flip and colour
-    jitter. The suite's reference: the full-data row and DD-Ranking's HLR train with it."""
+    """The hard-label recipe of Minimax / CaO2: the SGD recipe with CutMix, random-resized crop, flip, colour
+    jitter and lighting noise. The suite's reference: the full-data row and DD-Ranking's HLR train with it."""
     name: ClassVar[str] = "hard-label"
     reference: ClassVar[bool] = True
 
@@ -149,9 +208,27 @@ class HardLabel(SGDRecipe):
     rrc_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     flip: bool = True
     color_jitter: float = 0.4
+    # PCA lighting noise (AlexNet's, on ImageNet's RGB components): the standard deviation of its weights; 0 is
+    # off. Minimax data.py l.319 uses 0.1 for ImageNet.
+    lighting: float = field(default=0.0, metadata=WHEN_SET)
+    # "fixed": brightness → contrast → saturation; "random": a fresh order per image, as the reference's
+    # ColorJitter shuffles its three (Minimax misc/utils.py l.286) and torchvision's permutes its four.
+    color_jitter_order: str = field(default="fixed", metadata=WHEN_SET)
+    # Clip jittered images to [0, 1]. The reference does not: it jitters and adds lighting to float tensors and
+    # normalises them as they are (Minimax misc/utils.py l.207–289, data.py l.347).
+    clip_colours: bool = field(default=True, metadata=WHEN_SET)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.color_jitter_order not in JITTER_ORDERS:
+            raise ValueError(f"color_jitter_order: must be {' or '.join(JITTER_ORDERS)}, "
+                             f"got {self.color_jitter_order!r}")
+        if self.lighting < 0:
+            raise ValueError(f"lighting: must be ≥ 0, got {self.lighting}")
 
     def batch(self, x, y, gen, num_classes):
-        x = augment(x, gen, self.rrc_scale, self.flip, self.color_jitter)
+        x = augment(x, gen, self.rrc_scale, self.flip, self.color_jitter, self.input_size, self.lighting,
+                    self.color_jitter_order, self.clip_colours)
         if self.cutmix_beta > 0 and len(x) > 1 and torch.rand(1, generator=gen).item() < self.cutmix_prob:
             return cutmix(x, y, num_classes, gen, self.cutmix_beta)
         return x, F.one_hot(y, num_classes).float()
@@ -207,10 +284,13 @@ class SoftLabel(Protocol):
     patch_factor: int = 2            # ShufflePatches(factor) and crop scale (1/factor, 1)
     flip: bool = True
     student_kwargs: dict[str, dict] = field(default_factory=dict)
+    input_size: int | None = field(default=None, metadata=WHEN_SET)
+    test_resize: int | None = field(default=None, metadata=WHEN_SET)
 
     def __post_init__(self):
         if self.mix not in MIXES:
             raise ValueError(f"mix: must be cutmix or mixup, got {self.mix!r}")
+        self._check_sizes()
 
     def batch_size_for(self, ipc: int, num_classes: int, images: int) -> int:
         size = by_ipc(self.batch_size, ipc, self.batch_size_beyond)
@@ -222,7 +302,7 @@ class SoftLabel(Protocol):
     def tau(self) -> float:
         return self.temperature if self.temperature is not None else (20.0 if self.mix == "cutmix" else 4.0)
 
-    def optimizer(self, param_groups, student: str) -> torch.optim.Optimizer:
+    def optimizer(self, param_groups, student: str, num_classes: int) -> torch.optim.Optimizer:
         return torch.optim.AdamW(param_groups(True, self.weight_decay), lr=self.lr_for(student),
                                  betas=(0.9, 0.999), weight_decay=self.weight_decay)
 
@@ -230,7 +310,8 @@ class SoftLabel(Protocol):
         return torch.optim.lr_scheduler.LambdaLR(opt, rded_cosine(epochs))
 
     def batch(self, x, y, gen, num_classes):
-        x = augment(shuffle_patches(x, self.patch_factor, gen), gen, [1 / self.patch_factor, 1.0], self.flip)
+        x = augment(shuffle_patches(x, self.patch_factor, gen), gen, [1 / self.patch_factor, 1.0], self.flip,
+                    size=self.input_size)
         x = cutmix(x, None, num_classes, gen, self.cutmix_beta)[0] if self.mix == "cutmix" \
             else mixup(x, gen, self.mixup_alpha)
         return x, None

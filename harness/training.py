@@ -18,11 +18,14 @@ from .students import create_student
 
 @torch.no_grad()
 def test_accuracy(model, images_u8: torch.Tensor, labels: torch.Tensor, mean: float, std: float,
-                  batch_size: int = 1000) -> float:
+                  batch_size: int = 1000, view=None) -> float:
+    """Top-1 accuracy on uint8 test images, each batch in [0, 1] passed through `view` (the protocol's test-time
+    resize and crop; None: as they are) and normalised."""
     model.eval()
     correct = 0
     for i in range(0, len(images_u8), batch_size):
-        x = (images_u8[i:i + batch_size].float().div(255) - mean) / std
+        x = images_u8[i:i + batch_size].float().div(255)
+        x = ((view(x) if view is not None else x) - mean) / std
         correct += (model(x).argmax(1) == labels[i:i + batch_size]).sum().item()
     return correct / len(images_u8)
 
@@ -101,7 +104,7 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
     if protocol.needs_teacher and teacher is None:
         raise ValueError(f"the {protocol.name} protocol needs a teacher")
     vectorise = str(device).startswith("cuda") and world == 1 if vectorise is None else vectorise
-    in_chans, size = images.shape[1], images.shape[-1]
+    in_chans, size = images.shape[1], protocol.train_size(images.shape[-1])
     models = []
     for s in seeds:
         torch.manual_seed(s)
@@ -116,7 +119,7 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
     mean, std = data.mean().item(), max(data.std().item(), 1e-3)
     epochs = protocol.epochs_for(ipc)
     batch_size = protocol.batch_size_for(ipc, num_classes, len(data))
-    opt = protocol.optimizer(stack.param_groups, student)
+    opt = protocol.optimizer(stack.param_groups, student, num_classes)
     sched = protocol.scheduler(opt, epochs)
     if protocol.needs_teacher:
         teacher = teacher.to(device).eval()
@@ -148,7 +151,8 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
     results = []
     for model in stack.unstacked():
         t1 = time.perf_counter()
-        acc = test_accuracy(model, test_images.to(device), test_labels.to(device), mean, std)
+        acc = test_accuracy(model, test_images.to(device), test_labels.to(device), mean, std,
+                            view=protocol.test_view)
         results.append({"accuracy": acc, "train_seconds": train_seconds / len(seeds), "epochs": epochs,
                         "test_seconds": time.perf_counter() - t1, "seeds_together": len(seeds),
                         "vectorised": vectorise})

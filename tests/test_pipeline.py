@@ -155,7 +155,10 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
                     "input_size": 32},
         "methods": {"diffusion": {"steps": 2, "sampler": "ddpm"}, "herding": {}},  # as the ImageNet suites sample
         "ipcs": [2], "seeds": 1,
-        "protocols": {"hard-label": {"epochs": {2: 1}, "student_kwargs": {"convnet3": {"width": 8}}}},
+        # The ImageNet suites' hard-label settings, scaled to 32-px images: crops to 28, tested resized to 32.
+        "protocols": {"hard-label": {"epochs": {2: 1}, "student_kwargs": {"convnet3": {"width": 8}}, "input_size": 28,
+                                     "test_resize": 32, "lighting": 0.1, "color_jitter_order": "random",
+                                     "clip_colours": False}},
     }))
     suite = load_suite(str(suite_path))
     real = load_real_data(suite.data)

@@ -26,10 +26,30 @@ def test_identity_is_the_hash_of_the_recipe_fields_only():
     # The defaults' hashes as the harness computed them before protocols were objects (HardLabelConfig and
     # SoftLabelConfig of evaluate.py): a recipe's identity is its fields, not its class.
     assert (P.HardLabel().identity(), P.SoftLabel().identity()) == ("1a1e49560f70", "b6c62117d705")
-    assert P.HardLabel().identity() == config_hash(dataclasses.asdict(P.HardLabel()))
+    later = {f.name for f in dataclasses.fields(P.HardLabel()) if f.metadata == P.WHEN_SET}
+    earlier = {k: v for k, v in dataclasses.asdict(P.HardLabel()).items() if k not in later}
+    assert P.HardLabel().identity() == config_hash(earlier)
     assert P.HardLabel().identity() != P.HardLabel(lr=0.02).identity()
     # The plain run is the augmented recipe less the augmentation fields: a different row.
     assert P.HardLabelNoAugmentation().identity() != P.HardLabel().identity()
+
+
+@pytest.mark.parametrize("cls", [P.HardLabel, P.HardLabelNoAugmentation, P.SoftLabel])
+def test_fields_added_later_enter_the_identity_only_when_set(cls):
+    """A field added after results were stored (metadata WHEN_SET) leaves the identity of a recipe at its default
+    as it was, so adding a setting retires no row; set away from its default it makes another row."""
+    later = [f for f in dataclasses.fields(cls) if f.metadata == P.WHEN_SET]
+    assert {"input_size", "test_resize"} <= {f.name for f in later}
+    base = cls().identity()
+    for f in later:
+        default = P._default(f)
+        assert cls(**{f.name: default}).identity() == base, f.name   # spelt out at its default: the same row
+        other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2 + 1,
+                 str: lambda v: "random"}.get(type(default), lambda v: 300)(default)
+        changed = cls(**{f.name: other})
+        assert changed.identity() != base and f.name in changed.identity_fields(), f.name
+    # The fields that were there from the start are in the identity even at their default.
+    assert "lr" in cls().identity_fields() and not any(f.name in cls().identity_fields() for f in later)
 
 
 def test_roles_found_by_declaration_not_name():
