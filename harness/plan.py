@@ -235,7 +235,7 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
     sets = len(methods)
     for student in suite.students:
         for pname, protocol in suite.protocols.items():
-            size = getattr(protocol, "input_size", None) or suite.data.image_size
+            size = protocol.train_size(suite.data.image_size)
             kwargs = protocol.student_kwargs.get(student, {})
             forward = classifier_flops(student, C, counts.channels, size, kwargs, False)
             image_epochs = sets * suite.seeds * sum(protocol.epochs_for(ipc) * ipc * C for ipc in ipcs)
@@ -255,7 +255,7 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
                          f"{basis}")
     if suite.full_data.epochs:
         ref = reference_protocol(suite.protocols)
-        size = getattr(ref, "input_size", None) or suite.data.image_size
+        size = ref.train_size(suite.data.image_size)
         for student in suite.students:
             forward = classifier_flops(student, C, counts.channels, size, ref.student_kwargs.get(student, {}), False)
             image_epochs = suite.full_data.epochs * counts.train_per_class * C
