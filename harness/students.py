@@ -136,7 +136,7 @@ class ChannelInstanceNorm(nn.GroupNorm):
 
 @register_model
 def resnet18_instancenorm(pretrained: bool = False, **kwargs) -> timm.models.ResNet:
-    """The ResNet-18 of the hard-label recipe (Minimax `train.py -n resnet --depth 18`, CaO2 run.sh:35-36
+    """The ResNet-18 of Minimax's training recipe (Minimax `train.py -n resnet --depth 18`, CaO2 run.sh:35-36
     `eval.py -n resnet --depth 18 --norm_type instance`): torchvision's layout (7×7/2 stem + 3×3/2 max-pool,
     2-2-2-2 basic blocks, 1×1 strided projection shortcuts, global average pool) with instance norm instead of
     batch norm, and every norm starting at weight 1 (train_models/resnet.py:190-192; timm would zero the last
