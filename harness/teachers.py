@@ -202,8 +202,12 @@ def import_teacher_checkpoint(path: Path, arch: str, num_classes: int, input_siz
     Reads torchvision's reference checkpoints ({"model": state_dict, "args": ...}: RDED's observers, loaded
     there by synthesize/utils.py:237-240), ddbench's own teacher files and bare state dicts. Its outputs must be
     the suite's classes in the suite's order; a wrong class count or architecture is a ValueError of one line."""
-    with torch.serialization.safe_globals([argparse.Namespace]):  # torchvision's checkpoints keep their args
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):  # torchvision's checkpoints keep their args
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     meta = raw if isinstance(raw, dict) and "state_dict" in raw and "arch" in raw else {}
     if meta and meta["arch"] != arch:
         raise ValueError(f"{path} holds a {meta['arch']} teacher, not {arch}")
@@ -215,8 +219,10 @@ def import_teacher_checkpoint(path: Path, arch: str, num_classes: int, input_siz
     kwargs = dict(meta.get("kwargs", arch_kwargs or {}))
     size = meta.get("input_size", input_size)
     model = create_student(arch, num_classes, meta.get("in_chans", 3), size, **kwargs)
-    head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    outputs = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
+    head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1] + ".weight"
+    if head not in state:
+        raise ValueError(f"{path} is not a {arch} checkpoint: it has no {head}")
+    outputs = state[head].shape[0]
     if outputs != num_classes:
         raise ValueError(f"{path} has {outputs} outputs but the suite has {num_classes} classes: a subset teacher's "
                          f"outputs must be the suite's classes, in the suite's order")

@@ -197,3 +197,26 @@ def create_fresh_classifier(t):
 
     torch.manual_seed(t.recipe.seed)
     return create_student(t.arch, 3, 3, t.input_size, **t.arch_kwargs).classifier.weight
+
+
+@pytest.mark.parametrize("name,env", [("imagewoof", "IMAGEWOOF_TEACHER"), ("imagenette", "IMAGENETTE_TEACHER"),
+                                      ("imageidc", "IMAGEIDC_TEACHER"), ("imagenet-100", "IMAGENET100_TEACHER"),
+                                      ("imagenet", None)])
+def test_imagenet_family_relabels_as_the_references_do(name, env, monkeypatch, tmp_path):
+    """The subsets relabel with a ResNet-18 trained on the subset (RDED/CaO2 pretrain_models/<subset>_resnet18.pth),
+    ImageNet-1k with the selector's torchvision weights; CaO2 selects with those weights everywhere."""
+    from harness.suite import load_suite
+    from harness.teachers import TorchvisionRecipe
+
+    if env:
+        monkeypatch.delenv(env, raising=False)
+    suite = load_suite(name, check_files=False)
+    assert (suite.teacher.kind, suite.teacher.weights) == ("timm", "resnet18.tv_in1k")
+    assert suite.students == ["resnetap10", "resnet18_instancenorm", "resnet18"]
+    r = suite.teacher.relabel
+    if env is None:
+        assert r is None
+        return
+    assert (r.kind, r.arch, r.input_size, r.recipe, r.weights) == ("trained", "resnet18", 224, TorchvisionRecipe(), "")
+    monkeypatch.setenv(env, str(tmp_path / "observer.pth"))
+    assert load_suite(name, check_files=False).teacher.relabel.weights == str(tmp_path / "observer.pth")
