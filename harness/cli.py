@@ -115,13 +115,13 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     out = Path(out)
     print(f"[suite] {suite.name}: {len(methods)} methods × IPC {suite.ipcs} × {len(suite.students)} students × "
           f"{len(suite.protocols)} protocols × {suite.seeds} seeds → {out}", flush=True)
-    prepared = prepare(suite, real, out, check=check)
 
     def connect():  # only when there is work: a rerun with everything cached never starts Ray
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      num_cpus=None if address else os.cpu_count())
 
+    prepared = prepare(suite, real, out, check=check, connect=connect)
     if cross_arch:
         paths = cross_architecture(suite, real, prepared, out, connect)
         print(f"[cross-arch] {', '.join(map(str, paths))} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -132,8 +132,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     measure_sets(suite, real, prepared, manifests, out)
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
     evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect, prepared, out)
-    notes = [f"teacher: {suite.teacher.arch}" + (f", test accuracy {prepared.teacher_test_accuracy:.1%}"
-                                                  if prepared.teacher_test_accuracy is not None else "")]
+    notes = [prepared.teacher_note()]
     if prepared.backbone_check:
         c = prepared.backbone_check
         notes.append(f"backbone check: the teacher agrees with the conditioning class on {c['agreement']:.1%} of "

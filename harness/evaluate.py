@@ -8,7 +8,6 @@ names in `distributed_students`, one Ray Train run of DDP workers), rows appende
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_real_data
+from .data_parallel import run_data_parallel
 from .identity import FULL_DATA, versions
 from .protocols import Protocol, reference_protocol
 from .sets import Manifest, load_set
@@ -89,7 +89,7 @@ def _train_group(trials: list[EvalTrial], protocol: Protocol, classes: list[str]
     """Load the group's set (or the real training split) and its teacher, train its seeds, make its rows."""
     images, labels, protocol = _trial_data(trials[0], protocol, classes, channels, suite)
     if teacher is None and protocol.needs_teacher:
-        teacher = prepared.load_teacher(device)
+        teacher = prepared.load_relabel_teacher(device)
     results = train_student(trials[0].student, images, labels, test[0], test[1], len(classes), trials[0].ipc,
                             protocol, [t.seed for t in trials], device=device, teacher=teacher, **options)
     return _rows(trials, results)
@@ -106,31 +106,16 @@ def run_group(trials: list[EvalTrial], protocol: Protocol, classes: list[str], c
 def run_group_distributed(trials: list[EvalTrial], protocol: Protocol, classes: list[str], channels: int,
                           test, workers: int, use_gpu: bool, suite=None, prepared=None, teacher=None,
                           storage_path: str | None = None) -> list[dict]:
-    """The same group through Ray Train's TorchTrainer: `workers` DDP processes (one GPU each where GPUs
-    exist) run `train_student` on their slices of every batch; rank 0 reports the rows."""
-    # Ray Train costs half a second to import; only suites with distributed students need it.
-    import ray.train
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer, prepare_model
+    """The same group through Ray Train: `workers` DDP processes (one GPU each where GPUs exist) run
+    `train_student` on their slices of every batch; rank 0 reports the rows."""
 
-    def loop(config):
-        context = ray.train.get_context()
-        device = str(ray.train.torch.get_device()) if use_gpu else "cpu"
-        torch.set_num_threads(1)
-        rows = _train_group(trials, protocol, classes, channels, test, device, suite, prepared, teacher,
-                            vectorise=False, rank=context.get_world_rank(), world=context.get_world_size(),
-                            wrap=lambda m: prepare_model(m, move_to_device=use_gpu))
-        if context.get_world_rank() != 0:
-            ray.train.report({})
-            return
-        with tempfile.TemporaryDirectory() as tmp:  # Ray Train keeps a result only with a checkpoint
-            (Path(tmp) / "rows.json").write_text(json.dumps(rows))
-            ray.train.report({"seeds": len(trials)}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    def work(worker):
+        rows = _train_group(trials, protocol, classes, channels, test, worker.device, suite, prepared, teacher,
+                            vectorise=False, rank=worker.rank, world=worker.world, wrap=worker.wrap)
+        (worker.folder / "rows.json").write_text(json.dumps(rows))
 
-    result = TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-                          run_config=RunConfig(storage_path=storage_path)).fit()
-    with result.checkpoint.as_directory() as folder:
-        return json.loads((Path(folder) / "rows.json").read_text())
+    return run_data_parallel(work, workers, use_gpu, lambda folder: json.loads((folder / "rows.json").read_text()),
+                             storage_path)
 
 
 def trial_resources() -> tuple[dict, str]:

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import ray
 import torch
 from diffusers import AutoencoderKL, DiTTransformer2DModel
 from tqdm.auto import tqdm
@@ -25,9 +26,11 @@ from .backbones import ddim_sample, load_dit_backbone
 from .backbones.dit import DIT_GUIDED_CHANNELS
 from .backbones.pixel_dit import train_pixel_dit
 from .data import RealData
+from .data_parallel import cluster_gpus, run_data_parallel
 from .identity import class_list, config_hash
 from .suite import BackboneConfig, Suite, TeacherConfig
-from .teachers import Teacher, accuracy, load_timm_teacher, load_trained_teacher, train_teacher
+from .teachers import (Teacher, accuracy, import_teacher_checkpoint, load_timm_teacher, load_trained_teacher,
+                       save_teacher, train_recipe_teacher, train_teacher)
 
 REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -35,6 +38,15 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 class PrepareError(Exception):
     """A model the suite names cannot be had; one line that says which and what to do."""
+
+
+@dataclass
+class PreparedTeacher:
+    config: TeacherConfig
+    source: str                         # a ddbench teacher file, or a timm weights spec
+    hash: str
+    test_accuracy: float | None
+    description: str
 
 
 @dataclass
@@ -52,6 +64,8 @@ class Prepared:
     teacher_test_accuracy: float | None
     backbone_check: dict | None
     teacher_val_accuracy: float | None = None  # only where a suite's method needs it
+    teacher_description: str = ""      # one line for the board: what the teacher is, where it came from
+    relabel: PreparedTeacher | None = None  # relabels for protocols that train on a teacher's outputs
 
     def load_backbone(self, device="cpu"):
         vae = self.backbone.vae if self.backbone.kind == "dit" else None
@@ -60,6 +74,18 @@ class Prepared:
 
     def load_teacher(self, device="cpu") -> Teacher:
         return load_teacher(self.teacher, self.teacher_source, self.classes, device)
+
+    def load_relabel_teacher(self, device="cpu") -> Teacher:
+        """The teacher whose outputs protocols with `needs_teacher` train on."""
+        if self.relabel is None:
+            return self.load_teacher(device)
+        return load_teacher(self.relabel.config, self.relabel.source, self.classes, device)
+
+    def teacher_note(self) -> str:
+        if self.relabel is None:
+            return f"teacher: {self.teacher_description}"
+        return (f"teacher (methods, backbone check, diversity): {self.teacher_description}; "
+                f"soft labels from: {self.relabel.description}")
 
     def provide(self, context: MethodContext, needs: frozenset[str]) -> MethodContext:
         """`context` with whatever of `needs` it still lacks loaded: a worker loads each model once, and every
@@ -168,19 +194,44 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
     return str(model_dir), key if n in (None, channels) else config_hash({"backbone": key, "guided_channels": n})
 
 
-def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | None = None
-                    ) -> tuple[str, str, float | None]:
-    """The suite's teacher (or `t`, e.g. a cross-architecture teacher): its source, identity hash and, for a
-    trained one, its test accuracy."""
+def describe_teacher(t: TeacherConfig, suite: Suite, test_accuracy: float | None) -> str:
+    """One line saying which classifier this is and where it came from."""
+    acc = f", test accuracy {test_accuracy:.1%}" if test_accuracy is not None else ""
+    if t.kind == "timm":
+        return f"{t.arch} pretrained on ImageNet-1k ({t.weights}), outputs picked by the suite's WNIDs{acc}"
+    if t.weights:
+        return f"{t.arch} trained on {suite.name}'s classes, from {t.weights}{acc}"
+    recipe = " (torchvision's reference recipe, as RDED's observers)" if t.recipe is not None else ""
+    return f"{t.arch} trained on {suite.name} by prepare{recipe}{acc}"
+
+
+def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | None = None, connect=None,
+                    where: str = "teacher") -> tuple[str, str, float | None]:
+    """The suite's teacher (or `t`, e.g. a cross-architecture teacher): its source, identity hash and, for one
+    trained on the suite's classes, its test accuracy. `connect` reaches the Ray cluster, whose GPUs train a
+    teacher with a recipe; `where` names `t` in the suite for error messages."""
     t = t or suite.teacher
     if t.kind == "timm":
         try:
             load_timm_teacher(t.arch, t.weights, real.classes, class_list(t.classes), t.input_size)
         except Exception as e:
-            raise PrepareError(f"{suite.source}: teacher.weights: cannot load {t.weights!r} for {t.arch} "
+            raise PrepareError(f"{suite.source}: {where}.weights: cannot load {t.weights!r} for {t.arch} "
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); without network, "
                                f"set it to a local weights file") from None
         return t.weights or "", config_hash({"arch": t.arch, "weights": t.weights, "classes": t.classes}), None
+    if t.weights:
+        path, key = _imported_teacher(suite, real, out, t, where)
+    elif t.recipe is not None:
+        path, key = _recipe_teacher(suite, real, out, t, connect)
+    else:
+        path, key = _small_teacher(suite, real, out, t)
+    teacher = load_trained_teacher(path)
+    acc = accuracy(teacher, real.test.load(torch.arange(len(real.test))), real.test.labels)
+    _log(f"[prepare] teacher: {t.arch} {key}, test accuracy {acc:.2%}")
+    return str(path), key, acc
+
+
+def _small_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig) -> tuple[Path, str]:
     identity = {"kind": "trained", "train": asdict(t.train), "arch": t.arch, "data": real.train.fingerprint(),
                 "classes": real.classes}
     if t.arch_kwargs:  # only when set, so the identity of teachers made before the option existed holds
@@ -193,10 +244,67 @@ def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | 
         where.mkdir(parents=True, exist_ok=True)
         train_teacher(real.train.load(torch.arange(len(real.train))), real.train.labels, len(real.classes),
                       t.arch, t.train, path, arch_kwargs=t.arch_kwargs)
-    teacher = load_trained_teacher(path)
-    acc = accuracy(teacher, real.test.load(torch.arange(len(real.test))), real.test.labels)
-    _log(f"[prepare] teacher: {t.arch} {key}, test accuracy {acc:.2%}")
-    return str(path), key, acc
+    return path, key
+
+
+def _imported_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig, where: str) -> tuple[Path, str]:
+    """A checkpoint trained on the suite's classes elsewhere, converted once into the cache (keyed by its bytes)."""
+    source = Path(t.weights)
+    if not source.is_file():
+        raise PrepareError(f"{suite.source}: {where}.weights: {source} is not a file (a checkpoint trained on the "
+                           f"suite's classes, e.g. RDED's data/pretrain_models/<subset>_resnet18.pth)")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    key = config_hash({"kind": "trained", "weights_sha256": digest, "arch": t.arch, "arch_kwargs": t.arch_kwargs,
+                       "input_size": t.input_size, "classes": real.classes})
+    path = out / "cache" / f"teacher-{key}" / "teacher.pt"
+    if not path.exists():
+        try:
+            import_teacher_checkpoint(source, t.arch, len(real.classes), t.input_size, path, t.arch_kwargs)
+        except ValueError as e:
+            raise PrepareError(f"{suite.source}: {where}.weights: {e}") from None
+    return path, key
+
+
+def _recipe_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig, connect) -> tuple[Path, str]:
+    """A teacher trained from scratch on the suite's training split with `t.recipe`: through Ray Train on the
+    cluster's GPUs where it has any (at most one per 32 images of the batch, torchvision's per-GPU batch),
+    else in this process."""
+    key = config_hash({"kind": "trained", "recipe": asdict(t.recipe), "arch": t.arch, "arch_kwargs": t.arch_kwargs,
+                       "input_size": t.input_size, "data": real.train.fingerprint(), "classes": real.classes})
+    path = _cached_dir(out, suite, f"teacher-{key}") / "teacher.pt"
+    if path.exists():
+        return path, key
+    workers = 0
+    if connect is not None:
+        connect()
+        workers = min(cluster_gpus(), max(1, t.recipe.batch_size // 32))
+    _log(f"[prepare] teacher: training {t.arch} {key} on {len(real.train)} images for {t.recipe.epochs} epochs "
+         + (f"through Ray Train on {workers} GPUs" if workers else "in this process"))
+    images = real.train.load(torch.arange(len(real.train))).numpy()
+    args = (real.train.labels, len(real.classes), t.arch, t.recipe, t.input_size)
+    if not workers:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        teacher = train_recipe_teacher(images, *args, device=device, arch_kwargs=t.arch_kwargs)
+        save_teacher(teacher.cpu(), t.arch, len(real.classes), path, **t.arch_kwargs)
+        return path, key
+    train_data_parallel(images, args, t, path, workers, use_gpu=True,
+                        storage_path=str((out / "ray_train").resolve()))
+    return path, key
+
+
+def train_data_parallel(images, args: tuple, t: TeacherConfig, path: Path, workers: int, use_gpu: bool,
+                        storage_path: str | None = None) -> None:
+    """`train_recipe_teacher` on `workers` Ray Train workers, which share the images through the object store;
+    rank 0's teacher is saved at `path`."""
+    images_ref = ray.put(images)
+
+    def work(worker):
+        teacher = train_recipe_teacher(ray.get(images_ref), *args, device=worker.device, rank=worker.rank,
+                                       world=worker.world, wrap=worker.wrap, arch_kwargs=t.arch_kwargs)
+        save_teacher(teacher.cpu(), t.arch, args[1], worker.folder / "teacher.pt", **t.arch_kwargs)
+
+    run_data_parallel(work, workers, use_gpu, lambda folder: atomic.torch_save(
+        torch.load(folder / "teacher.pt", map_location="cpu", weights_only=True), path), storage_path)
 
 
 def teacher_val_accuracy(suite: Suite, real: RealData, out: Path, source: str, teacher_hash: str,
@@ -243,10 +351,16 @@ def backbone_check(backbone, teacher: Teacher, num_classes: int, per_class: int,
             "cfg_scale": cfg_scale, "steps": steps, "seconds": time.perf_counter() - t0}
 
 
-def prepare(suite: Suite, real: RealData, out: Path, check: bool = True) -> Prepared:
+def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect=None) -> Prepared:
+    """`connect` reaches the Ray cluster; only a teacher trained with a recipe asks for it (for its GPUs)."""
     out = Path(out)
     backbone_source, backbone_hash = prepare_backbone(suite, real, out)
-    teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out)
+    teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out, connect=connect)
+    relabel = None
+    if suite.teacher.relabel is not None:
+        r = suite.teacher.relabel
+        source, key, acc = prepare_teacher(suite, real, out, r, connect, where="teacher.relabel")
+        relabel = PreparedTeacher(r, source, key, acc, describe_teacher(r, suite, acc))
     val_acc = None
     if "teacher_val_accuracy" in suite_needs(suite):
         val_acc = teacher_val_accuracy(suite, real, out, teacher_source, teacher_hash)
@@ -254,7 +368,8 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True) -> Prep
 
     def prepared(check_result: dict | None) -> Prepared:
         return Prepared(list(real.classes), suite.backbone, backbone_source, backbone_hash, conditions,
-                        suite.teacher, teacher_source, teacher_hash, teacher_acc, check_result, val_acc)
+                        suite.teacher, teacher_source, teacher_hash, teacher_acc, check_result, val_acc,
+                        describe_teacher(suite.teacher, suite, teacher_acc), relabel)
 
     result = None
     if check:

@@ -1,5 +1,5 @@
-"""Student architectures. Every student comes from `timm.create_model`; the field's own ConvNet-D and
-ResNetAP-10 are registered into timm's registry here so they are created the same way.
+"""Student architectures. Every student comes from `timm.create_model`; the field's own ConvNet-D, ResNetAP-10
+and instance-norm ResNet-18 are registered into timm's registry here so they are created the same way.
 
 `create_student` is the one place where grey images and small inputs are adapted.
 """
@@ -124,6 +124,25 @@ class ResNetAP(nn.Module):
 @register_model
 def resnetap10(pretrained: bool = False, **kwargs) -> ResNetAP:
     return ResNetAP(blocks=(1, 1, 1, 1), **kwargs)
+
+
+class ChannelInstanceNorm(nn.GroupNorm):
+    """Instance norm as the field writes it, `nn.GroupNorm(C, C)`: one group per channel, affine (Minimax
+    train_models/resnet.py:17, the same in CaO2), built from the channel count as timm's `norm_layer` is."""
+
+    def __init__(self, num_channels: int, **kwargs):
+        super().__init__(num_channels, num_channels, **kwargs)
+
+
+@register_model
+def resnet18_instancenorm(pretrained: bool = False, **kwargs) -> timm.models.ResNet:
+    """The ResNet-18 of Minimax's training recipe (Minimax `train.py -n resnet --depth 18`, CaO2 run.sh:35-36
+    `eval.py -n resnet --depth 18 --norm_type instance`): torchvision's layout (7×7/2 stem + 3×3/2 max-pool,
+    2-2-2-2 basic blocks, 1×1 strided projection shortcuts, global average pool) with instance norm instead of
+    batch norm, and every norm starting at weight 1 (train_models/resnet.py:190-192; timm would zero the last
+    norm of each block)."""
+    return timm.models.resnet.resnet18(pretrained, **{"norm_layer": ChannelInstanceNorm, "zero_init_last": False,
+                                                      **kwargs})
 
 
 def is_student(name: str) -> bool:

@@ -24,7 +24,7 @@ from .diversity import DiversityConfig, DiversityError, check_config
 from .identity import CLASSES_DIR, FULL_DATA, read_class_list
 from .protocols import Protocol, get_protocol, list_protocols, reference_protocol
 from .students import is_student
-from .teachers import TeacherTrainConfig
+from .teachers import TeacherTrainConfig, TorchvisionRecipe
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -82,13 +82,20 @@ class BackboneConfig:
 
 @dataclass
 class TeacherConfig:
-    kind: str                              # "trained" (by prepare) or "timm" (pretrained on ImageNet-1k)
+    kind: str                              # "trained" (on the suite's classes) or "timm" (pretrained on ImageNet-1k)
     arch: str = "convnet3"
-    weights: str | None = None             # timm tag / hub id, or a local file (kind: timm)
+    # kind timm: a timm tag / hub id or a local file. kind trained: a local checkpoint trained on the suite's
+    # classes, in the suite's order (e.g. RDED's observers), used instead of training one; "" is none.
+    weights: str | None = None
     classes: str = "imagenet-1k"           # the WNIDs of the pretrained model's outputs, in order
     input_size: int = 224
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     arch_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {channels: [16, 32, 64, 128]} (kind: trained)
+    # kind trained: train with torchvision's reference recipe (RDED's observers) instead of `train`'s.
+    recipe: TorchvisionRecipe | None = None
+    # The teacher whose outputs protocols with soft labels train on, where it is not this one (the selector methods
+    # read): RDED and CaO2 relabel the ImageNet subsets with a ResNet-18 trained on the subset.
+    relabel: TeacherConfig | None = None
 
 
 @dataclass
@@ -443,3 +450,7 @@ def _check_teacher(t: TeacherConfig, where: str, fail) -> None:
         fail(f"{where}.arch", f"unknown architecture {t.arch!r}")
     if t.kind == "timm" and not (CLASSES_DIR / f"{t.classes}.txt").is_file():
         fail(f"{where}.classes", f"class list {t.classes!r} not found in {CLASSES_DIR}")
+    if t.recipe is not None and t.kind != "trained":
+        fail(f"{where}.recipe", "only a teacher of kind trained is trained with a recipe")
+    if t.relabel is not None:
+        _check_teacher(t.relabel, f"{where}.relabel", fail)

@@ -4,21 +4,30 @@ A `Teacher` takes images in [0, 1] at any size, resizes and normalises them for 
 logits over the suite's classes (in the suite's class order) or pooled features. For the ImageNet family
 it is a timm model pretrained on ImageNet-1k whose 1,000 outputs are picked by WNID — the alignment check
 that keeps a class-order mismatch from silently costing 30 points. For datasets without a public model,
-`prepare` trains one with `train_teacher`.
+`prepare` trains one with `train_teacher`; on the ImageNet subsets, where RDED and CaO2 relabel with a
+ResNet-18 trained on the subset itself, `prepare` trains one with `train_recipe_teacher` (the recipe RDED's
+observers were trained with) or reads such a checkpoint with `import_teacher_checkpoint`.
 """
 from __future__ import annotations
 
+import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import atomic
+from .augment import augment
 from .students import create_student
+
+# torchvision's normalisation (references/classification/presets.py), which RDED's observers expect
+# (RDED synthesize/utils.py:77).
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 class Teacher(nn.Module):
@@ -120,6 +129,110 @@ def train_teacher(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     teacher.requires_grad_(False).eval()
     save_teacher(teacher, arch, num_classes, out_path, **arch_kwargs)
     return teacher
+
+
+@dataclass(frozen=True)
+class TorchvisionRecipe:
+    """How RDED trained its subset observers: "we adapt official Torchvision code to train the observer models
+    from scratch" (RDED README, "Pre-trained Models"; its scripts only load them, synthesize/utils.py:227-240).
+    The values are torchvision references/classification/train.py's defaults, which its README runs for ResNets
+    on 8 GPUs: SGD, step decay, random-resized crop + flip at 224 px, plain cross-entropy."""
+    epochs: int = 90                 # --epochs 90
+    batch_size: int = 256            # -b 32 images per GPU × 8 GPUs
+    lr: float = 0.1                  # --lr 0.1
+    momentum: float = 0.9            # --momentum 0.9
+    weight_decay: float = 1e-4       # --wd 1e-4, norms included (--norm-weight-decay None)
+    lr_step_size: int = 30           # --lr-scheduler steplr --lr-step-size 30
+    lr_gamma: float = 0.1            # --lr-gamma 0.1
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop's scale
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "lr_step_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale: must be [low, high] with 0 < low ≤ high ≤ 1, got {self.crop_scale}")
+
+
+def train_recipe_teacher(images: np.ndarray, labels: torch.Tensor, num_classes: int, arch: str,
+                         recipe: TorchvisionRecipe, input_size: int, device="cpu", rank: int = 0, world: int = 1,
+                         wrap=None, progress: bool = True, arch_kwargs: dict | None = None) -> Teacher:
+    """Train `arch` from scratch on uint8 images (N, C, H, W) with `recipe`; the images are a numpy array so that
+    Ray Train workers on one node share one read-only copy.
+
+    Crops are cut from the suite's images (already resized to the suite's size) and resized to `input_size`.
+    Data-parallel as the students are (harness/training.py): every worker draws the whole batch from the same
+    generator and trains on its `rank`-th slice (`wrap` is Ray Train's `prepare_model`), so W workers see the
+    batches one process would."""
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    model = create_student(arch, num_classes, images.shape[1], input_size, **(arch_kwargs or {})).to(device)
+    teacher = Teacher(model, input_size, images.shape[1], IMAGENET_MEAN, IMAGENET_STD).to(device)
+    model.train().requires_grad_(True)  # before the DDP wrap, which hooks only parameters that need gradients
+    net = wrap(model) if wrap is not None else model
+    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, recipe.lr_step_size, recipe.lr_gamma)
+    labels = labels.to(device)
+    bar = tqdm(total=recipe.epochs * math.ceil(len(images) / recipe.batch_size), mininterval=5,
+               desc=f"[prepare] train teacher {arch}", disable=not progress or rank != 0)
+    for _ in range(recipe.epochs):
+        perm = torch.randperm(len(images), generator=gen)
+        for i in range(0, len(images), recipe.batch_size):
+            idx = perm[i:i + recipe.batch_size]
+            if len(idx) < world:
+                continue  # a last batch too small to give every worker an image
+            x = augment(torch.from_numpy(images[idx.numpy()]).to(device).float().div(255), gen, recipe.crop_scale,
+                        flip=True)[rank::world]
+            loss = F.cross_entropy(net(teacher.prepare_input(x)), labels[idx.to(device)][rank::world])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        sched.step()
+    bar.close()
+    return teacher.requires_grad_(False).eval()
+
+
+def import_teacher_checkpoint(path: Path, arch: str, num_classes: int, input_size: int, out_path: Path,
+                              arch_kwargs: dict | None = None) -> None:
+    """A classifier trained on the suite's classes elsewhere, saved as a ddbench teacher file at `out_path`.
+
+    Reads torchvision's reference checkpoints ({"model": state_dict, "args": ...}: RDED's observers, loaded
+    there by synthesize/utils.py:237-240), ddbench's own teacher files and bare state dicts. Its outputs must be
+    the suite's classes in the suite's order; a wrong class count or architecture is a ValueError of one line."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):  # torchvision's checkpoints keep their args
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    meta = raw if isinstance(raw, dict) and "state_dict" in raw and "arch" in raw else {}
+    if meta and meta["arch"] != arch:
+        raise ValueError(f"{path} holds a {meta['arch']} teacher, not {arch}")
+    state = raw.get("model", raw.get("state_dict", raw)) if isinstance(raw, dict) else raw
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict (expected torchvision's {{'model': ...}}, ddbench's teacher "
+                         f"file or a bare state dict)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel / DDP
+    kwargs = dict(meta.get("kwargs", arch_kwargs or {}))
+    size = meta.get("input_size", input_size)
+    model = create_student(arch, num_classes, meta.get("in_chans", 3), size, **kwargs)
+    head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1] + ".weight"
+    if head not in state:
+        raise ValueError(f"{path} is not a {arch} checkpoint: it has no {head}")
+    outputs = state[head].shape[0]
+    if outputs != num_classes:
+        raise ValueError(f"{path} has {outputs} outputs but the suite has {num_classes} classes: a subset teacher's "
+                         f"outputs must be the suite's classes, in the suite's order")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path} is not a {arch} checkpoint: {str(e).splitlines()[1].strip()}") from None
+    teacher = Teacher(model, size, meta.get("in_chans", 3), meta.get("mean", IMAGENET_MEAN),
+                      meta.get("std", IMAGENET_STD))
+    save_teacher(teacher, arch, num_classes, out_path, **kwargs)
 
 
 def save_teacher(teacher: Teacher, arch: str, num_classes: int, path: Path, **kwargs) -> None:
