@@ -100,6 +100,13 @@ def classifier_flops(arch: str, num_classes: int, channels: int, size: int, kwar
         return _flops(model, torch.zeros(1, 3 if pretrained else channels, size, size))
 
 
+def teacher_flops(t, counts: "Counts", image_size: int) -> tuple[float, int]:
+    """FLOPs of one forward pass of a teacher, and the side it sees: a pretrained or recipe-trained one its
+    input size, one trained by `prepare`'s small recipe the suite's images."""
+    size = t.input_size if t.kind == "timm" or t.recipe else image_size
+    return classifier_flops(t.arch, counts.classes, counts.channels, size, t.arch_kwargs, t.kind == "timm"), size
+
+
 @dataclass
 class Counts:
     """What the suite's data holds, read from the data when present, else ImageNet's split sizes."""
@@ -178,8 +185,8 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
     rate = gpu_tflops * 1e12
     transformer, vae, params, sized = backbone_flops(suite, counts.channels, counts.classes)
     t = suite.teacher
-    teacher_size = t.input_size if t.kind == "timm" else suite.data.image_size
-    teacher = classifier_flops(t.arch, counts.classes, counts.channels, teacher_size, t.arch_kwargs, t.kind == "timm")
+    teacher, teacher_size = teacher_flops(t, counts, suite.data.image_size)
+    relabel, relabel_size = teacher_flops(t.relabel, counts, suite.data.image_size) if t.relabel else (teacher, teacher_size)
     C, ipcs = counts.classes, suite.ipcs
     lines = [f"plan for suite {suite.name} on {gpus} GPU(s) at {gpu_tflops:g} sustained TFLOP/s "
              "(nothing runs; estimates labelled)",
@@ -187,7 +194,9 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
              f"({counts.source})",
              f"unit FLOPs: backbone {sized}: {transformer / 1e9:,.1f} GFLOP per evaluation"
              + (f", VAE {vae / 1e9:,.1f} GFLOP per image" if vae else "")
-             + f"; teacher {t.arch} at {teacher_size} px: {teacher / 1e9:,.2f} GFLOP per image", "",
+             + f"; teacher {t.arch} at {teacher_size} px: {teacher / 1e9:,.2f} GFLOP per image"
+             + (f"; relabelling teacher {t.relabel.arch} at {relabel_size} px: {relabel / 1e9:,.2f} GFLOP per image"
+                if t.relabel else ""), "",
              "distill (one shard = one class of one set)",
              f"  {'method':34} {'sets':>4} {'shards':>6} {'images':>8} {'backbone evals':>15} {'GPU-h':>8}  basis"]
     total_images = distill_seconds = 0.0
@@ -223,11 +232,24 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
                  + f"; {total_images:,.0f} images ≈ {total_images * png / 1e9:,.2f} GB of PNG "
                  + ("(measured size)" if measured.png_bytes_per_image else f"(estimated at {PNG_FRACTION:.0%} of raw)")
                  + (f"; backbone weights {params * 4 / 1e9:,.2f} GB in fp32 per node" if needs_backbone else ""))
-    check = 0.0
+    prepare_seconds = 0.0
     if suite.backbone.check_per_class and needs_backbone:
         n = suite.backbone.check_per_class * C
-        check = n * (suite.backbone.check_steps * 2 * transformer + vae + teacher) / rate
-        lines.append(f"  prepare: backbone check samples {n:,} images ({_hours(check)} GPU-h, FLOPs)")
+        prepare_seconds = n * (suite.backbone.check_steps * 2 * transformer + vae + teacher) / rate
+        lines.append(f"  prepare: backbone check samples {n:,} images ({_hours(prepare_seconds)} GPU-h, FLOPs)")
+    train_images = counts.train_per_class * C
+    if suite.backbone.kind == "pixel-dit":
+        seconds = suite.backbone.train.steps * suite.backbone.train.batch_size * TRAIN_FLOPS_PER_FORWARD * transformer / rate
+        prepare_seconds += seconds
+        lines.append(f"  prepare: trains the pixel DiT, {suite.backbone.train.steps:,} steps ({_hours(seconds)} GPU-h, "
+                     "FLOPs; once: cached)")
+    for what, config, forward in (("teacher", t, teacher), ("relabelling teacher", t.relabel, relabel)):
+        if config is not None and config.kind == "trained" and not config.weights:
+            epochs = config.recipe.epochs if config.recipe else config.train.epochs
+            seconds = epochs * train_images * TRAIN_FLOPS_PER_FORWARD * forward / rate
+            prepare_seconds += seconds
+            lines.append(f"  prepare: trains the {what} {config.arch}, {epochs} epochs over {train_images:,} images "
+                         f"({_hours(seconds)} GPU-h, FLOPs; once: cached)")
 
     lines += ["", "evaluate (one trial = one student, protocol, set and seed; a setting's seeds train together)",
               f"  {'student':18} {'protocol':18} {'input':>5} {'trials':>7} {'image-epochs':>14} {'GPU-h':>8}  basis"]
@@ -245,7 +267,7 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
                 seconds = image_epochs * measured.per_image_epoch[key]
                 basis = f"measured in {out}: {measured.per_image_epoch[key]:.3g} s/image-epoch"
             else:
-                per = TRAIN_FLOPS_PER_FORWARD * forward + (teacher if protocol.needs_teacher else 0)
+                per = TRAIN_FLOPS_PER_FORWARD * forward + (relabel if protocol.needs_teacher else 0)
                 seconds = (image_epochs * per + sets * len(ipcs) * suite.seeds * counts.test * forward) / rate
                 basis = f"FLOPs ({forward / 1e9:.2f} GFLOP per forward)"
             trials += n
@@ -265,7 +287,7 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
             lines.append(f"  {student:18} {'full data':18} {size:>5} {1:>7} {image_epochs:>14,.0f} "
                          f"{_hours(seconds):>8}  FLOPs")
     lines.append(f"  {trials:,} trials; teacher loads for relabelling: {teacher_loads:,} (one per setting its protocol relabels)")
-    total = distill_seconds + check + evaluate_seconds
+    total = distill_seconds + prepare_seconds + evaluate_seconds
     lines += ["", f"total ≈ {_hours(total)} GPU-hours; ≈ {_hours(total / gpus)} h of wall clock on {gpus} GPU(s) "
               "if the work spreads evenly"]
     return "\n".join(lines)

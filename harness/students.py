@@ -165,7 +165,7 @@ def create_student(name: str, num_classes: int, in_chans: int, img_size: int, **
         kwargs.setdefault("window_size", 4)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if isinstance(model, timm.models.ResNet) and img_size <= 64:
-        width = model.conv1.out_channels
+        width = model.bn1.num_features  # the stem's output, also where the stem is a deep (Sequential) one
         model.conv1 = nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     return model

@@ -151,14 +151,25 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
         "data": {"format": "imagefolder", "root": str(tmp_path / "data"), "classes": str(tmp_path / "classes.txt"),
                  "image_size": 32, "val_per_class": 2},
         "backbone": {"kind": "dit", "pretrained": str(tmp_path / "dit"), "check_per_class": 2, "check_steps": 2},
-        "teacher": {"kind": "timm", "arch": "test_resnet", "weights": str(tmp_path / "teacher.pth"),
-                    "input_size": 32},
+        # Selection with the ImageNet-1k classifier; soft labels from a classifier `prepare` trains on the subset.
+        "teacher": {"kind": "timm", "arch": "test_resnet", "weights": str(tmp_path / "teacher.pth"), "input_size": 32,
+                    "relabel": {"kind": "trained", "arch": "test_resnet", "input_size": 28,
+                                "recipe": {"epochs": 1, "batch_size": 4}}},
         "methods": {"diffusion": {"steps": 2, "sampler": "ddpm"}, "herding": {}},  # as the ImageNet suites sample
-        "ipcs": [2], "seeds": 1,
-        # The ImageNet suites' hard-label settings, scaled to 32-px images: crops to 28, tested resized to 32.
-        "protocols": {"hard-label": {"epochs": {2: 1}, "student_kwargs": {"convnet3": {"width": 8}}, "input_size": 28,
-                                     "test_resize": 32, "lighting": 0.1, "color_jitter_order": "random",
-                                     "clip_colours": False}},
+        "ipcs": [2], "seeds": 1, "students": ["convnet3"],
+        # The ImageNet suites' settings scaled from 256-px to 32-px images: hard labels crop to 28 and test on the
+        # image resized to 28 (Minimax), soft labels test on a centre crop of 28 from 32 (RDED).
+        "protocols": {
+            "hard-label": {"epochs": {2: 1}, "student_kwargs": {"convnet3": {"width": 8}}, "input_size": 28,
+                           "test_resize": 28, "lighting": 0.1, "color_jitter_order": "random", "clip_colours": False},
+            "soft-label": {"epochs_beyond": 1, "student_kwargs": {"convnet3": {"width": 8}}, "input_size": 28,
+                           "test_resize": 32}},
+        "reported": {"papers": {"Tiny": "a made-up paper for this test"},
+                     "not_implemented": {"minimax": "Minimax Diffusion"},
+                     "entries": [{"paper": "Tiny", "table": "Table 1", "method": "diffusion", "ipc": 2,
+                                  "student": "convnet3", "protocol": "hard-label", "accuracy": 42.0, "std": 1.0},
+                                 {"paper": "Tiny", "table": "Table 1", "method": "minimax", "ipc": 2,
+                                  "student": "convnet3", "protocol": "hard-label", "accuracy": 55.5}]},
     }))
     suite = load_suite(str(suite_path))
     real = load_real_data(suite.data)
@@ -170,4 +181,14 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
         assert json.loads(manifest.read_text())["images"] == 4
         with Image.open(next((manifest.parent / wnids[0]).glob("*.png"))) as img:
             assert img.size == (32, 32) and img.mode == "RGB"
-    assert len((out / "results" / "folder.jsonl").read_text().splitlines()) == 2
+    rows = [json.loads(line) for line in (out / "results" / "folder.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r["protocol"]) for r in rows) == sorted(
+        (m, p) for m in ("diffusion", "herding") for p in ("hard-label", "soft-label"))
+    board = (out / "leaderboard" / "folder.md").read_text()
+    measured = next(r["accuracy"] for r in rows if r["method"] == "diffusion" and r["protocol"] == "hard-label")
+    assert "Reported by the papers" in board and "55.5" in board and "made-up paper" in board
+    # The reported number sits beside the measured one with their difference, in points.
+    diff = f"{measured * 100 - 42.0:+.1f}"
+    assert any("42.0" in line and diff in line for line in board.splitlines()), board
+    assert "soft labels from: test_resnet trained on" in board  # the notes say which teacher relabelled
+    assert (out / "leaderboard" / "folder-reported.csv").is_file()
