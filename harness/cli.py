@@ -142,7 +142,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         for k, v in suite.protocols.items()))
     notes += suite.notes
     current = {(m.method, m.config_hash) for m in manifests} | {(FULL_DATA, real.train.fingerprint()[:12])}
-    recipes = {p.identity() for p in suite.protocols.values()} | {full_data_protocol(suite).identity()}
+    recipes = {prepared.protocol_hash(p) for p in suite.protocols.values()} | {full_data_protocol(suite).identity()}
     md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes, manifests, recipes)
     print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(md.read_text(), flush=True)

@@ -50,9 +50,10 @@ def full_data_protocol(suite) -> Protocol:
 
 
 def plan_trials(suite, manifests: list[Manifest], students: list[str], seeds: int,
-                real_fingerprint: str | None = None) -> list[EvalTrial]:
+                real_fingerprint: str | None = None, prepared=None) -> list[EvalTrial]:
     """Every (set, student, protocol, seed), plus one full-data trial per student when the suite asks for it."""
     trials = []
+    protocol_hash = prepared.protocol_hash if prepared is not None else (lambda p: p.identity())
     if suite.full_data.epochs and real_fingerprint:
         full = full_data_protocol(suite)
         trials += [EvalTrial(suite.name, FULL_DATA, real_fingerprint[:12], 0, "", student, full.name,
@@ -62,7 +63,7 @@ def plan_trials(suite, manifests: list[Manifest], students: list[str], seeds: in
             for name, protocol in suite.protocols.items():
                 for seed in range(seeds):
                     trials.append(EvalTrial(m.suite, m.method, m.config_hash, m.ipc, m.path, student, name,
-                                            protocol.identity(), seed, m.seconds_per_image, m.peak_memory_bytes))
+                                            protocol_hash(protocol), seed, m.seconds_per_image, m.peak_memory_bytes))
     return trials
 
 
@@ -175,7 +176,7 @@ def evaluate(suite, real, manifests: list[Manifest], store, students: list[str],
     Rows are appended as each task finishes, so an interrupted evaluation keeps what it finished.
     Returns the number of trials run.
     """
-    trials = plan_trials(suite, manifests, students, seeds, real.train.fingerprint())
+    trials = plan_trials(suite, manifests, students, seeds, real.train.fingerprint(), prepared)
     todo = [t for t in trials if not store.has(t.key())]
     print(f"[evaluate] {len(trials)} trials, {len(todo)} to run ({len(trials) - len(todo)} already in the store)",
           flush=True)

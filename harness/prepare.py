@@ -81,6 +81,14 @@ class Prepared:
             return self.load_teacher(device)
         return load_teacher(self.relabel.config, self.relabel.source, self.classes, device)
 
+    def protocol_hash(self, protocol) -> str:
+        """A trial's protocol hash: the recipe's identity and, where a teacher other than the suite's own gives
+        the soft labels, that teacher's hash too, so rows relabelled by another subset teacher are not reused.
+        (Rows relabelled by the suite's own teacher keep the recipe's identity alone, as they always had.)"""
+        if protocol.needs_teacher and self.relabel is not None:
+            return config_hash([protocol.identity(), self.relabel.hash])
+        return protocol.identity()
+
     def teacher_note(self) -> str:
         if self.relabel is None:
             return f"teacher: {self.teacher_description}"

@@ -18,13 +18,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.backbones.sampling import ddim_sample, ddpm_sample
+from harness.backbones.sampling import SAMPLERS, sample
 
 from .base import IDENTITY_WHEN_SET, ClassTask, Method, Work, guided
 from .registry import register_method
-
-SAMPLERS = ("ddim", "ddpm")
-
 
 @dataclass(frozen=True)
 class DiffusionConfig:
@@ -65,15 +62,11 @@ class Diffusion(Method):
         # The noise bank is drawn on the CPU so the same seed gives the same images on any device.
         gen = task.generator()
         noise = torch.randn((task.ipc, *bb.latent_shape), generator=gen)
-        if cfg.sampler == "ddpm":  # each image's step noise from its own seed: the batch size changes no image
-            seeds = torch.randint(0, 2**62, (task.ipc,), generator=gen).tolist()
+        # DDPM draws each image's step noise from its own seed: the batch size changes no image.
+        seeds = torch.randint(0, 2**62, (task.ipc,), generator=gen).tolist() if cfg.sampler == "ddpm" else None
         out = []
         for i in range(0, task.ipc, cfg.batch_size):
-            x = noise[i:i + cfg.batch_size].to(self.device)
-            if cfg.sampler == "ddpm":
-                generators = [torch.Generator().manual_seed(s) for s in seeds[i:i + cfg.batch_size]]
-                z = ddpm_sample(bb, x, task.condition, cfg.steps, cfg.cfg_scale, generators)
-            else:
-                z = ddim_sample(bb, x, task.condition, cfg.steps, cfg.cfg_scale)
+            z = sample(bb, noise[i:i + cfg.batch_size].to(self.device), task.condition, cfg.steps, cfg.cfg_scale,
+                       cfg.sampler, seeds[i:i + cfg.batch_size] if seeds else None)
             out.append(bb.decode(z).cpu())
         return fit_to_task(torch.cat(out), task)

@@ -212,10 +212,13 @@ def test_prepare_measures_the_teacher_on_the_validation_split(tiny_suite, tiny_r
     assert method.context.teacher_val_accuracy == acc
 
 
-# The paper's settings per ImageNet suite (§4.1, DESIGN §5): pool factor, condition (Fig. 3(d): null for
-# ImageWoof, ImageNet-1k and the ImageNet-100 script; the true class for ImageNette) and T̂ (IN-100: T/8).
-SETTINGS = {"imagenet": (4, "null", 0.25), "imagewoof": (4, "null", 0.25), "imagenette": (2, "class", 0.25),
-            "imagenet-100": (2, "null", 0.125), "imageidc": (2, "auto", 0.25)}
+# The reference's settings per ImageNet suite (§4.1, DESIGN §5, sample_*.py): pool factor, condition (Fig. 3(d):
+# null for ImageWoof, ImageNet-1k and the ImageNet-100 script; the true class for ImageNette), T̂ (IN-100: T/8,
+# sample_imagenet100.py l.136) and the IPC from which the least confident come first (IN-100: every IPC, l.124
+# `descending=False`; the others: §3.4's switch at high IPC). Every script samples its pool with DDPM.
+SETTINGS = {"imagenet": (4, "null", 0.25, 50), "imagewoof": (4, "null", 0.25, 50),
+            "imagenette": (2, "class", 0.25, 50), "imagenet-100": (2, "null", 0.125, 1),
+            "imageidc": (2, "auto", 0.25, 50)}
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
@@ -224,8 +227,25 @@ def test_imagenet_family_runs_cao2_with_the_papers_settings(name):
     assert suite.backbone.pretrained == "facebook/DiT-XL-2-256" and suite.teacher.weights == "resnet18.tv_in1k"
     cfg = suite.method_config("cao2")
     assert (cfg.cfg_scale, cfg.steps, cfg.lr, cfg.linf_weight, cfg.iterations) == (2.7, 50, 6e-4, 10.0, 100)
-    assert (cfg.pool_factor, cfg.condition, cfg.t_max_fraction) == SETTINGS[name]
-    assert cfg.oss and cfg.clo
+    assert (cfg.pool_factor, cfg.condition, cfg.t_max_fraction, cfg.least_confident_from_ipc) == SETTINGS[name]
+    assert cfg.oss and cfg.clo and cfg.sampler == "ddpm"
+
+
+def test_imagenette_also_runs_what_its_script_runs():
+    """sample_nette.py's CLO loop is `for _ in range(0)`: the suite lists cao2 as the paper describes it and
+    cao2-oss-only, which is what that script runs."""
+    suite = load_suite("imagenette", check_files=False)
+    oss_only = suite.method_config("cao2-oss-only")
+    assert not oss_only.clo and oss_only.sampler == "ddpm" and oss_only.pool_factor == 2
+
+
+def test_ddpm_pool_shares_its_draws_across_variants_and_batches():
+    """With DiT's sampler the pool's step noise comes from per-image seeds drawn after every DDIM draw: the
+    variants still share their pool, and the batch size changes no image."""
+    oss_only = _method("cao2-oss-only", sampler="ddpm").distill_class(_task(2))
+    assert torch.equal(oss_only, _method("cao2-oss-only", sampler="ddpm", batch_size=3).distill_class(_task(2)))
+    assert torch.equal(oss_only, _method(sampler="ddpm", iterations=0).distill_class(_task(2)))
+    assert not torch.equal(oss_only, _method("cao2-oss-only").distill_class(_task(2)))
 
 
 def test_fashion_mnist_runs_cao2_and_its_ablations_like_diffusion():

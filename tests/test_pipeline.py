@@ -184,6 +184,10 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
     rows = [json.loads(line) for line in (out / "results" / "folder.jsonl").read_text().splitlines()]
     assert sorted((r["method"], r["protocol"]) for r in rows) == sorted(
         (m, p) for m in ("diffusion", "herding") for p in ("hard-label", "soft-label"))
+    # Soft-label rows carry the relabelling teacher in their key; hard-label rows the recipe alone.
+    for r in rows:
+        same = r["protocol_hash"] == suite.protocols[r["protocol"]].identity()
+        assert same == (r["protocol"] == "hard-label"), r
     board = (out / "leaderboard" / "folder.md").read_text()
     measured = next(r["accuracy"] for r in rows if r["method"] == "diffusion" and r["protocol"] == "hard-label")
     assert "Reported by the papers" in board and "55.5" in board and "made-up paper" in board

@@ -8,6 +8,7 @@ method written for DiT-XL/2 runs unchanged on the harness's own pixel DiT.
 from __future__ import annotations
 
 from .dit import DiTBackbone, load_dit_backbone
-from .sampling import ddim_sample, ddim_timesteps, ddpm_sample, respaced_timesteps
+from .sampling import SAMPLERS, ddim_sample, ddim_timesteps, ddpm_sample, respaced_timesteps, sample
 
-__all__ = ["DiTBackbone", "load_dit_backbone", "ddim_sample", "ddim_timesteps", "ddpm_sample", "respaced_timesteps"]
+__all__ = ["DiTBackbone", "load_dit_backbone", "SAMPLERS", "ddim_sample", "ddim_timesteps", "ddpm_sample",
+           "respaced_timesteps", "sample"]

@@ -202,3 +202,19 @@ def ddpm_sample(backbone, x: torch.Tensor, labels: torch.Tensor | int, steps: in
         noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]) if i > 0 else None
         x = ddpm_step(backbone, schedule, x, i, labels, cfg_scale, noise)
     return x
+
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def sample(backbone, x: torch.Tensor, labels: torch.Tensor | int, steps: int, cfg_scale: float, sampler: str = "ddim",
+           seeds: Sequence[int] | None = None) -> torch.Tensor:
+    """The reverse process a method's `sampler` setting names: deterministic DDIM, or DiT's DDPM with each image's
+    step noise drawn from its own seed in `seeds`. Returns latents."""
+    if sampler == "ddim":
+        return ddim_sample(backbone, x, labels, steps, cfg_scale)
+    if sampler == "ddpm":
+        if seeds is None or len(seeds) != x.shape[0]:
+            raise ValueError("the ddpm sampler takes one seed per image")
+        return ddpm_sample(backbone, x, labels, steps, cfg_scale, [torch.Generator().manual_seed(int(s)) for s in seeds])
+    raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
