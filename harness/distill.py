@@ -64,6 +64,8 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
         ident["backbone"] = prepared.backbone_hash
     if "teacher" in needs:
         ident["teacher"] = prepared.teacher_hash
+    if "relabel_teacher" in needs:  # under the same key: where no other teacher relabels, it is the suite's own
+        ident["teacher"] = prepared.relabel_hash
     if "teacher_val_accuracy" in needs:  # it decides the images (CaO2's ĉ)
         ident["teacher_val_accuracy"] = prepared.teacher_val_accuracy
     h = config_hash(ident)
@@ -218,7 +220,8 @@ def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: l
         [read_shard(job.path / k) for k in classes], suite=suite.name, method=job.method, config=job.config,
         config_hash=job.config_hash, ipc=job.ipc, classes=classes,
         backbone=prepared.backbone_hash if "backbone" in needs else None,
-        teacher=prepared.teacher_hash if "teacher" in needs else None,
+        teacher=prepared.relabel_hash if "relabel_teacher" in needs
+        else prepared.teacher_hash if "teacher" in needs else None,
         backbone_check=prepared.backbone_check, versions=versions(), path=str(job.path))
     manifest.write(job.path)
     return manifest

@@ -206,7 +206,7 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
         config = suite.method_config(name)
         needs = cls.needs_for(config)
         needs_backbone |= "backbone" in needs
-        needs_teacher |= "teacher" in needs
+        needs_teacher |= bool({"teacher", "relabel_teacher"} & needs)
         images = sum(ipc * C for ipc in ipcs)
         works = [cls.work(config, ipc, counts.train_per_class) for ipc in ipcs]
         if name in measured.per_image:

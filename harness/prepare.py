@@ -81,6 +81,11 @@ class Prepared:
             return self.load_teacher(device)
         return load_teacher(self.relabel.config, self.relabel.source, self.classes, device)
 
+    @property
+    def relabel_hash(self) -> str:
+        """The identity of the teacher that relabels: the suite's own where it names no other."""
+        return self.relabel.hash if self.relabel is not None else self.teacher_hash
+
     def protocol_hash(self, protocol) -> str:
         """A trial's protocol hash: the recipe's identity and, where a teacher other than the suite's own gives
         the soft labels, that teacher's hash too, so rows relabelled by another subset teacher are not reused.
@@ -102,6 +107,8 @@ class Prepared:
             context.backbone = self.load_backbone(context.device)
         if "teacher" in needs and context.teacher is None:
             context.teacher = self.load_teacher(context.device)
+        if "relabel_teacher" in needs and context.relabel_teacher is None:
+            context.relabel_teacher = self.load_relabel_teacher(context.device)
         context.teacher_val_accuracy = self.teacher_val_accuracy
         return context
 

@@ -165,7 +165,8 @@ def create_student(name: str, num_classes: int, in_chans: int, img_size: int, **
         kwargs.setdefault("window_size", 4)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if isinstance(model, timm.models.ResNet) and img_size <= 64:
-        width = model.bn1.num_features  # the stem's output, also where the stem is a deep (Sequential) one
+        # The stem's output width, also where the stem is a deep (Sequential) one.
+        width = [m for m in model.conv1.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
         model.conv1 = nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     return model

@@ -55,7 +55,7 @@ def config_identity(config) -> dict:
 
 # What a method may ask the harness for (`Method.needs`). Each is loaded once per worker and handed over in
 # the MethodContext, except `real_images`, which arrive per class in the ClassTask.
-NEEDS = frozenset({"backbone", "teacher", "teacher_val_accuracy", "real_images"})
+NEEDS = frozenset({"backbone", "teacher", "relabel_teacher", "teacher_val_accuracy", "real_images"})
 
 
 @dataclass
@@ -78,6 +78,9 @@ class MethodContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backbone: Any = None                    # the Backbone protocol (harness/backbones)
     teacher: Any = None                     # harness.teachers.Teacher
+    # The teacher whose outputs the soft-label protocols train on: the suite's own, or the one trained on the
+    # subset where the suite names one (`teacher.relabel`), as RDED's observer both scores and relabels.
+    relabel_teacher: Any = None
     # The teacher's accuracy on the suite's validation split (never the test split).
     teacher_val_accuracy: float | None = None
 

@@ -28,10 +28,11 @@ than its ablation and the two rows no longer share their draws.
 
 Choices the reference leaves open or that this harness forces, with reasons:
 
-- Teacher outputs: the cross-entropy is read over all the teacher's outputs (`teacher_logits`): a pretrained
-  ImageNet-1k teacher over its 1,000 classes, as the reference's ImageNet-1k run reads torchvision's ResNet-18.
-  For ImageNette/Woof/IDC/100 the reference instead uses observers trained on the subset (softmax over the
-  subset); the harness's ImageNet suites have the 1k model, so its full softmax is what that teacher says.
+- Observer: the teacher that relabels (`relabel_teacher`): the suite's own, or the one trained on the subset
+  where the suite names one (`teacher.relabel`, the ImageNet subsets), as the reference scores and relabels
+  with one observer. The cross-entropy is read over all its outputs (`teacher_logits`): a pretrained
+  ImageNet-1k teacher over its 1,000 classes, as the reference's ImageNet-1k run reads torchvision's
+  ResNet-18; a subset observer over the subset's classes.
 - Resolution: the reference synthesises at the observer's input size (224 for ResNet-18) from the full-size
   JPEGs; the harness returns the suite's `image_size` (256 for the ImageNet suites) and hands the method the
   real images already at that size, so crops are cut from those, resized to `image_size // factor` (128),
@@ -190,7 +191,9 @@ class Selection:
 class RDED(Method):
     name = "rded"
     Config = RDEDConfig
-    needs = frozenset({"teacher", "real_images"})
+    # The observer that scores the crops is the one whose soft labels the students learn from: RDED scores and
+    # relabels with one model (synthesize/utils.py:227-240 loads the subset-trained observer for both).
+    needs = frozenset({"relabel_teacher", "real_images"})
     # rded and rded-no-stitch draw the same candidates and boxes: the rows differ only in the stitching.
     paired_switches = ("factor",)
 
@@ -211,7 +214,8 @@ class RDED(Method):
         boxes = draw_boxes(n, cfg.num_crops, real.shape[-2], real.shape[-1],
                            (cfg.crop_scale_min, cfg.crop_scale_max), gen)
         size = task.image_size // cfg.factor
-        fill = pad_value(self.teacher, task.channels)
+        observer = self.context.relabel_teacher
+        fill = pad_value(observer, task.channels)
         best_crops = torch.empty((n, task.channels, size, size))
         cross_entropy = torch.empty((n, cfg.num_crops), dtype=torch.float64)
         chunk = max(1, cfg.batch_size // cfg.num_crops)
@@ -220,7 +224,7 @@ class RDED(Method):
             b = min(n, a + chunk)
             crops = cut_crops(real_as_float(real[candidates[a:b]]), boxes[a:b], size)
             cross_entropy[a:b] = true_class_cross_entropy(
-                self.teacher, on_canvas(crops.flatten(0, 1), task.image_size, fill), task.label,
+                observer, on_canvas(crops.flatten(0, 1), task.image_size, fill), task.label,
                 cfg.batch_size).view(b - a, cfg.num_crops)
             # Only each candidate's best crop is kept (the reference's per-image argmin).
             best_crops[a:b] = crops[torch.arange(b - a), cross_entropy[a:b].min(1).indices]

@@ -35,7 +35,8 @@ def documented_defaults(cls) -> dict:
 
 @pytest.fixture(scope="module")
 def context():
-    return MethodContext(torch.device("cpu"), backbone=tiny_latent_dit(), teacher=_teacher(),
+    teacher = _teacher()
+    return MethodContext(torch.device("cpu"), backbone=tiny_latent_dit(), teacher=teacher, relabel_teacher=teacher,
                          teacher_val_accuracy=0.9)
 
 

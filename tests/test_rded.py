@@ -26,7 +26,7 @@ def _method(name="rded", teacher=None, **overrides):
     cls = get_method(name)
     # 40 candidates of the class's 120 (the tiny suite keeps 120 per class): the draw of candidates is exercised.
     config = dataclasses.replace(cls.default_config(), **{"num_candidates": 40, **overrides})
-    return cls(config, MethodContext(teacher=teacher or _teacher()))
+    return cls(config, MethodContext(relabel_teacher=teacher or _teacher()))
 
 
 def _cut(image_u8, box, size):
@@ -190,3 +190,19 @@ def test_fashion_mnist_runs_rded_unstitched_on_the_leaderboard_only():
     # The reference's small-image scripts (CIFAR-10/100, Tiny-ImageNet) pass --factor 1.
     assert (cfg.factor, cfg.num_crops, cfg.num_candidates) == (1, 5, 300)
     assert "rded" not in load_suite("fashion-mnist", check_files=False).methods
+
+
+def test_rded_scores_with_the_teacher_that_relabels():
+    """RDED's observer scores the crops and relabels the students: where a suite names a subset teacher for the
+    soft labels, that teacher scores, and its identity keys the set."""
+    from types import SimpleNamespace
+
+    from harness.distill import method_identity
+
+    assert get_method("rded").needs == frozenset({"relabel_teacher", "real_images"})
+    suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
+    own = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="t", teacher_val_accuracy=None)
+    subset = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=None)
+    assert method_identity(suite, own, "rded")[1] != method_identity(suite, subset, "rded")[1]
+    # Herding still reads the suite's own teacher: the relabelling one does not enter its identity.
+    assert method_identity(suite, own, "herding")[1] == method_identity(suite, subset, "herding")[1]
