@@ -107,6 +107,8 @@ def resize_center_crop(x: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
         new = (resize, int(resize * long / short))
         h, w = new if h <= w else new[::-1]
         x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    if crop > min(h, w):
+        raise ValueError(f"a centre crop of {crop} from {h}×{w} images: the resize must be at least the crop")
     top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
     return x[..., top:top + crop, left:left + crop]
 

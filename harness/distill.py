@@ -22,10 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from methods import get_method
-from methods.base import ClassTask, MethodContext, config_identity
+from methods.base import ClassTask, MethodContext
 
 from .data import RealData, load_real_data
-from .identity import config_hash, versions
+from .identity import config_hash, identity_fields, versions
 from .prepare import Prepared
 from .sets import MANIFEST, SHARD, Manifest, read_shard, write_shard
 from .suite import Suite
@@ -57,7 +57,7 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
     cls = get_method(name)
     method_config = suite.method_config(name)
     config = dataclasses.asdict(method_config)
-    ident = {"method": name, "config": config_identity(method_config), "seed": suite.seed,
+    ident = {"method": name, "config": identity_fields(method_config), "seed": suite.seed,
              "image_size": suite.data.image_size}
     needs = cls.needs_for(method_config)
     if "backbone" in needs:

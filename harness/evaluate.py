@@ -46,7 +46,8 @@ class EvalTrial:
 
 def full_data_protocol(suite) -> Protocol:
     """The suite's reference recipe, run for `full_data.epochs` over the whole training split."""
-    return reference_protocol(suite.protocols).full_data(suite.full_data.epochs, suite.full_data.batch_size)
+    f = suite.full_data
+    return reference_protocol(suite.protocols).full_data(f.epochs, f.batch_size, f.patience, f.lr_drops)
 
 
 def plan_trials(suite, manifests: list[Manifest], students: list[str], seeds: int,
@@ -68,11 +69,14 @@ def plan_trials(suite, manifests: list[Manifest], students: list[str], seeds: in
 
 
 def _trial_data(trial: EvalTrial, protocol: Protocol, classes, channels, suite):
+    """The trial's training images, labels and recipe, and the validation split where the recipe follows it."""
     if trial.method == FULL_DATA:
-        train = load_real_data(suite.data).train
-        return train.load(torch.arange(len(train))), train.labels, full_data_protocol(suite)
+        real = load_real_data(suite.data)
+        full = full_data_protocol(suite)
+        validation = (real.val.load(torch.arange(len(real.val))), real.val.labels) if full.plateau_rule() else None
+        return real.train.load(torch.arange(len(real.train))), real.train.labels, full, validation
     images, labels = load_set(Path(trial.set_path), classes, channels)
-    return images, labels, protocol
+    return images, labels, protocol, None
 
 
 def _rows(trials: list[EvalTrial], results: list[dict]) -> list[dict]:
@@ -88,11 +92,12 @@ def _rows(trials: list[EvalTrial], results: list[dict]) -> list[dict]:
 def _train_group(trials: list[EvalTrial], protocol: Protocol, classes: list[str], channels: int, test, device: str,
                  suite, prepared, teacher, **options) -> list[dict]:
     """Load the group's set (or the real training split) and its teacher, train its seeds, make its rows."""
-    images, labels, protocol = _trial_data(trials[0], protocol, classes, channels, suite)
+    images, labels, protocol, validation = _trial_data(trials[0], protocol, classes, channels, suite)
     if teacher is None and protocol.needs_teacher:
         teacher = prepared.load_relabel_teacher(device)
     results = train_student(trials[0].student, images, labels, test[0], test[1], len(classes), trials[0].ipc,
-                            protocol, [t.seed for t in trials], device=device, teacher=teacher, **options)
+                            protocol, [t.seed for t in trials], device=device, teacher=teacher,
+                            validation=validation, **options)
     return _rows(trials, results)
 
 

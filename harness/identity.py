@@ -2,6 +2,7 @@
 versions recorded beside results. The bottom layer: it imports nothing from the harness."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -12,6 +13,22 @@ CLASSES_DIR = Path(__file__).resolve().parent / "classes"
 # The method name of the full-data reference rows in the result store (a student trained on the whole
 # training split): not a registered method, a row kind every suite may have.
 FULL_DATA = "full-data"
+
+
+# Field metadata of a setting added after results were first stored under its config (a protocol's recipe, a
+# method's config): it enters the identity only when set away from its default. A setting whose default keeps
+# the earlier behaviour must not retire what was made before it existed.
+WHEN_SET = {"identity": "when-set"}
+
+
+def identity_fields(config) -> dict:
+    """A config dataclass as it enters an identity: every field, less the WHEN_SET fields at their default."""
+    out = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if f.metadata.get("identity") == WHEN_SET["identity"] and getattr(config, f.name) == default:
+            del out[f.name]
+    return out
 
 
 def config_hash(obj: Any) -> str:

@@ -19,18 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from .augment import JITTER_ORDERS, augment, cutmix, mixup, resize_center_crop, shuffle_patches
-from .identity import config_hash
+from .identity import WHEN_SET, config_hash, identity_fields
 
 _REGISTRY: dict[str, type["Protocol"]] = {}
-
-# The metadata of a field added after results were first stored under its protocol: it enters the protocol's
-# identity only when set away from its default. A setting whose default keeps the earlier behaviour must not
-# retire the rows measured before it existed (their recipe is unchanged; only the hash of its fields would be).
-WHEN_SET = {"identity": "when-set"}
-
-
-def _default(f: dataclasses.Field):
-    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
 
 
 def register_protocol(cls):
@@ -79,11 +70,7 @@ class Protocol:
 
     def identity_fields(self) -> dict:
         """Every field of the recipe, less the fields added later (WHEN_SET) that are at their default."""
-        fields = dataclasses.asdict(self)
-        for f in dataclasses.fields(self):
-            if f.metadata.get("identity") == WHEN_SET["identity"] and fields[f.name] == _default(f):
-                del fields[f.name]
-        return fields
+        return identity_fields(self)
 
     def identity(self) -> str:
         """The protocol hash of result rows: the hash of `identity_fields()`."""
@@ -104,6 +91,9 @@ class Protocol:
         for name in ("input_size", "test_resize"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be a positive number of pixels or null, got {getattr(self, name)}")
+        if self.test_resize is not None and self.input_size is None:
+            # The crop is the input size; without one it would be the image's own side, larger than the resize.
+            raise ValueError("test_resize: needs input_size, the side of the centre crop it is resized for")
         if self.input_size and self.test_resize and self.test_resize < self.input_size:
             raise ValueError(f"test_resize: must be at least input_size ({self.input_size}) for the centre crop "
                              f"to it, got {self.test_resize}")
@@ -131,9 +121,16 @@ class Protocol:
         """One seed's loss; `target` is the batch's targets, or the teacher's logits of the batch."""
         raise NotImplementedError
 
-    def full_data(self, epochs: int, batch_size: int) -> "Protocol":
-        """This recipe run for `epochs` over a whole training split: asked of the `reference` protocol only."""
+    def full_data(self, epochs: int, batch_size: int, patience: int | None = None, drops: int = 2) -> "Protocol":
+        """This recipe over a whole training split, for at most `epochs` (the full-data reference row): asked of
+        the `reference` protocol only. With `patience`, it trains until validation accuracy stops improving."""
         raise NotImplementedError(f"{self.name} is not a reference recipe")
+
+    def plateau_rule(self) -> tuple[int, int, float] | None:
+        """(patience, drops, factor) where training follows validation accuracy instead of a fixed schedule:
+        after `patience` epochs without a new best the lr is multiplied by `factor`; after `drops` such drops
+        the next plateau ends training, and the best epoch's weights are the student. None: the schedule."""
+        return None
 
 
 def _sgd_epochs() -> dict[int, int]:
@@ -165,9 +162,15 @@ class SGDRecipe(Protocol):
     many_classes_batch_size: int = field(default=128, metadata=WHEN_SET)
     input_size: int | None = field(default=None, metadata=WHEN_SET)
     test_resize: int | None = field(default=None, metadata=WHEN_SET)
+    # The full-data row trains until validation accuracy stops improving (`plateau_rule`); None: the schedule.
+    plateau_patience: int | None = field(default=None, metadata=WHEN_SET)
+    plateau_drops: int = field(default=2, metadata=WHEN_SET)
 
     def __post_init__(self):
         self._check_sizes()
+
+    def plateau_rule(self):
+        return None if self.plateau_patience is None else (self.plateau_patience, self.plateau_drops, self.gamma)
 
     def batch_size_for(self, ipc: int, num_classes: int, images: int) -> int:
         if num_classes > self.many_classes:
@@ -190,9 +193,9 @@ class SGDRecipe(Protocol):
     def loss(self, logits, target):
         return torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
 
-    def full_data(self, epochs: int, batch_size: int) -> "Protocol":
-        """This recipe run for `epochs` over a whole training split (the full-data reference row)."""
-        return dataclasses.replace(self, epochs={}, epochs_beyond=epochs, batch_size=batch_size)
+    def full_data(self, epochs: int, batch_size: int, patience: int | None = None, drops: int = 2) -> "Protocol":
+        return dataclasses.replace(self, epochs={}, epochs_beyond=epochs, batch_size=batch_size,
+                                   plateau_patience=patience, plateau_drops=drops)
 
 
 @register_protocol

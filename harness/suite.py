@@ -101,10 +101,14 @@ class TeacherConfig:
 @dataclass
 class FullDataConfig:
     """The full-data reference row: each student trained once on the whole training split (less validation)
-    with the suite's reference recipe (harness/protocols.py), for `epochs` epochs. 0 turns it off (ImageNet-1k
-    does not fit the in-memory loader; its suites leave it off)."""
+    with the suite's reference recipe (harness/protocols.py), for `epochs` epochs — or, with `patience`, until
+    its validation accuracy stops improving (at most `epochs`; the lr drops `lr_drops` times first; see
+    harness/training.py `Plateau`). 0 turns it off (ImageNet-1k does not fit the in-memory loader; its suites
+    leave it off)."""
     epochs: int = 0
     batch_size: int = 128
+    patience: int | None = None
+    lr_drops: int = 2
 
 
 @dataclass

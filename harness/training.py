@@ -84,10 +84,38 @@ class SeedStack:
         return self.models
 
 
+class Plateau:
+    """Training that follows validation accuracy (`Protocol.plateau_rule`): keeps the best epoch's weights; after
+    `patience` epochs without a new best multiplies the lr by `factor`, and after `drops` drops the next plateau
+    ends training. A reference row trained to its plateau, rather than for a guessed number of epochs, is what
+    the label-robust score divides by."""
+
+    def __init__(self, opt: torch.optim.Optimizer, patience: int, drops: int, factor: float):
+        self.opt, self.patience, self.drops, self.factor = opt, patience, drops, factor
+        self.best, self.best_epoch, self.best_state = -1.0, 0, None
+        self.epoch = self.since_best = self.dropped = 0
+
+    def ended(self, accuracy: float, model: torch.nn.Module) -> bool:
+        self.epoch += 1
+        if accuracy > self.best:
+            self.best, self.best_epoch, self.since_best = accuracy, self.epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.since_best += 1
+        if self.since_best < self.patience:
+            return False
+        if self.dropped == self.drops:
+            return True
+        for group in self.opt.param_groups:
+            group["lr"] *= self.factor
+        self.dropped, self.since_best = self.dropped + 1, 0
+        return False
+
+
 def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
                   test_labels: torch.Tensor, num_classes: int, ipc: int, protocol: Protocol, seed: int | list[int],
                   device: str = "cpu", teacher=None, progress=None, vectorise: bool | None = None,
-                  rank: int = 0, world: int = 1, wrap=None):
+                  rank: int = 0, world: int = 1, wrap=None, validation: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Train `student` on uint8 `images` under `protocol`; final test accuracy + timings.
 
     Each step draws every seed's batch from its own generator (`protocol.batch`: augmentation, mixing, the
@@ -99,10 +127,17 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
     Data-parallel (Ray Train's TorchTrainer calls this on each of `world` workers, `wrap` being its
     `prepare_model`): every worker draws the whole batch with the same generator and trains on its `rank`-th
     slice, so W workers see the batches one process would.
+
+    A protocol with a `plateau_rule` (the full-data row) follows the accuracy on `validation` (uint8 images,
+    labels: the split carved from the training set) instead of a schedule, and trains one seed.
     """
     seeds = [seed] if isinstance(seed, int) else list(seed)
     if protocol.needs_teacher and teacher is None:
         raise ValueError(f"the {protocol.name} protocol needs a teacher")
+    rule = protocol.plateau_rule()
+    if rule is not None and (validation is None or len(seeds) != 1):
+        raise ValueError("a recipe that follows validation accuracy trains one seed on a given validation split")
+    vectorise = False if rule is not None else vectorise
     vectorise = str(device).startswith("cuda") and world == 1 if vectorise is None else vectorise
     in_chans, size = images.shape[1], protocol.train_size(images.shape[-1])
     models = []
@@ -121,6 +156,7 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
     batch_size = protocol.batch_size_for(ipc, num_classes, len(data))
     opt = protocol.optimizer(stack.param_groups, student, num_classes)
     sched = protocol.scheduler(opt, epochs)
+    plateau = Plateau(opt, *rule) if rule is not None else None
     if protocol.needs_teacher:
         teacher = teacher.to(device).eval()
 
@@ -144,16 +180,27 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sched.step()
         if progress is not None:
             progress(epoch + 1, epochs)
+        if plateau is None:
+            sched.step()
+            continue
+        model = stack.models[0]
+        if plateau.ended(test_accuracy(model, validation[0].to(device), validation[1].to(device), mean, std,
+                                       view=protocol.test_view), model):
+            break
+        stack.train()
+    epochs_run = epoch + 1 if epochs else 0
+    if plateau is not None:
+        stack.models[0].load_state_dict(plateau.best_state)
     train_seconds = time.perf_counter() - t0
     results = []
     for model in stack.unstacked():
         t1 = time.perf_counter()
         acc = test_accuracy(model, test_images.to(device), test_labels.to(device), mean, std,
                             view=protocol.test_view)
-        results.append({"accuracy": acc, "train_seconds": train_seconds / len(seeds), "epochs": epochs,
+        results.append({"accuracy": acc, "train_seconds": train_seconds / len(seeds), "epochs": epochs_run,
                         "test_seconds": time.perf_counter() - t1, "seeds_together": len(seeds),
-                        "vectorised": vectorise})
+                        "vectorised": vectorise,
+                        **({"best_epoch": plateau.best_epoch, "val_accuracy": plateau.best} if plateau else {})})
     return results[0] if isinstance(seed, int) else results

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from harness.identity import identity_fields
+
 
 @dataclass
 class ClassTask:
@@ -35,22 +37,6 @@ class ClassTask:
 
     def generator(self, device="cpu") -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed)
-
-
-# Field metadata of a config setting added after sets were made with the config: the setting enters a set's
-# identity only when set away from its default, so the sets made before it existed keep their hashes.
-IDENTITY_WHEN_SET = {"identity": "when-set"}
-
-
-def config_identity(config) -> dict:
-    """A method config as it enters a set's identity (its hash and seed key): every field, less the
-    `IDENTITY_WHEN_SET` fields left at their defaults."""
-    out = dataclasses.asdict(config)
-    for f in dataclasses.fields(config):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if f.metadata.get("identity") == "when-set" and getattr(config, f.name) == default:
-            del out[f.name]
-    return out
 
 
 # What a method may ask the harness for (`Method.needs`). Each is loaded once per worker and handed over in
@@ -148,7 +134,7 @@ class Method:
         family = cls.family or cls.name
         root = next(c for c in cls.__mro__ if getattr(c, "name", None) == family)
         anchor = root.default_config()
-        return family, config_identity(dataclasses.replace(
+        return family, identity_fields(dataclasses.replace(
             config, **{f: getattr(anchor, f) for f in cls.paired_switches}))
 
 

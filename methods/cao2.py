@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.backbones.sampling import SAMPLERS, sample
+from harness.identity import WHEN_SET
 
-from .base import IDENTITY_WHEN_SET, ClassTask, Method, Work, guided, teacher_logits, teacher_output_index
+from .base import ClassTask, Method, Work, guided, teacher_logits, teacher_output_index
 from .diffusion import fit_to_task
 from .registry import register_method, register_variant
 
@@ -79,7 +80,7 @@ class CaO2Config:
     batch_size: int = 50
     clo_batch_size: int = 10
     # Added after the fashion-mnist sets were made: at its default it stays out of their hashes.
-    sampler: str = field(default="ddim", metadata=IDENTITY_WHEN_SET)
+    sampler: str = field(default="ddim", metadata=WHEN_SET)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.backbones.sampling import SAMPLERS, sample
+from harness.identity import WHEN_SET
 
-from .base import IDENTITY_WHEN_SET, ClassTask, Method, Work, guided
+from .base import ClassTask, Method, Work, guided
 from .registry import register_method
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class DiffusionConfig:
     steps: int = 50
     batch_size: int = 50
     # Added after the fashion-mnist sets were made: at its default it stays out of their hashes.
-    sampler: str = field(default="ddim", metadata=IDENTITY_WHEN_SET)
+    sampler: str = field(default="ddim", metadata=WHEN_SET)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:

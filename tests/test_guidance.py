@@ -18,7 +18,8 @@ from harness.backbones.sampling import (ddim_sample, ddpm_sample, ddpm_step, img
 from harness.prepare import Prepared, PrepareError, backbone_check, guided_channels, prepare_backbone
 from harness.suite import BackboneConfig, SuiteError, TeacherConfig, load_suite
 from methods import get_method, list_methods
-from methods.base import ClassTask, MethodContext, config_identity
+from harness.identity import identity_fields as config_identity
+from methods.base import ClassTask, MethodContext
 from methods.diffusion import DiffusionConfig
 from tests.test_backbone import tiny_latent_dit
 from tests.test_cao2 import _teacher

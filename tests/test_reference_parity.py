@@ -12,7 +12,8 @@ import torch
 import torchvision.transforms.functional as TF
 
 from harness import protocols as P
-from harness.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC, augment, jitter_colours, pca_lighting
+from harness.augment import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, augment, jitter_colours, pca_lighting,
+                             resize_center_crop)
 from harness.suite import load_suite
 from harness.training import train_student
 
@@ -263,3 +264,12 @@ def test_random_order_jitters_and_leaves_values_unclipped():
                        clip=False)
     assert fixed.min() >= 0 and fixed.max() <= 1 and (shuffled.max() > 1 or shuffled.min() < 0)
     assert not torch.allclose(fixed, shuffled.clamp(0, 1))
+
+
+def test_a_test_view_is_never_smaller_than_its_crop():
+    """A resize without a crop size, or a crop larger than the resized image, is refused rather than silently
+    testing on a strip of the image."""
+    with pytest.raises(ValueError, match="test_resize: needs input_size"):
+        P.SoftLabel(test_resize=200)
+    with pytest.raises(ValueError, match="resize must be at least the crop"):
+        resize_center_crop(torch.rand(1, 3, 256, 256), 200, 224)
