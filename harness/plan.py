@@ -11,6 +11,7 @@ divided by a sustained GPU throughput the user states (`--gpu-tflops`). Every fi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -148,12 +149,18 @@ class Measured:
 
 
 def measured_costs(suite, out: Path, classes: int) -> Measured:
+    """What `out` measured under the suite's own settings: sets of a method made with its config as the suite
+    has it now, rows of a student trained under the protocol's identity as it is now. Costs measured under
+    other settings (a quick profile's fewer steps, another sampler or input size) would price the wrong work."""
     m = Measured()
     root = Path(out) / "distilled" / suite.name
     seconds: dict[str, list[tuple[float, int, str]]] = {}
     for manifest in root.glob("*/*/ipc*/manifest.json"):
         raw = json.loads(manifest.read_text())
-        seconds.setdefault(raw["method"], []).append((raw["distill_seconds"], raw["images"], raw.get("device") or "?"))
+        method = raw.get("method")
+        if method not in suite.methods or raw.get("config") != dataclasses.asdict(suite.method_config(method)):
+            continue
+        seconds.setdefault(method, []).append((raw["distill_seconds"], raw["images"], raw.get("device") or "?"))
     for method, runs in seconds.items():
         images = sum(n for _, n, _ in runs)
         m.per_image[method] = (sum(s for s, _, _ in runs) / max(images, 1), "/".join(sorted({d for *_, d in runs})))
@@ -162,9 +169,11 @@ def measured_costs(suite, out: Path, classes: int) -> Measured:
         m.png_bytes_per_image = sum(p.stat().st_size for p in pngs) / len(pngs)
     store = Path(out) / "results" / f"{suite.name}.jsonl"
     per: dict[tuple[str, str], list[float]] = {}
+    current = {name: p.identity() for name, p in suite.protocols.items()}
     if store.is_file():
         for row in ResultStore(store).read():
-            if row.get("kind") == "measured" and row.get("ipc") and row.get("epochs"):
+            if row.get("kind") == "measured" and row.get("ipc") and row.get("epochs") \
+                    and current.get(row.get("protocol")) == row.get("protocol_hash"):
                 per.setdefault((row["student"], row["protocol"]), []).append(
                     row["train_seconds"] / (row["epochs"] * row["ipc"] * classes))
     m.per_image_epoch = {k: sum(v) / len(v) for k, v in per.items()}
@@ -252,7 +261,7 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
                          f"({_hours(seconds)} GPU-h, FLOPs; once: cached)")
 
     lines += ["", "evaluate (one trial = one student, protocol, set and seed; a setting's seeds train together)",
-              f"  {'student':18} {'protocol':18} {'input':>5} {'trials':>7} {'image-epochs':>14} {'GPU-h':>8}  basis"]
+              f"  {'student':22} {'protocol':18} {'input':>5} {'trials':>7} {'image-epochs':>14} {'GPU-h':>8}  basis"]
     evaluate_seconds, trials, teacher_loads = 0.0, 0, 0
     sets = len(methods)
     for student in suite.students:
@@ -273,7 +282,7 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
             trials += n
             teacher_loads += sets * len(ipcs) if protocol.needs_teacher else 0
             evaluate_seconds += seconds
-            lines.append(f"  {student:18} {pname:18} {size:>5} {n:>7,} {image_epochs:>14,.0f} {_hours(seconds):>8}  "
+            lines.append(f"  {student:22} {pname:18} {size:>5} {n:>7,} {image_epochs:>14,.0f} {_hours(seconds):>8}  "
                          f"{basis}")
     if suite.full_data.epochs:
         ref = reference_protocol(suite.protocols)
@@ -284,9 +293,13 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
             seconds = image_epochs * TRAIN_FLOPS_PER_FORWARD * forward / rate
             evaluate_seconds += seconds
             trials += 1
-            lines.append(f"  {student:18} {'full data':18} {size:>5} {1:>7} {image_epochs:>14,.0f} "
-                         f"{_hours(seconds):>8}  FLOPs")
-    lines.append(f"  {trials:,} trials; teacher loads for relabelling: {teacher_loads:,} (one per setting its protocol relabels)")
+            lines.append(f"  {student:22} {'full data':18} {size:>5} {1:>7} {image_epochs:>14,.0f} "
+                         f"{_hours(seconds):>8}  FLOPs"
+                         + (", at most: it stops when validation accuracy stalls" if suite.full_data.patience else ""))
+    lines.append(f"  {trials:,} trials; teacher loads for relabelling: {teacher_loads:,} (one per setting its protocol relabels"
+                 + (f", the {t.relabel.arch} trained on the suite's classes" if t.relabel else "") + ")")
+    lines.append("  FLOPs price compute only: a small set's few steps per epoch also pay per-step overheads, so "
+                 "student estimates for low IPCs are optimistic")
     total = distill_seconds + prepare_seconds + evaluate_seconds
     lines += ["", f"total ≈ {_hours(total)} GPU-hours; ≈ {_hours(total / gpus)} h of wall clock on {gpus} GPU(s) "
               "if the work spreads evenly"]

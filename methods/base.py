@@ -53,7 +53,7 @@ class Work:
     teacher: float = 0.0    # teacher forward passes of one image
 
 
-def guided(cfg_scale: float) -> int:
+def evaluations_per_step(cfg_scale: float) -> int:
     """Transformer evaluations per guided step: guidance runs the conditional and the null class."""
     return 1 if cfg_scale == 1.0 else 2
 
@@ -99,6 +99,7 @@ class Method:
         if missing:
             raise ValueError(f"method {self.name} needs {', '.join(missing)}, which the context lacks")
         self.backbone, self.teacher = self.context.backbone, self.context.teacher
+        self.relabel_teacher = self.context.relabel_teacher
         self.device = torch.device(self.context.device)
         # Seconds a method spends in its named stages (e.g. {"bo": 3.2}) during one distill_class call; the
         # harness clears it before each class and records it with the shard's cost.

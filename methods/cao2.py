@@ -46,7 +46,7 @@ import torch
 from harness.backbones.sampling import SAMPLERS, sample
 from harness.identity import WHEN_SET
 
-from .base import ClassTask, Method, Work, guided, teacher_logits, teacher_output_index
+from .base import ClassTask, Method, Work, evaluations_per_step, teacher_logits, teacher_output_index
 from .diffusion import fit_to_task
 from .registry import register_method, register_variant
 
@@ -173,7 +173,8 @@ class CaO2(Method):
         pool = ipc * config.pool_factor if config.oss else ipc
         clo = config.clo and config.iterations
         # A CLO iteration is one unguided evaluation and its backward pass.
-        return Work(backbone=pool * config.steps * guided(config.cfg_scale) + (ipc * config.iterations * 3 if clo else 0),
+        sampling = pool * config.steps * evaluations_per_step(config.cfg_scale)
+        return Work(backbone=sampling + (ipc * config.iterations * 3 if clo else 0),
                     vae=(pool if config.oss else 0) + (ipc if clo or not config.oss else 0),
                     teacher=pool if config.oss else 0)
 

@@ -33,7 +33,7 @@ from sklearn.cluster import MiniBatchKMeans
 
 from harness.backbones.sampling import fit_to_backbone, img2img
 
-from .base import ClassTask, Method, Work, guided, real_as_float
+from .base import ClassTask, Method, Work, evaluations_per_step, real_as_float
 from .registry import register_method
 from .diffusion import fit_to_task
 
@@ -79,7 +79,7 @@ class D4M(Method):
     @classmethod
     def work(cls, config, ipc, real_per_class):
         steps = min(int(config.steps * config.strength), config.steps)  # img2img runs the last steps · strength
-        return Work(backbone=ipc * steps * guided(config.cfg_scale), vae=real_per_class + ipc)
+        return Work(backbone=ipc * steps * evaluations_per_step(config.cfg_scale), vae=real_per_class + ipc)
 
     @torch.no_grad()
     def encode_real(self, task: ClassTask) -> torch.Tensor:

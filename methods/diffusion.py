@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from harness.backbones.sampling import SAMPLERS, sample
 from harness.identity import WHEN_SET
 
-from .base import ClassTask, Method, Work, guided
+from .base import ClassTask, Method, Work, evaluations_per_step
 from .registry import register_method
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Diffusion(Method):
 
     @classmethod
     def work(cls, config, ipc, real_per_class):
-        return Work(backbone=ipc * config.steps * guided(config.cfg_scale), vae=ipc)
+        return Work(backbone=ipc * config.steps * evaluations_per_step(config.cfg_scale), vae=ipc)
 
     @torch.no_grad()
     def distill_class(self, task: ClassTask) -> torch.Tensor:

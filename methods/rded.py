@@ -214,8 +214,7 @@ class RDED(Method):
         boxes = draw_boxes(n, cfg.num_crops, real.shape[-2], real.shape[-1],
                            (cfg.crop_scale_min, cfg.crop_scale_max), gen)
         size = task.image_size // cfg.factor
-        observer = self.context.relabel_teacher
-        fill = pad_value(observer, task.channels)
+        fill = pad_value(self.relabel_teacher, task.channels)
         best_crops = torch.empty((n, task.channels, size, size))
         cross_entropy = torch.empty((n, cfg.num_crops), dtype=torch.float64)
         chunk = max(1, cfg.batch_size // cfg.num_crops)
@@ -224,7 +223,7 @@ class RDED(Method):
             b = min(n, a + chunk)
             crops = cut_crops(real_as_float(real[candidates[a:b]]), boxes[a:b], size)
             cross_entropy[a:b] = true_class_cross_entropy(
-                observer, on_canvas(crops.flatten(0, 1), task.image_size, fill), task.label,
+                self.relabel_teacher, on_canvas(crops.flatten(0, 1), task.image_size, fill), task.label,
                 cfg.batch_size).view(b - a, cfg.num_crops)
             # Only each candidate's best crop is kept (the reference's per-image argmin).
             best_crops[a:b] = crops[torch.arange(b - a), cross_entropy[a:b].min(1).indices]

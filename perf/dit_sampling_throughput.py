@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel  # noqa: E402
 
-from harness.backbones.dit import DiTBackbone  # noqa: E402
+from harness.backbones.dit import DIT_GUIDED_CHANNELS, DiTBackbone  # noqa: E402
 from harness.backbones.sampling import ddim_sample  # noqa: E402
 from harness.plan import KNOWN_DITS, SD_VAE, backbone_flops  # noqa: E402
 from harness.suite import load_suite  # noqa: E402
@@ -47,25 +47,33 @@ def main():
     results = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
-        bb = DiTBackbone(transformer.to(device, dtype), scheduler, vae.to(device, dtype))
+        bb = DiTBackbone(transformer.to(device, dtype), scheduler, vae.to(device, dtype),
+                         guided_channels=DIT_GUIDED_CHANNELS)  # as prepare loads DiT-XL/2
         for batch in map(int, args.batches.split(",")):
             gen = torch.Generator().manual_seed(0)
             noise = torch.randn((batch, *bb.latent_shape), generator=gen).to(device)
             labels = torch.randint(0, 1000, (batch,), generator=gen).to(device)
 
-            def sample():
-                return bb.decode(ddim_sample(bb, noise, labels, args.steps, args.cfg_scale))
+            def sync():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+
+            def sample() -> tuple[float, float]:
+                """Seconds in the transformer's steps and in the decode, apart: --gpu-tflops is the former's."""
+                t0 = time.perf_counter()
+                latents = ddim_sample(bb, noise, labels, args.steps, args.cfg_scale)
+                sync()
+                t1 = time.perf_counter()
+                bb.decode(latents)
+                sync()
+                return t1 - t0, time.perf_counter() - t1
 
             try:
                 sample() if device.type == "cuda" else None  # warm-up: kernels, allocator
                 if device.type == "cuda":
-                    torch.cuda.synchronize(device)
                     torch.cuda.reset_peak_memory_stats(device)
-                t0 = time.perf_counter()
-                sample()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                seconds = time.perf_counter() - t0
+                steps_seconds, decode_seconds = sample()
+                seconds = steps_seconds + decode_seconds
             except torch.OutOfMemoryError:
                 print(f"{dtype_name:9} batch {batch:4}: out of memory", flush=True)
                 torch.cuda.empty_cache()
@@ -74,7 +82,8 @@ def main():
             evals = batch * args.steps * (2 if args.cfg_scale != 1 else 1)
             row = {"dtype": dtype_name, "batch": batch, "steps": args.steps, "seconds": seconds,
                    "images_per_s": batch / seconds, "seconds_per_image": seconds / batch, "peak_memory_bytes": peak,
-                   "transformer_tflops": evals * per_eval / seconds / 1e12, "layers": config["num_layers"],
+                   "decode_seconds": decode_seconds,
+                   "transformer_tflops": evals * per_eval / steps_seconds / 1e12, "layers": config["num_layers"],
                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
             results.append(row)
             print(f"{dtype_name:9} batch {batch:4}: {row['images_per_s']:8.2f} images/s  "

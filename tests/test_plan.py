@@ -1,5 +1,6 @@
 """`--plan`: every suite planned without its data or models, FLOPs checked against published figures, method
 work counted as the methods run, and measured costs preferred where a run left them."""
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -86,13 +87,20 @@ def test_measured_costs_are_preferred(tmp_path, capsys):
     suite = load_suite("fashion-mnist")
     folder = tmp_path / "distilled" / suite.name / "diffusion" / "abc" / "ipc10"
     folder.mkdir(parents=True)
+    config = dataclasses.asdict(suite.method_config("diffusion"))
     (folder / "manifest.json").write_text(json.dumps(
-        {"method": "diffusion", "distill_seconds": 50.0, "images": 100, "device": "NVIDIA H100"}))
+        {"method": "diffusion", "config": config, "distill_seconds": 50.0, "images": 100, "device": "NVIDIA H100"}))
+    # A set made under other settings (a quick profile's fewer steps) prices nothing.
+    other = tmp_path / "distilled" / suite.name / "diffusion" / "fast" / "ipc10"
+    other.mkdir(parents=True)
+    (other / "manifest.json").write_text(json.dumps({"method": "diffusion", "config": {**config, "steps": 2},
+                                                     "distill_seconds": 1.0, "images": 100, "device": "cpu"}))
     (tmp_path / "results").mkdir()
     row = {"kind": "measured", "suite": suite.name, "student": "convnet3", "protocol": "hard-label", "ipc": 10,
            "epochs": 100, "train_seconds": 2.0, "method": "diffusion", "seed": 0, "config_hash": "abc",
-           "protocol_hash": "def", "accuracy": 0.5}
-    (tmp_path / "results" / f"{suite.name}.jsonl").write_text(json.dumps(row) + "\n")
+           "protocol_hash": suite.protocols["hard-label"].identity(), "accuracy": 0.5}
+    stale = {**row, "protocol_hash": "an-older-recipe", "train_seconds": 99.0, "seed": 1}
+    (tmp_path / "results" / f"{suite.name}.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(stale) + "\n")
     text = make_plan(suite, ["diffusion", "random-real"], tmp_path, gpus=1, gpu_tflops=25.0)
     assert re.search(r"^  diffusion .*measured in .* on NVIDIA H100: 0\.5 s/image", text, re.M)
     assert re.search(r"^  random-real .*FLOPs", text, re.M)
