@@ -264,27 +264,30 @@ def _diversity_lines(div: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def _measured_for(entry, agg: pd.DataFrame, best: pd.DataFrame, full: pd.DataFrame):
+def _measured_for(entry, agg: pd.DataFrame, full: pd.DataFrame, measured_as: dict[str, dict[str, str]]):
     """The measured row a reported entry compares with, or None: the full-data row of its student and recipe,
-    the best-of-protocols row of its setting, or the row of its setting under its protocol."""
-    if (full if entry.kind == FULL_DATA else agg).empty:
-        return None
-    if entry.kind == FULL_DATA:
-        found = full[(full["student"] == entry.student) & (full["protocol"] == entry.protocol)]
-    else:
-        rows = best if entry.protocol == BEST_OF_PROTOCOLS else agg[agg["protocol"] == entry.protocol]
-        found = rows[(rows["method"] == entry.method) & (rows["ipc"] == entry.ipc) & (rows["student"] == entry.student)]
-    return found.iloc[0] if len(found) else None
+    the better ranked protocol of its setting (best of protocols), or the row of its setting under its protocol.
+    The student is, per protocol, the network the papers' name stands for there (`reported.measured_as`)."""
+    def student_under(protocol: str) -> str:
+        return measured_as.get(entry.student, {}).get(protocol, entry.student)
+
+    def matches(row) -> bool:
+        setting = entry.kind == FULL_DATA or (row["method"] == entry.method and row["ipc"] == entry.ipc)
+        protocol = _ranked(row["protocol"]) if entry.protocol == BEST_OF_PROTOCOLS else row["protocol"] == entry.protocol
+        return setting and protocol and row["student"] == student_under(row["protocol"])
+
+    rows = full if entry.kind == FULL_DATA else agg
+    found = [row for _, row in rows.iterrows() if matches(row)]
+    return max(found, key=lambda row: row["mean"]) if found else None
 
 
 def reported_table(reported, agg: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
     """One row per reported entry (harness/suite.py `ReportedConfig`): the paper's number, as a fraction like the
     accuracy CSV, beside ddbench's measured mean for the same method, IPC, student and protocol where the board
     has one, and measured − reported. Reported numbers are only ever read here."""
-    best = best_of_protocols(agg) if not agg.empty else agg
     out = []
     for e in reported.entries:
-        m = _measured_for(e, agg, best, full)
+        m = _measured_for(e, agg, full, reported.measured_as)
         reported_mean = e.accuracy / 100
         out.append({"kind": e.kind, "method": e.method, "ipc": e.ipc, "student": e.student, "protocol": e.protocol,
                     "paper": e.paper, "table": e.table, "reported_mean": reported_mean,

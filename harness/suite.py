@@ -156,6 +156,9 @@ class ReportedConfig:
     not_implemented: dict[str, str] = field(default_factory=dict)  # methods ddbench does not run → what they are
     protocols: dict[str, str] = field(default_factory=dict)    # evaluation labels not in the suite → what they mean
     students: dict[str, str] = field(default_factory=dict)     # architectures not in timm's registry → what they are
+    # A reported student → the measured student it is, per protocol, where the papers train another network under
+    # one name: their hard-label "ResNet-18" is Minimax's instance-norm one, their soft-label one torchvision's.
+    measured_as: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _default_protocols() -> dict[str, Protocol]:
@@ -420,6 +423,12 @@ def _check_reported(s: Suite, fail) -> None:
     for name in r.protocols:
         if name in s.protocols or name == BEST_OF_PROTOCOLS:
             fail(f"reported.protocols.{name}", "is already a protocol of the suite's board: do not redeclare it")
+    for name, by_protocol in r.measured_as.items():
+        for protocol, student in by_protocol.items():
+            if protocol not in s.protocols:
+                fail(f"reported.measured_as.{name}.{protocol}", "not a protocol of the suite")
+            if student not in s.students:
+                fail(f"reported.measured_as.{name}.{protocol}", f"{student!r} is not one of the suite's students")
     if not r.entries:
         fail("reported.entries", "empty: list the papers' numbers, or leave the reported section out")
     timm_students = {name for name in {e.student for e in r.entries} if is_student(name)}  # one registry look-up each

@@ -193,8 +193,11 @@ def _woof_store(tmp_path, suite) -> tuple[list[dict], set]:
             store.append(dict(base, method=method, protocol=protocol, protocol_hash=protocols[protocol], seed=seed,
                               accuracy=acc))
     full = full_data_protocol(suite)
-    store.append(dict(base, method=FULL_DATA, config_hash="real", ipc=0, protocol=full.name,
-                      protocol_hash=full.identity(), seed=0, accuracy=0.85))
+    # A full-data row per student; a paper's hard-label full-data ResNet-18 is the instance-norm one
+    # (reported.measured_as).
+    for student in ("resnet18", "resnet18_instancenorm"):
+        store.append(dict(base, method=FULL_DATA, config_hash="real", ipc=0, student=student, protocol=full.name,
+                          protocol_hash=full.identity(), seed=0, accuracy=0.85))
     current = {("cao2", "h"), ("random-real", "h"), (FULL_DATA, "real")}
     return store.read(), current
 
@@ -257,3 +260,22 @@ def test_a_board_of_reported_numbers_only(tmp_path):
     text = md.read_text()
     assert "No results yet." in text
     assert "| full-data | full | torchvision-recipe | 69.758 (torchvision, ResNet18_Weights.IMAGENET1K_V1 metrics) | – | – |" in text
+
+
+def test_a_reported_resnet18_is_the_network_each_recipe_trains(tmp_path):
+    """The papers' hard-label ResNet-18 is Minimax's instance-norm network and their soft-label one
+    torchvision's: a best-of-protocols cell compares with the better of those two, never with the batch-norm
+    network under hard labels, which no paper trained."""
+    suite = load_suite("imagewoof", check_files=False)
+    store = ResultStore(tmp_path / "results" / "imagewoof.jsonl")
+    base = dict(suite="imagewoof", method="cao2", config_hash="h", ipc=10, train_seconds=1.0,
+                distill_seconds_per_image=0.1, peak_memory_bytes=2**20, kind="measured")
+    for student, protocol, acc in (("resnet18_instancenorm", "hard-label", 0.50), ("resnet18", "hard-label", 0.60),
+                                   ("resnet18", "soft-label", 0.47)):
+        for seed in range(2):
+            store.append(dict(base, student=student, protocol=protocol, seed=seed, accuracy=acc,
+                              protocol_hash=suite.protocols[protocol].identity()))
+    md, _ = render(suite, store.read(), {("cao2", "h")}, tmp_path / "board", list(suite.methods), [])
+    section = md.read_text()[md.read_text().index("## Reported by the papers"):]
+    resnet18 = section[section.index("### resnet18\n"):]
+    assert "| cao2 | 10 | best-of-protocols | 45.6 ± 1.4 (CaO2, Table 1) | 50.0 ± 0.0 (2) hard-label | +4.4 |" in resnet18
