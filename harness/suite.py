@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from methods import get_method, list_methods
@@ -23,7 +24,7 @@ from .backbones.pixel_dit import PixelDiTConfig
 from .diversity import DiversityConfig, DiversityError, check_config
 from .identity import CLASSES_DIR, FULL_DATA, read_class_list
 from .protocols import Protocol, get_protocol, list_protocols, reference_protocol
-from .students import is_student
+from .students import create_student, is_student
 from .teachers import TeacherTrainConfig, TorchvisionRecipe
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -446,7 +447,7 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
     for i, student in enumerate(s.students):
         if not is_student(student):
             fail(f"students[{i}]", f"unknown student {student!r}: not in timm's registry")
-    _check_teacher(s.teacher, "teacher", fail)
+    _check_teacher(s.teacher, "teacher", fail, s.data.image_size)
     if s.full_data.epochs < 0:
         fail("full_data.epochs", f"must be ≥ 1, or 0 for no full-data row, got {s.full_data.epochs}")
     if s.full_data.batch_size < 1:
@@ -466,7 +467,7 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
             if getattr(c, name) < 1:
                 fail(f"cross_arch.{name}", f"must be at least 1, got {getattr(c, name)}")
         for i, t in enumerate(c.teachers):
-            _check_teacher(t, f"cross_arch.teachers[{i}]", fail)
+            _check_teacher(t, f"cross_arch.teachers[{i}]", fail, s.data.image_size)
         for i, student in enumerate(c.students):
             if not is_student(student):
                 fail(f"cross_arch.students[{i}]", f"unknown student {student!r}: not in timm's registry")
@@ -483,6 +484,9 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
             fail(f"protocols.{name}", f"unknown protocol (known: {', '.join(list_protocols())})")
         if not isinstance(raw, cls):
             s.protocols[name] = build(cls, raw, f"protocols.{name}", source)
+    for name, protocol in s.protocols.items():
+        for student, options in getattr(protocol, "student_kwargs", {}).items():
+            _check_options(f"protocols.{name}.student_kwargs.{student}", student, options, s.data.image_size, fail)
     if s.reported is not None:
         _check_reported(s, fail)
 
@@ -555,14 +559,28 @@ def _check_pixel_dit(cfg, image_size: int, fail) -> None:
         fail("backbone.train.heads", f"must divide width {cfg.width}, got {cfg.heads}")
 
 
-def _check_teacher(t: TeacherConfig, where: str, fail) -> None:
+def _check_options(where: str, arch: str, options: dict, image_size: int, fail) -> None:
+    """A model's options (`student_kwargs`, `arch_kwargs`) are ones it takes: built on the meta device (no memory,
+    no compute), so a misspelt option fails here, not in every training trial after the sets are made."""
+    if not is_student(arch):
+        fail(where, f"unknown student {arch!r}: not in timm's registry")
+    try:
+        with torch.device("meta"):
+            create_student(arch, 10, 3, image_size, **options)
+    except (TypeError, ValueError, AssertionError) as e:
+        fail(where, f"{arch} does not take {options}: {' '.join(str(e).split())}")
+
+
+def _check_teacher(t: TeacherConfig, where: str, fail, image_size: int) -> None:
     if t.kind not in ("trained", "timm"):
         fail(f"{where}.kind", f"must be trained or timm, got {t.kind!r}")
     if not is_student(t.arch) and t.kind == "trained":
         fail(f"{where}.arch", f"unknown architecture {t.arch!r}")
+    if t.kind == "trained" and t.arch_kwargs:
+        _check_options(f"{where}.arch_kwargs", t.arch, t.arch_kwargs, t.input_size if t.recipe else image_size, fail)
     if t.kind == "timm" and not (CLASSES_DIR / f"{t.classes}.txt").is_file():
         fail(f"{where}.classes", f"class list {t.classes!r} not found in {CLASSES_DIR}")
     if t.recipe is not None and t.kind != "trained":
         fail(f"{where}.recipe", "only a teacher of kind trained is trained with a recipe")
     if t.relabel is not None:
-        _check_teacher(t.relabel, f"{where}.relabel", fail)
+        _check_teacher(t.relabel, f"{where}.relabel", fail, image_size)
