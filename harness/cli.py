@@ -17,6 +17,7 @@ from .evaluate import evaluate, full_data_protocol
 from .identity import FULL_DATA
 from .leaderboard import render
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
+from .preflight import check_out_dir, check_real_image_counts
 from .prepare import PrepareError, prepare
 from .store import ResultStore
 from .suite import SuiteError, load_suite
@@ -42,6 +43,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         self.exit(2, f"ddbench: error: {message}\n")
@@ -64,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
                    help="print what the suite would do and cost (shards, trials, model loads, images, disk, GPU-hours) "
                         "and run nothing; needs neither the data nor the models")
     p.add_argument("--gpus", type=_positive, default=1, help="GPUs the plan spreads the work over (default: 1)")
-    p.add_argument("--gpu-tflops", type=float, default=DEFAULT_GPU_TFLOPS,
+    p.add_argument("--gpu-tflops", type=_positive_number, default=DEFAULT_GPU_TFLOPS,
                    help=f"sustained TFLOP/s per GPU the plan prices unmeasured work at (default: {DEFAULT_GPU_TFLOPS:g})")
     return p
 
@@ -81,13 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         overrides["ipcs"] = args.ipc
     if args.seeds:
         overrides["seeds"] = args.seeds
-    if args.students:
+    if args.students is not None:
         overrides["students"] = [s.strip() for s in args.students.split(",") if s.strip()]
     try:
         suite = load_suite(args.suite, args.profile, overrides, check_files=not args.plan)
         methods = list(suite.methods)
-        if args.methods:
+        if args.methods is not None:
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            if not methods:
+                raise SuiteError(f"{suite.source}: methods: --methods {args.methods!r} names no method")
+            repeated = sorted({m for m in methods if methods.count(m) > 1})
+            if repeated:
+                raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(repeated)} more than once")
             unknown = [m for m in methods if m not in suite.methods]
             if unknown:
                 in_profiles = [p for p, v in suite.profiles.items()
@@ -100,9 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:
             print(make_plan(suite, methods, args.out, args.gpus, args.gpu_tflops), flush=True)
             return 0
+        check_out_dir(args.out, suite.source)
         real = load_real_data(suite.data)
-    except (SuiteError, DataError, PlanError) as e:
+        if args.cross_arch:
+            check_real_image_counts(suite, real.train, [suite.cross_arch.method], [suite.cross_arch.ipc])
+        else:
+            check_real_image_counts(suite, real.train, methods, suite.ipcs)
+    except (SuiteError, PlanError) as e:
         fail(str(e))
+    except DataError as e:  # its message says what is wrong with the data; the suite's data section points at it
+        fail(f"{suite.source}: data: {e}")
     try:
         return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch)
     except (PrepareError, DiversityError) as e:
@@ -142,7 +165,9 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         for k, v in suite.protocols.items()))
     notes += suite.notes
     current = {(m.method, m.config_hash) for m in manifests} | {(FULL_DATA, real.train.fingerprint()[:12])}
-    recipes = {prepared.protocol_hash(p) for p in suite.protocols.values()} | {full_data_protocol(suite).identity()}
+    recipes = {prepared.protocol_hash(p) for p in suite.protocols.values()}
+    if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
+        recipes.add(full_data_protocol(suite).identity())
     md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes, manifests, recipes)
     print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(md.read_text(), flush=True)

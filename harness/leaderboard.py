@@ -136,6 +136,8 @@ def augmentation_robust_scores(rows: list[dict], current: set[tuple[str, str]] |
 
 
 def _cell(mean: float, std: float, n: int) -> str:
+    if n == 1:  # one seed has no spread: "± 0.0" would claim a measured one
+        return f"{100 * mean:.1f} (1)"
     return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})"
 
 

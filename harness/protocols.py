@@ -98,6 +98,22 @@ class Protocol:
             raise ValueError(f"test_resize: must be at least input_size ({self.input_size}) for the centre crop "
                              f"to it, got {self.test_resize}")
 
+    def _check_numbers(self, positive=(), non_negative=(), tables=(), fractions=()):
+        """`field: why` for a number out of range, so the suite names the field: `positive` fields > 0,
+        `non_negative` ≥ 0, `tables` IPC → count mappings with positive IPCs and counts, `fractions` in [0, 1]."""
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
+        for name in tables:
+            if any(k < 1 or v < 1 for k, v in getattr(self, name).items()):
+                raise ValueError(f"{name}: every IPC and every count must be at least 1, got {getattr(self, name)}")
+        for name in fractions:
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+
     def epochs_for(self, ipc: int) -> int:
         return by_ipc(self.epochs, ipc, self.epochs_beyond)
 
@@ -168,6 +184,11 @@ class SGDRecipe(Protocol):
 
     def __post_init__(self):
         self._check_sizes()
+        self._check_numbers(positive=("epochs_beyond", "batch_size", "lr", "gamma", "many_classes", "many_classes_lr",
+                                      "many_classes_batch_size"),
+                            non_negative=("momentum", "weight_decay", "many_classes_weight_decay"), tables=("epochs",))
+        if any(not 0 < m <= 1 for m in self.milestones):
+            raise ValueError(f"milestones: must be fractions of training in (0, 1], got {self.milestones}")
 
     def plateau_rule(self):
         return None if self.plateau_patience is None else (self.plateau_patience, self.plateau_drops, self.gamma)
@@ -228,6 +249,9 @@ class HardLabel(SGDRecipe):
                              f"got {self.color_jitter_order!r}")
         if self.lighting < 0:
             raise ValueError(f"lighting: must be ≥ 0, got {self.lighting}")
+        self._check_numbers(non_negative=("cutmix_beta", "color_jitter"), fractions=("cutmix_prob",))
+        if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
+            raise ValueError(f"rrc_scale: must be [low, high] with 0 < low ≤ high ≤ 1, got {self.rrc_scale}")
 
     def batch(self, x, y, gen, num_classes):
         x = augment(x, gen, self.rrc_scale, self.flip, self.color_jitter, self.input_size, self.lighting,
@@ -294,6 +318,12 @@ class SoftLabel(Protocol):
         if self.mix not in MIXES:
             raise ValueError(f"mix: must be cutmix or mixup, got {self.mix!r}")
         self._check_sizes()
+        self._check_numbers(positive=("epochs_beyond", "batch_size_beyond", "lr", "mixup_alpha", "patch_factor"),
+                            non_negative=("weight_decay", "cutmix_beta"), tables=("epochs", "batch_size"))
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature: must be positive or null, got {self.temperature}")
+        if any(lr <= 0 for lr in self.student_lr.values()):
+            raise ValueError(f"student_lr: every learning rate must be positive, got {self.student_lr}")
 
     def batch_size_for(self, ipc: int, num_classes: int, images: int) -> int:
         size = by_ipc(self.batch_size, ipc, self.batch_size_beyond)

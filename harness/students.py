@@ -13,6 +13,18 @@ from torch import nn
 from timm.models import register_model
 
 
+# What timm's create_model hands every model entry point besides the model's own options.
+TIMM_FACTORY_ARGS = frozenset({"pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
+
+
+def _reject_unknown_options(model: str, factory_args: dict) -> None:
+    """The field's models take timm's factory arguments and ignore them; any other option is a misspelt one
+    (`widht: 8` would otherwise silently build the default width)."""
+    unknown = sorted(set(factory_args) - TIMM_FACTORY_ARGS)
+    if unknown:
+        raise TypeError(f"{model} got unexpected options: {', '.join(unknown)}")
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instancenorm":  # the field's ConvNet default: GroupNorm with one group per channel
         return nn.GroupNorm(channels, channels, affine=True)
@@ -27,8 +39,9 @@ class ConvNet(nn.Module):
     """ConvNet-D of the dataset-distillation literature: D × [conv3x3 → norm → ReLU → avgpool2]."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, img_size: int = 32, depth: int = 3,
-                 width: int = 128, norm: str = "instancenorm", **_):
+                 width: int = 128, norm: str = "instancenorm", **factory_args):
         super().__init__()
+        _reject_unknown_options("ConvNet", factory_args)
         layers, c, size = [], in_chans, img_size
         for _ in range(depth):
             layers += [nn.Conv2d(c, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True)]
@@ -91,8 +104,9 @@ class ResNetAP(nn.Module):
     size as in the reference: ≤64 px no pooling, ≤128 px a 2×2 average pool, larger a 7×7 conv + 4×4 pool."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, img_size: int = 224, blocks=(1, 1, 1, 1),
-                 width: int = 64, norm: str = "instancenorm", **_):
+                 width: int = 64, norm: str = "instancenorm", **factory_args):
         super().__init__()
+        _reject_unknown_options("ResNetAP", factory_args)
         kernel, pool = (3, 1) if img_size <= 64 else (3, 2) if img_size <= 128 else (7, 4)
         self.stem = nn.Sequential(nn.Conv2d(in_chans, width, kernel, padding=kernel // 2, bias=norm == "none"),
                                   _norm(norm, width), nn.ReLU(inplace=True),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from methods import get_method, list_methods
@@ -23,7 +24,7 @@ from .backbones.pixel_dit import PixelDiTConfig
 from .diversity import DiversityConfig, DiversityError, check_config
 from .identity import CLASSES_DIR, FULL_DATA, read_class_list
 from .protocols import Protocol, get_protocol, list_protocols, reference_protocol
-from .students import is_student
+from .students import create_student, is_student
 from .teachers import TeacherTrainConfig, TorchvisionRecipe
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -274,15 +275,68 @@ def build(cls, raw, where: str, source: str):
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
-def _expand_env(value):
-    """`${VAR}` / `${VAR:-default}` in strings, so a suite can point at data without being edited."""
+def _expand_env(value, where: str = "", source: str = ""):
+    """`${VAR}` / `${VAR:-default}` in strings, so a suite can point at data without being edited. An unset
+    `${VAR}` without a default is an error naming the field: expanded to "" it would point somewhere else."""
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k), source) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [_expand_env(v, f"{where}[{i}]", source) for i, v in enumerate(value)]
     if isinstance(value, str):
-        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        def expand(m):
+            if m.group(1) not in os.environ and m.group(2) is None:
+                raise SuiteError(f"{source}: {where}: environment variable {m.group(1)} is not set; set it, or "
+                                 f"write ${{{m.group(1)}:-default}}")
+            return os.environ.get(m.group(1), m.group(2) or "")
+        return _ENV.sub(expand, value)
     return value
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    def __init__(self, where: str, first_line: int, mark):
+        super().__init__(problem=f"duplicate key (first at line {first_line + 1})", problem_mark=mark)
+        self.where = where
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key given twice in one mapping (plain YAML keeps the later value silently),
+    naming the key's path. Paths are handed down from each mapping to its children before they are built."""
+
+    def construct_mapping(self, node, deep=False):
+        paths = self.__dict__.setdefault("_paths", {})
+        where = paths.get(id(node), "")
+        first: dict = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            path = f"{where}.{key}" if where else str(key)
+            if key is not None and key != "<<":
+                if key in first:
+                    raise _DuplicateKey(path, first[key], key_node.start_mark)
+                first[key] = key_node.start_mark.line
+            self._hand_down(value_node, path)
+        return super().construct_mapping(node, deep)
+
+    def _hand_down(self, node, path: str) -> None:
+        self._paths[id(node)] = path
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._hand_down(item, f"{path}[{i}]")
+
+
+def _parse_yaml(text: str, source: str):
+    """The suite's YAML; a mistake is one line with its line and column."""
+    try:
+        return yaml.load(text, Loader=_SuiteLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        if isinstance(e, _DuplicateKey):
+            raise SuiteError(f"{source}: {e.where}: {e.problem} at {at}: the later value would silently "
+                             f"replace the first; keep one") from None
+        what = "; ".join(part for part in (e.context, e.problem) if part)
+        raise SuiteError(f"{source}: {at}: not valid YAML: {what}") from None
+    except yaml.YAMLError as e:
+        raise SuiteError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -307,18 +361,20 @@ def load_suite(name_or_path: str, profile: str = "full", overrides: dict | None 
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in BENCHMARKS_DIR.glob("*.yaml")))
         raise SuiteError(f"{source}: no such suite file (suites in benchmarks/: {known})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SuiteError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = _parse_yaml(path.read_text(), source)
     if not isinstance(raw, dict):
         raise SuiteError(f"{source}: top level: expected a mapping")
     profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise SuiteError(f"{source}: profiles: expected a mapping of profile name to overrides")
     if profile != "full":
         if profile not in profiles:
-            raise SuiteError(f"{source}: profiles.{profile}: no such profile (have: full, {', '.join(profiles)})")
+            raise SuiteError(f"{source}: profiles.{profile}: no such profile (have: {', '.join(['full', *profiles])})")
+        if not isinstance(profiles[profile], dict):
+            raise SuiteError(f"{source}: profiles.{profile}: expected a mapping of the fields it overrides")
         raw = _merge(raw, profiles[profile])
-    raw = _expand_env(_merge(raw, overrides or {}))
+    # Profiles not chosen are not expanded: a variable only another profile uses need not be set.
+    raw = {k: v if k == "profiles" else _expand_env(v, k, source) for k, v in _merge(raw, overrides or {}).items()}
     suite = build(Suite, raw, "", source)
     suite.source = source
     _check(suite, source, check_files)
@@ -329,6 +385,9 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
     def fail(where, msg):
         raise SuiteError(f"{source}: {where}: {msg}")
 
+    if not SAFE_NAME.fullmatch(s.name):
+        fail("name", f"{s.name!r} names the suite's folders and files: use letters, digits, '.', '_' and '-' only, "
+                     "starting with a letter or digit")
     if s.data.format not in ("idx", "imagefolder"):
         fail("data.format", f"must be idx or imagefolder, got {s.data.format!r}")
     if s.data.format == "imagefolder":
@@ -340,6 +399,12 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
         fail("data.image_size", f"must be at least 8, got {s.data.image_size}")
     if s.data.val_per_class < 1:
         fail("data.val_per_class", "must be at least 1")
+    if s.data.max_train_per_class is not None:
+        if s.data.max_train_per_class < 1:
+            fail("data.max_train_per_class", f"must be at least 1 or null (no cap), got {s.data.max_train_per_class}")
+        if s.data.val_per_class >= s.data.max_train_per_class:
+            fail("data.val_per_class", f"{s.data.val_per_class} held out for validation leaves no training image of "
+                                       f"the {s.data.max_train_per_class} per class data.max_train_per_class keeps")
     if check_files:
         root = Path(s.data.root)
         if not root.is_dir():
@@ -362,8 +427,19 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
         fail("backbone.dtype", f"must be float32, float16 or bfloat16, got {s.backbone.dtype!r}")
     if not 0 <= s.backbone.check_min_agreement <= 1:
         fail("backbone.check_min_agreement", "must be a fraction in [0, 1]")
+    for name in ("check_per_class", "check_steps"):
+        if getattr(s.backbone, name) < 1:
+            fail(f"backbone.{name}", f"must be at least 1, got {getattr(s.backbone, name)}")
+    if s.backbone.kind == "pixel-dit":
+        _check_pixel_dit(s.backbone.train, s.data.image_size, fail)
     if not s.ipcs or any(i < 1 for i in s.ipcs):
         fail("ipcs", f"must be a non-empty list of positive integers, got {s.ipcs}")
+    for where, values in (("ipcs", s.ipcs), ("students", s.students)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            fail(where, f"lists {', '.join(repeated)} more than once")
+    if not s.students:
+        fail("students", "no students listed (--students names none?)")
     if s.seeds < 1:
         fail("seeds", f"must be at least 1, got {s.seeds}")
     if not s.methods:
@@ -378,9 +454,11 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
     for i, student in enumerate(s.students):
         if not is_student(student):
             fail(f"students[{i}]", f"unknown student {student!r}: not in timm's registry")
-    _check_teacher(s.teacher, "teacher", fail)
-    if s.full_data.epochs < 0 or s.full_data.batch_size < 1:
-        fail("full_data", "epochs must be ≥ 0 and batch_size ≥ 1")
+    _check_teacher(s.teacher, "teacher", fail, s.data.image_size)
+    if s.full_data.epochs < 0:
+        fail("full_data.epochs", f"must be ≥ 1, or 0 for no full-data row, got {s.full_data.epochs}")
+    if s.full_data.batch_size < 1:
+        fail("full_data.batch_size", f"must be at least 1, got {s.full_data.batch_size}")
     for student, workers in s.distributed_students.items():
         if student not in s.students or workers < 1:
             fail(f"distributed_students.{student}", "must name one of the suite's students with ≥ 1 workers")
@@ -392,8 +470,11 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
             fail("cross_arch.method", f"{c.method!r} is not one of the suite's methods")
         if not c.teachers or not c.students:
             fail("cross_arch", "needs at least one teacher and one student")
+        for name in ("ipc", "seeds"):
+            if getattr(c, name) < 1:
+                fail(f"cross_arch.{name}", f"must be at least 1, got {getattr(c, name)}")
         for i, t in enumerate(c.teachers):
-            _check_teacher(t, f"cross_arch.teachers[{i}]", fail)
+            _check_teacher(t, f"cross_arch.teachers[{i}]", fail, s.data.image_size)
         for i, student in enumerate(c.students):
             if not is_student(student):
                 fail(f"cross_arch.students[{i}]", f"unknown student {student!r}: not in timm's registry")
@@ -410,6 +491,9 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
             fail(f"protocols.{name}", f"unknown protocol (known: {', '.join(list_protocols())})")
         if not isinstance(raw, cls):
             s.protocols[name] = build(cls, raw, f"protocols.{name}", source)
+    for name, protocol in s.protocols.items():
+        for student, options in getattr(protocol, "student_kwargs", {}).items():
+            _check_options(f"protocols.{name}.student_kwargs.{student}", student, options, s.data.image_size, fail)
     if s.reported is not None:
         _check_reported(s, fail)
 
@@ -456,14 +540,60 @@ def _check_reported(s: Suite, fail) -> None:
         seen.add(key)
 
 
-def _check_teacher(t: TeacherConfig, where: str, fail) -> None:
+# What a suite's name may be: it names folders (weights/<name>/) and files (results/<name>.jsonl).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+# The pixel DiT's training settings that must be positive (harness/backbones/pixel_dit.py), and those that may be 0.
+_PIXEL_DIT_POSITIVE = ("sample_size", "patch_size", "width", "depth", "heads", "steps", "batch_size", "lr",
+                       "grad_clip", "checkpoint_every")
+_PIXEL_DIT_NON_NEGATIVE = ("warmup_steps",)
+
+
+def _check_pixel_dit(cfg, image_size: int, fail) -> None:
+    """The backbone prepare trains: numbers that would fail (or train nothing) only after the data is loaded."""
+    def number(name):
+        value = getattr(cfg, name, None)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    for name in _PIXEL_DIT_POSITIVE:
+        if number(name) is not None and number(name) <= 0:
+            fail(f"backbone.train.{name}", f"must be positive, got {number(name)}")
+    for name in _PIXEL_DIT_NON_NEGATIVE:
+        if number(name) is not None and number(name) < 0:
+            fail(f"backbone.train.{name}", f"must be ≥ 0, got {number(name)}")
+    if number("ema_decay") is not None and not 0 <= cfg.ema_decay < 1:
+        fail("backbone.train.ema_decay", f"must be in [0, 1), got {cfg.ema_decay}")
+    if number("sample_size") is not None and cfg.sample_size != image_size:
+        fail("backbone.train.sample_size", f"must be the images' size, data.image_size {image_size}, "
+                                           f"got {cfg.sample_size}")
+    if number("patch_size") and cfg.sample_size % cfg.patch_size:
+        fail("backbone.train.patch_size", f"must divide sample_size {cfg.sample_size}, got {cfg.patch_size}")
+    if number("heads") and cfg.width % cfg.heads:
+        fail("backbone.train.heads", f"must divide width {cfg.width}, got {cfg.heads}")
+
+
+def _check_options(where: str, arch: str, options: dict, image_size: int, fail) -> None:
+    """A model's options (`student_kwargs`, `arch_kwargs`) are ones it takes: built on the meta device (no memory,
+    no compute), so a misspelt option fails here, not in every training trial after the sets are made."""
+    if not is_student(arch):
+        fail(where, f"unknown student {arch!r}: not in timm's registry")
+    try:
+        with torch.device("meta"):
+            create_student(arch, 10, 3, image_size, **options)
+    except (TypeError, ValueError, AssertionError) as e:
+        fail(where, f"{arch} does not take {options}: {' '.join(str(e).split())}")
+
+
+def _check_teacher(t: TeacherConfig, where: str, fail, image_size: int) -> None:
     if t.kind not in ("trained", "timm"):
         fail(f"{where}.kind", f"must be trained or timm, got {t.kind!r}")
     if not is_student(t.arch) and t.kind == "trained":
         fail(f"{where}.arch", f"unknown architecture {t.arch!r}")
+    if t.kind == "trained" and t.arch_kwargs:
+        _check_options(f"{where}.arch_kwargs", t.arch, t.arch_kwargs, t.input_size if t.recipe else image_size, fail)
     if t.kind == "timm" and not (CLASSES_DIR / f"{t.classes}.txt").is_file():
         fail(f"{where}.classes", f"class list {t.classes!r} not found in {CLASSES_DIR}")
     if t.recipe is not None and t.kind != "trained":
         fail(f"{where}.recipe", "only a teacher of kind trained is trained with a recipe")
     if t.relabel is not None:
-        _check_teacher(t.relabel, f"{where}.relabel", fail)
+        _check_teacher(t.relabel, f"{where}.relabel", fail, image_size)

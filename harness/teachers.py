@@ -75,6 +75,13 @@ class TeacherTrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("width", "epochs", "batch_size", "lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be ≥ 0, got {self.weight_decay}")
+
 
 def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
     """Random shift by up to `pad` pixels and horizontal flip, on a whole batch at once."""
@@ -151,6 +158,12 @@ class TorchvisionRecipe:
         for name in ("epochs", "batch_size", "lr_step_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "lr_gamma"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"crop_scale: must be [low, high] with 0 < low ≤ high ≤ 1, got {self.crop_scale}")
 

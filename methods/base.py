@@ -120,6 +120,12 @@ class Method:
         return cls.needs
 
     @classmethod
+    def real_images_needed(cls, config, ipc: int) -> int:
+        """The fewest training images a class must have for this method at `ipc` (a method that needs
+        `real_images`): the harness checks it against the data before any work starts."""
+        return ipc
+
+    @classmethod
     def work(cls, config, ipc: int, real_per_class: int) -> Work | None:
         """The model evaluations one class costs at `ipc` with `real_per_class` training images; None where the
         method has not declared it (the plan then says its generation cost is unknown)."""

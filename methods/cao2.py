@@ -87,6 +87,10 @@ class CaO2Config:
             raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps: must be at least 1, got {self.steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
         if self.pool_factor < 1:
             raise ValueError(f"pool_factor must be at least 1, got {self.pool_factor}")
         if not 0 < self.t_max_fraction <= 1:

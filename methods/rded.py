@@ -198,6 +198,10 @@ class RDED(Method):
     paired_switches = ("factor",)
 
     @classmethod
+    def real_images_needed(cls, config, ipc):
+        return ipc * config.factor ** 2  # one crop from each of that many images (select_crops)
+
+    @classmethod
     def work(cls, config, ipc, real_per_class):
         candidates = min(real_per_class, max(config.num_candidates, ipc * config.factor ** 2))
         return Work(teacher=candidates * config.num_crops)

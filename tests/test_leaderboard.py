@@ -43,6 +43,14 @@ def test_render_shows_tables_and_best_of(tmp_path):
     assert csv.read_text().count("\n") == 3  # header + two protocols
 
 
+def test_a_one_seed_cell_shows_no_spread(tmp_path):
+    """One seed has no std: its cell is the accuracy and the count, not a made-up "± 0.0"."""
+    rows = [r for r in _rows() if not (r["protocol"] == "hard-label" and r["seed"] == 1)]
+    text = render(_suite(), rows, {("m", "h")}, tmp_path, ["m"], [])[0].read_text()
+    assert "| m | 50.0 (1) |" in text and "± 0.0" not in text
+    assert "| m | 75.0 ± 7.1 (2) |" in text  # two seeds keep their spread
+
+
 def test_label_robust_score_on_fractions_paired_by_seed():
     base = dict(config_hash="h", ipc=10, student="convnet3", train_seconds=1.0, distill_seconds_per_image=0.0,
                 peak_memory_bytes=0, kind="measured")

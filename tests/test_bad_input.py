@@ -1,0 +1,260 @@
+"""Bad input as a new user types it: every case is one line naming the field on stderr, exit 2, within seconds,
+before any compute (nothing written under --out, Ray not started), and the result store's bytes unchanged.
+
+A case is one change to tests/tiny-suite.yaml (its parsed mapping or its text) and/or extra command-line
+arguments; add a line to CASES to grow the table. Cases run in-process through `harness.cli.main`; one runs
+the real entry point, `python benchmark.py`, in a subprocess.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import ray
+import yaml
+
+from harness.cli import main
+from harness.data import load_real_data
+from harness.preflight import check_real_image_counts
+from harness.suite import SuiteError, load_suite
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+BASE = TESTS / "tiny-suite.yaml"
+# A row as the store holds them: its bytes must survive every bad run.
+ROW = {"suite": "tiny", "method": "random-real", "config_hash": "0123456789ab", "ipc": 1, "student": "convnet3",
+       "protocol": "hard-label", "protocol_hash": "ba9876543210", "seed": 0, "accuracy": 0.5, "kind": "measured"}
+
+
+@dataclass
+class Case:
+    name: str
+    expect: str                                   # the field (or flag) the one line must name
+    argv: tuple[str, ...] = ()                    # extra arguments; "{out}" and "{store}" are filled in
+    edit: Callable[[dict], object] | None = None  # a change to the parsed base suite
+    text: Callable[[str], str] | None = None      # a change to its text (what a parsed mapping cannot hold)
+    env: dict[str, str | None] | None = None      # environment variables to set (None: unset)
+
+
+def _set(path: str, value):
+    """An edit setting the dotted `path` of the suite to `value`."""
+    def edit(raw):
+        *parents, last = path.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return edit
+
+
+CASES = [
+    # YAML itself
+    Case("duplicate top-level key", "seeds: duplicate key", text=lambda t: t.replace("seeds: 2\n", "seeds: 2\nseeds: 3\n")),
+    Case("duplicate nested key", "data.root: duplicate key",
+         text=lambda t: t.replace("  image_size: 28\n", "  image_size: 28\n  root: /tmp\n")),
+    Case("duplicate key in a list item", "cross_arch.teachers[0].arch: duplicate key",
+         text=lambda t: t.replace("{kind: trained, arch: convnet3,", "{kind: trained, arch: convnet3, arch: resnet18,")),
+    Case("unclosed bracket", "line 14, column 48: not valid YAML", text=lambda t: t.replace("train: {sample_size", "train: [sample_size")),
+    Case("tab indentation", "line ", text=lambda t: t.replace("  format: idx", "\tformat: idx")),
+    Case("empty file", "top level", text=lambda t: ""),
+    Case("a list at the top", "top level", text=lambda t: "- name: tiny\n"),
+    # the suite's own fields
+    Case("unknown top-level field", "colour: unknown field", edit=_set("colour", "red")),
+    Case("unsafe name: path separators", "name:", edit=_set("name", "../elsewhere/tiny")),
+    Case("unsafe name: slash", "name:", edit=_set("name", "a/b")),
+    Case("unsafe name: empty", "name:", edit=_set("name", "")),
+    Case("unsafe name: space", "name:", edit=_set("name", "my suite")),
+    Case("name not a string", "name: expected a string", edit=_set("name", 7)),
+    Case("seed not an integer", "seed: expected an integer", edit=_set("seed", "x")),
+    Case("seeds 0 in the suite", "seeds: must be at least 1", edit=_set("seeds", 0)),
+    Case("ipcs empty", "ipcs:", edit=_set("ipcs", [])),
+    Case("ipcs not integers", "ipcs[0]: expected an integer", edit=_set("ipcs", [1.5])),
+    Case("ipcs repeated", "ipcs: lists 1 more than once", edit=_set("ipcs", [1, 1])),
+    Case("students repeated", "students: lists convnet3 more than once", edit=_set("students", ["convnet3", "convnet3"])),
+    Case("unknown student", "students[0]: unknown student", edit=_set("students", ["resnet9000"])),
+    Case("unknown method", "methods.magic: unknown method", edit=lambda r: r["methods"].update(magic={})),
+    Case("unknown method field", "methods.diffusion.cfg: unknown field", edit=_set("methods.diffusion", {"cfg": 2})),
+    Case("method steps 0", "methods.diffusion.steps: must be at least 1", edit=_set("methods.diffusion", {"steps": 0})),
+    Case("method batch_size 0", "methods.diffusion.batch_size", edit=_set("methods.diffusion", {"batch_size": 0})),
+    Case("unknown protocol", "protocols.magic: unknown protocol", edit=_set("protocols.magic", {})),
+    Case("negative epochs", "protocols.hard-label.epochs:", edit=_set("protocols.hard-label.epochs", {2: -1})),
+    Case("zero epochs", "protocols.soft-label.epochs:", edit=_set("protocols.soft-label.epochs", {2: 0})),
+    Case("zero epochs_beyond", "protocols.hard-label.epochs_beyond:", edit=_set("protocols.hard-label.epochs_beyond", 0)),
+    Case("batch_size 0", "protocols.hard-label.batch_size: must be positive",
+         edit=_set("protocols.hard-label.batch_size", 0)),
+    Case("soft batch_size table 0", "protocols.soft-label.batch_size:",
+         edit=_set("protocols.soft-label.batch_size", {1: 0})),
+    Case("lr -1", "protocols.hard-label.lr: must be positive", edit=_set("protocols.hard-label.lr", -1)),
+    Case("soft lr 0", "protocols.soft-label.lr: must be positive", edit=_set("protocols.soft-label.lr", 0)),
+    Case("negative weight decay", "protocols.hard-label.weight_decay", edit=_set("protocols.hard-label.weight_decay", -0.1)),
+    Case("cutmix_prob above 1", "protocols.hard-label.cutmix_prob", edit=_set("protocols.hard-label.cutmix_prob", 2)),
+    Case("milestone past the end", "protocols.hard-label.milestones",
+         edit=_set("protocols.hard-label.milestones", [0.5, 1.5])),
+    Case("temperature 0", "protocols.soft-label.temperature", edit=_set("protocols.soft-label.temperature", 0)),
+    Case("student option misspelt", "protocols.hard-label.student_kwargs.resnet18: resnet18 does not take",
+         edit=_set("protocols.hard-label.student_kwargs", {"resnet18": {"chanels": [8, 8, 8, 8]}})),
+    Case("house student option misspelt", "protocols.hard-label.student_kwargs.convnet3: convnet3 does not take",
+         edit=_set("protocols.hard-label.student_kwargs", {"convnet3": {"widht": 8}})),
+    Case("student options for no such student", "protocols.soft-label.student_kwargs.convnet: unknown student",
+         edit=_set("protocols.soft-label.student_kwargs", {"convnet": {"width": 8}})),
+    Case("teacher option misspelt", "cross_arch.teachers[1].arch_kwargs: resnetap10 does not take {'widht': 4}: ResNetAP got unexpected options: widht",
+         edit=lambda r: r["cross_arch"]["teachers"][1].update(arch_kwargs={"widht": 4})),
+    Case("teacher epochs 0", "teacher.train.epochs: must be positive", edit=_set("teacher.train.epochs", 0)),
+    Case("teacher batch_size 0", "teacher.train.batch_size", edit=_set("teacher.train.batch_size", 0)),
+    Case("teacher lr -1", "teacher.train.lr: must be positive", edit=_set("teacher.train.lr", -1)),
+    Case("teacher recipe lr -1", "teacher.recipe.lr: must be positive", edit=_set("teacher.recipe", {"lr": -1})),
+    Case("teacher recipe epochs 0", "teacher.recipe.epochs", edit=_set("teacher.recipe", {"epochs": 0})),
+    Case("teacher kind", "teacher.kind", edit=_set("teacher.kind", "magic")),
+    Case("cross-arch teacher epochs -1", "cross_arch.teachers[0].train.epochs",
+         edit=lambda r: r["cross_arch"]["teachers"][0]["train"].update(epochs=-1)),
+    Case("cross-arch ipc 0", "cross_arch.ipc", edit=_set("cross_arch.ipc", 0)),
+    Case("backbone steps 0", "backbone.train.steps: must be positive", edit=_set("backbone.train.steps", 0)),
+    Case("backbone lr -1", "backbone.train.lr: must be positive", edit=_set("backbone.train.lr", -1)),
+    Case("backbone batch_size 0", "backbone.train.batch_size", edit=_set("backbone.train.batch_size", 0)),
+    Case("backbone size not the images'", "backbone.train.sample_size", edit=_set("backbone.train.sample_size", 32)),
+    Case("backbone patch not dividing", "backbone.train.patch_size", edit=_set("backbone.train.patch_size", 5)),
+    Case("backbone check 0 samples", "backbone.check_per_class", edit=_set("backbone.check_per_class", 0)),
+    Case("full-data epochs -1", "full_data.epochs: must be ≥ 1, or 0", edit=_set("full_data.epochs", -1)),
+    Case("full-data batch_size 0", "full_data.batch_size", edit=_set("full_data.batch_size", 0)),
+    Case("data format", "data.format", edit=_set("data.format", "csv")),
+    Case("data root missing", "data.root: /nonexistent/fmnist does not exist", edit=_set("data.root", "/nonexistent/fmnist")),
+    Case("data root without the data's files", "data: Fashion-MNIST file train-images-idx3-ubyte[.gz] not found",
+         edit=_set("data.root", "/usr/share")),
+    Case("data root from an unset variable", "data.root: environment variable DDBENCH_UNSET_ROOT is not set",
+         edit=_set("data.root", "${DDBENCH_UNSET_ROOT}/fashion-mnist"), env={"DDBENCH_UNSET_ROOT": None}),
+    Case("class list missing", "data.classes: class list /nonexistent/classes.txt not found",
+         edit=lambda r: r["data"].update(format="imagefolder", classes="/nonexistent/classes.txt")),
+    Case("validation eats every image", "data.val_per_class", edit=_set("data.val_per_class", 120)),
+    Case("negative image cap", "data.max_train_per_class", edit=_set("data.max_train_per_class", -5)),
+    Case("a profile that is not a mapping", "profiles.quick: expected a mapping",
+         edit=_set("profiles", {"quick": 5}), argv=("--profile", "quick")),
+    # the command line
+    Case("--methods ,", "methods: --methods ',' names no method", argv=("--methods", ",")),
+    Case("--methods empty", "methods: --methods '' names no method", argv=("--methods", "")),
+    Case("--methods repeated", "methods: --methods names herding more than once", argv=("--methods", "herding,herding")),
+    Case("--methods unknown", "methods: --methods names magic", argv=("--methods", "magic")),
+    Case("--students ,", "students: no students listed", argv=("--students", ",")),
+    Case("--students unknown", "students[0]: unknown student", argv=("--students", "resnet9000")),
+    Case("--ipc 0", "--ipc", argv=("--ipc", "0")),
+    Case("--ipc -3", "--ipc", argv=("--ipc", "-3")),
+    Case("--ipc not an integer", "--ipc", argv=("--ipc", "1.5")),
+    Case("--ipc above a class's images", "ipcs: random-real at IPC 101 draws 101", argv=("--ipc", "101")),
+    Case("--ipc above a class's images for rded's crops", "ipcs: rded at IPC 30 draws 120",
+         edit=lambda r: r["methods"].update(rded={}), argv=("--methods", "rded", "--ipc", "30")),
+    Case("--seeds 0", "--seeds", argv=("--seeds", "0")),
+    Case("--seeds not an integer", "--seeds", argv=("--seeds", "two")),
+    Case("--profile unknown", "profiles.huge: no such profile", argv=("--profile", "huge")),
+    Case("--suite unknown", "no such suite file", argv=("--suite", "no-such-suite")),
+    Case("--cross-arch without a section", "cross_arch: --cross-arch needs", edit=lambda r: r.pop("cross_arch"),
+         argv=("--cross-arch",)),
+    Case("--gpu-tflops negative", "--gpu-tflops", argv=("--gpu-tflops", "-1")),
+    Case("--gpus 0", "--gpus", argv=("--gpus", "0")),
+    Case("unknown flag", "unrecognized arguments: --colour", argv=("--colour", "red")),
+    Case("--out is a file", "--out: {store} is a file", argv=("--out", "{store}")),
+    Case("--out under a file", "--out: {store}/run is under {store}, which is a file", argv=("--out", "{store}/run")),
+    Case("--out unwritable", "--out: cannot write to /proc/ddbench-out", argv=("--out", "/proc/ddbench-out")),
+    Case("--out's results is a file", "--out: {out}/elsewhere/results is a file",
+         argv=("--out", "{out}/elsewhere")),
+]
+
+
+def _write_suite(case: Case, folder: Path) -> Path:
+    text = BASE.read_text()
+    if case.edit is not None:
+        raw = yaml.safe_load(text)
+        case.edit(raw)
+        text = yaml.safe_dump(raw, sort_keys=False)
+    if case.text is not None:
+        text = case.text(text)
+    path = folder / "suite.yaml"
+    path.write_text(text)
+    return path
+
+
+def _fill(text: str, fill: dict[str, str]) -> str:
+    for name, value in fill.items():
+        text = text.replace("{" + name + "}", value)
+    return text
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _prepare_out(tmp_path: Path) -> tuple[Path, Path]:
+    """--out holding a store with one row, and a second run folder whose `results` is a file."""
+    out = tmp_path / "out"
+    store = out / "results" / "tiny.jsonl"
+    store.parent.mkdir(parents=True)
+    store.write_text(json.dumps(ROW, sort_keys=True) + "\n")
+    (out / "elsewhere").mkdir()
+    (out / "elsewhere" / "results").write_text("not a folder\n")
+    return out, store
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
+    for name, value in (case.env or {}).items():
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    out, store = _prepare_out(tmp_path)
+    suite = _write_suite(case, tmp_path)
+    fill = {"out": str(out), "store": str(store)}
+    argv = ["--suite", str(suite), "--out", str(out), *(_fill(a, fill) for a in case.argv)]
+    before = _snapshot(out)
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert exit_.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("ddbench: error: "), err
+    assert _fill(case.expect, fill) in lines[0], lines[0]
+    assert _snapshot(out) == before, "a bad run changed what --out holds"
+    assert not ray.is_initialized() and seconds < 10, seconds
+
+
+def test_the_checks_pass_good_input_up_to_the_boundary(tiny_suite, tiny_real):
+    """The IPC check is not vacuous: the tiny suite's classes hold exactly 100 training images each (120 less
+    20 for validation), so IPC 100 passes and IPC 101 is the first that fails."""
+    per_class = len(tiny_real.train) // len(tiny_real.classes)
+    assert per_class == tiny_suite.data.max_train_per_class - tiny_suite.data.val_per_class == 100
+    check_real_image_counts(tiny_suite, tiny_real.train, list(tiny_suite.methods), [per_class])
+    with pytest.raises(SuiteError, match="IPC 101"):
+        check_real_image_counts(tiny_suite, tiny_real.train, list(tiny_suite.methods), [per_class + 1])
+    # A method that draws no real images (diffusion samples from noise) is not held to the count.
+    check_real_image_counts(tiny_suite, tiny_real.train, ["diffusion"], [per_class + 1])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through folder permissions")
+def test_out_without_write_permission(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--suite", str(BASE), "--out", str(locked / "run")])
+    assert exit_.value.code == 2 and "--out: cannot write to" in capsys.readouterr().err
+
+
+def test_the_real_entry_point_gives_one_line_and_exit_2(tmp_path):
+    out, store = _prepare_out(tmp_path)
+    suite = _write_suite(CASES[0], tmp_path)
+    before = _snapshot(out)
+    proc = subprocess.run([sys.executable, "benchmark.py", "--suite", str(suite), "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"ddbench: error: {suite}: seeds: duplicate key"), lines[0]
+    assert _snapshot(out) == before
+
+
+def test_load_suite_keeps_every_shipped_suite_free_of_duplicate_keys():
+    for path in sorted((ROOT / "benchmarks").glob("*.yaml")):
+        load_suite(str(path), check_files=False)
