@@ -111,6 +111,12 @@ class FullDataConfig:
     patience: int | None = None
     lr_drops: int = 2
 
+    def __post_init__(self):
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience: must be at least 1 epoch (or null: a fixed number of epochs), got {self.patience}")
+        if self.lr_drops < 0:
+            raise ValueError(f"lr_drops: must be 0 or more, got {self.lr_drops}")
+
 
 @dataclass
 class CrossArchConfig:
@@ -158,7 +164,7 @@ class ReportedConfig:
     protocols: dict[str, str] = field(default_factory=dict)    # evaluation labels not in the suite → what they mean
     students: dict[str, str] = field(default_factory=dict)     # architectures not in timm's registry → what they are
     # A reported student → the measured student it is, per protocol, where the papers train another network under
-    # one name: their hard-label "ResNet-18" is Minimax's instance-norm one, their soft-label one torchvision's.
+    # one name (their "ResNet-18" is Minimax's instance-norm one under their SGD recipe, torchvision's under RDED's).
     measured_as: dict[str, dict[str, str]] = field(default_factory=dict)
 
 

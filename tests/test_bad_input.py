@@ -123,6 +123,8 @@ CASES = [
     Case("backbone check 0 samples", "backbone.check_per_class", edit=_set("backbone.check_per_class", 0)),
     Case("full-data epochs -1", "full_data.epochs: must be ≥ 1, or 0", edit=_set("full_data.epochs", -1)),
     Case("full-data batch_size 0", "full_data.batch_size", edit=_set("full_data.batch_size", 0)),
+    Case("full-data patience 0", "full_data.patience: must be at least 1", edit=_set("full_data.patience", 0)),
+    Case("full-data lr_drops -1", "full_data.lr_drops", edit=_set("full_data.lr_drops", -1)),
     Case("data format", "data.format", edit=_set("data.format", "csv")),
     Case("data root missing", "data.root: /nonexistent/fmnist does not exist", edit=_set("data.root", "/nonexistent/fmnist")),
     Case("data root without the data's files", "data: Fashion-MNIST file train-images-idx3-ubyte[.gz] not found",

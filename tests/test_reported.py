@@ -214,7 +214,7 @@ def test_the_board_shows_reported_numbers_beside_measured_ones(tmp_path):
     assert "| cao2 | 10 | soft-label | 45.6 (Adaptive sampling, Table 2) | 48.0 ± 1.0 (3) | +2.4 |" in section
     # the measured full-data row against IMS3's Full column, with its note
     assert "| full-data | full | hard-label | 89.3 ± 1.2 (IMS3, Table 1) [" in section
-    assert "| 85.0 ± 0.0 (1) | -4.3 |" in section
+    assert "| 85.0 (1) | -4.3 |" in section
     # methods ddbench does not run, shown and declared, with no measured cell
     assert "| minimax | 10 | best-of-protocols | 40.1 ± 1.0 (CaO2, Table 1) | – | – |" in section
     assert "- minimax (not implemented in ddbench): Minimax Diffusion" in section
