@@ -3,6 +3,7 @@ owns. Everything about the cluster that can be checked is checked before any com
 cluster path (issue 13, item 1)")."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -102,6 +103,19 @@ def _set_auth_mode(mode: str) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def check_target(target: Target) -> None:
     """Before any compute: the named cluster answers within seconds and accepts this client's token. Ray itself
     would wait for ever on a dead address and retry a refused token for 20 s before a traceback."""
@@ -123,7 +137,8 @@ def check_target(target: Target) -> None:
     except ImportError:
         return
     try:
-        GcsClient(address=target.address)
+        with _quiet_stderr():  # its C++ side logs the refusal too: the user gets one line, below
+            GcsClient(address=target.address)
     except AuthenticationError:
         mode = os.environ.get("RAY_AUTH_MODE", "unset")
         raise ClusterError(f"{where}: the cluster refused this client's token (RAY_AUTH_MODE {mode}): give the "
