@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray.exceptions import AuthenticationError, RayError
+from ray.exceptions import RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+try:  # token auth came with Ray 2.52 (pyproject allows 2.40); these are what ray.init itself uses (private)
+    from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
+    from ray.exceptions import AuthenticationError
+    TOKEN_AUTH = True
+except ImportError:
+    TOKEN_AUTH = False
 
 PROBE_SECONDS = 5.0  # a head that does not answer a TCP connect in this long is taken as absent
 # Marks every process of a local cluster the harness starts (they inherit the driver's environment), so that a
@@ -69,24 +77,23 @@ def resolve(address: str | None) -> Target:
     this machine (what `ray submit` runs beside) if it still answers; else a local cluster (`--address local` asks
     for one outright). A recorded address where nothing listens is stale (a head killed without `ray stop`): it is
     passed over, not deleted, as the file is Ray's."""
-    if address:
-        return Target(None, "--address local") if address == "local" else Target(address, "--address")
-    named = os.environ.get("RAY_ADDRESS", "")
+    flag, variable = address or "", os.environ.get("RAY_ADDRESS", "")
+    source, named = ("--address", flag) if flag else ("RAY_ADDRESS", variable)
     if named == "local":
-        return Target(None, "RAY_ADDRESS=local")
+        return Target(None, f"{source} local")
     if named and named != "auto":
-        return Target(named, "RAY_ADDRESS")
+        return Target(named, source)
     recorded = _current_cluster_file()
     try:
-        named = recorded.read_text().strip()
+        found = recorded.read_text().strip()
     except OSError:
-        named = ""
-    if named and _listens(named, 1.0):
-        return Target(named, str(recorded))
-    if os.environ.get("RAY_ADDRESS") == "auto":
-        raise ClusterError(f"RAY_ADDRESS=auto: no running Ray head is recorded in {recorded}")
-    return Target(None, "no cluster named", note=f"{recorded} names {named}, where nothing listens (a head stopped "
-                                                 f"without `ray stop`): ignored" if named else "")
+        found = ""
+    if found and _listens(found, 1.0):
+        return Target(found, str(recorded))
+    if named == "auto":
+        raise ClusterError(f"{source} auto: no running Ray head is recorded in {recorded}")
+    return Target(None, "no cluster named", note=f"{recorded} names {found}, where nothing listens (a head stopped "
+                                                 f"without `ray stop`): ignored" if found else "")
 
 
 def _token_available() -> bool:
@@ -98,7 +105,6 @@ def _token_available() -> bool:
 def _set_auth_mode(mode: str) -> None:
     """Ray reads RAY_AUTH_MODE into its cached config at import; refresh it as ray.init does for a new cluster."""
     os.environ["RAY_AUTH_MODE"] = mode
-    from ray._raylet import AuthenticationTokenLoader, Config
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
 
@@ -128,15 +134,13 @@ def check_target(target: Target) -> None:
     # Ray turns token auth on by itself only for a cluster it finds through the file `ray start` wrote, never for
     # an explicit address. A client that sends a token is accepted by a cluster without auth as well (measured on
     # Ray 2.60), so a token the environment holds is always sent.
+    if not TOKEN_AUTH:
+        return
     if "RAY_AUTH_MODE" not in os.environ and _token_available():
         _set_auth_mode("token")
     if target.address.startswith("ray://"):
-        return  # a Ray Client server: its proxy, not the GCS, checks the token
-    try:
-        from ray._raylet import GcsClient  # the client ray.init builds first; it fails at once on a bad token
-    except ImportError:
-        return
-    try:
+        return  # a Ray Client server: its proxy, not a GCS, answers there
+    try:  # the client ray.init builds first; it fails at once on a refused token
         with _quiet_stderr():  # its C++ side logs the refusal too: the user gets one line, below
             GcsClient(address=target.address)
     except AuthenticationError:
@@ -167,7 +171,6 @@ def check_shared(out: Path) -> None:
     marker = out / f".ddbench-shared-{uuid.uuid4().hex}"
     marker.write_text("")
     try:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         sees = ray.remote(num_cpus=0)(_sees)
         blind = [r for r in ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
             n["NodeID"], soft=False)).remote(str(marker)) for n in nodes]) if r]
@@ -217,7 +220,7 @@ def start_local() -> None:
     Ray 2.60), and where the environment holds no token a fresh one lives only in this process's environment,
     which the cluster's processes inherit, rather than in ~/.ray/auth_token, where it would turn token auth on for
     every later `ray start` on the machine."""
-    if "RAY_AUTH_MODE" not in os.environ:
+    if TOKEN_AUTH and "RAY_AUTH_MODE" not in os.environ:
         if not _token_available():
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         _set_auth_mode("token")

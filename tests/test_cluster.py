@@ -169,6 +169,7 @@ def test_recorded_cluster_is_attached_when_live_and_passed_over_when_stale(head,
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(head["temp"]))
     assert resolve(None) == Target(head["address"], str(head["temp"] / "ray" / "ray_current_cluster"))
+    assert resolve("auto") == resolve(None)
     assert resolve("local") == Target(None, "--address local")
     stale = tmp_path / "ray" / "ray_current_cluster"
     stale.parent.mkdir()
@@ -176,6 +177,8 @@ def test_recorded_cluster_is_attached_when_live_and_passed_over_when_stale(head,
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     target = resolve(None)
     assert not target.attach and "where nothing listens" in target.note
+    with pytest.raises(ClusterError, match="--address auto: no running Ray head"):
+        resolve("auto")
 
 
 def _owned_by(pid: int) -> list[int]:
