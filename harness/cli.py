@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-import ray
-
+from .cluster import ClusterError, check_target, connector, resolve
 from .cross_arch import cross_architecture
 from .data import DataError, load_real_data
 from .distill import distill, plan
@@ -67,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--students", help="comma-separated students (default: the suite's or the profile's)")
     p.add_argument("--seeds", type=_positive, help="student seeds per setting (default: the suite's)")
     p.add_argument("--profile", default="full", help="full (the suite as written) or one of its profiles, e.g. quick, leaderboard (default: full)")
-    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--address", help="Ray cluster HOST:PORT to attach to (default: RAY_ADDRESS, else the head `ray start` "
+                                       "runs on this machine, else a local cluster; `local` forces a local one)")
     p.add_argument("--no-check", action="store_true", help="skip the backbone check")
     p.add_argument("--cross-arch", action="store_true",
                    help="run the suite's cross-architecture study (teacher × student table and heatmap) instead")
@@ -117,33 +116,30 @@ def main(argv: list[str] | None = None) -> int:
             print(make_plan(suite, methods, args.out, args.gpus, args.gpu_tflops), flush=True)
             return 0
         check_out_dir(args.out, suite.source)
+        check_target(resolve(args.address))  # a named cluster answers and takes our token, before any compute
         real = load_real_data(suite.data)
         if args.cross_arch:
             check_real_image_counts(suite, real.train, [suite.cross_arch.method], [suite.cross_arch.ipc])
         else:
             check_real_image_counts(suite, real.train, methods, suite.ipcs)
-    except (SuiteError, PlanError) as e:
+    except (SuiteError, PlanError, ClusterError) as e:
         fail(str(e))
     except DataError as e:  # its message says what is wrong with the data; the suite's data section points at it
         fail(f"{suite.source}: data: {e}")
     try:
         return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch)
-    except (PrepareError, DiversityError) as e:
+    except (PrepareError, DiversityError, ClusterError) as e:
         fail(str(e))
 
 
 def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True,
         cross_arch: bool = False) -> int:
     t0 = time.perf_counter()
-    out = Path(out)
+    out = Path(out).absolute()  # workers resolve a relative path against their own working directory
     print(f"[suite] {suite.name}: {len(methods)} methods × IPC {suite.ipcs} × {len(suite.students)} students × "
           f"{len(suite.protocols)} protocols × {suite.seeds} seeds → {out}", flush=True)
 
-    def connect():  # only when there is work: a rerun with everything cached never starts Ray
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     num_cpus=None if address else os.cpu_count())
-
+    connect = connector(address, out)  # attaches a named cluster now; starts a local one only when work needs it
     prepared = prepare(suite, real, out, check=check, connect=connect)
     if cross_arch:
         paths = cross_architecture(suite, real, prepared, out, connect)

@@ -1,0 +1,269 @@
+"""Where the run's Ray work goes: an existing cluster the run attaches to, or a local one the harness starts and
+owns. Everything about the cluster that can be checked is checked before any compute (docs/decisions.md, "The
+cluster path (issue 13, item 1)")."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.exceptions import RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+try:  # token auth came with Ray 2.52 (pyproject allows 2.40); these are what ray.init itself uses (private)
+    from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
+    from ray.exceptions import AuthenticationError
+    TOKEN_AUTH = True
+except ImportError:
+    TOKEN_AUTH = False
+
+PROBE_SECONDS = 5.0  # a head that does not answer a TCP connect in this long is taken as absent
+# Marks every process of a local cluster the harness starts (they inherit the driver's environment), so that a
+# watchdog can end exactly those when the driver is killed, and nothing else on the machine.
+OWNER_VAR = "DDBENCH_RAY_OWNER"
+_watchdog = None  # its stdin's write end must live as long as the driver: its closing is the signal
+TOKEN_SOURCES = "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
+
+
+class ClusterError(Exception):
+    """The cluster named for the run cannot be used; one line for the user."""
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str | None  # host:port (or ray://host:port) to attach to; None: start a local cluster
+    source: str          # what named it, for the messages: --address, RAY_ADDRESS, the file `ray start` wrote
+    note: str = ""       # why a named cluster was passed over, if one was
+
+    @property
+    def attach(self) -> bool:
+        return self.address is not None
+
+
+def _current_cluster_file() -> Path:
+    """Where `ray start --head` records its address and `ray.init()` looks for it (RAY_TMPDIR, TMPDIR or /tmp)."""
+    root = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    return Path(root or "/tmp") / "ray" / "ray_current_cluster"
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    bare = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = bare.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"--address: expected HOST:PORT (e.g. 10.0.0.5:6379), got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _listens(address: str, seconds: float = PROBE_SECONDS) -> bool:
+    try:
+        with socket.create_connection(_host_port(address), timeout=seconds):
+            return True
+    except OSError:
+        return False
+
+
+def resolve(address: str | None) -> Target:
+    """The cluster the run means. `--address` wins, then RAY_ADDRESS, then the cluster `ray start --head` recorded on
+    this machine (what `ray submit` runs beside) if it still answers; else a local cluster (`--address local` asks
+    for one outright). A recorded address where nothing listens is stale (a head killed without `ray stop`): it is
+    passed over, not deleted, as the file is Ray's."""
+    flag, variable = address or "", os.environ.get("RAY_ADDRESS", "")
+    source, named = ("--address", flag) if flag else ("RAY_ADDRESS", variable)
+    if named == "local":
+        return Target(None, f"{source} local")
+    if named and named != "auto":
+        return Target(named, source)
+    recorded = _current_cluster_file()
+    try:
+        found = recorded.read_text().strip()
+    except OSError:
+        found = ""
+    if found and _listens(found, 1.0):
+        return Target(found, str(recorded))
+    if named == "auto":
+        raise ClusterError(f"{source} auto: no running Ray head is recorded in {recorded}")
+    return Target(None, "no cluster named", note=f"{recorded} names {found}, where nothing listens (a head stopped "
+                                                 f"without `ray stop`): ignored" if found else "")
+
+
+def _token_available() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or (Path(path).is_file() if path else
+                                                      (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def _set_auth_mode(mode: str) -> None:
+    """Ray reads RAY_AUTH_MODE into its cached config at import; refresh it as ray.init does for a new cluster."""
+    os.environ["RAY_AUTH_MODE"] = mode
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_target(target: Target) -> None:
+    """Before any compute: the named cluster answers within seconds and accepts this client's token. Ray itself
+    would wait for ever on a dead address and retry a refused token for 20 s before a traceback."""
+    if not target.attach:
+        return
+    where = f"{target.source}: {target.address}"
+    if not _listens(target.address):
+        raise ClusterError(f"{where}: no Ray head answers there within {PROBE_SECONDS:g} s "
+                           f"(start one with `ray start --head`, or leave out --address for a local cluster)")
+    # Ray turns token auth on by itself only for a cluster it finds through the file `ray start` wrote, never for
+    # an explicit address. A client that sends a token is accepted by a cluster without auth as well (measured on
+    # Ray 2.60), so a token the environment holds is always sent.
+    if not TOKEN_AUTH:
+        return
+    if "RAY_AUTH_MODE" not in os.environ and _token_available():
+        _set_auth_mode("token")
+    if target.address.startswith("ray://"):
+        return  # a Ray Client server: its proxy, not a GCS, answers there
+    try:  # the client ray.init builds first; it fails at once on a refused token
+        with _quiet_stderr():  # its C++ side logs the refusal too: the user gets one line, below
+            GcsClient(address=target.address)
+    except AuthenticationError:
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        raise ClusterError(f"{where}: the cluster refused this client's token (RAY_AUTH_MODE {mode}): give the "
+                           f"cluster's token in {TOKEN_SOURCES} (`ray get-auth-token` on the head prints it)") from None
+
+
+def runtime_env() -> dict | None:
+    """The project's own packages, shipped to the workers so that they run the driver's code whatever is installed
+    on the nodes (their dependencies come from the nodes: cluster.yaml's setup). A job submitted with its own
+    runtime_env (`ray job submit --working-dir`) keeps it: Ray refuses two that set the same field."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        return None
+    packages = [importlib.util.find_spec(name).submodule_search_locations[0] for name in ("harness", "methods")]
+    return {"py_modules": packages, "excludes": ["__pycache__", "*.pyc"]}
+
+
+def _sees(marker: str) -> str | None:
+    return None if os.path.exists(marker) else f"{socket.gethostname()} ({os.getcwd()})"
+
+
+def check_shared(out: Path) -> None:
+    """Every node of the cluster must see `--out` at the same path: actors write shards there and the driver and the
+    trials read them back. One zero-CPU task per live node looks for a file the driver has just written."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / f".ddbench-shared-{uuid.uuid4().hex}"
+    marker.write_text("")
+    try:
+        sees = ray.remote(num_cpus=0)(_sees)
+        blind = [r for r in ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes]) if r]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise ClusterError(f"--out {out}: not visible on {len(blind)} of {len(nodes)} nodes ({', '.join(blind)}); on "
+                           f"a cluster it must be shared storage mounted at the same path on every node "
+                           f"(see cluster.yaml)")
+    print(f"[ray] {len(nodes)} node(s) see --out {out}"
+          + ("; nodes that join later must mount it at the same path" if len(nodes) > 1 else ""), flush=True)
+
+
+def _start_watchdog(owner: str) -> None:
+    """A killed driver (SIGKILL) runs no code; Ray's own reaper then stops the head's processes but its agents and
+    workers outlive it by about a minute (measured). This process waits for the driver's end (its stdin closes)
+    and ends the processes that carry the owner mark, which only this run's cluster does."""
+    code = (
+        "import os, signal, sys, time\n"
+        "sys.stdin.read()\n"
+        "mark = ('" + OWNER_VAR + "=' + sys.argv[1]).encode()\n"
+        "def owned():\n"
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            if int(pid) != os.getpid() and mark in open(f'/proc/{pid}/environ', 'rb').read().split(b'\\0'):\n"
+        "                yield int(pid)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "for sig in (signal.SIGTERM, signal.SIGKILL):\n"
+        "    for pid in owned():\n"
+        "        try: os.kill(pid, sig)\n"
+        "        except OSError: pass\n"
+        "    time.sleep(2)\n")
+    env = {k: v for k, v in os.environ.items() if k != OWNER_VAR}
+    global _watchdog
+    _watchdog = subprocess.Popen([sys.executable, "-c", code, owner], stdin=subprocess.PIPE, env=env,
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _exit_on(signum, frame):  # SIGTERM/SIGHUP as an exit, so that atexit's ray.shutdown() stops the cluster
+    sys.exit(128 + signum)
+
+
+def start_local() -> None:
+    """A local cluster on this machine's cores. Its auth mode is set on purpose, which also silences Ray's
+    token-auth warning: token auth stays on (its head listens on every interface, not loopback only, as measured on
+    Ray 2.60), and where the environment holds no token a fresh one lives only in this process's environment,
+    which the cluster's processes inherit, rather than in ~/.ray/auth_token, where it would turn token auth on for
+    every later `ray start` on the machine."""
+    if TOKEN_AUTH and "RAY_AUTH_MODE" not in os.environ:
+        if not _token_available():
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        _set_auth_mode("token")
+    owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if os.path.isdir("/proc"):
+        _start_watchdog(owner)  # first: a driver killed inside ray.init leaves helpers too
+    os.environ[OWNER_VAR] = owner
+    try:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
+    finally:
+        del os.environ[OWNER_VAR]
+    # On SIGTERM the driver's core worker (its C++ failure handler, installed by ray.init over Ray's own Python one)
+    # aborts: no atexit, no ray.shutdown. A handler set now from Python replaces it; one the user set is kept.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            current = signal.getsignal(signum)
+            if current in (signal.SIG_DFL, None) or getattr(current, "__module__", "").startswith("ray."):
+                signal.signal(signum, _exit_on)
+        except ValueError:  # not the main thread: leave signals to whoever owns them
+            pass
+
+
+def connector(address: str | None, out: Path):
+    """The run's `connect`. A named cluster is checked and attached now, before prepare, with the project shipped
+    and `--out` checked on every node; a local cluster starts only when some work needs Ray, so that a rerun with
+    everything cached never starts one."""
+    target = resolve(address)
+    if target.note and not ray.is_initialized():
+        print(f"[ray] {target.note}", flush=True)
+    if target.attach and not ray.is_initialized():
+        check_target(target)
+        t0 = time.perf_counter()
+        try:
+            ray.init(address=target.address, include_dashboard=False, log_to_driver=False,
+                     runtime_env=runtime_env())
+        except (ConnectionError, RayError) as e:
+            raise ClusterError(f"{target.source}: {target.address}: {str(e).splitlines()[0]}") from None
+        resources = ray.cluster_resources()
+        print(f"[ray] attached to {target.address} ({target.source}): {resources.get('CPU', 0):g} CPUs, "
+              f"{resources.get('GPU', 0):g} GPUs, in {time.perf_counter() - t0:.1f} s", flush=True)
+        check_shared(out)
+
+    def connect():
+        if not ray.is_initialized():
+            start_local()
+    return connect

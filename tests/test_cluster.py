@@ -1,0 +1,216 @@
+"""The cluster path against a real `ray start --head` that this file starts and stops (own port, own temp dir, token
+auth on): a run attaches through RAY_ADDRESS with no --address, and through --address, with a relative --out;
+a refused token and an address where nothing listens end in one line and exit 2 within seconds."""
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cluster import PROBE_SECONDS, ClusterError, Target, check_target, resolve
+from tests.conftest import TINY_SUITE
+
+ROOT = Path(__file__).resolve().parent.parent
+MARK = "DDBENCH_TEST_HEAD"  # carried by every process of the test's head (workers inherit the raylet's environment)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _marked(value: str) -> list[int]:
+    mark = f"{MARK}={value}".encode()
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def _stop(value: str) -> None:
+    """`ray stop` would stop every Ray on the machine; this ends only the head's own processes."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _marked(value):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + 5
+        while _marked(value) and time.time() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A real head with token auth on. Its temp dir is short: Ray's socket paths must fit in 107 bytes."""
+    temp = Path(tempfile.mkdtemp(prefix="ddh", dir="/tmp"))
+    port, token, mark = _free_port(), secrets.token_hex(32), uuid.uuid4().hex
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, MARK: mark}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp / 'ray'}",
+                             "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=false"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        recorded, deadline = temp / "ray" / "ray_current_cluster", time.time() + 90
+        while not recorded.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert recorded.exists(), "the head did not start"
+        yield {"address": recorded.read_text().strip(), "token": token, "temp": temp}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        _stop(mark)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def first_out(tmp_path_factory):
+    return tmp_path_factory.mktemp("first") / "runs"
+
+
+@pytest.fixture(scope="module")
+def small_suite(tmp_path_factory):
+    """The tiny suite cut to one method, one IPC, one protocol, one seed: the cluster path, not the numbers."""
+    raw = yaml.safe_load(TINY_SUITE.read_text())
+    raw.update(methods={"random-real": {}}, ipcs=[2], seeds=1)
+    raw["protocols"] = {"hard-label": raw["protocols"]["hard-label"]}
+    raw.pop("cross_arch")
+    path = tmp_path_factory.mktemp("suite") / "small.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _driver_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**env, "PYTHONPATH": str(ROOT), **extra}
+
+
+def _run(args, cwd, env, timeout=240):
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return done, time.perf_counter() - t0
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results" / "tiny.jsonl").read_text().splitlines()]
+
+
+def test_ray_address_without_flag_attaches_with_token_and_relative_out(head, small_suite, first_out):
+    """The `ray submit` situation: a cluster exists and the run names none itself; only the token is in the
+    environment (Ray would not turn token auth on for it); `--out` is relative to the driver's directory, not the
+    workers' (theirs is where `ray start` ran)."""
+    done, _ = _run(["--suite", str(small_suite), "--out", "runs", "--no-check"], first_out.parent,
+                   _driver_env(RAY_ADDRESS=head["address"], RAY_AUTH_TOKEN=head["token"]))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"attached to {head['address']} (RAY_ADDRESS)" in done.stdout
+    out = first_out
+    assert f"see --out {out}" in done.stdout
+    shards = list(out.glob("distilled/tiny/random-real/*/ipc2/*/shard.json"))
+    assert len(shards) == 10 and (out / "leaderboard" / "tiny.md").is_file()
+    assert len(_rows(out)) == 2  # the set's trial and the full-data row
+    assert "num_cpus" not in done.stderr and "Token authentication is" not in done.stderr
+
+
+def test_address_flag_attaches(head, small_suite, first_out, tmp_path):
+    """The same sets, their trials run again on the cluster from another directory (the store left behind, to keep
+    this short: the workers read the sets from the absolute --out)."""
+    run_dir = tmp_path / "elsewhere"
+    shutil.copytree(first_out, run_dir / "out", ignore=shutil.ignore_patterns("results"))
+    done, _ = _run(["--suite", str(small_suite), "--out", "out", "--no-check", "--address", head["address"]],
+                   run_dir, _driver_env(RAY_AUTH_TOKEN=head["token"]))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"attached to {head['address']} (--address)" in done.stdout
+    assert "2 trials, 2 to run" in done.stdout
+    assert len(_rows(run_dir / "out")) == 2
+
+
+def test_refused_token_is_one_line_and_exit_2(head, small_suite, tmp_path):
+    done, _ = _run(["--suite", str(small_suite), "--out", "runs", "--address", head["address"]], tmp_path,
+                   _driver_env(RAY_AUTH_TOKEN=secrets.token_hex(32)))
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "refused this client's token" in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists()  # nothing computed, nothing written
+
+
+def test_nothing_listening_is_one_line_within_seconds(small_suite, tmp_path):
+    address = f"127.0.0.1:{_free_port()}"
+    t0 = time.perf_counter()
+    with pytest.raises(ClusterError, match="no Ray head answers there"):
+        check_target(Target(address, "--address"))
+    assert time.perf_counter() - t0 < PROBE_SECONDS + 2
+    # and through the CLI (whose own start, importing torch, is most of its time on a busy machine)
+    done, _ = _run(["--suite", str(small_suite), "--out", "runs", "--address", address], tmp_path, _driver_env())
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "no Ray head answers there" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_recorded_cluster_is_attached_when_live_and_passed_over_when_stale(head, monkeypatch, tmp_path):
+    """The file `ray start` writes is what `ray submit`'s script finds; one left by a dead head is ignored."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(head["temp"]))
+    assert resolve(None) == Target(head["address"], str(head["temp"] / "ray" / "ray_current_cluster"))
+    assert resolve("auto") == resolve(None)
+    assert resolve("local") == Target(None, "--address local")
+    stale = tmp_path / "ray" / "ray_current_cluster"
+    stale.parent.mkdir()
+    stale.write_text(f"127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    target = resolve(None)
+    assert not target.attach and "where nothing listens" in target.note
+    with pytest.raises(ClusterError, match="--address auto: no running Ray head"):
+        resolve("auto")
+
+
+def _owned_by(pid: int) -> list[int]:
+    mark = f"DDBENCH_RAY_OWNER={pid}-".encode()
+    found = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(v.startswith(mark) for v in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")):
+                found.append(int(p))
+        except OSError:
+            pass
+    return found
+
+
+def test_killed_driver_takes_its_local_cluster_along(first_out, small_suite, tmp_path):
+    """SIGKILL runs no code in the driver; without the harness's watchdog Ray's agents outlived it by about a
+    minute. Killed mid-distillation, every process of the local cluster it started is gone within seconds."""
+    out = tmp_path / "out"
+    if (first_out / "cache").is_dir():  # prepared by the first test: straight to the shards
+        shutil.copytree(first_out / "cache", out / "cache")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmark.py"), "--suite", str(small_suite), "--out",
+                             str(out), "--no-check", "--address", "local"], cwd=tmp_path, env=_driver_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # the actors exist once their progress bar is drawn
+            if "shards on" in line:
+                break
+        assert len(_owned_by(proc.pid)) >= 3, "the local cluster's processes carry the owner mark"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 15
+    while _owned_by(proc.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _owned_by(proc.pid)
