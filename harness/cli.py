@@ -16,6 +16,7 @@ from .diversity import DiversityError, measure_sets
 from .evaluate import evaluate, full_data_protocol
 from .identity import FULL_DATA
 from .leaderboard import render
+from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .prepare import PrepareError, prepare
 from .store import ResultStore
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
 
 
+@holds_output  # one run per --out at a time (harness/lock.py)
 def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True,
         cross_arch: bool = False) -> int:
     t0 = time.perf_counter()
