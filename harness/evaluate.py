@@ -72,6 +72,9 @@ def _trial_data(trial: EvalTrial, protocol: Protocol, classes, channels, suite):
         train = load_real_data(suite.data).train
         return train.load(torch.arange(len(train))), train.labels, full_data_protocol(suite)
     images, labels = load_set(Path(trial.set_path), classes, channels)
+    if len(labels) != trial.ipc * len(classes):  # lost since distill verified it at the start of this run
+        raise RuntimeError(f"{trial.set_path} holds {len(labels)} images, not {trial.ipc} per class: run again to "
+                           f"repair it")
     return images, labels, protocol
 
 

@@ -158,6 +158,8 @@ def shard_damage(folder: Path) -> str | None:
             continue
         try:
             with Image.open(folder / name) as img:
+                img.verify()  # every chunk's CRC, and the end chunk: a cut file fails even if its pixels decode
+            with Image.open(folder / name) as img:
                 img.load()
         except Exception:  # PIL raises many kinds for a damaged file
             return f"{name} does not decode"

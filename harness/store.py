@@ -55,7 +55,11 @@ class ResultStore:
         f.seek(self._seen)
         data = f.read()
         if not locked:
-            data = data[:data.rfind(b"\n") + 1]
+            complete = data[:data.rfind(b"\n") + 1]
+            if data[len(complete):] and not _rows(data[len(complete):]):
+                print(f"[store] {self.path} ends in a torn line (a run killed while writing it): it is skipped, "
+                      f"and its result is made again", flush=True)
+            data = complete
         self._keys.update(row_key(r) for r in _rows(data) if all(k in r for k in KEY_FIELDS))
         self._seen += len(data)
 
