@@ -222,7 +222,7 @@ class ShardWorker:
 def _first_line(error: Exception) -> str:
     """Ray's actor errors run to many lines; the first says what happened."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: list[str]) -> Manifest:
