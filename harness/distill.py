@@ -322,6 +322,7 @@ def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[Distill
                 print(f"[distill] retrying {name} on a new actor (retry {deaths[name]} of {SHARD_RETRIES}): "
                       f"its actor died: {cause}", flush=True)
                 actors.remove(actor)
+                ray.kill(actor)  # one only unreachable for now (ActorUnavailableError) would keep its GPU
                 actor = Actor.remote(suite_ref, prepared_ref, device, threads)  # the same options
                 actors.append(actor)
                 start(actor, shard)  # a shard the dead actor had already published is returned as it is
