@@ -9,11 +9,12 @@ from pathlib import Path
 from .cluster import ClusterError, check_target, connector, resolve
 from .cross_arch import cross_architecture
 from .data import DataError, load_real_data
-from .distill import distill, plan
+from .distill import DistillError, distill, plan
 from .diversity import DiversityError, measure_sets
 from .evaluate import evaluate, full_data_protocol
 from .identity import FULL_DATA
 from .leaderboard import render
+from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
 from .prepare import PrepareError, prepare
@@ -128,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"{suite.source}: data: {e}")
     try:
         return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch)
-    except (PrepareError, DiversityError, ClusterError) as e:
+    except (PrepareError, DiversityError, ClusterError, DistillError) as e:
         fail(str(e))
 
 
+@holds_output  # one run per --out at a time (harness/lock.py)
 def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True,
         cross_arch: bool = False) -> int:
     t0 = time.perf_counter()

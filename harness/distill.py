@@ -5,6 +5,11 @@ actor per core) and take shards from the driver. A shard — (method, config has
 a temporary folder and renamed into place, so an interrupted run leaves either a whole shard or none, and
 a rerun skips whole shards. Each shard's seed comes from its identity, so a resumed run makes the same
 images as an uninterrupted one. A finished set is an ImageFolder of PNGs plus manifest.json (harness/sets.py).
+
+Faults: every set on disk is verified before it is used (`repair_sets`: each shard's record and its PNGs'
+checksums); a damaged shard is deleted and made again, bit for bit the same, and a torn manifest rewritten. An
+actor that dies (its process killed, its node preempted) is replaced by a new one, which retries its shard,
+up to `SHARD_RETRIES` times per shard.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import dataclasses
 import hashlib
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +33,7 @@ from methods.base import ClassTask, MethodContext
 from .data import RealData, load_real_data
 from .identity import config_hash, identity_fields, versions
 from .prepare import Prepared
-from .sets import MANIFEST, SHARD, Manifest, read_shard, write_shard
+from .sets import MANIFEST, SHARD, Manifest, manifest_damage, read_shard, shard_damage, write_shard
 from .suite import Suite
 
 
@@ -213,6 +219,12 @@ class ShardWorker:
         return stats
 
 
+def _first_line(error: Exception) -> str:
+    """Ray's actor errors run to many lines; the first says what happened."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
 def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: list[str]) -> Manifest:
     cls = get_method(job.method)
     needs = cls.needs_for(suite.method_config(job.method))
@@ -225,6 +237,36 @@ def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: l
         backbone_check=prepared.backbone_check, versions=versions(), path=str(job.path))
     manifest.write(job.path)
     return manifest
+
+
+# A shard whose actor died this many times stops the run: past preemption, it is the shard that kills it.
+SHARD_RETRIES = 3
+
+
+class DistillError(Exception):
+    """Distillation cannot go on (a shard keeps killing its actor); one line."""
+
+
+def shard_name(job: DistillJob, key: str) -> str:
+    return f"{job.method} IPC {job.ipc} class {key}"
+
+
+def repair_sets(jobs: list[DistillJob], classes: list[str]) -> None:
+    """Verify every shard and manifest on disk; delete what is damaged (a missing, truncated or altered PNG, a
+    torn shard.json or manifest.json) so that `distill` makes just that again, and say what is redone."""
+    for job in jobs:
+        if not job.path.exists():
+            continue
+        redo = []
+        for key in classes:
+            if (job.path / key).exists() and (damage := shard_damage(job.path / key)):
+                shutil.rmtree(job.path / key)
+                redo.append(f"class {key} ({damage})")
+        damaged_manifest = job.done() and manifest_damage(job.path)
+        if redo or damaged_manifest:
+            job.manifest_path.unlink(missing_ok=True)  # rewritten from the shards once they are whole
+            what = "; ".join(redo + ([f"rewriting {MANIFEST} ({damaged_manifest})"] if damaged_manifest else []))
+            print(f"[distill] {job.method} IPC {job.ipc} at {job.path} is damaged; redoing {what}", flush=True)
 
 
 def _actor_count_and_options(pending: int, max_actors: int | None) -> tuple[int, dict, str, int]:
@@ -243,6 +285,7 @@ def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[Distill
 
     `connect()` starts or joins the Ray cluster; it is called only if some shard is missing.
     """
+    repair_sets(jobs, real.classes)
     shards = [(job, label) for job in jobs if not job.done() for label, key in enumerate(real.classes)
               if not (job.path / key / SHARD).exists()]
     done_before = sum(len(real.classes) for job in jobs) - len(shards)
@@ -254,20 +297,39 @@ def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[Distill
         suite_ref, prepared_ref = ray.put(suite), ray.put(prepared)
         actors = [Actor.remote(suite_ref, prepared_ref, device, threads) for _ in range(n)]
         queue = list(shards)
-        in_flight = {}
+        in_flight, deaths = {}, {}
+
+        def start(actor, shard):
+            in_flight[actor.run_shard.remote(*shard)] = (actor, shard)
+
         for actor in actors:
             if queue:
-                job, label = queue.pop(0)
-                in_flight[actor.run_shard.remote(job, label)] = actor
+                start(actor, queue.pop(0))
         bar = tqdm(total=len(shards), desc=f"[distill] shards on {n} {device} actor(s)", mininterval=2)
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
-            actor = in_flight.pop(ready[0])
-            ray.get(ready[0])  # re-raises a method's error here, with its traceback
+            actor, shard = in_flight.pop(ready[0])
+            try:
+                ray.get(ready[0])  # re-raises a method's error here, with its traceback
+            except ray.exceptions.RayActorError as e:  # the process died (killed, out of memory, node lost)
+                if e.actor_init_failed:  # an error in loading the models: a new actor would fail alike
+                    raise
+                job, label = shard
+                name, cause = shard_name(job, real.classes[label]), _first_line(e)
+                deaths[name] = deaths.get(name, 0) + 1
+                if deaths[name] > SHARD_RETRIES:
+                    raise DistillError(f"{name}: its actor died {deaths[name]} times, last: {cause}") from None
+                print(f"[distill] retrying {name} on a new actor (retry {deaths[name]} of {SHARD_RETRIES}): "
+                      f"its actor died: {cause}", flush=True)
+                actors.remove(actor)
+                ray.kill(actor)  # one only unreachable for now (ActorUnavailableError) would keep its GPU
+                actor = Actor.remote(suite_ref, prepared_ref, device, threads)  # the same options
+                actors.append(actor)
+                start(actor, shard)  # a shard the dead actor had already published is returned as it is
+                continue
             bar.update(1)
             if queue:
-                job, label = queue.pop(0)
-                in_flight[actor.run_shard.remote(job, label)] = actor
+                start(actor, queue.pop(0))
         bar.close()
         for actor in actors:
             ray.kill(actor)

@@ -291,9 +291,13 @@ class DiversityMeter:
             return self._reference
         path = self.cache_dir / f"diversity-real-{self.reference_key}.pt" if self.cache_dir else None
         if path is not None and path.exists():
-            saved = torch.load(path, weights_only=True)
-            self._reference = saved["features"], saved["labels"]
-            return self._reference
+            try:
+                saved = torch.load(path, weights_only=True)
+                self._reference = saved["features"], saved["labels"]
+                return self._reference
+            except Exception as e:  # a damaged file (torch raises several kinds): extract the features again
+                print(f"[diversity] the cached {path} is damaged ({type(e).__name__}); extracting the real "
+                      f"reference again", flush=True)
         train = self.real.train
         idx = real_reference_indices(train, self.cfg.real_per_class, self.cfg.seed)
         feats = extract(self.extractor(), lambda i: train.load(idx[i]), len(idx), self.cfg.batch_size)
@@ -306,7 +310,7 @@ class DiversityMeter:
         """The measures of the set in `set_path` (an ImageFolder of PNGs in the suite's class folders)."""
         set_path = Path(set_path)
         cache = set_path / "diversity.json"
-        cached = json.loads(cache.read_text()) if cache.exists() else {}
+        cached = _read_cache(cache)
         if self.key in cached:
             return cached[self.key]
         images, labels = load_set(set_path, self.real.classes, self.real.channels)
@@ -329,6 +333,11 @@ def measure_sets(suite, real, prepared, manifests: list, out: Path, cfg: Diversi
     cfg = cfg or suite.diversity
     meter = DiversityMeter(cfg, real, lambda: prepared.load_teacher(meter.device), prepared.teacher_hash,
                            Path(out) / "cache")
+    # What a killed write of a cache left (atomic.replacing removes its temp only when the writer lives on). The
+    # output folder is this run's alone (harness/lock.py), so no temp here is another writer's work in progress.
+    for folder in [Path(out) / "cache", *(Path(m.path) for m in manifests)]:
+        if folder.is_dir():
+            atomic.sweep_temps(folder)
     todo = [m for m in manifests if meter.key not in _cached_keys(Path(m.path))]
     print(f"[diversity] {len(manifests)} sets on {cfg.extractor} features, {len(todo)} to measure "
           f"({len(manifests) - len(todo)} cached)", flush=True)
@@ -336,6 +345,20 @@ def measure_sets(suite, real, prepared, manifests: list, out: Path, cfg: Diversi
         m.diversity = meter.measure(m.path)
 
 
+def _read_cache(cache: Path, quiet: bool = False) -> dict:
+    """A set's cached measures; a damaged cache reads as empty (its measures are made again), with one line."""
+    if not cache.exists():
+        return {}
+    try:
+        cached = json.loads(cache.read_text())
+        if isinstance(cached, dict):
+            return cached
+    except (OSError, ValueError):
+        pass
+    if not quiet:
+        print(f"[diversity] the cached {cache} is damaged; measuring the set again", flush=True)
+    return {}
+
+
 def _cached_keys(set_path: Path) -> set[str]:
-    cache = set_path / "diversity.json"
-    return set(json.loads(cache.read_text())) if cache.exists() else set()
+    return set(_read_cache(set_path / "diversity.json", quiet=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -153,6 +154,37 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _committed(path: Path) -> bool:
+    return Path(path).resolve().is_relative_to(REPO_WEIGHTS)
+
+
+def _damage(load, path: Path) -> str | None:
+    """Why `load(path)` fails on a cached file or folder (truncated, torn, half-deleted), or None."""
+    try:
+        load(path)
+    except Exception as e:  # torch, safetensors and json each raise their own kinds for a damaged file
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e).strip() else 'unreadable'}"[:200]
+    return None
+
+
+def _drop_damaged(path: Path, what: str, load, redo: str) -> None:
+    """Delete `path` if it exists but does not load, saying so in one line: the caller makes it again. The
+    repository's committed weights are never deleted: their checksums are verified (`_cached_dir`)."""
+    path = Path(path)
+    if not path.exists() or _committed(path) or not (damage := _damage(load, path)):
+        return
+    _log(f"[prepare] {what}: the cached {path} is damaged ({damage}); {redo}")
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _read_json(path: Path, keys: tuple[str, ...]) -> dict:
+    data = json.loads(Path(path).read_text())
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise KeyError(f"no {', '.join(missing)}")
+    return data
+
+
 def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
     """The committed copy in weights/<suite>/ if there is one (checksums verified), else the run's own cache."""
     committed = REPO_WEIGHTS / suite.name / name
@@ -193,6 +225,9 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
     name = f"backbone-{key}"
     where = _cached_dir(out, suite, name)
     model_dir = where / "model"
+    _drop_damaged(model_dir, "backbone", lambda d: load_dit_backbone(d, vae=None), "training it again")
+    _drop_damaged(where / "work" / "checkpoint.pt", "backbone",  # training resumes from it
+                  lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
     if (model_dir / "transformer" / "config.json").exists():
         _log(f"[prepare] backbone: pixel DiT {key} from {where}")
     else:
@@ -254,6 +289,7 @@ def _small_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig) ->
     key = config_hash(identity)
     where = _cached_dir(out, suite, f"teacher-{key}")
     path = where / "teacher.pt"
+    _drop_damaged(path, "teacher", load_trained_teacher, "training it again")
     if not path.exists():
         _log(f"[prepare] teacher: training {t.arch} {key}")
         where.mkdir(parents=True, exist_ok=True)
@@ -272,6 +308,7 @@ def _imported_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig,
     key = config_hash({"kind": "trained", "weights_sha256": digest, "arch": t.arch, "arch_kwargs": t.arch_kwargs,
                        "input_size": t.input_size, "classes": real.classes})
     path = out / "cache" / f"teacher-{key}" / "teacher.pt"
+    _drop_damaged(path, where, load_trained_teacher, "converting the checkpoint again")
     if not path.exists():
         try:
             import_teacher_checkpoint(source, t.arch, len(real.classes), t.input_size, path, t.arch_kwargs)
@@ -287,6 +324,7 @@ def _recipe_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig, c
     key = config_hash({"kind": "trained", "recipe": asdict(t.recipe), "arch": t.arch, "arch_kwargs": t.arch_kwargs,
                        "input_size": t.input_size, "data": real.train.fingerprint(), "classes": real.classes})
     path = _cached_dir(out, suite, f"teacher-{key}") / "teacher.pt"
+    _drop_damaged(path, "teacher", load_trained_teacher, "training it again")
     if path.exists():
         return path, key
     workers = 0
@@ -328,6 +366,7 @@ def teacher_val_accuracy(suite: Suite, real: RealData, out: Path, source: str, t
     cached by teacher and split; read in chunks, because ImageNet-1k's split does not fit in memory."""
     key = config_hash([teacher_hash, real.val.fingerprint()])
     path = out / "cache" / f"teacher-val-{key}.json"
+    _drop_damaged(path, "teacher", lambda f: _read_json(f, ("accuracy",)), "measuring its validation accuracy again")
     if path.exists():
         acc = json.loads(path.read_text())["accuracy"]
     else:
@@ -391,6 +430,9 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
         b = suite.backbone
         key = config_hash([backbone_hash, teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
         path = out / "cache" / f"backbone-check-{key}.json"
+        _drop_damaged(path, "backbone check", lambda f: _read_json(
+                          f, ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement")),
+                      "checking again")
         if path.exists():
             result = json.loads(path.read_text())
         else:

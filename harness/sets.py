@@ -4,6 +4,8 @@ evaluate, diversity, the leaderboard — sees a set the same way."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -20,11 +22,18 @@ MANIFEST = "manifest.json"
 SHARD = "shard.json"
 
 
-def save_images(images: torch.Tensor, folder: Path) -> None:
-    """Float images in [0, 1] (N, C, H, W) as 0000.png, 0001.png, … (grey for one channel)."""
+def save_images(images: torch.Tensor, folder: Path) -> dict[str, str]:
+    """Float images in [0, 1] (N, C, H, W) as 0000.png, 0001.png, … (grey for one channel); returns each
+    file's SHA-256."""
     arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    sums = {}
     for i, a in enumerate(arr):
-        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(folder / f"{i:04d}.png", optimize=False)
+        buffer = io.BytesIO()
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(buffer, format="PNG", optimize=False)
+        name = f"{i:04d}.png"
+        (folder / name).write_bytes(buffer.getvalue())
+        sums[name] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    return sums
 
 
 def load_set(path: Path, classes: list[str], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +81,9 @@ class Manifest:
     teacher: str | None = None
     backbone_check: dict | None = None
     versions: dict = field(default_factory=dict)
+    # Each class's PNGs and their SHA-256 (a record to verify the set by, in no identity); None for sets made
+    # before checksums were recorded.
+    checksums: dict[str, dict[str, str]] | None = None
     # Not stored: where this run keeps the set (so a set can be moved), and its diversity measures.
     path: str = field(default="", metadata={"stored": False})
     diversity: dict | None = field(default=None, metadata={"stored": False})
@@ -89,7 +101,9 @@ class Manifest:
                    peak_memory_bytes=max(s["peak_memory_bytes"] for s in shards),
                    peak_memory_kind=_one(s["peak_memory_kind"] for s in shards), stage_seconds=stages,
                    device=_one(s.get("device") for s in shards), cpu=_one(s.get("cpu") for s in shards),
-                   torch_threads=_one(s.get("torch_threads") for s in shards), **identity)
+                   torch_threads=_one(s.get("torch_threads") for s in shards),
+                   checksums={s["class"]: s["sha256"] for s in shards} if all("sha256" in s for s in shards)
+                   else None, **identity)
 
     def stored(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("stored", True)}
@@ -114,6 +128,50 @@ def write_shard(final: Path, images: torch.Tensor, record: dict) -> None:
     tmp = atomic.temp_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_images(images, tmp)
-    (tmp / SHARD).write_text(json.dumps(record))
+    sums = save_images(images, tmp)
+    (tmp / SHARD).write_text(json.dumps({**record, "sha256": sums}))
     atomic.publish_dir(tmp, final)
+
+
+def shard_damage(folder: Path) -> str | None:
+    """What is wrong with one class's shard on disk, or None if it is whole: its record must read, its PNGs
+    must be exactly the ones it recorded, each with its recorded SHA-256. A shard recorded before checksums
+    existed is checked by its image count and by decoding every PNG."""
+    folder = Path(folder)
+    try:
+        record = read_shard(folder)
+        expected = record["images"]
+    except FileNotFoundError:
+        return f"no {SHARD}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"unreadable {SHARD}"
+    on_disk = sorted(p.name for p in folder.glob("*.png"))
+    names = sorted(record["sha256"]) if "sha256" in record else [f"{i:04d}.png" for i in range(expected)]
+    if on_disk != names:
+        missing, extra = sorted(set(names) - set(on_disk)), sorted(set(on_disk) - set(names))
+        return ", ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                         + ([f"unrecorded {', '.join(extra)}"] if extra else []))
+    for name in names:
+        if "sha256" in record:
+            if hashlib.sha256((folder / name).read_bytes()).hexdigest() != record["sha256"][name]:
+                return f"{name} does not match its checksum"
+            continue
+        try:
+            with Image.open(folder / name) as img:
+                img.verify()  # every chunk's CRC, and the end chunk: a cut file fails even if its pixels decode
+            with Image.open(folder / name) as img:
+                img.load()
+        except Exception:  # PIL raises many kinds for a damaged file
+            return f"{name} does not decode"
+    return None
+
+
+def manifest_damage(folder: Path) -> str | None:
+    """Why `folder`'s manifest cannot be used (absent, torn), or None."""
+    try:
+        Manifest.read(folder)
+    except FileNotFoundError:
+        return f"no {MANIFEST}"
+    except (OSError, ValueError, TypeError):
+        return f"unreadable {MANIFEST}"
+    return None
