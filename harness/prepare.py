@@ -154,11 +154,12 @@ def _log(msg: str) -> None:
 
 
 def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
-    """The committed copy in weights/<suite>/ if there is one (checksums verified), else the run's own cache."""
-    committed = REPO_WEIGHTS / suite.name / name
-    if not committed.exists():
+    """The committed copy in weights/<any suite>/ if there is one (checksums verified), else the run's own cache.
+    `name` carries the content hash, so a renamed copy of a suite finds the weights its original committed."""
+    committed = next(iter(sorted(REPO_WEIGHTS.glob(f"*/{name}"))), None)
+    if committed is None:
         return out / "cache" / name
-    sums = REPO_WEIGHTS / suite.name / "SHA256SUMS"
+    sums = committed.parent / "SHA256SUMS"
     for line in sums.read_text().splitlines() if sums.exists() else []:
         digest, rel = line.split(maxsplit=1)
         if rel.startswith(name + "/") and hashlib.sha256((sums.parent / rel).read_bytes()).hexdigest() != digest:
@@ -188,25 +189,37 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
                                                        "vae": suite.backbone.vae, "dtype": suite.backbone.dtype,
                                                        "classes": suite.backbone.classes,
                                                        "guided_channels": guided_channels(suite.backbone)})
-    key = config_hash({"kind": "pixel-dit", "train": asdict(suite.backbone.train), "data": real.train.fingerprint(),
-                       "classes": real.classes})
+    train = suite.backbone.train
+    identity = {"kind": "pixel-dit", "train": train.identity(), "data": real.train.fingerprint(), "classes": real.classes}
+    key = config_hash(identity)
     name = f"backbone-{key}"
     where = _cached_dir(out, suite, name)
     model_dir = where / "model"
     if (model_dir / "transformer" / "config.json").exists():
         _log(f"[prepare] backbone: pixel DiT {key} from {where}")
     else:
-        _log(f"[prepare] backbone: training pixel DiT {key} ({suite.backbone.train.steps} steps; resumes if "
-             f"interrupted)")
+        work = _training_dir(out, identity)
+        _log(f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} images, "
+             f"{torch.get_num_threads()} torch threads; resumes from {work} if interrupted or shorter)")
         images = real.train.load(torch.arange(len(real.train)))
         atomic.sweep_temps(where)  # a model folder a killed run left half-written
-        with atomic.replacing(model_dir) as tmp:  # training resumes from where/work, not from a half-written model
-            train_pixel_dit(images, real.train.labels, len(real.classes), suite.backbone.train, tmp, where / "work")
+        with atomic.replacing(model_dir) as tmp:  # training resumes from its work folder, not a half-written model
+            train_pixel_dit(images, real.train.labels, len(real.classes), train, tmp, work)
     channels = json.loads((model_dir / "transformer" / "config.json").read_text())["in_channels"]
     _check_guided_channels(suite, channels)
     n = guided_channels(suite.backbone)
     # `key` names the trained model; sets made with other guidance than every channel get another identity.
     return str(model_dir), key if n in (None, channels) else config_hash({"backbone": key, "guided_channels": n})
+
+
+def _training_dir(out: Path, identity: dict) -> Path:
+    """Where a pixel DiT trains: keyed by all but its step count, so raising `steps` extends the finished run
+    from its last checkpoint. A run asked for fewer steps than that checkpoint holds trains in its own folder."""
+    shared = out / "cache" / f"pixel-dit-training-{config_hash({**identity, 'train': {**identity['train'], 'steps': None}})}"
+    checkpoint = shared / "checkpoint.pt"
+    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] > identity["train"]["steps"]:
+        return shared.with_name(f"{shared.name}-{identity['train']['steps']}-steps")
+    return shared
 
 
 def describe_teacher(t: TeacherConfig, suite: Suite, test_accuracy: float | None) -> str:
