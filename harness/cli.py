@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="full", help="full (the suite as written) or one of its profiles, e.g. quick, leaderboard (default: full)")
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
     p.add_argument("--no-check", action="store_true", help="skip the backbone check")
+    p.add_argument("--accept-failed-check", action="store_true",
+                   help="run methods that sample the backbone even when its check fails; their rows are marked")
     p.add_argument("--cross-arch", action="store_true",
                    help="run the suite's cross-architecture study (teacher × student table and heatmap) instead")
     p.add_argument("--plan", action="store_true",
@@ -104,13 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     except (SuiteError, DataError, PlanError) as e:
         fail(str(e))
     try:
-        return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch)
+        return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch,
+                   accept_failed_check=args.accept_failed_check)
     except (PrepareError, DiversityError) as e:
         fail(str(e))
 
 
 def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True,
-        cross_arch: bool = False) -> int:
+        cross_arch: bool = False, accept_failed_check: bool = False) -> int:
     t0 = time.perf_counter()
     out = Path(out)
     print(f"[suite] {suite.name}: {len(methods)} methods × IPC {suite.ipcs} × {len(suite.students)} students × "
@@ -121,7 +124,9 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      num_cpus=None if address else os.cpu_count())
 
-    prepared = prepare(suite, real, out, check=check, connect=connect)
+    prepared = prepare(suite, real, out, check=check, connect=connect,
+                       methods=[suite.cross_arch.method] if cross_arch else methods,
+                       accept_failed_check=accept_failed_check)
     if cross_arch:
         paths = cross_architecture(suite, real, prepared, out, connect)
         print(f"[cross-arch] {', '.join(map(str, paths))} ({time.perf_counter() - t0:.0f} s)", flush=True)
