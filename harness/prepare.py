@@ -191,7 +191,8 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
                                                        "classes": suite.backbone.classes,
                                                        "guided_channels": guided_channels(suite.backbone)})
     train = suite.backbone.train
-    identity = {"kind": "pixel-dit", "train": train.identity(), "data": real.train.fingerprint(), "classes": real.classes}
+    identity = {"kind": "pixel-dit", "train": train.identity(), "data": real.train.fingerprint(),
+                "classes": real.classes}
     key = config_hash(identity)
     name = f"backbone-{key}"
     where = _cached_dir(out, suite, name)
@@ -204,7 +205,8 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
              f"{threads} torch threads; resumes from {work} if interrupted or shorter)")
         images = real.train.load(torch.arange(len(real.train)))
         atomic.sweep_temps(where)  # a model folder a killed run left half-written
-        with atomic.replacing(model_dir) as tmp, _torch_threads(threads):  # resumes from `work`, not a half-written model
+        # Training resumes from `work`, never from a half-written model.
+        with atomic.replacing(model_dir) as tmp, _torch_threads(threads):
             train_pixel_dit(images, real.train.labels, len(real.classes), train, tmp, work)
     channels = json.loads((model_dir / "transformer" / "config.json").read_text())["in_channels"]
     _check_guided_channels(suite, channels)
@@ -234,10 +236,12 @@ def _torch_threads(n: int):
 def _training_dir(out: Path, identity: dict) -> Path:
     """Where a pixel DiT trains: keyed by all but its step count, so raising `steps` extends the finished run
     from its last checkpoint. A run asked for fewer steps than that checkpoint holds trains in its own folder."""
-    shared = out / "cache" / f"pixel-dit-training-{config_hash({**identity, 'train': {**identity['train'], 'steps': None}})}"
+    steps = identity["train"]["steps"]
+    every_step_count = {**identity, "train": {**identity["train"], "steps": None}}
+    shared = out / "cache" / f"pixel-dit-training-{config_hash(every_step_count)}"
     checkpoint = shared / "checkpoint.pt"
-    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] > identity["train"]["steps"]:
-        return shared.with_name(f"{shared.name}-{identity['train']['steps']}-steps")
+    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] > steps:
+        return shared.with_name(f"{shared.name}-{steps}-steps")
     return shared
 
 

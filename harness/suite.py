@@ -373,7 +373,7 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
         path = CLASSES_DIR / f"{s.backbone.classes}.txt"
         if not path.is_file():
             fail("backbone.classes", f"class list {s.backbone.classes!r} not found in {CLASSES_DIR}")
-        if s.data.format == "imagefolder" and s.data.class_list_path().is_file():
+        if s.data.format == "imagefolder" and (s.data.names_classes_itself() or s.data.class_list_path().is_file()):
             missing = sorted(set(s.data.class_keys()) - set(read_class_list(path)))
             if missing:
                 fail("backbone.classes", f"{len(missing)} suite classes are not backbone labels, e.g. {missing[0]}")
