@@ -33,7 +33,7 @@ def main():
     for steps in [int(s) for s in args.steps.split(",")] if args.steps else [suite.backbone.train.steps]:
         suite.backbone.train = dataclasses.replace(suite.backbone.train, steps=steps)
         t0 = time.perf_counter()
-        c = prepare(suite, real, args.out).backbone_check
+        c = prepare(suite, real, args.out, accept_failed_check=True).backbone_check  # reports, never stops
         print(f"[check] steps {steps}: agreement {c['agreement']:.1%} (per class "
               f"{', '.join(f'{a:.0%}' for a in c['per_class'])}), {'passed' if c['passed'] else 'FAILED'}; "
               f"prepare took {time.perf_counter() - t0:.0f} s", flush=True)
