@@ -69,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster HOST:PORT to attach to (default: RAY_ADDRESS, else the head `ray start` "
                                        "runs on this machine, else a local cluster; `local` forces a local one)")
     p.add_argument("--no-check", action="store_true", help="skip the backbone check")
+    p.add_argument("--accept-failed-check", action="store_true",
+                   help="run methods that sample the backbone even when its check fails; their rows are marked")
     p.add_argument("--cross-arch", action="store_true",
                    help="run the suite's cross-architecture study (teacher × student table and heatmap) instead")
     p.add_argument("--plan", action="store_true",
@@ -128,21 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:  # its message says what is wrong with the data; the suite's data section points at it
         fail(f"{suite.source}: data: {e}")
     try:
-        return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch)
+        return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch,
+                   accept_failed_check=args.accept_failed_check)
     except (PrepareError, DiversityError, ClusterError, DistillError) as e:
         fail(str(e))
 
 
 @holds_output  # one run per --out at a time (harness/lock.py)
 def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True,
-        cross_arch: bool = False) -> int:
+        cross_arch: bool = False, accept_failed_check: bool = False) -> int:
     t0 = time.perf_counter()
     out = Path(out).absolute()  # workers resolve a relative path against their own working directory
     print(f"[suite] {suite.name}: {len(methods)} methods × IPC {suite.ipcs} × {len(suite.students)} students × "
           f"{len(suite.protocols)} protocols × {suite.seeds} seeds → {out}", flush=True)
 
     connect = connector(address, out)  # attaches a named cluster now; starts a local one only when work needs it
-    prepared = prepare(suite, real, out, check=check, connect=connect)
+    prepared = prepare(suite, real, out, check=check, connect=connect,
+                       methods=[suite.cross_arch.method] if cross_arch else methods,
+                       accept_failed_check=accept_failed_check)
     if cross_arch:
         paths = cross_architecture(suite, real, prepared, out, connect)
         print(f"[cross-arch] {', '.join(map(str, paths))} ({time.perf_counter() - t0:.0f} s)", flush=True)

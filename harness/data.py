@@ -85,10 +85,12 @@ class SubsetImageSet(ImageSet):
 
 
 class FolderImageSet(ImageSet):
-    """ImageNet-style folder: root/<wnid>/*.JPEG, only the listed classes, resized to `size` on load."""
+    """ImageNet-style folder: root/<wnid>/*.JPEG, only the listed classes, resized to `size` on load, as
+    `channels` (1: grey, "L"; 3: RGB) channels."""
 
-    def __init__(self, root: Path, classes: list[str], size: int, max_per_class: int | None = None):
-        self.root, self.classes, self.size = Path(root), classes, size
+    def __init__(self, root: Path, classes: list[str], size: int, max_per_class: int | None = None,
+                 channels: int = 3):
+        self.root, self.classes, self.size, self.channels = Path(root), classes, size, channels
         paths, labels = [], []
         for label, key in enumerate(classes):
             folder = self.root / key
@@ -108,7 +110,7 @@ class FolderImageSet(ImageSet):
         out = []
         for i in torch.as_tensor(indices, dtype=torch.long).tolist():
             with Image.open(self.paths[i]) as img:
-                img = img.convert("RGB")
+                img = img.convert("L" if self.channels == 1 else "RGB")
                 # The field's resize: shorter side to `size`, then centre crop.
                 w, h = img.size
                 scale = self.size / min(w, h)
@@ -117,15 +119,36 @@ class FolderImageSet(ImageSet):
                 w, h = img.size
                 left, top = (w - self.size) // 2, (h - self.size) // 2
                 img = img.crop((left, top, left + self.size, top + self.size))
-                out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+                pixels = np.asarray(img).copy()
+                out.append(torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1))
         if not out:
-            return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
+            return torch.empty(0, self.channels, self.size, self.size, dtype=torch.uint8)
         return torch.stack(out)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(str(self.root).encode())
         h.update("\n".join(str(p.relative_to(self.root)) for p in self.paths).encode())
+        if self.channels != 3:  # only then: the RGB sets' fingerprints (and so their cache keys) stay as they were
+            h.update(f"channels={self.channels}".encode())
         return h.hexdigest()[:16]
+
+
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def folder_channels(sets: list[FolderImageSet], sample_per_class: int = 4) -> int:
+    """`data.channels: auto`: 1 where every image looked at is grey (PIL modes 1/L/LA/I/F), else 3. Only the
+    first `sample_per_class` images of each class (by name) of each split are opened: ImageNet's 1.3 M files
+    would take minutes, and one RGB file among them is enough to make the set RGB."""
+    from PIL import Image
+
+    for s in sets:
+        for label in range(len(s.classes)):
+            for i in s.indices_of(label)[:sample_per_class].tolist():
+                with Image.open(s.paths[i]) as img:
+                    if img.mode not in GREY_MODES:
+                        return 3
+    return 1
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -210,11 +233,14 @@ def load_real_data(data_cfg) -> RealData:
         full_train = FolderImageSet(Path(data_cfg.root) / data_cfg.train_dir, classes, data_cfg.image_size,
                                     data_cfg.max_train_per_class)
         test = FolderImageSet(Path(data_cfg.root) / data_cfg.test_dir, classes, data_cfg.image_size)
+        channels = data_cfg.channels if data_cfg.channels != "auto" else folder_channels([full_train, test])
+        full_train.channels = test.channels = channels
         names = data_cfg.class_names()
     else:  # the suite loader rejects other formats before we get here
         raise DataError(f"unknown data format {data_cfg.format!r}")
     train, val = carve_validation(full_train, data_cfg.val_per_class, data_cfg.val_seed)
-    channels = 1 if data_cfg.format == "idx" else 3
+    if data_cfg.format == "idx":
+        channels = 1
     size = int(test.load([0]).shape[-1])
     if size != data_cfg.image_size:
         raise DataError(f"images in {data_cfg.root} are {size}px but the suite's data.image_size is {data_cfg.image_size}")

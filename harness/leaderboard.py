@@ -148,7 +148,8 @@ def _ipc_table(part: pd.DataFrame, ipcs: list[int], order: dict[str, int], cell)
         cells = []
         for ipc in ipcs:
             r = part[(part["method"] == method) & (part["ipc"] == ipc)]
-            cells.append(cell(r.iloc[0]) if len(r) else "–")
+            cells.append((cell(r.iloc[0]) + (FAILED_CHECK_MARK if r.iloc[0].get("backbone_check_failed") else ""))
+                         if len(r) else "–")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
@@ -363,6 +364,23 @@ def board_order(df: pd.DataFrame, method_order: list[str], students: list[str], 
     return df.sort_values(columns, key=rank, kind="stable").reset_index(drop=True)
 
 
+FAILED_CHECK_MARK = " ✗"
+
+
+def mark_failed_checks(agg: pd.DataFrame, manifests: list[Manifest] | None) -> tuple[pd.DataFrame, list[str]]:
+    """`agg` with a `backbone_check_failed` column: the rows of sets sampled from a backbone whose check failed
+    (run with --accept-failed-check), and the note that explains the mark, if any row has it."""
+    failed = {(m.method, m.config_hash, m.ipc) for m in manifests or []
+              if m.backbone and m.backbone_check and not m.backbone_check.get("passed", True)}
+    if agg.empty or not failed:
+        return agg, []
+    agg = agg.assign(backbone_check_failed=[k in failed for k in zip(agg["method"], agg["config_hash"], agg["ipc"])])
+    checks = {f"{m.backbone_check['agreement']:.1%}" for m in manifests if (m.method, m.config_hash, m.ipc) in failed}
+    return agg, [f"{FAILED_CHECK_MARK.strip()}: sampled from a backbone that FAILED its check (teacher agreement "
+                 f"{', '.join(sorted(checks))}, below the suite's minimum; run with --accept-failed-check): not a "
+                 f"result of the method"]
+
+
 def random_baseline(methods) -> str | None:
     """The suite's method that declares itself DD-Ranking's random real subset."""
     return next((m for m in methods if m in list_methods() and get_method(m).random_baseline), None)
@@ -382,7 +400,9 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
     if protocol_hashes is not None:
         rows = [r for r in rows if r.get("protocol_hash") in protocol_hashes]
     students, protocol_names = list(getattr(suite, "students", [])), list(suite.protocols)
-    agg = board_order(aggregate(rows, current), method_order, students, protocol_names)
+    agg, failed_note = mark_failed_checks(board_order(aggregate(rows, current), method_order, students,
+                                                      protocol_names), manifests)
+    notes = notes + failed_note
     protocols = score_protocols(suite.protocols)
     baseline = random_baseline(suite.methods)
     no_scores = pd.DataFrame()

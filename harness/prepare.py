@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -186,11 +187,12 @@ def _read_json(path: Path, keys: tuple[str, ...]) -> dict:
 
 
 def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
-    """The committed copy in weights/<suite>/ if there is one (checksums verified), else the run's own cache."""
-    committed = REPO_WEIGHTS / suite.name / name
-    if not committed.exists():
+    """The committed copy in weights/<any suite>/ if there is one (checksums verified), else the run's own cache.
+    `name` carries the content hash, so a renamed copy of a suite finds the weights its original committed."""
+    committed = next(iter(sorted(REPO_WEIGHTS.glob(f"*/{name}"))), None)
+    if committed is None:
         return out / "cache" / name
-    sums = REPO_WEIGHTS / suite.name / "SHA256SUMS"
+    sums = committed.parent / "SHA256SUMS"
     for line in sums.read_text().splitlines() if sums.exists() else []:
         digest, rel = line.split(maxsplit=1)
         if rel.startswith(name + "/") and hashlib.sha256((sums.parent / rel).read_bytes()).hexdigest() != digest:
@@ -220,8 +222,10 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
                                                        "vae": suite.backbone.vae, "dtype": suite.backbone.dtype,
                                                        "classes": suite.backbone.classes,
                                                        "guided_channels": guided_channels(suite.backbone)})
-    key = config_hash({"kind": "pixel-dit", "train": asdict(suite.backbone.train), "data": real.train.fingerprint(),
-                       "classes": real.classes})
+    train = suite.backbone.train
+    identity = {"kind": "pixel-dit", "train": train.identity(), "data": real.train.fingerprint(),
+                "classes": real.classes}
+    key = config_hash(identity)
     name = f"backbone-{key}"
     where = _cached_dir(out, suite, name)
     model_dir = where / "model"
@@ -231,17 +235,49 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
     if (model_dir / "transformer" / "config.json").exists():
         _log(f"[prepare] backbone: pixel DiT {key} from {where}")
     else:
-        _log(f"[prepare] backbone: training pixel DiT {key} ({suite.backbone.train.steps} steps; resumes if "
-             f"interrupted)")
+        work, threads = _training_dir(out, identity), idle_cores()
+        _log(f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} images, "
+             f"{threads} torch threads; resumes from {work} if interrupted or shorter)")
         images = real.train.load(torch.arange(len(real.train)))
         atomic.sweep_temps(where)  # a model folder a killed run left half-written
-        with atomic.replacing(model_dir) as tmp:  # training resumes from where/work, not from a half-written model
-            train_pixel_dit(images, real.train.labels, len(real.classes), suite.backbone.train, tmp, where / "work")
+        # Training resumes from `work`, never from a half-written model.
+        with atomic.replacing(model_dir) as tmp, _torch_threads(threads):
+            train_pixel_dit(images, real.train.labels, len(real.classes), train, tmp, work)
     channels = json.loads((model_dir / "transformer" / "config.json").read_text())["in_channels"]
     _check_guided_channels(suite, channels)
     n = guided_channels(suite.backbone)
     # `key` names the trained model; sets made with other guidance than every channel get another identity.
     return str(model_dir), key if n in (None, channels) else config_hash({"backbone": key, "guided_channels": n})
+
+
+def idle_cores() -> int:
+    """The cores no other process keeps busy (the last minute's load average off this process's cores), at
+    least one: torch's default of every core beside busy Ray actors or other jobs made a pixel DiT step 3–6 s
+    instead of 0.55 s with one thread (issue 13)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - round(os.getloadavg()[0])))
+
+
+@contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _training_dir(out: Path, identity: dict) -> Path:
+    """Where a pixel DiT trains: keyed by all but its step count, so raising `steps` extends the finished run
+    from its last checkpoint. A run asked for fewer steps than that checkpoint holds trains in its own folder."""
+    steps = identity["train"]["steps"]
+    every_step_count = {**identity, "train": {**identity["train"], "steps": None}}
+    shared = out / "cache" / f"pixel-dit-training-{config_hash(every_step_count)}"
+    checkpoint = shared / "checkpoint.pt"
+    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] > steps:
+        return shared.with_name(f"{shared.name}-{steps}-steps")
+    return shared
 
 
 def describe_teacher(t: TeacherConfig, suite: Suite, test_accuracy: float | None) -> str:
@@ -405,8 +441,11 @@ def backbone_check(backbone, teacher: Teacher, num_classes: int, per_class: int,
             "cfg_scale": cfg_scale, "steps": steps, "seconds": time.perf_counter() - t0}
 
 
-def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect=None) -> Prepared:
-    """`connect` reaches the Ray cluster; only a teacher trained with a recipe asks for it (for its GPUs)."""
+def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect=None,
+            methods: list[str] | None = None, accept_failed_check: bool = False) -> Prepared:
+    """`connect` reaches the Ray cluster; only a teacher trained with a recipe asks for it (for its GPUs).
+    A failed backbone check stops the run here (PrepareError) when any of `methods` (default: the suite's)
+    samples the backbone, unless `accept_failed_check`: then their rows are marked on the board."""
     out = Path(out)
     backbone_source, backbone_hash = prepare_backbone(suite, real, out)
     teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out, connect=connect)
@@ -446,4 +485,20 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
         _log(f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
              f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
              f"{verdict} the suite's minimum {result['min_agreement']:.0%}")
+        _stop_on_failed_check(suite, result, methods, accept_failed_check)
     return prepared(result)
+
+
+def _stop_on_failed_check(suite: Suite, result: dict, methods: list[str] | None, accept: bool) -> None:
+    """Sets sampled from a backbone that does not make its classes are not results: refuse to make them."""
+    users = [m for m in (methods or suite.methods) if "backbone" in get_method(m).needs_for(suite.method_config(m))]
+    if result["passed"] or not users:
+        return
+    if accept:
+        _log(f"[prepare] backbone check failed; --accept-failed-check: the rows of {', '.join(users)} are marked "
+             f"on the board")
+        return
+    raise PrepareError(f"{suite.source}: backbone: the check failed ({result['agreement']:.1%} agreement, below "
+                       f"check_min_agreement {result['min_agreement']:.0%}), so {', '.join(users)} would sample a "
+                       f"backbone that does not make its classes; train it longer (backbone.train.steps), run "
+                       f"only methods without it (--methods), or pass --accept-failed-check to mark their rows")

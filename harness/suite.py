@@ -22,6 +22,7 @@ from methods import get_method, list_methods
 
 from .backbones.pixel_dit import PixelDiTConfig
 from .diversity import DiversityConfig, DiversityError, check_config
+from .data import IMAGE_EXTENSIONS
 from .identity import CLASSES_DIR, FULL_DATA, read_class_list
 from .protocols import Protocol, get_protocol, list_protocols, reference_protocol
 from .students import create_student, is_student
@@ -41,19 +42,33 @@ class DataConfig:
     image_size: int = 28
     val_per_class: int = 500         # carved from the training set, for hyperparameter search only
     val_seed: int = 0
-    classes: str | None = None       # a class list in harness/classes/ (by name) or a file path
+    # imagefolder: a class list in harness/classes/ (by name) or a file path; `auto`: the train folder's
+    # sub-folders, sorted by name (torchvision's ImageFolder order); or the folder names inline, in label order.
+    classes: str | list[str] | None = None
     train_dir: str = "train"
     test_dir: str = "val"
     max_train_per_class: int | None = None
+    channels: int | str = "auto"     # imagefolder: 1, 3, or auto (1 where the images are grey); idx is 1
 
     def class_list_path(self) -> Path:
         p = Path(self.classes)
         return p if p.suffix == ".txt" else CLASSES_DIR / f"{self.classes}.txt"
 
+    def names_classes_itself(self) -> bool:
+        """The suite lists its classes itself (auto or inline) rather than naming a class-list file."""
+        return isinstance(self.classes, list) or self.classes == "auto"
+
     def class_keys(self) -> list[str]:
+        if isinstance(self.classes, list):
+            return list(self.classes)
+        if self.classes == "auto":
+            train = Path(self.root) / self.train_dir
+            return sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
         return read_class_list(self.class_list_path())
 
     def class_names(self) -> list[str]:
+        if self.names_classes_itself():
+            return self.class_keys()
         names = self.class_list_path().with_suffix(".names.txt")
         return read_class_list(names) if names.exists() else self.class_keys()
 
@@ -227,6 +242,9 @@ def _coerce(value, tp, where: str, source: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        for alternative in inner[1:]:  # e.g. `int | str`: the first type the value is, else the first's message
+            if isinstance(value, typing.get_origin(alternative) or alternative):
+                return _coerce(value, alternative, where, source)
         return _coerce(value, inner[0], where, source)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where, source)
@@ -398,9 +416,15 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
         fail("data.format", f"must be idx or imagefolder, got {s.data.format!r}")
     if s.data.format == "imagefolder":
         if not s.data.classes:
-            fail("data.classes", "required for imagefolder data: a class list such as imagenette")
-        if not s.data.class_list_path().is_file():
+            fail("data.classes", "required for imagefolder data: auto (the train folder's sub-folders), a list of "
+                                 "folder names, or a class list such as imagenette")
+        if isinstance(s.data.classes, list):
+            if not s.data.classes or len(set(s.data.classes)) != len(s.data.classes):
+                fail("data.classes", "the inline list must name each class folder once")
+        elif s.data.classes != "auto" and not s.data.class_list_path().is_file():
             fail("data.classes", f"class list {s.data.class_list_path()} not found")
+    if s.data.channels not in ("auto", 1, 3) or (s.data.format == "idx" and s.data.channels == 3):
+        fail("data.channels", f"must be auto, 1 or 3 (idx data is 1), got {s.data.channels!r}")
     if s.data.image_size < 8:
         fail("data.image_size", f"must be at least 8, got {s.data.image_size}")
     if s.data.val_per_class < 1:
@@ -417,6 +441,8 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
             hint = ("install it with `apt-get install -y dataset-fashion-mnist`" if s.data.format == "idx"
                     else "point data.root at an ImageNet-style folder (train/<wnid>/..., val/<wnid>/...)")
             fail("data.root", f"{root} does not exist; {hint}")
+        if s.data.format == "imagefolder":
+            _check_folders(s.data, fail)
     if s.backbone.kind not in ("pixel-dit", "dit"):
         fail("backbone.kind", f"must be pixel-dit or dit, got {s.backbone.kind!r}")
     if s.backbone.kind == "dit" and not s.backbone.pretrained:
@@ -425,7 +451,7 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
         path = CLASSES_DIR / f"{s.backbone.classes}.txt"
         if not path.is_file():
             fail("backbone.classes", f"class list {s.backbone.classes!r} not found in {CLASSES_DIR}")
-        if s.data.format == "imagefolder" and s.data.class_list_path().is_file():
+        if s.data.format == "imagefolder" and (s.data.names_classes_itself() or s.data.class_list_path().is_file()):
             missing = sorted(set(s.data.class_keys()) - set(read_class_list(path)))
             if missing:
                 fail("backbone.classes", f"{len(missing)} suite classes are not backbone labels, e.g. {missing[0]}")
@@ -502,6 +528,39 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
             _check_options(f"protocols.{name}.student_kwargs.{student}", student, options, s.data.image_size, fail)
     if s.reported is not None:
         _check_reported(s, fail)
+
+
+# A validation split may take at most this share of any class's training images: 500 of Fashion-MNIST's 6,000
+# (8 %) and 50 of ImageNet's ≥ 732 (7 %) are far below it; 500 of a 720-image class (69 %) is refused.
+MAX_VAL_SHARE = 0.25
+
+
+def _check_folders(d: DataConfig, fail) -> None:
+    """An ImageFolder's splits and classes, before any compute: each missing folder named by its field, and a
+    validation split that would take most of a small class refused (it would silently shrink what methods,
+    the teacher and the backbone learn from)."""
+    root = Path(d.root)
+    for name, folder in (("data.train_dir", d.train_dir), ("data.test_dir", d.test_dir)):
+        if not (root / folder).is_dir():
+            found = sorted(p.name for p in root.iterdir() if p.is_dir())
+            fail(name, f"{root / folder} is not a folder (folders in {root}: {', '.join(found) or 'none'}); "
+                       f"set {name} to the split's folder")
+    keys = d.class_keys()
+    if not keys:
+        fail("data.classes", f"auto: {root / d.train_dir} holds no class folders")
+    smallest = None
+    for key in keys:
+        folder = root / d.train_dir / key
+        if not folder.is_dir():
+            fail("data.classes", f"class {key!r} has no folder {folder}")
+        n = sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        n = min(n, d.max_train_per_class) if d.max_train_per_class else n
+        smallest = (n, key) if smallest is None or n < smallest[0] else smallest
+    n, key = smallest
+    if d.val_per_class > MAX_VAL_SHARE * n:
+        fail("data.val_per_class", f"{d.val_per_class} would hold out more than {MAX_VAL_SHARE:.0%} of class "
+                                   f"{key!r} ({n} training images) for validation; set it to at most "
+                                   f"{max(1, int(MAX_VAL_SHARE * n))}")
 
 
 def _check_reported(s: Suite, fail) -> None:

@@ -6,6 +6,7 @@ trained backbone loads through exactly the code path a user's pretrained one doe
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -125,8 +126,10 @@ def load_dit_backbone(path_or_id: str | Path, device: str | torch.device = "cpu"
     """
     src = str(path_or_id)
     kw = _hub_kwargs()
-    transformer = DiTTransformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=dtype, **kw)
     scheduler = DDIMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
+    # diffusers loads without `accelerate` anyway, after a warning on every load: ask for what it will do.
+    kw["low_cpu_mem_usage"] = importlib.util.find_spec("accelerate") is not None
+    transformer = DiTTransformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=dtype, **kw)
     autoencoder = None
     if vae == "subfolder":
         local = Path(src)

@@ -1,0 +1,156 @@
+"""Someone else's dataset (issue 13, item 6): a grey ImageFolder loads as one channel, its suite finds its classes
+and splits and refuses a greedy validation split by field, the pixel DiT's EMA warms up and a longer run extends a
+finished one, committed weights are found by content, and a failed backbone check stops generative methods."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from harness.backbones.pixel_dit import PixelDiTConfig, train_pixel_dit
+from harness.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_real_data
+from harness.leaderboard import render
+from harness.prepare import PrepareError, _cached_dir, prepare, prepare_backbone
+from harness.sets import Manifest
+from harness.suite import SuiteError, load_suite
+from scripts.export_fashion_imagefolder import export
+from tests.conftest import FASHION_ROOT, TINY_SUITE
+
+PER_CLASS = 20
+
+
+@pytest.fixture(scope="module")
+def grey_folder(tmp_path_factory):
+    """Fashion-MNIST's own files as a grey ImageFolder: 20 training and 5 test PNGs ("L") per class."""
+    root = tmp_path_factory.mktemp("grey")
+    export(root, PER_CLASS, test_per_class=5)
+    return root
+
+
+def _suite(tmp_path, root, **data):
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "own", "data": {"format": "imagefolder", "root": str(root), "classes": "auto", "test_dir": "test",
+                                "image_size": 28, "val_per_class": 2, **data},
+        "backbone": {"kind": "pixel-dit"}, "teacher": {"kind": "trained"}, "methods": {"random-real": {}}}))
+    return load_suite(str(path))
+
+
+def test_a_grey_image_folder_loads_as_one_channel_equal_to_the_idx_pixels(tmp_path, grey_folder):
+    suite = _suite(tmp_path, grey_folder)
+    real = load_real_data(suite.data)
+    assert real.classes == sorted(FASHION_MNIST_CLASSES) and real.channels == 1
+    assert len(real.train) == 10 * (PER_CLASS - 2) and len(real.val) == 20 and len(real.test) == 50
+    idx = load_fashion_mnist(FASHION_ROOT, "train")
+    full = real.train.parent  # the folder before the validation split, in folder (label, file name) order
+    images = full.load(torch.arange(len(full)))
+    assert images.shape == (10 * PER_CLASS, 1, 28, 28)
+    for label, name in enumerate(real.classes):
+        positions = idx.indices_of(FASHION_MNIST_CLASSES.index(name))[:PER_CLASS]
+        assert torch.equal(images[full.labels == label], idx.images[positions])
+    # Asked for three channels, the same files are RGB with equal channels, and keyed apart from the grey load.
+    rgb = load_real_data(_suite(tmp_path, grey_folder, channels=3).data)
+    assert rgb.channels == 3 and torch.equal(rgb.train.load([0]), real.train.load([0]).expand(-1, 3, -1, -1))
+    assert rgb.train.fingerprint() != real.train.fingerprint()
+
+
+def test_an_inline_class_list_sets_the_label_order(tmp_path, grey_folder):
+    suite = _suite(tmp_path, grey_folder, classes=["trouser", "bag"])
+    real = load_real_data(suite.data)
+    assert real.classes == real.class_names == ["trouser", "bag"] and len(real.train) == 2 * (PER_CLASS - 2)
+
+
+@pytest.mark.parametrize("data, field, words", [
+    ({"test_dir": "val"}, "data.test_dir", "folders in"),
+    ({"train_dir": "training"}, "data.train_dir", "folders in"),
+    ({"val_per_class": 6}, "data.val_per_class", "at most 5"),   # 6 of 20 is above a quarter
+    ({"classes": ["trouser", "shoe"]}, "data.classes", "'shoe' has no folder"),
+    ({"classes": ["bag", "bag"]}, "data.classes", "each class folder once"),
+    ({"channels": 2}, "data.channels", "auto, 1 or 3"),
+    ({"channels": "grey"}, "data.channels", "auto, 1 or 3"),
+])
+def test_a_new_datasets_mistakes_name_their_field(tmp_path, grey_folder, data, field, words):
+    with pytest.raises(SuiteError, match=f"own.yaml: {field}: .*{words}"):
+        _suite(tmp_path, grey_folder, **data)
+
+
+def test_the_ema_warms_up_and_the_fashion_backbone_keeps_its_hash(tmp_path):
+    cfg = PixelDiTConfig()
+    assert cfg.ema_warmup and cfg.ema_decay_at(0) == pytest.approx(0.1) and cfg.ema_decay_at(10_000) == 0.999
+    assert PixelDiTConfig(ema_warmup=False).ema_decay_at(0) == 0.999
+    # The committed fashion-mnist backbone was trained without the warm-up; its suite says so and its hash holds.
+    suite = load_suite("fashion-mnist")
+    assert suite.backbone.train.ema_warmup is False
+    source, key = prepare_backbone(suite, load_real_data(suite.data), tmp_path)
+    assert key == "d5896e5b40d5" and "weights/fashion-mnist" in source
+    # A renamed copy of the suite finds the same committed weights by their hash.
+    renamed = dataclasses.replace(suite, name="my-fashion")
+    assert _cached_dir(tmp_path, renamed, f"backbone-{key}") == _cached_dir(tmp_path, suite, f"backbone-{key}")
+
+
+def test_a_longer_run_extends_the_finished_one(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 3, (64,), generator=g)
+    cfg = PixelDiTConfig(sample_size=8, patch_size=4, width=16, depth=1, heads=2, steps=6, batch_size=8,
+                         warmup_steps=2, checkpoint_every=4)
+    straight = train_pixel_dit(images, labels, 3, cfg, tmp_path / "a", tmp_path / "a-work", progress=False)
+    short = dataclasses.replace(cfg, steps=3)
+    first = train_pixel_dit(images, labels, 3, short, tmp_path / "b3", tmp_path / "b-work", progress=False)
+    extended = train_pixel_dit(images, labels, 3, cfg, tmp_path / "b6", tmp_path / "b-work", progress=False)
+    for p, q, r in zip(straight.transformer.parameters(), extended.transformer.parameters(),
+                       first.transformer.parameters()):
+        torch.testing.assert_close(p, q)
+        assert not torch.equal(p, r)
+    with pytest.raises(ValueError, match="another config"):
+        train_pixel_dit(images, labels, 3, dataclasses.replace(cfg, steps=8, lr=1e-4), tmp_path / "c",
+                        tmp_path / "b-work", progress=False)
+    with pytest.raises(ValueError, match="past this run's 3 steps"):
+        train_pixel_dit(images, labels, 3, short, tmp_path / "d", tmp_path / "b-work", progress=False)
+
+
+def _strict_tiny_suite(tmp_path):
+    """The tiny suite with a bar no 20-step backbone clears: every one of its samples recognised."""
+    raw = yaml.safe_load(TINY_SUITE.read_text())
+    raw["backbone"]["check_min_agreement"] = 1.0
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_suite(str(path))
+
+
+def test_a_failed_check_stops_generative_methods_unless_accepted(tmp_path, tiny_real):
+    suite = _strict_tiny_suite(tmp_path)
+    with pytest.raises(PrepareError, match=r"strict.yaml: backbone: the check failed .* so diffusion would sample"):
+        prepare(suite, tiny_real, tmp_path / "out", methods=["random-real", "diffusion"])
+    # Methods that never sample the backbone run; with the flag, so do the others, and the check says it failed.
+    assert not prepare(suite, tiny_real, tmp_path / "out", methods=["random-real", "herding"]).backbone_check["passed"]
+    accepted = prepare(suite, tiny_real, tmp_path / "out", methods=["diffusion"], accept_failed_check=True)
+    assert accepted.backbone_check["agreement"] < 1.0
+
+
+def test_the_board_marks_rows_from_a_backbone_that_failed_its_check(tmp_path):
+    def manifest(method, backbone, passed):
+        return Manifest(suite="s", method=method, config={}, config_hash="h", ipc=10, classes=["a"], seeds={},
+                        images=10, distill_seconds=1.0, seconds_per_image=0.1, peak_memory_bytes=1,
+                        backbone=backbone, backbone_check={"agreement": 0.385, "passed": passed})
+
+    from types import SimpleNamespace
+
+    from harness.protocols import HardLabel
+    suite = SimpleNamespace(name="s", protocols={"hard-label": HardLabel()}, methods=["random-real"])
+    rows = [dict(method=m, config_hash="h", ipc=10, student="convnet3", protocol="hard-label", seed=0,
+                 accuracy=0.5, train_seconds=1.0, distill_seconds_per_image=0.1, peak_memory_bytes=1, kind="measured")
+            for m in ("random-real", "diffusion")]
+    current = {("random-real", "h"), ("diffusion", "h")}
+    failed = [manifest("random-real", None, False), manifest("diffusion", "bb", False)]
+    text = render(suite, rows, current, tmp_path / "a", ["random-real", "diffusion"], [], failed)[0].read_text()
+    accuracy = text[:text.index("## Cost")]
+    rows_of = {line.split(" | ")[0]: line for line in accuracy.splitlines() if line.startswith("| ")}
+    assert rows_of["| diffusion"].endswith("✗ |") and "✗" not in rows_of["| random-real"]
+    assert "✗: sampled from a backbone that FAILED its check (teacher agreement 38.5%" in text
+    assert "True" in (tmp_path / "a" / "s.csv").read_text()  # the mark is a column of the CSV too
+    passed = [manifest("random-real", None, True), manifest("diffusion", "bb", True)]
+    text = render(suite, rows, current, tmp_path / "b", ["random-real", "diffusion"], [], passed)[0].read_text()
+    assert "✗" not in text
