@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:
             print(make_plan(suite, methods, args.out, args.gpus, args.gpu_tflops), flush=True)
             return 0
-        check_out_dir(args.out, suite.source)
         check_target(resolve(args.address))  # a named cluster answers and takes our token, before any compute
+        check_out_dir(args.out, suite.source)  # after every check that writes nothing: it creates the folder
         real = load_real_data(suite.data)
         if args.cross_arch:
             check_real_image_counts(suite, real.train, [suite.cross_arch.method], [suite.cross_arch.ipc])
