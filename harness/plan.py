@@ -131,6 +131,9 @@ def count_data(suite) -> Counts:
         raise PlanError(f"data.root: {d.root} is missing and the plan knows split sizes only for "
                         "ImageNet-layout suites")
     classes = len(d.class_keys())
+    if not classes:  # `classes: auto` names its classes by the folders that are not there
+        raise PlanError(f"data.classes: {d.root} is missing, so `auto` finds no classes to plan for: "
+                        "name them (a class list or an inline list) to plan before the data is present")
     per_class = IMAGENET_TRAIN_PER_CLASS - d.val_per_class
     if d.max_train_per_class:
         per_class = min(per_class, d.max_train_per_class)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness import cli
 from harness.cli import main
@@ -115,3 +116,17 @@ def test_plan_rejects_bad_numbers(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--gpu-tflops" in err
+
+
+def test_a_plan_without_data_needs_named_classes(tmp_path, capsys):
+    """`classes: auto` reads the class folders, so before the data is present the plan asks for the names."""
+    raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "benchmarks" / "imagewoof.yaml").read_text())
+    raw["data"].update(root=str(tmp_path / "absent"), classes="auto")
+    raw.pop("reported")
+    path = tmp_path / "auto.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit) as e:
+        main(["--suite", str(path), "--plan"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data.classes" in err and "auto" in err
