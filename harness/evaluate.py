@@ -21,6 +21,7 @@ from .data_parallel import run_data_parallel
 from .identity import FULL_DATA, versions
 from .protocols import Protocol, reference_protocol
 from .sets import Manifest, load_set
+from .store import COMMITTED_RESULTS, ResultStore, row_key
 from .training import train_student
 
 
@@ -177,14 +178,36 @@ def run_trials(todo: list[EvalTrial], protocol_for, real, store, suite, prepared
     bar.close()
 
 
+def adopt_committed_references(trials: list[EvalTrial], store, committed: Path | None) -> int:
+    """Copy into `store` the full-data rows the project committed for the same key: the same data (its
+    fingerprint), student, recipe (its identity) and seed. Trained to a validation plateau they cost an hour
+    on a laptop, the rest of the default run minutes, and training is deterministic on one machine, so a run
+    that reached the same key would measure the same number. Distilled-set rows are never taken: a run
+    measures what it distils."""
+    path = committed / f"{trials[0].suite}.jsonl" if committed is not None and trials else None
+    wanted = {t.key(): t for t in trials if t.method == FULL_DATA and not store.has(t.key())}
+    if not wanted or path is None or not path.exists():
+        return 0
+    adopted = 0
+    for row in ResultStore(path).read():
+        if row.get("kind") == "measured" and row_key(row) in wanted and store.append({**row, "adopted_from": str(path)}):
+            adopted += 1
+            print(f"[evaluate] full-data {row['student']}: {row['accuracy']:.2%} taken from {path} (same data, "
+                  f"recipe and seed; measured {time.strftime('%Y-%m-%d', time.localtime(row['finished_at']))}); "
+                  f"not trained again", flush=True)
+    return adopted
+
+
 def evaluate(suite, real, manifests: list[Manifest], store, students: list[str], seeds: int, connect,
-             prepared=None, out=None) -> int:
+             prepared=None, out=None, committed: Path | None = COMMITTED_RESULTS) -> int:
     """Train every (set, student, protocol, seed) not yet in the store as concurrent Ray tasks.
 
-    Rows are appended as each task finishes, so an interrupted evaluation keeps what it finished.
+    Rows are appended as each task finishes, so an interrupted evaluation keeps what it finished. Full-data
+    rows found under `committed` for the same key are copied, not trained (`adopt_committed_references`).
     Returns the number of trials run.
     """
     trials = plan_trials(suite, manifests, students, seeds, real.train.fingerprint(), prepared)
+    adopt_committed_references(trials, store, committed)
     todo = [t for t in trials if not store.has(t.key())]
     print(f"[evaluate] {len(trials)} trials, {len(todo)} to run ({len(trials) - len(todo)} already in the store)",
           flush=True)

@@ -16,6 +16,9 @@ import json
 import os
 from pathlib import Path
 
+# The project's own result stores, committed beside the board (leaderboard/results/<suite>.jsonl).
+COMMITTED_RESULTS = Path(__file__).resolve().parent.parent / "leaderboard" / "results"
+
 KEY_FIELDS = ("suite", "method", "config_hash", "ipc", "student", "protocol", "protocol_hash", "seed")
 
 

@@ -1,9 +1,15 @@
 """The full-data reference row trains until its validation accuracy stops improving (harness/training.py
-`Plateau`), on the validation split carved from the training set, and keeps the best epoch's weights."""
+`Plateau`), on the validation split carved from the training set, and keeps the best epoch's weights; a run
+takes the committed row for the same key instead of training it again."""
+from dataclasses import asdict
+
 import pytest
 import torch
 
+from harness.evaluate import EvalTrial, adopt_committed_references
+from harness.identity import FULL_DATA
 from harness.protocols import HardLabel
+from harness.store import ResultStore
 from harness.training import Plateau, train_student
 
 
@@ -37,3 +43,29 @@ def test_full_data_recipe_follows_validation(tiny_real):
     with pytest.raises(ValueError, match="validation"):
         train_student("convnet3", train.load(idx), train.labels[idx], test.load(torch.arange(10)), test.labels[:10],
                       10, 0, recipe, 0)
+
+
+def _trial(method, protocol_hash, student="convnet3"):
+    return EvalTrial("fashion-mnist", method, "ab12", 0, "", student, "hard-label", protocol_hash, 0, 0.0, 0)
+
+
+def test_a_committed_full_data_row_is_taken_for_its_exact_key_only(tmp_path, capsys):
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    reference = {**asdict(_trial(FULL_DATA, "recipe1")), "accuracy": 0.91, "kind": "measured", "finished_at": 0.0}
+    distilled = {**reference, "method": "random-real", "ipc": 10}
+    other_recipe = {**reference, "protocol_hash": "recipe0", "accuracy": 0.86}
+    for row in (reference, distilled, other_recipe):
+        ResultStore(committed / "fashion-mnist.jsonl").append(row)
+    store = ResultStore(tmp_path / "run" / "fashion-mnist.jsonl")
+    trials = [_trial(FULL_DATA, "recipe1"), _trial(FULL_DATA, "recipe1", student="resnet18"),
+              _trial("random-real", "recipe1")]
+    trials[2].ipc = 10
+    assert adopt_committed_references(trials, store, committed) == 1
+    assert store.has(trials[0].key()) and not store.has(trials[1].key()) and not store.has(trials[2].key())
+    [row] = store.read()
+    assert row["accuracy"] == 0.91 and row["adopted_from"].endswith("fashion-mnist.jsonl")
+    assert "full-data convnet3: 91.00% taken from" in capsys.readouterr().out
+    assert adopt_committed_references(trials, store, committed) == 0  # already there: nothing copied twice
+    assert adopt_committed_references(trials, ResultStore(tmp_path / "b.jsonl"), None) == 0
+    assert adopt_committed_references(trials, ResultStore(tmp_path / "c.jsonl"), tmp_path / "absent") == 0
