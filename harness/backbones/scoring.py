@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 
 def noised(backbone, latents: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The forward process x_t = √ᾱ_t·z + √(1−ᾱ_t)·ε for latents (B, C, H, W), timesteps (B,), noise (B, C, H, W)."""
+    """The forward process x_t = √ᾱ_t·z + √(1−ᾱ_t)·ε: latents (B, C, H, W), timesteps (B,), noise (B, C, H, W)."""
     a = backbone.alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1)
     return a.sqrt() * latents + (1 - a).sqrt() * noise
 
