@@ -107,19 +107,19 @@ class PatchSelectionConfig:
     def __post_init__(self):
         for name in ("num_candidates", "draws", "factor", "clusters", "top_clusters", "dift_ensemble", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.t_min <= self.t_max <= 1:
-            raise ValueError(f"t range must satisfy 0 ≤ t_min ≤ t_max ≤ 1, got ({self.t_min}, {self.t_max})")
+            raise ValueError(f"t_min: 0 ≤ t_min ≤ t_max ≤ 1 is needed, got ({self.t_min}, {self.t_max})")
         if self.typical not in ("low", "high"):
-            raise ValueError(f"typical must be 'low' or 'high', got {self.typical!r}")
+            raise ValueError(f"typical: must be 'low' or 'high', got {self.typical!r}")
         if not 0 < self.patch_fraction <= 1:
-            raise ValueError(f"patch_fraction must be in (0, 1], got {self.patch_fraction}")
+            raise ValueError(f"patch_fraction: must be in (0, 1], got {self.patch_fraction}")
         if self.clustering not in CLUSTERINGS:
-            raise ValueError(f"clustering must be one of {', '.join(CLUSTERINGS)}, got {self.clustering!r}")
+            raise ValueError(f"clustering: must be one of {', '.join(CLUSTERINGS)}, got {self.clustering!r}")
         if self.top_clusters > self.clusters:
-            raise ValueError(f"top_clusters ({self.top_clusters}) exceeds clusters ({self.clusters})")
+            raise ValueError(f"top_clusters: {self.top_clusters} exceeds clusters ({self.clusters})")
         if not 0 <= self.dift_block <= 1:
-            raise ValueError(f"dift_block must be in [0, 1], got {self.dift_block}")
+            raise ValueError(f"dift_block: must be in [0, 1], got {self.dift_block}")
 
     def factor_at(self, ipc: int) -> int:
         return self.factor if ipc <= self.stitch_max_ipc else 1
