@@ -5,7 +5,9 @@
 Scores `--per-class` real training images of every class with the suite's backbone (R from `--draws` (t, ε)
 pairs, t ∼ U(0.1, 0.7), the same pairs for c and ∅, whole images) and reports the suite teacher's accuracy and
 mean true-class probability on the `--top` lowest-R and the `--top` highest-R images of each class, and the
-Spearman correlation of R with the teacher's true-class cross-entropy.
+Spearman correlation of R with the teacher's true-class cross-entropy. With `--patch-fraction` below 1 it scores
+windows of that fraction of the side instead and compares, image by image, the lowest-R window with the
+highest-R window of the same image (each cut out and resized to the image size for the teacher).
 """
 import argparse
 import sys
@@ -14,12 +16,13 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.backbones.sampling import fit_to_backbone  # noqa: E402
-from harness.backbones.scoring import representativeness  # noqa: E402
+from harness.backbones.scoring import loss_gap_map, representativeness, window_means  # noqa: E402
 from harness.data import load_real_data  # noqa: E402
 from harness.prepare import prepare  # noqa: E402
 from harness.suite import load_suite  # noqa: E402
@@ -30,6 +33,23 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
+def window_ends(backbone, images, latents, label, t, noise, fraction):
+    """Each image's lowest-R and highest-R window, cut out and resized to the image: (B, C, H, W) twice, and their
+    R (B, 2)."""
+    window = max(1, round(fraction * backbone.latent_size))
+    r = window_means(loss_gap_map(backbone, latents, label, t, noise, batch_size=256), window).flatten(1).double()
+    size, scale = images.shape[-1], images.shape[-1] / backbone.latent_size
+    side = min(size, round(window * scale))
+    ends = []
+    for pick in (r.argmin(1), r.argmax(1)):
+        top = ((pick // (backbone.latent_size - window + 1)).double() * scale).round().long().clamp(max=size - side)
+        left = ((pick % (backbone.latent_size - window + 1)).double() * scale).round().long().clamp(max=size - side)
+        ends.append(torch.cat([F.interpolate(images[i:i + 1, :, a:a + side, b:b + side], size=(size, size),
+                                             mode="bilinear", antialias=True, align_corners=False)
+                               for i, (a, b) in enumerate(zip(top.tolist(), left.tolist()))]).clamp(0, 1))
+    return ends[0], ends[1], torch.stack([r.min(1).values, r.max(1).values], 1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="fashion-mnist")
@@ -37,6 +57,7 @@ def main():
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--draws", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patch-fraction", type=float, default=1.0)
     args = p.parse_args()
     suite = load_suite(args.suite)
     real = load_real_data(suite.data)
@@ -53,16 +74,26 @@ def main():
         t = (torch.rand((len(images), args.draws), generator=gen, dtype=torch.float64) * 0.6 + 0.1)
         t = (t * backbone.num_train_timesteps).long()
         noise = torch.randn((len(images), args.draws, *backbone.latent_shape), generator=gen)
-        r = representativeness(backbone, latents, prepared.conditions[label], t, noise, batch_size=256).double()
-        with torch.no_grad():
-            prob = teacher(images).double().softmax(1)
-        correct = (prob.argmax(1) == label).double()
-        order = r.argsort()
-        lo, hi = order[:args.top], order[-args.top:]
-        low.append((correct[lo].mean(), prob[lo, label].mean()))
-        high.append((correct[hi].mean(), prob[hi, label].mean()))
-        r_all.append(r)
-        ce_all.append(-prob[:, label].clamp_min(1e-12).log())
+        if args.patch_fraction < 1:
+            lo_img, hi_img, r = window_ends(backbone, images, latents, prepared.conditions[label], t, noise,
+                                            args.patch_fraction)
+            with torch.no_grad():
+                p_lo, p_hi = teacher(lo_img).double().softmax(1), teacher(hi_img).double().softmax(1)
+            low.append(((p_lo.argmax(1) == label).double().mean(), p_lo[:, label].mean()))
+            high.append(((p_hi.argmax(1) == label).double().mean(), p_hi[:, label].mean()))
+            r_all.append(torch.cat([r[:, 0], r[:, 1]]))
+            ce_all.append(-torch.cat([p_lo[:, label], p_hi[:, label]]).clamp_min(1e-12).log())
+        else:
+            r = representativeness(backbone, latents, prepared.conditions[label], t, noise, batch_size=256).double()
+            with torch.no_grad():
+                prob = teacher(images).double().softmax(1)
+            correct = (prob.argmax(1) == label).double()
+            order = r.argsort()
+            lo, hi = order[:args.top], order[-args.top:]
+            low.append((correct[lo].mean(), prob[lo, label].mean()))
+            high.append((correct[hi].mean(), prob[hi, label].mean()))
+            r_all.append(r)
+            ce_all.append(-prob[:, label].clamp_min(1e-12).log())
         print(f"{key[:14]:<14} {low[-1][0]:9.1%} {high[-1][0]:10.1%} {low[-1][1]:8.3f} {high[-1][1]:9.3f} "
               f"{r.mean():9.5f}", flush=True)
     lo_acc, lo_p = (float(torch.stack(x).mean()) for x in zip(*low))
