@@ -31,6 +31,10 @@ BOARD_SETS = {
     "adaptive-sampling-fixed": ("5fb921891696", "adaptive-sampling/683f81b773eb"),
 }
 
+# Methods the `leaderboard` profile lists whose rows are still to be run (issue 16's patch selection): planned, not
+# yet in the store. Once their rows are committed, the test below says so and they leave this set.
+AWAITING_ROWS = {"patch-selection", "patch-selection-no-cluster", "patch-selection-teacher-cluster"}
+
 
 @pytest.fixture(scope="module")
 def committed_rows():
@@ -70,6 +74,10 @@ def test_the_published_convnet3_board_is_complete(committed_rows, tmp_path_facto
               for r in committed_rows}
     wanted = {(job.method, job.config_hash, ipc, "convnet3", name, protocol.identity(), seed)
               for job in plan(suite, prepared, Path("unused"), list(suite.methods), [1])
+              if job.method not in AWAITING_ROWS
               for ipc in suite.ipcs for name, protocol in suite.protocols.items() for seed in range(suite.seeds)}
     missing = sorted(wanted - stored)
-    assert len(wanted) == len(suite.methods) * 3 * 3 * 3 and not missing, f"{len(missing)} missing, e.g. {missing[:3]}"
+    assert AWAITING_ROWS <= set(suite.methods)
+    assert not AWAITING_ROWS & {r["method"] for r in committed_rows}, "their rows are in: drop them from AWAITING_ROWS"
+    assert len(wanted) == (len(suite.methods) - len(AWAITING_ROWS)) * 3 * 3 * 3 and not missing, \
+        f"{len(missing)} missing, e.g. {missing[:3]}"

@@ -136,7 +136,7 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
 
     rng = np.random.default_rng(0)
     wnids = ["n02102040", "n01440764"]
-    for split, n in (("train", 8), ("val", 3)):
+    for split, n in (("train", 10), ("val", 3)):  # 8 left per class: patch selection stitches 4 × IPC
         for w in wnids:
             (tmp_path / "data" / split / w).mkdir(parents=True)
             for i in range(n):
@@ -156,7 +156,9 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
         "teacher": {"kind": "timm", "arch": "test_resnet", "weights": str(tmp_path / "teacher.pth"), "input_size": 32,
                     "relabel": {"kind": "trained", "arch": "test_resnet", "input_size": 28,
                                 "recipe": {"epochs": 1, "batch_size": 4}}},
-        "methods": {"diffusion": {"steps": 2, "sampler": "ddpm"}, "herding": {}},  # as the ImageNet suites sample
+        # As the ImageNet suites sample; patch selection at its paper defaults but for cost (draws, DIFT ensemble).
+        "methods": {"diffusion": {"steps": 2, "sampler": "ddpm"}, "herding": {},
+                    "patch-selection": {"draws": 2, "dift_ensemble": 1, "clusters": 4, "top_clusters": 2}},
         "ipcs": [2], "seeds": 1, "students": ["convnet3"],
         # The ImageNet suites' settings scaled from 256-px to 32-px images: hard labels crop to 28 and test on the
         # image resized to 28 (Minimax), soft labels test on a centre crop of 28 from 32 (RDED).
@@ -174,17 +176,17 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
     }))
     suite = load_suite(str(suite_path))
     real = load_real_data(suite.data)
-    assert real.classes == wnids and real.channels == 3 and len(real.train) == 12
+    assert real.classes == wnids and real.channels == 3 and len(real.train) == 16
     out = tmp_path / "out"
-    run(suite, real, ["diffusion", "herding"], out, None)
-    for method in ("diffusion", "herding"):
+    run(suite, real, ["diffusion", "herding", "patch-selection"], out, None)
+    for method in ("diffusion", "herding", "patch-selection"):
         (manifest,) = out.glob(f"distilled/folder/{method}/*/ipc2/manifest.json")
         assert json.loads(manifest.read_text())["images"] == 4
         with Image.open(next((manifest.parent / wnids[0]).glob("*.png"))) as img:
             assert img.size == (32, 32) and img.mode == "RGB"
     rows = [json.loads(line) for line in (out / "results" / "folder.jsonl").read_text().splitlines()]
     assert sorted((r["method"], r["protocol"]) for r in rows) == sorted(
-        (m, p) for m in ("diffusion", "herding") for p in ("hard-label", "soft-label"))
+        (m, p) for m in ("diffusion", "herding", "patch-selection") for p in ("hard-label", "soft-label"))
     # Soft-label rows carry the relabelling teacher in their key; hard-label rows the recipe alone.
     for r in rows:
         same = r["protocol_hash"] == suite.protocols[r["protocol"]].identity()

@@ -106,6 +106,22 @@ class DiTBackbone(torch.nn.Module):
         guided = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
         return torch.cat([guided, cond[:, k:]], dim=1)
 
+    @property
+    def depth(self) -> int:
+        return len(self.transformer.transformer_blocks)
+
+    def block_features(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, block: int) -> torch.Tensor:
+        """The token activations after transformer block `block` (N, tokens, width) for class `labels`: the
+        intermediate features DIFT (Tang et al. 2023) reads from a denoiser."""
+        captured = []
+        handle = self.transformer.transformer_blocks[block].register_forward_hook(
+            lambda _module, _inputs, out: captured.append(out))
+        try:
+            self.output(x_t, t, labels)
+        finally:
+            handle.remove()
+        return captured[0].float()
+
     def eps_cfg(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
         """The guided noise prediction (`guided_output`'s noise channels)."""
         return self.guided_output(x_t, t, labels, scale)[:, : self.latent_channels]
