@@ -30,6 +30,7 @@ from .leaderboard import (BEST, _cell, _machine, aggregate, best_of_protocols, b
 from .sets import Manifest
 
 GRID_IMAGES = 10   # images per class row of a set's grid: enough to see a set's variety, few enough to commit
+GRID_ZOOM = 2      # grids are shown at twice their pixels (drawn pixelated): 28-px images are small
 MARKERS = "o^sDvP*Xhp<>"
 
 
@@ -106,7 +107,7 @@ def _per_ipc_panels(points: pd.DataFrame, x: str, xlabel: str, student: str, pat
             idx = pareto_front(part[x].to_numpy(float), part["mean"].to_numpy(float))
             ax.step(part[x].to_numpy()[idx], 100 * part["mean"].to_numpy()[idx], where="post", color="black",
                     linewidth=0.8, alpha=0.6, label="Pareto front")
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="best")
         if log:
             ax.set_xscale("log")
         ax.set_title(f"IPC {ipc}", fontsize=10)
@@ -134,7 +135,8 @@ def plot_heatmap(table: pd.DataFrame, path: Path) -> str:
 
 
 def draw_grid(manifest: Manifest, path: Path, per_class: int = GRID_IMAGES) -> str:
-    """A row per class (the suite's order), its first `per_class` images, as one PNG."""
+    """A row per class (the suite's order), its first `per_class` images (fewer at a smaller IPC), as one PNG."""
+    per_class = min(per_class, manifest.ipc)
     rows = []
     for key in manifest.classes:
         files = sorted((Path(manifest.path) / key).glob("*.png"))[:per_class]
@@ -180,10 +182,13 @@ def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: l
         sorted(set(agg["student"]) - set(students)) if not agg.empty else []
     methods = [m for m in method_order if not agg.empty and m in set(agg["method"])]
 
-    grids = {}
+    grids, sizes = {}, {}
     for m in manifests:
         if Path(m.path).is_dir():
-            grids[(m.method, m.ipc)] = f"{suite.name}/grids/" + draw_grid(m, assets / "grids" / f"{_slug(m.method, 'ipc', m.ipc)}.png")
+            path = assets / "grids" / f"{_slug(m.method, 'ipc', m.ipc)}.png"
+            grids[(m.method, m.ipc)] = f"{suite.name}/grids/{draw_grid(m, path)}"
+            with Image.open(path) as img:
+                sizes[(m.method, m.ipc)] = (GRID_ZOOM * img.width, GRID_ZOOM * img.height)
 
     table, plots = [], []
     if not agg.empty:
@@ -235,7 +240,7 @@ def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: l
     machines = sorted(set(cost_table(manifests, method_order).apply(_machine, axis=1))) if manifests else []
     sets = [{"anchor": f"set-{_slug(m.method, 'ipc', m.ipc)}", "src": grids[(m.method, m.ipc)], "method": m.method,
              "ipc": m.ipc, "images": m.images, "classes": m.classes, "shown": min(m.ipc, GRID_IMAGES),
-             "config_hash": m.config_hash} for m in manifests if (m.method, m.ipc) in grids]
+             "config_hash": m.config_hash, "size": sizes[(m.method, m.ipc)]} for m in manifests if (m.method, m.ipc) in grids]
     filters = {"student": students, "protocol": list(dict.fromkeys(r["protocol"] for r in table)),
                "ipc": sorted({r["ipc"] for r in table}), "family": list(dict.fromkeys(r["family"] for r in table))}
     env = _env()
