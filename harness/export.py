@@ -39,7 +39,7 @@ def _card(manifest: Manifest, suite_name: str) -> str:
 def export_set(manifest: Manifest, dest: Path, suite_name: str) -> Path:
     """Write `manifest`'s set to `dest` as described above; an existing export there is replaced whole."""
     try:
-        from datasets import ClassLabel, Dataset, Features, Image, Value
+        from datasets import ClassLabel, Dataset, Features, Image, Value, disable_progress_bars
     except ImportError:
         raise ExportError("export: needs the `datasets` package (pip install -e .[export])") from None
     src = Path(manifest.path)
@@ -56,6 +56,7 @@ def export_set(manifest: Manifest, dest: Path, suite_name: str) -> Path:
             records["file"].append(f"{key}/{f.name}")
     if len(records["label"]) != manifest.images:
         raise ExportError(f"export: {src} holds {len(records['label'])} images, its manifest {manifest.images}")
+    disable_progress_bars()  # one Parquet file of a few hundred images: a bar would only clutter the run's log
     features = Features({"image": Image(), "label": ClassLabel(names=list(manifest.classes)), "file": Value("string")})
     dest = Path(dest)
     tmp = atomic.temp_path(dest)
