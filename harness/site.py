@@ -23,9 +23,10 @@ from torchvision.utils import make_grid
 
 from methods import get_method, list_methods
 
+from . import atomic
 from .compare import CELL, LEVEL, by_seed, leaders
 from .identity import FULL_DATA
-from .leaderboard import (BEST, _cell, _machine, aggregate, best_of_protocols, board_order, cost_table,
+from .leaderboard import (_cell, _machine, aggregate, best_of_protocols, board_order, cost_table,
                           diversity_table, mark_failed_checks, measured_rows, reported_table)
 from .sets import Manifest
 
@@ -134,7 +135,7 @@ def plot_heatmap(table: pd.DataFrame, path: Path) -> str:
     return _save(fig, path)
 
 
-def draw_grid(manifest: Manifest, path: Path, per_class: int = GRID_IMAGES) -> str:
+def draw_grid(manifest: Manifest, path: Path, per_class: int = GRID_IMAGES) -> None:
     """A row per class (the suite's order), its first `per_class` images (fewer at a smaller IPC), as one PNG."""
     per_class = min(per_class, manifest.ipc)
     rows = []
@@ -151,7 +152,6 @@ def draw_grid(manifest: Manifest, path: Path, per_class: int = GRID_IMAGES) -> s
     array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     grey = bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
     Image.fromarray(array[..., 0] if grey else array).save(path, optimize=True)
-    return path.name
 
 
 def _env() -> Environment:
@@ -159,12 +159,60 @@ def _env() -> Environment:
                        trim_blocks=True, lstrip_blocks=True)
 
 
+def _cells(agg: pd.DataFrame, rows: list[dict], current, order: list[str], students: list[str],
+           protocols: list[str], grids: dict) -> list[dict]:
+    """The accuracy table's rows: one per (student, protocol, IPC, method) cell, its resolved leader marked."""
+    led = leaders(agg, by_seed(measured_rows(rows, current)), CELL)
+    out = []
+    for r in board_order(agg, order, students, protocols, ("student", "protocol", "ipc", "method")).to_dict("records"):
+        out.append({"method": r["method"], "family": family(r["method"]), "student": r["student"],
+                    "protocol": r["protocol"], "ipc": int(r["ipc"]), "mean": 100 * r["mean"], "seeds": int(r["seeds"]),
+                    "cell": _cell(r["mean"], r["std"], r["seeds"]), "seconds_per_image": r["seconds_per_image"],
+                    "leader": led.get((r["student"], r["protocol"], r["ipc"])) == r["method"],
+                    "failed_check": bool(r.get("backbone_check_failed")),
+                    "grid": grids[(r["method"], r["ipc"])]["anchor"] if (r["method"], r["ipc"]) in grids else None})
+    return out
+
+
+def _plots(agg: pd.DataFrame, students: list[str], methods: list[str], manifests: list[Manifest], order: list[str],
+           cross: Path, folder: Path) -> list[tuple[str, str, str]]:
+    """(title, caption, file name) of every plot the data allows, drawn into `folder`."""
+    plots = []
+    if not agg.empty:
+        plots.append(("Accuracy against images per class", "One panel per student; a line per method and protocol, "
+                      "mean ± std over seeds.", plot_accuracy_vs_ipc(agg, students, methods, folder / "accuracy-vs-ipc.png")))
+        best = best_of_protocols(agg)
+        main = max(students, key=lambda s: (best["student"] == s).sum())  # the student most cells were trained on
+        best = best[best["student"] == main]
+        cost = cost_table(manifests, order)[["method", "ipc", "seconds_per_image"]] if manifests else pd.DataFrame()
+        points = best.drop(columns="seconds_per_image").merge(cost, on=["method", "ipc"]) if manifests else cost
+        if not points.empty and (points["seconds_per_image"] > 0).any():
+            plots.append(("Accuracy against cost", "Seconds of distillation per image (log scale) against "
+                          f"{main}'s best-of-protocols accuracy; the line is the Pareto front (no other set is both "
+                          "cheaper and more accurate). Costs compare only between like machines.",
+                          _per_ipc_panels(points[points["seconds_per_image"] > 0], "seconds_per_image",
+                                          "seconds per distilled image", main, folder / "cost.png", log=True, front=True)))
+        div = diversity_table(manifests, order) if manifests else pd.DataFrame()
+        points = best.merge(div[["method", "ipc", "coverage"]], on=["method", "ipc"]).dropna(subset=["coverage"]) \
+            if not div.empty else div
+        if not points.empty:
+            plots.append(("Diversity against accuracy", "Each set's coverage of the real data (its diversity, "
+                          f"harness/diversity.py; higher is more diverse) against {main}'s best-of-protocols accuracy.",
+                          _per_ipc_panels(points, "coverage", "coverage", main, folder / "diversity.png", log=False,
+                                          front=False)))
+    if cross.exists():
+        plots.append(("Cross-architecture study", "Students (columns) trained on one set with each teacher (rows) as "
+                      "the source of soft labels, mean test accuracy (%) over seeds (`--cross-arch`).",
+                      plot_heatmap(pd.read_csv(cross), folder / "cross-arch.png")))
+    return plots
+
+
 def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: list[str], notes: list[str],
                manifests: list[Manifest] | None, board_dir: Path, command: str,
                protocol_hashes: set[str] | None = None) -> Path:
     """Write <site_dir>/<suite>.html (with its plots and grids) and redraw the index; returns the page.
     The rows shown are the board's (harness/leaderboard.py `render`): current configurations, current recipes."""
-    site_dir = Path(site_dir)
+    site_dir, manifests = Path(site_dir), manifests or []
     assets = site_dir / suite.name
     for sub in ("plots", "grids"):
         (assets / sub).mkdir(parents=True, exist_ok=True)
@@ -172,89 +220,47 @@ def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: l
             old.unlink()
     if protocol_hashes is not None:
         rows = [r for r in rows if r.get("protocol_hash") in protocol_hashes]
-    manifests = manifests or []
     students, protocol_names = list(getattr(suite, "students", [])), list(suite.protocols)
     agg, failed_note = mark_failed_checks(board_order(aggregate(rows, current), method_order, students,
                                                       protocol_names), manifests)
     full = agg[agg["method"] == FULL_DATA] if not agg.empty else agg
     agg = agg[agg["method"] != FULL_DATA] if not agg.empty else agg
-    students = [s for s in students if not agg.empty and s in set(agg["student"])] + \
-        sorted(set(agg["student"]) - set(students)) if not agg.empty else []
+    present = set(agg["student"]) if not agg.empty else set()
+    students = [s for s in students if s in present] + sorted(present - set(students))
     methods = [m for m in method_order if not agg.empty and m in set(agg["method"])]
 
-    grids, sizes = {}, {}
+    grids = {}
     for m in manifests:
         if Path(m.path).is_dir():
             path = assets / "grids" / f"{_slug(m.method, 'ipc', m.ipc)}.png"
-            grids[(m.method, m.ipc)] = f"{suite.name}/grids/{draw_grid(m, path)}"
+            draw_grid(m, path)
             with Image.open(path) as img:
-                sizes[(m.method, m.ipc)] = (GRID_ZOOM * img.width, GRID_ZOOM * img.height)
-
-    table, plots = [], []
-    if not agg.empty:
-        seeds = by_seed(measured_rows(rows, current))
-        led = leaders(agg, seeds, CELL)
-        for r in board_order(agg, method_order, students, protocol_names, ("student", "protocol", "ipc", "method")).to_dict("records"):
-            table.append({"method": r["method"], "family": family(r["method"]), "student": r["student"],
-                          "protocol": r["protocol"], "ipc": int(r["ipc"]), "mean": 100 * r["mean"],
-                          "std": 100 * r["std"], "seeds": int(r["seeds"]), "cell": _cell(r["mean"], r["std"], r["seeds"]),
-                          "seconds_per_image": r["seconds_per_image"],
-                          "leader": led.get((r["student"], r["protocol"], r["ipc"])) == r["method"],
-                          "failed_check": bool(r.get("backbone_check_failed")),
-                          "grid": f"set-{_slug(r['method'], 'ipc', r['ipc'])}" if (r["method"], r["ipc"]) in grids else None})
-        plots.append(("Accuracy against images per class", "One panel per student; a line per method and "
-                      "protocol, mean ± std over seeds.", plot_accuracy_vs_ipc(agg, students, methods,
-                                                                                 assets / "plots" / "accuracy-vs-ipc.png")))
-        best = best_of_protocols(agg)
-        main = max(students, key=lambda s: (best["student"] == s).sum())
-        best = best[best["student"] == main]
-        if manifests:
-            cost = cost_table(manifests, method_order)[["method", "ipc", "seconds_per_image"]]
-            points = best.drop(columns="seconds_per_image").merge(cost, on=["method", "ipc"])
-            points = points[points["seconds_per_image"] > 0]
-            if not points.empty:
-                plots.append(("Accuracy against cost", "Seconds of distillation per image (log scale) against "
-                              f"{main}'s best-of-protocols accuracy; the line is the Pareto front (no other set is "
-                              "both cheaper and more accurate). Costs compare only between like machines.",
-                              _per_ipc_panels(points, "seconds_per_image", "seconds per distilled image", main,
-                                              assets / "plots" / "cost.png", log=True, front=True)))
-            div = diversity_table(manifests, method_order)
-            if not div.empty:
-                points = best.merge(div[["method", "ipc", "coverage"]], on=["method", "ipc"]).dropna(subset=["coverage"])
-                if not points.empty:
-                    plots.append(("Diversity against accuracy", "Each set's coverage of the real data (its diversity, "
-                                  "harness/diversity.py; higher is more diverse) against "
-                                  f"{main}'s best-of-protocols accuracy.",
-                                  _per_ipc_panels(points, "coverage", "coverage", main,
-                                                  assets / "plots" / "diversity.png", log=False, front=False)))
-    cross = Path(board_dir) / f"{suite.name}-cross-arch.csv"
-    if cross.exists():
-        plots.append(("Cross-architecture study", "Students (columns) trained on one set with each teacher (rows) "
-                      "as the source of soft labels, mean test accuracy (%) over seeds (`--cross-arch`).",
-                      plot_heatmap(pd.read_csv(cross), assets / "plots" / "cross-arch.png")))
-    plots = [(title, text, f"{suite.name}/plots/{name}") for title, text, name in plots]
-
+                size = (GRID_ZOOM * img.width, GRID_ZOOM * img.height)
+            grids[(m.method, m.ipc)] = {"anchor": f"set-{_slug(m.method, 'ipc', m.ipc)}", "size": size,
+                                        "src": f"{suite.name}/grids/{path.name}", "method": m.method, "ipc": m.ipc,
+                                        "images": m.images, "classes": m.classes, "config_hash": m.config_hash,
+                                        "shown": min(m.ipc, GRID_IMAGES)}
+    table = _cells(agg, rows, current, method_order, students, protocol_names, grids) if not agg.empty else []
+    plots = [(title, text, f"{suite.name}/plots/{name}") for title, text, name in
+             _plots(agg, students, methods, manifests, method_order,
+                    Path(board_dir) / f"{suite.name}-cross-arch.csv", assets / "plots")]
     reported = getattr(suite, "reported", None)
     reported_rows = reported_table(reported, agg, full).to_dict("records") if reported and not agg.empty else []
-    versions = sorted({json.dumps(r.get("versions", {}), sort_keys=True) for r in rows if r.get("versions")})
+    versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in rows if r.get("versions")})
     machines = sorted(set(cost_table(manifests, method_order).apply(_machine, axis=1))) if manifests else []
-    sets = [{"anchor": f"set-{_slug(m.method, 'ipc', m.ipc)}", "src": grids[(m.method, m.ipc)], "method": m.method,
-             "ipc": m.ipc, "images": m.images, "classes": m.classes, "shown": min(m.ipc, GRID_IMAGES),
-             "config_hash": m.config_hash, "size": sizes[(m.method, m.ipc)]} for m in manifests if (m.method, m.ipc) in grids]
     filters = {"student": students, "protocol": list(dict.fromkeys(r["protocol"] for r in table)),
                "ipc": sorted({r["ipc"] for r in table}), "family": list(dict.fromkeys(r["family"] for r in table))}
     env = _env()
+    style, script = (env.loader.get_source(env, name)[0] for name in ("site.css", "site.js"))
     page = site_dir / f"{suite.name}.html"
-    page.write_text(env.get_template("suite.html.j2").render(
-        suite=suite.name, table=table, filters=filters, plots=plots, sets=sets, notes=notes + failed_note,
-        full=full.to_dict("records"), reported=reported_rows, versions=[json.loads(v) for v in versions],
-        machines=machines, drawn_on=f"Python {platform.python_version()} on {platform.platform()}", command=command,
-        level=f"{LEVEL:.0%}", best=BEST, script=env.loader.get_source(env, "site.js")[0],
-        style=env.loader.get_source(env, "site.css")[0]))
+    atomic.write_text(page, env.get_template("suite.html.j2").render(
+        suite=suite.name, table=table, filters=filters, plots=plots, sets=list(grids.values()),
+        notes=notes + failed_note, full=full.to_dict("records"), reported=reported_rows,
+        versions=[json.loads(v) for v in versions], machines=machines, command=command, level=f"{LEVEL:.0%}",
+        drawn_on=f"Python {platform.python_version()} on {platform.platform()}", script=script, style=style))
     summary = {"suite": suite.name, "page": page.name, "methods": len(methods), "students": students,
-               "cells": len(table), "sets": len(sets), "drawn": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (assets / "summary.json").write_text(json.dumps(summary, indent=1))
+               "cells": len(table), "sets": len(grids), "drawn": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    atomic.write_json(assets / "summary.json", summary, indent=1)
     suites = [json.loads(p.read_text()) for p in sorted(site_dir.glob("*/summary.json"))]
-    (site_dir / "index.html").write_text(env.get_template("index.html.j2").render(
-        suites=suites, style=env.loader.get_source(env, "site.css")[0]))
+    atomic.write_text(site_dir / "index.html", env.get_template("index.html.j2").render(suites=suites, style=style))
     return page
