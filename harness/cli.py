@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 from .cluster import ClusterError, check_target, connector, resolve
+from .compare import compare, lines as compare_lines
 from .cross_arch import cross_architecture
 from .data import DataError, load_real_data
 from .distill import DistillError, distill, plan
 from .diversity import DiversityError, measure_sets
 from .evaluate import evaluate, full_data_protocol
-from .identity import FULL_DATA
-from .compare import compare, lines as compare_lines
 from .export import ExportError, export_set
+from .identity import FULL_DATA
 from .leaderboard import board_order, measured_rows, render
 from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
