@@ -2,22 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from .cluster import ClusterError, check_target, connector, resolve
+from .compare import compare, lines as compare_lines
 from .cross_arch import cross_architecture
 from .data import DataError, load_real_data
 from .distill import DistillError, distill, plan
 from .diversity import DiversityError, measure_sets
 from .evaluate import evaluate, full_data_protocol
+from .export import ExportError, export_set
 from .identity import FULL_DATA
-from .leaderboard import render
+from .leaderboard import board_order, measured_rows, render
 from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
 from .prepare import PrepareError, prepare
+from .sets import Manifest
+from .site import build_site
 from .store import ResultStore
 from .suite import SuiteError, load_suite
 
@@ -79,6 +84,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=_positive, default=1, help="GPUs the plan spreads the work over (default: 1)")
     p.add_argument("--gpu-tflops", type=_positive_number, default=DEFAULT_GPU_TFLOPS,
                    help=f"sustained TFLOP/s per GPU the plan prices unmeasured work at (default: {DEFAULT_GPU_TFLOPS:g})")
+    p.add_argument("--site", action="store_true",
+                   help="redraw the board and the static site (<out>/site/) from what --out holds: the result store "
+                        "and the sets on disk; distils and trains nothing (every run draws the site at its end too)")
+    p.add_argument("--compare", metavar="A,B",
+                   help="two methods of the suite: per student, protocol and IPC, A − B with its 95%% confidence "
+                        "interval and whether it is resolved, from the store in --out; written to <out>/compare/")
+    p.add_argument("--export", metavar="METHOD",
+                   help="write METHOD's set at --ipc K (one IPC) as a Hugging Face datasets folder under <out>/exports/")
     return p
 
 
@@ -113,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
                 hint = f"; --profile {in_profiles[0]} lists them" if in_profiles and args.profile == "full" else ""
                 raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(unknown)}, "
                                  f"not in the suite (it has: {', '.join(suite.methods)}){hint}")
+        pair = None
+        if args.compare is not None:
+            pair = [m.strip() for m in args.compare.split(",") if m.strip()]
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise SuiteError(f"{suite.source}: methods: --compare {args.compare!r} must name two different methods")
+        unknown = [m for m in (pair or []) + ([args.export] if args.export else []) if m not in suite.methods]
+        if unknown:
+            raise SuiteError(f"{suite.source}: methods: {', '.join(unknown)} not in the suite (it has: "
+                             f"{', '.join(suite.methods)}){'; try --profile leaderboard' if args.profile == 'full' else ''}")
+        if args.export and (not args.ipc or len(args.ipc) != 1):
+            raise SuiteError(f"{suite.source}: ipcs: --export needs one IPC (--ipc K)")
         if args.cross_arch and suite.cross_arch is None:
             raise SuiteError(f"{suite.source}: cross_arch: --cross-arch needs a cross_arch section in the suite")
         if args.plan:
@@ -129,16 +153,24 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     except DataError as e:  # its message says what is wrong with the data; the suite's data section points at it
         fail(f"{suite.source}: data: {e}")
+    if pair or args.export:
+        methods = pair or [args.export]
+    command = shlex.join(["python", "benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch,
-                   accept_failed_check=args.accept_failed_check)
-    except (PrepareError, DiversityError, ClusterError, DistillError) as e:
+        return run(suite, real, methods, args.out, args.address, check=not args.no_check and not (pair or args.export),
+                   cross_arch=args.cross_arch, accept_failed_check=args.accept_failed_check,
+                   draw_only=bool(args.site or pair or args.export), compare_pair=pair, export=args.export,
+                   command=command)
+    except (PrepareError, DiversityError, ClusterError, DistillError, ExportError) as e:
         fail(str(e))
 
 
 @holds_output  # one run per --out at a time (harness/lock.py)
 def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True,
-        cross_arch: bool = False, accept_failed_check: bool = False) -> int:
+        cross_arch: bool = False, accept_failed_check: bool = False, draw_only: bool = False,
+        compare_pair: list[str] | None = None, export: str | None = None, command: str = "") -> int:
+    """The pipeline; `draw_only` (--site, --compare, --export) reads the sets and results --out holds and makes
+    none, so it needs no cluster."""
     t0 = time.perf_counter()
     out = Path(out).absolute()  # workers resolve a relative path against their own working directory
     print(f"[suite] {suite.name}: {len(methods)} methods × IPC {suite.ipcs} × {len(suite.students)} students × "
@@ -154,10 +186,20 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         print(paths[0].read_text(), flush=True)
         return 0
     jobs = plan(suite, prepared, out, methods, suite.ipcs)
-    manifests = distill(suite, real, prepared, jobs, connect)
-    measure_sets(suite, real, prepared, manifests, out)
+    if export:
+        return _export(suite, jobs, out)
+    manifests = [Manifest.read(j.path) for j in jobs if j.done()] if draw_only else distill(suite, real, prepared,
+                                                                                            jobs, connect)
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
-    evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect, prepared, out)
+    current = {(j.method, j.config_hash) for j in jobs} | {(FULL_DATA, real.train.fingerprint()[:12])}
+    recipes = {prepared.protocol_hash(p) for p in suite.protocols.values()}
+    if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
+        recipes.add(full_data_protocol(suite).identity())
+    if compare_pair:
+        return _compare(suite, store, current, recipes, compare_pair, out)
+    measure_sets(suite, real, prepared, manifests, out)
+    if not draw_only:
+        evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect, prepared, out)
     notes = [prepared.teacher_note()]
     if prepared.backbone_check:
         c = prepared.backbone_check
@@ -167,13 +209,38 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         f"{k}: epochs by IPC {v.epochs}" + (f", student options {v.student_kwargs}" if v.student_kwargs else "")
         for k, v in suite.protocols.items()))
     notes += suite.notes
-    current = {(m.method, m.config_hash) for m in manifests} | {(FULL_DATA, real.train.fingerprint()[:12])}
-    recipes = {prepared.protocol_hash(p) for p in suite.protocols.values()}
-    if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
-        recipes.add(full_data_protocol(suite).identity())
     md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes, manifests, recipes)
     print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    print(md.read_text(), flush=True)
+    if not draw_only:
+        print(md.read_text(), flush=True)
+    page = build_site(suite, store.read(), current, out / "site", methods, notes, manifests, out / "leaderboard",
+                      command, recipes)
+    print(f"[site] {page} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return 0
+
+
+def _compare(suite, store: ResultStore, current, recipes, pair: list[str], out: Path) -> int:
+    rows = [r for r in store.read() if r.get("protocol_hash") in recipes]
+    table = board_order(compare(measured_rows(rows, current), *pair), pair, list(suite.students),
+                        list(suite.protocols), ("student", "protocol", "ipc"))
+    if table.empty:
+        fail(f"{suite.source}: methods: the store in {out} holds no cell with both {pair[0]} and {pair[1]}")
+    stem = out / "compare" / f"{suite.name}-{pair[0]}-vs-{pair[1]}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(stem.with_suffix(".csv"), index=False, float_format="%.5f")
+    text = "\n".join(compare_lines(table, *pair)) + "\n"
+    stem.with_suffix(".md").write_text(text)
+    print(text + f"\n[compare] {stem}.md and .csv", flush=True)
+    return 0
+
+
+def _export(suite, jobs, out: Path) -> int:
+    (job,) = jobs
+    if not job.done():
+        fail(f"{suite.source}: methods: no {job.method} set at IPC {job.ipc} in {out} (a run with --methods "
+             f"{job.method} --ipc {job.ipc} makes it)")
+    dest = export_set(Manifest.read(job.path), out / "exports" / f"{suite.name}-{job.method}-ipc{job.ipc}", suite.name)
+    print(f"[export] {dest}: load it with datasets.load_dataset({str(dest)!r}, split='train')", flush=True)
     return 0
 
 

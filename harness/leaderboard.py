@@ -16,12 +16,14 @@ import pandas as pd
 
 from methods import get_method, list_methods
 
+from .compare import CELL, LEVEL, by_seed, leaders
 from .identity import FULL_DATA
 from .protocols import get_protocol, list_protocols, score_protocols
 from .sets import Manifest
 from .suite import BEST_OF_PROTOCOLS
 
 GROUP = ["method", "config_hash", "ipc", "student", "protocol"]
+BEST = "best of protocols"
 
 
 def measured_rows(rows: list[dict], current: set[tuple[str, str]] | None = None) -> pd.DataFrame:
@@ -141,15 +143,20 @@ def _cell(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})"
 
 
-def _ipc_table(part: pd.DataFrame, ipcs: list[int], order: dict[str, int], cell) -> list[str]:
-    """A method × IPC table of `part`'s rows, methods in the suite's order, `cell(row)` in each."""
+def _ipc_table(part: pd.DataFrame, ipcs: list[int], order: dict[str, int], cell,
+               leader: dict[int, str] | None = None) -> list[str]:
+    """A method × IPC table of `part`'s rows, methods in the suite's order, `cell(row)` in each; the cell of
+    `leader[ipc]`, the method whose lead at that IPC is resolved (harness/compare.py), in bold."""
+    leader = leader or {}
     lines = ["| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---|" + "---|" * len(ipcs)]
     for method in sorted(part["method"].unique(), key=lambda m: order.get(m, math.inf)):
         cells = []
         for ipc in ipcs:
             r = part[(part["method"] == method) & (part["ipc"] == ipc)]
-            cells.append((cell(r.iloc[0]) + (FAILED_CHECK_MARK if r.iloc[0].get("backbone_check_failed") else ""))
-                         if len(r) else "–")
+            text = cell(r.iloc[0]) if len(r) else "–"
+            if len(r) and leader.get(ipc) == method:
+                text = f"**{text}**"
+            cells.append(text + (FAILED_CHECK_MARK if len(r) and r.iloc[0].get("backbone_check_failed") else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
@@ -381,6 +388,38 @@ def mark_failed_checks(agg: pd.DataFrame, manifests: list[Manifest] | None) -> t
                  f"result of the method"]
 
 
+DD_RANKING_LABELS = {"hard": "Hard Label", "soft": "Soft Label"}
+
+
+def dd_ranking_table(rows: list[dict], current, suite, baseline: str, hard: str, soft: str) -> pd.DataFrame:
+    """The board in the columns of DD-Ranking's leaderboard (its Hugging Face space reads `data.csv` with
+    method, method_reference, date, verified, dataset, ipc, label_type, recovery, improvement, score: app.py of
+    spaces/Soptq/DD-Ranking, 4614de72): one row per set, student and label type, the label type's LRS with its
+    HLR ("recovery") and IOR ("improvement"), all × 100 and averaged over paired seeds as on the board. Hard
+    Label: IOR under the `hard` recipe; Soft Label: under `soft` (the board's LRS). `verified`: measured by
+    ddbench. DD-Ranking stores dataset, IPC and label type as indices into its own lists; we write the names."""
+    parts = []
+    for kind, ior_protocol in (("hard", hard), ("soft", soft)):
+        if kind == "soft" and soft == hard:
+            continue
+        lrs = label_robust_scores(rows, current, baseline, hard, ior_protocol)
+        if lrs.empty:
+            continue
+        parts.append(pd.DataFrame({
+            "method": lrs["method"], "method_reference": "", "verified": True, "dataset": suite.name,
+            "ipc": lrs["ipc"], "label_type": DD_RANKING_LABELS[kind], "recovery": 100 * lrs["hlr"],
+            "improvement": 100 * lrs["ior"], "score": 100 * lrs["lrs"], "student": lrs["student"],
+            "seeds": lrs["seeds"]}))
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat(parts, ignore_index=True)
+    df = df[df["method"] != baseline]  # the baseline scores against itself: DD-Ranking lists methods only
+    finished = [r["finished_at"] for r in rows if "finished_at" in r]
+    date = pd.Timestamp(max(finished), unit="s").strftime("%Y-%m-%d") if finished else ""
+    df.insert(2, "date", date)
+    return df.reset_index(drop=True)
+
+
 def random_baseline(methods) -> str | None:
     """The suite's method that declares itself DD-Ranking's random real subset."""
     return next((m for m in methods if m in list_methods() and get_method(m).random_baseline), None)
@@ -420,6 +459,10 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
         lrs.to_csv(out_dir / f"{suite.name}-lrs.csv", index=False, float_format="%.5f")
     if not ars.empty:
         ars.to_csv(out_dir / f"{suite.name}-ars.csv", index=False, float_format="%.5f")
+    if not lrs.empty:
+        board_order(dd_ranking_table(rows, current, suite, baseline, protocols["hard"], protocols["soft"]),
+                    method_order, students, protocol_names, ("label_type", "student", "method", "ipc")).to_csv(
+            out_dir / f"{suite.name}-dd-ranking.csv", index=False, float_format="%.3f")
     reported = getattr(suite, "reported", None)
     provenance = ("all rows measured by ddbench except those under 'Reported by the papers', copied from papers"
                   if reported else "all rows measured by ddbench, none reported from papers")
@@ -436,11 +479,18 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
         tables = list(sections.groupby(["student", "protocol"], sort=False))
         best = board_order(best_of_protocols(agg), method_order, students, protocol_names, ("student", "method", "ipc"))
         if agg.loc[agg["protocol"].map(_ranked), "protocol"].nunique() > 1:
-            tables += [((student, "best of protocols"), part) for student, part in best.groupby("student", sort=False)]
+            tables += [((student, BEST), part) for student, part in best.groupby("student", sort=False)]
+        seeds = by_seed(measured_rows(rows, current))
+        led = leaders(agg, seeds, CELL)
+        led.update({(s, BEST, i): m for (s, i), m in leaders(best, seeds, ["student", "ipc"]).items()})
+        lines += [f"A bold cell leads its column by a resolved margin: the {LEVEL:.0%} confidence interval of its "
+                  "difference from the runner-up excludes zero (paired t over seeds trained alike, Welch t across "
+                  "recipes; harness/compare.py). Elsewhere the column's best is within noise of the next.", ""]
         for (student, protocol), part in tables:
-            suffix = (lambda r: f" {r['protocol']}") if protocol == "best of protocols" else (lambda r: "")
+            suffix = (lambda r: f" {r['protocol']}") if protocol == BEST else (lambda r: "")
             lines += [f"## {student}, {protocol}", ""]
-            lines += _ipc_table(part, ipcs, order, lambda r: _cell(r["mean"], r["std"], r["seeds"]) + suffix(r))
+            lines += _ipc_table(part, ipcs, order, lambda r: _cell(r["mean"], r["std"], r["seeds"]) + suffix(r),
+                                {i: m for (s, p, i), m in led.items() if (s, p) == (student, protocol)})
             lines.append("")
         if not full.empty:
             lines += ["## Full-data reference", "",

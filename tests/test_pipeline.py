@@ -65,6 +65,10 @@ def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real)
             assert f"| {method} | {ipc} | {10 * ipc} |" in cost and f"| {method} | {ipc} | {10 * ipc} |" in div
     assert (first_run / "leaderboard" / "tiny-cost.csv").exists()
     assert (first_run / "leaderboard" / "tiny-diversity.csv").exists()
+    # …and the site beside it: a grid of every set, the page linking each (tests/test_site.py opens one).
+    page = (first_run / "site" / "tiny.html").read_text()
+    assert len(list((first_run / "site" / "tiny" / "grids").glob("*.png"))) == len(tiny_suite.methods) * len(tiny_suite.ipcs)
+    assert all(f'id="set-{method}-ipc-{ipc}"' in page for method in tiny_suite.methods for ipc in tiny_suite.ipcs)
 
 
 def test_rerun_recomputes_nothing(first_run, tiny_suite, tiny_real, capsys):
