@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from methods import get_method
+
 from .cluster import ClusterError, check_target, connector, resolve
 from .cross_arch import cross_architecture
 from .data import DataError, load_real_data
@@ -18,7 +20,9 @@ from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
 from .prepare import PrepareError, prepare
+from .search import SearchError, SearchSpec, run_search, search_protocol, write_outputs
 from .store import ResultStore
+from .students import is_student
 from .suite import SuiteError, load_suite
 
 
@@ -76,6 +80,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true",
                    help="print what the suite would do and cost (shards, trials, model loads, images, disk, GPU-hours) "
                         "and run nothing; needs neither the data nor the models")
+    p.add_argument("--search", metavar="METHOD[,METHOD]",
+                   help="tune these methods' search spaces on the validation split (Ray Tune + Optuna) instead of "
+                        "running the suite; the test split is never read; best configs go to --out/search/<method>.yaml")
+    p.add_argument("--trials", type=_positive, default=20, help="trials per searched method (default: 20)")
+    p.add_argument("--search-student", help="the proxy student a search trains (default: the suite's first student)")
+    p.add_argument("--resume", action="store_true", help="continue a killed --search; finished trials are kept")
     p.add_argument("--gpus", type=_positive, default=1, help="GPUs the plan spreads the work over (default: 1)")
     p.add_argument("--gpu-tflops", type=_positive_number, default=DEFAULT_GPU_TFLOPS,
                    help=f"sustained TFLOP/s per GPU the plan prices unmeasured work at (default: {DEFAULT_GPU_TFLOPS:g})")
@@ -113,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                 hint = f"; --profile {in_profiles[0]} lists them" if in_profiles and args.profile == "full" else ""
                 raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(unknown)}, "
                                  f"not in the suite (it has: {', '.join(suite.methods)}){hint}")
+        if args.search is not None:
+            searches = _search_specs(args, suite)
+            check_target(resolve(args.address))
+            check_out_dir(args.out, suite.source)
+            real = load_real_data(suite.data, with_test=False)  # a search never opens the test split
+            return run_searches(suite, real, searches, args.out, args.address, check=not args.no_check,
+                                resume=args.resume, accept_failed_check=args.accept_failed_check)
+        if args.resume or args.search_student:
+            raise SuiteError(f"{suite.source}: --{'resume' if args.resume else 'search-student'}: only with --search")
         if args.cross_arch and suite.cross_arch is None:
             raise SuiteError(f"{suite.source}: cross_arch: --cross-arch needs a cross_arch section in the suite")
         if args.plan:
@@ -129,11 +148,56 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     except DataError as e:  # its message says what is wrong with the data; the suite's data section points at it
         fail(f"{suite.source}: data: {e}")
+    except (PrepareError, SearchError, DistillError) as e:
+        fail(str(e))
     try:
         return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch,
                    accept_failed_check=args.accept_failed_check)
     except (PrepareError, DiversityError, ClusterError, DistillError) as e:
         fail(str(e))
+
+
+def _search_specs(args, suite) -> list[SearchSpec]:
+    """What `--search` asks for, checked before anything runs: one IPC, known methods that declare a space."""
+    names = [m.strip() for m in args.search.split(",") if m.strip()]
+    if not names:
+        raise SuiteError(f"{suite.source}: --search: {args.search!r} names no method")
+    for name in names:
+        if name not in suite.methods:
+            raise SuiteError(f"{suite.source}: --search: {name} is not one of the suite's methods "
+                             f"(it has: {', '.join(suite.methods)}; a profile may add more)")
+        if not get_method(name).search_space:
+            searchable = [m for m in suite.methods if get_method(m).search_space]
+            raise SuiteError(f"{suite.source}: --search: {name} declares no search space (searchable here: "
+                             f"{', '.join(searchable) or 'none'})")
+    if len(suite.ipcs) != 1:
+        raise SuiteError(f"{suite.source}: --ipc: a search tunes at one IPC; pass one of {suite.ipcs}")
+    student = args.search_student or suite.students[0]
+    if not is_student(student):
+        raise SuiteError(f"{suite.source}: --search-student: unknown student {student!r}: not in timm's registry")
+    if args.cross_arch or args.plan:
+        raise SuiteError(f"{suite.source}: --search: runs alone, not with --{'cross-arch' if args.cross_arch else 'plan'}")
+    protocol = search_protocol(suite)
+    return [SearchSpec(name, suite.ipcs[0], student, protocol, args.trials) for name in names]
+
+
+@holds_output  # one run per --out at a time (harness/lock.py)
+def run_searches(suite, real, specs: list[SearchSpec], out: Path, address: str | None, check: bool = True,
+                 resume: bool = False, accept_failed_check: bool = False) -> int:
+    """Prepare what the methods need, then each method's search; its trials go to the result store."""
+    out = Path(out).absolute()
+    connect = connector(address, out)
+    prepared = prepare(suite, real, out, check=check, connect=connect, methods=[s.method for s in specs],
+                       accept_failed_check=accept_failed_check)
+    connect()
+    store = ResultStore(out / "results" / f"{suite.name}.jsonl")
+    for spec in specs:
+        outcome = run_search(suite, real, prepared, spec, out, resume=resume)
+        written = write_outputs(outcome, suite, out, store)
+        print(outcome.summary(), flush=True)
+        print(f"[search] {spec.method}: {len(outcome.trials)} trial rows in {store.path}; "
+              f"{', '.join(map(str, written))}", flush=True)
+    return 0
 
 
 @holds_output  # one run per --out at a time (harness/lock.py)
