@@ -20,7 +20,7 @@ from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
 from .prepare import PrepareError, prepare
-from .search import SearchError, SearchSpec, run_search, search_protocol, write_outputs
+from .search import SearchError, SearchSpec, default_point, run_search, search_protocol, write_outputs
 from .store import ResultStore
 from .students import is_student
 from .suite import SuiteError, load_suite
@@ -144,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             check_real_image_counts(suite, real.train, [suite.cross_arch.method], [suite.cross_arch.ipc])
         else:
             check_real_image_counts(suite, real.train, methods, suite.ipcs)
-    except (SuiteError, PlanError, ClusterError) as e:
+    except (SuiteError, PlanError, ClusterError, SearchError) as e:
         fail(str(e))
     except DataError as e:  # its message says what is wrong with the data; the suite's data section points at it
         fail(f"{suite.source}: data: {e}")
-    except (PrepareError, SearchError, DistillError) as e:
+    except (PrepareError, DistillError) as e:
         fail(str(e))
     try:
         return run(suite, real, methods, args.out, args.address, check=not args.no_check, cross_arch=args.cross_arch,
@@ -178,7 +178,10 @@ def _search_specs(args, suite) -> list[SearchSpec]:
     if args.cross_arch or args.plan:
         raise SuiteError(f"{suite.source}: --search: runs alone, not with --{'cross-arch' if args.cross_arch else 'plan'}")
     protocol = search_protocol(suite)
-    return [SearchSpec(name, suite.ipcs[0], student, protocol, args.trials) for name in names]
+    specs = [SearchSpec(name, suite.ipcs[0], student, protocol, args.trials) for name in names]
+    for spec in specs:
+        default_point(suite, spec)  # the suite's config must lie in the space: it is the first trial
+    return specs
 
 
 @holds_output  # one run per --out at a time (harness/lock.py)

@@ -20,7 +20,7 @@ from harness.leaderboard import aggregate
 from harness.prepare import prepare
 from harness.search import ROW_KIND, SearchSpec, default_point, experiment_name, run_search, search_id, write_outputs
 from harness.store import ResultStore
-from harness.suite import load_suite
+from harness.suite import SuiteError, load_suite
 
 from tests.conftest import FASHION_ROOT, TINY_SUITE
 
@@ -104,6 +104,25 @@ def test_outputs_store_rows_fragment_round_trip_and_plots(env):
     assert load_suite(str(path)).searched == {}  # only the profile includes it
 
 
+def test_a_search_space_naming_a_missing_field_fails_at_suite_load(tmp_path):
+    from methods import registry
+    from methods.diffusion import Diffusion
+
+    registry.register_variant("test-misnamed-space", Diffusion, search_space={"guidance": ("float", 1.0, 9.0)})
+    try:
+        raw = yaml.safe_load(TINY_SUITE.read_text())
+        raw["methods"] = {"test-misnamed-space": {}}
+        path = tmp_path / "misnamed.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(SuiteError) as error:
+            load_suite(str(path), check_files=False)
+        message = str(error.value)
+        assert "\n" not in message and "methods.test-misnamed-space: its search_space names guidance" in message
+    finally:
+        registry._REGISTRY.pop("test-misnamed-space")
+
+
+@pytest.mark.slow  # two Ray clusters and a kill -9: ~2 minutes on two shared cores
 def test_a_search_killed_with_kill_9_resumes_without_training_a_finished_trial_again(env):
     suite, real, prepared, out = env["suite"], env["real"], env["prepared"], env["out"]
     spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=4, reports=6, grace_reports=6, seed=1)
