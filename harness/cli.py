@@ -15,7 +15,7 @@ from .distill import DistillError, distill, plan
 from .diversity import DiversityError, measure_sets
 from .evaluate import evaluate, full_data_protocol
 from .identity import FULL_DATA
-from .leaderboard import render
+from .leaderboard import render, searched_label, with_searched_labels
 from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
@@ -221,6 +221,13 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         print(paths[0].read_text(), flush=True)
         return 0
     jobs = plan(suite, prepared, out, methods, suite.ipcs)
+    labels = {}  # (method, config hash) → its board label, for the configs a search chose
+    for name in (m for m in methods if m in suite.searched):
+        searched_jobs = plan(suite.with_method_config(name, suite.searched_config(name)), prepared, out, [name],
+                             suite.ipcs)
+        if searched_jobs[0].config_hash not in {j.config_hash for j in jobs if j.method == name}:
+            jobs += searched_jobs
+            labels[(name, searched_jobs[0].config_hash)] = searched_label(name, suite.searched[name].trials)
     manifests = distill(suite, real, prepared, jobs, connect)
     measure_sets(suite, real, prepared, manifests, out)
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
@@ -238,7 +245,11 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     recipes = {prepared.protocol_hash(p) for p in suite.protocols.values()}
     if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
         recipes.add(full_data_protocol(suite).identity())
-    md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes, manifests, recipes)
+    rows, current, manifests, order = with_searched_labels(store.read(), current, manifests, methods, labels)
+    if labels:
+        notes.append("rows labelled 'searched on val (N trials)': the method's config chosen by N trials of a "
+                     "hyperparameter search on the validation split (harness/search.py), beside the suite's own")
+    md, csv = render(suite, rows, current, out / "leaderboard", order, notes, manifests, recipes)
     print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(md.read_text(), flush=True)
     return 0

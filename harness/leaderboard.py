@@ -9,6 +9,7 @@ random baseline by the method that declares itself one: nothing here names a pro
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -379,6 +380,26 @@ def mark_failed_checks(agg: pd.DataFrame, manifests: list[Manifest] | None) -> t
     return agg, [f"{FAILED_CHECK_MARK.strip()}: sampled from a backbone that FAILED its check (teacher agreement "
                  f"{', '.join(sorted(checks))}, below the suite's minimum; run with --accept-failed-check): not a "
                  f"result of the method"]
+
+
+def searched_label(method: str, trials: int) -> str:
+    return f"{method}, searched on val ({trials} trials)"
+
+
+def with_searched_labels(rows: list[dict], current: set[tuple[str, str]], manifests: list[Manifest],
+                         method_order: list[str], labels: dict[tuple[str, str], str]):
+    """Rows, current sets, manifests and method order with each searched config's set under its own label, so
+    that the board shows it as its own row beside the method's own config (and never averages the two)."""
+    if not labels:
+        return rows, current, manifests, method_order
+    relabel = lambda method, h: labels.get((method, h), method)  # noqa: E731
+    rows = [{**r, "method": relabel(r["method"], r["config_hash"])} if "config_hash" in r else r for r in rows]
+    current = {(relabel(m, h), h) for m, h in current}
+    manifests = [dataclasses.replace(m, method=relabel(m.method, m.config_hash)) for m in manifests]
+    order = []
+    for method in method_order:
+        order += [method] + [label for (m, _), label in labels.items() if m == method]
+    return rows, current, manifests, order
 
 
 def random_baseline(methods) -> str | None:

@@ -51,7 +51,7 @@ def env(tmp_path_factory, ray_cluster):
     real = load_real_data(suite.data, with_test=False)
     out = tmp / "out"
     prepared = prepare(suite, real, out, check=False)
-    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=6, reports=6, grace_reports=1,
+    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=5, reports=6, grace_reports=1,
                       reduction_factor=2)
     outcome = run_search(suite, real, prepared, spec, out)
     store = ResultStore(out / "results" / "tiny.jsonl")
@@ -65,7 +65,7 @@ def test_search_never_reads_the_test_split(env):
         load_real_data(env["suite"].data)
     assert env["real"].test is None
     trials = env["outcome"].trials
-    assert len(trials) == 6 and all(t.status != "error" for t in trials)
+    assert len(trials) == 5 and all(t.status != "error" for t in trials)
     assert all(0 <= t.val_accuracy <= 1 for t in trials)
 
 
@@ -74,17 +74,17 @@ def test_the_suite_config_is_the_first_trial_and_asha_stops_some(env):
     first = outcome.trials[0]
     assert first.index == 0 and first.config == default_point(env["suite"], outcome.spec) == \
         {"cfg_scale": 2.0, "steps": 10}
-    assert len({json.dumps(t.config, sort_keys=True) for t in outcome.trials}) == 6  # Optuna proposed the rest
+    assert len({json.dumps(t.config, sort_keys=True) for t in outcome.trials}) == 5  # Optuna proposed the rest
     stopped, saved = outcome.early_stopping()
     assert stopped >= 1 and saved > 0
     assert all(t.epochs < outcome.max_epochs for t in outcome.trials if t.status == "stopped early")
-    assert "ASHA stopped" in outcome.summary() and f"{stopped} of 6" in outcome.summary()
+    assert "ASHA stopped" in outcome.summary() and f"{stopped} of 5" in outcome.summary()
 
 
 def test_outputs_store_rows_fragment_round_trip_and_plots(env):
     outcome, suite = env["outcome"], env["suite"]
     rows = [r for r in env["store"].read() if r.get("kind") == ROW_KIND]
-    assert [r["trial"] for r in rows] == list(range(6)) and rows[0]["paper_default"]
+    assert [r["trial"] for r in rows] == list(range(5)) and rows[0]["paper_default"]
     assert {r["status"] for r in rows} <= {"finished", "stopped early"}
     assert aggregate(env["store"].read()).empty  # the board's reader takes measured rows only
     fragment = env["out"] / "search" / "diffusion.yaml"
@@ -98,7 +98,7 @@ def test_outputs_store_rows_fragment_round_trip_and_plots(env):
     searched = load_suite(str(path), "searched")
     best = outcome.best()
     assert searched.searched["diffusion"].config == best.config
-    assert searched.searched["diffusion"].trials == 6
+    assert searched.searched["diffusion"].trials == 5
     config = searched.searched_config("diffusion")
     assert (config.cfg_scale, config.steps) == (best.config["cfg_scale"], best.config["steps"])
     assert load_suite(str(path)).searched == {}  # only the profile includes it
@@ -151,3 +151,24 @@ def test_a_search_killed_with_kill_9_resumes_without_training_a_finished_trial_a
     assert all(trained.count(t) == 1 for t in finished_before)  # none of them trained again
     assert {p.stem for p in ledger.glob("*.json")} >= finished_before and len(list(ledger.glob("*.json"))) == 4
     print(f"kill -9 after {len(finished_before)} finished trials; resumed: {len(trained)} trainings in all")
+
+
+def test_the_board_shows_a_searched_config_as_its_own_row(env, tmp_path):
+    from harness.leaderboard import render, searched_label, with_searched_labels
+
+    suite, outcome = env["suite"], env["outcome"]
+    default = outcome.default()
+    best = next(t for t in outcome.trials if t.config_hash != default.config_hash)
+    rows = [{"kind": "measured", "suite": suite.name, "method": "diffusion", "config_hash": t.config_hash, "ipc": 1,
+             "student": "convnet3", "protocol": "hard-label", "protocol_hash": "p", "seed": seed,
+             "accuracy": t.val_accuracy, "train_seconds": 1.0, "distill_seconds_per_image": 0.1,
+             "peak_memory_bytes": 0} for t in (default, best) for seed in (0, 1)]
+    rows += env["store"].read()  # the search rows ride along and are not shown
+    labels = {("diffusion", best.config_hash): searched_label("diffusion", len(outcome.trials))}
+    current = {("diffusion", default.config_hash), ("diffusion", best.config_hash)}
+    rows, current, _, order = with_searched_labels(rows, current, [], ["diffusion"], labels)
+    assert order == ["diffusion", "diffusion, searched on val (5 trials)"]
+    md, _ = render(suite, rows, current, tmp_path, order, [])
+    table = md.read_text()
+    assert f"| diffusion | {100 * default.val_accuracy:.1f} ± 0.0 (2) |" in table
+    assert f"| diffusion, searched on val (5 trials) | {100 * best.val_accuracy:.1f} ± 0.0 (2) |" in table
