@@ -81,10 +81,14 @@ def parser() -> argparse.ArgumentParser:
                    help="print what the suite would do and cost (shards, trials, model loads, images, disk, GPU-hours) "
                         "and run nothing; needs neither the data nor the models")
     p.add_argument("--search", metavar="METHOD[,METHOD]",
-                   help="tune these methods' search spaces on the validation split (Ray Tune + Optuna) instead of "
-                        "running the suite; the test split is never read; best configs go to --out/search/<method>.yaml")
+                   help="tune these methods' search spaces (or a protocol's recipe for --search-student) on the "
+                        "validation split with Ray Tune + Optuna instead of running the suite; the test split is never "
+                        "read; best settings go to --out/search/<method>.yaml")
     p.add_argument("--trials", type=_positive, default=20, help="trials per searched method (default: 20)")
     p.add_argument("--search-student", help="the proxy student a search trains (default: the suite's first student)")
+    p.add_argument("--search-set", metavar="METHOD",
+                   help="a protocol search (--search PROTOCOL) tunes the student's recipe on this method's set "
+                        "(default: the suite's first method)")
     p.add_argument("--resume", action="store_true", help="continue a killed --search; finished trials are kept")
     p.add_argument("--gpus", type=_positive, default=1, help="GPUs the plan spreads the work over (default: 1)")
     p.add_argument("--gpu-tflops", type=_positive_number, default=DEFAULT_GPU_TFLOPS,
@@ -130,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             real = load_real_data(suite.data, with_test=False)  # a search never opens the test split
             return run_searches(suite, real, searches, args.out, args.address, check=not args.no_check,
                                 resume=args.resume, accept_failed_check=args.accept_failed_check)
-        if args.resume or args.search_student:
-            raise SuiteError(f"{suite.source}: --{'resume' if args.resume else 'search-student'}: only with --search")
+        for flag in ("resume", "search_student", "search_set"):
+            if getattr(args, flag):
+                raise SuiteError(f"{suite.source}: --{flag.replace('_', '-')}: only with --search")
         if args.cross_arch and suite.cross_arch is None:
             raise SuiteError(f"{suite.source}: cross_arch: --cross-arch needs a cross_arch section in the suite")
         if args.plan:
@@ -162,10 +167,15 @@ def _search_specs(args, suite) -> list[SearchSpec]:
     names = [m.strip() for m in args.search.split(",") if m.strip()]
     if not names:
         raise SuiteError(f"{suite.source}: --search: {args.search!r} names no method")
+    set_method = args.search_set or next(iter(suite.methods))
+    if set_method not in suite.methods:
+        raise SuiteError(f"{suite.source}: --search-set: {set_method} is not one of the suite's methods")
     for name in names:
+        if name in suite.protocols:
+            continue
         if name not in suite.methods:
-            raise SuiteError(f"{suite.source}: --search: {name} is not one of the suite's methods "
-                             f"(it has: {', '.join(suite.methods)}; a profile may add more)")
+            raise SuiteError(f"{suite.source}: --search: {name} is neither one of the suite's methods "
+                             f"(it has: {', '.join(suite.methods)}; a profile may add more) nor its protocols")
         if not get_method(name).search_space:
             searchable = [m for m in suite.methods if get_method(m).search_space]
             raise SuiteError(f"{suite.source}: --search: {name} declares no search space (searchable here: "
@@ -178,7 +188,9 @@ def _search_specs(args, suite) -> list[SearchSpec]:
     if args.cross_arch or args.plan:
         raise SuiteError(f"{suite.source}: --search: runs alone, not with --{'cross-arch' if args.cross_arch else 'plan'}")
     protocol = search_protocol(suite)
-    specs = [SearchSpec(name, suite.ipcs[0], student, protocol, args.trials) for name in names]
+    specs = [SearchSpec(set_method, suite.ipcs[0], student, name, args.trials, protocol_search=True)
+             if name in suite.protocols else SearchSpec(name, suite.ipcs[0], student, protocol, args.trials)
+             for name in names]
     for spec in specs:
         default_point(suite, spec)  # the suite's config must lie in the space: it is the first trial
     return specs
@@ -190,7 +202,7 @@ def run_searches(suite, real, specs: list[SearchSpec], out: Path, address: str |
     """Prepare what the methods need, then each method's search; its trials go to the result store."""
     out = Path(out).absolute()
     connect = connector(address, out)
-    prepared = prepare(suite, real, out, check=check, connect=connect, methods=[s.method for s in specs],
+    prepared = prepare(suite, real, out, check=check, connect=connect, methods=sorted({s.method for s in specs}),
                        accept_failed_check=accept_failed_check)
     connect()
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
@@ -198,7 +210,7 @@ def run_searches(suite, real, specs: list[SearchSpec], out: Path, address: str |
         outcome = run_search(suite, real, prepared, spec, out, resume=resume)
         written = write_outputs(outcome, suite, out, store)
         print(outcome.summary(), flush=True)
-        print(f"[search] {spec.method}: {len(outcome.trials)} trial rows in {store.path}; "
+        print(f"[search] {spec.subject}: {len(outcome.trials)} trial rows in {store.path}; "
               f"{', '.join(map(str, written))}", flush=True)
     return 0
 

@@ -68,6 +68,19 @@ class SearchSpec:
     reports: int = 10             # validation evaluations over the student's epochs: ASHA's milestones
     grace_reports: int = 2        # no trial stops before this many reports
     reduction_factor: int = 3     # ASHA keeps the best 1/η at each rung
+    # A protocol search: `protocol`'s recipe for `student` (its search_space) is tuned on the set of `method` at
+    # the suite's config, instead of the method's config.
+    protocol_search: bool = False
+
+    @property
+    def subject(self) -> str:
+        """What is searched: the method, or the protocol for the student."""
+        return f"{self.protocol}-{self.student}" if self.protocol_search else self.method
+
+
+def space_of(suite: Suite, spec: SearchSpec) -> dict[str, tuple]:
+    return (suite.protocols[spec.protocol].search_space if spec.protocol_search
+            else get_method(spec.method).search_space)
 
 
 def tune_space(space: dict[str, tuple]) -> dict:
@@ -91,29 +104,46 @@ def tune_space(space: dict[str, tuple]) -> dict:
 def default_point(suite: Suite, spec: SearchSpec) -> dict:
     """The suite's own config of the method on the searched fields (the paper's defaults unless the suite sets
     them): the first trial, so the search's best is never worse than the default on validation."""
-    space = get_method(spec.method).search_space
-    config = suite.method_config(spec.method)
-    point = {}
-    for name, (kind, *bounds) in space.items():
-        value = getattr(config, name)
+    if spec.protocol_search:
+        point, where = suite.protocols[spec.protocol].search_point(spec.student), f"protocols.{spec.protocol}"
+    else:
+        config, where = suite.method_config(spec.method), f"methods.{spec.method}"
+        point = {name: getattr(config, name) for name in space_of(suite, spec)}
+    for name, (kind, *bounds) in space_of(suite, spec).items():
+        value = point[name]
         if kind == "choice" and value not in bounds[0] or kind != "choice" and not bounds[0] <= value <= bounds[1]:
-            raise SearchError(f"{suite.source}: methods.{spec.method}.{name}: the suite's {value!r} lies outside "
-                              f"the method's search range {bounds}: the default must be one of the trials")
-        point[name] = value
+            raise SearchError(f"{suite.source}: {where}.{name}: the suite's {value!r} lies outside the search range "
+                              f"{bounds}: the default must be one of the trials")
     return point
 
 
 def search_id(suite: Suite, prepared: Prepared, spec: SearchSpec, real: RealData) -> str:
     """What decides the search's trials: a rerun with the same id is the same search, resumed."""
     protocol = suite.protocols[spec.protocol]
-    return config_hash({"suite": suite.name, "spec": dataclasses.asdict(spec), "default": default_point(suite, spec),
-                        "space": {k: list(v) for k, v in get_method(spec.method).search_space.items()},
+    fields = dataclasses.asdict(spec)
+    if not spec.protocol_search:  # added with protocol searches: method searches' ids stay what they were
+        del fields["protocol_search"]
+    return config_hash({"suite": suite.name, "spec": fields, "default": default_point(suite, spec),
+                        "space": {k: list(v) for k, v in space_of(suite, spec).items()},
                         "protocol": protocol.identity(), "val": real.val.fingerprint(),
                         "backbone": prepared.backbone_hash, "teacher": prepared.teacher_hash})
 
 
 def experiment_name(spec: SearchSpec, sid: str) -> str:
+    if spec.protocol_search:
+        return f"{spec.protocol}-{spec.student}-on-{spec.method}-ipc{spec.ipc}-{sid}"
     return f"{spec.method}-ipc{spec.ipc}-{spec.student}-{spec.protocol}-{sid}"
+
+
+def trial_recipe(suite: Suite, spec: SearchSpec, drawn: dict):
+    """The protocol a trial's student trains under: the suite's, or in a protocol search the drawn settings
+    for the student."""
+    protocol = suite.protocols[spec.protocol]
+    if not spec.protocol_search:
+        return protocol
+    cast = {k: float(v) for k, v in drawn.items()}
+    mine = {**protocol.per_student.get(spec.student, {}), **cast}
+    return dataclasses.replace(protocol, per_student={**protocol.per_student, spec.student: mine})
 
 
 def _typed(suite: Suite, method: str, drawn: dict):
@@ -140,13 +170,14 @@ def run_trial(drawn: dict, suite: Suite, prepared: Prepared, real: RealData, spe
         return
     torch.set_num_threads(1)
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    trial_suite = suite.with_method_config(spec.method, _typed(suite, spec.method, drawn))
+    trial_suite = suite if spec.protocol_search else \
+        suite.with_method_config(spec.method, _typed(suite, spec.method, drawn))
     t0 = time.perf_counter()
     (job,) = plan(trial_suite, prepared, Path(out), [spec.method], [spec.ipc])
     manifest = distill_here(trial_suite, real, prepared, job, device)
     distill_seconds = time.perf_counter() - t0
     images, labels = load_set(Path(manifest.path), real.classes, real.channels)
-    protocol = suite.protocols[spec.protocol]
+    protocol = trial_recipe(suite, spec, drawn)
     teacher = prepared.load_relabel_teacher(device) if protocol.needs_teacher else None
     val_images, val_labels = real.val.load(torch.arange(len(real.val))), real.val.labels
     t1 = time.perf_counter()
@@ -183,8 +214,8 @@ def run_search(suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpe
     the training and validation splits only."""
     if real.test is not None:
         raise SearchError("a search loads the data without its test split (load_real_data(..., with_test=False))")
-    if not get_method(spec.method).search_space:
-        raise SearchError(f"{suite.source}: methods.{spec.method}: declares no search_space: nothing to search")
+    if not space_of(suite, spec):
+        raise SearchError(f"{suite.source}: {spec.subject}: declares no search_space: nothing to search")
     out = Path(out).absolute()
     protocol = suite.protocols[spec.protocol]
     epochs = protocol.epochs_for(spec.ipc)
@@ -202,7 +233,7 @@ def run_search(suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpe
         if not resume:
             raise SearchError(f"{path} holds this search already: pass --resume to continue it (finished trials "
                               f"are kept), or remove the folder to start again")
-        print(f"[search] {spec.method}: resuming {path}", flush=True)
+        print(f"[search] {spec.subject}: resuming {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         from optuna.samplers import TPESampler
@@ -214,7 +245,7 @@ def run_search(suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpe
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(epochs, every * spec.grace_reports),
                                   reduction_factor=spec.reduction_factor)
         tuner = tune.Tuner(
-            trainable, param_space=tune_space(get_method(spec.method).search_space),
+            trainable, param_space=tune_space(space_of(suite, spec)),
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=spec.trials, scheduler=scheduler,
                                         reuse_actors=True,
                                         search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent)),
@@ -284,7 +315,8 @@ class SearchOutcome:
         """One result-store row per trial, of kind "search": keyed by the search id as its protocol hash and the
         trial's index as its seed, so no row of a search ever takes the key of a measured one."""
         protocol_hash = f"search-{self.search}"
-        return [{"kind": ROW_KIND, "suite": suite.name, "method": self.spec.method,
+        return [{"kind": ROW_KIND, "target": "protocol" if self.spec.protocol_search else "method",
+                 "suite": suite.name, "method": self.spec.method,
                  "config_hash": t.config_hash or config_hash(t.config), "ipc": self.spec.ipc,
                  "student": self.spec.student, "protocol": self.spec.protocol, "protocol_hash": protocol_hash,
                  "seed": t.index, "search": self.search, "trial": t.index, "config": t.config,
@@ -296,6 +328,8 @@ class SearchOutcome:
     def fragment(self) -> dict:
         """The best config as a suite fragment: `searched.<method>`, for a profile's `include:`."""
         best, default = self.best(), self.default()
+        if self.spec.protocol_search:  # the recipe for the student; the search's rows are its record
+            return {"protocols": {self.spec.protocol: {"per_student": {self.spec.student: best.config}}}}
         return {"searched": {self.spec.method: {
             "config": best.config, "trials": len(self.trials), "search": self.search, "ipc": self.spec.ipc,
             "student": self.spec.student, "protocol": self.spec.protocol, "val_accuracy": best.val_accuracy,
@@ -305,9 +339,10 @@ class SearchOutcome:
         best, default = self.best(), self.default()
         stopped, saved = self.early_stopping()
         n = len(self.trials)
-        lines = [f"[search] {self.spec.method}: {n} trials ({sum(t.status == 'finished' for t in self.trials)} "
+        on = (f"on the {self.spec.method} set " if self.spec.protocol_search else "") + f"under {self.spec.protocol}"
+        lines = [f"[search] {self.spec.subject}: {n} trials ({sum(t.status == 'finished' for t in self.trials)} "
                  f"finished, {stopped} stopped early, {sum(t.status == 'error' for t in self.trials)} failed) in "
-                 f"{self.wall_seconds:.0f} s; validation accuracy of {self.spec.student} under {self.spec.protocol} "
+                 f"{self.wall_seconds:.0f} s; validation accuracy of {self.spec.student} {on} "
                  f"at IPC {self.spec.ipc}"]
         if default is not None and default.val_accuracy is not None:
             lines.append(f"[search]   suite's config (trial 0): {default.val_accuracy:.2%} {default.config}")
@@ -339,10 +374,14 @@ def write_outputs(outcome: SearchOutcome, suite: Suite, out: Path, store: Result
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     if outcome.best() is not None:
-        fragment = folder / f"{outcome.spec.method}.yaml"
-        header = (f"# The best of {len(outcome.trials)} trials of {outcome.spec.method}'s search on the validation "
+        fragment = folder / f"{outcome.spec.subject}.yaml"
+        default = outcome.default()
+        header = (f"# The best of {len(outcome.trials)} trials of {outcome.spec.subject}'s search on the validation "
                   f"split (search {outcome.search}; every trial is a row of kind '{ROW_KIND}' in the result "
-                  f"store).\n# Include it in a suite profile: profiles: {{searched: {{include: [{fragment}]}}}}\n")
+                  f"store).\n# Validation accuracy: {outcome.best().val_accuracy:.4f} (trial {outcome.best().index}), the "
+                  f"suite's own settings {default.val_accuracy if default else float('nan'):.4f} (trial 0); "
+                  f"{outcome.spec.student}, IPC {outcome.spec.ipc}.\n"
+                  f"# Include it in a suite profile: profiles: {{searched: {{include: [{fragment}]}}}}\n")
         fragment.write_text(header + yaml.safe_dump(outcome.fragment(), sort_keys=False))
         written.append(fragment)
     written += plot(outcome, folder)
@@ -362,7 +401,7 @@ def plot(outcome: SearchOutcome, folder: Path) -> list[Path]:
     trials = [t for t in outcome.trials if t.val_accuracy is not None]
     if not trials:
         return []
-    stem, paths = folder / outcome.spec.method, []
+    stem, paths = folder / outcome.spec.subject, []
     params = list(trials[0].config)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     acc = [100 * t.val_accuracy for t in trials]
@@ -370,7 +409,7 @@ def plot(outcome: SearchOutcome, folder: Path) -> list[Path]:
     ax.scatter([t.index for t in trials], acc, c=colours, s=18)
     ax.plot([t.index for t in trials], np.maximum.accumulate(acc), color="tab:red", label="best so far")
     ax.set(xlabel="trial", ylabel="validation accuracy (%)",
-           title=f"{outcome.spec.method}: optimisation history (grey: stopped early)")
+           title=f"{outcome.spec.subject}: optimisation history (grey: stopped early)")
     ax.legend()
     paths.append(_save(fig, f"{stem}-history.png"))
     if len(trials) >= 3:
@@ -380,7 +419,7 @@ def plot(outcome: SearchOutcome, folder: Path) -> list[Path]:
             rho.append(0.0 if np.isnan(r) else abs(r))
         fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(params)))
         ax.barh(params, rho)
-        ax.set(xlabel="|Spearman ρ| with validation accuracy", title=f"{outcome.spec.method}: parameter importance")
+        ax.set(xlabel="|Spearman ρ| with validation accuracy", title=f"{outcome.spec.subject}: parameter importance")
         paths.append(_save(fig, f"{stem}-importance.png"))
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(params), 3.5))
     values = np.array([[float(t.config[p]) for p in params] for t in trials])
@@ -391,7 +430,7 @@ def plot(outcome: SearchOutcome, folder: Path) -> list[Path]:
     for row, a in zip(scaled, acc):
         ax.plot(range(len(params)), row, color=cmap(norm(a)), alpha=0.8)
     ax.set_xticks(range(len(params)), params, rotation=20)
-    ax.set(ylabel="scaled to the trials' range", title=f"{outcome.spec.method}: parallel coordinates")
+    ax.set(ylabel="scaled to the trials' range", title=f"{outcome.spec.subject}: parallel coordinates")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="validation accuracy (%)")
     paths.append(_save(fig, f"{stem}-parallel.png"))
     return paths

@@ -137,6 +137,7 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
     its early-stopping scheduler reads the curve. Evaluating draws no random number, so it changes no result.
     """
     seeds = [seed] if isinstance(seed, int) else list(seed)
+    protocol = protocol.for_student(student)
     if protocol.needs_teacher and teacher is None:
         raise ValueError(f"the {protocol.name} protocol needs a teacher")
     rule = protocol.plateau_rule()

@@ -160,7 +160,12 @@ CASES = [
     Case("--gpus 0", "--gpus", argv=("--gpus", "0")),
     Case("unknown flag", "unrecognized arguments: --colour", argv=("--colour", "red")),
     # --search (harness/search.py)
-    Case("--search unknown method", "--search: magic is not one of the suite's methods", argv=("--search", "magic")),
+    Case("--search unknown method", "--search: magic is neither one of the suite's methods", argv=("--search", "magic")),
+    Case("--search-set unknown", "--search-set: magic is not one of the suite's methods",
+         argv=("--search", "soft-label", "--ipc", "1", "--search-set", "magic")),
+    Case("--search-set without --search", "--search-set: only with --search", argv=("--search-set", "herding")),
+    Case("protocol per_student unknown field", "protocols.soft-label.per_student: convnet3: lrr is not a field",
+         edit=_set("protocols.soft-label.per_student", {"convnet3": {"lrr": 0.1}})),
     Case("--search no method", "--search: ',' names no method", argv=("--search", ",")),
     Case("--search without a space", "--search: herding declares no search space", argv=("--search", "herding")),
     Case("--search at two IPCs", "--ipc: a search tunes at one IPC", argv=("--search", "diffusion")),

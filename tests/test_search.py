@@ -172,3 +172,25 @@ def test_the_board_shows_a_searched_config_as_its_own_row(env, tmp_path):
     table = md.read_text()
     assert f"| diffusion | {100 * default.val_accuracy:.1f} ± 0.0 (2) |" in table
     assert f"| diffusion, searched on val (5 trials) | {100 * best.val_accuracy:.1f} ± 0.0 (2) |" in table
+
+
+@pytest.mark.slow  # a second Ray Tune experiment: ~30-70 s on two shared cores
+def test_a_protocol_search_tunes_the_students_lr_and_publishes_the_recipe(env):
+    suite, out = env["suite"], env["out"]
+    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=3, reports=6, grace_reports=6,
+                      protocol_search=True)
+    outcome = run_search(suite, env["real"], env["prepared"], spec, out)
+    assert outcome.trials[0].config == {"lr": suite.protocols["hard-label"].lr}  # the suite's recipe first
+    assert len({t.config["lr"] for t in outcome.trials}) == 3
+    written = write_outputs(outcome, suite, out, env["store"])
+    fragment = out / "search" / "hard-label-convnet3.yaml"
+    assert fragment in written
+    raw = yaml.safe_load(Path(suite.source).read_text())
+    raw["profiles"] = {"searched-recipe": {"include": [str(fragment)]}}
+    path = env["tmp"] / "with-recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    recipe = load_suite(str(path), "searched-recipe").protocols["hard-label"]
+    assert recipe.for_student("convnet3").lr == outcome.best().config["lr"]
+    assert recipe.for_student("resnet18").lr == suite.protocols["hard-label"].lr  # other students keep theirs
+    rows = [r for r in env["store"].read() if r.get("target") == "protocol"]
+    assert len(rows) == 3 and all(r["protocol_hash"] == f"search-{outcome.search}" for r in rows)
