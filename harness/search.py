@@ -252,8 +252,7 @@ def run_search(suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpe
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1)))
     grid = tuner.fit()
-    return SearchOutcome.from_grid(spec, sid, str(path), epochs, grid, time.perf_counter() - t0,
-                                   default_point(suite, spec))
+    return SearchOutcome.from_grid(spec, sid, str(path), epochs, grid, time.perf_counter() - t0)
 
 
 @dataclass
@@ -280,7 +279,7 @@ class SearchOutcome:
     wall_seconds: float
 
     @classmethod
-    def from_grid(cls, spec, sid, path, max_epochs, grid, wall_seconds, default) -> "SearchOutcome":
+    def from_grid(cls, spec, sid, path, max_epochs, grid, wall_seconds) -> "SearchOutcome":
         records = []
         for result in grid:
             m, df = result.metrics or {}, result.metrics_dataframe
