@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import re
 import time
 from dataclasses import dataclass
@@ -46,9 +47,8 @@ from .training import train_student
 
 ROW_KIND = "search"
 METRIC = "val_accuracy"
-# Ray Tune writes its experiment state this often (seconds); 0: after every trial event, so that a search
-# killed with kill -9 has recorded every trial it finished.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+# Where Ray keeps a session's files (`ray.init(_temp_dir=...)` moves it): a killed search's intact state is there.
+RAY_TEMP = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
 
 
 class SearchError(Exception):
@@ -159,9 +159,9 @@ def run_trial(drawn: dict, suite: Suite, prepared: Prepared, real: RealData, spe
     """One trial, in a Ray Tune worker: the drawn config's set (made here, or read from the cache), then the
     proxy student, its validation accuracy reported every epochs/reports epochs.
 
-    The `ledger` folder keeps each finished trial's curve, written before Ray Tune hears the trial end: a search
-    killed between the two reruns that trial on resume, and the rerun replays the curve instead of training
-    again. `trained.log` there gets a line per student actually trained, so that reruns can be counted."""
+    The `ledger` folder keeps each finished trial's curve, written before Ray Tune hears the trial end: Tune
+    saves its state every ten seconds or more, so a search killed before it recorded a finished trial reruns that
+    trial on resume, and the rerun replays the curve instead of training again. `trained.log` there gets a line per student actually trained, so that reruns can be counted."""
     trial = tune.get_context().get_trial_id()
     done = Path(ledger) / f"{trial}.json"
     if done.exists():
@@ -200,6 +200,42 @@ def run_trial(drawn: dict, suite: Suite, prepared: Prepared, real: RealData, spe
                   report_every=every)
 
 
+def _readable(path: Path) -> bool:
+    try:
+        (json.loads if path.suffix == ".json" else pickle.loads)(path.read_bytes())
+        return True
+    except Exception:  # a torn file fails in as many ways as its format has
+        return False
+
+
+def _stages(staging: Path, storage: Path) -> bool:
+    """Whether a staging folder was this storage folder's: the same search run into another `--out` has the same
+    experiment name. Its trials' storage context (pickled, hex-encoded in the experiment state) names the path."""
+    mark = str(storage).encode().hex()
+    return any(mark in f.read_text(errors="replace") for f in staging.glob("experiment_state-*.json"))
+
+
+def repair_torn_state(path: Path) -> list[str]:
+    """Ray Tune writes its driver state (experiment, search generator, searcher) in the session's staging folder by
+    rename, then copies it into the storage folder in place: a kill -9 during the copy leaves a torn file there
+    (the searcher's pickle, most often), and `Tuner.restore` then starts the search algorithm afresh. The staging
+    folder of the dead session still holds the intact file; put it back. Returns the names repaired."""
+    repaired = []
+    for f in sorted(path.glob("*state*")):
+        if f.name.startswith(".") or not f.is_file() or _readable(f):
+            continue
+        copies = sorted((c for c in RAY_TEMP.glob(f"session_*/artifacts/*/{path.name}/driver_artifacts/{f.name}")
+                         if _stages(c.parent, path.parent)), key=lambda c: c.stat().st_mtime, reverse=True)
+        intact = next((c for c in copies if _readable(c)), None)
+        if intact is None:
+            raise SearchError(f"{f} is torn (the search was killed while Ray Tune wrote it) and no intact copy is "
+                              f"left in {RAY_TEMP}: remove {path} to start the search again")
+        with atomic.replacing(f) as tmp:
+            tmp.write_bytes(intact.read_bytes())
+        repaired.append(f.name)
+    return repaired
+
+
 def trial_resources(max_concurrent: int) -> tuple[dict, int]:
     """A GPU per trial where the cluster has GPUs, else one CPU core; and how many trials run at once."""
     resources = ray.cluster_resources()
@@ -233,6 +269,8 @@ def run_search(suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpe
         if not resume:
             raise SearchError(f"{path} holds this search already: pass --resume to continue it (finished trials "
                               f"are kept), or remove the folder to start again")
+        for name_ in repair_torn_state(path):
+            print(f"[search] {spec.subject}: {name_} was torn by the kill; put back the intact copy", flush=True)
         print(f"[search] {spec.subject}: resuming {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -406,7 +444,11 @@ def plot(outcome: SearchOutcome, folder: Path) -> list[Path]:
     acc = [100 * t.val_accuracy for t in trials]
     colours = ["tab:blue" if t.status == "finished" else "tab:grey" for t in trials]
     ax.scatter([t.index for t in trials], acc, c=colours, s=18)
-    ax.plot([t.index for t in trials], np.maximum.accumulate(acc), color="tab:red", label="best so far")
+    # The best so far among trials run to the end: how `best()` chooses.
+    finished = [a if t.status == "finished" else -np.inf for t, a in zip(trials, acc)]
+    best = np.maximum.accumulate(finished)
+    ax.plot([t.index for t in trials], np.where(np.isfinite(best), best, np.nan), color="tab:red",
+            label="best finished so far")
     ax.set(xlabel="trial", ylabel="validation accuracy (%)",
            title=f"{outcome.spec.subject}: optimisation history (grey: stopped early)")
     ax.legend()
