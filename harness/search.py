@@ -201,11 +201,15 @@ def run_trial(drawn: dict, suite: Suite, prepared: Prepared, real: RealData, spe
 
 
 def _readable(path: Path) -> bool:
-    try:
-        (json.loads if path.suffix == ".json" else pickle.loads)(path.read_bytes())
-        return True
-    except Exception:  # a torn file fails in as many ways as its format has
-        return False
+    """A whole state file: JSON, or a pickle (Ray names its pickled search-generator state `.json` too)."""
+    data = path.read_bytes()
+    for load in (json.loads, pickle.loads):
+        try:
+            load(data)
+            return True
+        except Exception:  # a torn file fails in as many ways as its format has
+            pass
+    return False
 
 
 def _stages(staging: Path, storage: Path) -> bool:
