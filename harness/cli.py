@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from methods import get_method
+
 from .cluster import ClusterError, check_target, connector, resolve
 from .compare import compare, lines as compare_lines
 from .cross_arch import cross_architecture
@@ -16,14 +18,16 @@ from .diversity import DiversityError, measure_sets
 from .evaluate import evaluate, full_data_protocol
 from .export import ExportError, export_set
 from .identity import FULL_DATA
-from .leaderboard import board_order, measured_rows, render
+from .leaderboard import board_order, measured_rows, render, searched_label, with_searched_labels
 from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
 from .prepare import PrepareError, prepare
+from .search import SearchError, SearchSpec, default_point, run_search, search_protocol, write_outputs
 from .sets import Manifest
 from .site import build_site
 from .store import ResultStore
+from .students import is_student
 from .suite import SuiteError, load_suite
 
 
@@ -81,6 +85,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true",
                    help="print what the suite would do and cost (shards, trials, model loads, images, disk, GPU-hours) "
                         "and run nothing; needs neither the data nor the models")
+    p.add_argument("--search", metavar="METHOD[,METHOD]",
+                   help="tune these methods' search spaces (or a protocol's recipe for --search-student) on the "
+                        "validation split with Ray Tune + Optuna instead of running the suite; the test split is never "
+                        "read; best settings go to --out/search/<method>.yaml")
+    p.add_argument("--trials", type=_positive, default=20, help="trials per searched method (default: 20)")
+    p.add_argument("--search-student", help="the proxy student a search trains (default: the suite's first student)")
+    p.add_argument("--search-set", metavar="METHOD",
+                   help="a protocol search (--search PROTOCOL) tunes the student's recipe on this method's set "
+                        "(default: the suite's first method)")
+    p.add_argument("--resume", action="store_true", help="continue a killed --search; finished trials are kept")
     p.add_argument("--gpus", type=_positive, default=1, help="GPUs the plan spreads the work over (default: 1)")
     p.add_argument("--gpu-tflops", type=_positive_number, default=DEFAULT_GPU_TFLOPS,
                    help=f"sustained TFLOP/s per GPU the plan prices unmeasured work at (default: {DEFAULT_GPU_TFLOPS:g})")
@@ -137,6 +151,16 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(suite.methods)}){'; try --profile leaderboard' if args.profile == 'full' else ''}")
         if args.export and (not args.ipc or len(args.ipc) != 1):
             raise SuiteError(f"{suite.source}: ipcs: --export needs one IPC (--ipc K)")
+        if args.search is not None:
+            searches = _search_specs(args, suite)
+            check_target(resolve(args.address))
+            check_out_dir(args.out, suite.source)
+            real = load_real_data(suite.data, with_test=False)  # a search never opens the test split
+            return run_searches(suite, real, searches, args.out, args.address, check=not args.no_check,
+                                resume=args.resume, accept_failed_check=args.accept_failed_check)
+        for flag in ("resume", "search_student", "search_set"):
+            if getattr(args, flag):
+                raise SuiteError(f"{suite.source}: --{flag.replace('_', '-')}: only with --search")
         if args.cross_arch and suite.cross_arch is None:
             raise SuiteError(f"{suite.source}: cross_arch: --cross-arch needs a cross_arch section in the suite")
         if args.plan:
@@ -149,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             check_real_image_counts(suite, real.train, [suite.cross_arch.method], [suite.cross_arch.ipc])
         else:
             check_real_image_counts(suite, real.train, methods, suite.ipcs)
-    except (SuiteError, PlanError, ClusterError) as e:
+    except (SuiteError, PlanError, ClusterError, SearchError) as e:
         fail(str(e))
     except DataError as e:  # its message says what is wrong with the data; the suite's data section points at it
         fail(f"{suite.source}: data: {e}")
+    except (PrepareError, DistillError) as e:
+        fail(str(e))
     if pair or args.export:
         methods = pair or [args.export]
     command = shlex.join(["python", "benchmark.py", *(sys.argv[1:] if argv is None else argv)])
@@ -163,6 +189,59 @@ def main(argv: list[str] | None = None) -> int:
                    command=command)
     except (PrepareError, DiversityError, ClusterError, DistillError, ExportError) as e:
         fail(str(e))
+
+
+def _search_specs(args, suite) -> list[SearchSpec]:
+    """What `--search` asks for, checked before anything runs: one IPC, known methods that declare a space."""
+    names = [m.strip() for m in args.search.split(",") if m.strip()]
+    if not names:
+        raise SuiteError(f"{suite.source}: --search: {args.search!r} names no method")
+    set_method = args.search_set or next(iter(suite.methods))
+    if set_method not in suite.methods:
+        raise SuiteError(f"{suite.source}: --search-set: {set_method} is not one of the suite's methods")
+    for name in names:
+        if name in suite.protocols:
+            continue
+        if name not in suite.methods:
+            raise SuiteError(f"{suite.source}: --search: {name} is neither one of the suite's methods "
+                             f"(it has: {', '.join(suite.methods)}; a profile may add more) nor its protocols")
+        if not get_method(name).search_space:
+            searchable = [m for m in suite.methods if get_method(m).search_space]
+            raise SuiteError(f"{suite.source}: --search: {name} declares no search space (searchable here: "
+                             f"{', '.join(searchable) or 'none'})")
+    if len(suite.ipcs) != 1:
+        raise SuiteError(f"{suite.source}: --ipc: a search tunes at one IPC; pass one of {suite.ipcs}")
+    student = args.search_student or suite.students[0]
+    if not is_student(student):
+        raise SuiteError(f"{suite.source}: --search-student: unknown student {student!r}: not in timm's registry")
+    if args.cross_arch or args.plan:
+        raise SuiteError(f"{suite.source}: --search: runs alone, not with --{'cross-arch' if args.cross_arch else 'plan'}")
+    protocol = search_protocol(suite)
+    specs = [SearchSpec(set_method, suite.ipcs[0], student, name, args.trials, protocol_search=True)
+             if name in suite.protocols else SearchSpec(name, suite.ipcs[0], student, protocol, args.trials)
+             for name in names]
+    for spec in specs:
+        default_point(suite, spec)  # the suite's config must lie in the space: it is the first trial
+    return specs
+
+
+@holds_output  # one run per --out at a time (harness/lock.py)
+def run_searches(suite, real, specs: list[SearchSpec], out: Path, address: str | None, check: bool = True,
+                 resume: bool = False, accept_failed_check: bool = False) -> int:
+    """Prepare what the methods need, then each method's search; its trials go to the result store."""
+    out = Path(out).absolute()
+    connect = connector(address, out)
+    prepared = prepare(suite, real, out, check=check, connect=connect, methods=sorted({s.method for s in specs}),
+                       accept_failed_check=accept_failed_check)
+    connect()
+    store = ResultStore(out / "results" / f"{suite.name}.jsonl")
+    for spec in specs:
+        outcome = run_search(suite, real, prepared, spec, out, resume=resume)
+        written = write_outputs(outcome, suite, out, store)
+        print(outcome.summary(), flush=True)
+        print(f"[search] {spec.subject}: {len(outcome.trials)} trial rows in {store.path}; "
+              f"{', '.join(map(str, written))}", flush=True)
+    return 0
 
 
 @holds_output  # one run per --out at a time (harness/lock.py)
@@ -188,6 +267,13 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     jobs = plan(suite, prepared, out, methods, suite.ipcs)
     if export:
         return _export(suite, jobs, out)
+    labels = {}  # (method, config hash) → its board label, for the configs a search chose
+    for name in (m for m in methods if m in suite.searched):
+        searched_jobs = plan(suite.with_method_config(name, suite.searched_config(name)), prepared, out, [name],
+                             suite.ipcs)
+        if searched_jobs[0].config_hash not in {j.config_hash for j in jobs if j.method == name}:
+            jobs += searched_jobs
+            labels[(name, searched_jobs[0].config_hash)] = searched_label(name, suite.searched[name].trials)
     manifests = [Manifest.read(j.path) for j in jobs if j.done()] if draw_only else distill(suite, real, prepared,
                                                                                             jobs, connect)
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
@@ -209,11 +295,15 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         f"{k}: epochs by IPC {v.epochs}" + (f", student options {v.student_kwargs}" if v.student_kwargs else "")
         for k, v in suite.protocols.items()))
     notes += suite.notes
-    md, csv = render(suite, store.read(), current, out / "leaderboard", methods, notes, manifests, recipes)
+    rows, current, manifests, order = with_searched_labels(store.read(), current, manifests, methods, labels)
+    if labels:
+        notes.append("rows labelled 'searched on val (N trials)': the method's config chosen by N trials of a "
+                     "hyperparameter search on the validation split (harness/search.py), beside the suite's own")
+    md, csv = render(suite, rows, current, out / "leaderboard", order, notes, manifests, recipes)
     print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if not draw_only:
         print(md.read_text(), flush=True)
-    page = build_site(suite, store.read(), current, out / "site", methods, notes, manifests, out / "leaderboard",
+    page = build_site(suite, rows, current, out / "site", order, notes, manifests, out / "leaderboard",
                       command, recipes)
     print(f"[site] {page} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return 0

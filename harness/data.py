@@ -212,18 +212,21 @@ def carve_validation(train: ImageSet, per_class: int, seed: int) -> tuple[ImageS
 class RealData:
     train: ImageSet  # what methods, teachers and backbones may see
     val: ImageSet    # carved from the training set: for hyperparameter search
-    test: ImageSet   # held out: final accuracy only
+    test: ImageSet | None  # held out: final accuracy only; None where a search loaded the data (never read there)
     classes: list[str]
     class_names: list[str]
     channels: int
     image_size: int
 
 
-def load_real_data(data_cfg) -> RealData:
-    """Build the three splits a suite's `data` section describes."""
+def load_real_data(data_cfg, with_test: bool = True) -> RealData:
+    """Build the three splits a suite's `data` section describes. `with_test=False` (a hyperparameter search)
+    never opens the test split's files: `test` is None."""
+    test = None
     if data_cfg.format == "idx":
         full_train = load_fashion_mnist(data_cfg.root, "train")
-        test = load_fashion_mnist(data_cfg.root, "test")
+        if with_test:
+            test = load_fashion_mnist(data_cfg.root, "test")
         names = list(FASHION_MNIST_CLASSES)
         if data_cfg.max_train_per_class:
             full_train = full_train.subset(torch.cat([full_train.indices_of(c)[:data_cfg.max_train_per_class]
@@ -232,16 +235,19 @@ def load_real_data(data_cfg) -> RealData:
         classes = data_cfg.class_keys()
         full_train = FolderImageSet(Path(data_cfg.root) / data_cfg.train_dir, classes, data_cfg.image_size,
                                     data_cfg.max_train_per_class)
-        test = FolderImageSet(Path(data_cfg.root) / data_cfg.test_dir, classes, data_cfg.image_size)
-        channels = data_cfg.channels if data_cfg.channels != "auto" else folder_channels([full_train, test])
-        full_train.channels = test.channels = channels
+        if with_test:
+            test = FolderImageSet(Path(data_cfg.root) / data_cfg.test_dir, classes, data_cfg.image_size)
+        splits = [s for s in (full_train, test) if s is not None]
+        channels = data_cfg.channels if data_cfg.channels != "auto" else folder_channels(splits)
+        for split in splits:
+            split.channels = channels
         names = data_cfg.class_names()
     else:  # the suite loader rejects other formats before we get here
         raise DataError(f"unknown data format {data_cfg.format!r}")
     train, val = carve_validation(full_train, data_cfg.val_per_class, data_cfg.val_seed)
     if data_cfg.format == "idx":
         channels = 1
-    size = int(test.load([0]).shape[-1])
+    size = int((test if test is not None else full_train).load([0]).shape[-1])
     if size != data_cfg.image_size:
         raise DataError(f"images in {data_cfg.root} are {size}px but the suite's data.image_size is {data_cfg.image_size}")
     return RealData(train, val, test, list(full_train.classes), names, channels, size)

@@ -337,3 +337,21 @@ def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[Distill
         if not job.done():
             write_manifest(job, suite, prepared, real.classes)
     return [Manifest.read(job.path) for job in jobs]
+
+
+_LOADED: dict[tuple, MethodContext] = {}
+
+
+def distill_here(suite: Suite, real: RealData, prepared: Prepared, job: DistillJob, device: str = "cpu") -> Manifest:
+    """One set made in this process, shard by shard, into the same cache `distill` fills (a search trial
+    already holds the CPU or GPU Ray gave it; a set made by a run or an earlier trial is read, not redone)."""
+    repair_sets([job], real.classes)
+    if not job.done():
+        worker = ShardWorker(suite, prepared, device, real=real)
+        # A Ray worker that runs trial after trial loads the models once: they depend on the prepared models only.
+        key = (prepared.backbone_hash, prepared.teacher_hash, prepared.relabel_hash, str(device))
+        worker.context = _LOADED.setdefault(key, worker.context)
+        for label in range(len(real.classes)):
+            worker.run_shard(job, label)
+        write_manifest(job, suite, prepared, real.classes)
+    return Manifest.read(job.path)

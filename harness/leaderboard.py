@@ -9,6 +9,7 @@ random baseline by the method that declares itself one: nothing here names a pro
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -418,6 +419,26 @@ def dd_ranking_table(rows: list[dict], current, suite, baseline: str, hard: str,
     date = pd.Timestamp(max(finished), unit="s").strftime("%Y-%m-%d") if finished else ""
     df.insert(2, "date", date)
     return df.reset_index(drop=True)
+
+
+def searched_label(method: str, trials: int) -> str:
+    return f"{method}, searched on val ({trials} trials)"
+
+
+def with_searched_labels(rows: list[dict], current: set[tuple[str, str]], manifests: list[Manifest],
+                         method_order: list[str], labels: dict[tuple[str, str], str]):
+    """Rows, current sets, manifests and method order with each searched config's set under its own label, so
+    that the board shows it as its own row beside the method's own config (and never averages the two)."""
+    if not labels:
+        return rows, current, manifests, method_order
+    relabel = lambda method, h: labels.get((method, h), method)  # noqa: E731
+    rows = [{**r, "method": relabel(r["method"], r["config_hash"])} if "config_hash" in r else r for r in rows]
+    current = {(relabel(m, h), h) for m, h in current}
+    manifests = [dataclasses.replace(m, method=relabel(m.method, m.config_hash)) for m in manifests]
+    order = []
+    for method in method_order:
+        order += [method] + [label for (m, _), label in labels.items() if m == method]
+    return rows, current, manifests, order
 
 
 def random_baseline(methods) -> str | None:

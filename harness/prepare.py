@@ -312,6 +312,8 @@ def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | 
     else:
         path, key = _small_teacher(suite, real, out, t)
     teacher = load_trained_teacher(path)
+    if real.test is None:  # a hyperparameter search: the test split is not loaded, and not read
+        return str(path), key, None
     acc = accuracy(teacher, real.test.load(torch.arange(len(real.test))), real.test.labels)
     _log(f"[prepare] teacher: {t.arch} {key}, test accuracy {acc:.2%}")
     return str(path), key, acc

@@ -64,6 +64,27 @@ class Protocol:
     input_size: int | None = None
     test_resize: int | None = None
 
+    # Recipe fields a search may tune for one student (`--search <protocol>`), as a method's `search_space`.
+    search_space: ClassVar[dict[str, tuple]] = {}
+
+    def for_student(self, student: str) -> "Protocol":
+        """The recipe `student` trains under: this one with its `per_student` settings for the student applied."""
+        overrides = getattr(self, "per_student", {}).get(student)
+        return dataclasses.replace(self, **overrides, per_student={}) if overrides else self
+
+    def search_point(self, student: str) -> dict:
+        """The searched fields' values `student` trains with now: a protocol search's first trial."""
+        recipe = self.for_student(student)
+        return {name: getattr(recipe, name) for name in self.search_space}
+
+    def _check_per_student(self):
+        fields = {f.name for f in dataclasses.fields(self)} - {"per_student"}
+        for student, overrides in self.per_student.items():
+            unknown = sorted(set(overrides) - fields)
+            if unknown:
+                raise ValueError(f"per_student: {student}: {', '.join(unknown)} is not a field of the recipe")
+            dataclasses.replace(self, **overrides, per_student={})  # the recipe's own checks, on the student's values
+
     @property
     def needs_teacher(self) -> bool:
         return self.labels == "soft"
@@ -181,6 +202,9 @@ class SGDRecipe(Protocol):
     # The full-data row trains until validation accuracy stops improving (`plateau_rule`); None: the schedule.
     plateau_patience: int | None = field(default=None, metadata=WHEN_SET)
     plateau_drops: int = field(default=2, metadata=WHEN_SET)
+    # Settings for one student (e.g. {resnetap10: {lr: 0.03}}), as a protocol search on validation chose them.
+    per_student: dict[str, dict] = field(default_factory=dict, metadata=WHEN_SET)
+    search_space: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-3, 1e-1)}
 
     def __post_init__(self):
         self._check_sizes()
@@ -189,6 +213,7 @@ class SGDRecipe(Protocol):
                             non_negative=("momentum", "weight_decay", "many_classes_weight_decay"), tables=("epochs",))
         if any(not 0 < m <= 1 for m in self.milestones):
             raise ValueError(f"milestones: must be fractions of training in (0, 1], got {self.milestones}")
+        self._check_per_student()
 
     def plateau_rule(self):
         return None if self.plateau_patience is None else (self.plateau_patience, self.plateau_drops, self.gamma)
@@ -313,6 +338,19 @@ class SoftLabel(Protocol):
     student_kwargs: dict[str, dict] = field(default_factory=dict)
     input_size: int | None = field(default=None, metadata=WHEN_SET)
     test_resize: int | None = field(default=None, metadata=WHEN_SET)
+    per_student: dict[str, dict] = field(default_factory=dict, metadata=WHEN_SET)  # as SGDRecipe's
+    # Around RDED's AdamW lr 1e-3 and the cutmix temperature 20.
+    search_space: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-2), "temperature": ("float", 1.0, 30.0)}
+
+    def for_student(self, student: str) -> "Protocol":
+        recipe = super().for_student(student)
+        if "lr" in self.per_student.get(student, {}):  # the searched lr, not RDED's per-family one
+            recipe = dataclasses.replace(recipe, student_lr={})
+        return recipe
+
+    def search_point(self, student: str) -> dict:
+        recipe = self.for_student(student)
+        return {"lr": recipe.lr_for(student), "temperature": recipe.tau()}
 
     def __post_init__(self):
         if self.mix not in MIXES:
@@ -324,6 +362,7 @@ class SoftLabel(Protocol):
             raise ValueError(f"temperature: must be positive or null, got {self.temperature}")
         if any(lr <= 0 for lr in self.student_lr.values()):
             raise ValueError(f"student_lr: every learning rate must be positive, got {self.student_lr}")
+        self._check_per_student()
 
     def batch_size_for(self, ipc: int, num_classes: int, images: int) -> int:
         size = by_ipc(self.batch_size, ipc, self.batch_size_beyond)

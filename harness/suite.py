@@ -183,6 +183,21 @@ class ReportedConfig:
     measured_as: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
+@dataclass
+class SearchedConfig:
+    """A method's best config from a hyperparameter search on the validation split (harness/search.py writes it
+    as a suite fragment, `--out/search/<method>.yaml`, that a profile includes): its set is made and evaluated
+    beside the suite's own config of the method, and shown as its own row, "searched on val (N trials)"."""
+    config: dict[str, Any]                 # the searched fields; the others are the suite's config of the method
+    trials: int
+    search: str = ""                       # the search's id: its trial rows in the result store carry it
+    ipc: int = 0
+    student: str = ""
+    protocol: str = ""
+    val_accuracy: float | None = None
+    default_val_accuracy: float | None = None  # the suite's own config, the search's first trial
+
+
 def _default_protocols() -> dict[str, Protocol]:
     reference = reference_protocol({})
     return {reference.name: reference}
@@ -213,6 +228,8 @@ class Suite:
     # The papers' own numbers, shown beside the measured ones (None: the board has no reported section).
     reported: ReportedConfig | None = None
     profiles: dict[str, dict] = field(default_factory=dict)
+    # Methods' searched configs, each evaluated beside the method's own (a profile includes them; see SearchedConfig).
+    searched: dict[str, SearchedConfig] = field(default_factory=dict)
     source: str = ""
 
     def method_config(self, name: str):
@@ -220,6 +237,14 @@ class Suite:
         if name not in self.methods:
             raise SuiteError(f"{self.source}: methods.{name}: not in the suite (it has: {', '.join(self.methods)})")
         return self.methods[name]
+
+    def with_method_config(self, name: str, config) -> "Suite":
+        """This suite with `name`'s config replaced (a search trial's, a searched one): what plans its set."""
+        return dataclasses.replace(self, methods={**self.methods, name: config})
+
+    def searched_config(self, name: str):
+        """The typed config of `name`'s searched settings: the suite's config with the searched fields set."""
+        return dataclasses.replace(self.method_config(name), **self.searched[name].config)
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -396,13 +421,34 @@ def load_suite(name_or_path: str, profile: str = "full", overrides: dict | None 
             raise SuiteError(f"{source}: profiles.{profile}: no such profile (have: {', '.join(['full', *profiles])})")
         if not isinstance(profiles[profile], dict):
             raise SuiteError(f"{source}: profiles.{profile}: expected a mapping of the fields it overrides")
-        raw = _merge(raw, profiles[profile])
+        raw = _merge(raw, _with_includes(profiles[profile], f"profiles.{profile}", path))
     # Profiles not chosen are not expanded: a variable only another profile uses need not be set.
     raw = {k: v if k == "profiles" else _expand_env(v, k, source) for k, v in _merge(raw, overrides or {}).items()}
     suite = build(Suite, raw, "", source)
     suite.source = source
     _check(suite, source, check_files)
     return suite
+
+
+def _with_includes(profile: dict, where: str, suite_path: Path) -> dict:
+    """A profile with the fragments its `include:` lists (files, relative to the suite's folder: e.g. a search's
+    `search/d4m.yaml`) merged under its own fields."""
+    includes = profile.get("include", [])
+    includes = [includes] if isinstance(includes, str) else includes
+    source = str(suite_path)
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise SuiteError(f"{source}: {where}.include: expected a list of YAML files")
+    merged: dict = {}
+    for i, name in enumerate(includes):
+        path = Path(os.path.expandvars(name))
+        path = path if path.is_absolute() else suite_path.parent / path
+        if not path.is_file():
+            raise SuiteError(f"{source}: {where}.include[{i}]: {path} is not a file")
+        fragment = _parse_yaml(path.read_text(), str(path))
+        if not isinstance(fragment, dict):
+            raise SuiteError(f"{source}: {where}.include[{i}]: {path} is not a mapping of suite fields")
+        merged = _merge(merged, fragment)
+    return _merge(merged, {k: v for k, v in profile.items() if k != "include"})
 
 
 def _check(s: Suite, source: str, check_files: bool) -> None:
@@ -483,6 +529,19 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
             fail(f"methods.{name}", f"unknown method (known: {', '.join(list_methods())})")
         if not isinstance(raw, cls.Config):
             s.methods[name] = build(cls.Config, {**cls.defaults, **(raw or {})}, f"methods.{name}", source)
+        missing = [f for f in cls.search_space if not hasattr(s.methods[name], f)]
+        if missing:
+            fail(f"methods.{name}", f"its search_space names {', '.join(missing)}, not a field of "
+                                    f"{cls.Config.__name__}")
+    for name, searched in s.searched.items():
+        if name not in s.methods:
+            fail(f"searched.{name}", f"not one of the suite's methods (it has: {', '.join(s.methods)})")
+        try:
+            s.searched_config(name)
+        except (TypeError, ValueError) as e:
+            fail(f"searched.{name}.config", str(e))
+        if searched.trials < 1:
+            fail(f"searched.{name}.trials", f"must be at least 1, got {searched.trials}")
     for i, student in enumerate(s.students):
         if not is_student(student):
             fail(f"students[{i}]", f"unknown student {student!r}: not in timm's registry")

@@ -115,7 +115,8 @@ class Plateau:
 def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
                   test_labels: torch.Tensor, num_classes: int, ipc: int, protocol: Protocol, seed: int | list[int],
                   device: str = "cpu", teacher=None, progress=None, vectorise: bool | None = None,
-                  rank: int = 0, world: int = 1, wrap=None, validation: tuple[torch.Tensor, torch.Tensor] | None = None):
+                  rank: int = 0, world: int = 1, wrap=None, validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  report=None, report_every: int = 1):
     """Train `student` on uint8 `images` under `protocol`; final test accuracy + timings.
 
     Each step draws every seed's batch from its own generator (`protocol.batch`: augmentation, mixing, the
@@ -130,8 +131,13 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
 
     A protocol with a `plateau_rule` (the full-data row) follows the accuracy on `validation` (uint8 images,
     labels: the split carved from the training set) instead of a schedule, and trains one seed.
+
+    `report(epoch, accuracy)`, where given, is called every `report_every` epochs and after the last with the
+    first seed's accuracy on `test_images`: a hyperparameter search passes the validation split as those, and
+    its early-stopping scheduler reads the curve. Evaluating draws no random number, so it changes no result.
     """
     seeds = [seed] if isinstance(seed, int) else list(seed)
+    protocol = protocol.for_student(student)
     if protocol.needs_teacher and teacher is None:
         raise ValueError(f"the {protocol.name} protocol needs a teacher")
     rule = protocol.plateau_rule()
@@ -182,6 +188,11 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
             opt.step()
         if progress is not None:
             progress(epoch + 1, epochs)
+        if report is not None and ((epoch + 1) % report_every == 0 or epoch + 1 == epochs):
+            model = stack.unstacked()[0]
+            report(epoch + 1, test_accuracy(model, test_images.to(device), test_labels.to(device), mean, std,
+                                            view=protocol.test_view))
+            stack.train()
         if plateau is None:
             sched.step()
             continue

@@ -167,6 +167,15 @@ class CaO2(Method):
     # cao2, cao2-oss-only and cao2-clo-only with otherwise equal settings share one noise bank, one fill
     # order and one set of CLO draws (the reference samples every ablation from its seed-42 bank).
     paired_switches = ("oss", "clo")
+    # Ranges around the paper's values (§4.1, §4.3, App. 8): guidance 2.7, m = 4 (Fig. 3(b) scans 1–5), Adam lr
+    # 6e-4, λ = 10, T̂ = T/4; the ablation variants search only the stage they keep.
+    search_space = {
+        "cfg_scale": ("float", 1.0, 6.0),
+        "pool_factor": ("int", 1, 6),
+        "lr": ("log", 1e-4, 5e-3),
+        "linf_weight": ("log", 1.0, 100.0),
+        "t_max_fraction": ("float", 0.1, 0.5),
+    }
 
     @classmethod
     def needs_for(cls, config) -> frozenset[str]:
@@ -231,6 +240,8 @@ class CaO2(Method):
         return fit_to_task(images.cpu(), task)
 
 
-register_variant("cao2-oss-only", CaO2, clo=False, doc="Table 3's \"OSS ✓, CLO ✗\" row.")
+register_variant("cao2-oss-only", CaO2, clo=False, doc="Table 3's \"OSS ✓, CLO ✗\" row.",
+                 search_space={k: CaO2.search_space[k] for k in ("cfg_scale", "pool_factor")})
 register_variant("cao2-clo-only", CaO2, oss=False,
+                 search_space={k: v for k, v in CaO2.search_space.items() if k != "pool_factor"},
                  doc="Table 3's \"OSS ✗, CLO ✓\" row: IPC samples, no pool, every one optimised.")

@@ -55,6 +55,12 @@ class Diffusion(Method):
     name = "diffusion"
     Config = DiffusionConfig
     needs = frozenset({"backbone"})
+    # Around the baseline's guidance 4.0 and 50 steps (the Minimax / IMS3 DiT rows); a suite's own values (the
+    # fashion board's 2.0 and 25) lie inside too.
+    search_space = {
+        "cfg_scale": ("float", 1.0, 10.0),
+        "steps": ("int", 10, 100),
+    }
 
     @classmethod
     def work(cls, config, ipc, real_per_class):

@@ -45,7 +45,8 @@ def test_fields_added_later_enter_the_identity_only_when_set(cls):
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         assert cls(**{f.name: default}).identity() == base, f.name   # spelt out at its default: the same row
         other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2 + 1,
-                 str: lambda v: "random"}.get(type(default), lambda v: 300)(default)
+                 str: lambda v: "random", dict: lambda v: {"convnet3": {"lr": 0.5}}}.get(
+            type(default), lambda v: 300)(default)
         # A test view's resize comes with the crop it is resized for.
         changed = cls(**{f.name: other, **({"input_size": 224} if f.name == "test_resize" else {})})
         assert changed.identity() != base and f.name in changed.identity_fields(), f.name

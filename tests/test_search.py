@@ -1,0 +1,198 @@
+"""The hyperparameter search (harness/search.py) on a tiny suite, with a real local Ray cluster, Ray Tune and Optuna:
+it runs on a copy of Fashion-MNIST whose test files are absent (so it cannot have read them), tries the suite's
+own config first, lets ASHA stop trials, writes a suite fragment that a profile includes, and resumes a search
+killed with kill -9 without training a finished trial again."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.data import DataError, load_real_data
+from harness.leaderboard import aggregate
+from harness.prepare import prepare
+from harness.search import ROW_KIND, SearchSpec, default_point, experiment_name, run_search, search_id, write_outputs
+from harness.store import ResultStore
+from harness.suite import SuiteError, load_suite
+
+from tests.conftest import FASHION_ROOT, TINY_SUITE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _suite_yaml(tmp: Path, data_root: Path, extra: dict | None = None) -> Path:
+    raw = yaml.safe_load(TINY_SUITE.read_text())
+    raw["data"]["root"] = str(data_root)
+    raw["methods"] = {"diffusion": {"cfg_scale": 2.0, "steps": 10}}
+    raw["ipcs"] = [1]
+    raw["protocols"] = {"hard-label": {"epochs": {1: 6}, "student_kwargs": {"convnet3": {"width": 8}}}}
+    raw.pop("cross_arch")
+    raw.update(extra or {})
+    path = tmp / "suite.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, ray_cluster):
+    tmp = tmp_path_factory.mktemp("search")
+    data = tmp / "fashion-train-only"  # the training files only: a read of the test split fails
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (data / name).symlink_to(FASHION_ROOT / name)
+    suite = load_suite(str(_suite_yaml(tmp, data)))
+    real = load_real_data(suite.data, with_test=False)
+    out = tmp / "out"
+    prepared = prepare(suite, real, out, check=False)
+    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=5, reports=6, grace_reports=1,
+                      reduction_factor=2)
+    outcome = run_search(suite, real, prepared, spec, out)
+    store = ResultStore(out / "results" / "tiny.jsonl")
+    written = write_outputs(outcome, suite, out, store)
+    return dict(tmp=tmp, data=data, suite=suite, real=real, out=out, prepared=prepared, outcome=outcome,
+                store=store, written=written)
+
+
+def test_search_never_reads_the_test_split(env):
+    with pytest.raises(DataError, match="t10k-images"):  # the evaluation's loader needs what is absent
+        load_real_data(env["suite"].data)
+    assert env["real"].test is None
+    trials = env["outcome"].trials
+    assert len(trials) == 5 and all(t.status != "error" for t in trials)
+    assert all(0 <= t.val_accuracy <= 1 for t in trials)
+
+
+def test_the_suite_config_is_the_first_trial_and_asha_stops_some(env):
+    outcome = env["outcome"]
+    first = outcome.trials[0]
+    assert first.index == 0 and first.config == default_point(env["suite"], outcome.spec) == \
+        {"cfg_scale": 2.0, "steps": 10}
+    assert len({json.dumps(t.config, sort_keys=True) for t in outcome.trials}) == 5  # Optuna proposed the rest
+    stopped, saved = outcome.early_stopping()
+    assert stopped >= 1 and saved > 0
+    assert all(t.epochs < outcome.max_epochs for t in outcome.trials if t.status == "stopped early")
+    assert "ASHA stopped" in outcome.summary() and f"{stopped} of 5" in outcome.summary()
+
+
+def test_outputs_store_rows_fragment_round_trip_and_plots(env):
+    outcome, suite = env["outcome"], env["suite"]
+    rows = [r for r in env["store"].read() if r.get("kind") == ROW_KIND]
+    assert [r["trial"] for r in rows] == list(range(5)) and rows[0]["paper_default"]
+    assert {r["status"] for r in rows} <= {"finished", "stopped early"}
+    assert aggregate(env["store"].read()).empty  # the board's reader takes measured rows only
+    fragment = env["out"] / "search" / "diffusion.yaml"
+    assert fragment in env["written"] and all(p.exists() for p in env["written"])
+    assert {p.name for p in env["written"] if p.suffix == ".png"} == {
+        "diffusion-history.png", "diffusion-importance.png", "diffusion-parallel.png"}
+    raw = yaml.safe_load(Path(suite.source).read_text())
+    raw["profiles"] = {"searched": {"include": [str(fragment)]}}
+    path = env["tmp"] / "with-searched.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    searched = load_suite(str(path), "searched")
+    best = outcome.best()
+    assert searched.searched["diffusion"].config == best.config
+    assert searched.searched["diffusion"].trials == 5
+    config = searched.searched_config("diffusion")
+    assert (config.cfg_scale, config.steps) == (best.config["cfg_scale"], best.config["steps"])
+    assert load_suite(str(path)).searched == {}  # only the profile includes it
+
+
+def test_a_search_space_naming_a_missing_field_fails_at_suite_load(tmp_path):
+    from methods import registry
+    from methods.diffusion import Diffusion
+
+    registry.register_variant("test-misnamed-space", Diffusion, search_space={"guidance": ("float", 1.0, 9.0)})
+    try:
+        raw = yaml.safe_load(TINY_SUITE.read_text())
+        raw["methods"] = {"test-misnamed-space": {}}
+        path = tmp_path / "misnamed.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(SuiteError) as error:
+            load_suite(str(path), check_files=False)
+        message = str(error.value)
+        assert "\n" not in message and "methods.test-misnamed-space: its search_space names guidance" in message
+    finally:
+        registry._REGISTRY.pop("test-misnamed-space")
+
+
+@pytest.mark.slow  # two Ray clusters and a kill -9: ~2 minutes on two shared cores
+def test_a_search_killed_with_kill_9_resumes_without_training_a_finished_trial_again(env):
+    suite, real, prepared, out = env["suite"], env["real"], env["prepared"], env["out"]
+    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=4, reports=6, grace_reports=6, seed=1)
+    path = out / "search" / experiment_name(spec, search_id(suite, prepared, spec, real))
+    driver = (f"from harness.suite import load_suite; from harness.data import load_real_data; "
+              f"from harness.prepare import prepare; from harness.search import SearchSpec, run_search; import ray\n"
+              f"ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+              f"s = load_suite({suite.source!r}); r = load_real_data(s.data, with_test=False)\n"
+              f"run_search(s, r, prepare(s, r, {str(out)!r}, check=False), "
+              f"SearchSpec('diffusion', 1, 'convnet3', 'hard-label', trials=4, reports=6, grace_reports=6, seed=1), "
+              f"{str(out)!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ledger = path / "ledger"
+    deadline = time.time() + 120
+    while len(list(ledger.glob("*.json"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before = {p.stem for p in ledger.glob("*.json")}
+    assert len(finished_before) >= 2
+    outcome = run_search(suite, real, prepared, spec, out, resume=True)
+    trained = (ledger / "trained.log").read_text().split()
+    assert len(outcome.trials) == 4 and all(t.status == "finished" for t in outcome.trials)
+    assert all(trained.count(t) == 1 for t in finished_before)  # none of them trained again
+    # A trial Tune had not yet recorded at all when the driver died is unknown to the restored search: it runs a
+    # new draw in its place (its curve stays in the ledger). Every finished trial the search holds trained once.
+    print(f"kill -9 after {len(finished_before)} finished trials; resumed: {len(trained)} trainings in all, "
+          f"{len(set(trained))} trials")
+
+
+def test_the_board_shows_a_searched_config_as_its_own_row(env, tmp_path):
+    from harness.leaderboard import render, searched_label, with_searched_labels
+
+    suite, outcome = env["suite"], env["outcome"]
+    default = outcome.default()
+    best = next(t for t in outcome.trials if t.config_hash != default.config_hash)
+    rows = [{"kind": "measured", "suite": suite.name, "method": "diffusion", "config_hash": t.config_hash, "ipc": 1,
+             "student": "convnet3", "protocol": "hard-label", "protocol_hash": "p", "seed": seed,
+             "accuracy": t.val_accuracy, "train_seconds": 1.0, "distill_seconds_per_image": 0.1,
+             "peak_memory_bytes": 0} for t in (default, best) for seed in (0, 1)]
+    rows += env["store"].read()  # the search rows ride along and are not shown
+    labels = {("diffusion", best.config_hash): searched_label("diffusion", len(outcome.trials))}
+    current = {("diffusion", default.config_hash), ("diffusion", best.config_hash)}
+    rows, current, _, order = with_searched_labels(rows, current, [], ["diffusion"], labels)
+    assert order == ["diffusion", "diffusion, searched on val (5 trials)"]
+    md, _ = render(suite, rows, current, tmp_path, order, [])
+    table = md.read_text()
+    assert f"| diffusion | {100 * default.val_accuracy:.1f} ± 0.0 (2) |" in table
+    assert f"| diffusion, searched on val (5 trials) | {100 * best.val_accuracy:.1f} ± 0.0 (2) |" in table
+
+
+@pytest.mark.slow  # a second Ray Tune experiment: ~30-70 s on two shared cores
+def test_a_protocol_search_tunes_the_students_lr_and_publishes_the_recipe(env):
+    suite, out = env["suite"], env["out"]
+    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=3, reports=6, grace_reports=6,
+                      protocol_search=True)
+    outcome = run_search(suite, env["real"], env["prepared"], spec, out)
+    assert outcome.trials[0].config == {"lr": suite.protocols["hard-label"].lr}  # the suite's recipe first
+    assert len({t.config["lr"] for t in outcome.trials}) == 3
+    written = write_outputs(outcome, suite, out, env["store"])
+    fragment = out / "search" / "hard-label-convnet3.yaml"
+    assert fragment in written
+    raw = yaml.safe_load(Path(suite.source).read_text())
+    raw["profiles"] = {"searched-recipe": {"include": [str(fragment)]}}
+    path = env["tmp"] / "with-recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    recipe = load_suite(str(path), "searched-recipe").protocols["hard-label"]
+    assert recipe.for_student("convnet3").lr == outcome.best().config["lr"]
+    assert recipe.for_student("resnet18").lr == suite.protocols["hard-label"].lr  # other students keep theirs
+    rows = [r for r in env["store"].read() if r.get("target") == "protocol"]
+    assert len(rows) == 3 and all(r["protocol_hash"] == f"search-{outcome.search}" for r in rows)
