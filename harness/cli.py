@@ -12,6 +12,7 @@ from .data import DataError, load_real_data
 from .distill import DistillError, distill, plan
 from .diversity import DiversityError, measure_sets
 from .evaluate import evaluate, full_data_protocol
+from .fine_tune import fine_tune_backbones
 from .identity import FULL_DATA
 from .leaderboard import render
 from .lock import holds_output
@@ -153,6 +154,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         print(f"[cross-arch] {', '.join(map(str, paths))} ({time.perf_counter() - t0:.0f} s)", flush=True)
         print(paths[0].read_text(), flush=True)
         return 0
+    prepared = fine_tune_backbones(suite, real, prepared, out, methods, connect)
     jobs = plan(suite, prepared, out, methods, suite.ipcs)
     manifests = distill(suite, real, prepared, jobs, connect)
     measure_sets(suite, real, prepared, manifests, out)
