@@ -12,13 +12,26 @@ teacher, ResNet-18 on the ImageNet suites as the paper) embeds them, L2-normalis
 by greedy search (`greedy_subgroups`). The choice needs every class's candidates: the harness runs it once they
 are all made (`select_across_classes`).
 
-Defaults (pinned by tests/test_minimax_ims3.py):
-    im_weight α = 0.002                 §5.1 "the balancing coefficient in Eq. 7 is set to 0.002"
-    epochs 8, batch 8, AdamW            §5.1, as Minimax (train_dit.py, whose code IMS3 extends)
-    groups G = 5, a = 0.4, b = 0.9      DESIGN.md §5 (the paper selects them per dataset, Fig. 3)
-    cfg_scale 4.0, 50 steps, DDPM       Minimax's sampler, the DiT rows' settings
-    inversion_steps = 50                the DDIM grid of the sampler's 50 steps (the paper gives none)
-    centroid_real = None                every training image of the class (Fig. 4: more is better)
+Defaults (pinned by tests/test_contract.py): the paper's (§5.1) on Minimax's code, whose schedule it keeps
+    cfg_scale = 4.0                 sample.py l.99 (`--cfg-scale`)
+    steps = 50                      sample.py l.100 (`--num-sampling-steps`)
+    batch_size = 50                 memory only: images sampled at once
+    sampler = "ddpm"                sample.py: DiT's `p_sample_loop` over 50 respaced steps
+    fine_tune = True                fine-tune before sampling (False: the suite's backbone as it is)
+    epochs = 8                      §5.1: 8 epochs (as Minimax's run.sh)
+    fine_tune_batch_size = 8        §5.1: mini-batch 8
+    lr = 0.001                      train_dit.py l.189: AdamW, lr 1e-3, weight decay 0
+    ema_decay = 0.9999              train_dit.py l.36 `update_ema`; samples come from the EMA (download.py `find_model`)
+    class_dropout = 0.1             models.py l.225: DiT's class_dropout_prob in training
+    checkpoint_every = 500          train_dit.py l.353 `--ckpt-every`
+    max_steps = None                every epoch; a cap for budgets smaller than an epoch
+    fine_tune_seed = 0              train_dit.py l.349 `--global-seed`
+    im_weight = 0.002               §5.1: "the balancing coefficient in Eq. 7 is set to 0.002"
+    inversion_steps = 50            the DDIM grid of the sampler's 50 steps (the paper gives none)
+    groups = 5                      DESIGN.md §5 (G; the paper selects it per dataset)
+    real_weight = 0.4               DESIGN.md §5 (a, the weight on proximity to the real centroid)
+    separation_weight = 0.9         DESIGN.md §5 (b, the weight on separation from other classes)
+    centroid_real = None            every training image of the class (Fig. 4: more real images, better)
 """
 from __future__ import annotations
 

@@ -9,14 +9,23 @@ Fine-tuning (MinimaxDiffusion train_dit.py l.233-285): DiT's training loss plus,
 both divided by the number of classes in the batch, and neither before the class has a memory. After the
 losses, the batch's real latents and predictions join their class's memories, oldest dropped first.
 
-Defaults (pinned by tests/test_minimax_ims3.py), the reference's:
-    lambda_pos = 0.002, lambda_neg = 0.008, memory_size = 64    train_dit.py l.361-363
-    epochs = 8, batch_size = 8                                  run.sh / README (`--epochs 8 --global-batch-size 8`)
-    lr = 1e-3 (AdamW, no weight decay)                          train_dit.py l.189
-    ema_decay = 0.9999, sampled from the EMA                    train_dit.py l.36, download.py `find_model`
-    class_dropout = 0.1                                         models.py LabelEmbedder (DiT's class_dropout_prob)
-    checkpoint_every = 500                                      train_dit.py l.354
-    cfg_scale = 4.0, steps = 50, sampler = ddpm                 sample.py l.99-100, `p_sample_loop`
+Defaults (pinned by tests/test_contract.py): MinimaxDiffusion's (train_dit.py, sample.py, run.sh)
+    cfg_scale = 4.0                 sample.py l.99 (`--cfg-scale`)
+    steps = 50                      sample.py l.100 (`--num-sampling-steps`)
+    batch_size = 50                 memory only: images sampled at once
+    sampler = "ddpm"                sample.py: DiT's `p_sample_loop` over 50 respaced steps
+    fine_tune = True                fine-tune before sampling (False: the suite's backbone as it is)
+    epochs = 8                      run.sh / README: `--epochs 8`
+    fine_tune_batch_size = 8        run.sh / README: `--global-batch-size 8`
+    lr = 0.001                      train_dit.py l.189: AdamW, lr 1e-3, weight decay 0
+    ema_decay = 0.9999              train_dit.py l.36 `update_ema`; samples come from the EMA (download.py `find_model`)
+    class_dropout = 0.1             models.py l.225: DiT's class_dropout_prob in training
+    checkpoint_every = 500          train_dit.py l.353 `--ckpt-every`
+    max_steps = None                every epoch; a cap for budgets smaller than an epoch
+    fine_tune_seed = 0              train_dit.py l.349 `--global-seed`
+    lambda_pos = 0.002              train_dit.py l.360 `--lambda-pos`
+    lambda_neg = 0.008              train_dit.py l.361 `--lambda-neg`
+    memory_size = 64                train_dit.py l.362 `--memory-size`
 """
 from __future__ import annotations
 

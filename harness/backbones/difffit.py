@@ -8,7 +8,7 @@ names containing "bias", "norm", "gamma" or "y_embed"), read on diffusers' modul
 - the affine parameters of normalisation layers (DiT's LayerNorms have none, so this selects nothing there,
   as "norm" selects nothing in the reference's DiT; diffusers' `norm1` is AdaLayerNormZero, whose linear
   and timestep MLP are not norms, so a name match would wrongly train them);
-- DiffFit's learned scale factors γ, added here (the reference's models.py l.53-58, l.178-183, l.221): in
+- DiffFit's learned scale factors γ, added here (the reference's models.py l.53-58, l.178-183, l.243): in
   the first half of the blocks (`use_gamma = [True] * 14 + [False] * 14` for DiT-XL/2's 28), one γ on each
   of the attention's q, k, v outputs (the reference's `gamma1` on qkv), one on its projection (`gamma2`),
   and one on each residual branch (the block's `gamma1`, `gamma2`), all starting at 1 so that the wrapped
