@@ -3,7 +3,8 @@
 A method declares what it needs (`Method.fine_tuning`: a schedule and its objective's settings); the harness
 trains DiffFit's parameters of the suite's backbone (harness/backbones/difffit.py) on the suite's training split
 through Ray Train's TorchTrainer — one worker per GPU with DDP where the cluster has GPUs, one CPU worker
-otherwise — and keeps the result by content: the key is the base backbone's hash, the fine-tuning settings
+otherwise; in this process where no cluster is given, as `prepare` trains a teacher — and keeps the result by
+content: the key is the base backbone's hash, the fine-tuning settings
 and the training split's fingerprint, so methods (and variants) asking for the same fine-tune share one model,
 and a later run reuses it. Training checkpoints every `checkpoint_every` steps and a killed run resumes from the
 last checkpoint; every step draws from generators seeded by (seed, step, rank), so a resumed run makes the

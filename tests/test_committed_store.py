@@ -16,7 +16,8 @@ from harness.suite import load_suite
 STORE = Path(__file__).resolve().parent.parent / "leaderboard" / "results" / "fashion-mnist.jsonl"
 # Methods the leaderboard profile lists whose rows have not been run yet (issue 15's fine-tuning family:
 # `python benchmark.py --suite fashion-mnist --profile leaderboard --students convnet3 --methods
-# minimax,ims3,ims3-im-only,ims3-s3-only`, with the committed store copied into the run's results/). A method here must have all its rows or none; remove it once they are committed.
+# minimax,ims3,ims3-im-only,ims3-s3-only`, with the committed store copied into the run's results/). A method
+# here must have all its rows or none; remove it once they are committed.
 AWAITING_ROWS = {"minimax", "ims3", "ims3-im-only", "ims3-s3-only"}
 # (config hash, seed key) of every set on the published board, as the harness computed them before its
 # layers were rebuilt (commit 0a4f37d). The seed key decides a set's draws but is in no row's key, so a
