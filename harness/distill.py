@@ -285,7 +285,8 @@ def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: l
         [read_shard(job.path / k) for k in classes], suite=suite.name, method=job.method, config=job.config,
         config_hash=job.config_hash, ipc=job.ipc, classes=classes,
         backbone=prepared.backbone_hash if "backbone" in needs else None,
-        fine_tune={"hash": tuned["hash"], **tuned["cost"]} if tuned is not None else None,
+        fine_tune={"hash": tuned["hash"], **tuned["cost"], **({"check": tuned["check"]} if "check" in tuned else {})}
+        if tuned is not None else None,
         teacher=prepared.relabel_hash if "relabel_teacher" in needs
         else prepared.teacher_hash if "teacher" in needs else None,
         backbone_check=prepared.backbone_check, versions=versions(), path=str(job.path))

@@ -32,7 +32,7 @@ from .data import RealData, load_real_data
 from .data_parallel import Worker, cluster_gpus, run_data_parallel
 from .distill import ShardPeakMemory, machine
 from .identity import config_hash
-from .prepare import Prepared, _drop_damaged, _log, _read_json
+from .prepare import Prepared, _drop_damaged, _log, _read_json, backbone_check
 from .suite import Suite
 
 MODEL, COST, CHECKPOINT = "difffit.pt", "cost.json", "checkpoint.pt"
@@ -50,10 +50,9 @@ def _step_generator(*parts) -> torch.Generator:
 
 def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str, config, ft: FineTuning,
                     work_dir: Path, device: str = "cpu", rank: int = 0, world: int = 1, wrap=lambda m: m,
-                    until_step: int | None = None, progress: bool = True) -> tuple[dict, dict] | None:
+                    progress: bool = True) -> tuple[dict, dict]:
     """Fine-tune `backbone` (in place) with DiffFit and `method`'s objective, resuming from `work_dir`'s checkpoint.
-    Returns the EMA of the trained parameters and the cost; None where `until_step` stopped it before the end
-    (its checkpoint written)."""
+    Returns the EMA of the trained parameters and the cost."""
     work_dir.mkdir(parents=True, exist_ok=True)
     names = add_difffit(backbone)
     transformer = backbone.transformer
@@ -95,8 +94,7 @@ def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str
     bar = tqdm(total=total, initial=step, desc=f"[fine-tune] {method}", disable=not progress or rank != 0,
                mininterval=5)
     parts: dict[str, float] = {}
-    stop = total if until_step is None else min(until_step, total)
-    while step < stop:
+    while step < total:
         epoch, i = divmod(step, per_epoch)
         if epoch != order_epoch:  # every worker draws the epoch's order alike, and takes its share of each batch
             order, order_epoch = torch.randperm(n_images, generator=_step_generator(ft.seed, "epoch", epoch)), epoch
@@ -120,7 +118,7 @@ def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str
                 ema[n].mul_(ft.ema_decay).add_(params[n].detach(), alpha=1 - ft.ema_decay)
         step += 1
         bar.update(1)
-        if step % ft.checkpoint_every == 0 or step == stop:
+        if step % ft.checkpoint_every == 0 or step == total:
             seconds_now = seconds + time.perf_counter() - t0
             peak_now = max(peak, memory.peak())
             if rank != 0:
@@ -132,8 +130,6 @@ def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str
                                    "objective": {"step": step, "state": objective.state_dict()}}, checkpoint)
     bar.close()
     backbone.transformer = transformer
-    if step < total:
-        return None
     cost = {"seconds": seconds + time.perf_counter() - t0, "peak_memory_bytes": int(max(peak, memory.peak())),
             "peak_memory_kind": memory.kind, "steps": total, "resumed_from": resumed_from,
             "workers": world, "loss": parts, **machine(device)}
@@ -141,15 +137,37 @@ def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str
 
 
 def fine_tune_backbones(suite: Suite, real: RealData, prepared: Prepared, out: Path, methods: list[str],
-                        connect=None) -> Prepared:
-    """`prepared` with the fine-tuned backbone of every one of `methods` that declares one."""
+                        connect=None, check: bool = False) -> Prepared:
+    """`prepared` with the fine-tuned backbone of every one of `methods` that declares one; with `check`, each
+    fine-tuned backbone also gets the base one's check (does the teacher recognise its samples?)."""
     entries = {}
     for name in methods:
         config = suite.method_config(name)
         ft = get_method(name).fine_tuning(config)
         if ft is not None:
             entries[name] = prepare_fine_tuned(suite, real, prepared, Path(out), name, config, ft, connect)
+            if check:
+                entries[name]["check"] = check_fine_tuned(suite, prepared, Path(out), name, entries[name])
     return dataclasses.replace(prepared, fine_tuned=entries)
+
+
+def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, entry: dict) -> dict:
+    """The base backbone's check (`prepare.backbone_check`, the suite's settings) on a fine-tuned backbone, cached:
+    what the fine-tune did to the teacher's agreement with the conditioning class. It stops nothing."""
+    b = suite.backbone
+    key = config_hash([entry["hash"], prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
+    path = out / "cache" / f"backbone-check-{key}.json"
+    _drop_damaged(path, "fine-tuned backbone check", lambda f: _read_json(f, ("agreement", "samples")), "checking again")
+    if not path.exists():
+        result = backbone_check(prepared.load_backbone(fine_tuned=entry), prepared.load_teacher(), len(prepared.classes),
+                                b.check_per_class, b.check_cfg_scale, b.check_steps, conditions=prepared.conditions)
+        atomic.write_json(path, result, indent=1)
+    result = json.loads(path.read_text())
+    base = prepared.backbone_check
+    versus = f" (the base backbone: {base['agreement']:.1%})" if base else ""
+    _log(f"[fine-tune] {method}: the teacher agrees with the conditioning class on {result['agreement']:.1%} of "
+         f"{result['samples']} samples of the fine-tuned backbone{versus}")
+    return {k: result[k] for k in ("agreement", "samples", "cfg_scale", "steps")}
 
 
 def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Path, method: str, config,
@@ -179,7 +197,8 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
         return _trained(method, key, model, cost)
     connect()
     gpus = cluster_gpus()
-    workers = max(1, min(gpus, ft.batch_size))
+    # One worker per GPU, as many as split the global batch evenly (the reference asserts it divides).
+    workers = max(w for w in range(1, max(1, min(gpus, ft.batch_size)) + 1) if ft.batch_size % w == 0)
     _log(f"[fine-tune] {method}: training the fine-tuned backbone {key} through Ray Train on "
          + (f"{workers} GPU(s)" if gpus else "one CPU worker") + f" (resumes from {work} if interrupted)")
 
@@ -188,7 +207,7 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
         backbone = prepared.load_backbone(worker.device)
         result = train_fine_tune(backbone, data, prepared.conditions, method, config, ft, work, worker.device,
                                  worker.rank, worker.world, worker.wrap)
-        if worker.rank == 0 and result is not None:
+        if worker.rank == 0:
             torch.save(result[0], worker.folder / MODEL)
             (worker.folder / COST).write_text(json.dumps(result[1]))
 

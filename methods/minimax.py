@@ -29,13 +29,12 @@ Defaults (pinned by tests/test_contract.py): MinimaxDiffusion's (train_dit.py, s
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .base import ClassTask, FineTuneObjective, FineTuning, Work, evaluations_per_step
+from .base import FineTuneObjective, FineTuning
 from .diffusion import Diffusion, DiffusionConfig
 from .fine_tuning import diffusion_loss, predicted_x0
 from .registry import register_method, register_variant

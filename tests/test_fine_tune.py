@@ -20,7 +20,7 @@ from harness.sets import load_set
 from harness.suite import load_suite
 from methods import get_method
 from methods.fine_tuning import ddim_inversion, diffusion_loss
-from methods.ims3 import IMS3Config, brute_force_subgroups, cosine_loss, greedy_subgroups, s3_objective
+from methods.ims3 import IMS3Config, brute_force_subgroups, cosine_loss, greedy_subgroups
 from methods.minimax import MemoryBank, MinimaxConfig, MinimaxObjective, cosine_matrix
 from tests.fine_tune_kill import family_suite
 from tests.test_backbone import tiny_latent_dit
@@ -250,13 +250,18 @@ def test_fine_tune_killed_resumes_from_its_checkpoint_is_cached_and_sampled(tiny
     # The resumed model is the one an uninterrupted run makes, bit for bit.
     resumed = torch.load(tuned.fine_tuned["test-killing-minimax"]["source"], weights_only=True)
     assert _same(resumed, _straight(prepared, tiny_real, suite, tmp_path))
-    # A second run reuses every fine-tuned backbone.
-    again = fine_tune_backbones(suite, tiny_real, prepared, out, list(suite.methods))
-    assert "training" not in capsys.readouterr().out and again.fine_tuned == tuned.fine_tuned
+    # A second run reuses every fine-tuned backbone; the check samples each like the base backbone's.
+    again = fine_tune_backbones(suite, tiny_real, prepared, out, list(suite.methods), check=True)
+    assert "training" not in capsys.readouterr().out
+    assert {k: {f: v for f, v in e.items() if f != "check"} for k, e in again.fine_tuned.items()} == tuned.fine_tuned
+    check = again.fine_tuned["ims3"]["check"]
+    assert check["samples"] == suite.backbone.check_per_class * len(tiny_real.classes) and 0 <= check["agreement"] <= 1
+    tuned = again
 
     manifests = {m.method: m for m in distill(suite, tiny_real, tuned, plan(suite, tuned, out, list(suite.methods),
                                                                                [2]), lambda: None)}
     assert manifests["ims3"].fine_tune["hash"] == tuned.fine_tuned["ims3"]["hash"]
+    assert manifests["ims3"].fine_tune["check"] == check
     assert manifests["ims3-s3-only"].fine_tune is None and manifests["ims3"].fine_tune["seconds"] > 0
     classes = tiny_real.classes
     images = {k: load_set(m.path, classes, 1)[0] for k, m in manifests.items()}
