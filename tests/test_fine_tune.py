@@ -277,7 +277,7 @@ def test_fine_tune_killed_resumes_from_its_checkpoint_is_cached_and_sampled(tiny
     assert shard["stage_seconds"]["s3"] > 0 and shard["candidates"] == 4 and shard["images"] == 2
 
 
-@pytest.mark.slow  # three Ray Train runs: about 40 s each on two busy cores
+@pytest.mark.slow  # two Ray Train runs, ~90 s on two busy cores (one TorchTrainer start costs 30–40 s)
 def test_fine_tune_through_ray_train_resumes_after_its_worker_is_killed(tiny_suite, tiny_real, tmp_path, ray_cluster):
     out, marker = tmp_path / "out", tmp_path / "killed"
     suite = family_suite(tiny_suite, str(marker))
