@@ -17,6 +17,7 @@ from .distill import DistillError, distill, plan
 from .diversity import DiversityError, measure_sets
 from .evaluate import evaluate, full_data_protocol
 from .export import ExportError, export_set
+from .fine_tune import fine_tune_backbones
 from .identity import FULL_DATA
 from .leaderboard import board_order, measured_rows, render, searched_label, with_searched_labels
 from .lock import holds_output
@@ -264,6 +265,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         print(f"[cross-arch] {', '.join(map(str, paths))} ({time.perf_counter() - t0:.0f} s)", flush=True)
         print(paths[0].read_text(), flush=True)
         return 0
+    prepared = fine_tune_backbones(suite, real, prepared, out, methods, connect, check=check, make=not draw_only)
     jobs = plan(suite, prepared, out, methods, suite.ipcs)
     if export:
         return _export(suite, jobs, out)
@@ -291,6 +293,11 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
         c = prepared.backbone_check
         notes.append(f"backbone check: the teacher agrees with the conditioning class on {c['agreement']:.1%} of "
                      f"{c['samples']} samples (cfg {c['cfg_scale']}, {c['steps']} DDIM steps)")
+    for name, tuned in prepared.fine_tuned.items():
+        if "check" in tuned:
+            c = tuned["check"]
+            notes.append(f"{name}'s fine-tuned backbone ({tuned['hash']}, {tuned['cost']['steps']} steps): the teacher "
+                         f"agrees with the conditioning class on {c['agreement']:.1%} of {c['samples']} samples")
     notes.append("protocols: " + "; ".join(
         f"{k}: epochs by IPC {v.epochs}" + (f", student options {v.student_kwargs}" if v.student_kwargs else "")
         for k, v in suite.protocols.items()))

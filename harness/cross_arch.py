@@ -11,6 +11,7 @@ import ray
 
 from .distill import distill, plan
 from .evaluate import EvalTrial, run_trials
+from .fine_tune import fine_tune_backbones
 from .identity import config_hash
 from .prepare import load_teacher, prepare_teacher
 from .protocols import teacher_protocol
@@ -25,6 +26,7 @@ def _teacher_name(t) -> str:
 def cross_architecture(suite, real, prepared, out: Path, connect) -> tuple[Path, Path, Path]:
     c = suite.cross_arch
     protocol = teacher_protocol(suite.protocols)
+    prepared = fine_tune_backbones(suite, real, prepared, out, [c.method], connect)
     (manifest,) = distill(suite, real, prepared, plan(suite, prepared, out, [c.method], [c.ipc]), connect)
     teachers = []
     for t in c.teachers:

@@ -33,7 +33,7 @@ from methods.base import ClassTask, MethodContext
 from .data import RealData, load_real_data
 from .identity import config_hash, identity_fields, versions
 from .prepare import Prepared
-from .sets import MANIFEST, SHARD, Manifest, manifest_damage, read_shard, shard_damage, write_shard
+from .sets import MANIFEST, SHARD, Manifest, load_set, manifest_damage, read_shard, shard_damage, write_shard
 from .suite import Suite
 
 
@@ -48,10 +48,21 @@ class DistillJob:
     # What seeds the shards: the method and its config hash, except where variants of one method share
     # their draws (see Method.seed_identity).
     seed_key: str = ""
+    # A method that chooses across classes (Method.selects_across_classes) makes each class's candidates
+    # first, in `candidates_path`; the set's shards are what the choice keeps.
+    selects: bool = False
 
     @property
     def manifest_path(self) -> Path:
         return self.path / MANIFEST
+
+    @property
+    def candidates_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}-candidates")
+
+    def shard_path(self, key: str) -> Path:
+        """Where a class's shard goes: its candidates, for a method that then chooses across classes."""
+        return (self.candidates_path if self.selects else self.path) / key
 
     def done(self) -> bool:
         return self.manifest_path.exists()
@@ -74,13 +85,16 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
         ident["teacher"] = prepared.relabel_hash
     if "teacher_val_accuracy" in needs:  # it decides the images (CaO2's ĉ)
         ident["teacher_val_accuracy"] = prepared.teacher_val_accuracy
+    if name in prepared.fine_tuned:  # the backbone it samples is its fine-tuned one
+        ident["fine_tuned"] = prepared.fine_tuned[name]["hash"]
     h = config_hash(ident)
     shared = cls.seed_identity(method_config)
     if shared is None:
         return config, h, f"{name}/{h}"
     family, seed_config = shared
-    # Without the teacher's accuracy: it decides what CLO aims at (ĉ), not what is drawn.
-    seed_ident = {k: v for k, v in ident.items() if k != "teacher_val_accuracy"}
+    # Without the teacher's accuracy: it decides what CLO aims at (ĉ), not what is drawn; without the fine-tune,
+    # which changes the model the draws go through, not the draws.
+    seed_ident = {k: v for k, v in ident.items() if k not in ("teacher_val_accuracy", "fine_tuned")}
     return config, h, f"{family}/{config_hash({**seed_ident, 'method': family, 'config': seed_config})}"
 
 
@@ -93,9 +107,10 @@ def plan(suite: Suite, prepared: Prepared, out: Path, methods: list[str], ipcs: 
     jobs = []
     for name in methods:
         config, h, seed_key = method_identity(suite, prepared, name)
+        selects = get_method(name).selects_across_classes(suite.method_config(name))
         for ipc in ipcs:
             jobs.append(DistillJob(name, config, h, ipc, out / "distilled" / suite.name / name / h / f"ipc{ipc}",
-                                   seed_key))
+                                   seed_key, selects))
     return jobs
 
 
@@ -179,12 +194,29 @@ class ShardWorker:
         self.real = real if real is not None else load_real_data(suite.data)
         self.context = MethodContext(torch.device(device))  # models are loaded as methods ask for them
         self._methods: dict[str, object] = {}
+        self._fine_tuned: dict[str, object] = {}  # by hash: methods asking for one fine-tune share it
 
     def _method(self, name: str):
         if name not in self._methods:
             cls, config = get_method(name), self.suite.method_config(name)
-            self._methods[name] = cls(config, self.prepared.provide(self.context, cls.needs_for(config)))
+            needs = cls.needs_for(config)
+            tuned = self.prepared.fine_tuned.get(name)
+            if tuned is None or "backbone" not in needs:
+                context = self.prepared.provide(self.context, needs)
+            else:
+                if tuned["hash"] not in self._fine_tuned:
+                    self._fine_tuned[tuned["hash"]] = self.prepared.load_backbone(self.device, tuned)
+                context = dataclasses.replace(self.prepared.provide(self.context, needs - {"backbone"}),
+                                              backbone=self._fine_tuned[tuned["hash"]])
+            self._methods[name] = cls(config, context)
         return self._methods[name]
+
+    def _task(self, method, job: DistillJob, label: int) -> ClassTask:
+        key = self.real.classes[label]
+        seed = shard_seed(self.suite.seed, job.seed_key or f"{job.method}/{job.config_hash}", job.ipc, key)
+        real = self.real.train.class_images(label) if "real_images" in method.needs_for(method.config) else None
+        return ClassTask(label, key, job.ipc, seed, real, len(self.real.classes), self.real.image_size,
+                         self.real.channels, condition=self.prepared.conditions[label])
 
     def warm(self, method: str) -> None:
         """Load what `method` needs now, so that later shards measure only distillation."""
@@ -192,14 +224,13 @@ class ShardWorker:
 
     def run_shard(self, job: DistillJob, label: int) -> dict:
         key = self.real.classes[label]
-        final = job.path / key
+        final = job.shard_path(key)
         if (final / SHARD).exists():  # another attempt already finished it
             return read_shard(final)
         method = self._method(job.method)
-        seed = shard_seed(self.suite.seed, job.seed_key or f"{job.method}/{job.config_hash}", job.ipc, key)
-        real = self.real.train.class_images(label) if "real_images" in method.needs_for(method.config) else None
-        task = ClassTask(label, key, job.ipc, seed, real, len(self.real.classes), self.real.image_size,
-                         self.real.channels, condition=self.prepared.conditions[label])
+        task = self._task(method, job, label)
+        seed = task.seed
+        count = method.candidates_per_class(method.config, job.ipc) if job.selects else job.ipc
         method.stage_seconds.clear()  # the method fills it during this class only
         memory = ShardPeakMemory(self.device)
         memory.start()
@@ -209,14 +240,35 @@ class ShardWorker:
             torch.cuda.synchronize(memory.device)
         seconds = time.perf_counter() - t0
         peak = memory.peak()
-        expected = (job.ipc, self.real.channels, self.real.image_size, self.real.image_size)
+        expected = (count, self.real.channels, self.real.image_size, self.real.image_size)
         if tuple(images.shape) != expected:
             raise RuntimeError(f"{job.method} returned {tuple(images.shape)} for class {key}, expected {expected}")
-        stats = {"class": key, "label": label, "seed": seed, "seconds": seconds, "images": job.ipc,
+        stats = {"class": key, "label": label, "seed": seed, "seconds": seconds, "images": count,
                  "peak_memory_bytes": int(peak), "peak_memory_kind": memory.kind,
                  "stage_seconds": {k: float(v) for k, v in method.stage_seconds.items()}, **machine(self.device)}
         write_shard(final, images, stats)
         return stats
+
+    def select(self, job: DistillJob) -> None:
+        """The method's choice across classes from every class's candidates; writes the set's shards. Each
+        class's shard keeps its candidates' record, its seconds with an equal share of the choice's."""
+        method = self._method(job.method)
+        classes = self.real.classes
+        tasks = [self._task(method, job, label) for label in range(len(classes))]
+        candidates = [load_set(job.candidates_path, [key], self.real.channels)[0].float().div(255) for key in classes]
+        method.stage_seconds.clear()
+        t0 = time.perf_counter()
+        kept = method.select_across_classes(tasks, candidates)
+        share = (time.perf_counter() - t0) / len(classes)
+        for key, images, index in zip(classes, candidates, kept):
+            if len(index) != job.ipc:
+                raise RuntimeError(f"{job.method} kept {len(index)} images of class {key}, expected {job.ipc}")
+            record = {k: v for k, v in read_shard(job.candidates_path / key).items() if k != "sha256"}
+            stages = {s: t + method.stage_seconds.get(s, 0.0) / len(classes)
+                      for s, t in {**record["stage_seconds"], **dict.fromkeys(method.stage_seconds, 0.0)}.items()}
+            record.update(images=job.ipc, seconds=record["seconds"] + share, stage_seconds=stages,
+                          candidates=len(images))
+            write_shard(job.path / key, images[index], record)
 
 
 def _first_line(error: Exception) -> str:
@@ -228,10 +280,13 @@ def _first_line(error: Exception) -> str:
 def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: list[str]) -> Manifest:
     cls = get_method(job.method)
     needs = cls.needs_for(suite.method_config(job.method))
+    tuned = prepared.fine_tuned.get(job.method)
     manifest = Manifest.from_shards(
         [read_shard(job.path / k) for k in classes], suite=suite.name, method=job.method, config=job.config,
         config_hash=job.config_hash, ipc=job.ipc, classes=classes,
         backbone=prepared.backbone_hash if "backbone" in needs else None,
+        fine_tune={"hash": tuned["hash"], **tuned["cost"], **({"check": tuned["check"]} if "check" in tuned else {})}
+        if tuned is not None else None,
         teacher=prepared.relabel_hash if "relabel_teacher" in needs
         else prepared.teacher_hash if "teacher" in needs else None,
         backbone_check=prepared.backbone_check, versions=versions(), path=str(job.path))
@@ -255,6 +310,12 @@ def repair_sets(jobs: list[DistillJob], classes: list[str]) -> None:
     """Verify every shard and manifest on disk; delete what is damaged (a missing, truncated or altered PNG, a
     torn shard.json or manifest.json) so that `distill` makes just that again, and say what is redone."""
     for job in jobs:
+        if job.selects and job.candidates_path.exists():
+            for key in classes:
+                if (job.candidates_path / key).exists() and (damage := shard_damage(job.candidates_path / key)):
+                    shutil.rmtree(job.candidates_path / key)
+                    print(f"[distill] {job.method} IPC {job.ipc}: the candidates of class {key} are damaged "
+                          f"({damage}); making them again", flush=True)
         if not job.path.exists():
             continue
         redo = []
@@ -286,11 +347,16 @@ def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[Distill
     `connect()` starts or joins the Ray cluster; it is called only if some shard is missing.
     """
     repair_sets(jobs, real.classes)
-    shards = [(job, label) for job in jobs if not job.done() for label, key in enumerate(real.classes)
-              if not (job.path / key / SHARD).exists()]
+    def missing(job: DistillJob) -> list[str]:
+        return [key for key in real.classes if not (job.path / key / SHARD).exists()]
+
+    shards = [(job, label) for job in jobs if not job.done() and missing(job) for label, key in enumerate(real.classes)
+              if not (job.shard_path(key) / SHARD).exists()]
+    selections = [job for job in jobs if job.selects and not job.done() and missing(job)]
     done_before = sum(len(real.classes) for job in jobs) - len(shards)
-    print(f"[distill] {len(jobs)} sets, {len(shards)} shards to make ({done_before} already on disk)", flush=True)
-    if shards:
+    print(f"[distill] {len(jobs)} sets, {len(shards)} shards to make ({done_before} already on disk)"
+          + (f", then {len(selections)} choices across classes" if selections else ""), flush=True)
+    if shards or selections:
         connect()
         n, options, device, threads = _actor_count_and_options(len(shards), max_actors)
         Actor = ray.remote(**options)(ShardWorker)
@@ -331,6 +397,10 @@ def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[Distill
             if queue:
                 start(actor, queue.pop(0))
         bar.close()
+        if selections and not actors:
+            actors.append(Actor.remote(suite_ref, prepared_ref, device, threads))
+        for job in selections:  # every class's candidates are made: the choice across classes
+            ray.get(actors[0].select.remote(job))
         for actor in actors:
             ray.kill(actor)
     for job in jobs:

@@ -188,6 +188,9 @@ def cost_table(manifests: list[Manifest], method_order: list[str]) -> pd.DataFra
                # sets made before the machine was recorded say so rather than borrow this run's machine
                "device": m.device or "unrecorded", "cpu": m.cpu or "unrecorded",
                "torch_threads": "unrecorded" if m.torch_threads is None else str(m.torch_threads)}
+        if m.fine_tune:  # a cost paid once per fine-tuned backbone, beside the per-set costs
+            row["fine_tune_seconds"] = m.fine_tune["seconds"]
+            row["fine_tune_peak_memory_mib"] = m.fine_tune["peak_memory_bytes"] / 2**20
         for stage, seconds in (m.stage_seconds or {}).items():
             row[f"stage_{stage}_seconds"] = seconds
             row[f"stage_{stage}_share"] = seconds / m.distill_seconds if m.distill_seconds > 0 else math.nan
@@ -219,6 +222,11 @@ def _cost_lines(cost: pd.DataFrame) -> list[str]:
         lines.append(f"- memory `{kind}`: {MEMORY_KINDS.get(kind, 'as recorded by the harness that made the set')}")
     extra = [("memory kind", kinds)] if kinds.nunique() > 1 else []
     extra += [("machine", machines)] if machines.nunique() > 1 else []
+    if "fine_tune_seconds" in cost:
+        lines.append("- fine-tune: the seconds and peak memory of training the method's fine-tuned backbone, paid "
+                     "once and shared by every IPC sampled from it (harness/fine_tune.py)")
+        extra.append(("fine-tune s / peak MiB", cost.apply(lambda r: "–" if pd.isna(r.get("fine_tune_seconds"))
+                      else f"{r['fine_tune_seconds']:.0f} / {r['fine_tune_peak_memory_mib']:.0f}", axis=1)))
     lines += ["", "| method | IPC | images | s / image | peak memory (MiB) | named stages |"
               + "".join(f" {name} |" for name, _ in extra), "|---|---|---|---|---|---|" + "---|" * len(extra)]
     for i, r in cost.iterrows():

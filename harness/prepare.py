@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import ray
@@ -25,6 +25,7 @@ from methods.base import MethodContext
 
 from . import atomic
 from .backbones import ddim_sample, load_dit_backbone
+from .backbones.difffit import load_difffit_state
 from .backbones.dit import DIT_GUIDED_CHANNELS
 from .backbones.pixel_dit import train_pixel_dit
 from .data import RealData
@@ -68,11 +69,18 @@ class Prepared:
     teacher_val_accuracy: float | None = None  # only where a suite's method needs it
     teacher_description: str = ""      # one line for the board: what the teacher is, where it came from
     relabel: PreparedTeacher | None = None  # relabels for protocols that train on a teacher's outputs
+    # By method: the fine-tuned backbone it samples from (harness/fine_tune.py): {"source": its DiffFit
+    # parameters, "hash": its identity, "cost": what training it took}.
+    fine_tuned: dict[str, dict] = field(default_factory=dict)
 
-    def load_backbone(self, device="cpu"):
+    def load_backbone(self, device="cpu", fine_tuned: dict | None = None):
+        """The suite's backbone, or the fine-tuned one `fine_tuned` (an entry of `self.fine_tuned`) names."""
         vae = self.backbone.vae if self.backbone.kind == "dit" else None
-        return load_dit_backbone(self.backbone_source, device=device, dtype=DTYPES[self.backbone.dtype], vae=vae,
-                                 guided_channels=guided_channels(self.backbone))
+        backbone = load_dit_backbone(self.backbone_source, device=device, dtype=DTYPES[self.backbone.dtype],
+                                     vae=vae, guided_channels=guided_channels(self.backbone))
+        if fine_tuned is not None:
+            load_difffit_state(backbone, torch.load(fine_tuned["source"], map_location=device, weights_only=True))
+        return backbone
 
     def load_teacher(self, device="cpu") -> Teacher:
         return load_teacher(self.teacher, self.teacher_source, self.classes, device)
@@ -104,7 +112,7 @@ class Prepared:
 
     def provide(self, context: MethodContext, needs: frozenset[str]) -> MethodContext:
         """`context` with whatever of `needs` it still lacks loaded: a worker loads each model once, and every
-        method it runs shares them."""
+        method it runs shares them. (A method's fine-tuned backbone is its own: `harness.distill` loads it.)"""
         if "backbone" in needs and context.backbone is None:
             context.backbone = self.load_backbone(context.device)
         if "teacher" in needs and context.teacher is None:

@@ -84,6 +84,9 @@ class Manifest:
     # Each class's PNGs and their SHA-256 (a record to verify the set by, in no identity); None for sets made
     # before checksums were recorded.
     checksums: dict[str, dict[str, str]] | None = None
+    # The fine-tuned backbone the set was sampled from: its hash and what training it took (seconds, peak
+    # memory, machine), once for every set sampled from it; None for a set from the suite's backbone.
+    fine_tune: dict | None = None
     # Not stored: where this run keeps the set (so a set can be moved), and its diversity measures.
     path: str = field(default="", metadata={"stored": False})
     diversity: dict | None = field(default=None, metadata={"stored": False})

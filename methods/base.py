@@ -58,6 +58,40 @@ def evaluations_per_step(cfg_scale: float) -> int:
     return 1 if cfg_scale == 1.0 else 2
 
 
+@dataclass(frozen=True)
+class FineTuning:
+    """What a method asks of the harness's fine-tuning stage (harness/fine_tune.py): DiffFit on the suite's
+    backbone over the suite's whole training split, for this schedule, with the method's objective
+    (`Method.fine_tune_objective`). Every field, with the objective's settings, keys the fine-tuned model."""
+    epochs: int
+    batch_size: int                  # the global batch: data-parallel workers split it
+    lr: float                        # AdamW, no weight decay
+    ema_decay: float                 # the EMA the method samples from
+    class_dropout: float             # labels replaced by the null class, as classifier-free guidance trains
+    checkpoint_every: int            # steps between checkpoints a killed run resumes from
+    objective: tuple                 # the objective's settings, as (name, value) pairs
+    max_steps: int | None = None     # a cap on epochs × steps per epoch, for budgets smaller than an epoch
+    seed: int = 0
+    hflip: bool = True               # random horizontal flips of the real images
+
+
+class FineTuneObjective:
+    """A fine-tuning loss over a batch of clean latents. State that must survive a resume (a memory bank)
+    goes through `state_dict` / `load_state_dict`."""
+
+    def loss(self, backbone, x0: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """`labels`: the backbone's conditions (some dropped to its null class); `classes`: the suite's class of
+        each image. Returns the loss and its named parts for the log."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 @dataclass
 class MethodContext:
     """Everything the harness hands a method, filled with what the method declared it needs."""
@@ -107,6 +141,30 @@ class Method:
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         """Return `task.ipc` images of class `task.label`, float in [0, 1], shape (ipc, C, H, W)."""
+        raise NotImplementedError
+
+    @classmethod
+    def fine_tuning(cls, config) -> FineTuning | None:
+        """The fine-tuned backbone this config samples from (None: the suite's backbone as it is). The harness
+        trains it once per base backbone, fine-tuning and training split, and hands it over as `backbone`."""
+        return None
+
+    @classmethod
+    def fine_tune_objective(cls, config) -> FineTuneObjective:
+        raise NotImplementedError
+
+    @classmethod
+    def selects_across_classes(cls, config) -> bool:
+        """True: `distill_class` returns `candidates_per_class` candidates, and once every class has them the
+        harness calls `select_across_classes` with all of them (a choice made jointly across classes)."""
+        return False
+
+    @classmethod
+    def candidates_per_class(cls, config, ipc: int) -> int:
+        return ipc
+
+    def select_across_classes(self, tasks: list[ClassTask], candidates: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Indices of the `ipc` images kept from each class's candidates (float in [0, 1])."""
         raise NotImplementedError
 
     @classmethod

@@ -1,5 +1,6 @@
 """The contract every registered method keeps, checked over the registry so that a new method gets these
-tests for free: on a tiny setting it makes exactly IPC images per class, float in [0, 1], of the suite's
+tests for free: on a tiny setting it makes exactly IPC images per class (after its choice across classes, if it
+makes one), float in [0, 1], of the suite's
 channels and size; the same task gives the same images; its config defaults are the values its module
 docstring cites under "Defaults"; what it declares it needs is what the harness can provide."""
 import ast
@@ -79,6 +80,10 @@ def test_makes_ipc_images_per_class_deterministically(name, context, tiny_real):
         tasks = [dataclasses.replace(t, real=None) for t in tasks]
     first = [cls(config, context).distill_class(t) for t in tasks]
     again = [cls(config, context).distill_class(t) for t in tasks]
+    if cls.selects_across_classes(config):  # candidates first, then the choice across classes keeps IPC of each
+        assert all(len(c) == cls.candidates_per_class(config, IPC) for c in first)
+        first, again = ([c[k] for c, k in zip(made, cls(config, context).select_across_classes(tasks, made))]
+                        for made in (first, again))
     for images, repeat in zip(first, again):
         assert images.shape == (IPC, tiny_real.channels, tiny_real.image_size, tiny_real.image_size)
         assert images.dtype == torch.float32

@@ -11,7 +11,8 @@ PACKAGES = ("harness", "methods")
 # The stage modules: what runs the pipeline. Methods are plain torch and import none of them.
 STAGES = {"harness.suite", "harness.prepare", "harness.distill", "harness.evaluate", "harness.diversity",
           "harness.cross_arch", "harness.leaderboard", "harness.store", "harness.cli", "harness.training",
-          "harness.data_parallel", "harness.plan", "harness.site", "harness.export", "harness.search"}
+          "harness.data_parallel", "harness.plan", "harness.site", "harness.export", "harness.search",
+          "harness.fine_tune"}
 
 
 def _modules() -> dict[str, Path]:

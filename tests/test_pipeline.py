@@ -172,10 +172,10 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
             "soft-label": {"epochs_beyond": 1, "student_kwargs": {"convnet3": {"width": 8}}, "input_size": 28,
                            "test_resize": 32}},
         "reported": {"papers": {"Tiny": "a made-up paper for this test"},
-                     "not_implemented": {"minimax": "Minimax Diffusion"},
+                     "not_implemented": {"sre2l": "SRe2L"},
                      "entries": [{"paper": "Tiny", "table": "Table 1", "method": "diffusion", "ipc": 2,
                                   "student": "convnet3", "protocol": "hard-label", "accuracy": 42.0, "std": 1.0},
-                                 {"paper": "Tiny", "table": "Table 1", "method": "minimax", "ipc": 2,
+                                 {"paper": "Tiny", "table": "Table 1", "method": "sre2l", "ipc": 2,
                                   "student": "convnet3", "protocol": "hard-label", "accuracy": 55.5}]},
     }))
     suite = load_suite(str(suite_path))
