@@ -24,7 +24,7 @@ from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
 from .prepare import PrepareError, prepare
-from .search import SearchError, SearchSpec, default_point, run_search, search_protocol, write_outputs
+from .search import DEFAULT_TRIALS, SearchError, SearchSpec, default_point, run_search, search_protocol, write_outputs
 from .sets import Manifest
 from .site import build_site
 from .store import ResultStore
@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
                    help="tune these methods' search spaces (or a protocol's recipe for --search-student) on the "
                         "validation split with Ray Tune + Optuna instead of running the suite; the test split is never "
                         "read; best settings go to --out/search/<method>.yaml")
-    p.add_argument("--trials", type=_positive, default=20, help="trials per searched method (default: 20)")
+    p.add_argument("--trials", type=_positive, default=None, help="trials per searched method (default: 20)")
     p.add_argument("--search-student", help="the proxy student a search trains (default: the suite's first student)")
     p.add_argument("--search-set", metavar="METHOD",
                    help="a protocol search (--search PROTOCOL) tunes the student's recipe on this method's set "
@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                 hint = f"; --profile {in_profiles[0]} lists them" if in_profiles and args.profile == "full" else ""
                 raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(unknown)}, "
                                  f"not in the suite (it has: {', '.join(suite.methods)}){hint}")
+        modes = [flag for flag, on in (("--search", args.search is not None), ("--site", args.site),
+                                       ("--compare", args.compare is not None), ("--export", bool(args.export)),
+                                       ("--plan", args.plan), ("--cross-arch", args.cross_arch)) if on]
+        if len(modes) > 1:
+            raise SuiteError(f"{suite.source}: {' and '.join(modes)}: one at a time")
         pair = None
         if args.compare is not None:
             pair = [m.strip() for m in args.compare.split(",") if m.strip()]
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             real = load_real_data(suite.data, with_test=False)  # a search never opens the test split
             return run_searches(suite, real, searches, args.out, args.address, check=not args.no_check,
                                 resume=args.resume, accept_failed_check=args.accept_failed_check)
-        for flag in ("resume", "search_student", "search_set"):
+        for flag in ("resume", "search_student", "search_set", "trials"):
             if getattr(args, flag):
                 raise SuiteError(f"{suite.source}: --{flag.replace('_', '-')}: only with --search")
         if args.cross_arch and suite.cross_arch is None:
@@ -200,12 +205,21 @@ def _search_specs(args, suite) -> list[SearchSpec]:
     set_method = args.search_set or next(iter(suite.methods))
     if set_method not in suite.methods:
         raise SuiteError(f"{suite.source}: --search-set: {set_method} is not one of the suite's methods")
+
+    def trial_runs(name: str, flag: str) -> None:
+        cls, config = get_method(name), suite.method_config(name)
+        if cls.fine_tuning(config) is not None or cls.selects_across_classes(config):
+            raise SuiteError(f"{suite.source}: {flag}: {name} fine-tunes its backbone or chooses across classes, "
+                             f"stages a search trial does not run yet")
+
     for name in names:
         if name in suite.protocols:
+            trial_runs(set_method, "--search-set")
             continue
         if name not in suite.methods:
             raise SuiteError(f"{suite.source}: --search: {name} is neither one of the suite's methods "
                              f"(it has: {', '.join(suite.methods)}; a profile may add more) nor its protocols")
+        trial_runs(name, "--search")
         if not get_method(name).search_space:
             searchable = [m for m in suite.methods if get_method(m).search_space]
             raise SuiteError(f"{suite.source}: --search: {name} declares no search space (searchable here: "
@@ -218,8 +232,9 @@ def _search_specs(args, suite) -> list[SearchSpec]:
     if args.cross_arch or args.plan:
         raise SuiteError(f"{suite.source}: --search: runs alone, not with --{'cross-arch' if args.cross_arch else 'plan'}")
     protocol = search_protocol(suite)
-    specs = [SearchSpec(set_method, suite.ipcs[0], student, name, args.trials, protocol_search=True)
-             if name in suite.protocols else SearchSpec(name, suite.ipcs[0], student, protocol, args.trials)
+    trials = args.trials or DEFAULT_TRIALS
+    specs = [SearchSpec(set_method, suite.ipcs[0], student, name, trials, protocol_search=True)
+             if name in suite.protocols else SearchSpec(name, suite.ipcs[0], student, protocol, trials)
              for name in names]
     for spec in specs:
         default_point(suite, spec)  # the suite's config must lie in the space: it is the first trial
@@ -283,8 +298,9 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     recipes = {prepared.protocol_hash(p) for p in suite.protocols.values()}
     if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
         recipes.add(full_data_protocol(suite).identity())
-    if compare_pair:
-        return _compare(suite, store, current, recipes, compare_pair, out)
+    if compare_pair:  # a searched config is its own row, never averaged with the method's own
+        rows, compared, _, _ = with_searched_labels(store.read(), current, [], methods, labels)
+        return _compare(suite, rows, compared, recipes, compare_pair, out)
     measure_sets(suite, real, prepared, manifests, out)
     if not draw_only:
         evaluate(suite, real, manifests, store, suite.students, suite.seeds, connect, prepared, out)
@@ -316,8 +332,8 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     return 0
 
 
-def _compare(suite, store: ResultStore, current, recipes, pair: list[str], out: Path) -> int:
-    rows = [r for r in store.read() if r.get("protocol_hash") in recipes]
+def _compare(suite, rows: list[dict], current, recipes, pair: list[str], out: Path) -> int:
+    rows = [r for r in rows if r.get("protocol_hash") in recipes]
     table = board_order(compare(measured_rows(rows, current), *pair), pair, list(suite.students),
                         list(suite.protocols), ("student", "protocol", "ipc"))
     if table.empty:

@@ -193,12 +193,15 @@ class ShardWorker:
         self.suite, self.prepared, self.device = suite, prepared, device
         self.real = real if real is not None else load_real_data(suite.data)
         self.context = MethodContext(torch.device(device))  # models are loaded as methods ask for them
-        self._methods: dict[str, object] = {}
+        self._methods: dict[tuple[str, str], object] = {}  # by (method, config hash)
         self._fine_tuned: dict[str, object] = {}  # by hash: methods asking for one fine-tune share it
 
-    def _method(self, name: str):
-        if name not in self._methods:
-            cls, config = get_method(name), self.suite.method_config(name)
+    def _method(self, job: DistillJob):
+        """The job's method built with the job's own config: a searched config is not the suite's."""
+        name = job.method
+        if (name, job.config_hash) not in self._methods:
+            cls = get_method(name)
+            config = dataclasses.replace(self.suite.method_config(name), **job.config)
             needs = cls.needs_for(config)
             tuned = self.prepared.fine_tuned.get(name)
             if tuned is None or "backbone" not in needs:
@@ -208,8 +211,8 @@ class ShardWorker:
                     self._fine_tuned[tuned["hash"]] = self.prepared.load_backbone(self.device, tuned)
                 context = dataclasses.replace(self.prepared.provide(self.context, needs - {"backbone"}),
                                               backbone=self._fine_tuned[tuned["hash"]])
-            self._methods[name] = cls(config, context)
-        return self._methods[name]
+            self._methods[name, job.config_hash] = cls(config, context)
+        return self._methods[name, job.config_hash]
 
     def _task(self, method, job: DistillJob, label: int) -> ClassTask:
         key = self.real.classes[label]
@@ -218,16 +221,12 @@ class ShardWorker:
         return ClassTask(label, key, job.ipc, seed, real, len(self.real.classes), self.real.image_size,
                          self.real.channels, condition=self.prepared.conditions[label])
 
-    def warm(self, method: str) -> None:
-        """Load what `method` needs now, so that later shards measure only distillation."""
-        self._method(method)
-
     def run_shard(self, job: DistillJob, label: int) -> dict:
         key = self.real.classes[label]
         final = job.shard_path(key)
         if (final / SHARD).exists():  # another attempt already finished it
             return read_shard(final)
-        method = self._method(job.method)
+        method = self._method(job)
         task = self._task(method, job, label)
         seed = task.seed
         count = method.candidates_per_class(method.config, job.ipc) if job.selects else job.ipc
@@ -252,7 +251,7 @@ class ShardWorker:
     def select(self, job: DistillJob) -> None:
         """The method's choice across classes from every class's candidates; writes the set's shards. Each
         class's shard keeps its candidates' record, its seconds with an equal share of the choice's."""
-        method = self._method(job.method)
+        method = self._method(job)
         classes = self.real.classes
         tasks = [self._task(method, job, label) for label in range(len(classes))]
         candidates = [load_set(job.candidates_path, [key], self.real.channels)[0].float().div(255) for key in classes]

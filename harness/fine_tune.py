@@ -38,8 +38,13 @@ from .suite import Suite
 MODEL, COST, CHECKPOINT = "difffit.pt", "cost.json", "checkpoint.pt"
 
 
+def fine_tune_schedule(ft: FineTuning) -> dict:
+    """What keys the fine-tuned model of `ft`: every setting but how often it is saved."""
+    return {k: v for k, v in dataclasses.asdict(ft).items() if k != "checkpoint_every"}
+
+
 def fine_tune_identity(prepared: Prepared, ft: FineTuning, real: RealData) -> dict:
-    return {"backbone": prepared.backbone_hash, "fine_tuning": dataclasses.asdict(ft),
+    return {"backbone": prepared.backbone_hash, "fine_tuning": fine_tune_schedule(ft),
             "data": real.train.fingerprint(), "conditions": prepared.conditions}
 
 

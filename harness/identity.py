@@ -19,12 +19,19 @@ FULL_DATA = "full-data"
 # method's config): it enters the identity only when set away from its default. A setting whose default keeps
 # the earlier behaviour must not retire what was made before it existed.
 WHEN_SET = {"identity": "when-set"}
+# Field metadata for a setting that changes how work is done, never what it makes (a checkpoint interval): it
+# enters no identity, so changing it neither retrains nor re-keys anything.
+NEVER = {"identity": "never"}
 
 
 def identity_fields(config) -> dict:
-    """A config dataclass as it enters an identity: every field, less the WHEN_SET fields at their default."""
+    """A config dataclass as it enters an identity: every field, less the WHEN_SET fields at their default and the
+    NEVER fields."""
     out = dataclasses.asdict(config)
     for f in dataclasses.fields(config):
+        if f.metadata.get("identity") == NEVER["identity"]:
+            del out[f.name]
+            continue
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         if f.metadata.get("identity") == WHEN_SET["identity"] and getattr(config, f.name) == default:
             del out[f.name]

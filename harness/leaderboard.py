@@ -526,6 +526,10 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
                       "Each student trained once on the whole training split (validation images held out) with "
                       f"the {protocols['hard']} recipe.", "", "| student | accuracy |", "|---|---|"]
             lines += [f"| {r.student} | {100 * r.mean:.1f} |" for r in full.itertuples()] + [""]
+            adopted = sorted({r["student"] for r in rows if r.get("method") == FULL_DATA and r.get("adopted_from")})
+            if adopted:  # measured by an earlier run of the same data and recipe (harness/evaluate.py)
+                lines += [f"Taken by this run from the project's committed result store, not trained again: "
+                          f"{', '.join(adopted)} (same data, recipe and seed).", ""]
         if not lrs.empty:
             lines += ["## DD-Ranking label-robust score", "",
                       f"LRS × 100 (mean ± std over paired seeds; λ = 0.5, accuracies as fractions): HLR = full data "

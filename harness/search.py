@@ -45,6 +45,7 @@ from .store import ResultStore
 from .suite import Suite
 from .training import train_student
 
+DEFAULT_TRIALS = 20  # per searched method: the budget issue 14 asks for, the same for every method
 ROW_KIND = "search"
 METRIC = "val_accuracy"
 # Where Ray keeps a session's files (`ray.init(_temp_dir=...)` moves it): a killed search's intact state is there.
@@ -420,7 +421,7 @@ def write_outputs(outcome: SearchOutcome, suite: Suite, out: Path, store: Result
         header = (f"# The best of {len(outcome.trials)} trials of {outcome.spec.subject}'s search on the validation "
                   f"split (search {outcome.search}; every trial is a row of kind '{ROW_KIND}' in the result "
                   f"store).\n# Validation accuracy: {outcome.best().val_accuracy:.4f} (trial {outcome.best().index}), the "
-                  f"suite's own settings {default.val_accuracy if default else float('nan'):.4f} (trial 0); "
+                  f"suite's own settings {default.val_accuracy if default and default.val_accuracy is not None else float('nan'):.4f} (trial 0); "
                   f"{outcome.spec.student}, IPC {outcome.spec.ipc}.\n"
                   f"# Include it in a suite profile: profiles: {{searched: {{include: [{fragment}]}}}}\n")
         fragment.write_text(header + yaml.safe_dump(outcome.fragment(), sort_keys=False))

@@ -62,7 +62,8 @@ def evaluations_per_step(cfg_scale: float) -> int:
 class FineTuning:
     """What a method asks of the harness's fine-tuning stage (harness/fine_tune.py): DiffFit on the suite's
     backbone over the suite's whole training split, for this schedule, with the method's objective
-    (`Method.fine_tune_objective`). Every field, with the objective's settings, keys the fine-tuned model."""
+    (`Method.fine_tune_objective`). Every field but `checkpoint_every` (how often, not what), with the
+    objective's settings, keys the fine-tuned model."""
     epochs: int
     batch_size: int                  # the global batch: data-parallel workers split it
     lr: float                        # AdamW, no weight decay

@@ -29,10 +29,12 @@ Defaults (pinned by tests/test_contract.py): MinimaxDiffusion's (train_dit.py, s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from harness.identity import NEVER
 
 from .base import FineTuneObjective, FineTuning
 from .diffusion import Diffusion, DiffusionConfig
@@ -49,7 +51,7 @@ class FineTuneSettings:
     lr: float = 1e-3
     ema_decay: float = 0.9999
     class_dropout: float = 0.1
-    checkpoint_every: int = 500
+    checkpoint_every: int = field(default=500, metadata=NEVER)  # how often it saves, not what it trains
     max_steps: int | None = None     # None: every epoch; a cap for budgets smaller than an epoch
     fine_tune_seed: int = 0
 

@@ -38,6 +38,10 @@ BOARD_SETS = {
 AWAITING_ROWS = {"patch-selection", "patch-selection-no-cluster", "patch-selection-teacher-cluster",
                  "minimax", "ims3", "ims3-im-only", "ims3-s3-only"}
 
+# Full-data rows of recipes the suite has since replaced, kept in the append-only store and left off the board
+# (it filters by the current recipes): the 3-epoch row that issue 13 found under-trained (below its teacher).
+SUPERSEDED_FULL_DATA = {"e58e3b24a080"}
+
 
 @pytest.fixture(scope="module")
 def committed_rows():
@@ -58,6 +62,8 @@ def test_every_committed_row_is_current(committed_rows, tmp_path_factory):
     assert len(committed_rows) >= 381
     stale = []
     for r in committed_rows:
+        if r["method"] == FULL_DATA and r["protocol_hash"] in SUPERSEDED_FULL_DATA:
+            continue
         identity = full.identity() if r["method"] == FULL_DATA else protocols.get(r["protocol"])
         if (r["method"], r["config_hash"]) not in sets or r["protocol_hash"] != identity:
             stale.append((r["method"], r["config_hash"], r["protocol"], r["protocol_hash"]))
@@ -82,6 +88,8 @@ def test_the_published_convnet3_board_is_complete(committed_rows, tmp_path_facto
     for method in AWAITING_ROWS:  # all or nothing: a half-run method is not awaiting, it is missing rows
         if not any(w[0] == method and w in stored for w in wanted):
             wanted = {w for w in wanted if w[0] != method}
+    wanted.add((FULL_DATA, real.train.fingerprint()[:12], 0, "convnet3", full_data_protocol(suite).name,
+                full_data_protocol(suite).identity(), 0))
     missing = sorted(wanted - stored)
     assert AWAITING_ROWS <= set(suite.methods)
     assert not missing, f"{len(missing)} missing, e.g. {missing[:3]}"

@@ -14,7 +14,8 @@ import torch
 
 from harness.backbones.difffit import GAMMA, add_difffit, difffit_state, load_difffit_state
 from harness.distill import distill, plan
-from harness.fine_tune import fine_tune_backbones, train_fine_tune
+from harness.fine_tune import fine_tune_backbones, fine_tune_schedule, train_fine_tune
+from harness.identity import identity_fields
 from harness.prepare import prepare
 from harness.sets import load_set
 from harness.suite import load_suite
@@ -289,3 +290,12 @@ def test_fine_tune_through_ray_train_resumes_after_its_worker_is_killed(tiny_sui
     entry = tuned.fine_tuned["test-killing-minimax"]
     assert entry["cost"]["resumed_from"] == 2 and entry["cost"]["workers"] == 1
     assert _same(torch.load(entry["source"], weights_only=True), _straight(prepared, tiny_real, suite, tmp_path))
+
+
+def test_the_checkpoint_interval_keys_neither_the_fine_tune_nor_the_sets():
+    """How often a fine-tune saves changes nothing it makes (a resume is bit-identical from any step)."""
+    base, often = MinimaxConfig(), MinimaxConfig(checkpoint_every=7)
+    assert identity_fields(base) == identity_fields(often) and "checkpoint_every" not in identity_fields(base)
+    assert identity_fields(base) != identity_fields(MinimaxConfig(lr=2e-3))
+    with_interval = dataclasses.asdict(MinimaxConfig().fine_tuning({}))
+    assert set(with_interval) - set(fine_tune_schedule(MinimaxConfig().fine_tuning({}))) == {"checkpoint_every"}

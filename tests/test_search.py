@@ -4,6 +4,7 @@ own config first, lets ASHA stop trials, writes a suite fragment that a profile 
 killed with kill -9 without training a finished trial again."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ import yaml
 from harness.data import DataError, load_real_data
 from harness.leaderboard import aggregate
 from harness.prepare import prepare
-from harness.search import ROW_KIND, SearchSpec, default_point, experiment_name, run_search, search_id, write_outputs
+from harness.distill import ShardWorker, plan
+from harness.search import ROW_KIND, SearchSpec, _typed, default_point, experiment_name, run_search, search_id, write_outputs
 from harness.store import ResultStore
 from harness.suite import SuiteError, load_suite
 
@@ -196,3 +198,14 @@ def test_a_protocol_search_tunes_the_students_lr_and_publishes_the_recipe(env):
     assert recipe.for_student("resnet18").lr == suite.protocols["hard-label"].lr  # other students keep theirs
     rows = [r for r in env["store"].read() if r.get("target") == "protocol"]
     assert len(rows) == 3 and all(r["protocol_hash"] == f"search-{outcome.search}" for r in rows)
+
+
+def test_a_searched_config_is_distilled_with_its_own_settings(env):
+    """At an IPC the search never made, a searched config's set is made by its own config, not the suite's."""
+    suite = env["suite"]
+    drawn = next(t.config for t in env["outcome"].trials if t.config != default_point(suite, env["outcome"].spec))
+    searched = suite.with_method_config("diffusion", _typed(suite, "diffusion", drawn))
+    (job,) = plan(searched, env["prepared"], env["out"], ["diffusion"], [2])
+    worker = ShardWorker(suite, env["prepared"], real=env["real"])  # the suite's own config, as a run's worker
+    method = worker._method(job)
+    assert dataclasses.asdict(method.config) == job.config != dataclasses.asdict(suite.method_config("diffusion"))
