@@ -218,7 +218,7 @@ def test_variants_seed_from_one_key_in_the_harness():
     from harness.distill import method_identity
 
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
-    prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9)
+    prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
     ids = {n: method_identity(suite, prepared, n) for n in VARIANTS}
     assert len({h for _, h, _ in ids.values()}) == 3        # three different sets …
     assert len({key for _, _, key in ids.values()}) == 1    # … from one seed key

@@ -169,12 +169,12 @@ def test_ablation_variants_share_their_draws():
     from harness.distill import method_identity
 
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
-    prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9)
+    prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
     ids = {n: method_identity(suite, prepared, n) for n in ("cao2", "cao2-oss-only", "cao2-clo-only", "diffusion")}
     assert len({h for _, h, _ in ids.values()}) == 4           # four different sets …
     assert ids["cao2"][2] == ids["cao2-oss-only"][2] == ids["cao2-clo-only"][2]   # … three from one seed key
     assert ids["diffusion"][2] == f"diffusion/{ids['diffusion'][1]}"
-    other = SimpleNamespace(backbone_hash="b2", teacher_hash="t", teacher_val_accuracy=0.9)
+    other = SimpleNamespace(backbone_hash="b2", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
     assert method_identity(suite, other, "cao2")[2] != ids["cao2"][2]   # a new backbone draws anew
 
 

@@ -201,8 +201,10 @@ def test_rded_scores_with_the_teacher_that_relabels():
 
     assert get_method("rded").needs == frozenset({"relabel_teacher", "real_images"})
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
-    own = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="t", teacher_val_accuracy=None)
-    subset = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=None)
+    own = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="t", teacher_val_accuracy=None,
+                          fine_tuned={})
+    subset = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=None,
+                             fine_tuned={})
     assert method_identity(suite, own, "rded")[1] != method_identity(suite, subset, "rded")[1]
     # Herding still reads the suite's own teacher: the relabelling one does not enter its identity.
     assert method_identity(suite, own, "herding")[1] == method_identity(suite, subset, "herding")[1]

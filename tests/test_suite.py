@@ -52,7 +52,9 @@ def test_fashion_leaderboard_profile_and_scaled_students():
     assert board.students == ["convnet3", "resnetap10", "resnet18"] and board.seeds == 3
     assert set(full.protocols) == {"hard-label", "soft-label"}
     # the board adds DD-Ranking's run without augmentation (for its ARS) to the default run's two
-    assert set(board.protocols) == {"hard-label", "soft-label", "hard-label-no-aug"} and board.full_data.epochs == 3
+    assert set(board.protocols) == {"hard-label", "soft-label", "hard-label-no-aug"}
+    # the full-data row trains to its validation plateau (at most 60 epochs)
+    assert (board.full_data.epochs, board.full_data.patience, board.full_data.lr_drops) == (60, 3, 2)
     for cfg in board.protocols.values():
         assert cfg.epochs == {1: 200, 10: 100, 50: 40}
         assert cfg.student_kwargs == {"convnet3": {"width": 64}, "resnetap10": {"width": 16},
