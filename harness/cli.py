@@ -24,7 +24,8 @@ from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
 from .prepare import PrepareError, prepare
-from .search import DEFAULT_TRIALS, SearchError, SearchSpec, default_point, run_search, search_protocol, write_outputs
+from .search import (DEFAULT_TRIALS, SearchError, SearchSpec, default_point, run_search, search_protocol, space_of,
+                     write_outputs)
 from .sets import Manifest
 from .site import build_site
 from .store import ResultStore
@@ -237,6 +238,8 @@ def _search_specs(args, suite) -> list[SearchSpec]:
              if name in suite.protocols else SearchSpec(name, suite.ipcs[0], student, protocol, trials)
              for name in names]
     for spec in specs:
+        if not space_of(suite, spec):  # before prepare, not after it
+            raise SuiteError(f"{suite.source}: --search: {spec.subject} declares no search space: nothing to search")
         default_point(suite, spec)  # the suite's config must lie in the space: it is the first trial
     return specs
 
