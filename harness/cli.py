@@ -298,7 +298,8 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
                                                                                             jobs, connect)
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
     current = {(j.method, j.config_hash) for j in jobs} | {(FULL_DATA, real.train.fingerprint()[:12])}
-    recipes = {prepared.protocol_hash(p) for p in suite.protocols.values()}
+    recipes = {prepared.protocol_hash(p.for_student(s)) for p in suite.protocols.values()
+               for s in set(suite.students) | p.students_named()}
     if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
         recipes.add(full_data_protocol(suite).identity())
     if compare_pair:  # a searched config is its own row, never averaged with the method's own

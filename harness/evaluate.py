@@ -65,7 +65,8 @@ def plan_trials(suite, manifests: list[Manifest], students: list[str], seeds: in
             for name, protocol in suite.protocols.items():
                 for seed in range(seeds):
                     trials.append(EvalTrial(m.suite, m.method, m.config_hash, m.ipc, m.path, student, name,
-                                            protocol_hash(protocol), seed, m.seconds_per_image, m.peak_memory_bytes))
+                                            protocol_hash(protocol.for_student(student)), seed,
+                                            m.seconds_per_image, m.peak_memory_bytes))
     return trials
 
 

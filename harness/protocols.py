@@ -68,9 +68,13 @@ class Protocol:
     search_space: ClassVar[dict[str, tuple]] = {}
 
     def for_student(self, student: str) -> "Protocol":
-        """The recipe `student` trains under: this one with its `per_student` settings for the student applied."""
-        overrides = getattr(self, "per_student", {}).get(student)
-        return dataclasses.replace(self, **overrides, per_student={}) if overrides else self
+        """The recipe `student` trains under: this one with its `per_student` settings for the student applied,
+        and the other students' left out, so that a recipe searched for one student changes no other's identity."""
+        per_student = getattr(self, "per_student", {})
+        return dataclasses.replace(self, **per_student.get(student, {}), per_student={}) if per_student else self
+
+    def students_named(self) -> set[str]:
+        return set(getattr(self, "per_student", {}))
 
     def search_point(self, student: str) -> dict:
         """The searched fields' values `student` trains with now: a protocol search's first trial."""

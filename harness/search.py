@@ -295,6 +295,12 @@ def run_search(suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpe
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1)))
     grid = tuner.fit()
+    # Ray Tune answers Ctrl-C (or a SIGTERM) by saving its state and returning from fit() as if done: a search
+    # cut short must not publish its best-so-far as the search's result.
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished or len(grid) < spec.trials:
+        raise SearchError(f"{spec.subject}: the search was interrupted with {len(grid) - unfinished} of "
+                          f"{spec.trials} trials done; nothing was written: rerun with --resume to continue it")
     return SearchOutcome.from_grid(spec, sid, str(path), epochs, grid, time.perf_counter() - t0)
 
 

@@ -54,6 +54,16 @@ def test_fields_added_later_enter_the_identity_only_when_set(cls):
     assert "lr" in cls().identity_fields() and not any(f.name in cls().identity_fields() for f in later)
 
 
+@pytest.mark.parametrize("cls", [P.HardLabel, P.SoftLabel])
+def test_a_recipe_searched_for_one_student_changes_only_that_students_identity(cls):
+    """Rows are keyed by the recipe each student trains under: publishing ResNet-18's searched lr must not
+    retire the ConvNet-3 rows of the same protocol."""
+    searched = cls(per_student={"resnet18": {"lr": 0.5}})
+    assert searched.for_student("convnet3").identity() == cls().identity()
+    assert searched.for_student("resnet18").identity() != cls().identity()
+    assert searched.for_student("resnet18").lr == 0.5 and searched.students_named() == {"resnet18"}
+
+
 def test_roles_found_by_declaration_not_name():
     suite = {"a": P.HardLabel(), "b": P.SoftLabel(), "c": P.HardLabelNoAugmentation()}
     assert P.score_protocols(suite) == {"hard": "a", "soft": "b", "no_aug": "c"}

@@ -157,6 +157,33 @@ def test_a_search_killed_with_kill_9_resumes_without_training_a_finished_trial_a
           f"{len(set(trained))} trials")
 
 
+@pytest.mark.slow  # a second Ray cluster and a search run twice: ~2 minutes on two shared cores
+def test_a_search_stopped_with_ctrl_c_is_not_published_and_resumes_to_all_its_trials(env):
+    """Ray Tune catches SIGINT, saves its state and returns from fit() with trials still running; that must not
+    be taken for a finished search."""
+    suite, real, prepared, out = env["suite"], env["real"], env["prepared"], env["out"]
+    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=4, reports=6, grace_reports=6, seed=2)
+    path = out / "search" / experiment_name(spec, search_id(suite, prepared, spec, real))
+    driver = (f"from harness.suite import load_suite; from harness.data import load_real_data; "
+              f"from harness.prepare import prepare; from harness.search import SearchSpec, run_search; import ray\n"
+              f"ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+              f"s = load_suite({suite.source!r}); r = load_real_data(s.data, with_test=False)\n"
+              f"run_search(s, r, prepare(s, r, {str(out)!r}, check=False), "
+              f"SearchSpec('diffusion', 1, 'convnet3', 'hard-label', trials=4, reports=6, grace_reports=6, seed=2), "
+              f"{str(out)!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ledger = path / "ledger"
+    deadline = time.time() + 120
+    while len(list(ledger.glob("*.json"))) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "the search was interrupted" in err
+    outcome = run_search(suite, real, prepared, spec, out, resume=True)
+    assert len(outcome.trials) == 4 and all(t.status == "finished" for t in outcome.trials)
+
+
 def test_the_board_shows_a_searched_config_as_its_own_row(env, tmp_path):
     from harness.leaderboard import render, searched_label, with_searched_labels
 
