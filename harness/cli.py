@@ -19,7 +19,7 @@ from .evaluate import evaluate, full_data_protocol
 from .export import ExportError, export_set
 from .fine_tune import fine_tune_backbones
 from .identity import FULL_DATA
-from .leaderboard import board_order, measured_rows, render, searched_label, with_searched_labels
+from .leaderboard import board_order, measured_rows, render, searched_label, trained_under, with_searched_labels
 from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
@@ -298,10 +298,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
                                                                                             jobs, connect)
     store = ResultStore(out / "results" / f"{suite.name}.jsonl")
     current = {(j.method, j.config_hash) for j in jobs} | {(FULL_DATA, real.train.fingerprint()[:12])}
-    recipes = {prepared.protocol_hash(p.for_student(s)) for p in suite.protocols.values()
-               for s in set(suite.students) | p.students_named()}
-    if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
-        recipes.add(full_data_protocol(suite).identity())
+    recipes = current_recipes(suite, prepared, store.read())
     if compare_pair:  # a searched config is its own row, never averaged with the method's own
         rows, compared, _, _ = with_searched_labels(store.read(), current, [], methods, labels)
         return _compare(suite, rows, compared, recipes, compare_pair, out)
@@ -336,8 +333,18 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     return 0
 
 
+def current_recipes(suite, prepared, rows: list[dict]) -> set[tuple[str, str]]:
+    """(student, protocol hash) of every recipe the board shows: the one each student trains under now in each
+    protocol (a searched per-student recipe is that student's alone), and the full-data recipe."""
+    students = set(suite.students) | {r.get("student") for r in rows}
+    recipes = {(s, prepared.protocol_hash(p.for_student(s))) for p in suite.protocols.values() for s in students}
+    if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
+        recipes |= {(s, full_data_protocol(suite).identity()) for s in students}
+    return recipes
+
+
 def _compare(suite, rows: list[dict], current, recipes, pair: list[str], out: Path) -> int:
-    rows = [r for r in rows if r.get("protocol_hash") in recipes]
+    rows = trained_under(rows, recipes)
     table = board_order(compare(measured_rows(rows, current), *pair), pair, list(suite.students),
                         list(suite.protocols), ("student", "protocol", "ipc"))
     if table.empty:

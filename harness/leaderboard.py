@@ -27,6 +27,11 @@ GROUP = ["method", "config_hash", "ipc", "student", "protocol"]
 BEST = "best of protocols"
 
 
+def trained_under(rows: list[dict], recipes: set[tuple[str, str]] | None) -> list[dict]:
+    """The rows whose (student, protocol hash) is one of `recipes`; all of them where `recipes` is None."""
+    return rows if recipes is None else [r for r in rows if (r.get("student"), r.get("protocol_hash")) in recipes]
+
+
 def measured_rows(rows: list[dict], current: set[tuple[str, str]] | None = None) -> pd.DataFrame:
     """The store's measured rows (never a paper's reported ones) of the configurations in `current`."""
     df = pd.DataFrame(rows)
@@ -456,17 +461,16 @@ def random_baseline(methods) -> str | None:
 
 def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path, method_order: list[str],
            notes: list[str], manifests: list[Manifest] | None = None,
-           protocol_hashes: set[str] | None = None) -> tuple[Path, Path]:
+           recipes: set[tuple[str, str]] | None = None) -> tuple[Path, Path]:
     """Write leaderboard/<suite>.md and .csv (accuracy), and, from the `manifests` of the sets on the board,
     the cost table (<suite>-cost.csv) and, where the sets were measured, the diversity table
     (<suite>-diversity.csv). Without manifests the board has the accuracy tables only.
 
-    Only rows of the sets in `current` (method, config hash) and, where given, trained under the recipes in
-    `protocol_hashes` are shown: a store that holds a quick profile's 30-epoch students beside the full
-    suite's never averages the two into one cell."""
+    Only rows of the sets in `current` (method, config hash) and, where given, trained under the `recipes`
+    (student, protocol hash) are shown: a store that holds a quick profile's 30-epoch students beside the full
+    suite's, or a student's rows from before its recipe was searched, never averages the two into one cell."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if protocol_hashes is not None:
-        rows = [r for r in rows if r.get("protocol_hash") in protocol_hashes]
+    rows = trained_under(rows, recipes)
     students, protocol_names = list(getattr(suite, "students", [])), list(suite.protocols)
     agg, failed_note = mark_failed_checks(board_order(aggregate(rows, current), method_order, students,
                                                       protocol_names), manifests)

@@ -172,12 +172,14 @@ def measured_costs(suite, out: Path, classes: int) -> Measured:
         m.png_bytes_per_image = sum(p.stat().st_size for p in pngs) / len(pngs)
     store = Path(out) / "results" / f"{suite.name}.jsonl"
     per: dict[tuple[str, str], list[float]] = {}
-    current = {name: {p.for_student(s).identity() for s in set(suite.students) | p.students_named()}
-               for name, p in suite.protocols.items()}
+
+    def current(row) -> bool:  # trained under the recipe its student trains under now
+        recipe = suite.protocols.get(row.get("protocol"))
+        return recipe is not None and row.get("protocol_hash") == recipe.for_student(row.get("student")).identity()
+
     if store.is_file():
         for row in ResultStore(store).read():
-            if row.get("kind") == "measured" and row.get("ipc") and row.get("epochs") \
-                    and row.get("protocol_hash") in current.get(row.get("protocol"), ()):
+            if row.get("kind") == "measured" and row.get("ipc") and row.get("epochs") and current(row):
                 per.setdefault((row["student"], row["protocol"]), []).append(
                     row["train_seconds"] / (row["epochs"] * row["ipc"] * classes))
     m.per_image_epoch = {k: sum(v) / len(v) for k, v in per.items()}

@@ -73,9 +73,6 @@ class Protocol:
         per_student = getattr(self, "per_student", {})
         return dataclasses.replace(self, **per_student.get(student, {}), per_student={}) if per_student else self
 
-    def students_named(self) -> set[str]:
-        return set(getattr(self, "per_student", {}))
-
     def search_point(self, student: str) -> dict:
         """The searched fields' values `student` trains with now: a protocol search's first trial."""
         recipe = self.for_student(student)

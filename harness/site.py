@@ -26,8 +26,8 @@ from methods import get_method, list_methods
 from . import atomic
 from .compare import CELL, LEVEL, by_seed, leaders
 from .identity import FULL_DATA
-from .leaderboard import (_cell, _machine, aggregate, best_of_protocols, board_order, cost_table,
-                          diversity_table, mark_failed_checks, measured_rows, reported_table)
+from .leaderboard import (_cell, _machine, aggregate, best_of_protocols, board_order, cost_table, diversity_table,
+                          mark_failed_checks, measured_rows, reported_table, trained_under)
 from .sets import Manifest
 
 GRID_IMAGES = 10   # images per class row of a set's grid: enough to see a set's variety, few enough to commit
@@ -209,7 +209,7 @@ def _plots(agg: pd.DataFrame, students: list[str], methods: list[str], manifests
 
 def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: list[str], notes: list[str],
                manifests: list[Manifest] | None, board_dir: Path, command: str,
-               protocol_hashes: set[str] | None = None) -> Path:
+               recipes: set[tuple[str, str]] | None = None) -> Path:
     """Write <site_dir>/<suite>.html (with its plots and grids) and redraw the index; returns the page.
     The rows shown are the board's (harness/leaderboard.py `render`): current configurations, current recipes."""
     site_dir, manifests = Path(site_dir), manifests or []
@@ -218,8 +218,7 @@ def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: l
         (assets / sub).mkdir(parents=True, exist_ok=True)
         for old in (assets / sub).glob("*.png"):  # a set or plot no longer on the board leaves no stale file
             old.unlink()
-    if protocol_hashes is not None:
-        rows = [r for r in rows if r.get("protocol_hash") in protocol_hashes]
+    rows = trained_under(rows, recipes)
     students, protocol_names = list(getattr(suite, "students", [])), list(suite.protocols)
     agg, failed_note = mark_failed_checks(board_order(aggregate(rows, current), method_order, students,
                                                       protocol_names), manifests)

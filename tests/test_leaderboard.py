@@ -159,7 +159,13 @@ def test_a_cell_never_mixes_rows_trained_under_other_settings(tmp_path):
     rows = [dict(_rows()[0], protocol_hash=quick.identity(), seed=s, accuracy=0.30) for s in range(2)]
     rows += [dict(_rows()[0], protocol_hash=full.identity(), seed=s, accuracy=a) for s, a in enumerate([0.70, 0.72])]
     suite = SimpleNamespace(name="s", protocols={"hard-label": full}, methods=["m"])
-    md, _ = render(suite, rows, {("m", "h")}, tmp_path, ["m"], [], protocol_hashes={full.identity()})
+    student = rows[0]["student"]
+    md, _ = render(suite, rows, {("m", "h")}, tmp_path, ["m"], [], recipes={(student, full.identity())})
     assert "| m | 71.0 ± 1.4 (2) |" in md.read_text()
     md, _ = render(suite, rows, {("m", "h")}, tmp_path / "mixed", ["m"], [])
     assert "| m | 50.5 ± 23.7 (2) |" in md.read_text()   # what the filter prevents: four rows, two recipes
+    # A recipe searched for one student: its rows from before the search are another recipe's, though their hash
+    # is the one every other student still trains under.
+    md, _ = render(suite, rows, {("m", "h")}, tmp_path / "searched", ["m"], [],
+                   recipes={(student, quick.identity()), ("another-student", full.identity())})
+    assert "| m | 30.0 ± 0.0 (2) |" in md.read_text()

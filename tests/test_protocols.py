@@ -2,11 +2,13 @@
 the no-augmentation protocol."""
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from harness import protocols as P
+from harness.cli import current_recipes
 from harness.identity import config_hash
 from harness.leaderboard import aggregate, augmentation_robust_scores, best_of_protocols
 from harness.training import train_student
@@ -61,7 +63,11 @@ def test_a_recipe_searched_for_one_student_changes_only_that_students_identity(c
     searched = cls(per_student={"resnet18": {"lr": 0.5}})
     assert searched.for_student("convnet3").identity() == cls().identity()
     assert searched.for_student("resnet18").identity() != cls().identity()
-    assert searched.for_student("resnet18").lr == 0.5 and searched.students_named() == {"resnet18"}
+    assert searched.for_student("resnet18").lr == 0.5
+    # The board shows each student's rows under that student's own recipe only.
+    suite = SimpleNamespace(students=["convnet3"], protocols={"p": searched}, full_data=SimpleNamespace(epochs=0))
+    recipes = current_recipes(suite, SimpleNamespace(protocol_hash=lambda p: p.identity()), [{"student": "resnet18"}])
+    assert recipes == {("convnet3", cls().identity()), ("resnet18", searched.for_student("resnet18").identity())}
 
 
 def test_roles_found_by_declaration_not_name():

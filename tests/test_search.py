@@ -124,30 +124,36 @@ def test_a_search_space_naming_a_missing_field_fails_at_suite_load(tmp_path):
         registry._REGISTRY.pop("test-misnamed-space")
 
 
-@pytest.mark.slow  # two Ray clusters and a kill -9: ~2 minutes on two shared cores
-def test_a_search_killed_with_kill_9_resumes_without_training_a_finished_trial_again(env):
+def _search_in_a_subprocess(env, seed: int, finished: int):
+    """A 4-trial search driven by another process with its own Ray cluster, returned once `finished` trials are
+    in its ledger: the driver, the search's spec, its ledger folder and the driver's stderr (a file: a pipe
+    nobody reads could fill and stall the driver)."""
     suite, real, prepared, out = env["suite"], env["real"], env["prepared"], env["out"]
-    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=4, reports=6, grace_reports=6, seed=1)
-    path = out / "search" / experiment_name(spec, search_id(suite, prepared, spec, real))
+    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=4, reports=6, grace_reports=6, seed=seed)
     driver = (f"from harness.suite import load_suite; from harness.data import load_real_data; "
               f"from harness.prepare import prepare; from harness.search import SearchSpec, run_search; import ray\n"
               f"ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
               f"s = load_suite({suite.source!r}); r = load_real_data(s.data, with_test=False)\n"
-              f"run_search(s, r, prepare(s, r, {str(out)!r}, check=False), "
-              f"SearchSpec('diffusion', 1, 'convnet3', 'hard-label', trials=4, reports=6, grace_reports=6, seed=1), "
-              f"{str(out)!r})\n")
+              f"run_search(s, r, prepare(s, r, {str(out)!r}, check=False), {spec!r}, {str(out)!r})\n")
+    stderr = out / f"driver-{seed}.err"
     proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=stderr.open("w"),
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    ledger = path / "ledger"
+    ledger = out / "search" / experiment_name(spec, search_id(suite, prepared, spec, real)) / "ledger"
     deadline = time.time() + 120
-    while len(list(ledger.glob("*.json"))) < 2 and time.time() < deadline and proc.poll() is None:
+    while len(list(ledger.glob("*.json"))) < finished and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    return proc, spec, ledger, stderr
+
+
+@pytest.mark.slow  # two Ray clusters and a kill -9: ~2 minutes on two shared cores
+def test_a_search_killed_with_kill_9_resumes_without_training_a_finished_trial_again(env):
+    proc, spec, ledger, _ = _search_in_a_subprocess(env, seed=1, finished=2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished_before = {p.stem for p in ledger.glob("*.json")}
     assert len(finished_before) >= 2
-    outcome = run_search(suite, real, prepared, spec, out, resume=True)
+    outcome = run_search(env["suite"], env["real"], env["prepared"], spec, env["out"], resume=True)
     trained = (ledger / "trained.log").read_text().split()
     assert len(outcome.trials) == 4 and all(t.status == "finished" for t in outcome.trials)
     assert all(trained.count(t) == 1 for t in finished_before)  # none of them trained again
@@ -161,26 +167,10 @@ def test_a_search_killed_with_kill_9_resumes_without_training_a_finished_trial_a
 def test_a_search_stopped_with_ctrl_c_is_not_published_and_resumes_to_all_its_trials(env):
     """Ray Tune catches SIGINT, saves its state and returns from fit() with trials still running; that must not
     be taken for a finished search."""
-    suite, real, prepared, out = env["suite"], env["real"], env["prepared"], env["out"]
-    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=4, reports=6, grace_reports=6, seed=2)
-    path = out / "search" / experiment_name(spec, search_id(suite, prepared, spec, real))
-    driver = (f"from harness.suite import load_suite; from harness.data import load_real_data; "
-              f"from harness.prepare import prepare; from harness.search import SearchSpec, run_search; import ray\n"
-              f"ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
-              f"s = load_suite({suite.source!r}); r = load_real_data(s.data, with_test=False)\n"
-              f"run_search(s, r, prepare(s, r, {str(out)!r}, check=False), "
-              f"SearchSpec('diffusion', 1, 'convnet3', 'hard-label', trials=4, reports=6, grace_reports=6, seed=2), "
-              f"{str(out)!r})\n")
-    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    ledger = path / "ledger"
-    deadline = time.time() + 120
-    while len(list(ledger.glob("*.json"))) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    proc, spec, _, stderr = _search_in_a_subprocess(env, seed=2, finished=1)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "the search was interrupted" in err
-    outcome = run_search(suite, real, prepared, spec, out, resume=True)
+    assert proc.wait(timeout=120) != 0 and "the search was interrupted" in stderr.read_text()
+    outcome = run_search(env["suite"], env["real"], env["prepared"], spec, env["out"], resume=True)
     assert len(outcome.trials) == 4 and all(t.status == "finished" for t in outcome.trials)
 
 
