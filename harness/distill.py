@@ -74,28 +74,37 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
     cls = get_method(name)
     method_config = suite.method_config(name)
     config = dataclasses.asdict(method_config)
-    ident = {"method": name, "config": identity_fields(method_config), "seed": suite.seed,
-             "image_size": suite.data.image_size}
-    needs = cls.needs_for(method_config)
-    if "backbone" in needs:
-        ident["backbone"] = prepared.backbone_hash
-    if "teacher" in needs:
-        ident["teacher"] = prepared.teacher_hash
-    if "relabel_teacher" in needs:  # under the same key: where no other teacher relabels, it is the suite's own
-        ident["teacher"] = prepared.relabel_hash
-    if "teacher_val_accuracy" in needs:  # it decides the images (CaO2's ĉ)
+    common = {"seed": suite.seed, "image_size": suite.data.image_size}
+    ident = {"method": name, "config": identity_fields(method_config), **common,
+             **_models(cls.needs_for(method_config), prepared)}
+    if "teacher_val_accuracy" in cls.needs_for(method_config):  # it decides the images (CaO2's ĉ)
         ident["teacher_val_accuracy"] = prepared.teacher_val_accuracy
     if name in prepared.fine_tuned:  # the backbone it samples is its fine-tuned one
         ident["fine_tuned"] = prepared.fine_tuned[name]["hash"]
+    if cls.revision:
+        ident["revision"] = cls.revision
     h = config_hash(ident)
     shared = cls.seed_identity(method_config)
     if shared is None:
         return config, h, f"{name}/{h}"
     family, seed_config = shared
-    # Without the teacher's accuracy: it decides what CLO aims at (ĉ), not what is drawn; without the fine-tune,
-    # which changes the model the draws go through, not the draws.
-    seed_ident = {k: v for k, v in ident.items() if k not in ("teacher_val_accuracy", "fine_tuned")}
-    return config, h, f"{family}/{config_hash({**seed_ident, 'method': family, 'config': seed_config})}"
+    # The models of the paired anchor, not of the variant: a switch that adds one (the teacher, for clustering on
+    # its features) must not reseed the draws it switches nothing in. Without the teacher's accuracy (it decides
+    # what CLO aims at, not what is drawn) and the fine-tune (the model the draws go through, not the draws).
+    seed_models = _models(cls.needs_for(cls.paired_anchor(method_config)), prepared)
+    return config, h, f"{family}/{config_hash({'method': family, 'config': seed_config, **common, **seed_models})}"
+
+
+def _models(needs: frozenset[str], prepared: Prepared) -> dict:
+    """The hashes of the prepared models a method with these needs reads."""
+    models = {}
+    if "backbone" in needs:
+        models["backbone"] = prepared.backbone_hash
+    if "teacher" in needs:
+        models["teacher"] = prepared.teacher_hash
+    if "relabel_teacher" in needs:  # under the same key: where no other teacher relabels, it is the suite's own
+        models["teacher"] = prepared.relabel_hash
+    return models
 
 
 def shard_seed(suite_seed: int, seed_key: str, ipc: int, class_key: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def family(method: str) -> str:
 
 
 def _slug(*parts) -> str:
-    return "-".join(str(p) for p in parts).replace("/", "_").replace(" ", "_")
+    # Labels such as "d4m, searched on val (20 trials)" become file names and URL fragments: keep them plain.
+    return "-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", str(p)).strip("_") for p in parts)
 
 
 def _save(fig: Figure, path: Path) -> str:

@@ -120,6 +120,9 @@ class Method:
     # seeds, so their rows differ only in the stages switched off, as the papers' ablation tables run them
     # from one noise bank. Empty: a class's draws are seeded by the method and its whole config.
     paired_switches: ClassVar[tuple[str, ...]] = ()
+    # Raised when a code change alters this method's images under unchanged settings, so its sets get new hashes
+    # and the rows of the old images leave the board (0 is left out of the hash: existing hashes hold).
+    revision: ClassVar[int] = 0
     # DD-Ranking's reference set (a same-IPC random subset of the real training images) that its scores
     # measure every method against.
     random_baseline: ClassVar[bool] = False
@@ -191,17 +194,19 @@ class Method:
         return None
 
     @classmethod
+    def paired_anchor(cls, config):
+        """`config` with the paired switches at the family's defaults: the same for every variant."""
+        root = next(c for c in cls.__mro__ if getattr(c, "name", None) == (cls.family or cls.name))
+        defaults = root.default_config()
+        return dataclasses.replace(config, **{f: getattr(defaults, f) for f in cls.paired_switches})
+
+    @classmethod
     def seed_identity(cls, config) -> tuple[str, dict] | None:
         """None: a class's draws are seeded by this method and its whole config. A method with paired
-        switches returns its family and the config with those switches at the family's defaults, the same
-        for every variant."""
+        switches returns its family and its paired anchor's identity, the same for every variant."""
         if not cls.paired_switches:
             return None
-        family = cls.family or cls.name
-        root = next(c for c in cls.__mro__ if getattr(c, "name", None) == family)
-        anchor = root.default_config()
-        return family, identity_fields(dataclasses.replace(
-            config, **{f: getattr(anchor, f) for f in cls.paired_switches}))
+        return cls.family or cls.name, identity_fields(cls.paired_anchor(config))
 
 
 def real_as_float(real: torch.Tensor) -> torch.Tensor:

@@ -282,5 +282,6 @@ class PatchSelection(Method):
 
 register_variant("patch-selection-no-cluster", PatchSelection, clustering="none",
                  doc="Patch selection without clustering (Table 5, 'w/o Cluster'): the most typical patches.")
-register_variant("patch-selection-teacher-cluster", PatchSelection, clustering="teacher",
+# Revision 1: its draws are patch-selection's (before, the teacher it clusters on entered its seed key).
+register_variant("patch-selection-teacher-cluster", PatchSelection, clustering="teacher", revision=1,
                  doc="Patch selection clustering the teacher's features in place of DIFT (Table 5's CLIP row).")

@@ -16,7 +16,7 @@ def register_method(cls):
 
 
 def register_variant(name: str, base: type, *, doc: str | None = None, search_space: dict | None = None,
-                     **overrides):
+                     revision: int = 0, **overrides):
     """Register `name` as `base` with other config defaults (its ablation row). A variant draws what `base`
     draws (`Method.seed_identity`): the rows differ only in the stages the overrides switch."""
     fields = {f.name for f in dataclasses.fields(base.Config)}
@@ -29,6 +29,8 @@ def register_variant(name: str, base: type, *, doc: str | None = None, search_sp
              "__module__": base.__module__}
     if search_space is not None:
         attrs["search_space"] = search_space
+    if revision:
+        attrs["revision"] = revision
     class_name = "".join(part.capitalize() for part in name.replace("_", "-").split("-"))
     cls = type(class_name, (base,), {**attrs, "__qualname__": class_name})
     setattr(sys.modules[base.__module__], class_name, cls)  # found by name, as pickle looks classes up

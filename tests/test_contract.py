@@ -7,10 +7,13 @@ import ast
 import dataclasses
 import re
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from harness.distill import method_identity
+from harness.suite import load_suite
 from methods import get_method, list_methods
 from methods.base import NEEDS, ClassTask, MethodContext
 from tests.test_backbone import tiny_latent_dit
@@ -57,6 +60,12 @@ def test_defaults_are_the_documented_ones(name):
     assert dataclasses.asdict(config) == {**documented, **cls.defaults}
 
 
+# Suites that list variants beside their families, and stand-in model hashes for computing their sets' keys.
+SUITES = [load_suite("fashion-mnist", "leaderboard", check_files=False), load_suite("imagenet", check_files=False)]
+PREPARED = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=0.9,
+                           fine_tuned={})
+
+
 @pytest.mark.parametrize("name", list_methods())
 def test_declarations_are_ones_the_harness_can_meet(name):
     cls = get_method(name)
@@ -65,8 +74,19 @@ def test_declarations_are_ones_the_harness_can_meet(name):
     for field in cls.search_space:
         assert hasattr(config, field), f"{name}: search_space names {field}, not a config field"
     shared = cls.seed_identity(config)
-    if cls.family:   # a variant draws what its family draws
+    if cls.family:   # a variant draws what its family draws, whatever models it reads besides
         assert shared == get_method(cls.family).seed_identity(get_method(cls.family).default_config())
+        for suite in SUITES:
+            if name in suite.methods and cls.family in suite.methods:
+                assert method_identity(suite, PREPARED, name)[2] == method_identity(suite, PREPARED, cls.family)[2]
+
+
+def test_a_methods_revision_enters_its_sets_hash(monkeypatch):
+    """(Revision 0 stays out of it: tests/test_committed_store.py pins the committed sets' hashes.)"""
+    unrevised = method_identity(SUITES[0], PREPARED, "herding")
+    monkeypatch.setattr(get_method("herding"), "revision", 1)
+    revised = method_identity(SUITES[0], PREPARED, "herding")
+    assert revised[1] != unrevised[1] and revised[2] == f"herding/{revised[1]}"
 
 
 @pytest.mark.parametrize("name", list_methods())

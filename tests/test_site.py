@@ -3,8 +3,10 @@ resolved, a set exported and loaded back by `datasets` unchanged, and the genera
 Chromium as a reader would: tables, every plot and every grid there, and a filter that changes the rows."""
 import hashlib
 import json
+import dataclasses
 import math
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -19,7 +21,7 @@ from scipy import stats
 
 from harness.compare import by_seed, compare, difference, leaders
 from harness.export import CHECKSUMS, PARQUET, export_set
-from harness.leaderboard import dd_ranking_table, label_robust_scores, render
+from harness.leaderboard import dd_ranking_table, label_robust_scores, render, searched_label
 from harness.protocols import HardLabel, SoftLabel
 from harness.sets import Manifest, load_set, save_images
 from harness.site import build_site, pareto_front
@@ -167,6 +169,17 @@ def site(sets, tmp_path_factory):
     page = build_site(suite, rows, None, out, list(suite.methods), ["teacher: convnet3", "a note"], sets, board,
                       "python benchmark.py --suite fashion-mnist --site")
     return page
+
+
+def test_a_searched_sets_grid_has_a_plain_file_name_and_anchor(sets, tmp_path):
+    """A searched config's label has commas, spaces and brackets; its grid's file name and anchor must not."""
+    label = searched_label("cao2", 20)
+    searched = dataclasses.replace(next(m for m in sets if m.method == "cao2" and m.ipc == 10), method=label)
+    page = build_site(load_suite("fashion-mnist", "leaderboard"), [], None, tmp_path / "site", [label], [],
+                      [searched], tmp_path, "python benchmark.py --suite fashion-mnist --site")
+    (grid,) = (tmp_path / "site" / "fashion-mnist" / "grids").iterdir()
+    assert grid.name == "cao2_searched_on_val_20_trials-ipc-10.png"
+    assert f'id="set-{grid.stem}"' in page.read_text()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is absent (CI installs it: scripts/setup.sh)")
