@@ -32,7 +32,7 @@ from .data import RealData, load_real_data
 from .data_parallel import Worker, cluster_gpus, run_data_parallel
 from .distill import ShardPeakMemory, machine
 from .identity import config_hash
-from .prepare import Prepared, _drop_damaged, _log, _read_json, backbone_check
+from .prepare import Prepared, backbone_check, drop_damaged, log, read_json
 from .suite import Suite
 
 MODEL, COST, CHECKPOINT = "difffit.pt", "cost.json", "checkpoint.pt"
@@ -86,7 +86,7 @@ def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str
         if mine is not None and mine.get("step") == step:
             objective.load_state_dict(mine["state"])
         if rank == 0:
-            _log(f"[fine-tune] {method}: resuming from step {step} of {total} ({checkpoint})")
+            log(f"[fine-tune] {method}: resuming from step {step} of {total} ({checkpoint})")
     resumed_from = step
     backbone.transformer = wrap(transformer)  # DDP over the workers where there are several
     memory = ShardPeakMemory(device)
@@ -164,7 +164,7 @@ def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, e
     b = suite.backbone
     key = config_hash([entry["hash"], prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
     path = out / "cache" / f"backbone-check-{key}.json"
-    _drop_damaged(path, "fine-tuned backbone check", lambda f: _read_json(f, ("agreement", "samples")), "checking again")
+    drop_damaged(path, "fine-tuned backbone check", lambda f: read_json(f, ("agreement", "samples")), "checking again")
     if not path.exists():
         result = backbone_check(prepared.load_backbone(fine_tuned=entry), prepared.load_teacher(), len(prepared.classes),
                                 b.check_per_class, b.check_cfg_scale, b.check_steps, conditions=prepared.conditions)
@@ -172,7 +172,7 @@ def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, e
     result = json.loads(path.read_text())
     base = prepared.backbone_check
     versus = f" (the base backbone: {base['agreement']:.1%})" if base else ""
-    _log(f"[fine-tune] {method}: the teacher agrees with the conditioning class on {result['agreement']:.1%} of "
+    log(f"[fine-tune] {method}: the teacher agrees with the conditioning class on {result['agreement']:.1%} of "
          f"{result['samples']} samples of the fine-tuned backbone{versus}")
     return {k: result[k] for k in ("agreement", "samples", "cfg_scale", "steps")}
 
@@ -182,21 +182,21 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
     key = config_hash(fine_tune_identity(prepared, ft, real))
     where = out / "cache" / f"finetuned-{key}"
     model, cost_path = where / MODEL, where / COST
-    _drop_damaged(model, "fine-tuned backbone", lambda f: torch.load(f, map_location="cpu", weights_only=True),
+    drop_damaged(model, "fine-tuned backbone", lambda f: torch.load(f, map_location="cpu", weights_only=True),
                   "training it again")
-    _drop_damaged(cost_path, "fine-tuned backbone", lambda f: _read_json(f, ("seconds", "peak_memory_bytes")),
+    drop_damaged(cost_path, "fine-tuned backbone", lambda f: read_json(f, ("seconds", "peak_memory_bytes")),
                   "training it again")
     work = out / "cache" / f"finetuned-{key}-work"
-    _drop_damaged(work / CHECKPOINT, "fine-tuned backbone",
+    drop_damaged(work / CHECKPOINT, "fine-tuned backbone",
                   lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
     if model.exists() and cost_path.exists():
-        _log(f"[fine-tune] {method}: the fine-tuned backbone {key} from {where}")
+        log(f"[fine-tune] {method}: the fine-tuned backbone {key} from {where}")
         return {"source": str(model), "hash": key, "cost": json.loads(cost_path.read_text())}
     if not make:
         return {"source": None, "hash": key, "cost": None}
     if connect is None:  # no cluster to train on (as `prepare` trains a teacher): this process
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        _log(f"[fine-tune] {method}: training the fine-tuned backbone {key} in this process on {device} "
+        log(f"[fine-tune] {method}: training the fine-tuned backbone {key} in this process on {device} "
              f"(resumes from {work} if interrupted)")
         trained, cost = train_fine_tune(prepared.load_backbone(device), real, prepared.conditions, method, config,
                                         ft, work, device)
@@ -208,7 +208,7 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
     gpus = cluster_gpus()
     # One worker per GPU, as many as split the global batch evenly (the reference asserts it divides).
     workers = max(w for w in range(1, max(1, min(gpus, ft.batch_size)) + 1) if ft.batch_size % w == 0)
-    _log(f"[fine-tune] {method}: training the fine-tuned backbone {key} through Ray Train on "
+    log(f"[fine-tune] {method}: training the fine-tuned backbone {key} through Ray Train on "
          + (f"{workers} GPU(s)" if gpus else "one CPU worker") + f" (resumes from {work} if interrupted)")
 
     def work_fn(worker: Worker) -> None:
@@ -231,6 +231,6 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
 
 def _trained(method: str, key: str, model: Path, cost: dict) -> dict:
     resumed = f", resumed from step {cost['resumed_from']}" if cost.get("resumed_from") else ""
-    _log(f"[fine-tune] {method}: {key} trained for {cost['steps']} steps in {cost['seconds']:.0f} s{resumed}, peak "
+    log(f"[fine-tune] {method}: {key} trained for {cost['steps']} steps in {cost['seconds']:.0f} s{resumed}, peak "
          f"memory {cost['peak_memory_bytes'] / 2**20:.0f} MiB")
     return {"source": str(model), "hash": key, "cost": cost}

@@ -143,7 +143,7 @@ def augmentation_robust_scores(rows: list[dict], current: set[tuple[str, str]] |
     return _paired_scores(rows, current, "ars", score)
 
 
-def _cell(mean: float, std: float, n: int) -> str:
+def format_cell(mean: float, std: float, n: int) -> str:
     if n == 1:  # one seed has no spread: "± 0.0" would claim a measured one
         return f"{100 * mean:.1f} (1)"
     return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})"
@@ -209,13 +209,13 @@ def _stages_cell(row) -> str:
     return ", ".join(f"{name} {100 * share:.0f} %" for name, share in shares) or "–"
 
 
-def _machine(row) -> str:
+def machine_label(row) -> str:
     threads = "" if row["torch_threads"] == "unrecorded" else f", {row['torch_threads']} torch thread(s)"
     return f"{row['device']} (host {row['cpu']}{threads})" if row["device"] != "cpu" else f"cpu ({row['cpu']}{threads})"
 
 
 def _cost_lines(cost: pd.DataFrame) -> list[str]:
-    machines = cost.apply(_machine, axis=1)
+    machines = cost.apply(machine_label, axis=1)
     kinds = cost["peak_memory_kind"].fillna("unrecorded")
     lines = ["## Cost of distillation", "",
              "Per set (the shape of Table 5 of the adaptive-sampling paper): seconds of distillation per image "
@@ -356,7 +356,7 @@ def _reported_lines(reported, table: pd.DataFrame, csv_name: str) -> list[str]:
             cited = f"{_as_printed(100 * r.reported_mean)}{spread} ({r.paper}, {r.table}){mark}"
             if r.measured_seeds:
                 picked = f" {r.measured_protocol}" if r.protocol == BEST_OF_PROTOCOLS else ""
-                measured = _cell(r.measured_mean, r.measured_std, r.measured_seeds) + picked
+                measured = format_cell(r.measured_mean, r.measured_std, r.measured_seeds) + picked
                 diff = f"{100 * r.measured_minus_reported:+.1f}"
             else:
                 measured = diff = "–"
@@ -522,7 +522,7 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
         for (student, protocol), part in tables:
             suffix = (lambda r: f" {r['protocol']}") if protocol == BEST else (lambda r: "")
             lines += [f"## {student}, {protocol}", ""]
-            lines += _ipc_table(part, ipcs, order, lambda r: _cell(r["mean"], r["std"], r["seeds"]) + suffix(r),
+            lines += _ipc_table(part, ipcs, order, lambda r: format_cell(r["mean"], r["std"], r["seeds"]) + suffix(r),
                                 {i: m for (s, p, i), m in led.items() if (s, p) == (student, protocol)})
             lines.append("")
         if not full.empty:

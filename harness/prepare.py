@@ -159,7 +159,7 @@ def suite_needs(suite: Suite) -> frozenset[str]:
     return frozenset().union(*(get_method(name).needs_for(cfg) for name, cfg in suite.methods.items()))
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
     print(msg, flush=True)
 
 
@@ -176,17 +176,17 @@ def _damage(load, path: Path) -> str | None:
     return None
 
 
-def _drop_damaged(path: Path, what: str, load, redo: str) -> None:
+def drop_damaged(path: Path, what: str, load, redo: str) -> None:
     """Delete `path` if it exists but does not load, saying so in one line: the caller makes it again. The
     repository's committed weights are never deleted: their checksums are verified (`_cached_dir`)."""
     path = Path(path)
     if not path.exists() or _committed(path) or not (damage := _damage(load, path)):
         return
-    _log(f"[prepare] {what}: the cached {path} is damaged ({damage}); {redo}")
+    log(f"[prepare] {what}: the cached {path} is damaged ({damage}); {redo}")
     shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def _read_json(path: Path, keys: tuple[str, ...]) -> dict:
+def read_json(path: Path, keys: tuple[str, ...]) -> dict:
     data = json.loads(Path(path).read_text())
     missing = [k for k in keys if k not in data]
     if missing:
@@ -237,14 +237,14 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
     name = f"backbone-{key}"
     where = _cached_dir(out, suite, name)
     model_dir = where / "model"
-    _drop_damaged(model_dir, "backbone", lambda d: load_dit_backbone(d, vae=None), "training it again")
-    _drop_damaged(where / "work" / "checkpoint.pt", "backbone",  # training resumes from it
+    drop_damaged(model_dir, "backbone", lambda d: load_dit_backbone(d, vae=None), "training it again")
+    drop_damaged(where / "work" / "checkpoint.pt", "backbone",  # training resumes from it
                   lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
     if (model_dir / "transformer" / "config.json").exists():
-        _log(f"[prepare] backbone: pixel DiT {key} from {where}")
+        log(f"[prepare] backbone: pixel DiT {key} from {where}")
     else:
         work, threads = _training_dir(out, identity), idle_cores()
-        _log(f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} images, "
+        log(f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} images, "
              f"{threads} torch threads; resumes from {work} if interrupted or shorter)")
         images = real.train.load(torch.arange(len(real.train)))
         atomic.sweep_temps(where)  # a model folder a killed run left half-written
@@ -323,7 +323,7 @@ def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | 
     if real.test is None:  # a hyperparameter search: the test split is not loaded, and not read
         return str(path), key, None
     acc = accuracy(teacher, real.test.load(torch.arange(len(real.test))), real.test.labels)
-    _log(f"[prepare] teacher: {t.arch} {key}, test accuracy {acc:.2%}")
+    log(f"[prepare] teacher: {t.arch} {key}, test accuracy {acc:.2%}")
     return str(path), key, acc
 
 
@@ -335,9 +335,9 @@ def _small_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig) ->
     key = config_hash(identity)
     where = _cached_dir(out, suite, f"teacher-{key}")
     path = where / "teacher.pt"
-    _drop_damaged(path, "teacher", load_trained_teacher, "training it again")
+    drop_damaged(path, "teacher", load_trained_teacher, "training it again")
     if not path.exists():
-        _log(f"[prepare] teacher: training {t.arch} {key}")
+        log(f"[prepare] teacher: training {t.arch} {key}")
         where.mkdir(parents=True, exist_ok=True)
         train_teacher(real.train.load(torch.arange(len(real.train))), real.train.labels, len(real.classes),
                       t.arch, t.train, path, arch_kwargs=t.arch_kwargs)
@@ -354,7 +354,7 @@ def _imported_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig,
     key = config_hash({"kind": "trained", "weights_sha256": digest, "arch": t.arch, "arch_kwargs": t.arch_kwargs,
                        "input_size": t.input_size, "classes": real.classes})
     path = out / "cache" / f"teacher-{key}" / "teacher.pt"
-    _drop_damaged(path, where, load_trained_teacher, "converting the checkpoint again")
+    drop_damaged(path, where, load_trained_teacher, "converting the checkpoint again")
     if not path.exists():
         try:
             import_teacher_checkpoint(source, t.arch, len(real.classes), t.input_size, path, t.arch_kwargs)
@@ -370,14 +370,14 @@ def _recipe_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig, c
     key = config_hash({"kind": "trained", "recipe": asdict(t.recipe), "arch": t.arch, "arch_kwargs": t.arch_kwargs,
                        "input_size": t.input_size, "data": real.train.fingerprint(), "classes": real.classes})
     path = _cached_dir(out, suite, f"teacher-{key}") / "teacher.pt"
-    _drop_damaged(path, "teacher", load_trained_teacher, "training it again")
+    drop_damaged(path, "teacher", load_trained_teacher, "training it again")
     if path.exists():
         return path, key
     workers = 0
     if connect is not None:
         connect()
         workers = min(cluster_gpus(), max(1, t.recipe.batch_size // 32))
-    _log(f"[prepare] teacher: training {t.arch} {key} on {len(real.train)} images for {t.recipe.epochs} epochs "
+    log(f"[prepare] teacher: training {t.arch} {key} on {len(real.train)} images for {t.recipe.epochs} epochs "
          + (f"through Ray Train on {workers} GPUs" if workers else "in this process"))
     images = real.train.load(torch.arange(len(real.train))).numpy()
     args = (real.train.labels, len(real.classes), t.arch, t.recipe, t.input_size)
@@ -412,7 +412,7 @@ def teacher_val_accuracy(suite: Suite, real: RealData, out: Path, source: str, t
     cached by teacher and split; read in chunks, because ImageNet-1k's split does not fit in memory."""
     key = config_hash([teacher_hash, real.val.fingerprint()])
     path = out / "cache" / f"teacher-val-{key}.json"
-    _drop_damaged(path, "teacher", lambda f: _read_json(f, ("accuracy",)), "measuring its validation accuracy again")
+    drop_damaged(path, "teacher", lambda f: read_json(f, ("accuracy",)), "measuring its validation accuracy again")
     if path.exists():
         acc = json.loads(path.read_text())["accuracy"]
     else:
@@ -423,7 +423,7 @@ def teacher_val_accuracy(suite: Suite, real: RealData, out: Path, source: str, t
             correct += accuracy(teacher, real.val.load(idx), real.val.labels[idx]) * len(idx)
         acc = correct / max(1, len(real.val))
         atomic.write_json(path, {"accuracy": acc, "images": len(real.val)})
-    _log(f"[prepare] teacher: validation accuracy {acc:.2%} ({len(real.val)} images)")
+    log(f"[prepare] teacher: validation accuracy {acc:.2%} ({len(real.val)} images)")
     return acc
 
 
@@ -479,7 +479,7 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
         b = suite.backbone
         key = config_hash([backbone_hash, teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
         path = out / "cache" / f"backbone-check-{key}.json"
-        _drop_damaged(path, "backbone check", lambda f: _read_json(
+        drop_damaged(path, "backbone check", lambda f: read_json(
                           f, ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement")),
                       "checking again")
         if path.exists():
@@ -492,7 +492,7 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
             result["passed"] = result["agreement"] >= b.check_min_agreement
             atomic.write_json(path, result, indent=1)
         verdict = "passes" if result["passed"] else "FAILS"
-        _log(f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
+        log(f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
              f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
              f"{verdict} the suite's minimum {result['min_agreement']:.0%}")
         _stop_on_failed_check(suite, result, methods, accept_failed_check)
@@ -505,7 +505,7 @@ def _stop_on_failed_check(suite: Suite, result: dict, methods: list[str] | None,
     if result["passed"] or not users:
         return
     if accept:
-        _log(f"[prepare] backbone check failed; --accept-failed-check: the rows of {', '.join(users)} are marked "
+        log(f"[prepare] backbone check failed; --accept-failed-check: the rows of {', '.join(users)} are marked "
              f"on the board")
         return
     raise PrepareError(f"{suite.source}: backbone: the check failed ({result['agreement']:.1%} agreement, below "

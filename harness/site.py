@@ -27,8 +27,8 @@ from methods import get_method, list_methods
 from . import atomic
 from .compare import CELL, LEVEL, by_seed, leaders
 from .identity import FULL_DATA
-from .leaderboard import (_cell, _machine, aggregate, best_of_protocols, board_order, cost_table, diversity_table,
-                          mark_failed_checks, measured_rows, reported_table, trained_under)
+from .leaderboard import (aggregate, best_of_protocols, board_order, cost_table, diversity_table, format_cell,
+                          machine_label, mark_failed_checks, measured_rows, reported_table, trained_under)
 from .sets import Manifest
 
 GRID_IMAGES = 10   # images per class row of a set's grid: enough to see a set's variety, few enough to commit
@@ -169,7 +169,7 @@ def _cells(agg: pd.DataFrame, rows: list[dict], current, order: list[str], stude
     for r in board_order(agg, order, students, protocols, ("student", "protocol", "ipc", "method")).to_dict("records"):
         out.append({"method": r["method"], "family": family(r["method"]), "student": r["student"],
                     "protocol": r["protocol"], "ipc": int(r["ipc"]), "mean": 100 * r["mean"], "seeds": int(r["seeds"]),
-                    "cell": _cell(r["mean"], r["std"], r["seeds"]), "seconds_per_image": r["seconds_per_image"],
+                    "cell": format_cell(r["mean"], r["std"], r["seeds"]), "seconds_per_image": r["seconds_per_image"],
                     "leader": led.get((r["student"], r["protocol"], r["ipc"])) == r["method"],
                     "failed_check": bool(r.get("backbone_check_failed")),
                     "grid": grids[(r["method"], r["ipc"])]["anchor"] if (r["method"], r["ipc"]) in grids else None})
@@ -248,7 +248,7 @@ def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: l
     reported = getattr(suite, "reported", None)
     reported_rows = reported_table(reported, agg, full).to_dict("records") if reported and not agg.empty else []
     versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in rows if r.get("versions")})
-    machines = sorted(set(cost_table(manifests, method_order).apply(_machine, axis=1))) if manifests else []
+    machines = sorted(set(cost_table(manifests, method_order).apply(machine_label, axis=1))) if manifests else []
     filters = {"student": students, "protocol": list(dict.fromkeys(r["protocol"] for r in table)),
                "ipc": sorted({r["ipc"] for r in table}), "family": list(dict.fromkeys(r["family"] for r in table))}
     env = _env()
