@@ -536,22 +536,22 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
                           f"{', '.join(adopted)} (same data, recipe and seed).", ""]
         if not lrs.empty:
             lines += ["## DD-Ranking label-robust score", "",
-                      f"LRS × 100 (mean ± std over paired seeds; λ = 0.5, accuracies as fractions): HLR = full data "
-                      f"− set ({protocols['hard']}), IOR = set − {baseline} at the same IPC "
+                      "LRS × 100 (mean ± std over paired seeds, their number in brackets; λ = 0.5, accuracies as "
+                      f"fractions): HLR = full data − set ({protocols['hard']}), IOR = set − {baseline} at the same IPC "
                       f"({lrs['ior_protocol'].iloc[0]}). A set with IOR = HLR = 0 scores 26.9; higher is better.", ""]
             for student, part in lrs.groupby("student", sort=False):
                 lines += [f"### {student}", ""]
-                lines += _ipc_table(part, ipcs, order, lambda r: f"{100 * r['lrs']:.1f} ± {100 * r['lrs_std']:.1f}")
+                lines += _ipc_table(part, ipcs, order, lambda r: format_cell(r["lrs"], r["lrs_std"], r["seeds"]))
                 lines.append("")
         if not ars.empty:
             lines += ["## DD-Ranking augmentation-robust score", "",
-                      f"ARS × 100 (mean ± std over paired seeds; γ = 0.5, accuracies as fractions): the set's lead "
-                      f"over {baseline} at the same IPC with augmentation ({protocols['hard']}) and without it "
-                      f"({protocols['no_aug']}), weighted equally. Equal to {baseline} on both: 26.9; higher is "
+                      "ARS × 100 (mean ± std over paired seeds, their number in brackets; γ = 0.5, accuracies as "
+                      f"fractions): the set's lead over {baseline} at the same IPC with augmentation "
+                      f"({protocols['hard']}) and without it ({protocols['no_aug']}), weighted equally. Equal to {baseline} on both: 26.9; higher is "
                       "better.", ""]
             for student, part in ars.groupby("student", sort=False):
                 lines += [f"### {student}", ""]
-                lines += _ipc_table(part, ipcs, order, lambda r: f"{100 * r['ars']:.1f} ± {100 * r['ars_std']:.1f}")
+                lines += _ipc_table(part, ipcs, order, lambda r: format_cell(r["ars"], r["ars_std"], r["seeds"]))
                 lines.append("")
     if reported:
         table = reported_table(reported, agg, full)

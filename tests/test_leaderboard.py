@@ -51,7 +51,7 @@ def test_a_one_seed_cell_shows_no_spread(tmp_path):
     assert "| m | 75.0 ± 7.1 (2) |" in text  # two seeds keep their spread
 
 
-def test_label_robust_score_on_fractions_paired_by_seed():
+def test_label_robust_score_on_fractions_paired_by_seed(tmp_path):
     base = dict(config_hash="h", ipc=10, student="convnet3", train_seconds=1.0, distill_seconds_per_image=0.0,
                 peak_memory_bytes=0, kind="measured")
     rows = [dict(base, method="full-data", ipc=0, protocol="hard-label", seed=0, accuracy=0.90)]
@@ -72,6 +72,12 @@ def test_label_robust_score_on_fractions_paired_by_seed():
     assert 0 < lrs.loc["m", "lrs"] < 1 and lrs.loc["m", "ior_protocol"] == "soft-label"
     # the baseline against itself: IOR = 0, so its score only reflects how far it is from full data
     assert abs(lrs.loc["random-real", "ior"]) < 1e-12
+    # One seed's score has no spread to print.
+    one_seed = [r for r in rows if r["seed"] == 0]
+    text = render(_suite(), one_seed, {("m", "h"), ("random-real", "h"), ("full-data", "h")}, tmp_path,
+                  ["m", "random-real"], [])[0].read_text()
+    scores = text[text.index("## DD-Ranking label-robust score"):]
+    assert f"| m | {100 * score(0.60, 0.80, 0.70):.1f} (1) |" in scores and "± 0.0" not in scores
 
 
 def _manifest(method, ipc, seconds, stages=None, diversity=None, **extra):
