@@ -216,16 +216,18 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
              f"  {'method':34} {'sets':>4} {'shards':>6} {'images':>8} {'backbone evals':>15} {'GPU-h':>8}  basis"]
     total_images = distill_seconds = 0.0
     needs_backbone = needs_teacher = False
-    for name in methods:
+    # A config a search chose is its own set beside the method's (a profile that includes it runs both).
+    searched = [(f"{name}, searched", name, suite.searched_config(name)) for name in methods if name in suite.searched]
+    entries = [(name, name, suite.method_config(name)) for name in methods] + searched
+    for label, name, config in entries:
         cls = get_method(name)
-        config = suite.method_config(name)
         needs = cls.needs_for(config)
         needs_backbone |= "backbone" in needs
         needs_teacher |= bool({"teacher", "relabel_teacher"} & needs)
         images = sum(ipc * C for ipc in ipcs)
         works = [cls.work(config, ipc, counts.train_per_class) for ipc in ipcs]
-        if name in measured.per_image:
-            per_image, device = measured.per_image[name]
+        if label in measured.per_image:
+            per_image, device = measured.per_image[label]
             seconds, basis = per_image * images, f"measured in {out} on {device}: {per_image:.3g} s/image"
         elif any(w is None for w in works):
             seconds, basis = math.nan, "unknown: the method declares no work"
@@ -235,14 +237,15 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
         evals = sum(C * w.backbone for w in works if w is not None)
         total_images += images
         distill_seconds += 0 if math.isnan(seconds) else seconds
-        lines.append(f"  {name:34} {len(ipcs):>4} {len(ipcs) * C:>6} {images:>8,} {evals:>15,.0f} "
+        lines.append(f"  {label:34} {len(ipcs):>4} {len(ipcs) * C:>6} {images:>8,} {evals:>15,.0f} "
                      f"{_hours(seconds):>8}  {basis}")
-    shards = len(methods) * len(ipcs) * C
+    sets = len(entries)
+    shards = sets * len(ipcs) * C
     actors = min(gpus, shards)
     loads = [what for what, needed in (("backbone", needs_backbone), ("teacher", needs_teacher)) if needed]
     raw = counts.channels * suite.data.image_size ** 2
     png = measured.png_bytes_per_image or raw * PNG_FRACTION
-    lines.append(f"  {len(methods) * len(ipcs)} sets, {shards} shards on {actors} GPU actor(s); model loads: "
+    lines.append(f"  {sets * len(ipcs)} sets, {shards} shards on {actors} GPU actor(s); model loads: "
                  + (", ".join(f"{w} ×{actors}" for w in loads) or "none")
                  + f"; {total_images:,.0f} images ≈ {total_images * png / 1e9:,.2f} GB of PNG "
                  + ("(measured size)" if measured.png_bytes_per_image else f"(estimated at {PNG_FRACTION:.0%} of raw)")
@@ -265,11 +268,23 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
             prepare_seconds += seconds
             lines.append(f"  prepare: trains the {what} {config.arch}, {epochs} epochs over {train_images:,} images "
                          f"({_hours(seconds)} GPU-h, FLOPs; once: cached)")
+    fine_tunes = {}  # methods whose fine-tunings are equal share one fine-tuned backbone
+    for label, name, config in entries:
+        ft = get_method(name).fine_tuning(config)
+        if ft is not None:
+            fine_tunes.setdefault(ft, label)
+    for ft, label in fine_tunes.items():
+        steps = ft.epochs * math.ceil(train_images / ft.batch_size)
+        steps = min(steps, ft.max_steps) if ft.max_steps else steps
+        seconds = steps * ft.batch_size * (TRAIN_FLOPS_PER_FORWARD * transformer + vae) / rate
+        prepare_seconds += seconds
+        lines.append(f"  prepare: fine-tunes the backbone for {label}, {steps:,} steps of {ft.batch_size} images "
+                     f"(at least {_hours(seconds)} GPU-h: FLOPs of the diffusion loss, not of the further passes "
+                     "its objective makes; once: cached)")
 
     lines += ["", "evaluate (one trial = one student, protocol, set and seed; a setting's seeds train together)",
               f"  {'student':22} {'protocol':18} {'input':>5} {'trials':>7} {'image-epochs':>14} {'GPU-h':>8}  basis"]
     evaluate_seconds, trials, teacher_loads = 0.0, 0, 0
-    sets = len(methods)
     for student in suite.students:
         for pname, protocol in suite.protocols.items():
             size = protocol.train_size(suite.data.image_size)

@@ -130,3 +130,17 @@ def test_a_plan_without_data_needs_named_classes(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "data.classes" in err and "auto" in err
+
+
+def test_a_plan_prices_searched_configs_and_fine_tunes(tmp_path):
+    """A searched config is one more set per IPC; a fine-tune is priced once for the methods that share it."""
+    suite = load_suite("fashion-mnist", "leaderboard")
+    text = make_plan(suite, ["diffusion", "minimax", "ims3", "ims3-im-only"], tmp_path, gpus=1, gpu_tflops=25.0)
+    assert re.search(r"^  diffusion, searched +3 +30 +610 ", text, re.M) and "  15 sets, 150 shards" in text
+    assert re.search(rf"^  convnet3 +hard-label +28 +{5 * 3 * suite.seeds} ", text, re.M)
+    fine = re.findall(r"prepare: fine-tunes the backbone for (\S+), ([\d,]+) steps of (\d+) images", text)
+    minimax, ims3 = suite.method_config("minimax"), suite.method_config("ims3")
+    assert get_method("ims3-im-only").fine_tuning(suite.method_config("ims3-im-only")) == \
+        get_method("ims3").fine_tuning(ims3)   # so one line prices both
+    assert fine == [("minimax", f"{minimax.max_steps:,}", str(minimax.fine_tune_batch_size)),
+                    ("ims3", f"{ims3.max_steps:,}", str(ims3.fine_tune_batch_size))]
