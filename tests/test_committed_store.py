@@ -50,8 +50,9 @@ AWAITING_ROWS: set[str] = {"patch-selection-teacher-cluster"}
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
-# (below their teacher).
-SUPERSEDED_RECIPES = {("e58e3b24a080", student) for student in ("convnet3", "resnetap10", "resnet18")}
+# (below their teacher), and the ResNets' soft-label rows under RDED's lr and τ, before their searched recipes.
+SUPERSEDED_RECIPES = {("e58e3b24a080", student) for student in ("convnet3", "resnetap10", "resnet18")} | \
+    {("f3b821ef047f", "resnetap10"), ("f3b821ef047f", "resnet18")}
 # Rows of sets a method's revision replaced (`Method.revision`), as (method, config hash).
 SUPERSEDED_SETS = {("patch-selection-teacher-cluster", "f1762f9538c0")}
 
@@ -118,3 +119,15 @@ def test_the_published_convnet3_board_is_complete(committed_rows, tmp_path_facto
     missing = sorted(wanted - stored)
     assert AWAITING_ROWS <= set(suite.methods)
     assert not missing, f"{len(missing)} missing, e.g. {missing[:3]}"
+
+
+@pytest.mark.parametrize("student", ["resnetap10", "resnet18"])
+def test_the_resnets_soft_label_rows_were_re_measured_under_their_searched_recipes(committed_rows, student):
+    """Publishing a searched recipe retires the student's rows under the old one; every setting they covered
+    is in the store again under the new one, so the board lost no ResNet soft-label cell."""
+    current = load_suite("fashion-mnist", "leaderboard").protocols["soft-label"].for_student(student).identity()
+    assert ("f3b821ef047f", student) in SUPERSEDED_RECIPES and current != "f3b821ef047f"
+    settings = lambda recipe: {(r["method"], r["config_hash"], r["ipc"], r["seed"]) for r in committed_rows  # noqa: E731
+                               if r.get("kind") != "search" and r["student"] == student
+                               and r["protocol"] == "soft-label" and r["protocol_hash"] == recipe}
+    assert len(settings("f3b821ef047f")) == 45 and settings("f3b821ef047f") <= settings(current)
