@@ -46,7 +46,7 @@ BOARD_SETS = {
 # All or nothing: a method with some rows must have them all. `python benchmark.py --suite fashion-mnist
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
-AWAITING_ROWS: set[str] = {"patch-selection-teacher-cluster"}
+AWAITING_ROWS: set[str] = set()
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
