@@ -19,7 +19,8 @@ from .evaluate import evaluate, full_data_protocol
 from .export import ExportError, export_set
 from .fine_tune import fine_tune_backbones
 from .identity import FULL_DATA
-from .leaderboard import board_order, measured_rows, render, searched_label, trained_under, with_searched_labels
+from .leaderboard import (board_order, measured_rows, protocols_note, render, searched_label, trained_under,
+                          with_searched_labels)
 from .lock import holds_output
 from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from .preflight import check_out_dir, check_real_image_counts
@@ -315,9 +316,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
             c = tuned["check"]
             notes.append(f"{name}'s fine-tuned backbone ({tuned['hash']}, {tuned['cost']['steps']} steps): the teacher "
                          f"agrees with the conditioning class on {c['agreement']:.1%} of {c['samples']} samples")
-    notes.append("protocols: " + "; ".join(
-        f"{k}: epochs by IPC {v.epochs}" + (f", student options {v.student_kwargs}" if v.student_kwargs else "")
-        for k, v in suite.protocols.items()))
+    notes.append(protocols_note(suite.protocols))
     notes += suite.notes
     rows, current, manifests, order = with_searched_labels(store.read(), current, manifests, methods, labels)
     if labels:

@@ -35,10 +35,11 @@ def cross_architecture(suite, real, prepared, out: Path, connect) -> tuple[Path,
     store = ResultStore(out / "results" / f"{suite.name}-cross-arch.jsonl")
     by_hash, trials = {}, []
     for t, source, key, acc in teachers:
-        # The teacher is part of the protocol: its identity goes into the protocol hash of the row's key.
-        phash = config_hash([protocol.identity_fields(), key])
-        by_hash[phash] = (t, source, key, acc)
         for student in c.students:
+            # The teacher is part of the protocol: its identity goes into the protocol hash of the row's key, with
+            # the recipe the student trains under (its own, where the suite publishes one).
+            phash = config_hash([protocol.for_student(student).identity_fields(), key])
+            by_hash[phash] = (t, source, key, acc)
             for seed in range(c.seeds):
                 trials.append(EvalTrial(suite.name, manifest.method, manifest.config_hash, c.ipc, manifest.path,
                                         student, protocol.name, phash, seed, manifest.seconds_per_image,

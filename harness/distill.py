@@ -81,8 +81,10 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
         ident["teacher_val_accuracy"] = prepared.teacher_val_accuracy
     if name in prepared.fine_tuned:  # the backbone it samples is its fine-tuned one
         ident["fine_tuned"] = prepared.fine_tuned[name]["hash"]
-    if cls.revision:
-        ident["revision"] = cls.revision
+    # A variant's revision adds to its family's, so raising the family's reaches the variants that set their own.
+    revision = sum(vars(c).get("revision", 0) for c in cls.__mro__)
+    if revision:
+        ident["revision"] = revision
     h = config_hash(ident)
     shared = cls.seed_identity(method_config)
     if shared is None:

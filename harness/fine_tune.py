@@ -183,12 +183,12 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
     where = out / "cache" / f"finetuned-{key}"
     model, cost_path = where / MODEL, where / COST
     drop_damaged(model, "fine-tuned backbone", lambda f: torch.load(f, map_location="cpu", weights_only=True),
-                  "training it again")
+                 "training it again")
     drop_damaged(cost_path, "fine-tuned backbone", lambda f: read_json(f, ("seconds", "peak_memory_bytes")),
-                  "training it again")
+                 "training it again")
     work = out / "cache" / f"finetuned-{key}-work"
     drop_damaged(work / CHECKPOINT, "fine-tuned backbone",
-                  lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
+                 lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
     if model.exists() and cost_path.exists():
         log(f"[fine-tune] {method}: the fine-tuned backbone {key} from {where}")
         return {"source": str(model), "hash": key, "cost": json.loads(cost_path.read_text())}

@@ -434,6 +434,18 @@ def dd_ranking_table(rows: list[dict], current, suite, baseline: str, hard: str,
     return df.reset_index(drop=True)
 
 
+def protocols_note(protocols: dict) -> str:
+    """The board's line on how students were trained: each protocol's epochs and student options, and the
+    settings a student trains with of its own (a recipe a protocol search published for it)."""
+    def setting(name, value):
+        return f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
+    return "protocols: " + "; ".join(
+        f"{name}: epochs by IPC {p.epochs}" + (f", student options {p.student_kwargs}" if p.student_kwargs else "")
+        + "".join(f", {student} trains with " + " and ".join(setting(*kv) for kv in settings.items())
+                  for student, settings in getattr(p, "per_student", {}).items())
+        for name, p in protocols.items())
+
+
 def searched_label(method: str, trials: int) -> str:
     return f"{method}, searched on val ({trials} trials)"
 

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from methods import get_method
 from .backbones.pixel_dit import build_transformer
 from .data import DataError, load_real_data
+from .identity import identity_fields
 from .protocols import reference_protocol
 from .store import ResultStore
 from .students import create_student
@@ -217,7 +218,10 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
     total_images = distill_seconds = 0.0
     needs_backbone = needs_teacher = False
     # A config a search chose is its own set beside the method's (a profile that includes it runs both).
-    searched = [(f"{name}, searched", name, suite.searched_config(name)) for name in methods if name in suite.searched]
+    # (Skipped where it equals the suite's config, as a run skips it; priced from FLOPs, as earlier runs' costs
+    # are read for the suite's configs only.)
+    searched = [(f"{name}, searched", name, suite.searched_config(name)) for name in methods if name in suite.searched
+                and identity_fields(suite.searched_config(name)) != identity_fields(suite.method_config(name))]
     entries = [(name, name, suite.method_config(name)) for name in methods] + searched
     for label, name, config in entries:
         cls = get_method(name)
@@ -226,8 +230,8 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
         needs_teacher |= bool({"teacher", "relabel_teacher"} & needs)
         images = sum(ipc * C for ipc in ipcs)
         works = [cls.work(config, ipc, counts.train_per_class) for ipc in ipcs]
-        if label in measured.per_image:
-            per_image, device = measured.per_image[label]
+        if label == name and name in measured.per_image:
+            per_image, device = measured.per_image[name]
             seconds, basis = per_image * images, f"measured in {out} on {device}: {per_image:.3g} s/image"
         elif any(w is None for w in works):
             seconds, basis = math.nan, "unknown: the method declares no work"
@@ -268,17 +272,24 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
             prepare_seconds += seconds
             lines.append(f"  prepare: trains the {what} {config.arch}, {epochs} epochs over {train_images:,} images "
                          f"({_hours(seconds)} GPU-h, FLOPs; once: cached)")
-    fine_tunes = {}  # methods whose fine-tunings are equal share one fine-tuned backbone
-    for label, name, config in entries:
-        ft = get_method(name).fine_tuning(config)
+    # Fine-tunes as the run makes them: from the suite's config of each method (a searched set samples its
+    # method's fine-tuned backbone), one per schedule (how often it checkpoints trains nothing different).
+    fine_tunes = {}
+    for name in methods:
+        ft = get_method(name).fine_tuning(suite.method_config(name))
         if ft is not None:
-            fine_tunes.setdefault(ft, label)
-    for ft, label in fine_tunes.items():
-        steps = ft.epochs * math.ceil(train_images / ft.batch_size)
+            fine_tunes.setdefault(dataclasses.replace(ft, checkpoint_every=0), name)
+    for ft, name in fine_tunes.items():
+        steps = ft.epochs * (train_images // ft.batch_size)
         steps = min(steps, ft.max_steps) if ft.max_steps else steps
         seconds = steps * ft.batch_size * (TRAIN_FLOPS_PER_FORWARD * transformer + vae) / rate
+        check = ""
+        if suite.backbone.check_per_class:  # the fine-tuned backbone is checked like the suite's
+            n = suite.backbone.check_per_class * C
+            seconds += n * (suite.backbone.check_steps * 2 * transformer + vae + teacher) / rate
+            check = f" and its backbone check of {n:,} samples"
         prepare_seconds += seconds
-        lines.append(f"  prepare: fine-tunes the backbone for {label}, {steps:,} steps of {ft.batch_size} images "
+        lines.append(f"  prepare: fine-tunes the backbone for {name}, {steps:,} steps of {ft.batch_size} images{check} "
                      f"(at least {_hours(seconds)} GPU-h: FLOPs of the diffusion loss, not of the further passes "
                      "its objective makes; once: cached)")
 

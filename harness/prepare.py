@@ -239,7 +239,7 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
     model_dir = where / "model"
     drop_damaged(model_dir, "backbone", lambda d: load_dit_backbone(d, vae=None), "training it again")
     drop_damaged(where / "work" / "checkpoint.pt", "backbone",  # training resumes from it
-                  lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
+                 lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
     if (model_dir / "transformer" / "config.json").exists():
         log(f"[prepare] backbone: pixel DiT {key} from {where}")
     else:
@@ -480,8 +480,7 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
         key = config_hash([backbone_hash, teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
         path = out / "cache" / f"backbone-check-{key}.json"
         drop_damaged(path, "backbone check", lambda f: read_json(
-                          f, ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement")),
-                      "checking again")
+            f, ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement")), "checking again")
         if path.exists():
             result = json.loads(path.read_text())
         else:

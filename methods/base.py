@@ -121,7 +121,8 @@ class Method:
     # from one noise bank. Empty: a class's draws are seeded by the method and its whole config.
     paired_switches: ClassVar[tuple[str, ...]] = ()
     # Raised when a code change alters this method's images under unchanged settings, so its sets get new hashes
-    # and the rows of the old images leave the board (0 is left out of the hash: existing hashes hold).
+    # and the rows of the old images leave the board (0 is left out of the hash: existing hashes hold). A variant's
+    # set hash takes the sum over its classes, so raising the family's retires every variant's sets too.
     revision: ClassVar[int] = 0
     # DD-Ranking's reference set (a same-IPC random subset of the real training images) that its scores
     # measure every method against.

@@ -17,8 +17,9 @@ def register_method(cls):
 
 def register_variant(name: str, base: type, *, doc: str | None = None, search_space: dict | None = None,
                      revision: int = 0, **overrides):
-    """Register `name` as `base` with other config defaults (its ablation row). A variant draws what `base`
-    draws (`Method.seed_identity`): the rows differ only in the stages the overrides switch."""
+    """Register `name` as `base` with other config defaults (its ablation row). A variant of a family with
+    paired switches draws what `base` draws (`Method.seed_identity`): the rows differ only in the stages the
+    overrides switch. `revision`: the variant's own, added to its family's (`Method.revision`)."""
     fields = {f.name for f in dataclasses.fields(base.Config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:

@@ -7,10 +7,12 @@ import ast
 import dataclasses
 import re
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from harness.distill import method_identity
 from harness.suite import load_suite
@@ -60,33 +62,49 @@ def test_defaults_are_the_documented_ones(name):
     assert dataclasses.asdict(config) == {**documented, **cls.defaults}
 
 
-# Suites that list variants beside their families, and stand-in model hashes for computing their sets' keys.
-SUITES = [load_suite("fashion-mnist", "leaderboard", check_files=False), load_suite("imagenet", check_files=False)]
+# Stand-in model hashes for computing sets' keys without preparing any model.
 PREPARED = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=0.9,
                            fine_tuned={})
+SUITE_FILES = sorted((Path(__file__).resolve().parent.parent / "benchmarks").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def suites():
+    """Every suite under each of its profiles: where variants are listed beside their families."""
+    loaded = []
+    for path in SUITE_FILES:
+        profiles = yaml.safe_load(path.read_text()).get("profiles") or {}
+        loaded += [load_suite(path.stem, profile, check_files=False) for profile in ["full", *profiles]]
+    return loaded
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_declarations_are_ones_the_harness_can_meet(name):
+def test_declarations_are_ones_the_harness_can_meet(name, suites):
     cls = get_method(name)
     config = cls.default_config()
     assert cls.needs_for(config) <= NEEDS
     for field in cls.search_space:
         assert hasattr(config, field), f"{name}: search_space names {field}, not a config field"
     shared = cls.seed_identity(config)
-    if cls.family:   # a variant draws what its family draws, whatever models it reads besides
+    if cls.family and cls.paired_switches:   # a paired variant draws its family's draws, whatever else it reads
         assert shared == get_method(cls.family).seed_identity(get_method(cls.family).default_config())
-        for suite in SUITES:
+        for suite in suites:
             if name in suite.methods and cls.family in suite.methods:
                 assert method_identity(suite, PREPARED, name)[2] == method_identity(suite, PREPARED, cls.family)[2]
 
 
-def test_a_methods_revision_enters_its_sets_hash(monkeypatch):
+def test_a_methods_revision_enters_its_sets_hash_and_its_variants(monkeypatch, suites):
     """(Revision 0 stays out of it: tests/test_committed_store.py pins the committed sets' hashes.)"""
-    unrevised = method_identity(SUITES[0], PREPARED, "herding")
+    fashion = next(s for s in suites if s.name == "fashion-mnist" and "patch-selection-teacher-cluster" in s.methods)
+    names = ("herding", "patch-selection", "patch-selection-teacher-cluster")
+    before = {n: method_identity(fashion, PREPARED, n) for n in names}
     monkeypatch.setattr(get_method("herding"), "revision", 1)
-    revised = method_identity(SUITES[0], PREPARED, "herding")
-    assert revised[1] != unrevised[1] and revised[2] == f"herding/{revised[1]}"
+    revised = method_identity(fashion, PREPARED, "herding")
+    assert revised[1] != before["herding"][1] and revised[2] == f"herding/{revised[1]}"
+    # A family's revision reaches a variant that has its own.
+    monkeypatch.setattr(get_method("patch-selection"), "revision", 1)
+    for n in names[1:]:
+        assert method_identity(fashion, PREPARED, n)[1] != before[n][1]
 
 
 @pytest.mark.parametrize("name", list_methods())

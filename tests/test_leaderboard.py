@@ -3,9 +3,10 @@ import json
 import math
 from types import SimpleNamespace
 
-from harness.leaderboard import aggregate, best_of_protocols, label_robust_scores, render
+from harness.leaderboard import aggregate, best_of_protocols, label_robust_scores, protocols_note, render
 from harness.protocols import HardLabel, SoftLabel
 from harness.sets import Manifest
+from harness.suite import load_suite
 
 
 def _suite(name="s"):
@@ -175,3 +176,11 @@ def test_a_cell_never_mixes_rows_trained_under_other_settings(tmp_path):
     md, _ = render(suite, rows, {("m", "h")}, tmp_path / "searched", ["m"], [],
                    recipes={(student, quick.identity()), ("another-student", full.identity())})
     assert "| m | 30.0 ± 0.0 (2) |" in md.read_text()
+
+
+def test_the_protocols_note_names_a_students_own_recipe():
+    suite = load_suite("fashion-mnist", "leaderboard")
+    note = protocols_note(suite.protocols)
+    assert "soft-label: epochs by IPC {1: 200, 10: 100, 50: 40}" in note
+    assert "resnetap10 trains with lr 0.00482 and temperature 1.38" in note
+    assert "trains with" not in protocols_note(load_suite("fashion-mnist").protocols)

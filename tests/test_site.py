@@ -1,12 +1,11 @@
 """The site, comparisons and exports (issue 17): intervals as SciPy's t makes them, a lead marked only where it is
 resolved, a set exported and loaded back by `datasets` unchanged, and the generated site opened in headless
 Chromium as a reader would: tables, every plot and every grid there, and a filter that changes the rows."""
+import dataclasses
 import hashlib
 import json
-import dataclasses
 import math
 import os
-import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
