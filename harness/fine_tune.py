@@ -173,7 +173,7 @@ def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, e
     base = prepared.backbone_check
     versus = f" (the base backbone: {base['agreement']:.1%})" if base else ""
     log(f"[fine-tune] {method}: the teacher agrees with the conditioning class on {result['agreement']:.1%} of "
-         f"{result['samples']} samples of the fine-tuned backbone{versus}")
+        f"{result['samples']} samples of the fine-tuned backbone{versus}")
     return {k: result[k] for k in ("agreement", "samples", "cfg_scale", "steps")}
 
 
@@ -197,7 +197,7 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
     if connect is None:  # no cluster to train on (as `prepare` trains a teacher): this process
         device = "cuda" if torch.cuda.is_available() else "cpu"
         log(f"[fine-tune] {method}: training the fine-tuned backbone {key} in this process on {device} "
-             f"(resumes from {work} if interrupted)")
+            f"(resumes from {work} if interrupted)")
         trained, cost = train_fine_tune(prepared.load_backbone(device), real, prepared.conditions, method, config,
                                         ft, work, device)
         atomic.sweep_temps(where)
@@ -209,7 +209,7 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
     # One worker per GPU, as many as split the global batch evenly (the reference asserts it divides).
     workers = max(w for w in range(1, max(1, min(gpus, ft.batch_size)) + 1) if ft.batch_size % w == 0)
     log(f"[fine-tune] {method}: training the fine-tuned backbone {key} through Ray Train on "
-         + (f"{workers} GPU(s)" if gpus else "one CPU worker") + f" (resumes from {work} if interrupted)")
+        + (f"{workers} GPU(s)" if gpus else "one CPU worker") + f" (resumes from {work} if interrupted)")
 
     def work_fn(worker: Worker) -> None:
         data = load_real_data(suite.data)
@@ -232,5 +232,5 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
 def _trained(method: str, key: str, model: Path, cost: dict) -> dict:
     resumed = f", resumed from step {cost['resumed_from']}" if cost.get("resumed_from") else ""
     log(f"[fine-tune] {method}: {key} trained for {cost['steps']} steps in {cost['seconds']:.0f} s{resumed}, peak "
-         f"memory {cost['peak_memory_bytes'] / 2**20:.0f} MiB")
+        f"memory {cost['peak_memory_bytes'] / 2**20:.0f} MiB")
     return {"source": str(model), "hash": key, "cost": cost}

@@ -559,8 +559,8 @@ def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path
             lines += ["## DD-Ranking augmentation-robust score", "",
                       "ARS × 100 (mean ± std over paired seeds, their number in brackets; γ = 0.5, accuracies as "
                       f"fractions): the set's lead over {baseline} at the same IPC with augmentation "
-                      f"({protocols['hard']}) and without it ({protocols['no_aug']}), weighted equally. Equal to {baseline} on both: 26.9; higher is "
-                      "better.", ""]
+                      f"({protocols['hard']}) and without it ({protocols['no_aug']}), weighted equally. Equal to "
+                      f"{baseline} on both: 26.9; higher is better.", ""]
             for student, part in ars.groupby("student", sort=False):
                 lines += [f"### {student}", ""]
                 lines += _ipc_table(part, ipcs, order, lambda r: format_cell(r["ars"], r["ars_std"], r["seeds"]))

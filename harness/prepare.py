@@ -245,7 +245,7 @@ def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]
     else:
         work, threads = _training_dir(out, identity), idle_cores()
         log(f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} images, "
-             f"{threads} torch threads; resumes from {work} if interrupted or shorter)")
+            f"{threads} torch threads; resumes from {work} if interrupted or shorter)")
         images = real.train.load(torch.arange(len(real.train)))
         atomic.sweep_temps(where)  # a model folder a killed run left half-written
         # Training resumes from `work`, never from a half-written model.
@@ -378,7 +378,7 @@ def _recipe_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig, c
         connect()
         workers = min(cluster_gpus(), max(1, t.recipe.batch_size // 32))
     log(f"[prepare] teacher: training {t.arch} {key} on {len(real.train)} images for {t.recipe.epochs} epochs "
-         + (f"through Ray Train on {workers} GPUs" if workers else "in this process"))
+        + (f"through Ray Train on {workers} GPUs" if workers else "in this process"))
     images = real.train.load(torch.arange(len(real.train))).numpy()
     args = (real.train.labels, len(real.classes), t.arch, t.recipe, t.input_size)
     if not workers:
@@ -492,8 +492,8 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
             atomic.write_json(path, result, indent=1)
         verdict = "passes" if result["passed"] else "FAILS"
         log(f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
-             f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
-             f"{verdict} the suite's minimum {result['min_agreement']:.0%}")
+            f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
+            f"{verdict} the suite's minimum {result['min_agreement']:.0%}")
         _stop_on_failed_check(suite, result, methods, accept_failed_check)
     return prepared(result)
 
@@ -505,7 +505,7 @@ def _stop_on_failed_check(suite: Suite, result: dict, methods: list[str] | None,
         return
     if accept:
         log(f"[prepare] backbone check failed; --accept-failed-check: the rows of {', '.join(users)} are marked "
-             f"on the board")
+            f"on the board")
         return
     raise PrepareError(f"{suite.source}: backbone: the check failed ({result['agreement']:.1%} agreement, below "
                        f"check_min_agreement {result['min_agreement']:.0%}), so {', '.join(users)} would sample a "
