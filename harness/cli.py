@@ -9,29 +9,30 @@ from pathlib import Path
 
 from methods import get_method
 
-from .cluster import ClusterError, check_target, connector, resolve
-from .compare import compare, lines as compare_lines
-from .cross_arch import cross_architecture
-from .data import DataError, load_real_data
-from .distill import DistillError, distill, plan
-from .diversity import DiversityError, measure_sets
-from .evaluate import evaluate, full_data_protocol
-from .export import ExportError, export_set
-from .fine_tune import fine_tune_backbones
-from .identity import FULL_DATA
-from .leaderboard import (board_order, measured_rows, protocols_note, render, searched_label, trained_under,
+from harness.runtime.cluster import ClusterError, check_target, connector, resolve
+from harness.report.compare import compare, lines as compare_lines
+from harness.stages.cross_arch import cross_architecture
+from harness.models.data import DataError, load_real_data
+from harness.stages.distill import DistillError, distill, plan
+from harness.models.measures import DiversityError
+from harness.stages.diversity import measure_sets
+from harness.stages.evaluate import evaluate, full_data_protocol
+from harness.report.export import ExportError, export_set
+from harness.stages.fine_tune import fine_tune_backbones
+from harness.core.identity import FULL_DATA
+from harness.report.leaderboard import (board_order, measured_rows, protocols_note, render, searched_label, trained_under,
                           with_searched_labels)
-from .lock import holds_output
-from .plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
-from .preflight import check_out_dir, check_real_image_counts
-from .prepare import PrepareError, prepare
-from .search import (DEFAULT_TRIALS, SearchError, SearchSpec, default_point, run_search, search_protocol, space_of,
+from harness.core.lock import holds_output
+from harness.report.plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
+from harness.runtime.preflight import check_out_dir, check_real_image_counts
+from harness.stages.prepare import PrepareError, prepare
+from harness.stages.search import (DEFAULT_TRIALS, SearchError, SearchSpec, default_point, run_search, search_protocol, space_of,
                      write_outputs)
-from .sets import Manifest
-from .site import build_site
-from .store import ResultStore
-from .students import is_student
-from .suite import SuiteError, load_suite
+from harness.core.sets import Manifest
+from harness.report.site import build_site
+from harness.core.store import ResultStore
+from harness.models.students import is_student
+from harness.config.suite import SuiteError, load_suite
 
 
 def _int_list(text: str) -> list[int]:
@@ -245,7 +246,7 @@ def _search_specs(args, suite) -> list[SearchSpec]:
     return specs
 
 
-@holds_output  # one run per --out at a time (harness/lock.py)
+@holds_output  # one run per --out at a time (harness/core/lock.py)
 def run_searches(suite, real, specs: list[SearchSpec], out: Path, address: str | None, check: bool = True,
                  resume: bool = False, accept_failed_check: bool = False) -> int:
     """Prepare what the methods need, then each method's search; its trials go to the result store."""
@@ -264,7 +265,7 @@ def run_searches(suite, real, specs: list[SearchSpec], out: Path, address: str |
     return 0
 
 
-@holds_output  # one run per --out at a time (harness/lock.py)
+@holds_output  # one run per --out at a time (harness/core/lock.py)
 def run(suite, real, methods: list[str], out: Path, address: str | None, check: bool = True,
         cross_arch: bool = False, accept_failed_check: bool = False, draw_only: bool = False,
         compare_pair: list[str] | None = None, export: str | None = None, command: str = "") -> int:
@@ -321,7 +322,7 @@ def run(suite, real, methods: list[str], out: Path, address: str | None, check: 
     rows, current, manifests, order = with_searched_labels(store.read(), current, manifests, methods, labels)
     if labels:
         notes.append("rows labelled 'searched on val (N trials)': the method's config chosen by N trials of a "
-                     "hyperparameter search on the validation split (harness/search.py), beside the suite's own")
+                     "hyperparameter search on the validation split (harness/stages/search.py), beside the suite's own")
     md, csv = render(suite, rows, current, out / "leaderboard", order, notes, manifests, recipes)
     print(f"[leaderboard] {md} and {csv} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if not draw_only:

@@ -17,7 +17,7 @@ The paper uses a text-to-image latent diffusion model with label prompts; here t
 backbone's class label and guidance runs against its null class (DESIGN §3). β is the harness's guidance
 scale (diffusers' `guidance_scale`, ε_null + β·(ε_c − ε_null)); the paper's Eq. 3 writes the same guidance
 as ε_c + β'(ε_c − ε_null), i.e. β' = β − 1. γ follows diffusers' img2img strength convention
-(harness.backbones.sampling.img2img). The sampler is the harness's DDIM (η = 0): Eq. 6 is written for a
+(harness.models.generators.sampling.img2img). The sampler is the harness's DDIM (η = 0): Eq. 6 is written for a
 DDPM step, and its repulsion term is applied here after each DDIM step with the η_t of the DDPM step that
 spans the same two timesteps (`Repulsion`).
 
@@ -53,7 +53,7 @@ from typing import Callable
 
 import torch
 
-from harness.backbones.sampling import fit_to_backbone, img2img, img2img_start
+from harness.models.generators.sampling import fit_to_backbone, img2img, img2img_start
 
 from .base import ClassTask, Method, Work, draw_real, real_as_float, teacher_logits
 from .diffusion import fit_to_task

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from harness.identity import identity_fields
+from harness.core.identity import identity_fields
 
 
 @dataclass
@@ -60,7 +60,7 @@ def evaluations_per_step(cfg_scale: float) -> int:
 
 @dataclass(frozen=True)
 class FineTuning:
-    """What a method asks of the harness's fine-tuning stage (harness/fine_tune.py): DiffFit on the suite's
+    """What a method asks of the harness's fine-tuning stage (harness/stages/fine_tune.py): DiffFit on the suite's
     backbone over the suite's whole training split, for this schedule, with the method's objective
     (`Method.fine_tune_objective`). Every field but `checkpoint_every` (how often, not what), with the
     objective's settings, keys the fine-tuned model."""
@@ -98,7 +98,7 @@ class MethodContext:
     """Everything the harness hands a method, filled with what the method declared it needs."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backbone: Any = None                    # the Backbone protocol (harness/backbones)
-    teacher: Any = None                     # harness.teachers.Teacher
+    teacher: Any = None                     # harness.models.teachers.Teacher
     # The teacher whose outputs the soft-label protocols train on: the suite's own, or the one trained on the
     # subset where the suite names one (`teacher.relabel`), as RDED's observer both scores and relabels.
     relabel_teacher: Any = None

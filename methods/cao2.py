@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.backbones.sampling import SAMPLERS, sample
-from harness.identity import WHEN_SET
+from harness.models.generators.sampling import SAMPLERS, sample
+from harness.core.identity import WHEN_SET
 
 from .base import ClassTask, Method, Work, evaluations_per_step, teacher_logits, teacher_output_index
 from .diffusion import fit_to_task

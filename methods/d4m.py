@@ -10,7 +10,7 @@ Differences from the reference, all from running on the Backbone protocol:
   painting"; here the class condition is the backbone's class label and guidance is against the null class
   (DESIGN §3: methods written for text prompts use class / null condition through the same protocol).
 - It samples with SD's PNDM scheduler; here with the harness's DDIM (η = 0), image-to-image following
-  diffusers' strength convention (harness.backbones.sampling.img2img).
+  diffusers' strength convention (harness.models.generators.sampling.img2img).
 - It streams VAE latents (a posterior sample) through `MiniBatchKMeans.partial_fit` in chunks of
   km_expand × IPC, one pass, because it encodes on the fly; here a class's posterior-mean latents fit in
   memory (ImageNet: 1,300 × 4,096 floats), so `MiniBatchKMeans.fit` runs the same algorithm to convergence.
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from sklearn.cluster import MiniBatchKMeans
 
-from harness.backbones.sampling import fit_to_backbone, img2img
+from harness.models.generators.sampling import fit_to_backbone, img2img
 
 from .base import ClassTask, Method, Work, evaluations_per_step, real_as_float
 from .registry import register_method

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.backbones.sampling import SAMPLERS, sample
-from harness.identity import WHEN_SET
+from harness.models.generators.sampling import SAMPLERS, sample
+from harness.core.identity import WHEN_SET
 
 from .base import ClassTask, Method, Work, evaluations_per_step
 from .registry import register_method

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from harness.backbones.sampling import ddim_timesteps, respaced_schedule
+from harness.models.generators.sampling import ddim_timesteps, respaced_schedule
 
 
 def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.backbones.sampling import sample
+from harness.models.generators.sampling import sample
 
 from .base import ClassTask, FineTuneObjective, Work, evaluations_per_step, real_as_float, teacher_features
 from .diffusion import Diffusion, DiffusionConfig, fit_to_task

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.identity import NEVER
+from harness.core.identity import NEVER
 
 from .base import FineTuneObjective, FineTuning
 from .diffusion import Diffusion, DiffusionConfig

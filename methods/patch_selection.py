@@ -70,8 +70,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
-from harness.backbones.sampling import fit_to_backbone
-from harness.backbones.scoring import dift_features, representativeness
+from harness.models.generators.sampling import fit_to_backbone
+from harness.models.generators.scoring import dift_features, representativeness
 
 from .base import ClassTask, Method, Work, draw_real, real_as_float, teacher_features
 from .registry import register_method, register_variant

@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel  # noqa: E402
 
-from harness.backbones.dit import DIT_GUIDED_CHANNELS, DiTBackbone  # noqa: E402
-from harness.backbones.sampling import ddim_sample  # noqa: E402
-from harness.plan import KNOWN_DITS, SD_VAE, backbone_flops  # noqa: E402
-from harness.suite import load_suite  # noqa: E402
+from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone  # noqa: E402
+from harness.models.generators.sampling import ddim_sample  # noqa: E402
+from harness.report.plan import KNOWN_DITS, SD_VAE, backbone_flops  # noqa: E402
+from harness.config.suite import load_suite  # noqa: E402
 
 
 def main():

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from harness.data import load_real_data  # noqa: E402
-from harness.distill import ShardWorker, plan  # noqa: E402
-from harness.prepare import prepare  # noqa: E402
-from harness.suite import load_suite  # noqa: E402
+from harness.models.data import load_real_data  # noqa: E402
+from harness.stages.distill import ShardWorker, plan  # noqa: E402
+from harness.stages.prepare import prepare  # noqa: E402
+from harness.config.suite import load_suite  # noqa: E402
 
 
 def run_on(workers, submit, collect, job, classes) -> float:

@@ -4,7 +4,7 @@
 
 For each draw (an independent set of seed images and noises for every class) the script distils the whole
 suite twice with `adaptive-sampling-fixed`, once as configured (repulsion on) and once with `repulsion: false`,
-same seeds, same noise, same (β, γ), and measures both sets with harness/diversity.py (the leaderboard's
+same seeds, same noise, same (β, γ), and measures both sets with harness/stages/diversity.py (the leaderboard's
 measures: precision, recall, density, coverage, FID). It prints each draw and the mean change, and whether
 recall or coverage rose while precision fell by no more than `--tolerance` (absolute). `--bo` compares
 `adaptive-sampling` with `adaptive-sampling-no-repulsion` instead: they pick the same (β*, γ*) per mini-batch.
@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from harness.data import load_real_data  # noqa: E402
-from harness.distill import shard_seed  # noqa: E402
-from harness.diversity import DiversityMeter  # noqa: E402
-from harness.prepare import prepare  # noqa: E402
-from harness.sets import save_images  # noqa: E402
-from harness.suite import load_suite  # noqa: E402
+from harness.models.data import load_real_data  # noqa: E402
+from harness.stages.distill import shard_seed  # noqa: E402
+from harness.stages.diversity import DiversityMeter  # noqa: E402
+from harness.stages.prepare import prepare  # noqa: E402
+from harness.core.sets import save_images  # noqa: E402
+from harness.config.suite import load_suite  # noqa: E402
 from methods import get_method  # noqa: E402
 from methods.base import ClassTask, MethodContext  # noqa: E402
 

@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from harness.data import load_real_data  # noqa: E402
-from harness.students import create_student  # noqa: E402
-from harness.suite import load_suite  # noqa: E402
-from harness.training import train_student  # noqa: E402
+from harness.models.data import load_real_data  # noqa: E402
+from harness.models.students import create_student  # noqa: E402
+from harness.config.suite import load_suite  # noqa: E402
+from harness.models.training import train_student  # noqa: E402
 
 
 def timed(fn) -> float:

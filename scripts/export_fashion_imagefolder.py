@@ -4,7 +4,7 @@ for "someone else's small dataset" that docs/suites/fashion-proxy.yaml benchmark
     python scripts/export_fashion_imagefolder.py --out /tmp/fashion-proxy --per-class 720
 
 The first `--per-class` training images of each class (in file order) and every test image (or the first
-`--test-per-class`), read from Debian's dataset-fashion-mnist with harness.data's idx reader.
+`--test-per-class`), read from Debian's dataset-fashion-mnist with harness.models.data's idx reader.
 """
 import argparse
 import sys
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.data import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
+from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.data import load_real_data  # noqa: E402
-from harness.prepare import REPO_WEIGHTS, prepare  # noqa: E402
-from harness.suite import load_suite  # noqa: E402
+from harness.models.data import load_real_data  # noqa: E402
+from harness.stages.prepare import REPO_WEIGHTS, prepare  # noqa: E402
+from harness.config.suite import load_suite  # noqa: E402
 
 
 def main():

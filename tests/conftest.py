@@ -30,13 +30,13 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def tiny_suite():
-    from harness.suite import load_suite
+    from harness.config.suite import load_suite
 
     return load_suite(str(TINY_SUITE))
 
 
 @pytest.fixture(scope="session")
 def tiny_real(tiny_suite):
-    from harness.data import load_real_data
+    from harness.models.data import load_real_data
 
     return load_real_data(tiny_suite.data)

@@ -62,10 +62,10 @@ def family_suite(tiny_suite, marker: str = ""):
 
 def fine_tune_until_killed(out: str, marker: str) -> None:
     """Run in a process of its own: prepare the tiny suite and fine-tune the killing Minimax, which dies mid-way."""
-    from harness.data import load_real_data
-    from harness.fine_tune import fine_tune_backbones
-    from harness.prepare import prepare
-    from harness.suite import load_suite
+    from harness.models.data import load_real_data
+    from harness.stages.fine_tune import fine_tune_backbones
+    from harness.stages.prepare import prepare
+    from harness.config.suite import load_suite
     from tests.conftest import TINY_SUITE
 
     suite = family_suite(load_suite(str(TINY_SUITE)), marker)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.backbones.sampling import img2img, img2img_timesteps
-from harness.suite import load_suite
+from harness.models.generators.sampling import img2img, img2img_timesteps
+from harness.config.suite import load_suite
 from methods import get_method
 from methods.adaptive_sampling import (AdaptiveSamplingConfig, Repulsion, bayes_opt, fidelity, median_bandwidth,
                                        rbf_repulsion_grad, teacher_log_probs)
@@ -215,7 +215,7 @@ def test_variants_share_their_draws_and_differ_only_in_their_stage():
 
 
 def test_variants_seed_from_one_key_in_the_harness():
-    from harness.distill import method_identity
+    from harness.stages.distill import method_identity
 
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
     prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})

@@ -4,9 +4,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
-from harness.backbones import ddim_sample, ddim_timesteps, load_dit_backbone
-from harness.backbones.dit import DiTBackbone, save_dit_backbone
-from harness.backbones.pixel_dit import PixelDiTConfig, train_pixel_dit
+from harness.models.generators import ddim_sample, ddim_timesteps, load_dit_backbone
+from harness.models.generators.dit import DiTBackbone, save_dit_backbone
+from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
 
 
 def tiny_latent_dit() -> DiTBackbone:

@@ -21,9 +21,9 @@ import ray
 import yaml
 
 from harness.cli import main
-from harness.data import load_real_data
-from harness.preflight import check_real_image_counts
-from harness.suite import SuiteError, load_suite
+from harness.models.data import load_real_data
+from harness.runtime.preflight import check_real_image_counts
+from harness.config.suite import SuiteError, load_suite
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -162,7 +162,7 @@ CASES = [
     Case("--export without one IPC", "ipcs: --export needs one IPC", argv=("--export", "herding")),
     Case("--gpus 0", "--gpus", argv=("--gpus", "0")),
     Case("unknown flag", "unrecognized arguments: --colour", argv=("--colour", "red")),
-    # --search (harness/search.py)
+    # --search (harness/stages/search.py)
     Case("--search unknown method", "--search: magic is neither one of the suite's methods", argv=("--search", "magic")),
     Case("--search-set unknown", "--search-set: magic is not one of the suite's methods",
          argv=("--search", "soft-label", "--ipc", "1", "--search-set", "magic")),

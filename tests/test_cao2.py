@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from harness.students import create_student
-from harness.suite import load_suite
-from harness.teachers import Teacher, accuracy, save_teacher
+from harness.models.students import create_student
+from harness.config.suite import load_suite
+from harness.models.teachers import Teacher, accuracy, save_teacher
 from methods import get_method
 from methods.base import ClassTask, MethodContext
-from harness.backbones.sampling import ddim_sample
+from harness.models.generators.sampling import ddim_sample
 from methods.cao2 import (CaO2Config, clo_loss, optimise_latents, oss_select, resolve_condition,
                           selector_scores)
 from tests.test_backbone import tiny_latent_dit
@@ -166,7 +166,7 @@ def test_ablation_variants_share_their_draws():
     rows differ only in the stage switched off."""
     from types import SimpleNamespace
 
-    from harness.distill import method_identity
+    from harness.stages.distill import method_identity
 
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
     prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
@@ -193,7 +193,7 @@ def test_auto_condition_reads_the_teachers_validation_accuracy():
 
 
 def test_prepare_measures_the_teacher_on_the_validation_split(tiny_suite, tiny_real, tmp_path):
-    from harness.prepare import Prepared, teacher_val_accuracy
+    from harness.stages.prepare import Prepared, teacher_val_accuracy
 
     model = create_student("convnet3", 10, 1, 28, width=8)
     save_teacher(Teacher(model, 28, 1, [0.3], [0.3]), "convnet3", 10, tmp_path / "t.pt", width=8)

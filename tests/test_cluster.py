@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cluster import PROBE_SECONDS, ClusterError, Target, check_target, resolve
+from harness.runtime.cluster import PROBE_SECONDS, ClusterError, Target, check_target, resolve
 from tests.conftest import TINY_SUITE
 
 ROOT = Path(__file__).resolve().parent.parent

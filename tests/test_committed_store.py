@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import load_real_data
-from harness.distill import plan
-from harness.evaluate import full_data_protocol
-from harness.fine_tune import fine_tune_backbones
-from harness.identity import FULL_DATA
-from harness.prepare import prepare
-from harness.suite import load_suite
+from harness.models.data import load_real_data
+from harness.stages.distill import plan
+from harness.stages.evaluate import full_data_protocol
+from harness.stages.fine_tune import fine_tune_backbones
+from harness.core.identity import FULL_DATA
+from harness.stages.prepare import prepare
+from harness.config.suite import load_suite
 
 STORE = Path(__file__).resolve().parent.parent / "leaderboard" / "results" / "fashion-mnist.jsonl"
 # (config hash, seed key) of every set on the published board, as the harness computed them before its

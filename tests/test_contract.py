@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from harness.distill import method_identity
-from harness.suite import load_suite
+from harness.stages.distill import method_identity
+from harness.config.suite import load_suite
 from methods import get_method, list_methods
 from methods.base import NEEDS, ClassTask, MethodContext
 from tests.test_backbone import tiny_latent_dit

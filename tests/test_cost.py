@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from harness import distill
-from harness.distill import DistillJob, ShardPeakMemory, ShardWorker, write_manifest
-from harness.prepare import Prepared
-from harness.sets import Manifest
+from harness.stages import distill
+from harness.stages.distill import DistillJob, ShardPeakMemory, ShardWorker, write_manifest
+from harness.stages.prepare import Prepared
+from harness.core.sets import Manifest
 from methods import list_methods, register_method
 from methods.base import Method
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.cluster import MiniBatchKMeans
 
-from harness.backbones.sampling import img2img
-from harness.suite import load_suite
+from harness.models.generators.sampling import img2img
+from harness.config.suite import load_suite
 from methods import get_method
 from methods.base import ClassTask, MethodContext
 from methods.d4m import D4MConfig, kmeans_prototypes

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import DataError, carve_validation, load_fashion_mnist, read_idx
+from harness.models.data import DataError, carve_validation, load_fashion_mnist, read_idx
 from tests.conftest import FASHION_ROOT
 
 
@@ -60,7 +60,7 @@ def test_validation_split_is_deterministic_and_disjoint():
 def test_imagefolder_by_wnid(tmp_path):
     from PIL import Image
 
-    from harness.data import FolderImageSet
+    from harness.models.data import FolderImageSet
 
     rng = np.random.default_rng(0)
     for wnid, n in (("n01440764", 3), ("n02102040", 2), ("n99999999", 1)):

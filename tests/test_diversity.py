@@ -10,12 +10,14 @@ import torch
 import torchmetrics.image.fid
 import torchmetrics.image.kid
 
-from harness import diversity
-from harness.sets import save_images
-from harness.diversity import DiversityConfig, DiversityError, DiversityMeter, check_config, measures_from_features
-from harness.students import create_student
-from harness.suite import SuiteError, load_suite
-from harness.teachers import Teacher
+from harness.models import measures
+from harness.stages import diversity
+from harness.core.sets import save_images
+from harness.models.measures import DiversityConfig, DiversityError, check_config, measures_from_features
+from harness.stages.diversity import DiversityMeter
+from harness.models.students import create_student
+from harness.config.suite import SuiteError, load_suite
+from harness.models.teachers import Teacher
 
 
 def _clusters(n_per_class: int, classes: int = 4, dim: int = 8, seed: int = 0):
@@ -180,15 +182,15 @@ def inception_weights(tmp_path_factory):
 
 def test_inception_extractor_on_grey_images(inception_weights, tiny_real):
     cfg = DiversityConfig(extractor="inception", inception_weights=str(inception_weights))
-    extractor = diversity.build_extractor(cfg, None, 1, 28)
+    extractor = measures.build_extractor(cfg, None, 1, 28)
     images = tiny_real.train.load(torch.arange(3))
-    feats = diversity.extract(extractor, lambda i: images[i], 3, 2)
+    feats = measures.extract(extractor, lambda i: images[i], 3, 2)
     assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
     assert DiversityMeter(cfg, tiny_real).key.startswith("inception-")
 
 
 def test_principal_components_make_fid_defined_on_small_sets(disk_set, tiny_real, tmp_path):
-    from harness.diversity import principal_basis
+    from harness.models.measures import principal_basis
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 3, generator=g) @ torch.tensor([[3.0, 0, 0], [0, 1.0, 0], [0, 0, 0.1]])

@@ -1,9 +1,9 @@
 """The hard-label loop's pieces, and a real (tiny) training run on real data."""
 import torch
 
-from harness.augment import augment, cutmix
-from harness.protocols import HardLabel
-from harness.training import train_student
+from harness.models.augment import augment, cutmix
+from harness.models.protocols import HardLabel
+from harness.models.training import train_student
 
 
 def test_reference_recipe_defaults():
@@ -42,7 +42,7 @@ def test_student_learns_from_real_images(tiny_real):
 
 
 def test_rded_soft_label_defaults():
-    from harness.protocols import SoftLabel, rded_cosine
+    from harness.models.protocols import SoftLabel, rded_cosine
 
     cfg = SoftLabel()
     assert cfg.epochs_for(10) == 300 and cfg.epochs_for(50) == 300
@@ -58,7 +58,7 @@ def test_rded_soft_label_defaults():
 
 
 def test_shuffle_patches_permutes_strips():
-    from harness.augment import shuffle_patches
+    from harness.models.augment import shuffle_patches
 
     x = torch.arange(2 * 16, dtype=torch.float).view(2, 1, 4, 4)
     out = shuffle_patches(x, 2, torch.Generator().manual_seed(3))
@@ -70,7 +70,7 @@ def test_shuffle_patches_permutes_strips():
 
 
 def test_soft_label_loss_is_kl_of_softened_outputs():
-    from harness.protocols import soft_label_loss
+    from harness.models.protocols import soft_label_loss
 
     s, t = torch.randn(4, 5), torch.randn(4, 5)
     p, q = torch.softmax(t / 3, 1), torch.log_softmax(s / 3, 1)
@@ -80,9 +80,9 @@ def test_soft_label_loss_is_kl_of_softened_outputs():
 
 
 def test_soft_label_student_learns_from_a_teacher(tiny_real):
-    from harness.protocols import SoftLabel
-    from harness.students import create_student
-    from harness.teachers import Teacher
+    from harness.models.protocols import SoftLabel
+    from harness.models.students import create_student
+    from harness.models.teachers import Teacher
 
     train, test = tiny_real.train, tiny_real.test
     idx = torch.cat([train.indices_of(c)[:20] for c in range(10)])
@@ -111,7 +111,7 @@ def _small_set(tiny_real, per_class=5):
 
 def _trained_weights(monkeypatch, vectorise, seeds, cfg, data, teacher=None):
     """Run train_student and capture the trained models' weights (through SeedStack.unstacked)."""
-    from harness import training
+    from harness.models import training
 
     captured = []
     original = training.SeedStack.unstacked
@@ -127,8 +127,8 @@ def _trained_weights(monkeypatch, vectorise, seeds, cfg, data, teacher=None):
 
 
 def test_seeds_trained_together_are_the_seeds_trained_alone(tiny_real, monkeypatch):
-    from harness.protocols import SoftLabel
-    from harness.students import create_student
+    from harness.models.protocols import SoftLabel
+    from harness.models.students import create_student
 
     data = _small_set(tiny_real)
     kwargs = {"resnet18": {"channels": [4, 4, 8, 8]}}  # batch norm: running stats must follow each seed
@@ -148,7 +148,7 @@ def test_seeds_trained_together_are_the_seeds_trained_alone(tiny_real, monkeypat
 def test_data_parallel_through_ray_train_matches_one_process(tiny_real, ray_cluster, tmp_path):
     """Two DDP workers on CPU (gloo) through TorchTrainer: the same batches as one process, so ConvNet-3
     (instance norm: nothing per-worker) learns the same weights up to float reduction order."""
-    from harness.evaluate import EvalTrial, run_group_distributed
+    from harness.stages.evaluate import EvalTrial, run_group_distributed
 
     images, labels, test_images, test_labels = _small_set(tiny_real)
     cfg = HardLabel(epochs={5: 3}, batch_size=16, student_kwargs={"convnet3": {"width": 8}})

@@ -16,11 +16,11 @@ import torch
 import yaml
 
 from harness.cli import run
-from harness.distill import ShardWorker, distill, plan
-from harness.prepare import Prepared
-from harness.sets import shard_damage
-from harness.store import KEY_FIELDS, ResultStore
-from harness.suite import load_suite
+from harness.stages.distill import ShardWorker, distill, plan
+from harness.stages.prepare import Prepared
+from harness.core.sets import shard_damage
+from harness.core.store import KEY_FIELDS, ResultStore
+from harness.config.suite import load_suite
 from tests.conftest import TINY_SUITE
 from tests.kill_once import KillOnce, KillOnceConfig
 
@@ -169,7 +169,7 @@ def test_damaged_caches_and_a_torn_store_line_are_redone(small, tmp_path, tiny_r
 
 
 def test_teacher_validation_accuracy_cache_is_measured_again_when_torn(small, tmp_path, tiny_real, capsys):
-    from harness.prepare import prepare, teacher_val_accuracy
+    from harness.stages.prepare import prepare, teacher_val_accuracy
 
     suite, first = small
     out = tmp_path / "out"

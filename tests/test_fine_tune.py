@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.backbones.difffit import GAMMA, add_difffit, difffit_state, load_difffit_state
-from harness.distill import distill, plan
-from harness.fine_tune import fine_tune_backbones, fine_tune_schedule, train_fine_tune
-from harness.identity import identity_fields
-from harness.prepare import prepare
-from harness.sets import load_set
-from harness.suite import load_suite
+from harness.models.generators.difffit import GAMMA, add_difffit, difffit_state, load_difffit_state
+from harness.stages.distill import distill, plan
+from harness.stages.fine_tune import fine_tune_backbones, fine_tune_schedule, train_fine_tune
+from harness.core.identity import identity_fields
+from harness.stages.prepare import prepare
+from harness.core.sets import load_set
+from harness.config.suite import load_suite
 from methods import get_method
 from methods.fine_tuning import ddim_inversion, diffusion_loss
 from methods.ims3 import IMS3Config, brute_force_subgroups, cosine_loss, greedy_subgroups

@@ -1,4 +1,4 @@
-"""The full-data reference row trains until its validation accuracy stops improving (harness/training.py
+"""The full-data reference row trains until its validation accuracy stops improving (harness/models/training.py
 `Plateau`), on the validation split carved from the training set, and keeps the best epoch's weights; a run
 takes the committed row for the same key instead of training it again."""
 from dataclasses import asdict
@@ -6,11 +6,11 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from harness.evaluate import EvalTrial, adopt_committed_references
-from harness.identity import FULL_DATA
-from harness.protocols import HardLabel
-from harness.store import ResultStore
-from harness.training import Plateau, train_student
+from harness.stages.evaluate import EvalTrial, adopt_committed_references
+from harness.core.identity import FULL_DATA
+from harness.models.protocols import HardLabel
+from harness.core.store import ResultStore
+from harness.models.training import Plateau, train_student
 
 
 def test_plateau_drops_the_lr_then_stops_and_keeps_the_best_epoch():

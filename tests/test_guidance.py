@@ -11,14 +11,14 @@ import torch
 import yaml
 from diffusers import AutoencoderKL
 
-from harness.backbones.dit import DIT_GUIDED_CHANNELS, DiTBackbone, save_dit_backbone
-from harness.backbones.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer
-from harness.backbones.sampling import (ddim_sample, ddpm_sample, ddpm_step, img2img, respaced_schedule,
+from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone, save_dit_backbone
+from harness.models.generators.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer
+from harness.models.generators.sampling import (ddim_sample, ddpm_sample, ddpm_step, img2img, respaced_schedule,
                                         respaced_timesteps)
-from harness.prepare import Prepared, PrepareError, backbone_check, guided_channels, prepare_backbone
-from harness.suite import BackboneConfig, SuiteError, TeacherConfig, load_suite
+from harness.stages.prepare import Prepared, PrepareError, backbone_check, guided_channels, prepare_backbone
+from harness.config.suite import BackboneConfig, SuiteError, TeacherConfig, load_suite
 from methods import get_method, list_methods
-from harness.identity import identity_fields as config_identity
+from harness.core.identity import identity_fields as config_identity
 from methods.base import ClassTask, MethodContext
 from methods.diffusion import DiffusionConfig
 from tests.test_backbone import tiny_latent_dit
@@ -326,7 +326,7 @@ def test_a_pixel_dits_identity_changes_only_when_guidance_is_set_below_every_cha
     """An RGB pixel DiT (3 channels): unset and 3 are the same backbone identity; 1 is another."""
     from PIL import Image
 
-    from harness.data import load_real_data
+    from harness.models.data import load_real_data
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

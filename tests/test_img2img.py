@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from harness.backbones.sampling import ddim_sample, fit_to_backbone, img2img, img2img_start, img2img_timesteps
+from harness.models.generators.sampling import ddim_sample, fit_to_backbone, img2img, img2img_start, img2img_timesteps
 from tests.test_backbone import tiny_latent_dit
 
 

@@ -8,11 +8,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("harness", "methods")
-# The stage modules: what runs the pipeline. Methods are plain torch and import none of them.
-STAGES = {"harness.suite", "harness.prepare", "harness.distill", "harness.evaluate", "harness.diversity",
-          "harness.cross_arch", "harness.leaderboard", "harness.store", "harness.cli", "harness.training",
-          "harness.data_parallel", "harness.plan", "harness.site", "harness.export", "harness.search",
-          "harness.fine_tune"}
+# The house's floors, bottom first: a module imports only from its own floor or those below it. Each floor is a
+# folder, so the folder listing is this table (README's layout table says what each holds).
+LAYERS = (
+    "harness.core",      # identity, atomic writes, the result store, the output lock, distilled-set folders
+    "harness.models",    # data, generators, students, teachers, protocols, the training loop, set measures
+    "methods",           # plain torch plug-ins; they see core and models only
+    "harness.config",    # suite YAML → checked dataclasses
+    "harness.runtime",   # Ray clusters, data-parallel workers, pre-flight checks
+    "harness.stages",    # prepare, fine-tune, distill, evaluate, diversity, cross-arch, search
+    "harness.report",    # the board, the site, comparisons, exports, the cost plan
+    "harness.cli",       # the pipeline and its verbs
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The floor a module sits on: the longest LAYERS prefix it has (None for the bare packages)."""
+    found = [i for i, floor in enumerate(LAYERS) if module == floor or module.startswith(floor + ".")]
+    return max(found, key=lambda i: len(LAYERS[i])) if found else None
 
 
 def _modules() -> dict[str, Path]:
@@ -110,19 +123,30 @@ def test_no_project_import_inside_a_function(edges):
     assert not inside, "imports inside functions (move them to the top, or the code to a lower layer): " + "; ".join(inside)
 
 
-def test_methods_import_no_stage_module(edges):
-    bad = sorted(f"{m} → {t}" for m, targets in edges.items() if m.startswith("methods")
-                 for t, _ in targets if t in STAGES)
-    assert not bad, bad
-    # …and they can reach the backbone code they share with the harness.
-    assert ("harness.backbones.sampling", False) in edges["methods.diffusion"]
+def test_every_module_sits_on_a_floor():
+    loose = sorted(m for m in _modules() if layer_of(m) is None and m not in PACKAGES)
+    assert not loose, f"modules outside every floor of LAYERS (put them in a folder that is one): {loose}"
+
+
+def test_imports_point_down_the_floors(edges):
+    up = sorted(f"{m} (floor {layer_of(m)}) → {t} (floor {layer_of(t)})" for m, targets in edges.items()
+                if m not in PACKAGES for t, _ in targets if t not in PACKAGES and layer_of(t) > layer_of(m))
+    assert not up, "imports that point up a floor: " + "; ".join(up)
+    # …and the walker sees the edges that matter: methods reach the generator code they share with the harness.
+    assert ("harness.models.generators.sampling", False) in edges["methods.diffusion"]
+
+
+def test_the_floor_rule_fails_on_an_upward_import():
+    assert layer_of("harness.stages.prepare") > layer_of("methods.cao2") > layer_of("harness.models.generators.dit")
+    assert layer_of("harness.report.leaderboard") > layer_of("harness.stages.distill")
+    assert layer_of("harness") is None
 
 
 def test_protocol_names_live_only_in_the_protocol_registry():
-    from harness.protocols import list_protocols
+    from harness.models.protocols import list_protocols
 
     names = re.compile("|".join(map(re.escape, list_protocols())))
-    found = [f"{p.name}:{i}" for p in sorted((ROOT / "harness").glob("*.py")) if p.name != "protocols.py"
+    found = [f"{p.name}:{i}" for p in sorted((ROOT / "harness").rglob("*.py")) if p.name != "protocols.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if names.search(line)]
     assert not found, found
 

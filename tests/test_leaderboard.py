@@ -3,10 +3,10 @@ import json
 import math
 from types import SimpleNamespace
 
-from harness.leaderboard import aggregate, best_of_protocols, label_robust_scores, protocols_note, render
-from harness.protocols import HardLabel, SoftLabel
-from harness.sets import Manifest
-from harness.suite import load_suite
+from harness.report.leaderboard import aggregate, best_of_protocols, label_robust_scores, protocols_note, render
+from harness.models.protocols import HardLabel, SoftLabel
+from harness.core.sets import Manifest
+from harness.config.suite import load_suite
 
 
 def _suite(name="s"):

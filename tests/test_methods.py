@@ -63,8 +63,8 @@ def test_diffusion_same_seed_same_images():
 
 @pytest.mark.parametrize("name", ["herding", "k-center"])
 def test_feature_methods_select_real_images(name, tiny_suite, tiny_real):
-    from harness.teachers import Teacher
-    from harness.students import create_student
+    from harness.models.teachers import Teacher
+    from harness.models.students import create_student
 
     teacher = Teacher(create_student("convnet3", 10, 1, 28, width=8), 28, 1, [0.3], [0.3])
     real = tiny_real.train.class_images(4)

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from harness.backbones.pixel_dit import PixelDiTConfig, train_pixel_dit
-from harness.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_real_data
-from harness.leaderboard import render
-from harness.prepare import PrepareError, _cached_dir, prepare, prepare_backbone
-from harness.sets import Manifest
-from harness.suite import SuiteError, load_suite
+from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
+from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_real_data
+from harness.report.leaderboard import render
+from harness.stages.prepare import PrepareError, _cached_dir, prepare, prepare_backbone
+from harness.core.sets import Manifest
+from harness.config.suite import SuiteError, load_suite
 from scripts.export_fashion_imagefolder import export
 from tests.conftest import FASHION_ROOT, TINY_SUITE
 
@@ -138,7 +138,7 @@ def test_the_board_marks_rows_from_a_backbone_that_failed_its_check(tmp_path):
 
     from types import SimpleNamespace
 
-    from harness.protocols import HardLabel
+    from harness.models.protocols import HardLabel
     suite = SimpleNamespace(name="s", protocols={"hard-label": HardLabel()}, methods=["random-real"])
     rows = [dict(method=m, config_hash="h", ipc=10, student="convnet3", protocol="hard-label", seed=0,
                  accuracy=0.5, train_seconds=1.0, distill_seconds_per_image=0.1, peak_memory_bytes=1, kind="measured")

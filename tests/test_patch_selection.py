@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.backbones.dit import DiTBackbone
-from harness.backbones.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer
-from harness.backbones.sampling import fit_to_backbone
-from harness.backbones.scoring import dift_features, loss_gap_map, representativeness
-from harness.suite import load_suite
+from harness.models.generators.dit import DiTBackbone
+from harness.models.generators.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer
+from harness.models.generators.sampling import fit_to_backbone
+from harness.models.generators.scoring import dift_features, loss_gap_map, representativeness
+from harness.config.suite import load_suite
 from methods import get_method
 from methods.base import ClassTask, MethodContext
 from methods.patch_selection import PatchSelectionConfig, cluster_ranked_selection

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from harness.cli import run
-from harness.suite import load_suite
+from harness.config.suite import load_suite
 from tests.conftest import TINY_SUITE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,8 +134,8 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
     import torch
     from PIL import Image
 
-    from harness.backbones.dit import save_dit_backbone
-    from harness.data import load_real_data
+    from harness.models.generators.dit import save_dit_backbone
+    from harness.models.data import load_real_data
     from tests.test_backbone import tiny_latent_dit
 
     rng = np.random.default_rng(0)

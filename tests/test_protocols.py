@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import protocols as P
+from harness.models import protocols as P
 from harness.cli import current_recipes
-from harness.identity import config_hash
-from harness.leaderboard import aggregate, augmentation_robust_scores, best_of_protocols
-from harness.training import train_student
+from harness.core.identity import config_hash
+from harness.report.leaderboard import aggregate, augmentation_robust_scores, best_of_protocols
+from harness.models.training import train_student
 
 
 def test_the_registry_and_what_each_protocol_declares():

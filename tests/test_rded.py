@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.suite import load_suite
+from harness.config.suite import load_suite
 from methods import get_method
 from methods.base import ClassTask, MethodContext
 from methods.rded import RDEDConfig, draw_boxes, stitch, true_class_cross_entropy
@@ -197,7 +197,7 @@ def test_rded_scores_with_the_teacher_that_relabels():
     soft labels, that teacher scores, and its identity keys the set."""
     from types import SimpleNamespace
 
-    from harness.distill import method_identity
+    from harness.stages.distill import method_identity
 
     assert get_method("rded").needs == frozenset({"relabel_teacher", "real_images"})
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from harness import protocols as P
-from harness.augment import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, augment, jitter_colours, pca_lighting,
+from harness.models import protocols as P
+from harness.models.augment import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, augment, jitter_colours, pca_lighting,
                              resize_center_crop)
-from harness.suite import load_suite
-from harness.training import train_student
+from harness.config.suite import load_suite
+from harness.models.training import train_student
 
 FAMILY = ["imagewoof", "imagenette", "imageidc", "imagenet-100", "imagenet"]
 

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.evaluate import full_data_protocol
-from harness.identity import FULL_DATA
-from harness.leaderboard import label_robust_scores, render
-from harness.store import ResultStore
-from harness.suite import BENCHMARKS_DIR, BEST_OF_PROTOCOLS, SuiteError, load_suite
+from harness.stages.evaluate import full_data_protocol
+from harness.core.identity import FULL_DATA
+from harness.report.leaderboard import label_robust_scores, render
+from harness.core.store import ResultStore
+from harness.config.suite import BENCHMARKS_DIR, BEST_OF_PROTOCOLS, SuiteError, load_suite
 
 SEEDS = Path("/work/shared/seeds")
 IMAGENET_SUITES = ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"]

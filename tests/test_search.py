@@ -1,4 +1,4 @@
-"""The hyperparameter search (harness/search.py) on a tiny suite, with a real local Ray cluster, Ray Tune and Optuna:
+"""The hyperparameter search (harness/stages/search.py) on a tiny suite, with a real local Ray cluster, Ray Tune and Optuna:
 it runs on a copy of Fashion-MNIST whose test files are absent (so it cannot have read them), tries the suite's
 own config first, lets ASHA stop trials, writes a suite fragment that a profile includes, and resumes a search
 killed with kill -9 without training a finished trial again."""
@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.data import DataError, load_real_data
-from harness.leaderboard import aggregate
-from harness.prepare import prepare
-from harness.distill import ShardWorker, plan
-from harness.search import ROW_KIND, SearchSpec, _typed, default_point, experiment_name, run_search, search_id, write_outputs
-from harness.store import ResultStore
-from harness.suite import SuiteError, load_suite
+from harness.models.data import DataError, load_real_data
+from harness.report.leaderboard import aggregate
+from harness.stages.prepare import prepare
+from harness.stages.distill import ShardWorker, plan
+from harness.stages.search import ROW_KIND, SearchSpec, _typed, default_point, experiment_name, run_search, search_id, write_outputs
+from harness.core.store import ResultStore
+from harness.config.suite import SuiteError, load_suite
 
 from tests.conftest import FASHION_ROOT, TINY_SUITE
 
@@ -130,8 +130,8 @@ def _search_in_a_subprocess(env, seed: int, finished: int):
     nobody reads could fill and stall the driver)."""
     suite, real, prepared, out = env["suite"], env["real"], env["prepared"], env["out"]
     spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=4, reports=6, grace_reports=6, seed=seed)
-    driver = (f"from harness.suite import load_suite; from harness.data import load_real_data; "
-              f"from harness.prepare import prepare; from harness.search import SearchSpec, run_search; import ray\n"
+    driver = (f"from harness.config.suite import load_suite; from harness.models.data import load_real_data; "
+              f"from harness.stages.prepare import prepare; from harness.stages.search import SearchSpec, run_search; import ray\n"
               f"ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
               f"s = load_suite({suite.source!r}); r = load_real_data(s.data, with_test=False)\n"
               f"run_search(s, r, prepare(s, r, {str(out)!r}, check=False), {spec!r}, {str(out)!r})\n")
@@ -175,7 +175,7 @@ def test_a_search_stopped_with_ctrl_c_is_not_published_and_resumes_to_all_its_tr
 
 
 def test_the_board_shows_a_searched_config_as_its_own_row(env, tmp_path):
-    from harness.leaderboard import render, searched_label, with_searched_labels
+    from harness.report.leaderboard import render, searched_label, with_searched_labels
 
     suite, outcome = env["suite"], env["outcome"]
     default = outcome.default()

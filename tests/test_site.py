@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from harness.compare import by_seed, compare, difference, leaders
-from harness.export import CHECKSUMS, PARQUET, export_set
-from harness.leaderboard import dd_ranking_table, label_robust_scores, render, searched_label
-from harness.protocols import HardLabel, SoftLabel
-from harness.sets import Manifest, load_set, save_images
-from harness.site import build_site, pareto_front
-from harness.suite import load_suite
+from harness.report.compare import by_seed, compare, difference, leaders
+from harness.report.export import CHECKSUMS, PARQUET, export_set
+from harness.report.leaderboard import dd_ranking_table, label_robust_scores, render, searched_label
+from harness.models.protocols import HardLabel, SoftLabel
+from harness.core.sets import Manifest, load_set, save_images
+from harness.report.site import build_site, pareto_front
+from harness.config.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = ROOT / "leaderboard"

@@ -1,5 +1,5 @@
 """The result store: append-only, deduplicated, survives a torn last line."""
-from harness.store import KEY_FIELDS, ResultStore
+from harness.core.store import KEY_FIELDS, ResultStore
 
 
 def _row(seed, acc=0.5):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.students import create_student, is_student
+from harness.models.students import create_student, is_student
 
 STUDENTS = ["convnet3", "convnet4", "convnet6", "resnetap10", "resnet18", "resnet18_instancenorm", "resnet50", "resnet101",
             "efficientnet_b0", "mobilenetv2_100", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.identity import CLASSES_DIR, class_list, config_hash, read_class_list
-from harness.suite import BENCHMARKS_DIR, SuiteError, load_suite
+from harness.core.identity import CLASSES_DIR, class_list, config_hash, read_class_list
+from harness.config.suite import BENCHMARKS_DIR, SuiteError, load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,7 +155,7 @@ def test_data_root_from_environment(monkeypatch):
 
 def test_pretrained_backbone_conditions_each_class_on_its_imagenet_label():
     """DiT-XL/2's label for a Woof breed is its ImageNet-1k index, not its place in the suite's list."""
-    from harness.prepare import backbone_conditions
+    from harness.stages.prepare import backbone_conditions
 
     imagenet = read_class_list(CLASSES_DIR / "imagenet-1k.txt")
     assert class_list("imagenet-1k") == imagenet

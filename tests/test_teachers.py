@@ -3,8 +3,8 @@ import pytest
 import timm
 import torch
 
-from harness.identity import CLASSES_DIR, read_class_list
-from harness.teachers import load_timm_teacher
+from harness.core.identity import CLASSES_DIR, read_class_list
+from harness.models.teachers import load_timm_teacher
 
 
 def test_timm_teacher_from_local_weights_picks_suite_classes_by_wnid(tmp_path):
@@ -56,9 +56,9 @@ def _subset_suite(tmp_path, relabel: dict):
     import yaml
     from PIL import Image
 
-    from harness.backbones.dit import save_dit_backbone
-    from harness.data import load_real_data
-    from harness.suite import load_suite
+    from harness.models.generators.dit import save_dit_backbone
+    from harness.models.data import load_real_data
+    from harness.config.suite import load_suite
     from tests.test_backbone import tiny_latent_dit
 
     rng = np.random.default_rng(0)
@@ -94,7 +94,7 @@ TINY_RECIPE = {"kind": "trained", "arch": "convnet3", "arch_kwargs": {"width": 8
 def test_the_recipe_defaults_are_torchvisions_reference_recipe():
     """torchvision references/classification/train.py's defaults (8 GPUs × 32 images), which RDED's README says
     its observers were trained with."""
-    from harness.teachers import TorchvisionRecipe
+    from harness.models.teachers import TorchvisionRecipe
 
     r = TorchvisionRecipe()
     assert (r.epochs, r.batch_size, r.lr, r.momentum, r.weight_decay) == (90, 8 * 32, 0.1, 0.9, 1e-4)
@@ -102,7 +102,7 @@ def test_the_recipe_defaults_are_torchvisions_reference_recipe():
 
 
 def test_prepare_trains_the_subset_teacher_once_and_caches_it(tmp_path, capsys):
-    from harness.prepare import prepare
+    from harness.stages.prepare import prepare
 
     suite, real = _subset_suite(tmp_path, TINY_RECIPE)
     out = tmp_path / "out"
@@ -136,7 +136,7 @@ def test_a_torchvision_checkpoint_of_the_subset_is_read_as_rded_reads_it(tmp_pat
 
     import torchvision
 
-    from harness.prepare import prepare
+    from harness.stages.prepare import prepare
 
     torch.manual_seed(0)
     source = torchvision.models.resnet18(num_classes=3).eval()
@@ -175,9 +175,9 @@ def test_a_subset_checkpoint_with_the_wrong_class_count_fails_in_one_line(tmp_pa
 def test_the_subset_teacher_trains_through_ray_train_as_in_one_process(tmp_path, ray_cluster):
     """Two DDP workers on CPU (gloo) see the batches one process would: ConvNet-3 (instance norm, nothing
     per-worker) ends with the same weights up to float reduction order."""
-    from harness.prepare import train_data_parallel
-    from harness.suite import build, TeacherConfig
-    from harness.teachers import load_trained_teacher, train_recipe_teacher
+    from harness.stages.prepare import train_data_parallel
+    from harness.config.suite import build, TeacherConfig
+    from harness.models.teachers import load_trained_teacher, train_recipe_teacher
 
     suite, real = _subset_suite(tmp_path, TINY_RECIPE)
     t = build(TeacherConfig, {**TINY_RECIPE, "recipe": {"epochs": 2, "batch_size": 8}}, "teacher", "test")
@@ -193,7 +193,7 @@ def test_the_subset_teacher_trains_through_ray_train_as_in_one_process(tmp_path,
 
 
 def create_fresh_classifier(t):
-    from harness.students import create_student
+    from harness.models.students import create_student
 
     torch.manual_seed(t.recipe.seed)
     return create_student(t.arch, 3, 3, t.input_size, **t.arch_kwargs).classifier.weight
@@ -205,8 +205,8 @@ def create_fresh_classifier(t):
 def test_imagenet_family_relabels_as_the_references_do(name, env, monkeypatch, tmp_path):
     """The subsets relabel with a ResNet-18 trained on the subset (RDED/CaO2 pretrain_models/<subset>_resnet18.pth),
     ImageNet-1k with the selector's torchvision weights; CaO2 selects with those weights everywhere."""
-    from harness.suite import load_suite
-    from harness.teachers import TorchvisionRecipe
+    from harness.config.suite import load_suite
+    from harness.models.teachers import TorchvisionRecipe
 
     if env:
         monkeypatch.delenv(env, raising=False)

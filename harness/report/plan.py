@@ -1,0 +1,338 @@
+"""The plan (`--plan`): what a suite would do on a cluster and what it would cost, printed before anything runs,
+without the data or the models being present.
+
+Counts come from the suite: sets and shards from its methods, IPCs and classes; trials from its students,
+protocols and seeds; model loads from how distill and evaluate place work on actors and tasks. Costs are
+counts times unit costs. A method declares its work per class in model evaluations (`Method.work`); a model's
+evaluation is priced either by what an earlier run in `--out` measured (seconds per image of a method's
+shards, seconds per image-epoch of a student's rows) or, unmeasured, by its FLOPs — counted by torch's
+FlopCounterMode on the architecture built on the meta device, so neither weights nor a GPU are needed —
+divided by a sustained GPU throughput the user states (`--gpu-tflops`). Every figure says which it is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from diffusers import AutoencoderKL, DiTTransformer2DModel
+from torch.utils.flop_counter import FlopCounterMode
+
+from methods import get_method
+from harness.models.generators.pixel_dit import build_transformer
+from harness.models.data import DataError, load_real_data
+from harness.core.identity import identity_fields
+from harness.models.protocols import reference_protocol
+from harness.core.store import ResultStore
+from harness.models.students import create_student
+
+# Published architectures the plan can size without the hub: DiT-XL/2 (Peebles & Xie, Table 1: 28 layers,
+# width 1152, 16 heads, patch 2; learned sigma doubles the output channels) in diffusers' layout, and the
+# Stable Diffusion VAE every DiT and the references decode with (sd-vae-ft-ema / -mse share its architecture).
+DIT_XL_2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+                patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero")
+KNOWN_DITS = {"facebook/DiT-XL-2-256": {**DIT_XL_2, "sample_size": 32},
+              "facebook/DiT-XL-2-512": {**DIT_XL_2, "sample_size": 64}}
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+              block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+              up_block_types=["UpDecoderBlock2D"] * 4)
+# ImageNet-1k's split sizes per class (1,281,167 training and 50,000 validation images over 1,000 classes),
+# for ImageNet-layout suites planned before their data is present: every such suite here is a subset of it.
+IMAGENET_TRAIN_PER_CLASS, IMAGENET_TEST_PER_CLASS = 1281, 50
+# A PNG of an image holds about this fraction of its raw bytes (measured on sets where `--out` has some).
+PNG_FRACTION = 0.7
+# Unmeasured work is priced at this sustained rate per GPU: about what fp32 work sustains on cluster.yaml's
+# A10G (31 TFLOP/s peak). A stated assumption, to replace with a rate measured on the user's GPUs
+# (perf/ and docs/performance.md) through `--gpu-tflops`.
+DEFAULT_GPU_TFLOPS = 25.0
+TRAIN_FLOPS_PER_FORWARD = 3  # a training step is a forward and a backward pass of about twice its cost
+
+
+class PlanError(Exception):
+    pass
+
+
+def _flops(model: torch.nn.Module, *inputs, **kwargs) -> float:
+    with FlopCounterMode(display=False) as counter:
+        model(*inputs, **kwargs)
+    return float(counter.get_total_flops())
+
+
+def backbone_flops(suite, channels: int, num_classes: int) -> tuple[float, float, int, str]:
+    """FLOPs of one transformer evaluation of one latent and of one VAE pass of one image, the parameters of
+    both, and what was sized."""
+    b = suite.backbone
+    with torch.device("meta"):
+        if b.kind == "pixel-dit":
+            model, what = build_transformer(b.train, channels, num_classes), "pixel DiT (suite config)"
+        else:
+            local = Path(b.pretrained) / "transformer" / "config.json"
+            if local.is_file():
+                config = {k: v for k, v in json.loads(local.read_text()).items() if not k.startswith("_")}
+                what = f"{b.pretrained} (local config)"
+            elif b.pretrained in KNOWN_DITS:
+                config, what = KNOWN_DITS[b.pretrained], f"{b.pretrained} (published architecture)"
+            else:
+                raise PlanError(f"backbone.pretrained: cannot size {b.pretrained!r} without the hub; "
+                                f"known: {', '.join(KNOWN_DITS)}, or a local folder with transformer/config.json")
+            model = DiTTransformer2DModel.from_config(config)
+        size = model.config.sample_size
+        x = torch.zeros(1, model.config.in_channels, size, size)
+        t, y = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        transformer = _flops(model, x, timestep=t, class_labels=y)
+        params = sum(p.numel() for p in model.parameters())
+        vae = 0.0
+        if b.kind == "dit" and b.vae is not None:
+            # A decode costs more than an encode: the plan prices both as decodes (an upper bound).
+            autoencoder = AutoencoderKL(**SD_VAE)
+            vae = _flops(autoencoder.decode, torch.zeros(1, 4, size, size))
+            params += sum(p.numel() for p in autoencoder.parameters())
+            what += " + SD VAE"
+    return transformer, vae, params, what
+
+
+def classifier_flops(arch: str, num_classes: int, channels: int, size: int, kwargs: dict, pretrained: bool) -> float:
+    with torch.device("meta"):
+        model = (timm.create_model(arch, num_classes=1000) if pretrained
+                 else create_student(arch, num_classes, channels, size, **kwargs))
+        return _flops(model, torch.zeros(1, 3 if pretrained else channels, size, size))
+
+
+def teacher_flops(t, counts: "Counts", image_size: int) -> tuple[float, int]:
+    """FLOPs of one forward pass of a teacher, and the side it sees: a pretrained or recipe-trained one its
+    input size, one trained by `prepare`'s small recipe the suite's images."""
+    size = t.input_size if t.kind == "timm" or t.recipe else image_size
+    return classifier_flops(t.arch, counts.classes, counts.channels, size, t.arch_kwargs, t.kind == "timm"), size
+
+
+@dataclass
+class Counts:
+    """What the suite's data holds, read from the data when present, else ImageNet's split sizes."""
+    classes: int
+    channels: int
+    train_per_class: int
+    test: int
+    source: str
+
+
+def count_data(suite) -> Counts:
+    d = suite.data
+    if Path(d.root).is_dir():
+        try:
+            real = load_real_data(d)
+            per_class = len(real.train) // len(real.classes)
+            return Counts(len(real.classes), real.channels, per_class, len(real.test), f"counted in {d.root}")
+        except DataError:
+            pass
+    if d.format != "imagefolder":
+        raise PlanError(f"data.root: {d.root} is missing and the plan knows split sizes only for "
+                        "ImageNet-layout suites")
+    classes = len(d.class_keys())
+    if not classes:  # `classes: auto` names its classes by the folders that are not there
+        raise PlanError(f"data.classes: {d.root} is missing, so `auto` finds no classes to plan for: "
+                        "name them (a class list or an inline list) to plan before the data is present")
+    per_class = IMAGENET_TRAIN_PER_CLASS - d.val_per_class
+    if d.max_train_per_class:
+        per_class = min(per_class, d.max_train_per_class)
+    return Counts(classes, 3, per_class, classes * IMAGENET_TEST_PER_CLASS,
+                  f"{d.root} not present: ImageNet's split sizes ({IMAGENET_TRAIN_PER_CLASS} train, "
+                  f"{IMAGENET_TEST_PER_CLASS} test per class)")
+
+
+@dataclass
+class Measured:
+    """Unit costs an earlier run in `--out` measured: seconds per image of a method's shards and seconds per
+    image-epoch of a student under a protocol, with the device that ran them."""
+    per_image: dict[str, tuple[float, str]] = field(default_factory=dict)
+    per_image_epoch: dict[tuple[str, str], float] = field(default_factory=dict)
+    png_bytes_per_image: float | None = None
+
+
+def measured_costs(suite, out: Path, classes: int) -> Measured:
+    """What `out` measured under the suite's own settings: sets of a method made with its config as the suite
+    has it now, rows of a student trained under the protocol's identity as it is now. Costs measured under
+    other settings (a quick profile's fewer steps, another sampler or input size) would price the wrong work."""
+    m = Measured()
+    root = Path(out) / "distilled" / suite.name
+    seconds: dict[str, list[tuple[float, int, str]]] = {}
+    for manifest in root.glob("*/*/ipc*/manifest.json"):
+        raw = json.loads(manifest.read_text())
+        method = raw.get("method")
+        if method not in suite.methods or raw.get("config") != dataclasses.asdict(suite.method_config(method)):
+            continue
+        seconds.setdefault(method, []).append((raw["distill_seconds"], raw["images"], raw.get("device") or "?"))
+    for method, runs in seconds.items():
+        images = sum(n for _, n, _ in runs)
+        m.per_image[method] = (sum(s for s, _, _ in runs) / max(images, 1), "/".join(sorted({d for *_, d in runs})))
+    pngs = list(root.glob("*/*/ipc*/*/*.png"))[:2000]
+    if pngs:
+        m.png_bytes_per_image = sum(p.stat().st_size for p in pngs) / len(pngs)
+    store = Path(out) / "results" / f"{suite.name}.jsonl"
+    per: dict[tuple[str, str], list[float]] = {}
+
+    def current(row) -> bool:  # trained under the recipe its student trains under now
+        recipe = suite.protocols.get(row.get("protocol"))
+        return recipe is not None and row.get("protocol_hash") == recipe.for_student(row.get("student")).identity()
+
+    if store.is_file():
+        for row in ResultStore(store).read():
+            if row.get("kind") == "measured" and row.get("ipc") and row.get("epochs") and current(row):
+                per.setdefault((row["student"], row["protocol"]), []).append(
+                    row["train_seconds"] / (row["epochs"] * row["ipc"] * classes))
+    m.per_image_epoch = {k: sum(v) / len(v) for k, v in per.items()}
+    return m
+
+
+def _hours(seconds: float) -> str:
+    hours = seconds / 3600
+    return "?" if math.isnan(hours) else f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
+
+
+def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float) -> str:
+    """The plan as text. Reads no image and loads no model weights."""
+    if gpus < 1 or gpu_tflops <= 0:
+        raise PlanError("--gpus must be at least 1 and --gpu-tflops positive")
+    counts = count_data(suite)
+    measured = measured_costs(suite, out, counts.classes)
+    rate = gpu_tflops * 1e12
+    transformer, vae, params, sized = backbone_flops(suite, counts.channels, counts.classes)
+    t = suite.teacher
+    teacher, teacher_size = teacher_flops(t, counts, suite.data.image_size)
+    relabel, relabel_size = teacher_flops(t.relabel, counts, suite.data.image_size) if t.relabel else (teacher, teacher_size)
+    C, ipcs = counts.classes, suite.ipcs
+    lines = [f"plan for suite {suite.name} on {gpus} GPU(s) at {gpu_tflops:g} sustained TFLOP/s "
+             "(nothing runs; estimates labelled)",
+             f"data: {C} classes, {counts.train_per_class} training images per class, {counts.test} test images "
+             f"({counts.source})",
+             f"unit FLOPs: backbone {sized}: {transformer / 1e9:,.1f} GFLOP per evaluation"
+             + (f", VAE {vae / 1e9:,.1f} GFLOP per image" if vae else "")
+             + f"; teacher {t.arch} at {teacher_size} px: {teacher / 1e9:,.2f} GFLOP per image"
+             + (f"; relabelling teacher {t.relabel.arch} at {relabel_size} px: {relabel / 1e9:,.2f} GFLOP per image"
+                if t.relabel else ""), "",
+             "distill (one shard = one class of one set)",
+             f"  {'method':34} {'sets':>4} {'shards':>6} {'images':>8} {'backbone evals':>15} {'GPU-h':>8}  basis"]
+    total_images = distill_seconds = 0.0
+    needs_backbone = needs_teacher = False
+    # A config a search chose is its own set beside the method's (a profile that includes it runs both).
+    # (Skipped where it equals the suite's config, as a run skips it; priced from FLOPs, as earlier runs' costs
+    # are read for the suite's configs only.)
+    searched = [(f"{name}, searched", name, suite.searched_config(name)) for name in methods if name in suite.searched
+                and identity_fields(suite.searched_config(name)) != identity_fields(suite.method_config(name))]
+    entries = [(name, name, suite.method_config(name)) for name in methods] + searched
+    for label, name, config in entries:
+        cls = get_method(name)
+        needs = cls.needs_for(config)
+        needs_backbone |= "backbone" in needs
+        needs_teacher |= bool({"teacher", "relabel_teacher"} & needs)
+        images = sum(ipc * C for ipc in ipcs)
+        works = [cls.work(config, ipc, counts.train_per_class) for ipc in ipcs]
+        if label == name and name in measured.per_image:
+            per_image, device = measured.per_image[name]
+            seconds, basis = per_image * images, f"measured in {out} on {device}: {per_image:.3g} s/image"
+        elif any(w is None for w in works):
+            seconds, basis = math.nan, "unknown: the method declares no work"
+        else:
+            flops = sum(C * (w.backbone * transformer + w.vae * vae + w.teacher * teacher) for w in works)
+            seconds, basis = flops / rate, "FLOPs"
+        evals = sum(C * w.backbone for w in works if w is not None)
+        total_images += images
+        distill_seconds += 0 if math.isnan(seconds) else seconds
+        lines.append(f"  {label:34} {len(ipcs):>4} {len(ipcs) * C:>6} {images:>8,} {evals:>15,.0f} "
+                     f"{_hours(seconds):>8}  {basis}")
+    sets = len(entries)
+    shards = sets * len(ipcs) * C
+    actors = min(gpus, shards)
+    loads = [what for what, needed in (("backbone", needs_backbone), ("teacher", needs_teacher)) if needed]
+    raw = counts.channels * suite.data.image_size ** 2
+    png = measured.png_bytes_per_image or raw * PNG_FRACTION
+    lines.append(f"  {sets * len(ipcs)} sets, {shards} shards on {actors} GPU actor(s); model loads: "
+                 + (", ".join(f"{w} ×{actors}" for w in loads) or "none")
+                 + f"; {total_images:,.0f} images ≈ {total_images * png / 1e9:,.2f} GB of PNG "
+                 + ("(measured size)" if measured.png_bytes_per_image else f"(estimated at {PNG_FRACTION:.0%} of raw)")
+                 + (f"; backbone weights {params * 4 / 1e9:,.2f} GB in fp32 per node" if needs_backbone else ""))
+    prepare_seconds = 0.0
+    if suite.backbone.check_per_class and needs_backbone:
+        n = suite.backbone.check_per_class * C
+        prepare_seconds = n * (suite.backbone.check_steps * 2 * transformer + vae + teacher) / rate
+        lines.append(f"  prepare: backbone check samples {n:,} images ({_hours(prepare_seconds)} GPU-h, FLOPs)")
+    train_images = counts.train_per_class * C
+    if suite.backbone.kind == "pixel-dit":
+        seconds = suite.backbone.train.steps * suite.backbone.train.batch_size * TRAIN_FLOPS_PER_FORWARD * transformer / rate
+        prepare_seconds += seconds
+        lines.append(f"  prepare: trains the pixel DiT, {suite.backbone.train.steps:,} steps ({_hours(seconds)} GPU-h, "
+                     "FLOPs; once: cached)")
+    for what, config, forward in (("teacher", t, teacher), ("relabelling teacher", t.relabel, relabel)):
+        if config is not None and config.kind == "trained" and not config.weights:
+            epochs = config.recipe.epochs if config.recipe else config.train.epochs
+            seconds = epochs * train_images * TRAIN_FLOPS_PER_FORWARD * forward / rate
+            prepare_seconds += seconds
+            lines.append(f"  prepare: trains the {what} {config.arch}, {epochs} epochs over {train_images:,} images "
+                         f"({_hours(seconds)} GPU-h, FLOPs; once: cached)")
+    # Fine-tunes as the run makes them: from the suite's config of each method (a searched set samples its
+    # method's fine-tuned backbone), one per schedule (how often it checkpoints trains nothing different).
+    fine_tunes = {}
+    for name in methods:
+        ft = get_method(name).fine_tuning(suite.method_config(name))
+        if ft is not None:
+            fine_tunes.setdefault(dataclasses.replace(ft, checkpoint_every=0), name)
+    for ft, name in fine_tunes.items():
+        steps = ft.epochs * (train_images // ft.batch_size)
+        steps = min(steps, ft.max_steps) if ft.max_steps else steps
+        seconds = steps * ft.batch_size * (TRAIN_FLOPS_PER_FORWARD * transformer + vae) / rate
+        check = ""
+        if suite.backbone.check_per_class:  # the fine-tuned backbone is checked like the suite's
+            n = suite.backbone.check_per_class * C
+            seconds += n * (suite.backbone.check_steps * 2 * transformer + vae + teacher) / rate
+            check = f" and its backbone check of {n:,} samples"
+        prepare_seconds += seconds
+        lines.append(f"  prepare: fine-tunes the backbone for {name}, {steps:,} steps of {ft.batch_size} images{check} "
+                     f"(at least {_hours(seconds)} GPU-h: FLOPs of the diffusion loss, not of the further passes "
+                     "its objective makes; once: cached)")
+
+    lines += ["", "evaluate (one trial = one student, protocol, set and seed; a setting's seeds train together)",
+              f"  {'student':22} {'protocol':18} {'input':>5} {'trials':>7} {'image-epochs':>14} {'GPU-h':>8}  basis"]
+    evaluate_seconds, trials, teacher_loads = 0.0, 0, 0
+    for student in suite.students:
+        for pname, protocol in suite.protocols.items():
+            size = protocol.train_size(suite.data.image_size)
+            kwargs = protocol.student_kwargs.get(student, {})
+            forward = classifier_flops(student, C, counts.channels, size, kwargs, False)
+            image_epochs = sets * suite.seeds * sum(protocol.epochs_for(ipc) * ipc * C for ipc in ipcs)
+            n = sets * len(ipcs) * suite.seeds
+            key = (student, pname)
+            if key in measured.per_image_epoch:
+                seconds = image_epochs * measured.per_image_epoch[key]
+                basis = f"measured in {out}: {measured.per_image_epoch[key]:.3g} s/image-epoch"
+            else:
+                per = TRAIN_FLOPS_PER_FORWARD * forward + (relabel if protocol.needs_teacher else 0)
+                seconds = (image_epochs * per + sets * len(ipcs) * suite.seeds * counts.test * forward) / rate
+                basis = f"FLOPs ({forward / 1e9:.2f} GFLOP per forward)"
+            trials += n
+            teacher_loads += sets * len(ipcs) if protocol.needs_teacher else 0
+            evaluate_seconds += seconds
+            lines.append(f"  {student:22} {pname:18} {size:>5} {n:>7,} {image_epochs:>14,.0f} {_hours(seconds):>8}  "
+                         f"{basis}")
+    if suite.full_data.epochs:
+        ref = reference_protocol(suite.protocols)
+        size = ref.train_size(suite.data.image_size)
+        for student in suite.students:
+            forward = classifier_flops(student, C, counts.channels, size, ref.student_kwargs.get(student, {}), False)
+            image_epochs = suite.full_data.epochs * counts.train_per_class * C
+            seconds = image_epochs * TRAIN_FLOPS_PER_FORWARD * forward / rate
+            evaluate_seconds += seconds
+            trials += 1
+            lines.append(f"  {student:22} {'full data':18} {size:>5} {1:>7} {image_epochs:>14,.0f} "
+                         f"{_hours(seconds):>8}  FLOPs"
+                         + (", at most: it stops when validation accuracy stalls" if suite.full_data.patience else ""))
+    lines.append(f"  {trials:,} trials; teacher loads for relabelling: {teacher_loads:,} (one per setting its protocol relabels"
+                 + (f", the {t.relabel.arch} trained on the suite's classes" if t.relabel else "") + ")")
+    lines.append("  FLOPs price compute only: a small set's few steps per epoch also pay per-step overheads, so "
+                 "student estimates for low IPCs are optimistic")
+    total = distill_seconds + prepare_seconds + evaluate_seconds
+    lines += ["", f"total ≈ {_hours(total)} GPU-hours; ≈ {_hours(total / gpus)} h of wall clock on {gpus} GPU(s) "
+              "if the work spreads evenly"]
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""The static site: one page per suite and an index, drawn from the result store and the sets on disk, opening
+from disk with no network. Pages are Jinja2 templates (harness/report/templates/), plots matplotlib figures, image
+grids torchvision's `make_grid`; the page's filter and sort script is inlined from templates/site.js.
+
+Layout under the site folder: index.html, <suite>.html, and <suite>/ with plots/*.png, grids/*.png (the first
+images of each class of every set, small enough to commit) and summary.json (what the index lists).
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from jinja2 import Environment, PackageLoader, select_autoescape
+from matplotlib.figure import Figure
+from PIL import Image
+from torchvision.utils import make_grid
+
+from methods import get_method, list_methods
+
+from harness.core import atomic
+from harness.report.compare import CELL, LEVEL, by_seed, leaders
+from harness.core.identity import FULL_DATA
+from harness.report.leaderboard import (aggregate, best_of_protocols, board_order, cost_table, diversity_table, format_cell,
+                          machine_label, mark_failed_checks, measured_rows, reported_table, trained_under)
+from harness.core.sets import Manifest
+
+GRID_IMAGES = 10   # images per class row of a set's grid: enough to see a set's variety, few enough to commit
+GRID_ZOOM = 2      # grids are shown at twice their pixels (drawn pixelated): 28-px images are small
+MARKERS = "o^sDvP*Xhp<>"
+
+
+def family(method: str) -> str:
+    """The registered method a suite entry runs (its ablation variants share it); the name itself otherwise."""
+    return (get_method(method).family or method) if method in list_methods() else method
+
+
+def _slug(*parts) -> str:
+    # Labels such as "d4m, searched on val (20 trials)" become file names and URL fragments: keep them plain.
+    return "-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", str(p)).strip("_") for p in parts)
+
+
+def _save(fig: Figure, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path.name
+
+
+def _styles(methods: list[str]) -> dict[str, dict]:
+    colours = [f"C{i % 10}" for i in range(len(methods))]
+    return {m: {"color": c, "marker": MARKERS[i % len(MARKERS)]} for i, (m, c) in enumerate(zip(methods, colours))}
+
+
+def plot_accuracy_vs_ipc(agg: pd.DataFrame, students: list[str], methods: list[str], path: Path) -> str:
+    """A panel per student; a line per method and protocol (line style per protocol), mean ± std over seeds."""
+    protocols = list(dict.fromkeys(agg["protocol"]))
+    dashes = dict(zip(protocols, ["-", "--", ":", "-."] * 3))
+    style = _styles(methods)
+    fig = Figure(figsize=(4.2 * len(students) + 2.2, 3.8))
+    axes = fig.subplots(1, len(students), squeeze=False)[0]
+    for ax, student in zip(axes, students):
+        part = agg[agg["student"] == student]
+        for (method, protocol), line in part.groupby(["method", "protocol"], sort=False):
+            line = line.sort_values("ipc")
+            ax.errorbar(line["ipc"], 100 * line["mean"], yerr=100 * line["std"], linestyle=dashes[protocol],
+                        capsize=2, linewidth=1, markersize=3, **style[method])
+        ax.set_xscale("log")
+        ipcs = sorted(agg["ipc"].unique())
+        ax.set_xticks(ipcs, [str(i) for i in ipcs])
+        ax.set_xlabel("images per class")
+        ax.set_title(student, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    handles = [axes[0].plot([], [], label=m, **style[m])[0] for m in methods if m in set(agg["method"])]
+    handles += [axes[0].plot([], [], color="grey", linestyle=dashes[p], label=p)[0] for p in protocols]
+    fig.legend(handles=handles, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=90)
+    return path.name
+
+
+def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both cost (lower) and accuracy (higher), cheapest first."""
+    front, best = [], -math.inf
+    for i in np.lexsort((-accuracy, cost)):
+        if accuracy[i] > best:
+            front.append(i)
+            best = accuracy[i]
+    return np.array(front, dtype=int)
+
+
+def _per_ipc_panels(points: pd.DataFrame, x: str, xlabel: str, student: str, path: Path, log: bool, front: bool) -> str:
+    ipcs = sorted(points["ipc"].unique())
+    fig = Figure(figsize=(4.0 * len(ipcs), 3.6))
+    axes = fig.subplots(1, len(ipcs), squeeze=False)[0]
+    style = _styles(list(dict.fromkeys(points["method"])))
+    for ax, ipc in zip(axes, ipcs):
+        part = points[points["ipc"] == ipc]
+        for r in part.itertuples():
+            ax.scatter(getattr(r, x), 100 * r.mean, s=18, color=style[r.method]["color"],
+                       marker=style[r.method]["marker"])
+            ax.annotate(r.method, (getattr(r, x), 100 * r.mean), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        if front and len(part):
+            idx = pareto_front(part[x].to_numpy(float), part["mean"].to_numpy(float))
+            ax.step(part[x].to_numpy()[idx], 100 * part["mean"].to_numpy()[idx], where="post", color="black",
+                    linewidth=0.8, alpha=0.6, label="Pareto front")
+            ax.legend(fontsize=7, loc="best")
+        if log:
+            ax.set_xscale("log")
+        ax.set_title(f"IPC {ipc}", fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{student}: best-of-protocols accuracy (%)")
+    return _save(fig, path)
+
+
+def plot_heatmap(table: pd.DataFrame, path: Path) -> str:
+    """The cross-architecture study's teacher × student mean accuracy (its CSV, harness/stages/cross_arch.py)."""
+    mean = table.pivot(index="teacher", columns="student", values="mean")
+    fig = Figure(figsize=(1.8 + 1.3 * mean.shape[1], 1.4 + 0.55 * mean.shape[0]))
+    ax = fig.subplots()
+    image = ax.imshow(100 * mean.to_numpy(float), cmap="viridis")
+    ax.set_xticks(range(mean.shape[1]), mean.columns, rotation=30, ha="right")
+    ax.set_yticks(range(mean.shape[0]), mean.index)
+    for (i, j), v in np.ndenumerate(100 * mean.to_numpy(float)):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white", fontsize=8)
+    ax.set_xlabel("student")
+    ax.set_ylabel("teacher (soft labels)")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="test accuracy (%)")
+    return _save(fig, path)
+
+
+def draw_grid(manifest: Manifest, path: Path, per_class: int = GRID_IMAGES) -> None:
+    """A row per class (the suite's order), its first `per_class` images (fewer at a smaller IPC), as one PNG."""
+    per_class = min(per_class, manifest.ipc)
+    rows = []
+    for key in manifest.classes:
+        files = sorted((Path(manifest.path) / key).glob("*.png"))[:per_class]
+        images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        row = torch.zeros(per_class, *images[0].shape, dtype=torch.uint8) + 255 if images else None
+        for i, a in enumerate(images):
+            row[i] = torch.from_numpy(a.copy())
+        if row is not None:
+            rows.append(row)
+    tensor = torch.cat(rows).permute(0, 3, 1, 2).float() / 255
+    grid = make_grid(tensor, nrow=per_class, padding=1, pad_value=1.0)
+    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    grey = bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
+    Image.fromarray(array[..., 0] if grey else array).save(path, optimize=True)
+
+
+def _env() -> Environment:
+    return Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html", "j2"]),
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def _cells(agg: pd.DataFrame, rows: list[dict], current, order: list[str], students: list[str],
+           protocols: list[str], grids: dict) -> list[dict]:
+    """The accuracy table's rows: one per (student, protocol, IPC, method) cell, its resolved leader marked."""
+    led = leaders(agg, by_seed(measured_rows(rows, current)), CELL)
+    out = []
+    for r in board_order(agg, order, students, protocols, ("student", "protocol", "ipc", "method")).to_dict("records"):
+        out.append({"method": r["method"], "family": family(r["method"]), "student": r["student"],
+                    "protocol": r["protocol"], "ipc": int(r["ipc"]), "mean": 100 * r["mean"], "seeds": int(r["seeds"]),
+                    "cell": format_cell(r["mean"], r["std"], r["seeds"]), "seconds_per_image": r["seconds_per_image"],
+                    "leader": led.get((r["student"], r["protocol"], r["ipc"])) == r["method"],
+                    "failed_check": bool(r.get("backbone_check_failed")),
+                    "grid": grids[(r["method"], r["ipc"])]["anchor"] if (r["method"], r["ipc"]) in grids else None})
+    return out
+
+
+def _plots(agg: pd.DataFrame, students: list[str], methods: list[str], manifests: list[Manifest], order: list[str],
+           cross: Path, folder: Path) -> list[tuple[str, str, str]]:
+    """(title, caption, file name) of every plot the data allows, drawn into `folder`."""
+    plots = []
+    if not agg.empty:
+        plots.append(("Accuracy against images per class", "One panel per student; a line per method and protocol, "
+                      "mean ± std over seeds.", plot_accuracy_vs_ipc(agg, students, methods, folder / "accuracy-vs-ipc.png")))
+        best = best_of_protocols(agg)
+        main = max(students, key=lambda s: (best["student"] == s).sum())  # the student most cells were trained on
+        best = best[best["student"] == main]
+        cost = cost_table(manifests, order)[["method", "ipc", "seconds_per_image"]] if manifests else pd.DataFrame()
+        points = best.drop(columns="seconds_per_image").merge(cost, on=["method", "ipc"]) if manifests else cost
+        if not points.empty and (points["seconds_per_image"] > 0).any():
+            plots.append(("Accuracy against cost", "Seconds of distillation per image (log scale) against "
+                          f"{main}'s best-of-protocols accuracy; the line is the Pareto front (no other set is both "
+                          "cheaper and more accurate). Costs compare only between like machines.",
+                          _per_ipc_panels(points[points["seconds_per_image"] > 0], "seconds_per_image",
+                                          "seconds per distilled image", main, folder / "cost.png", log=True, front=True)))
+        div = diversity_table(manifests, order) if manifests else pd.DataFrame()
+        points = best.merge(div[["method", "ipc", "coverage"]], on=["method", "ipc"]).dropna(subset=["coverage"]) \
+            if not div.empty else div
+        if not points.empty:
+            plots.append(("Diversity against accuracy", "Each set's coverage of the real data (its diversity, "
+                          f"harness/stages/diversity.py; higher is more diverse) against {main}'s best-of-protocols accuracy.",
+                          _per_ipc_panels(points, "coverage", "coverage", main, folder / "diversity.png", log=False,
+                                          front=False)))
+    if cross.exists():
+        plots.append(("Cross-architecture study", "Students (columns) trained on one set with each teacher (rows) as "
+                      "the source of soft labels, mean test accuracy (%) over seeds (`--cross-arch`).",
+                      plot_heatmap(pd.read_csv(cross), folder / "cross-arch.png")))
+    return plots
+
+
+def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: list[str], notes: list[str],
+               manifests: list[Manifest] | None, board_dir: Path, command: str,
+               recipes: set[tuple[str, str]] | None = None) -> Path:
+    """Write <site_dir>/<suite>.html (with its plots and grids) and redraw the index; returns the page.
+    The rows shown are the board's (harness/report/leaderboard.py `render`): current configurations, current recipes."""
+    site_dir, manifests = Path(site_dir), manifests or []
+    assets = site_dir / suite.name
+    for sub in ("plots", "grids"):
+        (assets / sub).mkdir(parents=True, exist_ok=True)
+        for old in (assets / sub).glob("*.png"):  # a set or plot no longer on the board leaves no stale file
+            old.unlink()
+    rows = trained_under(rows, recipes)
+    students, protocol_names = list(getattr(suite, "students", [])), list(suite.protocols)
+    agg, failed_note = mark_failed_checks(board_order(aggregate(rows, current), method_order, students,
+                                                      protocol_names), manifests)
+    full = agg[agg["method"] == FULL_DATA] if not agg.empty else agg
+    agg = agg[agg["method"] != FULL_DATA] if not agg.empty else agg
+    present = set(agg["student"]) if not agg.empty else set()
+    students = [s for s in students if s in present] + sorted(present - set(students))
+    methods = [m for m in method_order if not agg.empty and m in set(agg["method"])]
+
+    grids = {}
+    for m in manifests:
+        if Path(m.path).is_dir():
+            path = assets / "grids" / f"{_slug(m.method, 'ipc', m.ipc)}.png"
+            draw_grid(m, path)
+            with Image.open(path) as img:
+                size = (GRID_ZOOM * img.width, GRID_ZOOM * img.height)
+            grids[(m.method, m.ipc)] = {"anchor": f"set-{_slug(m.method, 'ipc', m.ipc)}", "size": size,
+                                        "src": f"{suite.name}/grids/{path.name}", "method": m.method, "ipc": m.ipc,
+                                        "images": m.images, "classes": m.classes, "config_hash": m.config_hash,
+                                        "shown": min(m.ipc, GRID_IMAGES)}
+    table = _cells(agg, rows, current, method_order, students, protocol_names, grids) if not agg.empty else []
+    plots = [(title, text, f"{suite.name}/plots/{name}") for title, text, name in
+             _plots(agg, students, methods, manifests, method_order,
+                    Path(board_dir) / f"{suite.name}-cross-arch.csv", assets / "plots")]
+    reported = getattr(suite, "reported", None)
+    reported_rows = reported_table(reported, agg, full).to_dict("records") if reported and not agg.empty else []
+    versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in rows if r.get("versions")})
+    machines = sorted(set(cost_table(manifests, method_order).apply(machine_label, axis=1))) if manifests else []
+    filters = {"student": students, "protocol": list(dict.fromkeys(r["protocol"] for r in table)),
+               "ipc": sorted({r["ipc"] for r in table}), "family": list(dict.fromkeys(r["family"] for r in table))}
+    env = _env()
+    style, script = (env.loader.get_source(env, name)[0] for name in ("site.css", "site.js"))
+    page = site_dir / f"{suite.name}.html"
+    atomic.write_text(page, env.get_template("suite.html.j2").render(
+        suite=suite.name, table=table, filters=filters, plots=plots, sets=list(grids.values()),
+        notes=notes + failed_note, full=full.to_dict("records"), reported=reported_rows,
+        versions=[json.loads(v) for v in versions], machines=machines, command=command, level=f"{LEVEL:.0%}",
+        drawn_on=f"Python {platform.python_version()} on {platform.platform()}", script=script, style=style))
+    summary = {"suite": suite.name, "page": page.name, "methods": len(methods), "students": students,
+               "cells": len(table), "sets": len(grids), "drawn": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    atomic.write_json(assets / "summary.json", summary, indent=1)
+    suites = [json.loads(p.read_text()) for p in sorted(site_dir.glob("*/summary.json"))]
+    atomic.write_text(site_dir / "index.html", env.get_template("index.html.j2").render(suites=suites, style=style))
+    return page

@@ -1,0 +1,54 @@
+"""Checks of a run's inputs that need more than the suite file: the output folder and the real data's counts.
+
+They run before any compute (before prepare loads or trains a model, before Ray starts), so a mistake costs one
+line, not a traceback after an hour of preparation. Each raises SuiteError naming the field or flag.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from methods import get_method
+
+from harness.config.suite import Suite, SuiteError
+
+
+def check_out_dir(out: Path, source: str) -> None:
+    """`--out` is (or can be made) a folder this process can write: made, and a probe file written and removed."""
+    out = Path(out)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        where = "is a file" if blocking == out else f"is under {blocking}, which is a file"
+        raise SuiteError(f"{source}: --out: {out} {where}; --out must be a folder (it holds the run's sets, "
+                         f"models and results)")
+    for sub in ("results", "leaderboard"):
+        if (out / sub).exists() and not (out / sub).is_dir():
+            raise SuiteError(f"{source}: --out: {out / sub} is a file where the run writes a folder; move it away")
+    probe = out / f".ddbench-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SuiteError(f"{source}: --out: cannot write to {out} ({e.strerror or e}); choose a folder you can "
+                         f"write") from None
+
+
+def check_real_image_counts(suite: Suite, train, methods: list[str], ipcs: list[int]) -> None:
+    """Every method that draws real images finds enough of them in every class's training split (the training
+    images less those held out for validation), at every IPC it is run at. `train` is the loaded split."""
+    counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
+    fewest = min(range(len(counts)), key=counts.__getitem__)
+    for name in methods:
+        method, config = get_method(name), suite.method_config(name)
+        if "real_images" not in method.needs_for(config):
+            continue
+        for ipc in ipcs:
+            need = method.real_images_needed(config, ipc)
+            if need > counts[fewest]:
+                raise SuiteError(
+                    f"{suite.source}: ipcs: {name} at IPC {ipc} draws {need} real images of each class, but class "
+                    f"{train.classes[fewest]} has {counts[fewest]} training images (after data.val_per_class "
+                    f"{suite.data.val_per_class} held out for validation); lower the IPC, or keep more images per class")

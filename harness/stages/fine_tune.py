@@ -1,0 +1,236 @@
+"""Fine-tune: the backbones that methods fine-tune before they sample (Minimax, IMS3), as prepared artefacts.
+
+A method declares what it needs (`Method.fine_tuning`: a schedule and its objective's settings); the harness
+trains DiffFit's parameters of the suite's backbone (harness/models/generators/difffit.py) on the suite's training split
+through Ray Train's TorchTrainer — one worker per GPU with DDP where the cluster has GPUs, one CPU worker
+otherwise; in this process where no cluster is given, as `prepare` trains a teacher — and keeps the result by
+content: the key is the base backbone's hash, the fine-tuning settings
+and the training split's fingerprint, so methods (and variants) asking for the same fine-tune share one model,
+and a later run reuses it. Training checkpoints every `checkpoint_every` steps and a killed run resumes from the
+last checkpoint; every step draws from generators seeded by (seed, step, rank), so a resumed run makes the
+weights an uninterrupted one makes. The cost (seconds, peak memory) is recorded with the model, for the cost
+table of every set sampled from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from methods import get_method
+from methods.base import FineTuning
+
+from harness.core import atomic
+from harness.models.generators.difffit import add_difffit
+from harness.models.generators.sampling import fit_to_backbone
+from harness.models.data import RealData, load_real_data
+from harness.runtime.data_parallel import Worker, cluster_gpus, run_data_parallel
+from harness.stages.distill import ShardPeakMemory, machine
+from harness.core.identity import config_hash
+from harness.stages.prepare import Prepared, backbone_check, drop_damaged, log, read_json
+from harness.config.suite import Suite
+
+MODEL, COST, CHECKPOINT = "difffit.pt", "cost.json", "checkpoint.pt"
+
+
+def fine_tune_schedule(ft: FineTuning) -> dict:
+    """What keys the fine-tuned model of `ft`: every setting but how often it is saved."""
+    return {k: v for k, v in dataclasses.asdict(ft).items() if k != "checkpoint_every"}
+
+
+def fine_tune_identity(prepared: Prepared, ft: FineTuning, real: RealData) -> dict:
+    return {"backbone": prepared.backbone_hash, "fine_tuning": fine_tune_schedule(ft),
+            "data": real.train.fingerprint(), "conditions": prepared.conditions}
+
+
+def _step_generator(*parts) -> torch.Generator:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
+    return torch.Generator().manual_seed(int(digest[:15], 16))
+
+
+def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str, config, ft: FineTuning,
+                    work_dir: Path, device: str = "cpu", rank: int = 0, world: int = 1, wrap=lambda m: m,
+                    progress: bool = True) -> tuple[dict, dict]:
+    """Fine-tune `backbone` (in place) with DiffFit and `method`'s objective, resuming from `work_dir`'s checkpoint.
+    Returns the EMA of the trained parameters and the cost."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    names = add_difffit(backbone)
+    transformer = backbone.transformer
+    params = dict(transformer.named_parameters())
+    trainable = [params[n] for n in names]
+    ema = {n: params[n].detach().clone() for n in names}
+    opt = torch.optim.AdamW(trainable, lr=ft.lr, weight_decay=0.0)
+    objective = get_method(method).fine_tune_objective(config)
+    n_images = len(real.train)
+    per_epoch = n_images // ft.batch_size
+    if per_epoch < 1 or ft.batch_size % world:
+        raise ValueError(f"fine-tuning batch {ft.batch_size} does not fit {n_images} images on {world} workers")
+    total = ft.epochs * per_epoch if ft.max_steps is None else min(ft.max_steps, ft.epochs * per_epoch)
+    step, seconds, peak = 0, 0.0, 0
+    checkpoint, rank_state = work_dir / CHECKPOINT, work_dir / f"objective-{rank}.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(state["trainable"][n])
+                ema[n].copy_(state["ema"][n])
+        opt.load_state_dict(state["opt"])
+        step, seconds, peak = state["step"], state["seconds"], state["peak_memory_bytes"]
+        mine = state["objective"] if rank == 0 else (
+            torch.load(rank_state, map_location=device, weights_only=False) if rank_state.exists() else None)
+        if mine is not None and mine.get("step") == step:
+            objective.load_state_dict(mine["state"])
+        if rank == 0:
+            log(f"[fine-tune] {method}: resuming from step {step} of {total} ({checkpoint})")
+    resumed_from = step
+    backbone.transformer = wrap(transformer)  # DDP over the workers where there are several
+    memory = ShardPeakMemory(device)
+    memory.start()
+    t0 = time.perf_counter()
+    local = ft.batch_size // world
+    labels_of = real.train.labels
+    conditions_t = torch.tensor(conditions)
+    order, order_epoch = None, -1
+    bar = tqdm(total=total, initial=step, desc=f"[fine-tune] {method}", disable=not progress or rank != 0,
+               mininterval=5)
+    parts: dict[str, float] = {}
+    while step < total:
+        epoch, i = divmod(step, per_epoch)
+        if epoch != order_epoch:  # every worker draws the epoch's order alike, and takes its share of each batch
+            order, order_epoch = torch.randperm(n_images, generator=_step_generator(ft.seed, "epoch", epoch)), epoch
+        idx = order[i * ft.batch_size:(i + 1) * ft.batch_size][rank::world][:local]
+        gen = _step_generator(ft.seed, step, rank)
+        images = real.train.load(idx).float().div(255)
+        if ft.hflip:
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        classes = labels_of[idx]
+        drop = torch.rand(len(idx), generator=gen) < ft.class_dropout
+        labels = torch.where(drop, torch.full_like(classes, backbone.null_class), conditions_t[classes])
+        with torch.no_grad():
+            x0 = backbone.encode(fit_to_backbone(images, backbone).to(device))
+        loss, parts = objective.loss(backbone, x0, labels.to(device), classes.to(device), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for n in names:
+                ema[n].mul_(ft.ema_decay).add_(params[n].detach(), alpha=1 - ft.ema_decay)
+        step += 1
+        bar.update(1)
+        if step % ft.checkpoint_every == 0 or step == total:
+            seconds_now = seconds + time.perf_counter() - t0
+            peak_now = max(peak, memory.peak())
+            if rank != 0:
+                atomic.torch_save({"step": step, "state": objective.state_dict()}, rank_state)
+            else:
+                atomic.torch_save({"step": step, "trainable": {n: params[n].detach().cpu() for n in names},
+                                   "ema": {n: v.cpu() for n, v in ema.items()}, "opt": opt.state_dict(),
+                                   "seconds": seconds_now, "peak_memory_bytes": peak_now,
+                                   "objective": {"step": step, "state": objective.state_dict()}}, checkpoint)
+    bar.close()
+    backbone.transformer = transformer
+    cost = {"seconds": seconds + time.perf_counter() - t0, "peak_memory_bytes": int(max(peak, memory.peak())),
+            "peak_memory_kind": memory.kind, "steps": total, "resumed_from": resumed_from,
+            "workers": world, "loss": parts, **machine(device)}
+    return {n: v.cpu() for n, v in ema.items()}, cost
+
+
+def fine_tune_backbones(suite: Suite, real: RealData, prepared: Prepared, out: Path, methods: list[str],
+                        connect=None, check: bool = False, make: bool = True) -> Prepared:
+    """`prepared` with the fine-tuned backbone of every one of `methods` that declares one; with `check`, each
+    fine-tuned backbone also gets the base one's check (does the teacher recognise its samples?). Without `make`
+    (a run that only draws the board) nothing is trained: an uncached fine-tune is named by its key alone, which
+    is all its sets' identities need."""
+    entries = {}
+    for name in methods:
+        config = suite.method_config(name)
+        ft = get_method(name).fine_tuning(config)
+        if ft is not None:
+            entries[name] = prepare_fine_tuned(suite, real, prepared, Path(out), name, config, ft, connect, make)
+            if check and entries[name]["source"] is not None:
+                entries[name]["check"] = check_fine_tuned(suite, prepared, Path(out), name, entries[name])
+    return dataclasses.replace(prepared, fine_tuned=entries)
+
+
+def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, entry: dict) -> dict:
+    """The base backbone's check (`prepare.backbone_check`, the suite's settings) on a fine-tuned backbone, cached:
+    what the fine-tune did to the teacher's agreement with the conditioning class. It stops nothing."""
+    b = suite.backbone
+    key = config_hash([entry["hash"], prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
+    path = out / "cache" / f"backbone-check-{key}.json"
+    drop_damaged(path, "fine-tuned backbone check", lambda f: read_json(f, ("agreement", "samples")), "checking again")
+    if not path.exists():
+        result = backbone_check(prepared.load_backbone(fine_tuned=entry), prepared.load_teacher(), len(prepared.classes),
+                                b.check_per_class, b.check_cfg_scale, b.check_steps, conditions=prepared.conditions)
+        atomic.write_json(path, result, indent=1)
+    result = json.loads(path.read_text())
+    base = prepared.backbone_check
+    versus = f" (the base backbone: {base['agreement']:.1%})" if base else ""
+    log(f"[fine-tune] {method}: the teacher agrees with the conditioning class on {result['agreement']:.1%} of "
+        f"{result['samples']} samples of the fine-tuned backbone{versus}")
+    return {k: result[k] for k in ("agreement", "samples", "cfg_scale", "steps")}
+
+
+def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Path, method: str, config,
+                       ft: FineTuning, connect=None, make: bool = True) -> dict:
+    key = config_hash(fine_tune_identity(prepared, ft, real))
+    where = out / "cache" / f"finetuned-{key}"
+    model, cost_path = where / MODEL, where / COST
+    drop_damaged(model, "fine-tuned backbone", lambda f: torch.load(f, map_location="cpu", weights_only=True),
+                 "training it again")
+    drop_damaged(cost_path, "fine-tuned backbone", lambda f: read_json(f, ("seconds", "peak_memory_bytes")),
+                 "training it again")
+    work = out / "cache" / f"finetuned-{key}-work"
+    drop_damaged(work / CHECKPOINT, "fine-tuned backbone",
+                 lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
+    if model.exists() and cost_path.exists():
+        log(f"[fine-tune] {method}: the fine-tuned backbone {key} from {where}")
+        return {"source": str(model), "hash": key, "cost": json.loads(cost_path.read_text())}
+    if not make:
+        return {"source": None, "hash": key, "cost": None}
+    if connect is None:  # no cluster to train on (as `prepare` trains a teacher): this process
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        log(f"[fine-tune] {method}: training the fine-tuned backbone {key} in this process on {device} "
+            f"(resumes from {work} if interrupted)")
+        trained, cost = train_fine_tune(prepared.load_backbone(device), real, prepared.conditions, method, config,
+                                        ft, work, device)
+        atomic.sweep_temps(where)
+        atomic.torch_save(trained, model)
+        atomic.write_json(cost_path, cost)
+        return _trained(method, key, model, cost)
+    connect()
+    gpus = cluster_gpus()
+    # One worker per GPU, as many as split the global batch evenly (the reference asserts it divides).
+    workers = max(w for w in range(1, max(1, min(gpus, ft.batch_size)) + 1) if ft.batch_size % w == 0)
+    log(f"[fine-tune] {method}: training the fine-tuned backbone {key} through Ray Train on "
+        + (f"{workers} GPU(s)" if gpus else "one CPU worker") + f" (resumes from {work} if interrupted)")
+
+    def work_fn(worker: Worker) -> None:
+        data = load_real_data(suite.data)
+        backbone = prepared.load_backbone(worker.device)
+        result = train_fine_tune(backbone, data, prepared.conditions, method, config, ft, work, worker.device,
+                                 worker.rank, worker.world, worker.wrap)
+        if worker.rank == 0:
+            torch.save(result[0], worker.folder / MODEL)
+            (worker.folder / COST).write_text(json.dumps(result[1]))
+
+    def collect(folder: Path) -> None:
+        atomic.sweep_temps(where)
+        atomic.torch_save(torch.load(folder / MODEL, map_location="cpu", weights_only=True), model)
+        atomic.write_text(cost_path, (folder / COST).read_text())
+
+    run_data_parallel(work_fn, workers, gpus > 0, collect, storage_path=str((out / "ray_train").resolve()))
+    return _trained(method, key, model, json.loads(cost_path.read_text()))
+
+
+def _trained(method: str, key: str, model: Path, cost: dict) -> dict:
+    resumed = f", resumed from step {cost['resumed_from']}" if cost.get("resumed_from") else ""
+    log(f"[fine-tune] {method}: {key} trained for {cost['steps']} steps in {cost['seconds']:.0f} s{resumed}, peak "
+        f"memory {cost['peak_memory_bytes'] / 2**20:.0f} MiB")
+    return {"source": str(model), "hash": key, "cost": cost}
