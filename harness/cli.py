@@ -20,8 +20,9 @@ from harness.stages.evaluate import evaluate, full_data_protocol
 from harness.report.export import ExportError, export_set
 from harness.stages.fine_tune import fine_tune_backbones
 from harness.core.identity import FULL_DATA
-from harness.report.leaderboard import (board_order, measured_rows, protocols_note, render, searched_label, trained_under,
-                          with_searched_labels)
+from harness.report.leaderboard import render
+from harness.report.markdown import protocols_note
+from harness.report.rows import board_order, measured_rows, searched_label, trained_under, with_searched_labels
 from harness.core.lock import holds_output
 from harness.report.plan import DEFAULT_GPU_TFLOPS, PlanError, make_plan
 from harness.runtime.preflight import check_out_dir, check_real_image_counts

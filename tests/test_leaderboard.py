@@ -3,7 +3,10 @@ import json
 import math
 from types import SimpleNamespace
 
-from harness.report.leaderboard import aggregate, best_of_protocols, label_robust_scores, protocols_note, render
+from harness.report.leaderboard import render
+from harness.report.markdown import protocols_note
+from harness.report.rows import aggregate, best_of_protocols
+from harness.report.scores import label_robust_scores
 from harness.models.protocols import HardLabel, SoftLabel
 from harness.core.sets import Manifest
 from harness.config.suite import load_suite

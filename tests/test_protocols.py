@@ -10,7 +10,8 @@ import torch
 from harness.models import protocols as P
 from harness.cli import current_recipes
 from harness.core.identity import config_hash
-from harness.report.leaderboard import aggregate, augmentation_robust_scores, best_of_protocols
+from harness.report.rows import aggregate, best_of_protocols
+from harness.report.scores import augmentation_robust_scores
 from harness.models.training import train_student
 
 

@@ -11,7 +11,8 @@ import yaml
 
 from harness.stages.evaluate import full_data_protocol
 from harness.core.identity import FULL_DATA
-from harness.report.leaderboard import label_robust_scores, render
+from harness.report.leaderboard import render
+from harness.report.scores import label_robust_scores
 from harness.core.store import ResultStore
 from harness.config.suite import BENCHMARKS_DIR, BEST_OF_PROTOCOLS, SuiteError, load_suite
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from harness.models.data import DataError, load_real_data
-from harness.report.leaderboard import aggregate
+from harness.report.rows import aggregate
 from harness.stages.prepare import prepare
 from harness.stages.distill import ShardWorker, plan
 from harness.stages.search import ROW_KIND, SearchSpec, _typed, default_point, experiment_name, run_search, search_id, write_outputs
@@ -175,7 +175,8 @@ def test_a_search_stopped_with_ctrl_c_is_not_published_and_resumes_to_all_its_tr
 
 
 def test_the_board_shows_a_searched_config_as_its_own_row(env, tmp_path):
-    from harness.report.leaderboard import render, searched_label, with_searched_labels
+    from harness.report.leaderboard import render
+    from harness.report.rows import searched_label, with_searched_labels
 
     suite, outcome = env["suite"], env["outcome"]
     default = outcome.default()

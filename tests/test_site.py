@@ -20,7 +20,10 @@ from scipy import stats
 
 from harness.report.compare import by_seed, compare, difference, leaders
 from harness.report.export import CHECKSUMS, PARQUET, export_set
-from harness.report.leaderboard import dd_ranking_table, label_robust_scores, render, searched_label
+from harness.report.leaderboard import render
+from harness.report.rows import searched_label
+from harness.report.scores import label_robust_scores
+from harness.report.tables import dd_ranking_table
 from harness.models.protocols import HardLabel, SoftLabel
 from harness.core.sets import Manifest, load_set, save_images
 from harness.report.site import build_site, pareto_front

@@ -26,9 +26,10 @@ from methods import get_method, list_methods
 
 from harness.core import atomic
 from harness.report.compare import CELL, LEVEL, by_seed, leaders
-from harness.core.identity import FULL_DATA
-from harness.report.leaderboard import (aggregate, best_of_protocols, board_order, cost_table, diversity_table, format_cell,
-                          machine_label, mark_failed_checks, measured_rows, reported_table, trained_under)
+from harness.report.manifest_tables import cost_table, diversity_table, machine_label
+from harness.report.markdown import format_cell
+from harness.report.reported import reported_table
+from harness.report.rows import best_of_protocols, board_order, board_rows, measured_rows
 from harness.core.sets import Manifest
 
 GRID_IMAGES = 10   # images per class row of a set's grid: enough to see a set's variety, few enough to commit
@@ -213,21 +214,18 @@ def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: l
                manifests: list[Manifest] | None, board_dir: Path, command: str,
                recipes: set[tuple[str, str]] | None = None) -> Path:
     """Write <site_dir>/<suite>.html (with its plots and grids) and redraw the index; returns the page.
-    The rows shown are the board's (harness/report/leaderboard.py `render`): current configurations, current recipes."""
+    The rows shown are the board's (harness/report/rows.py `board_rows`): current configurations, current recipes."""
     site_dir, manifests = Path(site_dir), manifests or []
     assets = site_dir / suite.name
     for sub in ("plots", "grids"):
         (assets / sub).mkdir(parents=True, exist_ok=True)
         for old in (assets / sub).glob("*.png"):  # a set or plot no longer on the board leaves no stale file
             old.unlink()
-    rows = trained_under(rows, recipes)
-    students, protocol_names = list(getattr(suite, "students", [])), list(suite.protocols)
-    agg, failed_note = mark_failed_checks(board_order(aggregate(rows, current), method_order, students,
-                                                      protocol_names), manifests)
-    full = agg[agg["method"] == FULL_DATA] if not agg.empty else agg
-    agg = agg[agg["method"] != FULL_DATA] if not agg.empty else agg
+    board = board_rows(suite, rows, current, method_order, manifests, recipes)
+    rows, agg, full, protocol_names = board.rows, board.agg, board.full, board.protocols
     present = set(agg["student"]) if not agg.empty else set()
-    students = [s for s in students if s in present] + sorted(present - set(students))
+    # the site's filters and panels list only the students that have cells
+    students = [s for s in board.students if s in present] + sorted(present - set(board.students))
     methods = [m for m in method_order if not agg.empty and m in set(agg["method"])]
 
     grids = {}
@@ -256,7 +254,7 @@ def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: l
     page = site_dir / f"{suite.name}.html"
     atomic.write_text(page, env.get_template("suite.html.j2").render(
         suite=suite.name, table=table, filters=filters, plots=plots, sets=list(grids.values()),
-        notes=notes + failed_note, full=full.to_dict("records"), reported=reported_rows,
+        notes=notes + board.failed_note, full=full.to_dict("records"), reported=reported_rows,
         versions=[json.loads(v) for v in versions], machines=machines, command=command, level=f"{LEVEL:.0%}",
         drawn_on=f"Python {platform.python_version()} on {platform.platform()}", script=script, style=style))
     summary = {"suite": suite.name, "page": page.name, "methods": len(methods), "students": students,
