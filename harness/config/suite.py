@@ -171,7 +171,7 @@ class ReportedEntry:
 
 @dataclass
 class ReportedConfig:
-    """The papers' own numbers for this suite's data (harness/report/leaderboard.py shows them beside, never inside,
+    """The papers' own numbers for this suite's data (harness/report/reported.py shows them beside, never inside,
     the measured ones). Names that are neither the suite's nor timm's are declared here with what they are."""
     papers: dict[str, str]                                     # short cite → the full reference
     entries: list[ReportedEntry]

@@ -210,6 +210,22 @@ def _plots(agg: pd.DataFrame, students: list[str], methods: list[str], manifests
     return plots
 
 
+def _draw_grids(manifests: list[Manifest], folder: Path, suite_name: str) -> dict[tuple[str, int], dict]:
+    """(method, IPC) → the page's entry for the grid drawn into `folder` of each set still on disk."""
+    grids = {}
+    for m in manifests:
+        if Path(m.path).is_dir():
+            path = folder / f"{_slug(m.method, 'ipc', m.ipc)}.png"
+            draw_grid(m, path)
+            with Image.open(path) as img:
+                size = (GRID_ZOOM * img.width, GRID_ZOOM * img.height)
+            grids[(m.method, m.ipc)] = {"anchor": f"set-{_slug(m.method, 'ipc', m.ipc)}", "size": size,
+                                        "src": f"{suite_name}/grids/{path.name}", "method": m.method, "ipc": m.ipc,
+                                        "images": m.images, "classes": m.classes, "config_hash": m.config_hash,
+                                        "shown": min(m.ipc, GRID_IMAGES)}
+    return grids
+
+
 def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: list[str], notes: list[str],
                manifests: list[Manifest] | None, board_dir: Path, command: str,
                recipes: set[tuple[str, str]] | None = None) -> Path:
@@ -228,17 +244,7 @@ def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: l
     students = [s for s in board.students if s in present] + sorted(present - set(board.students))
     methods = [m for m in method_order if not agg.empty and m in set(agg["method"])]
 
-    grids = {}
-    for m in manifests:
-        if Path(m.path).is_dir():
-            path = assets / "grids" / f"{_slug(m.method, 'ipc', m.ipc)}.png"
-            draw_grid(m, path)
-            with Image.open(path) as img:
-                size = (GRID_ZOOM * img.width, GRID_ZOOM * img.height)
-            grids[(m.method, m.ipc)] = {"anchor": f"set-{_slug(m.method, 'ipc', m.ipc)}", "size": size,
-                                        "src": f"{suite.name}/grids/{path.name}", "method": m.method, "ipc": m.ipc,
-                                        "images": m.images, "classes": m.classes, "config_hash": m.config_hash,
-                                        "shown": min(m.ipc, GRID_IMAGES)}
+    grids = _draw_grids(manifests, assets / "grids", suite.name)
     table = _cells(agg, rows, current, method_order, students, protocol_names, grids) if not agg.empty else []
     plots = [(title, text, f"{suite.name}/plots/{name}") for title, text, name in
              _plots(agg, students, methods, manifests, method_order,
