@@ -15,7 +15,7 @@ from methods import get_method
 from methods.adaptive_sampling import (AdaptiveSamplingConfig, Repulsion, bayes_opt, fidelity, median_bandwidth,
                                        rbf_repulsion_grad, teacher_log_probs)
 from methods.base import ClassTask, MethodContext
-from methods.diffusion import fit_to_task
+from methods.base import fit_to_task
 from tests.test_backbone import tiny_latent_dit
 from tests.test_cao2 import _teacher
 
