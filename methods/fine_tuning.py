@@ -1,5 +1,6 @@
-"""What the fine-tuning methods (minimax, ims3) share: DiT's training loss on the Backbone protocol, and the
-DDIM inversion that IMS3 differentiates through. A helper module: it registers no method."""
+"""What the fine-tuning methods (minimax, ims3) share: their schedule's settings (`FineTuneSettings`), DiT's
+training loss on the Backbone protocol, and the DDIM inversion that IMS3 differentiates through. A helper module:
+it registers no method."""
 from __future__ import annotations
 
 import math
