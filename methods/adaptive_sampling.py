@@ -55,8 +55,7 @@ import torch
 
 from harness.models.generators.sampling import fit_to_backbone, img2img, img2img_start
 
-from .base import ClassTask, Method, Work, draw_real, real_as_float, teacher_logits
-from .diffusion import fit_to_task
+from .base import ClassTask, Method, Work, draw_real, fit_to_task, real_as_float, teacher_logits
 from .registry import register_method, register_variant
 
 

@@ -223,6 +223,16 @@ def draw_real(task: ClassTask, gen: torch.Generator, k: int | None = None) -> to
     return torch.randperm(len(task.real), generator=gen)[:k]
 
 
+def fit_to_task(images: torch.Tensor, task: ClassTask) -> torch.Tensor:
+    """Backbone output → the suite's channels and size."""
+    if images.shape[1] != task.channels:
+        images = images.mean(1, keepdim=True) if task.channels == 1 else images.expand(-1, task.channels, -1, -1)
+    if images.shape[-1] != task.image_size:
+        images = F.interpolate(images, size=(task.image_size, task.image_size), mode="bilinear",
+                               antialias=True, align_corners=False).clamp(0, 1)
+    return images
+
+
 @dataclass(frozen=True)
 class FeatureSelectionConfig:
     normalize: bool = True   # L2-normalise the features before selecting

@@ -46,8 +46,8 @@ import torch
 from harness.models.generators.sampling import SAMPLERS, sample
 from harness.core.identity import WHEN_SET
 
-from .base import ClassTask, Method, Work, evaluations_per_step, teacher_logits, teacher_output_index
-from .diffusion import fit_to_task
+from .base import (ClassTask, Method, Work, evaluations_per_step, fit_to_task, teacher_logits,
+                   teacher_output_index)
 from .registry import register_method, register_variant
 
 CONDITIONS = ("auto", "class", "null")

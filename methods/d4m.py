@@ -33,9 +33,8 @@ from sklearn.cluster import MiniBatchKMeans
 
 from harness.models.generators.sampling import fit_to_backbone, img2img
 
-from .base import ClassTask, Method, Work, evaluations_per_step, real_as_float
+from .base import ClassTask, Method, Work, evaluations_per_step, fit_to_task, real_as_float
 from .registry import register_method
-from .diffusion import fit_to_task
 
 
 @dataclass(frozen=True)

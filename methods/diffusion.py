@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from harness.models.generators.sampling import SAMPLERS, sample
 from harness.core.identity import WHEN_SET
 
-from .base import ClassTask, Method, Work, evaluations_per_step
+from .base import ClassTask, Method, Work, evaluations_per_step, fit_to_task
 from .registry import register_method
 
 @dataclass(frozen=True)
@@ -38,16 +37,6 @@ class DiffusionConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
-
-
-def fit_to_task(images: torch.Tensor, task: ClassTask) -> torch.Tensor:
-    """Backbone output → the suite's channels and size."""
-    if images.shape[1] != task.channels:
-        images = images.mean(1, keepdim=True) if task.channels == 1 else images.expand(-1, task.channels, -1, -1)
-    if images.shape[-1] != task.image_size:
-        images = F.interpolate(images, size=(task.image_size, task.image_size), mode="bilinear",
-                               antialias=True, align_corners=False).clamp(0, 1)
-    return images
 
 
 @register_method

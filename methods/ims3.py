@@ -44,10 +44,10 @@ import torch.nn.functional as F
 
 from harness.models.generators.sampling import sample
 
-from .base import ClassTask, FineTuneObjective, Work, evaluations_per_step, real_as_float, teacher_features
-from .diffusion import Diffusion, DiffusionConfig, fit_to_task
-from .fine_tuning import ddim_inversion, diffusion_loss
-from .minimax import FineTuneSettings
+from .base import (ClassTask, FineTuneObjective, Work, evaluations_per_step, fit_to_task, real_as_float,
+                   teacher_features)
+from .diffusion import Diffusion, DiffusionConfig
+from .fine_tuning import FineTuneSettings, ddim_inversion, diffusion_loss
 from .registry import register_method, register_variant
 
 

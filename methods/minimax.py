@@ -29,49 +29,15 @@ Defaults (pinned by tests/test_contract.py): MinimaxDiffusion's (train_dit.py, s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from harness.core.identity import NEVER
-
-from .base import FineTuneObjective, FineTuning
+from .base import FineTuneObjective
 from .diffusion import Diffusion, DiffusionConfig
-from .fine_tuning import diffusion_loss, predicted_x0
+from .fine_tuning import FineTuneSettings, diffusion_loss, predicted_x0
 from .registry import register_method, register_variant
-
-
-@dataclass(frozen=True)
-class FineTuneSettings:
-    """The schedule every fine-tuning method shares (`FineTuning`), at the Minimax reference's values."""
-    fine_tune: bool = True
-    epochs: int = 8
-    fine_tune_batch_size: int = 8
-    lr: float = 1e-3
-    ema_decay: float = 0.9999
-    class_dropout: float = 0.1
-    checkpoint_every: int = field(default=500, metadata=NEVER)  # how often it saves, not what it trains
-    max_steps: int | None = None     # None: every epoch; a cap for budgets smaller than an epoch
-    fine_tune_seed: int = 0
-
-    def fine_tuning(self, objective: dict) -> FineTuning | None:
-        if not self.fine_tune:
-            return None
-        return FineTuning(self.epochs, self.fine_tune_batch_size, self.lr, self.ema_decay, self.class_dropout,
-                          self.checkpoint_every, tuple(sorted(objective.items())), self.max_steps,
-                          self.fine_tune_seed)
-
-    def check(self) -> None:
-        for name in ("epochs", "fine_tune_batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps: must be at least 1 or null, got {self.max_steps}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
-        if not 0 <= self.class_dropout < 1:
-            raise ValueError(f"class_dropout: must be in [0, 1), got {self.class_dropout}")
 
 
 @dataclass(frozen=True)

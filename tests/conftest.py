@@ -1,16 +1,14 @@
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-TESTS = Path(__file__).resolve().parent
-TINY_SUITE = TESTS / "tiny-suite.yaml"
-FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
-
 # Tests run single-threaded like the Ray workers, and never touch a model hub.
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# After the settings: huggingface_hub reads HF_HUB_OFFLINE once, when diffusers first imports it.
+from tests.factories import FASHION_ROOT, TINY_SUITE  # noqa: E402
 
 
 def pytest_sessionstart(session):

@@ -14,25 +14,21 @@ from harness.config.suite import load_suite
 from methods import get_method
 from methods.adaptive_sampling import (AdaptiveSamplingConfig, Repulsion, bayes_opt, fidelity, median_bandwidth,
                                        rbf_repulsion_grad, teacher_log_probs)
-from methods.base import ClassTask, MethodContext
-from methods.diffusion import fit_to_task
-from tests.test_backbone import tiny_latent_dit
-from tests.test_cao2 import _teacher
+from methods.base import MethodContext, fit_to_task
+from tests.factories import random_real, tiny_latent_dit, tiny_task, tiny_teacher
 
 VARIANTS = ("adaptive-sampling", "adaptive-sampling-no-repulsion", "adaptive-sampling-fixed")
 
 
 def _task(ipc, seed=5, label=3, n_real=12):
-    real = torch.randint(0, 256, (n_real, 3, 8, 8), generator=torch.Generator().manual_seed(label), dtype=torch.uint8)
-    return ClassTask(label=label, key=f"c{label}", ipc=ipc, seed=seed, real=real, num_classes=10, image_size=8,
-                     channels=3)
+    return tiny_task(ipc, seed, label, random_real(n_real, label))
 
 
 def _method(name="adaptive-sampling", **overrides):
     cls = get_method(name)
     tiny = {"steps": 4, "bo_init": 2, "bo_iterations": 1, "seed_batch_size": 2, "repulsion_weight": 1.0}
     return cls(dataclasses.replace(cls.default_config(), **{**tiny, **overrides}),
-               MethodContext(backbone=tiny_latent_dit(), teacher=_teacher()))
+               MethodContext(backbone=tiny_latent_dit(), teacher=tiny_teacher()))
 
 
 def test_defaults_are_the_documented_choices():
@@ -171,12 +167,12 @@ def test_fidelity_is_minus_the_mean_kl_of_each_pair():
 
 def test_teacher_soft_labels_read_every_output_of_a_pretrained_teacher():
     # A 10-output "ImageNet" teacher serving a 2-class suite: its soft label spreads over all 10 outputs.
-    teacher = _teacher(10, class_indices=[3, 7])
+    teacher = tiny_teacher(10, class_indices=[3, 7])
     images = torch.rand(4, 3, 8, 8)
     logp = teacher_log_probs(teacher, images, batch_size=3)
     assert logp.shape == (4, 10)
     torch.testing.assert_close(logp, teacher.model(teacher.prepare_input(images)).log_softmax(1))
-    suite_teacher = _teacher(10)
+    suite_teacher = tiny_teacher(10)
     torch.testing.assert_close(teacher_log_probs(suite_teacher, images), suite_teacher(images).log_softmax(1))
 
 

@@ -2,23 +2,11 @@
 way a user loads DiT-XL/2), the pixel DiT trainer, and deterministic sampling."""
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
 from harness.models.generators import ddim_sample, ddim_timesteps, load_dit_backbone
-from harness.models.generators.dit import DiTBackbone, save_dit_backbone
+from harness.models.generators.dit import save_dit_backbone
 from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
-
-
-def tiny_latent_dit() -> DiTBackbone:
-    """DiT-XL/2's shape in miniature: 4 latent channels, learn_sigma (8 outputs), an SD-style VAE."""
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                        num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=10)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                        norm_num_groups=4, sample_size=8)
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    return DiTBackbone(transformer, scheduler, vae)
+from tests.factories import tiny_latent_dit
 
 
 def test_dit_from_pretrained_round_trip(tmp_path):

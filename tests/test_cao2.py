@@ -14,24 +14,17 @@ from methods.base import ClassTask, MethodContext
 from harness.models.generators.sampling import ddim_sample
 from methods.cao2 import (CaO2Config, clo_loss, optimise_latents, oss_select, resolve_condition,
                           selector_scores)
-from tests.test_backbone import tiny_latent_dit
-
-
-def _teacher(num_outputs=10, class_indices=None):
-    torch.manual_seed(0)
-    return Teacher(create_student("convnet3", num_outputs, 3, 8, width=8), 8, 3, [0.5] * 3, [0.25] * 3,
-                   class_indices=class_indices)
+from tests.factories import tiny_latent_dit, tiny_task, tiny_teacher
 
 
 def _task(ipc, seed=5, label=3):
-    return ClassTask(label=label, key=f"c{label}", ipc=ipc, seed=seed, real=None, num_classes=10, image_size=8,
-                     channels=3)
+    return tiny_task(ipc, seed, label)
 
 
 def _method(name="cao2", teacher=None, **overrides):
     cls = get_method(name)
     config = dataclasses.replace(cls.default_config(), steps=3, **{"condition": "class", **overrides})
-    return cls(config, MethodContext(backbone=tiny_latent_dit(), teacher=teacher or _teacher()))
+    return cls(config, MethodContext(backbone=tiny_latent_dit(), teacher=teacher or tiny_teacher()))
 
 
 def test_defaults_are_the_papers():
@@ -80,7 +73,7 @@ def test_oss_fills_a_shortfall_from_the_rest_in_random_order():
 def test_selector_reads_every_output_of_a_pretrained_teacher():
     # A 10-output "ImageNet" teacher serving a 2-class suite (its outputs 3 and 7): a sample whose top-1
     # is output 2 (outside the suite) is not assigned to its condition, though 7 wins among the suite's two.
-    teacher = _teacher(10, class_indices=[3, 7])
+    teacher = tiny_teacher(10, class_indices=[3, 7])
     bias = teacher.model.classifier.bias
     with torch.no_grad():
         bias.zero_()

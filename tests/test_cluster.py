@@ -15,10 +15,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from harness.runtime.cluster import PROBE_SECONDS, ClusterError, Target, check_target, resolve
-from tests.conftest import TINY_SUITE
+from tests.factories import tiny_suite_raw, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "DDBENCH_TEST_HEAD"  # carried by every process of the test's head (workers inherit the raylet's environment)
@@ -89,12 +88,11 @@ def first_out(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_suite(tmp_path_factory):
     """The tiny suite cut to one method, one IPC, one protocol, one seed: the cluster path, not the numbers."""
-    raw = yaml.safe_load(TINY_SUITE.read_text())
+    raw = tiny_suite_raw()
     raw.update(methods={"random-real": {}}, ipcs=[2], seeds=1)
     raw["protocols"] = {"hard-label": raw["protocols"]["hard-label"]}
     raw.pop("cross_arch")
-    path = tmp_path_factory.mktemp("suite") / "small.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_suite(raw, tmp_path_factory.mktemp("suite") / "small.yaml")
     return path
 
 

@@ -17,9 +17,8 @@ import yaml
 from harness.stages.distill import method_identity
 from harness.config.suite import load_suite
 from methods import get_method, list_methods
-from methods.base import NEEDS, ClassTask, MethodContext
-from tests.test_backbone import tiny_latent_dit
-from tests.test_cao2 import _teacher
+from methods.base import NEEDS, MethodContext
+from tests.factories import real_task, tiny_latent_dit, tiny_teacher
 
 # Cost knobs common to the methods, shrunk where a method has them; a method without them runs at its defaults.
 CHEAP = {"steps": 4, "iterations": 2, "bo_init": 2, "bo_iterations": 1}
@@ -41,14 +40,13 @@ def documented_defaults(cls) -> dict:
 
 @pytest.fixture(scope="module")
 def context():
-    teacher = _teacher()
+    teacher = tiny_teacher()
     return MethodContext(torch.device("cpu"), backbone=tiny_latent_dit(), teacher=teacher, relabel_teacher=teacher,
                          teacher_val_accuracy=0.9)
 
 
 def _tasks(tiny_real, seed):
-    return [ClassTask(label, tiny_real.classes[label], IPC, seed + label, tiny_real.train.class_images(label)[:30],
-                      len(tiny_real.classes), tiny_real.image_size, tiny_real.channels) for label in CLASSES]
+    return [real_task(tiny_real, label, IPC, seed + label, n_real=30) for label in CLASSES]
 
 
 @pytest.mark.parametrize("name", list_methods())

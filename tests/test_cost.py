@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from harness.stages import distill
-from harness.stages.distill import DistillJob, ShardPeakMemory, ShardWorker, write_manifest
+from harness.runtime import resources
+from harness.runtime.resources import ShardPeakMemory
+from harness.stages.distill import DistillJob, ShardWorker, write_manifest
 from harness.stages.prepare import Prepared
 from harness.core.sets import Manifest
 from methods import list_methods, register_method
@@ -116,7 +117,7 @@ def test_without_a_resettable_high_water_mark_the_lifetime_peak_is_labelled(monk
             raise PermissionError(path)
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(distill, "open", no_clear_refs, raising=False)
+    monkeypatch.setattr(resources, "open", no_clear_refs, raising=False)
     memory = ShardPeakMemory("cpu")
     memory.start()
     peak = memory.peak()

@@ -10,16 +10,13 @@ from sklearn.cluster import MiniBatchKMeans
 from harness.models.generators.sampling import img2img
 from harness.config.suite import load_suite
 from methods import get_method
-from methods.base import ClassTask, MethodContext
+from methods.base import MethodContext
 from methods.d4m import D4MConfig, kmeans_prototypes
-from tests.test_backbone import tiny_latent_dit
+from tests.factories import random_real, tiny_latent_dit, tiny_task
 
 
 def _task(ipc, seed=5, n_real=24, label=3, channels=3, size=8):
-    real = torch.randint(0, 256, (n_real, channels, size, size), generator=torch.Generator().manual_seed(label),
-                         dtype=torch.uint8)
-    return ClassTask(label=label, key=f"c{label}", ipc=ipc, seed=seed, real=real, num_classes=10, image_size=size,
-                     channels=channels)
+    return tiny_task(ipc, seed, label, random_real(n_real, label, channels, size), channels, size)
 
 
 def _method(**overrides):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.models.data import DataError, carve_validation, load_fashion_mnist, read_idx
-from tests.conftest import FASHION_ROOT
+from tests.factories import FASHION_ROOT
 
 
 def _idx_bytes(arr: np.ndarray) -> bytes:

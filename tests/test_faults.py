@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from harness.cli import run
 from harness.stages.distill import ShardWorker, distill, plan
@@ -21,7 +20,7 @@ from harness.stages.prepare import Prepared
 from harness.core.sets import shard_damage
 from harness.core.store import KEY_FIELDS, ResultStore
 from harness.config.suite import load_suite
-from tests.conftest import TINY_SUITE
+from tests.factories import tiny_suite_raw, write_suite
 from tests.kill_once import KillOnce, KillOnceConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,14 +55,13 @@ def test_a_killed_actor_is_replaced_and_its_shard_retried(tmp_path, ray_cluster,
 def _small_suite(tmp_path: Path) -> Path:
     """The tiny suite cut to what these tests need: two methods (one needs the backbone), IPC 1, one seed, one
     protocol, one-epoch students."""
-    raw = yaml.safe_load(TINY_SUITE.read_text())
+    raw = tiny_suite_raw()
     raw["methods"] = {"random-real": {}, "diffusion": {"cfg_scale": 2.0, "steps": 2}}
     raw["ipcs"], raw["seeds"] = [1], 1
     raw["protocols"] = {"hard-label": {**raw["protocols"]["hard-label"], "epochs": {1: 1}}}
     raw["full_data"]["epochs"] = 0
     raw.pop("cross_arch")
-    path = tmp_path / "small.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_suite(raw, tmp_path / "small.yaml")
     return path
 
 

@@ -24,7 +24,7 @@ from methods.fine_tuning import ddim_inversion, diffusion_loss
 from methods.ims3 import IMS3Config, brute_force_subgroups, cosine_loss, greedy_subgroups
 from methods.minimax import MemoryBank, MinimaxConfig, MinimaxObjective, cosine_matrix
 from tests.fine_tune_kill import family_suite
-from tests.test_backbone import tiny_latent_dit
+from tests.factories import tiny_latent_dit, tiny_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,10 +200,9 @@ def test_papers_settings_end_to_end_on_a_tiny_latent_dit(tiny_real, tmp_path):
         assert trained.keys() == base.keys() - {n for n, p in base.items() if not p.requires_grad}
         assert any(not torch.equal(v, base[n]) for n, v in trained.items())
     from methods.base import ClassTask, MethodContext
-    from tests.test_cao2 import _teacher
 
     cfg = dataclasses.replace(suite.method_config("ims3"), steps=2, groups=3, centroid_real=4)
-    method = get_method("ims3")(cfg, MethodContext(backbone=bb, teacher=_teacher()))
+    method = get_method("ims3")(cfg, MethodContext(backbone=bb, teacher=tiny_teacher()))
     tasks = [ClassTask(c, f"c{c}", 2, 7 + c, torch.randint(0, 255, (6, 3, 8, 8), dtype=torch.uint8), 3, 8, 3)
              for c in range(3)]
     candidates = [method.distill_class(t) for t in tasks]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import AutoencoderKL
 
 from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone, save_dit_backbone
 from harness.models.generators.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer
@@ -21,8 +20,7 @@ from methods import get_method, list_methods
 from harness.core.identity import identity_fields as config_identity
 from methods.base import ClassTask, MethodContext
 from methods.diffusion import DiffusionConfig
-from tests.test_backbone import tiny_latent_dit
-from tests.test_cao2 import _teacher
+from tests.factories import tiny_latent_dit, tiny_teacher, tiny_vae
 
 IMAGENET_FAMILY = ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"]
 
@@ -178,7 +176,7 @@ def test_every_guided_sampler_goes_through_the_one_guided_function():
     img2img(bb, 3, noise, 0.5, 3.0, 4, latents=torch.zeros_like(noise))
     assert bb.scales == [3.0] * 2
     bb.scales.clear()
-    teacher = _teacher()
+    teacher = tiny_teacher()
     backbone_check(bb, teacher, 2, 1, 1.5, 2)
     assert bb.scales == [1.5] * 4
 
@@ -192,7 +190,7 @@ def test_every_guided_method_goes_through_the_one_guided_function(name):
     config = cls.default_config()
     config = dataclasses.replace(config, **{k: v for k, v in cheap.items() if hasattr(config, k)})
     bb = SpyBackbone()
-    method = cls(config, MethodContext(backbone=bb, teacher=_teacher(), teacher_val_accuracy=0.9))
+    method = cls(config, MethodContext(backbone=bb, teacher=tiny_teacher(), teacher_val_accuracy=0.9))
     real = torch.randint(0, 256, (12, 3, 8, 8), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
     method.distill_class(ClassTask(label=3, key="c3", ipc=2, seed=7, real=real, num_classes=10, image_size=8,
                                    channels=3))
@@ -285,9 +283,7 @@ def _tiny_dit_folder(tmp_path):
     bb = tiny_latent_dit()
     save_dit_backbone(bb, tmp_path / "dit")
     torch.manual_seed(1)  # another VAE than the one in dit/vae: the suite's separate VAE must be the one loaded
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                        norm_num_groups=4, sample_size=8)
+    vae = tiny_vae()
     vae.save_pretrained(tmp_path / "vae-mse")
     return vae
 

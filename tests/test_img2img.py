@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from harness.models.generators.sampling import ddim_sample, fit_to_backbone, img2img, img2img_start, img2img_timesteps
-from tests.test_backbone import tiny_latent_dit
+from tests.factories import tiny_latent_dit
 
 
 def _inputs(n=3, seed=0):

@@ -160,3 +160,23 @@ def test_the_harness_names_no_method():
              for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
     assert not found, found
+
+
+def _readme_layout_paths() -> list[str]:
+    """The first column of README's generated layout table (between its layout:begin/end markers)."""
+    text = (ROOT / "README.md").read_text()
+    table = re.search(r"<!-- layout:begin modules:.*?-->\n(.*?)<!-- layout:end -->", text, re.S)
+    assert table, "README.md has no layout table between its layout:begin modules / layout:end markers"
+    return re.findall(r"^\| `([^`]+)` \|", table.group(1), re.M)
+
+
+def test_readme_layout_table_lists_every_module_and_no_other():
+    """Each module of harness/ and methods/ has its row (a package as its folder); run
+    `python3 scripts/layout_table.py --write` after adding, moving or removing one."""
+    expected = {(m.replace(".", "/") + "/") if p.name == "__init__.py" else p.relative_to(ROOT).as_posix()
+                for m, p in _modules().items() if m != "harness"}
+    listed = [p for p in _readme_layout_paths() if p.split("/")[0] in PACKAGES]
+    assert len(listed) == len(set(listed)), f"listed twice: {sorted({p for p in listed if listed.count(p) > 1})}"
+    missing, gone = sorted(expected - set(listed)), sorted(set(listed) - expected)
+    assert not missing and not gone, (f"README's layout table misses {missing} and lists {gone}, which do not exist; "
+                                      "run python3 scripts/layout_table.py --write")

@@ -6,7 +6,7 @@ from methods import get_method, list_methods
 from methods.base import ClassTask, MethodContext
 from methods.herding import herding_order
 from methods.k_center import k_center_order
-from tests.test_backbone import tiny_latent_dit
+from tests.factories import tiny_latent_dit, tiny_task
 
 
 def test_registry_has_the_spine_methods():
@@ -37,8 +37,7 @@ def test_k_center_picks_farthest_points():
 
 
 def _task(ipc, seed, real=None, label=2, channels=3, size=8):
-    return ClassTask(label=label, key=f"c{label}", ipc=ipc, seed=seed, real=real, num_classes=10,
-                     image_size=size, channels=channels)
+    return tiny_task(ipc, seed, label, real, channels, size)
 
 
 def test_random_real_is_deterministic():

@@ -16,7 +16,7 @@ from harness.stages.prepare import PrepareError, _cached_dir, prepare, prepare_b
 from harness.core.sets import Manifest
 from harness.config.suite import SuiteError, load_suite
 from scripts.export_fashion_imagefolder import export
-from tests.conftest import FASHION_ROOT, TINY_SUITE
+from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
 
 PER_CLASS = 20
 
@@ -113,10 +113,9 @@ def test_a_longer_run_extends_the_finished_one(tmp_path):
 
 def _strict_tiny_suite(tmp_path):
     """The tiny suite with a bar no 20-step backbone clears: every one of its samples recognised."""
-    raw = yaml.safe_load(TINY_SUITE.read_text())
+    raw = tiny_suite_raw()
     raw["backbone"]["check_min_agreement"] = 1.0
-    path = tmp_path / "strict.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_suite(raw, tmp_path / "strict.yaml")
     return load_suite(str(path))
 
 

@@ -14,10 +14,9 @@ from harness.models.generators.sampling import fit_to_backbone
 from harness.models.generators.scoring import dift_features, loss_gap_map, representativeness
 from harness.config.suite import load_suite
 from methods import get_method
-from methods.base import ClassTask, MethodContext
+from methods.base import MethodContext
 from methods.patch_selection import PatchSelectionConfig, cluster_ranked_selection
-from tests.test_backbone import tiny_latent_dit
-from tests.test_cao2 import _teacher
+from tests.factories import real_task, tiny_latent_dit, tiny_teacher
 
 LABEL = 7
 IMAGENET_SUITES = ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"]
@@ -119,15 +118,14 @@ def test_cluster_ranking_and_counts_on_a_hand_made_case():
 
 
 def _task(tiny_real, ipc=2, seed=3):
-    return ClassTask(LABEL, tiny_real.classes[LABEL], ipc, seed, tiny_real.train.class_images(LABEL)[:40],
-                     len(tiny_real.classes), tiny_real.image_size, tiny_real.channels)
+    return real_task(tiny_real, LABEL, ipc, seed, n_real=40)
 
 
 def _method(backbone, name="patch-selection", **overrides):
     cls = get_method(name)
     config = dataclasses.replace(cls.default_config(), **{"draws": 3, "dift_ensemble": 2, "patch_fraction": 0.5,
                                                           "clusters": 6, "top_clusters": 3, **overrides})
-    return cls(config, MethodContext(backbone=backbone, teacher=_teacher()))
+    return cls(config, MethodContext(backbone=backbone, teacher=tiny_teacher()))
 
 
 def test_the_chosen_window_is_the_lowest_r_and_the_images_hold_exactly_the_chosen_patches(backbone, tiny_real):

@@ -14,7 +14,7 @@ import yaml
 
 from harness.cli import run
 from harness.config.suite import load_suite
-from tests.conftest import TINY_SUITE
+from tests.factories import tiny_suite_raw, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,12 +96,11 @@ def test_cross_architecture_table_and_heatmap(first_run, tiny_suite, tiny_real, 
 
 
 def test_killed_distillation_resumes_to_identical_images(tmp_path, first_run, ray_cluster, tiny_real):
-    raw = yaml.safe_load(TINY_SUITE.read_text())
+    raw = tiny_suite_raw()
     raw["methods"] = {"diffusion": {"cfg_scale": 2.0, "steps": 150}}  # slow enough to be killed midway
     raw["protocols"].pop("soft-label")
     raw.pop("cross_arch")
-    suite_path = tmp_path / "slow.yaml"
-    suite_path.write_text(yaml.safe_dump(raw))
+    suite_path = write_suite(raw, tmp_path / "slow.yaml")
     suite = load_suite(str(suite_path))
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     for out in (killed, clean):  # the same prepared backbone and teacher for both
@@ -136,7 +135,7 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
 
     from harness.models.generators.dit import save_dit_backbone
     from harness.models.data import load_real_data
-    from tests.test_backbone import tiny_latent_dit
+    from tests.factories import tiny_latent_dit
 
     rng = np.random.default_rng(0)
     wnids = ["n02102040", "n01440764"]

@@ -13,6 +13,7 @@ from harness.cli import main
 from harness.report.plan import DIT_XL_2, KNOWN_DITS, backbone_flops, classifier_flops, make_plan
 from harness.config.suite import load_suite
 from methods import get_method, list_methods
+from tests.factories import write_suite
 
 SUITES = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "benchmarks").glob("*.yaml"))
 
@@ -123,8 +124,7 @@ def test_a_plan_without_data_needs_named_classes(tmp_path, capsys):
     raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "benchmarks" / "imagewoof.yaml").read_text())
     raw["data"].update(root=str(tmp_path / "absent"), classes="auto")
     raw.pop("reported")
-    path = tmp_path / "auto.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_suite(raw, tmp_path / "auto.yaml")
     with pytest.raises(SystemExit) as e:
         main(["--suite", str(path), "--plan"])
     assert e.value.code == 2

@@ -10,23 +10,22 @@ import torch.nn.functional as F
 
 from harness.config.suite import load_suite
 from methods import get_method
-from methods.base import ClassTask, MethodContext
+from methods.base import MethodContext
 from methods.rded import RDEDConfig, draw_boxes, stitch, true_class_cross_entropy
-from tests.test_cao2 import _teacher
+from tests.factories import real_task, tiny_teacher
 
 LABEL = 7
 
 
 def _task(tiny_real, ipc=2, seed=3, label=LABEL):
-    return ClassTask(label, tiny_real.classes[label], ipc, seed, tiny_real.train.class_images(label),
-                     len(tiny_real.classes), tiny_real.image_size, tiny_real.channels)
+    return real_task(tiny_real, label, ipc, seed)
 
 
 def _method(name="rded", teacher=None, **overrides):
     cls = get_method(name)
     # 40 candidates of the class's 120 (the tiny suite keeps 120 per class): the draw of candidates is exercised.
     config = dataclasses.replace(cls.default_config(), **{"num_candidates": 40, **overrides})
-    return cls(config, MethodContext(relabel_teacher=teacher or _teacher()))
+    return cls(config, MethodContext(relabel_teacher=teacher or tiny_teacher()))
 
 
 def _cut(image_u8, box, size):
@@ -110,7 +109,7 @@ def test_a_size_the_factor_does_not_divide_gives_the_first_tiles_a_pixel_more(ti
 
 
 def test_chosen_crops_are_the_teachers_best_scoring_ones(tiny_real):
-    teacher = _teacher()
+    teacher = tiny_teacher()
     method, task = _method(teacher=teacher), _task(tiny_real)
     sel = method.select_crops(task)
     brute = _brute_force(teacher, task, sel.candidates, sel.boxes, 14)
@@ -132,7 +131,7 @@ def test_a_pretrained_teacher_is_read_over_all_its_outputs():
     # Twenty outputs, of which the suite's classes are some: the score is the cross-entropy over all twenty at
     # the suite class's column (a crop the teacher calls a non-suite class is not realistic for this class).
     columns = [4, 17, 9, 0, 12, 3, 8, 15, 6, 1]
-    teacher = _teacher(num_outputs=20, class_indices=columns)
+    teacher = tiny_teacher(num_outputs=20, class_indices=columns)
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = teacher.model(teacher.prepare_input(x))
@@ -153,7 +152,7 @@ def test_no_stitch_variant_is_factor_one_on_the_same_draws(tiny_real):
     assert cls.family == "rded" and cls.Config is RDEDConfig and cls.defaults == {"factor": 1}
     assert dataclasses.asdict(cls.default_config()) == {**dataclasses.asdict(RDEDConfig()), "factor": 1}
     assert cls.seed_identity(cls.default_config()) == get_method("rded").seed_identity(RDEDConfig())
-    teacher = _teacher()
+    teacher = tiny_teacher()
     task = _task(tiny_real)
     plain, stitched = _method("rded-no-stitch", teacher=teacher), _method(teacher=teacher)
     sel, sel2 = plain.select_crops(task), stitched.select_crops(task)

@@ -24,21 +24,20 @@ from harness.stages.search import ROW_KIND, SearchSpec, _typed, default_point, e
 from harness.core.store import ResultStore
 from harness.config.suite import SuiteError, load_suite
 
-from tests.conftest import FASHION_ROOT, TINY_SUITE
+from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _suite_yaml(tmp: Path, data_root: Path, extra: dict | None = None) -> Path:
-    raw = yaml.safe_load(TINY_SUITE.read_text())
+    raw = tiny_suite_raw()
     raw["data"]["root"] = str(data_root)
     raw["methods"] = {"diffusion": {"cfg_scale": 2.0, "steps": 10}}
     raw["ipcs"] = [1]
     raw["protocols"] = {"hard-label": {"epochs": {1: 6}, "student_kwargs": {"convnet3": {"width": 8}}}}
     raw.pop("cross_arch")
     raw.update(extra or {})
-    path = tmp / "suite.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_suite(raw, tmp / "suite.yaml")
     return path
 
 
@@ -95,8 +94,7 @@ def test_outputs_store_rows_fragment_round_trip_and_plots(env):
         "diffusion-history.png", "diffusion-importance.png", "diffusion-parallel.png"}
     raw = yaml.safe_load(Path(suite.source).read_text())
     raw["profiles"] = {"searched": {"include": [str(fragment)]}}
-    path = env["tmp"] / "with-searched.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_suite(raw, env["tmp"] / "with-searched.yaml")
     searched = load_suite(str(path), "searched")
     best = outcome.best()
     assert searched.searched["diffusion"].config == best.config
@@ -112,10 +110,9 @@ def test_a_search_space_naming_a_missing_field_fails_at_suite_load(tmp_path):
 
     registry.register_variant("test-misnamed-space", Diffusion, search_space={"guidance": ("float", 1.0, 9.0)})
     try:
-        raw = yaml.safe_load(TINY_SUITE.read_text())
+        raw = tiny_suite_raw()
         raw["methods"] = {"test-misnamed-space": {}}
-        path = tmp_path / "misnamed.yaml"
-        path.write_text(yaml.safe_dump(raw))
+        path = write_suite(raw, tmp_path / "misnamed.yaml")
         with pytest.raises(SuiteError) as error:
             load_suite(str(path), check_files=False)
         message = str(error.value)
@@ -209,8 +206,7 @@ def test_a_protocol_search_tunes_the_students_lr_and_publishes_the_recipe(env):
     assert fragment in written
     raw = yaml.safe_load(Path(suite.source).read_text())
     raw["profiles"] = {"searched-recipe": {"include": [str(fragment)]}}
-    path = env["tmp"] / "with-recipe.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_suite(raw, env["tmp"] / "with-recipe.yaml")
     recipe = load_suite(str(path), "searched-recipe").protocols["hard-label"]
     assert recipe.for_student("convnet3").lr == outcome.best().config["lr"]
     assert recipe.for_student("resnet18").lr == suite.protocols["hard-label"].lr  # other students keep theirs

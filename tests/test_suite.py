@@ -9,6 +9,7 @@ import yaml
 
 from harness.core.identity import CLASSES_DIR, class_list, config_hash, read_class_list
 from harness.config.suite import BENCHMARKS_DIR, SuiteError, load_suite
+from tests.factories import write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,8 +77,7 @@ def test_fashion_leaderboard_profile_and_scaled_students():
 def _write(tmp_path, mutate):
     raw = yaml.safe_load((BENCHMARKS_DIR / "fashion-mnist.yaml").read_text())
     mutate(raw)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_suite(raw, tmp_path / "bad.yaml")
     return path
 
 

@@ -59,7 +59,7 @@ def _subset_suite(tmp_path, relabel: dict):
     from harness.models.generators.dit import save_dit_backbone
     from harness.models.data import load_real_data
     from harness.config.suite import load_suite
-    from tests.test_backbone import tiny_latent_dit
+    from tests.factories import tiny_latent_dit
 
     rng = np.random.default_rng(0)
     wnids = ["n02086240", "n02087394", "n02088364"]

@@ -1,5 +1,5 @@
-"""Student architectures. Every student comes from `timm.create_model`; the field's own ConvNet-D, ResNetAP-10
-and instance-norm ResNet-18 are registered into timm's registry here so they are created the same way.
+"""Student architectures, every one created by `timm.create_model`: the field's own ConvNet-D, ResNetAP-10 and
+instance-norm ResNet-18 are registered into timm's registry here so they are created the same way.
 
 `create_student` is the one place where grey images and small inputs are adapted.
 """

@@ -1,4 +1,4 @@
-"""Is a lead real? The difference of two cells' mean accuracies with its 95 % confidence interval, and whether
+"""Is a lead real: the difference of two cells' mean accuracies with its 95 % confidence interval, and whether
 the interval excludes zero ("resolved").
 
 Student seed i of one set and seed i of another start from the same initialisation and draw the same batches

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import platform
-import resource
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ from methods.base import ClassTask, MethodContext
 
 from harness.models.data import RealData, load_real_data
 from harness.core.identity import config_hash, identity_fields, versions
+from harness.runtime.resources import ShardPeakMemory, machine
 from harness.stages.prepare import Prepared
 from harness.core.sets import MANIFEST, SHARD, Manifest, load_set, manifest_damage, read_shard, shard_damage, write_shard
 from harness.config.suite import Suite
@@ -123,75 +121,6 @@ def plan(suite: Suite, prepared: Prepared, out: Path, methods: list[str], ipcs: 
             jobs.append(DistillJob(name, config, h, ipc, out / "distilled" / suite.name / name / h / f"ipc{ipc}",
                                    seed_key, selects))
     return jobs
-
-
-class ShardPeakMemory:
-    """Peak memory of one shard, not of the actor's lifetime: actors are reused across shards and methods, so
-    a lifetime maximum (`ru_maxrss`) only grows and would charge every later shard with the hungriest
-    earlier one.
-
-    - `cuda_max_allocated`: torch's peak allocated CUDA memory, reset before the shard.
-    - `shard_peak_rss` (Linux, CPU): writing 5 to /proc/self/clear_refs resets the kernel's resident
-      high-water mark (VmHWM) to the current RSS; VmHWM is read back after the shard. It counts what the
-      process already holds (models, real data) as well as what the shard allocates.
-    - `process_max_rss`: where that reset is not possible, the process's lifetime peak, an upper bound.
-    """
-
-    def __init__(self, device: str | torch.device):
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.kind = "cuda_max_allocated" if self.cuda else "process_max_rss"
-
-    def start(self) -> None:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:  # not Linux, or a kernel/sandbox that forbids it
-            self.kind = "process_max_rss"
-            return
-        self.kind = "shard_peak_rss" if _vm_hwm() is not None else "process_max_rss"
-
-    def peak(self) -> int:
-        if self.cuda:
-            return int(torch.cuda.max_memory_allocated(self.device))
-        hwm = _vm_hwm() if self.kind == "shard_peak_rss" else None
-        if hwm is not None:
-            return hwm
-        self.kind = "process_max_rss"
-        # ru_maxrss is in KiB on Linux but in bytes on macOS.
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
-def _vm_hwm() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # the kernel writes it in kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(device: str | torch.device) -> dict:
-    """What a shard ran on: the accelerator (or "cpu"), the host CPU model and torch's intra-op threads."""
-    d = torch.device(device)
-    return {"device": torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu", "cpu": _cpu_model(),
-            "torch_threads": torch.get_num_threads()}
 
 
 class ShardWorker:

@@ -26,13 +26,14 @@ from methods import get_method
 from methods.base import FineTuning
 
 from harness.core import atomic
+from harness.core.files import drop_damaged, log, read_json
 from harness.models.generators.difffit import add_difffit
 from harness.models.generators.sampling import fit_to_backbone
 from harness.models.data import RealData, load_real_data
 from harness.runtime.data_parallel import Worker, cluster_gpus, run_data_parallel
-from harness.stages.distill import ShardPeakMemory, machine
+from harness.runtime.resources import ShardPeakMemory, machine
 from harness.core.identity import config_hash
-from harness.stages.prepare import Prepared, backbone_check, drop_damaged, log, read_json
+from harness.stages.prepare import Prepared, backbone_check
 from harness.config.suite import Suite
 
 MODEL, COST, CHECKPOINT = "difffit.pt", "cost.json", "checkpoint.pt"

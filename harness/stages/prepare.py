@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from methods import get_method
 from methods.base import MethodContext
 
 from harness.core import atomic
+from harness.core.files import REPO_WEIGHTS, drop_damaged, log, read_json
 from harness.models.generators import ddim_sample, load_dit_backbone
 from harness.models.generators.difffit import load_difffit_state
 from harness.models.generators.dit import DIT_GUIDED_CHANNELS
@@ -35,7 +35,6 @@ from harness.config.suite import BackboneConfig, Suite, TeacherConfig
 from harness.models.teachers import (Teacher, accuracy, import_teacher_checkpoint, load_timm_teacher, load_trained_teacher,
                        save_teacher, train_recipe_teacher, train_teacher)
 
-REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -157,41 +156,6 @@ def backbone_conditions(suite: Suite, classes: list[str]) -> list[int]:
 def suite_needs(suite: Suite) -> frozenset[str]:
     """Everything the suite's methods need, as their configs have it."""
     return frozenset().union(*(get_method(name).needs_for(cfg) for name, cfg in suite.methods.items()))
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _committed(path: Path) -> bool:
-    return Path(path).resolve().is_relative_to(REPO_WEIGHTS)
-
-
-def _damage(load, path: Path) -> str | None:
-    """Why `load(path)` fails on a cached file or folder (truncated, torn, half-deleted), or None."""
-    try:
-        load(path)
-    except Exception as e:  # torch, safetensors and json each raise their own kinds for a damaged file
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e).strip() else 'unreadable'}"[:200]
-    return None
-
-
-def drop_damaged(path: Path, what: str, load, redo: str) -> None:
-    """Delete `path` if it exists but does not load, saying so in one line: the caller makes it again. The
-    repository's committed weights are never deleted: their checksums are verified (`_cached_dir`)."""
-    path = Path(path)
-    if not path.exists() or _committed(path) or not (damage := _damage(load, path)):
-        return
-    log(f"[prepare] {what}: the cached {path} is damaged ({damage}); {redo}")
-    shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def read_json(path: Path, keys: tuple[str, ...]) -> dict:
-    data = json.loads(Path(path).read_text())
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise KeyError(f"no {', '.join(missing)}")
-    return data
 
 
 def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
