@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from harness.report.leaderboard import aggregate, best_of_protocols, label_robust_scores, protocols_note, render
 from harness.models.protocols import HardLabel, SoftLabel
 from harness.core.sets import Manifest
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 
 
 def _suite(name="s"):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from harness.cli import run
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from tests.conftest import TINY_SUITE
 
 ROOT = Path(__file__).resolve().parent.parent

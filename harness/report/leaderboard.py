@@ -21,7 +21,7 @@ from harness.report.compare import CELL, LEVEL, by_seed, leaders
 from harness.core.identity import FULL_DATA
 from harness.models.protocols import get_protocol, list_protocols, score_protocols
 from harness.core.sets import Manifest
-from harness.config.suite import BEST_OF_PROTOCOLS
+from harness.config.schema import BEST_OF_PROTOCOLS
 
 GROUP = ["method", "config_hash", "ipc", "student", "protocol"]
 BEST = "best of protocols"
@@ -306,7 +306,7 @@ def _measured_for(entry, agg: pd.DataFrame, full: pd.DataFrame, measured_as: dic
 
 
 def reported_table(reported, agg: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
-    """One row per reported entry (harness/config/suite.py `ReportedConfig`): the paper's number, as a fraction like the
+    """One row per reported entry (harness/config/schema.py `ReportedConfig`): the paper's number, as a fraction like the
     accuracy CSV, beside ddbench's measured mean for the same method, IPC, student and protocol where the board
     has one, and measured − reported. Reported numbers are only ever read here."""
     out = []
