@@ -33,7 +33,8 @@ from harness.core.sets import Manifest
 from harness.report.site import build_site
 from harness.core.store import ResultStore
 from harness.models.students import is_student
-from harness.config.suite import SuiteError, load_suite
+from harness.config.loader import load_suite
+from harness.config.schema import SuiteError
 
 
 def _int_list(text: str) -> list[int]:

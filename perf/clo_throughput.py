@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from harness.models.data import load_real_data  # noqa: E402
 from harness.stages.prepare import Prepared, backbone_conditions, prepare_backbone  # noqa: E402
-from harness.config.suite import load_suite  # noqa: E402
+from harness.config.loader import load_suite  # noqa: E402
 from methods.cao2 import optimise_latents  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from harness.models.data import load_real_data  # noqa: E402
 from harness.stages.distill import ShardWorker, plan  # noqa: E402
 from harness.stages.prepare import prepare  # noqa: E402
-from harness.config.suite import load_suite  # noqa: E402
+from harness.config.loader import load_suite  # noqa: E402
 
 
 def run_on(workers, submit, collect, job, classes) -> float:

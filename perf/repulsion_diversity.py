@@ -27,7 +27,7 @@ from harness.stages.distill import shard_seed  # noqa: E402
 from harness.stages.diversity import DiversityMeter  # noqa: E402
 from harness.stages.prepare import prepare  # noqa: E402
 from harness.core.sets import save_images  # noqa: E402
-from harness.config.suite import load_suite  # noqa: E402
+from harness.config.loader import load_suite  # noqa: E402
 from methods import get_method  # noqa: E402
 from methods.base import ClassTask, MethodContext  # noqa: E402
 

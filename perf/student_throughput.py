@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from harness.models.data import load_real_data  # noqa: E402
 from harness.models.students import create_student  # noqa: E402
-from harness.config.suite import load_suite  # noqa: E402
+from harness.config.loader import load_suite  # noqa: E402
 from harness.models.training import train_student  # noqa: E402
 
 

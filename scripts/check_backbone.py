@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.models.data import load_real_data  # noqa: E402
 from harness.stages.prepare import prepare  # noqa: E402
-from harness.config.suite import load_suite  # noqa: E402
+from harness.config.loader import load_suite  # noqa: E402
 
 
 def main():

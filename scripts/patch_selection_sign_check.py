@@ -25,7 +25,7 @@ from harness.models.generators.sampling import fit_to_backbone  # noqa: E402
 from harness.models.generators.scoring import loss_gap_map, representativeness, window_means  # noqa: E402
 from harness.models.data import load_real_data  # noqa: E402
 from harness.stages.prepare import prepare  # noqa: E402
-from harness.config.suite import load_suite  # noqa: E402
+from harness.config.loader import load_suite  # noqa: E402
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -28,7 +28,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def tiny_suite():
-    from harness.config.suite import load_suite
+    from harness.config.loader import load_suite
 
     return load_suite(str(TINY_SUITE))
 

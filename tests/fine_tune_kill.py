@@ -65,7 +65,7 @@ def fine_tune_until_killed(out: str, marker: str) -> None:
     from harness.models.data import load_real_data
     from harness.stages.fine_tune import fine_tune_backbones
     from harness.stages.prepare import prepare
-    from harness.config.suite import load_suite
+    from harness.config.loader import load_suite
     from tests.factories import TINY_SUITE
 
     suite = family_suite(load_suite(str(TINY_SUITE)), marker)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.models.generators.sampling import img2img, img2img_timesteps
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from methods import get_method
 from methods.adaptive_sampling import (AdaptiveSamplingConfig, Repulsion, bayes_opt, fidelity, median_bandwidth,
                                        rbf_repulsion_grad, teacher_log_probs)

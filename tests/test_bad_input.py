@@ -23,7 +23,8 @@ import yaml
 from harness.cli import main
 from harness.models.data import load_real_data
 from harness.runtime.preflight import check_real_image_counts
-from harness.config.suite import SuiteError, load_suite
+from harness.config.loader import load_suite
+from harness.config.schema import SuiteError
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.models.students import create_student
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from harness.models.teachers import Teacher, accuracy, save_teacher
 from methods import get_method
 from methods.base import ClassTask, MethodContext

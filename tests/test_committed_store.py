@@ -12,7 +12,7 @@ from harness.stages.evaluate import full_data_protocol
 from harness.stages.fine_tune import fine_tune_backbones
 from harness.core.identity import FULL_DATA
 from harness.stages.prepare import prepare
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 
 STORE = Path(__file__).resolve().parent.parent / "leaderboard" / "results" / "fashion-mnist.jsonl"
 # (config hash, seed key) of every set on the published board, as the harness computed them before its

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from harness.stages.distill import method_identity
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from methods import get_method, list_methods
 from methods.base import NEEDS, MethodContext
 from tests.factories import real_task, tiny_latent_dit, tiny_teacher

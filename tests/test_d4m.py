@@ -8,7 +8,7 @@ import torch
 from sklearn.cluster import MiniBatchKMeans
 
 from harness.models.generators.sampling import img2img
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from methods import get_method
 from methods.base import MethodContext
 from methods.d4m import D4MConfig, kmeans_prototypes

@@ -16,7 +16,8 @@ from harness.core.sets import save_images
 from harness.models.measures import DiversityConfig, DiversityError, check_config, measures_from_features
 from harness.stages.diversity import DiversityMeter
 from harness.models.students import create_student
-from harness.config.suite import SuiteError, load_suite
+from harness.config.loader import load_suite
+from harness.config.schema import SuiteError
 from harness.models.teachers import Teacher
 
 

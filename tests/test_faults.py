@@ -19,7 +19,7 @@ from harness.stages.distill import ShardWorker, distill, plan
 from harness.stages.prepare import Prepared
 from harness.core.sets import shard_damage
 from harness.core.store import KEY_FIELDS, ResultStore
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from tests.factories import tiny_suite_raw, write_suite
 from tests.kill_once import KillOnce, KillOnceConfig
 

@@ -18,7 +18,7 @@ from harness.stages.fine_tune import fine_tune_backbones, fine_tune_schedule, tr
 from harness.core.identity import identity_fields
 from harness.stages.prepare import prepare
 from harness.core.sets import load_set
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from methods import get_method
 from methods.fine_tuning import ddim_inversion, diffusion_loss
 from methods.ims3 import IMS3Config, brute_force_subgroups, cosine_loss, greedy_subgroups

@@ -15,7 +15,8 @@ from harness.models.generators.pixel_dit import PixelDiTConfig, build_scheduler,
 from harness.models.generators.sampling import (ddim_sample, ddpm_sample, ddpm_step, img2img, respaced_schedule,
                                         respaced_timesteps)
 from harness.stages.prepare import Prepared, PrepareError, backbone_check, guided_channels, prepare_backbone
-from harness.config.suite import BackboneConfig, SuiteError, TeacherConfig, load_suite
+from harness.config.loader import load_suite
+from harness.config.schema import BackboneConfig, SuiteError, TeacherConfig
 from methods import get_method, list_methods
 from harness.core.identity import identity_fields as config_identity
 from methods.base import ClassTask, MethodContext

@@ -9,7 +9,7 @@ from harness.report.rows import aggregate, best_of_protocols
 from harness.report.scores import label_robust_scores
 from harness.models.protocols import HardLabel, SoftLabel
 from harness.core.sets import Manifest
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 
 
 def _suite(name="s"):

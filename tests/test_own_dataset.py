@@ -14,7 +14,8 @@ from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_
 from harness.report.leaderboard import render
 from harness.stages.prepare import PrepareError, _cached_dir, prepare, prepare_backbone
 from harness.core.sets import Manifest
-from harness.config.suite import SuiteError, load_suite
+from harness.config.loader import load_suite
+from harness.config.schema import SuiteError
 from scripts.export_fashion_imagefolder import export
 from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
 

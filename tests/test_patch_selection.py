@@ -12,7 +12,7 @@ from harness.models.generators.dit import DiTBackbone
 from harness.models.generators.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer
 from harness.models.generators.sampling import fit_to_backbone
 from harness.models.generators.scoring import dift_features, loss_gap_map, representativeness
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from methods import get_method
 from methods.base import MethodContext
 from methods.patch_selection import PatchSelectionConfig, cluster_ranked_selection

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from harness.cli import run
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from tests.factories import tiny_suite_raw, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent

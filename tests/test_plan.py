@@ -11,7 +11,7 @@ import yaml
 from harness import cli
 from harness.cli import main
 from harness.report.plan import DIT_XL_2, KNOWN_DITS, backbone_flops, classifier_flops, make_plan
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from methods import get_method, list_methods
 from tests.factories import write_suite
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from methods import get_method
 from methods.base import MethodContext
 from methods.rded import RDEDConfig, draw_boxes, stitch, true_class_cross_entropy

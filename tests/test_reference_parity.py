@@ -14,7 +14,7 @@ import torchvision.transforms.functional as TF
 from harness.models import protocols as P
 from harness.models.augment import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, augment, jitter_colours, pca_lighting,
                              resize_center_crop)
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 from harness.models.training import train_student
 
 FAMILY = ["imagewoof", "imagenette", "imageidc", "imagenet-100", "imagenet"]

@@ -14,7 +14,8 @@ from harness.core.identity import FULL_DATA
 from harness.report.leaderboard import render
 from harness.report.scores import label_robust_scores
 from harness.core.store import ResultStore
-from harness.config.suite import BENCHMARKS_DIR, BEST_OF_PROTOCOLS, SuiteError, load_suite
+from harness.config.loader import load_suite
+from harness.config.schema import BENCHMARKS_DIR, BEST_OF_PROTOCOLS, SuiteError
 
 SEEDS = Path("/work/shared/seeds")
 IMAGENET_SUITES = ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"]

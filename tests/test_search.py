@@ -22,7 +22,8 @@ from harness.stages.prepare import prepare
 from harness.stages.distill import ShardWorker, plan
 from harness.stages.search import ROW_KIND, SearchSpec, _typed, default_point, experiment_name, run_search, search_id, write_outputs
 from harness.core.store import ResultStore
-from harness.config.suite import SuiteError, load_suite
+from harness.config.loader import load_suite
+from harness.config.schema import SuiteError
 
 from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
 
@@ -127,7 +128,7 @@ def _search_in_a_subprocess(env, seed: int, finished: int):
     nobody reads could fill and stall the driver)."""
     suite, real, prepared, out = env["suite"], env["real"], env["prepared"], env["out"]
     spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=4, reports=6, grace_reports=6, seed=seed)
-    driver = (f"from harness.config.suite import load_suite; from harness.models.data import load_real_data; "
+    driver = (f"from harness.config.loader import load_suite; from harness.models.data import load_real_data; "
               f"from harness.stages.prepare import prepare; from harness.stages.search import SearchSpec, run_search; import ray\n"
               f"ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
               f"s = load_suite({suite.source!r}); r = load_real_data(s.data, with_test=False)\n"

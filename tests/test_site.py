@@ -27,7 +27,7 @@ from harness.report.tables import dd_ranking_table
 from harness.models.protocols import HardLabel, SoftLabel
 from harness.core.sets import Manifest, load_set, save_images
 from harness.report.site import build_site, pareto_front
-from harness.config.suite import load_suite
+from harness.config.loader import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = ROOT / "leaderboard"

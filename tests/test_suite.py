@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from harness.core.identity import CLASSES_DIR, class_list, config_hash, read_class_list
-from harness.config.suite import BENCHMARKS_DIR, SuiteError, load_suite
+from harness.config.schema import BENCHMARKS_DIR, SuiteError
+from harness.config.loader import load_suite
 from tests.factories import write_suite
 
 ROOT = Path(__file__).resolve().parent.parent

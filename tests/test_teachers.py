@@ -58,7 +58,7 @@ def _subset_suite(tmp_path, relabel: dict):
 
     from harness.models.generators.dit import save_dit_backbone
     from harness.models.data import load_real_data
-    from harness.config.suite import load_suite
+    from harness.config.loader import load_suite
     from tests.factories import tiny_latent_dit
 
     rng = np.random.default_rng(0)
@@ -176,7 +176,8 @@ def test_the_subset_teacher_trains_through_ray_train_as_in_one_process(tmp_path,
     """Two DDP workers on CPU (gloo) see the batches one process would: ConvNet-3 (instance norm, nothing
     per-worker) ends with the same weights up to float reduction order."""
     from harness.stages.prepare import train_data_parallel
-    from harness.config.suite import build, TeacherConfig
+    from harness.config.coerce import build
+    from harness.config.schema import TeacherConfig
     from harness.models.teachers import load_trained_teacher, train_recipe_teacher
 
     suite, real = _subset_suite(tmp_path, TINY_RECIPE)
@@ -205,7 +206,7 @@ def create_fresh_classifier(t):
 def test_imagenet_family_relabels_as_the_references_do(name, env, monkeypatch, tmp_path):
     """The subsets relabel with a ResNet-18 trained on the subset (RDED/CaO2 pretrain_models/<subset>_resnet18.pth),
     ImageNet-1k with the selector's torchvision weights; CaO2 selects with those weights everywhere."""
-    from harness.config.suite import load_suite
+    from harness.config.loader import load_suite
     from harness.models.teachers import TorchvisionRecipe
 
     if env:

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from harness.config.suite import BEST_OF_PROTOCOLS
+from harness.config.schema import BEST_OF_PROTOCOLS
 from harness.core.identity import FULL_DATA
 from harness.report.compare import CELL, LEVEL, by_seed, leaders
 from harness.report.manifest_tables import machine_label

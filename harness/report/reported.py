@@ -1,4 +1,4 @@
-"""The papers' own numbers a suite lists (its `reported:` section, harness/config/suite.py `ReportedConfig`),
+"""The papers' own numbers a suite lists (its `reported:` section, harness/config/schema.py `ReportedConfig`),
 each beside ddbench's measured mean for the same setting where the board has one. Reported numbers are only ever
 read here: they never enter the board's cells, best-of, full-data row or scores."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from harness.config.suite import BEST_OF_PROTOCOLS
+from harness.config.schema import BEST_OF_PROTOCOLS
 from harness.core.identity import FULL_DATA
 from harness.report.rows import Board, board_order, ranked
 

@@ -12,7 +12,7 @@ import torch
 
 from methods import get_method
 
-from harness.config.suite import Suite, SuiteError
+from harness.config.schema import Suite, SuiteError
 
 
 def check_out_dir(out: Path, source: str) -> None:

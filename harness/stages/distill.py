@@ -32,7 +32,7 @@ from harness.core.identity import config_hash, identity_fields, versions
 from harness.runtime.resources import ShardPeakMemory, machine
 from harness.stages.prepare import Prepared
 from harness.core.sets import MANIFEST, SHARD, Manifest, load_set, manifest_damage, read_shard, shard_damage, write_shard
-from harness.config.suite import Suite
+from harness.config.schema import Suite
 
 
 @dataclass

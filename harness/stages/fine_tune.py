@@ -34,7 +34,7 @@ from harness.runtime.data_parallel import Worker, cluster_gpus, run_data_paralle
 from harness.runtime.resources import ShardPeakMemory, machine
 from harness.core.identity import config_hash
 from harness.stages.prepare import Prepared, backbone_check
-from harness.config.suite import Suite
+from harness.config.schema import Suite
 
 MODEL, COST, CHECKPOINT = "difffit.pt", "cost.json", "checkpoint.pt"
 

@@ -31,7 +31,7 @@ from harness.models.generators.pixel_dit import train_pixel_dit
 from harness.models.data import RealData
 from harness.runtime.data_parallel import cluster_gpus, run_data_parallel
 from harness.core.identity import class_list, config_hash
-from harness.config.suite import BackboneConfig, Suite, TeacherConfig
+from harness.config.schema import BackboneConfig, Suite, TeacherConfig
 from harness.models.teachers import (Teacher, accuracy, import_teacher_checkpoint, load_timm_teacher, load_trained_teacher,
                        save_teacher, train_recipe_teacher, train_teacher)
 

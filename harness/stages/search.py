@@ -42,7 +42,7 @@ from harness.stages.prepare import Prepared
 from harness.models.protocols import reference_protocol
 from harness.core.sets import load_set
 from harness.core.store import ResultStore
-from harness.config.suite import Suite
+from harness.config.schema import Suite
 from harness.models.training import train_student
 
 DEFAULT_TRIALS = 20  # per searched method: the budget issue 14 asks for, the same for every method

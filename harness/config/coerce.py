@@ -1,0 +1,109 @@
+"""YAML → dataclasses: each value checked against its field's annotation (a mistyped, unknown or missing field is
+one line naming it), and the methods' and protocols' raw entries swapped for their typed configs."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from methods import get_method, list_methods
+
+from harness.config.schema import Suite, SuiteError
+from harness.models.protocols import get_protocol, list_protocols
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (list, dict):
+        return "a list" if origin is list else "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value, tp, where: str, source: str):
+    """Check `value` against the annotation `tp`; returns the (possibly built) value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        for alternative in inner[1:]:  # e.g. `int | str`: the first type the value is, else the first's message
+            if isinstance(value, typing.get_origin(alternative) or alternative):
+                return _coerce(value, alternative, where, source)
+        return _coerce(value, inner[0], where, source)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where, source)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise SuiteError(f"{source}: {where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise SuiteError(f"{source}: {where}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, f"{where} key", source): _coerce(v, val_tp, f"{where}.{k}", source)
+                for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise SuiteError(f"{source}: {where}: expected {_describe(tp)}, got {value!r}")
+    return value
+
+
+def build(cls, raw, where: str, source: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown, missing and mistyped fields."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{source}: {where or 'top level'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{where}." if where else ""
+    for key in raw:
+        if key not in fields:
+            raise SuiteError(f"{source}: {prefix}{key}: unknown field (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], prefix + name, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SuiteError(f"{source}: {prefix}{name}: missing (required)")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        # A config's own check says "field: why"; name the field in the path, as every other check does.
+        field_name, _, why = str(e).partition(": ")
+        if field_name in fields and why:
+            raise SuiteError(f"{source}: {prefix}{field_name}: {why}") from None
+        raise SuiteError(f"{source}: {where or 'top level'}: {e}") from None
+
+
+def resolve_method_configs(s: Suite, source: str) -> None:
+    """Each listed method's entry becomes its typed config (its defaults under the suite's fields): the stages read
+    these and never go back to the YAML."""
+    for name, raw in list(s.methods.items()):
+        try:
+            cls = get_method(name)
+        except KeyError:
+            raise SuiteError(f"{source}: methods.{name}: unknown method (known: {', '.join(list_methods())})")
+        if not isinstance(raw, cls.Config):
+            s.methods[name] = build(cls.Config, {**cls.defaults, **(raw or {})}, f"methods.{name}", source)
+
+
+def resolve_protocols(s: Suite, source: str) -> None:
+    """Each listed protocol's entry becomes its protocol object."""
+    for name, raw in list(s.protocols.items()):
+        try:
+            cls = get_protocol(name)
+        except KeyError:
+            raise SuiteError(f"{source}: protocols.{name}: unknown protocol (known: {', '.join(list_protocols())})")
+        if not isinstance(raw, cls):
+            s.protocols[name] = build(cls, raw, f"protocols.{name}", source)
