@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.models import protocols as P
-from harness.cli import current_recipes
+from harness.pipeline import current_recipes
 from harness.core.identity import config_hash
 from harness.report.leaderboard import aggregate, augmentation_robust_scores, best_of_protocols
 from harness.models.training import train_student
