@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from harness.core.identity import identity_fields
+from harness.core.identity import NEVER, identity_fields
 
 
 @dataclass
@@ -62,14 +62,14 @@ def evaluations_per_step(cfg_scale: float) -> int:
 class FineTuning:
     """What a method asks of the harness's fine-tuning stage (harness/stages/fine_tune.py): DiffFit on the suite's
     backbone over the suite's whole training split, for this schedule, with the method's objective
-    (`Method.fine_tune_objective`). Every field but `checkpoint_every` (how often, not what), with the
-    objective's settings, keys the fine-tuned model."""
+    (`Method.fine_tune_objective`). Its identity (`identity_fields`: every field but `checkpoint_every`, how often
+    and not what, with the objective's settings) keys the fine-tuned model: equal identities are one fine-tune."""
     epochs: int
     batch_size: int                  # the global batch: data-parallel workers split it
     lr: float                        # AdamW, no weight decay
     ema_decay: float                 # the EMA the method samples from
     class_dropout: float             # labels replaced by the null class, as classifier-free guidance trains
-    checkpoint_every: int            # steps between checkpoints a killed run resumes from
+    checkpoint_every: int = field(metadata=NEVER)  # steps between checkpoints a killed run resumes from
     objective: tuple                 # the objective's settings, as (name, value) pairs
     max_steps: int | None = None     # a cap on epochs × steps per epoch, for budgets smaller than an epoch
     seed: int = 0

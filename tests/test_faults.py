@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cli import run
+from harness.pipeline import Run
 from harness.stages.distill import ShardWorker, distill, plan
 from harness.stages.prepare import Prepared
 from harness.core.sets import shard_damage
@@ -70,7 +70,7 @@ def small(tmp_path_factory, ray_cluster, tiny_real):
     """A finished run of the small suite: the state every damage test starts from (a copy of it)."""
     folder = tmp_path_factory.mktemp("small")
     suite = load_suite(str(_small_suite(folder)))
-    run(suite, tiny_real, list(suite.methods), folder / "out", None)
+    Run(suite, list(suite.methods), folder / "out", tiny_real).board()
     return suite, folder / "out"
 
 
@@ -98,7 +98,7 @@ def test_damaged_sets_are_verified_and_only_the_damage_redone(small, tmp_path, t
     for temp in temps:
         temp.write_text("half")
     store = (out / "results" / "tiny.jsonl").read_bytes()
-    run(suite, tiny_real, list(suite.methods), out, None)
+    Run(suite, list(suite.methods), out, tiny_real).board()
     log = capsys.readouterr().out
     assert f"random-real IPC 1 at {real_set} is damaged; redoing class {tiny_real.classes[2]} (missing 0000.png)" in log
     assert (f"diffusion IPC 1 at {diffusion_set} is damaged; redoing class {tiny_real.classes[5]} (0000.png does not "
@@ -154,7 +154,7 @@ def test_damaged_caches_and_a_torn_store_line_are_redone(small, tmp_path, tiny_r
     lines = store.read_text().splitlines(keepends=True)
     torn_row = json.loads(lines[-1])
     store.write_text("".join(lines[:-1]) + lines[-1][:40])  # the last row's write was cut short
-    run(suite, tiny_real, list(suite.methods), out, None)
+    Run(suite, list(suite.methods), out, tiny_real).board()
     log = capsys.readouterr().out
     assert f"[prepare] teacher: the cached {teacher} is damaged" in log and "training it again" in log
     assert f"[prepare] backbone: the cached {weights.parent.parent} is damaged" in log

@@ -18,7 +18,8 @@ LAYERS = (
     "harness.runtime",   # Ray clusters, data-parallel workers, pre-flight checks
     "harness.stages",    # prepare, fine-tune, distill, evaluate, diversity, cross-arch, search
     "harness.report",    # the board, the site, comparisons, exports, the cost plan
-    "harness.cli",       # the pipeline and its verbs
+    "harness.pipeline",  # the pipeline: one invocation's stages and what they produce
+    "harness.cli",       # the verbs, handed over to the pipeline
 )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cli import run
+from harness.pipeline import Run
 from harness.config.loader import load_suite
 from tests.factories import tiny_suite_raw, write_suite
 
@@ -27,7 +27,7 @@ def snapshot(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, ray_cluster, tiny_suite, tiny_real):
     out = tmp_path_factory.mktemp("run")
-    run(tiny_suite, tiny_real, list(tiny_suite.methods), out, None)
+    Run(tiny_suite, list(tiny_suite.methods), out, tiny_real).board()
     return out
 
 
@@ -74,7 +74,7 @@ def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real)
 def test_rerun_recomputes_nothing(first_run, tiny_suite, tiny_real, capsys):
     before = snapshot(first_run / "distilled")
     store = (first_run / "results" / "tiny.jsonl").read_bytes()
-    run(tiny_suite, tiny_real, list(tiny_suite.methods), first_run, None)
+    Run(tiny_suite, list(tiny_suite.methods), first_run, tiny_real).board()
     printed = capsys.readouterr().out
     assert "0 shards to make" in printed and "0 to run" in printed and "0 to measure" in printed
     assert snapshot(first_run / "distilled") == before
@@ -83,7 +83,7 @@ def test_rerun_recomputes_nothing(first_run, tiny_suite, tiny_real, capsys):
 
 def test_cross_architecture_table_and_heatmap(first_run, tiny_suite, tiny_real, capsys):
     c = tiny_suite.cross_arch
-    run(tiny_suite, tiny_real, list(tiny_suite.methods), first_run, None, cross_arch=True)
+    Run(tiny_suite, list(tiny_suite.methods), first_run, tiny_real, cross_arch=True).cross_arch_study()
     rows = [json.loads(line) for line in (first_run / "results" / "tiny-cross-arch.jsonl").read_text().splitlines()]
     assert len(rows) == len(c.teachers) * len(c.students) * c.seeds
     assert len({r["teacher_hash"] for r in rows}) == len(c.teachers) and {r["student"] for r in rows} == set(c.students)
@@ -91,7 +91,7 @@ def test_cross_architecture_table_and_heatmap(first_run, tiny_suite, tiny_real, 
     assert "| convnet3 [" in table and "| resnetap10 (width 4) [" in table
     png = (first_run / "leaderboard" / "tiny-cross-arch.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
-    run(tiny_suite, tiny_real, list(tiny_suite.methods), first_run, None, cross_arch=True)  # cached: nothing new
+    Run(tiny_suite, list(tiny_suite.methods), first_run, tiny_real, cross_arch=True).cross_arch_study()  # cached: nothing new
     assert "0 of" in capsys.readouterr().out
 
 
@@ -117,8 +117,8 @@ def test_killed_distillation_resumes_to_identical_images(tmp_path, first_run, ra
     proc.wait()
     assert 3 <= len(shards) < 20, "the run must be killed during distillation"
     assert not list(killed.glob("distilled/tiny/diffusion/*/ipc*/manifest.json"))
-    run(suite, tiny_real, ["diffusion"], killed, None)
-    run(suite, tiny_real, ["diffusion"], clean, None)
+    Run(suite, ["diffusion"], killed, tiny_real).board()
+    Run(suite, ["diffusion"], clean, tiny_real).board()
     resumed = sorted(killed.glob("distilled/**/*.png"))
     assert len(resumed) == 30
     for png in resumed:
@@ -181,7 +181,7 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
     real = load_real_data(suite.data)
     assert real.classes == wnids and real.channels == 3 and len(real.train) == 16
     out = tmp_path / "out"
-    run(suite, real, ["diffusion", "herding", "patch-selection"], out, None)
+    Run(suite, ["diffusion", "herding", "patch-selection"], out, real).board()
     for method in ("diffusion", "herding", "patch-selection"):
         (manifest,) = out.glob(f"distilled/folder/{method}/*/ipc2/manifest.json")
         assert json.loads(manifest.read_text())["images"] == 4

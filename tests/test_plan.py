@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cli
 from harness.cli import main
-from harness.report.plan import DIT_XL_2, KNOWN_DITS, backbone_flops, classifier_flops, make_plan
+from harness.pipeline import Run
+from harness.report.plan import DIT_XL_2, KNOWN_DITS, backbone_flops, classifier_flops
 from harness.config.loader import load_suite
 from methods import get_method, list_methods
 from tests.factories import write_suite
@@ -21,7 +21,7 @@ SUITES = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "bench
 @pytest.mark.parametrize("suite", SUITES)
 def test_every_suite_plans_without_data(suite, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "no-imagenet-here"))
-    monkeypatch.setattr(cli, "run", lambda *a, **k: pytest.fail("--plan ran the suite"))
+    monkeypatch.setattr(Run, "board", lambda *a, **k: pytest.fail("--plan ran the suite"))
     assert main(["--suite", suite, "--plan", "--out", str(tmp_path), "--gpus", "4"]) == 0
     text = capsys.readouterr().out
     total = re.search(r"total ≈ ([\d,.]+) GPU-hours; ≈ ([\d,.]+) h of wall clock on 4 GPU", text)
@@ -36,7 +36,7 @@ def test_every_suite_plans_without_data(suite, tmp_path, monkeypatch, capsys):
 def test_imagenet_plan_counts(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "absent"))
     suite = load_suite("imagenet", check_files=False)
-    text = make_plan(suite, ["diffusion"], tmp_path, gpus=8, gpu_tflops=25.0)
+    text = Run(suite, ["diffusion"], tmp_path).plan(8, 25.0)
     images = sum(suite.ipcs) * 1000
     row = re.search(r"^  diffusion +(\d+) +(\d+) +([\d,]+) +([\d,]+) ", text, re.M)
     assert row and int(row.group(1)) == len(suite.ipcs) and int(row.group(2)) == len(suite.ipcs) * 1000
@@ -103,7 +103,7 @@ def test_measured_costs_are_preferred(tmp_path, capsys):
            "protocol_hash": suite.protocols["hard-label"].identity(), "accuracy": 0.5}
     stale = {**row, "protocol_hash": "an-older-recipe", "train_seconds": 99.0, "seed": 1}
     (tmp_path / "results" / f"{suite.name}.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(stale) + "\n")
-    text = make_plan(suite, ["diffusion", "random-real"], tmp_path, gpus=1, gpu_tflops=25.0)
+    text = Run(suite, ["diffusion", "random-real"], tmp_path).plan(1, 25.0)
     assert re.search(r"^  diffusion .*measured in .* on NVIDIA H100: 0\.5 s/image", text, re.M)
     assert re.search(r"^  random-real .*FLOPs", text, re.M)
     per = 2.0 / (100 * 10 * 10)
@@ -135,7 +135,7 @@ def test_a_plan_without_data_needs_named_classes(tmp_path, capsys):
 def test_a_plan_prices_searched_configs_and_fine_tunes(tmp_path):
     """A searched config is one more set per IPC; a fine-tune is priced once for the methods that share it."""
     suite = load_suite("fashion-mnist", "leaderboard")
-    text = make_plan(suite, ["diffusion", "minimax", "ims3", "ims3-im-only"], tmp_path, gpus=1, gpu_tflops=25.0)
+    text = Run(suite, ["diffusion", "minimax", "ims3", "ims3-im-only"], tmp_path).plan(1, 25.0)
     assert re.search(r"^  diffusion, searched +3 +30 +610 ", text, re.M) and "  15 sets, 150 shards" in text
     assert re.search(rf"^  convnet3 +hard-label +28 +{5 * 3 * suite.seeds} ", text, re.M)
     fine = re.findall(r"prepare: fine-tunes the backbone for (\S+), ([\d,]+) steps of (\d+) images", text)

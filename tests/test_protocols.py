@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.models import protocols as P
-from harness.cli import current_recipes
+from harness.pipeline import current_recipes
 from harness.core.identity import config_hash
 from harness.report.rows import aggregate, best_of_protocols
 from harness.report.scores import augmentation_robust_scores

@@ -25,7 +25,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from methods import get_method
 from harness.models.generators.pixel_dit import build_transformer
 from harness.models.data import DataError, load_real_data
-from harness.core.identity import identity_fields
 from harness.models.protocols import reference_protocol
 from harness.core.store import ResultStore
 from harness.models.students import create_student
@@ -192,124 +191,168 @@ def _hours(seconds: float) -> str:
     return "?" if math.isnan(hours) else f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
 
 
-def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float) -> str:
-    """The plan as text. Reads no image and loads no model weights."""
-    if gpus < 1 or gpu_tflops <= 0:
-        raise PlanError("--gpus must be at least 1 and --gpu-tflops positive")
+@dataclass
+class _Units:
+    """What every section of the plan prices with: the data's counts, what `--out` measured, the GPU rate and the
+    models' unit FLOPs."""
+    suite: object
+    out: Path
+    counts: Counts
+    measured: Measured
+    rate: float
+    transformer: float
+    vae: float
+    params: int
+    sized: str
+    teacher: float
+    teacher_size: int
+    relabel: float
+    relabel_size: int
+
+
+def _units(suite, out: Path, gpu_tflops: float) -> _Units:
     counts = count_data(suite)
-    measured = measured_costs(suite, out, counts.classes)
-    rate = gpu_tflops * 1e12
-    transformer, vae, params, sized = backbone_flops(suite, counts.channels, counts.classes)
     t = suite.teacher
+    transformer, vae, params, sized = backbone_flops(suite, counts.channels, counts.classes)
     teacher, teacher_size = teacher_flops(t, counts, suite.data.image_size)
     relabel, relabel_size = teacher_flops(t.relabel, counts, suite.data.image_size) if t.relabel else (teacher, teacher_size)
-    C, ipcs = counts.classes, suite.ipcs
-    lines = [f"plan for suite {suite.name} on {gpus} GPU(s) at {gpu_tflops:g} sustained TFLOP/s "
-             "(nothing runs; estimates labelled)",
-             f"data: {C} classes, {counts.train_per_class} training images per class, {counts.test} test images "
-             f"({counts.source})",
-             f"unit FLOPs: backbone {sized}: {transformer / 1e9:,.1f} GFLOP per evaluation"
-             + (f", VAE {vae / 1e9:,.1f} GFLOP per image" if vae else "")
-             + f"; teacher {t.arch} at {teacher_size} px: {teacher / 1e9:,.2f} GFLOP per image"
-             + (f"; relabelling teacher {t.relabel.arch} at {relabel_size} px: {relabel / 1e9:,.2f} GFLOP per image"
-                if t.relabel else ""), "",
-             "distill (one shard = one class of one set)",
+    return _Units(suite, out, counts, measured_costs(suite, out, counts.classes), gpu_tflops * 1e12, transformer, vae,
+                  params, sized, teacher, teacher_size, relabel, relabel_size)
+
+
+def make_plan(suite, methods: list[str], searched: list[str], fine_tunes: dict, out: Path, gpus: int,
+              gpu_tflops: float) -> str:
+    """The plan as text. Reads no image and loads no model weights. `searched`: the methods whose searched config
+    is a set of its own; `fine_tunes`: the distinct fine-tunes the sets sample from, each with its methods (both
+    as harness/pipeline.py's Run decides them)."""
+    if gpus < 1 or gpu_tflops <= 0:
+        raise PlanError("--gpus must be at least 1 and --gpu-tflops positive")
+    u = _units(suite, out, gpu_tflops)
+    lines = _header(u, gpus, gpu_tflops)
+    # A config a search chose is its own set beside the method's, priced from FLOPs: earlier runs' costs are read
+    # for the suite's configs only.
+    entries = ([(name, name, suite.method_config(name)) for name in methods]
+               + [(f"{name}, searched", name, suite.searched_config(name)) for name in searched])
+    distill_lines, distill_seconds, needs_backbone = _distill_section(u, entries, gpus)
+    prepare_lines, prepare_seconds = _prepare_section(u, needs_backbone, fine_tunes)
+    evaluate_lines, evaluate_seconds = _evaluate_section(u, len(entries))
+    total = distill_seconds + prepare_seconds + evaluate_seconds
+    return "\n".join(lines + distill_lines + prepare_lines + evaluate_lines
+                     + ["", f"total ≈ {_hours(total)} GPU-hours; ≈ {_hours(total / gpus)} h of wall clock on {gpus} "
+                        "GPU(s) if the work spreads evenly"])
+
+
+def _header(u: _Units, gpus: int, gpu_tflops: float) -> list[str]:
+    suite, counts, t = u.suite, u.counts, u.suite.teacher
+    return [f"plan for suite {suite.name} on {gpus} GPU(s) at {gpu_tflops:g} sustained TFLOP/s "
+            "(nothing runs; estimates labelled)",
+            f"data: {counts.classes} classes, {counts.train_per_class} training images per class, {counts.test} test "
+            f"images ({counts.source})",
+            f"unit FLOPs: backbone {u.sized}: {u.transformer / 1e9:,.1f} GFLOP per evaluation"
+            + (f", VAE {u.vae / 1e9:,.1f} GFLOP per image" if u.vae else "")
+            + f"; teacher {t.arch} at {u.teacher_size} px: {u.teacher / 1e9:,.2f} GFLOP per image"
+            + (f"; relabelling teacher {t.relabel.arch} at {u.relabel_size} px: {u.relabel / 1e9:,.2f} GFLOP per image"
+               if t.relabel else ""), ""]
+
+
+def _distill_section(u: _Units, entries: list[tuple], gpus: int) -> tuple[list[str], float, bool]:
+    """One line per set's config, then the shards, actors, model loads and disk; the seconds and whether any set
+    samples the backbone."""
+    C, ipcs, measured = u.counts.classes, u.suite.ipcs, u.measured
+    lines = ["distill (one shard = one class of one set)",
              f"  {'method':34} {'sets':>4} {'shards':>6} {'images':>8} {'backbone evals':>15} {'GPU-h':>8}  basis"]
     total_images = distill_seconds = 0.0
     needs_backbone = needs_teacher = False
-    # A config a search chose is its own set beside the method's (a profile that includes it runs both).
-    # (Skipped where it equals the suite's config, as a run skips it; priced from FLOPs, as earlier runs' costs
-    # are read for the suite's configs only.)
-    searched = [(f"{name}, searched", name, suite.searched_config(name)) for name in methods if name in suite.searched
-                and identity_fields(suite.searched_config(name)) != identity_fields(suite.method_config(name))]
-    entries = [(name, name, suite.method_config(name)) for name in methods] + searched
     for label, name, config in entries:
         cls = get_method(name)
         needs = cls.needs_for(config)
         needs_backbone |= "backbone" in needs
         needs_teacher |= bool({"teacher", "relabel_teacher"} & needs)
         images = sum(ipc * C for ipc in ipcs)
-        works = [cls.work(config, ipc, counts.train_per_class) for ipc in ipcs]
+        works = [cls.work(config, ipc, u.counts.train_per_class) for ipc in ipcs]
         if label == name and name in measured.per_image:
             per_image, device = measured.per_image[name]
-            seconds, basis = per_image * images, f"measured in {out} on {device}: {per_image:.3g} s/image"
+            seconds, basis = per_image * images, f"measured in {u.out} on {device}: {per_image:.3g} s/image"
         elif any(w is None for w in works):
             seconds, basis = math.nan, "unknown: the method declares no work"
         else:
-            flops = sum(C * (w.backbone * transformer + w.vae * vae + w.teacher * teacher) for w in works)
-            seconds, basis = flops / rate, "FLOPs"
+            flops = sum(C * (w.backbone * u.transformer + w.vae * u.vae + w.teacher * u.teacher) for w in works)
+            seconds, basis = flops / u.rate, "FLOPs"
         evals = sum(C * w.backbone for w in works if w is not None)
         total_images += images
         distill_seconds += 0 if math.isnan(seconds) else seconds
         lines.append(f"  {label:34} {len(ipcs):>4} {len(ipcs) * C:>6} {images:>8,} {evals:>15,.0f} "
                      f"{_hours(seconds):>8}  {basis}")
-    sets = len(entries)
-    shards = sets * len(ipcs) * C
+    shards = len(entries) * len(ipcs) * C
     actors = min(gpus, shards)
     loads = [what for what, needed in (("backbone", needs_backbone), ("teacher", needs_teacher)) if needed]
-    raw = counts.channels * suite.data.image_size ** 2
+    raw = u.counts.channels * u.suite.data.image_size ** 2
     png = measured.png_bytes_per_image or raw * PNG_FRACTION
-    lines.append(f"  {sets * len(ipcs)} sets, {shards} shards on {actors} GPU actor(s); model loads: "
+    lines.append(f"  {len(entries) * len(ipcs)} sets, {shards} shards on {actors} GPU actor(s); model loads: "
                  + (", ".join(f"{w} ×{actors}" for w in loads) or "none")
                  + f"; {total_images:,.0f} images ≈ {total_images * png / 1e9:,.2f} GB of PNG "
                  + ("(measured size)" if measured.png_bytes_per_image else f"(estimated at {PNG_FRACTION:.0%} of raw)")
-                 + (f"; backbone weights {params * 4 / 1e9:,.2f} GB in fp32 per node" if needs_backbone else ""))
-    prepare_seconds = 0.0
+                 + (f"; backbone weights {u.params * 4 / 1e9:,.2f} GB in fp32 per node" if needs_backbone else ""))
+    return lines, distill_seconds, needs_backbone
+
+
+def _prepare_section(u: _Units, needs_backbone: bool, fine_tunes: dict) -> tuple[list[str], float]:
+    """The models `prepare` trains or checks once (cached after), and the fine-tunes."""
+    suite, C, t, rate = u.suite, u.counts.classes, u.suite.teacher, u.rate
+    lines, prepare_seconds = [], 0.0
     if suite.backbone.check_per_class and needs_backbone:
         n = suite.backbone.check_per_class * C
-        prepare_seconds = n * (suite.backbone.check_steps * 2 * transformer + vae + teacher) / rate
+        prepare_seconds = n * (suite.backbone.check_steps * 2 * u.transformer + u.vae + u.teacher) / rate
         lines.append(f"  prepare: backbone check samples {n:,} images ({_hours(prepare_seconds)} GPU-h, FLOPs)")
-    train_images = counts.train_per_class * C
+    train_images = u.counts.train_per_class * C
     if suite.backbone.kind == "pixel-dit":
-        seconds = suite.backbone.train.steps * suite.backbone.train.batch_size * TRAIN_FLOPS_PER_FORWARD * transformer / rate
+        seconds = suite.backbone.train.steps * suite.backbone.train.batch_size * TRAIN_FLOPS_PER_FORWARD * u.transformer / rate
         prepare_seconds += seconds
         lines.append(f"  prepare: trains the pixel DiT, {suite.backbone.train.steps:,} steps ({_hours(seconds)} GPU-h, "
                      "FLOPs; once: cached)")
-    for what, config, forward in (("teacher", t, teacher), ("relabelling teacher", t.relabel, relabel)):
+    for what, config, forward in (("teacher", t, u.teacher), ("relabelling teacher", t.relabel, u.relabel)):
         if config is not None and config.kind == "trained" and not config.weights:
             epochs = config.recipe.epochs if config.recipe else config.train.epochs
             seconds = epochs * train_images * TRAIN_FLOPS_PER_FORWARD * forward / rate
             prepare_seconds += seconds
             lines.append(f"  prepare: trains the {what} {config.arch}, {epochs} epochs over {train_images:,} images "
                          f"({_hours(seconds)} GPU-h, FLOPs; once: cached)")
-    # Fine-tunes as the run makes them: from the suite's config of each method (a searched set samples its
-    # method's fine-tuned backbone), one per schedule (how often it checkpoints trains nothing different).
-    fine_tunes = {}
-    for name in methods:
-        ft = get_method(name).fine_tuning(suite.method_config(name))
-        if ft is not None:
-            fine_tunes.setdefault(dataclasses.replace(ft, checkpoint_every=0), name)
-    for ft, name in fine_tunes.items():
+    for ft, (name, *_) in fine_tunes.values():  # named by the first method that asks for it
         steps = ft.epochs * (train_images // ft.batch_size)
         steps = min(steps, ft.max_steps) if ft.max_steps else steps
-        seconds = steps * ft.batch_size * (TRAIN_FLOPS_PER_FORWARD * transformer + vae) / rate
+        seconds = steps * ft.batch_size * (TRAIN_FLOPS_PER_FORWARD * u.transformer + u.vae) / rate
         check = ""
         if suite.backbone.check_per_class:  # the fine-tuned backbone is checked like the suite's
             n = suite.backbone.check_per_class * C
-            seconds += n * (suite.backbone.check_steps * 2 * transformer + vae + teacher) / rate
+            seconds += n * (suite.backbone.check_steps * 2 * u.transformer + u.vae + u.teacher) / rate
             check = f" and its backbone check of {n:,} samples"
         prepare_seconds += seconds
         lines.append(f"  prepare: fine-tunes the backbone for {name}, {steps:,} steps of {ft.batch_size} images{check} "
                      f"(at least {_hours(seconds)} GPU-h: FLOPs of the diffusion loss, not of the further passes "
                      "its objective makes; once: cached)")
+    return lines, prepare_seconds
 
-    lines += ["", "evaluate (one trial = one student, protocol, set and seed; a setting's seeds train together)",
-              f"  {'student':22} {'protocol':18} {'input':>5} {'trials':>7} {'image-epochs':>14} {'GPU-h':>8}  basis"]
+
+def _evaluate_section(u: _Units, sets: int) -> tuple[list[str], float]:
+    """One line per student and protocol (then per student on the full data), priced by measure or FLOPs."""
+    suite, C, ipcs, measured, t = u.suite, u.counts.classes, u.suite.ipcs, u.measured, u.suite.teacher
+    lines = ["", "evaluate (one trial = one student, protocol, set and seed; a setting's seeds train together)",
+             f"  {'student':22} {'protocol':18} {'input':>5} {'trials':>7} {'image-epochs':>14} {'GPU-h':>8}  basis"]
     evaluate_seconds, trials, teacher_loads = 0.0, 0, 0
     for student in suite.students:
         for pname, protocol in suite.protocols.items():
             size = protocol.train_size(suite.data.image_size)
             kwargs = protocol.student_kwargs.get(student, {})
-            forward = classifier_flops(student, C, counts.channels, size, kwargs, False)
+            forward = classifier_flops(student, C, u.counts.channels, size, kwargs, False)
             image_epochs = sets * suite.seeds * sum(protocol.epochs_for(ipc) * ipc * C for ipc in ipcs)
             n = sets * len(ipcs) * suite.seeds
             key = (student, pname)
             if key in measured.per_image_epoch:
                 seconds = image_epochs * measured.per_image_epoch[key]
-                basis = f"measured in {out}: {measured.per_image_epoch[key]:.3g} s/image-epoch"
+                basis = f"measured in {u.out}: {measured.per_image_epoch[key]:.3g} s/image-epoch"
             else:
-                per = TRAIN_FLOPS_PER_FORWARD * forward + (relabel if protocol.needs_teacher else 0)
-                seconds = (image_epochs * per + sets * len(ipcs) * suite.seeds * counts.test * forward) / rate
+                per = TRAIN_FLOPS_PER_FORWARD * forward + (u.relabel if protocol.needs_teacher else 0)
+                seconds = (image_epochs * per + sets * len(ipcs) * suite.seeds * u.counts.test * forward) / u.rate
                 basis = f"FLOPs ({forward / 1e9:.2f} GFLOP per forward)"
             trials += n
             teacher_loads += sets * len(ipcs) if protocol.needs_teacher else 0
@@ -320,9 +363,9 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
         ref = reference_protocol(suite.protocols)
         size = ref.train_size(suite.data.image_size)
         for student in suite.students:
-            forward = classifier_flops(student, C, counts.channels, size, ref.student_kwargs.get(student, {}), False)
-            image_epochs = suite.full_data.epochs * counts.train_per_class * C
-            seconds = image_epochs * TRAIN_FLOPS_PER_FORWARD * forward / rate
+            forward = classifier_flops(student, C, u.counts.channels, size, ref.student_kwargs.get(student, {}), False)
+            image_epochs = suite.full_data.epochs * u.counts.train_per_class * C
+            seconds = image_epochs * TRAIN_FLOPS_PER_FORWARD * forward / u.rate
             evaluate_seconds += seconds
             trials += 1
             lines.append(f"  {student:22} {'full data':18} {size:>5} {1:>7} {image_epochs:>14,.0f} "
@@ -332,7 +375,4 @@ def make_plan(suite, methods: list[str], out: Path, gpus: int, gpu_tflops: float
                  + (f", the {t.relabel.arch} trained on the suite's classes" if t.relabel else "") + ")")
     lines.append("  FLOPs price compute only: a small set's few steps per epoch also pay per-step overheads, so "
                  "student estimates for low IPCs are optimistic")
-    total = distill_seconds + prepare_seconds + evaluate_seconds
-    lines += ["", f"total ≈ {_hours(total)} GPU-hours; ≈ {_hours(total / gpus)} h of wall clock on {gpus} GPU(s) "
-              "if the work spreads evenly"]
-    return "\n".join(lines)
+    return lines, evaluate_seconds

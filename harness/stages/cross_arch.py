@@ -1,6 +1,7 @@
 """The cross-architecture study (`--cross-arch`): one distilled set, every student trained on it with every
 teacher as the source of soft labels, written as a teacher × student table and heatmap (the shape of CaO2's
-Table 4). It reuses the evaluation stage's trials and Ray execution; only the teacher varies.
+Table 4). It reuses the evaluation stage's trials and Ray execution; only the teacher varies. The set comes from
+the pipeline (harness/pipeline.py), made as every other set is.
 """
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from harness.stages.distill import distill, plan
+from harness.core.sets import Manifest
 from harness.stages.evaluate import EvalTrial, run_trials
-from harness.stages.fine_tune import fine_tune_backbones
 from harness.core.identity import config_hash
 from harness.stages.prepare import load_teacher, prepare_teacher
 from harness.models.protocols import teacher_protocol
@@ -23,11 +23,11 @@ def _teacher_name(t) -> str:
     return f"{t.arch} ({options})" if options else t.arch
 
 
-def cross_architecture(suite, real, prepared, out: Path, connect) -> tuple[Path, Path, Path]:
+def cross_architecture(suite, real, prepared, manifest: Manifest, out: Path, connect) -> tuple[Path, Path, Path]:
+    """Every cross_arch student trained on `manifest`'s set (the suite's cross_arch method at its IPC) under every
+    cross_arch teacher's soft labels; returns the table's markdown, CSV and heatmap."""
     c = suite.cross_arch
     protocol = teacher_protocol(suite.protocols)
-    prepared = fine_tune_backbones(suite, real, prepared, out, [c.method], connect)
-    (manifest,) = distill(suite, real, prepared, plan(suite, prepared, out, [c.method], [c.ipc]), connect)
     teachers = []
     for t in c.teachers:
         source, key, acc = prepare_teacher(suite, real, out, t)

@@ -31,17 +31,29 @@ from harness.models.generators.difffit import add_difffit
 from harness.models.generators.sampling import fit_to_backbone
 from harness.models.data import RealData, load_real_data
 from harness.runtime.data_parallel import Worker, cluster_gpus, run_data_parallel
-from harness.runtime.resources import ShardPeakMemory, machine
-from harness.core.identity import config_hash
-from harness.stages.prepare import Prepared, backbone_check
+from harness.stages.distill import ShardPeakMemory, machine
+from harness.core.identity import config_hash, identity_fields
+from harness.stages.prepare import Prepared, backbone_check, drop_damaged, log, read_json
 from harness.config.schema import Suite
 
 MODEL, COST, CHECKPOINT = "difffit.pt", "cost.json", "checkpoint.pt"
 
 
 def fine_tune_schedule(ft: FineTuning) -> dict:
-    """What keys the fine-tuned model of `ft`: every setting but how often it is saved."""
-    return {k: v for k, v in dataclasses.asdict(ft).items() if k != "checkpoint_every"}
+    """What keys the fine-tuned model of `ft`: its identity, every setting but how often it is saved."""
+    return identity_fields(ft)
+
+
+def needed_fine_tunes(suite: Suite, methods: list[str]) -> dict[str, tuple[FineTuning, list[str]]]:
+    """The distinct fine-tunes `methods` sample from, by the hash of their schedule: each with the methods that
+    share it (variants asking for the same fine-tune share one model). From the suite's config of each method: a
+    searched set samples its method's fine-tuned backbone."""
+    needed: dict[str, tuple[FineTuning, list[str]]] = {}
+    for name in methods:
+        ft = get_method(name).fine_tuning(suite.method_config(name))
+        if ft is not None:
+            needed.setdefault(config_hash(fine_tune_schedule(ft)), (ft, []))[1].append(name)
+    return needed
 
 
 def fine_tune_identity(prepared: Prepared, ft: FineTuning, real: RealData) -> dict:

@@ -1,0 +1,272 @@
+"""The pipeline: one invocation's stages and what each produces, made once, when first asked for.
+
+A `Run` owns the suite, the prepared models, the fine-tunes, the sets to make (with the searched configs that are
+rows of their own, and their labels), the manifests, the result store and the board's rows. Every verb of the
+command line is a question put to it: `board` (run, site), `cross_arch_study`, `search`, `plan`, `compare` and
+`export` each ask for what they need, and what they do not ask for is never made. The stages below know nothing
+of it: it passes them what they need.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from functools import cached_property
+from pathlib import Path
+
+from harness.core.identity import FULL_DATA, identity_fields
+from harness.core.lock import output_lock
+from harness.core.sets import Manifest
+from harness.core.store import ResultStore
+from harness.report.compare import compare, lines as compare_lines
+from harness.report.export import export_set
+from harness.report.rows import board_order, measured_rows, searched_label, trained_under, with_searched_labels
+from harness.report.markdown import protocols_note
+from harness.report.leaderboard import render
+from harness.report.plan import make_plan
+from harness.report.site import build_site
+from harness.runtime.cluster import connector
+from harness.stages.cross_arch import cross_architecture
+from harness.stages.distill import DistillJob, distill, plan
+from harness.stages.diversity import measure_sets
+from harness.stages.evaluate import evaluate, full_data_protocol
+from harness.stages.fine_tune import fine_tune_backbones, needed_fine_tunes
+from harness.stages.prepare import Prepared, prepare
+from harness.stages.search import SearchSpec, run_search, write_outputs
+
+SEARCHED_NOTE = ("rows labelled 'searched on val (N trials)': the method's config chosen by N trials of a "
+                 "hyperparameter search on the validation split (harness/stages/search.py), beside the suite's own")
+
+
+class RunError(Exception):
+    """What --out holds cannot answer the question (no such set, no such cell); one line."""
+
+
+def _holding_out(mode):
+    """A mode that writes under --out runs holding its lock (harness/core/lock.py): one run per --out at a time."""
+    @functools.wraps(mode)
+    def locked(self, *args, **kwargs):
+        with output_lock(self.out):
+            return mode(self, *args, **kwargs)
+    return locked
+
+
+def current_recipes(suite, prepared, rows: list[dict]) -> set[tuple[str, str]]:
+    """(student, protocol hash) of every recipe the board shows: the one each student trains under now in each
+    protocol (a searched per-student recipe is that student's alone), and the full-data recipe."""
+    students = set(suite.students) | {r.get("student") for r in rows}
+    recipes = {(s, prepared.protocol_hash(p.for_student(s))) for p in suite.protocols.values() for s in students}
+    if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
+        recipes |= {(s, full_data_protocol(suite).identity()) for s in students}
+    return recipes
+
+
+class Run:
+    """One invocation. `methods` are the board's; `make` False reads the sets and results --out holds and makes
+    none (site, compare, export), so it needs no cluster; `cross_arch` makes the suite's cross-architecture set
+    instead of the board's. `real` may be None for the questions that need no data (the plan)."""
+
+    def __init__(self, suite, methods: list[str], out: Path, real=None, address: str | None = None,
+                 check: bool = True, accept_failed_check: bool = False, make: bool = True, cross_arch: bool = False,
+                 command: str = ""):
+        self.suite, self.methods, self.real = suite, list(methods), real
+        self.out = Path(out).absolute()  # workers resolve a relative path against their own working directory
+        self.address, self.check, self.accept_failed_check = address, check, accept_failed_check
+        self.make, self.cross_arch, self.command = make, cross_arch, command
+        self.t0 = time.perf_counter()
+
+    # What the suite alone decides: the plan asks for these too, before any data or model is there.
+
+    @cached_property
+    def set_methods(self) -> list[str]:
+        """The methods whose sets this run makes or reads."""
+        return [self.suite.cross_arch.method] if self.cross_arch else self.methods
+
+    @cached_property
+    def ipcs(self) -> list[int]:
+        return [self.suite.cross_arch.ipc] if self.cross_arch else list(self.suite.ipcs)
+
+    @cached_property
+    def searched(self) -> list[str]:
+        """The methods whose searched config is a set of its own beside the suite's config, shown as its own row.
+        A searched config equal to the suite's in what makes a set is the same set: its rows are the method's own."""
+        if self.cross_arch:
+            return []
+        return [name for name in self.set_methods if name in self.suite.searched
+                and identity_fields(self.suite.searched_config(name)) != identity_fields(self.suite.method_config(name))]
+
+    @cached_property
+    def fine_tunes(self) -> dict:
+        """The distinct fine-tunes the sets sample from (harness/stages/fine_tune.py: `needed_fine_tunes`)."""
+        return needed_fine_tunes(self.suite, self.set_methods)
+
+    # The stages, each run once.
+
+    @cached_property
+    def connect(self):
+        return connector(self.address, self.out)  # attaches a named cluster now; starts a local one only when needed
+
+    @cached_property
+    def prepared(self) -> Prepared:
+        """The suite's models, with the fine-tuned backbones the sets sample from. Cross-arch checks no fine-tune:
+        its table has no notes to show the check in."""
+        base = prepare(self.suite, self.real, self.out, check=self.check, connect=self.connect,
+                       methods=self.set_methods, accept_failed_check=self.accept_failed_check)
+        return fine_tune_backbones(self.suite, self.real, base, self.out, self.set_methods, self.connect,
+                                   check=self.check and not self.cross_arch, make=self.make)
+
+    @cached_property
+    def own_jobs(self) -> list[DistillJob]:
+        """The sets of the suite's own configs."""
+        return plan(self.suite, self.prepared, self.out, self.set_methods, self.ipcs)
+
+    @cached_property
+    def searched_jobs(self) -> dict[str, list[DistillJob]]:
+        """The sets of the searched configs that are rows of their own, by method."""
+        s = self.suite
+        return {name: plan(s.with_method_config(name, s.searched_config(name)), self.prepared, self.out, [name],
+                           self.ipcs) for name in self.searched}
+
+    @cached_property
+    def jobs(self) -> list[DistillJob]:
+        return self.own_jobs + [job for jobs in self.searched_jobs.values() for job in jobs]
+
+    @cached_property
+    def labels(self) -> dict[tuple[str, str], str]:
+        """(method, config hash) → its board label, for the configs a search chose."""
+        return {(name, jobs[0].config_hash): searched_label(name, self.suite.searched[name].trials)
+                for name, jobs in self.searched_jobs.items()}
+
+    @cached_property
+    def manifests(self) -> list[Manifest]:
+        if not self.make:
+            return [Manifest.read(j.path) for j in self.jobs if j.done()]
+        return distill(self.suite, self.real, self.prepared, self.jobs, self.connect)
+
+    @cached_property
+    def store(self) -> ResultStore:
+        return ResultStore(self.out / "results" / f"{self.suite.name}.jsonl")
+
+    @cached_property
+    def current(self) -> set[tuple[str, str]]:
+        """The sets the board shows: those of this run's configs, and the full-data reference."""
+        return {(j.method, j.config_hash) for j in self.jobs} | {(FULL_DATA, self.real.train.fingerprint()[:12])}
+
+    @cached_property
+    def recipes(self) -> set[tuple[str, str]]:
+        return current_recipes(self.suite, self.prepared, self.store.read())
+
+    @cached_property
+    def notes(self) -> list[str]:
+        """The board's notes: the models behind it, their checks, the protocols, the suite's own notes."""
+        prepared = self.prepared
+        notes = [prepared.teacher_note()]
+        if prepared.backbone_check:
+            c = prepared.backbone_check
+            notes.append(f"backbone check: the teacher agrees with the conditioning class on {c['agreement']:.1%} of "
+                         f"{c['samples']} samples (cfg {c['cfg_scale']}, {c['steps']} DDIM steps)")
+        for name, tuned in prepared.fine_tuned.items():
+            if "check" in tuned:
+                c = tuned["check"]
+                notes.append(f"{name}'s fine-tuned backbone ({tuned['hash']}, {tuned['cost']['steps']} steps): the "
+                             f"teacher agrees with the conditioning class on {c['agreement']:.1%} of {c['samples']} "
+                             "samples")
+        notes.append(protocols_note(self.suite.protocols))
+        notes += self.suite.notes
+        if self.labels:
+            notes.append(SEARCHED_NOTE)
+        return notes
+
+    # The questions: each mode of the command line.
+
+    def header(self) -> None:
+        s = self.suite
+        print(f"[suite] {s.name}: {len(self.methods)} methods × IPC {s.ipcs} × {len(s.students)} students × "
+              f"{len(s.protocols)} protocols × {s.seeds} seeds → {self.out}", flush=True)
+
+    def _elapsed(self) -> str:
+        return f"({time.perf_counter() - self.t0:.0f} s)"
+
+    @_holding_out
+    def board(self) -> tuple[Path, Path, Path]:
+        """The sets, their measures, the trials (when this run makes things), then the board and the site.
+        Returns the board's markdown and CSV and the site's page."""
+        self.header()
+        manifests, store, recipes = self.manifests, self.store, self.recipes
+        measure_sets(self.suite, self.real, self.prepared, manifests, self.out)
+        if self.make:
+            evaluate(self.suite, self.real, manifests, store, self.suite.students, self.suite.seeds, self.connect,
+                     self.prepared, self.out)
+        rows, current, manifests, order = with_searched_labels(store.read(), self.current, manifests, self.methods,
+                                                               self.labels)
+        md, csv = render(self.suite, rows, current, self.out / "leaderboard", order, self.notes, manifests, recipes)
+        print(f"[leaderboard] {md} and {csv} {self._elapsed()}", flush=True)
+        if self.make:
+            print(md.read_text(), flush=True)
+        page = build_site(self.suite, rows, current, self.out / "site", order, self.notes, manifests,
+                          self.out / "leaderboard", self.command, recipes)
+        print(f"[site] {page} {self._elapsed()}", flush=True)
+        return md, csv, page
+
+    @_holding_out
+    def cross_arch_study(self) -> tuple[Path, Path, Path]:
+        """The suite's cross-architecture table and heatmap, on its one set (a Run made with `cross_arch`)."""
+        self.header()
+        (manifest,) = self.manifests
+        paths = cross_architecture(self.suite, self.real, self.prepared, manifest, self.out, self.connect)
+        print(f"[cross-arch] {', '.join(map(str, paths))} {self._elapsed()}", flush=True)
+        print(paths[0].read_text(), flush=True)
+        return paths
+
+    @_holding_out
+    def search(self, specs: list[SearchSpec], resume: bool = False) -> list[Path]:
+        """Each spec's search on the models its methods need (a Run whose methods are the specs'); its trials go to
+        the result store. `real` must hold no test split."""
+        prepared = self.prepared
+        self.connect()  # the trials run on Ray Tune
+        written = []
+        for spec in specs:
+            outcome = run_search(self.suite, self.real, prepared, spec, self.out, resume=resume)
+            paths = write_outputs(outcome, self.suite, self.out, self.store)
+            print(outcome.summary(), flush=True)
+            print(f"[search] {spec.subject}: {len(outcome.trials)} trial rows in {self.store.path}; "
+                  f"{', '.join(map(str, paths))}", flush=True)
+            written += paths
+        return written
+
+    def plan(self, gpus: int, gpu_tflops: float) -> str:
+        """What the run would do and cost, as text: needs neither the data nor the models."""
+        return make_plan(self.suite, self.set_methods, self.searched, self.fine_tunes, self.out, gpus, gpu_tflops)
+
+    @_holding_out
+    def compare(self, pair: list[str]) -> Path:
+        """A − B per cell from the store (a Run whose methods are the pair, made with `make` False)."""
+        self.header()
+        # A searched config is its own row, never averaged with the method's own.
+        rows, compared, _, _ = with_searched_labels(self.store.read(), self.current, [], self.methods, self.labels)
+        rows = trained_under(rows, self.recipes)
+        s = self.suite
+        table = board_order(compare(measured_rows(rows, compared), *pair), pair, list(s.students), list(s.protocols),
+                            ("student", "protocol", "ipc"))
+        if table.empty:
+            raise RunError(f"{s.source}: methods: the store in {self.out} holds no cell with both {pair[0]} and "
+                           f"{pair[1]}")
+        stem = self.out / "compare" / f"{s.name}-{pair[0]}-vs-{pair[1]}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(stem.with_suffix(".csv"), index=False, float_format="%.5f")
+        text = "\n".join(compare_lines(table, *pair)) + "\n"
+        stem.with_suffix(".md").write_text(text)
+        print(text + f"\n[compare] {stem}.md and .csv", flush=True)
+        return stem.with_suffix(".md")
+
+    @_holding_out
+    def export(self) -> Path:
+        """The one set of this Run (one method at one IPC, made with `make` False) as a datasets folder."""
+        self.header()
+        (job,) = self.own_jobs
+        if not job.done():
+            raise RunError(f"{self.suite.source}: methods: no {job.method} set at IPC {job.ipc} in {self.out} (a run "
+                           f"with --methods {job.method} --ipc {job.ipc} makes it)")
+        dest = export_set(Manifest.read(job.path), self.out / "exports" / f"{self.suite.name}-{job.method}-ipc{job.ipc}",
+                          self.suite.name)
+        print(f"[export] {dest}: load it with datasets.load_dataset({str(dest)!r}, split='train')", flush=True)
+        return dest
