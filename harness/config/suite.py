@@ -20,12 +20,14 @@ import yaml
 
 from methods import get_method, list_methods
 
+from harness.models.generators import get_generator, list_generators
 from harness.models.generators.pixel_dit import PixelDiTConfig
 from harness.models.measures import DiversityConfig, DiversityError, check_config
 from harness.models.data import IMAGE_EXTENSIONS
 from harness.core.identity import CLASSES_DIR, FULL_DATA, read_class_list
 from harness.models.protocols import Protocol, get_protocol, list_protocols, reference_protocol
 from harness.models.students import create_student, is_student
+from harness.models.teacher_sources import list_teacher_kinds, teacher_source
 from harness.models.teachers import TeacherTrainConfig, TorchvisionRecipe
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -75,7 +77,7 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    kind: str                              # "pixel-dit" (trained by prepare) or "dit" (pretrained)
+    kind: str                              # a registered generator (harness/models/generators/): pixel-dit, dit
     pretrained: str | None = None          # hub id or local directory (kind: dit)
     vae: str | None = "subfolder"          # "subfolder", a hub id / directory, or null
     dtype: str = "float32"
@@ -98,7 +100,8 @@ class BackboneConfig:
 
 @dataclass
 class TeacherConfig:
-    kind: str                              # "trained" (on the suite's classes) or "timm" (pretrained on ImageNet-1k)
+    kind: str                              # a registered teacher source (harness/models/teacher_sources.py):
+                                           # trained (on the suite's classes) or timm (pretrained on ImageNet-1k)
     arch: str = "convnet3"
     # kind timm: a timm tag / hub id or a local file. kind trained: a local checkpoint trained on the suite's
     # classes, in the suite's order (e.g. RDED's observers), used instead of training one; "" is none.
@@ -489,10 +492,8 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
             fail("data.root", f"{root} does not exist; {hint}")
         if s.data.format == "imagefolder":
             _check_folders(s.data, fail)
-    if s.backbone.kind not in ("pixel-dit", "dit"):
-        fail("backbone.kind", f"must be pixel-dit or dit, got {s.backbone.kind!r}")
-    if s.backbone.kind == "dit" and not s.backbone.pretrained:
-        fail("backbone.pretrained", "required for kind dit: a hub id or a local directory")
+    if s.backbone.kind not in list_generators():
+        fail("backbone.kind", f"must be {' or '.join(list_generators())}, got {s.backbone.kind!r}")
     if s.backbone.classes is not None:
         path = CLASSES_DIR / f"{s.backbone.classes}.txt"
         if not path.is_file():
@@ -508,8 +509,7 @@ def _check(s: Suite, source: str, check_files: bool) -> None:
     for name in ("check_per_class", "check_steps"):
         if getattr(s.backbone, name) < 1:
             fail(f"backbone.{name}", f"must be at least 1, got {getattr(s.backbone, name)}")
-    if s.backbone.kind == "pixel-dit":
-        _check_pixel_dit(s.backbone.train, s.data.image_size, fail)
+    get_generator(s.backbone.kind).check(s.backbone, s.data.image_size, fail)
     if not s.ipcs or any(i < 1 for i in s.ipcs):
         fail("ipcs", f"must be a non-empty list of positive integers, got {s.ipcs}")
     for where, values in (("ipcs", s.ipcs), ("students", s.students)):
@@ -667,34 +667,6 @@ def _check_reported(s: Suite, fail) -> None:
 # What a suite's name may be: it names folders (weights/<name>/) and files (results/<name>.jsonl).
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-# The pixel DiT's training settings that must be positive (harness/models/generators/pixel_dit.py), and those that may be 0.
-_PIXEL_DIT_POSITIVE = ("sample_size", "patch_size", "width", "depth", "heads", "steps", "batch_size", "lr",
-                       "grad_clip", "checkpoint_every")
-_PIXEL_DIT_NON_NEGATIVE = ("warmup_steps",)
-
-
-def _check_pixel_dit(cfg, image_size: int, fail) -> None:
-    """The backbone prepare trains: numbers that would fail (or train nothing) only after the data is loaded."""
-    def number(name):
-        value = getattr(cfg, name, None)
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-    for name in _PIXEL_DIT_POSITIVE:
-        if number(name) is not None and number(name) <= 0:
-            fail(f"backbone.train.{name}", f"must be positive, got {number(name)}")
-    for name in _PIXEL_DIT_NON_NEGATIVE:
-        if number(name) is not None and number(name) < 0:
-            fail(f"backbone.train.{name}", f"must be ≥ 0, got {number(name)}")
-    if number("ema_decay") is not None and not 0 <= cfg.ema_decay < 1:
-        fail("backbone.train.ema_decay", f"must be in [0, 1), got {cfg.ema_decay}")
-    if number("sample_size") is not None and cfg.sample_size != image_size:
-        fail("backbone.train.sample_size", f"must be the images' size, data.image_size {image_size}, "
-                                           f"got {cfg.sample_size}")
-    if number("patch_size") and cfg.sample_size % cfg.patch_size:
-        fail("backbone.train.patch_size", f"must divide sample_size {cfg.sample_size}, got {cfg.patch_size}")
-    if number("heads") and cfg.width % cfg.heads:
-        fail("backbone.train.heads", f"must divide width {cfg.width}, got {cfg.heads}")
-
 
 def _check_options(where: str, arch: str, options: dict, image_size: int, fail) -> None:
     """A model's options (`student_kwargs`, `arch_kwargs`) are ones it takes: built on the meta device (no memory,
@@ -709,15 +681,8 @@ def _check_options(where: str, arch: str, options: dict, image_size: int, fail) 
 
 
 def _check_teacher(t: TeacherConfig, where: str, fail, image_size: int) -> None:
-    if t.kind not in ("trained", "timm"):
-        fail(f"{where}.kind", f"must be trained or timm, got {t.kind!r}")
-    if not is_student(t.arch) and t.kind == "trained":
-        fail(f"{where}.arch", f"unknown architecture {t.arch!r}")
-    if t.kind == "trained" and t.arch_kwargs:
-        _check_options(f"{where}.arch_kwargs", t.arch, t.arch_kwargs, t.input_size if t.recipe else image_size, fail)
-    if t.kind == "timm" and not (CLASSES_DIR / f"{t.classes}.txt").is_file():
-        fail(f"{where}.classes", f"class list {t.classes!r} not found in {CLASSES_DIR}")
-    if t.recipe is not None and t.kind != "trained":
-        fail(f"{where}.recipe", "only a teacher of kind trained is trained with a recipe")
+    if t.kind not in list_teacher_kinds():
+        fail(f"{where}.kind", f"must be {' or '.join(list_teacher_kinds())}, got {t.kind!r}")
+    teacher_source(t).check(where, fail, image_size, _check_options)
     if t.relabel is not None:
         _check_teacher(t.relabel, f"{where}.relabel", fail, image_size)
