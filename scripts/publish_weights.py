@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.models.data import load_real_data  # noqa: E402
-from harness.core.files import REPO_WEIGHTS  # noqa: E402
+from harness.core.cache import REPO_WEIGHTS  # noqa: E402
 from harness.stages.prepare import prepare  # noqa: E402
 from harness.config.loader import load_suite  # noqa: E402
 

@@ -13,8 +13,10 @@ from harness.config.coerce import resolve_method_configs, resolve_protocols
 from harness.config.schema import BEST_OF_PROTOCOLS, DataConfig, ReportedEntry, Suite, SuiteError, TeacherConfig
 from harness.core.identity import CLASSES_DIR, FULL_DATA, read_class_list
 from harness.models.data import IMAGE_EXTENSIONS
+from harness.models.generators import get_generator, list_generators
 from harness.models.measures import DiversityError, check_config
 from harness.models.students import create_student, is_student
+from harness.models.teacher_sources import list_teacher_kinds, teacher_source
 
 
 def resolve_and_check(s: Suite, source: str, check_files: bool) -> None:
@@ -126,10 +128,8 @@ def _check_folders(d: DataConfig, fail) -> None:
 
 
 def check_backbone(s: Suite, fail) -> None:
-    if s.backbone.kind not in ("pixel-dit", "dit"):
-        fail("backbone.kind", f"must be pixel-dit or dit, got {s.backbone.kind!r}")
-    if s.backbone.kind == "dit" and not s.backbone.pretrained:
-        fail("backbone.pretrained", "required for kind dit: a hub id or a local directory")
+    if s.backbone.kind not in list_generators():
+        fail("backbone.kind", f"must be {' or '.join(list_generators())}, got {s.backbone.kind!r}")
     if s.backbone.classes is not None:
         path = CLASSES_DIR / f"{s.backbone.classes}.txt"
         if not path.is_file():
@@ -145,38 +145,7 @@ def check_backbone(s: Suite, fail) -> None:
     for name in ("check_per_class", "check_steps"):
         if getattr(s.backbone, name) < 1:
             fail(f"backbone.{name}", f"must be at least 1, got {getattr(s.backbone, name)}")
-    if s.backbone.kind == "pixel-dit":
-        _check_pixel_dit(s.backbone.train, s.data.image_size, fail)
-
-
-# The pixel DiT's training settings that must be positive (harness/models/generators/pixel_dit.py), and those that may be 0.
-_PIXEL_DIT_POSITIVE = ("sample_size", "patch_size", "width", "depth", "heads", "steps", "batch_size", "lr",
-                       "grad_clip", "checkpoint_every")
-_PIXEL_DIT_NON_NEGATIVE = ("warmup_steps",)
-
-
-def _check_pixel_dit(cfg, image_size: int, fail) -> None:
-    """The backbone prepare trains: numbers that would fail (or train nothing) only after the data is loaded."""
-    def number(name):
-        value = getattr(cfg, name, None)
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-    for name in _PIXEL_DIT_POSITIVE:
-        if number(name) is not None and number(name) <= 0:
-            fail(f"backbone.train.{name}", f"must be positive, got {number(name)}")
-    for name in _PIXEL_DIT_NON_NEGATIVE:
-        if number(name) is not None and number(name) < 0:
-            fail(f"backbone.train.{name}", f"must be ≥ 0, got {number(name)}")
-    if number("ema_decay") is not None and not 0 <= cfg.ema_decay < 1:
-        fail("backbone.train.ema_decay", f"must be in [0, 1), got {cfg.ema_decay}")
-    if number("sample_size") is not None and cfg.sample_size != image_size:
-        fail("backbone.train.sample_size", f"must be the images' size, data.image_size {image_size}, "
-                                           f"got {cfg.sample_size}")
-    if number("patch_size") and cfg.sample_size % cfg.patch_size:
-        fail("backbone.train.patch_size", f"must divide sample_size {cfg.sample_size}, got {cfg.patch_size}")
-    if number("heads") and cfg.width % cfg.heads:
-        fail("backbone.train.heads", f"must divide width {cfg.width}, got {cfg.heads}")
-
+    get_generator(s.backbone.kind).check(s.backbone, s.data.image_size, fail)
 
 
 def check_ipcs(s: Suite, fail) -> None:
@@ -233,16 +202,9 @@ def check_students_known(s: Suite, fail) -> None:
 
 
 def check_teacher(t: TeacherConfig, where: str, fail, image_size: int) -> None:
-    if t.kind not in ("trained", "timm"):
-        fail(f"{where}.kind", f"must be trained or timm, got {t.kind!r}")
-    if not is_student(t.arch) and t.kind == "trained":
-        fail(f"{where}.arch", f"unknown architecture {t.arch!r}")
-    if t.kind == "trained" and t.arch_kwargs:
-        _check_options(f"{where}.arch_kwargs", t.arch, t.arch_kwargs, t.input_size if t.recipe else image_size, fail)
-    if t.kind == "timm" and not (CLASSES_DIR / f"{t.classes}.txt").is_file():
-        fail(f"{where}.classes", f"class list {t.classes!r} not found in {CLASSES_DIR}")
-    if t.recipe is not None and t.kind != "trained":
-        fail(f"{where}.recipe", "only a teacher of kind trained is trained with a recipe")
+    if t.kind not in list_teacher_kinds():
+        fail(f"{where}.kind", f"must be {' or '.join(list_teacher_kinds())}, got {t.kind!r}")
+    teacher_source(t).check(where, fail, image_size, _check_options)
     if t.relabel is not None:
         check_teacher(t.relabel, f"{where}.relabel", fail, image_size)
 

@@ -60,7 +60,7 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    kind: str                              # "pixel-dit" (trained by prepare) or "dit" (pretrained)
+    kind: str                              # a registered generator (harness/models/generators/): pixel-dit, dit
     pretrained: str | None = None          # hub id or local directory (kind: dit)
     vae: str | None = "subfolder"          # "subfolder", a hub id / directory, or null
     dtype: str = "float32"
@@ -83,7 +83,8 @@ class BackboneConfig:
 
 @dataclass
 class TeacherConfig:
-    kind: str                              # "trained" (on the suite's classes) or "timm" (pretrained on ImageNet-1k)
+    kind: str                              # a registered teacher source (harness/models/teacher_sources.py):
+                                           # trained (on the suite's classes) or timm (pretrained on ImageNet-1k)
     arch: str = "convnet3"
     # kind timm: a timm tag / hub id or a local file. kind trained: a local checkpoint trained on the suite's
     # classes, in the suite's order (e.g. RDED's observers), used instead of training one; "" is none.

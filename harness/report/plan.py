@@ -19,26 +19,18 @@ from pathlib import Path
 
 import timm
 import torch
-from diffusers import AutoencoderKL, DiTTransformer2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from methods import get_method
-from harness.models.generators.pixel_dit import build_transformer
+from harness.models.generators import generator_for
+from harness.models.generators.pretrained_dit import DIT_XL_2, KNOWN_DITS, SD_VAE  # noqa: F401  (sized there)
+from harness.models.generators.registry import GeneratorError
 from harness.models.data import DataError, load_real_data
 from harness.models.protocols import reference_protocol
 from harness.core.store import ResultStore
 from harness.models.students import create_student
+from harness.models.teacher_sources import teacher_source
 
-# Published architectures the plan can size without the hub: DiT-XL/2 (Peebles & Xie, Table 1: 28 layers,
-# width 1152, 16 heads, patch 2; learned sigma doubles the output channels) in diffusers' layout, and the
-# Stable Diffusion VAE every DiT and the references decode with (sd-vae-ft-ema / -mse share its architecture).
-DIT_XL_2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-                patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero")
-KNOWN_DITS = {"facebook/DiT-XL-2-256": {**DIT_XL_2, "sample_size": 32},
-              "facebook/DiT-XL-2-512": {**DIT_XL_2, "sample_size": 64}}
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-              block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-              up_block_types=["UpDecoderBlock2D"] * 4)
 # ImageNet-1k's split sizes per class (1,281,167 training and 50,000 validation images over 1,000 classes),
 # for ImageNet-layout suites planned before their data is present: every such suite here is a subset of it.
 IMAGENET_TRAIN_PER_CLASS, IMAGENET_TEST_PER_CLASS = 1281, 50
@@ -64,34 +56,10 @@ def _flops(model: torch.nn.Module, *inputs, **kwargs) -> float:
 def backbone_flops(suite, channels: int, num_classes: int) -> tuple[float, float, int, str]:
     """FLOPs of one transformer evaluation of one latent and of one VAE pass of one image, the parameters of
     both, and what was sized."""
-    b = suite.backbone
-    with torch.device("meta"):
-        if b.kind == "pixel-dit":
-            model, what = build_transformer(b.train, channels, num_classes), "pixel DiT (suite config)"
-        else:
-            local = Path(b.pretrained) / "transformer" / "config.json"
-            if local.is_file():
-                config = {k: v for k, v in json.loads(local.read_text()).items() if not k.startswith("_")}
-                what = f"{b.pretrained} (local config)"
-            elif b.pretrained in KNOWN_DITS:
-                config, what = KNOWN_DITS[b.pretrained], f"{b.pretrained} (published architecture)"
-            else:
-                raise PlanError(f"backbone.pretrained: cannot size {b.pretrained!r} without the hub; "
-                                f"known: {', '.join(KNOWN_DITS)}, or a local folder with transformer/config.json")
-            model = DiTTransformer2DModel.from_config(config)
-        size = model.config.sample_size
-        x = torch.zeros(1, model.config.in_channels, size, size)
-        t, y = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-        transformer = _flops(model, x, timestep=t, class_labels=y)
-        params = sum(p.numel() for p in model.parameters())
-        vae = 0.0
-        if b.kind == "dit" and b.vae is not None:
-            # A decode costs more than an encode: the plan prices both as decodes (an upper bound).
-            autoencoder = AutoencoderKL(**SD_VAE)
-            vae = _flops(autoencoder.decode, torch.zeros(1, 4, size, size))
-            params += sum(p.numel() for p in autoencoder.parameters())
-            what += " + SD VAE"
-    return transformer, vae, params, what
+    try:
+        return generator_for(suite.backbone).flops(channels, num_classes)
+    except GeneratorError as e:
+        raise PlanError(str(e)) from None
 
 
 def classifier_flops(arch: str, num_classes: int, channels: int, size: int, kwargs: dict, pretrained: bool) -> float:
@@ -104,8 +72,9 @@ def classifier_flops(arch: str, num_classes: int, channels: int, size: int, kwar
 def teacher_flops(t, counts: "Counts", image_size: int) -> tuple[float, int]:
     """FLOPs of one forward pass of a teacher, and the side it sees: a pretrained or recipe-trained one its
     input size, one trained by `prepare`'s small recipe the suite's images."""
-    size = t.input_size if t.kind == "timm" or t.recipe else image_size
-    return classifier_flops(t.arch, counts.classes, counts.channels, size, t.arch_kwargs, t.kind == "timm"), size
+    source = teacher_source(t)
+    size = source.input_size(image_size)
+    return classifier_flops(t.arch, counts.classes, counts.channels, size, t.arch_kwargs, source.pretrained), size
 
 
 @dataclass
@@ -305,14 +274,13 @@ def _prepare_section(u: _Units, needs_backbone: bool, fine_tunes: dict) -> tuple
         prepare_seconds = n * (suite.backbone.check_steps * 2 * u.transformer + u.vae + u.teacher) / rate
         lines.append(f"  prepare: backbone check samples {n:,} images ({_hours(prepare_seconds)} GPU-h, FLOPs)")
     train_images = u.counts.train_per_class * C
-    if suite.backbone.kind == "pixel-dit":
-        seconds = suite.backbone.train.steps * suite.backbone.train.batch_size * TRAIN_FLOPS_PER_FORWARD * u.transformer / rate
+    if (training := generator_for(suite.backbone).prepare_training()) is not None:
+        samples, trained = training
+        seconds = samples * TRAIN_FLOPS_PER_FORWARD * u.transformer / rate
         prepare_seconds += seconds
-        lines.append(f"  prepare: trains the pixel DiT, {suite.backbone.train.steps:,} steps ({_hours(seconds)} GPU-h, "
-                     "FLOPs; once: cached)")
+        lines.append(f"  prepare: trains {trained} ({_hours(seconds)} GPU-h, FLOPs; once: cached)")
     for what, config, forward in (("teacher", t, u.teacher), ("relabelling teacher", t.relabel, u.relabel)):
-        if config is not None and config.kind == "trained" and not config.weights:
-            epochs = config.recipe.epochs if config.recipe else config.train.epochs
+        if config is not None and (epochs := teacher_source(config).training_epochs()) is not None:
             seconds = epochs * train_images * TRAIN_FLOPS_PER_FORWARD * forward / rate
             prepare_seconds += seconds
             lines.append(f"  prepare: trains the {what} {config.arch}, {epochs} epochs over {train_images:,} images "

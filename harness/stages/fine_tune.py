@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from methods import get_method
 from methods.base import FineTuning
 
-from harness.core import atomic
-from harness.core.files import drop_damaged, log, read_json
+from harness.core import atomic, cache
+from harness.core.cache import drop_damaged, log, read_json
 from harness.models.generators.difffit import add_difffit
 from harness.models.generators.sampling import fit_to_backbone
 from harness.models.data import RealData, load_real_data
@@ -176,13 +176,13 @@ def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, e
     what the fine-tune did to the teacher's agreement with the conditioning class. It stops nothing."""
     b = suite.backbone
     key = config_hash([entry["hash"], prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
-    path = out / "cache" / f"backbone-check-{key}.json"
-    drop_damaged(path, "fine-tuned backbone check", lambda f: read_json(f, ("agreement", "samples")), "checking again")
-    if not path.exists():
-        result = backbone_check(prepared.load_backbone(fine_tuned=entry), prepared.load_teacher(), len(prepared.classes),
-                                b.check_per_class, b.check_cfg_scale, b.check_steps, conditions=prepared.conditions)
-        atomic.write_json(path, result, indent=1)
-    result = json.loads(path.read_text())
+
+    def check() -> dict:
+        return backbone_check(prepared.load_backbone(fine_tuned=entry), prepared.load_teacher(), len(prepared.classes),
+                              b.check_per_class, b.check_cfg_scale, b.check_steps, conditions=prepared.conditions)
+
+    result = cache.ensure_json(out / "cache" / f"backbone-check-{key}.json", "fine-tuned backbone check",
+                               ("agreement", "samples"), "checking again", check, indent=1)
     base = prepared.backbone_check
     versus = f" (the base backbone: {base['agreement']:.1%})" if base else ""
     log(f"[fine-tune] {method}: the teacher agrees with the conditioning class on {result['agreement']:.1%} of "

@@ -6,36 +6,29 @@ suite reuses what an earlier run (or the repository's committed `weights/`) alre
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 import torch
-from diffusers import AutoencoderKL, DiTTransformer2DModel
 from tqdm.auto import tqdm
 
 from methods import get_method
 from methods.base import MethodContext
 
-from harness.core import atomic
-from harness.core.files import REPO_WEIGHTS, drop_damaged, log, read_json
-from harness.models.generators import ddim_sample, load_dit_backbone
+from harness.core import atomic, cache
+from harness.core.cache import REPO_WEIGHTS, drop_damaged, log, read_json  # noqa: F401  (stages import them here)
+from harness.models.generators import ddim_sample, generator_for
 from harness.models.generators.difffit import load_difffit_state
-from harness.models.generators.dit import DIT_GUIDED_CHANNELS
-from harness.models.generators.pixel_dit import train_pixel_dit
+from harness.models.generators.registry import GeneratorError
 from harness.models.data import RealData
+from harness.models import teacher_sources
+from harness.models.teacher_sources import Cluster, TeacherSourceError
 from harness.runtime.data_parallel import cluster_gpus, run_data_parallel
 from harness.core.identity import class_list, config_hash
 from harness.config.schema import BackboneConfig, Suite, TeacherConfig
-from harness.models.teachers import (Teacher, accuracy, import_teacher_checkpoint, load_timm_teacher, load_trained_teacher,
-                       save_teacher, train_recipe_teacher, train_teacher)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from harness.models.teachers import Teacher, accuracy, save_teacher, train_recipe_teacher
 
 
 class PrepareError(Exception):
@@ -74,9 +67,7 @@ class Prepared:
 
     def load_backbone(self, device="cpu", fine_tuned: dict | None = None):
         """The suite's backbone, or the fine-tuned one `fine_tuned` (an entry of `self.fine_tuned`) names."""
-        vae = self.backbone.vae if self.backbone.kind == "dit" else None
-        backbone = load_dit_backbone(self.backbone_source, device=device, dtype=DTYPES[self.backbone.dtype],
-                                     vae=vae, guided_channels=guided_channels(self.backbone))
+        backbone = generator_for(self.backbone).load(self.backbone_source, device)
         if fine_tuned is not None:
             load_difffit_state(backbone, torch.load(fine_tuned["source"], map_location=device, weights_only=True))
         return backbone
@@ -124,24 +115,13 @@ class Prepared:
 
 def load_teacher(t: TeacherConfig, source: str, real_classes: list[str], device="cpu") -> Teacher:
     """A prepared teacher: the trained file at `source`, or timm weights mapped onto the suite's classes."""
-    if t.kind == "trained":
-        return load_trained_teacher(Path(source), device)
-    return load_timm_teacher(t.arch, t.weights, real_classes, class_list(t.classes), t.input_size, device)
+    return teacher_sources.teacher_source(t).load(source, real_classes, device)
 
 
 def guided_channels(b: BackboneConfig) -> int | None:
-    """How many noise channels guidance combines: as the suite sets it, else DiT's three for a pretrained DiT
-    (models.py `forward_with_cfg`) and every channel (None) for the pixel DiT, as its committed sets were made."""
-    if b.guided_channels is not None:
-        return b.guided_channels
-    return DIT_GUIDED_CHANNELS if b.kind == "dit" else None
-
-
-def _check_guided_channels(suite: Suite, latent_channels: int) -> None:
-    n = guided_channels(suite.backbone)
-    if n is not None and n > latent_channels:
-        raise PrepareError(f"{suite.source}: backbone.guided_channels: {n} is more than the backbone's "
-                           f"{latent_channels} latent channels")
+    """How many noise channels guidance combines: as the suite sets it, else its kind's default (DiT's three for
+    a pretrained DiT, every channel (None) for the pixel DiT, as its committed sets were made)."""
+    return generator_for(b).guided_channels()
 
 
 def backbone_conditions(suite: Suite, classes: list[str]) -> list[int]:
@@ -159,108 +139,21 @@ def suite_needs(suite: Suite) -> frozenset[str]:
 
 
 def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
-    """The committed copy in weights/<any suite>/ if there is one (checksums verified), else the run's own cache.
-    `name` carries the content hash, so a renamed copy of a suite finds the weights its original committed."""
-    committed = next(iter(sorted(REPO_WEIGHTS.glob(f"*/{name}"))), None)
-    if committed is None:
-        return out / "cache" / name
-    sums = committed.parent / "SHA256SUMS"
-    for line in sums.read_text().splitlines() if sums.exists() else []:
-        digest, rel = line.split(maxsplit=1)
-        if rel.startswith(name + "/") and hashlib.sha256((sums.parent / rel).read_bytes()).hexdigest() != digest:
-            raise RuntimeError(f"committed weights {sums.parent / rel} do not match {sums}: re-fetch the repository")
-    return committed
+    """The committed copy of `name` in weights/<any suite>/ if there is one, else the run's own cache."""
+    return cache.cached_dir(out, name)
 
 
 def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]:
-    if suite.backbone.kind == "dit":
-        try:  # only the config: fails fast, before any actor starts, when the hub is out of reach
-            config = DiTTransformer2DModel.load_config(suite.backbone.pretrained, subfolder="transformer",
-                                                       local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") == "1")
-        except Exception as e:
-            raise PrepareError(f"{suite.source}: backbone.pretrained: cannot load {suite.backbone.pretrained!r} "
-                               f"({type(e).__name__}); without network, set it to a local copy of the model "
-                               f"(transformer/, vae/, scheduler/)") from None
-        vae = suite.backbone.vae
-        if vae not in (None, "subfolder"):
-            try:
-                AutoencoderKL.load_config(vae, local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") == "1")
-            except Exception as e:
-                raise PrepareError(f"{suite.source}: backbone.vae: cannot load {vae!r} ({type(e).__name__}); "
-                                   f"without network, set it to a local copy of the VAE (config.json and "
-                                   f"weights)") from None
-        _check_guided_channels(suite, int(config["in_channels"]))
-        return suite.backbone.pretrained, config_hash({"pretrained": suite.backbone.pretrained,
-                                                       "vae": suite.backbone.vae, "dtype": suite.backbone.dtype,
-                                                       "classes": suite.backbone.classes,
-                                                       "guided_channels": guided_channels(suite.backbone)})
-    train = suite.backbone.train
-    identity = {"kind": "pixel-dit", "train": train.identity(), "data": real.train.fingerprint(),
-                "classes": real.classes}
-    key = config_hash(identity)
-    name = f"backbone-{key}"
-    where = _cached_dir(out, suite, name)
-    model_dir = where / "model"
-    drop_damaged(model_dir, "backbone", lambda d: load_dit_backbone(d, vae=None), "training it again")
-    drop_damaged(where / "work" / "checkpoint.pt", "backbone",  # training resumes from it
-                 lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
-    if (model_dir / "transformer" / "config.json").exists():
-        log(f"[prepare] backbone: pixel DiT {key} from {where}")
-    else:
-        work, threads = _training_dir(out, identity), idle_cores()
-        log(f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} images, "
-            f"{threads} torch threads; resumes from {work} if interrupted or shorter)")
-        images = real.train.load(torch.arange(len(real.train)))
-        atomic.sweep_temps(where)  # a model folder a killed run left half-written
-        # Training resumes from `work`, never from a half-written model.
-        with atomic.replacing(model_dir) as tmp, _torch_threads(threads):
-            train_pixel_dit(images, real.train.labels, len(real.classes), train, tmp, work)
-    channels = json.loads((model_dir / "transformer" / "config.json").read_text())["in_channels"]
-    _check_guided_channels(suite, channels)
-    n = guided_channels(suite.backbone)
-    # `key` names the trained model; sets made with other guidance than every channel get another identity.
-    return str(model_dir), key if n in (None, channels) else config_hash({"backbone": key, "guided_channels": n})
-
-
-def idle_cores() -> int:
-    """The cores no other process keeps busy (the last minute's load average off this process's cores), at
-    least one: torch's default of every core beside busy Ray actors or other jobs made a pixel DiT step 3–6 s
-    instead of 0.55 s with one thread (issue 13)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores - round(os.getloadavg()[0])))
-
-
-@contextmanager
-def _torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    """The suite's backbone, made into the cache if it must be: its source (what loading reads) and identity."""
     try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _training_dir(out: Path, identity: dict) -> Path:
-    """Where a pixel DiT trains: keyed by all but its step count, so raising `steps` extends the finished run
-    from its last checkpoint. A run asked for fewer steps than that checkpoint holds trains in its own folder."""
-    steps = identity["train"]["steps"]
-    every_step_count = {**identity, "train": {**identity["train"], "steps": None}}
-    shared = out / "cache" / f"pixel-dit-training-{config_hash(every_step_count)}"
-    checkpoint = shared / "checkpoint.pt"
-    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] > steps:
-        return shared.with_name(f"{shared.name}-{steps}-steps")
-    return shared
+        return generator_for(suite.backbone).prepare(real, Path(out))
+    except GeneratorError as e:
+        raise PrepareError(f"{suite.source}: {e}") from None
 
 
 def describe_teacher(t: TeacherConfig, suite: Suite, test_accuracy: float | None) -> str:
     """One line saying which classifier this is and where it came from."""
-    acc = f", test accuracy {test_accuracy:.1%}" if test_accuracy is not None else ""
-    if t.kind == "timm":
-        return f"{t.arch} pretrained on ImageNet-1k ({t.weights}), outputs picked by the suite's WNIDs{acc}"
-    if t.weights:
-        return f"{t.arch} trained on {suite.name}'s classes, from {t.weights}{acc}"
-    recipe = " (torchvision's reference recipe, as RDED's observers)" if t.recipe is not None else ""
-    return f"{t.arch} trained on {suite.name} by prepare{recipe}{acc}"
+    return teacher_sources.teacher_source(t).describe(suite.name, test_accuracy)
 
 
 def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | None = None, connect=None,
@@ -268,91 +161,17 @@ def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | 
     """The suite's teacher (or `t`, e.g. a cross-architecture teacher): its source, identity hash and, for one
     trained on the suite's classes, its test accuracy. `connect` reaches the Ray cluster, whose GPUs train a
     teacher with a recipe; `where` names `t` in the suite for error messages."""
-    t = t or suite.teacher
-    if t.kind == "timm":
-        try:
-            load_timm_teacher(t.arch, t.weights, real.classes, class_list(t.classes), t.input_size)
-        except Exception as e:
-            raise PrepareError(f"{suite.source}: {where}.weights: cannot load {t.weights!r} for {t.arch} "
-                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); without network, "
-                               f"set it to a local weights file") from None
-        return t.weights or "", config_hash({"arch": t.arch, "weights": t.weights, "classes": t.classes}), None
-    if t.weights:
-        path, key = _imported_teacher(suite, real, out, t, where)
-    elif t.recipe is not None:
-        path, key = _recipe_teacher(suite, real, out, t, connect)
-    else:
-        path, key = _small_teacher(suite, real, out, t)
-    teacher = load_trained_teacher(path)
-    if real.test is None:  # a hyperparameter search: the test split is not loaded, and not read
-        return str(path), key, None
-    acc = accuracy(teacher, real.test.load(torch.arange(len(real.test))), real.test.labels)
-    log(f"[prepare] teacher: {t.arch} {key}, test accuracy {acc:.2%}")
-    return str(path), key, acc
-
-
-def _small_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig) -> tuple[Path, str]:
-    identity = {"kind": "trained", "train": asdict(t.train), "arch": t.arch, "data": real.train.fingerprint(),
-                "classes": real.classes}
-    if t.arch_kwargs:  # only when set, so the identity of teachers made before the option existed holds
-        identity["arch_kwargs"] = t.arch_kwargs
-    key = config_hash(identity)
-    where = _cached_dir(out, suite, f"teacher-{key}")
-    path = where / "teacher.pt"
-    drop_damaged(path, "teacher", load_trained_teacher, "training it again")
-    if not path.exists():
-        log(f"[prepare] teacher: training {t.arch} {key}")
-        where.mkdir(parents=True, exist_ok=True)
-        train_teacher(real.train.load(torch.arange(len(real.train))), real.train.labels, len(real.classes),
-                      t.arch, t.train, path, arch_kwargs=t.arch_kwargs)
-    return path, key
-
-
-def _imported_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig, where: str) -> tuple[Path, str]:
-    """A checkpoint trained on the suite's classes elsewhere, converted once into the cache (keyed by its bytes)."""
-    source = Path(t.weights)
-    if not source.is_file():
-        raise PrepareError(f"{suite.source}: {where}.weights: {source} is not a file (a checkpoint trained on the "
-                           f"suite's classes, e.g. RDED's data/pretrain_models/<subset>_resnet18.pth)")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    key = config_hash({"kind": "trained", "weights_sha256": digest, "arch": t.arch, "arch_kwargs": t.arch_kwargs,
-                       "input_size": t.input_size, "classes": real.classes})
-    path = out / "cache" / f"teacher-{key}" / "teacher.pt"
-    drop_damaged(path, where, load_trained_teacher, "converting the checkpoint again")
-    if not path.exists():
-        try:
-            import_teacher_checkpoint(source, t.arch, len(real.classes), t.input_size, path, t.arch_kwargs)
-        except ValueError as e:
-            raise PrepareError(f"{suite.source}: {where}.weights: {e}") from None
-    return path, key
-
-
-def _recipe_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig, connect) -> tuple[Path, str]:
-    """A teacher trained from scratch on the suite's training split with `t.recipe`: through Ray Train on the
-    cluster's GPUs where it has any (at most one per 32 images of the batch, torchvision's per-GPU batch),
-    else in this process."""
-    key = config_hash({"kind": "trained", "recipe": asdict(t.recipe), "arch": t.arch, "arch_kwargs": t.arch_kwargs,
-                       "input_size": t.input_size, "data": real.train.fingerprint(), "classes": real.classes})
-    path = _cached_dir(out, suite, f"teacher-{key}") / "teacher.pt"
-    drop_damaged(path, "teacher", load_trained_teacher, "training it again")
-    if path.exists():
-        return path, key
-    workers = 0
+    out = Path(out)
+    cluster = None
     if connect is not None:
-        connect()
-        workers = min(cluster_gpus(), max(1, t.recipe.batch_size // 32))
-    log(f"[prepare] teacher: training {t.arch} {key} on {len(real.train)} images for {t.recipe.epochs} epochs "
-        + (f"through Ray Train on {workers} GPUs" if workers else "in this process"))
-    images = real.train.load(torch.arange(len(real.train))).numpy()
-    args = (real.train.labels, len(real.classes), t.arch, t.recipe, t.input_size)
-    if not workers:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        teacher = train_recipe_teacher(images, *args, device=device, arch_kwargs=t.arch_kwargs)
-        save_teacher(teacher.cpu(), t.arch, len(real.classes), path, **t.arch_kwargs)
-        return path, key
-    train_data_parallel(images, args, t, path, workers, use_gpu=True,
-                        storage_path=str((out / "ray_train").resolve()))
-    return path, key
+        def gpus() -> int:
+            connect()
+            return cluster_gpus()
+        cluster = Cluster(gpus, train_data_parallel, str((out / "ray_train").resolve()))
+    try:
+        return teacher_sources.teacher_source(t or suite.teacher).prepare(real, out, where, cluster)
+    except TeacherSourceError as e:
+        raise PrepareError(f"{suite.source}: {e}") from None
 
 
 def train_data_parallel(images, args: tuple, t: TeacherConfig, path: Path, workers: int, use_gpu: bool,
@@ -375,18 +194,17 @@ def teacher_val_accuracy(suite: Suite, real: RealData, out: Path, source: str, t
     """The teacher's accuracy over the suite's classes on the validation split (never the test split),
     cached by teacher and split; read in chunks, because ImageNet-1k's split does not fit in memory."""
     key = config_hash([teacher_hash, real.val.fingerprint()])
-    path = out / "cache" / f"teacher-val-{key}.json"
-    drop_damaged(path, "teacher", lambda f: read_json(f, ("accuracy",)), "measuring its validation accuracy again")
-    if path.exists():
-        acc = json.loads(path.read_text())["accuracy"]
-    else:
+
+    def measure() -> dict:
         teacher = load_teacher(suite.teacher, source, real.classes, "cuda" if torch.cuda.is_available() else "cpu")
         correct = 0.0
         for i in range(0, len(real.val), chunk):
             idx = torch.arange(i, min(i + chunk, len(real.val)))
             correct += accuracy(teacher, real.val.load(idx), real.val.labels[idx]) * len(idx)
-        acc = correct / max(1, len(real.val))
-        atomic.write_json(path, {"accuracy": acc, "images": len(real.val)})
+        return {"accuracy": correct / max(1, len(real.val)), "images": len(real.val)}
+
+    acc = cache.ensure_json(out / "cache" / f"teacher-val-{key}.json", "teacher", ("accuracy",),
+                            "measuring its validation accuracy again", measure)["accuracy"]
     log(f"[prepare] teacher: validation accuracy {acc:.2%} ({len(real.val)} images)")
     return acc
 
@@ -442,18 +260,18 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
     if check:
         b = suite.backbone
         key = config_hash([backbone_hash, teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
-        path = out / "cache" / f"backbone-check-{key}.json"
-        drop_damaged(path, "backbone check", lambda f: read_json(
-            f, ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement")), "checking again")
-        if path.exists():
-            result = json.loads(path.read_text())
-        else:
+
+        def check_backbone() -> dict:
             unchecked = prepared(None)
-            result = backbone_check(unchecked.load_backbone(), unchecked.load_teacher(), len(real.classes),
-                                    b.check_per_class, b.check_cfg_scale, b.check_steps, conditions=conditions)
-            result["min_agreement"] = b.check_min_agreement
-            result["passed"] = result["agreement"] >= b.check_min_agreement
-            atomic.write_json(path, result, indent=1)
+            made = backbone_check(unchecked.load_backbone(), unchecked.load_teacher(), len(real.classes),
+                                  b.check_per_class, b.check_cfg_scale, b.check_steps, conditions=conditions)
+            made["min_agreement"] = b.check_min_agreement
+            made["passed"] = made["agreement"] >= b.check_min_agreement
+            return made
+
+        result = cache.ensure_json(out / "cache" / f"backbone-check-{key}.json", "backbone check",
+                                   ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement"),
+                                   "checking again", check_backbone, indent=1)
         verdict = "passes" if result["passed"] else "FAILS"
         log(f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
             f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "

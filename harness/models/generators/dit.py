@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
+from harness.models.generators.registry import count_flops
+
 
 # DiT's `forward_with_cfg` guides only the first three of DiT-XL/2's four latent channels "for exact
 # reproducibility reasons" (facebookresearch/DiT models.py l.258-262; MinimaxDiffusion and CaO2 keep it): the
@@ -127,7 +129,7 @@ class DiTBackbone(torch.nn.Module):
         return self.guided_output(x_t, t, labels, scale)[:, : self.latent_channels]
 
 
-def _hub_kwargs() -> dict:
+def hub_kwargs() -> dict:
     # Users on clusters without network set HF_HUB_OFFLINE=1; a local directory never needs the network.
     return {"local_files_only": os.environ.get("HF_HUB_OFFLINE", "0") == "1"}
 
@@ -141,7 +143,7 @@ def load_dit_backbone(path_or_id: str | Path, device: str | torch.device = "cpu"
     stabilityai/sd-vae-ft-mse); None means a pixel-space model. `guided_channels` is `DiTBackbone`'s.
     """
     src = str(path_or_id)
-    kw = _hub_kwargs()
+    kw = hub_kwargs()
     scheduler = DDIMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
     # diffusers loads without `accelerate` anyway, after a warning on every load: ask for what it will do.
     kw["low_cpu_mem_usage"] = importlib.util.find_spec("accelerate") is not None
@@ -164,3 +166,11 @@ def save_dit_backbone(backbone: DiTBackbone, path: Path) -> None:
     backbone.scheduler.save_pretrained(path / "scheduler")
     if backbone.vae is not None:
         backbone.vae.save_pretrained(path / "vae")
+
+
+def transformer_flops(model: DiTTransformer2DModel) -> tuple[float, int]:
+    """FLOPs of one evaluation of one latent by a DiT transformer (built on the meta device), and its parameters."""
+    size = model.config.sample_size
+    x = torch.zeros(1, model.config.in_channels, size, size)
+    t, y = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    return count_flops(model, x, timestep=t, class_labels=y), sum(p.numel() for p in model.parameters())

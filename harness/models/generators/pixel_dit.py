@@ -10,6 +10,9 @@ steps and then 2,000 more gives the weights of training 8,000 straight through).
 from __future__ import annotations
 
 import copy
+import json
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,8 +20,10 @@ import torch
 from diffusers import DDIMScheduler, DiTTransformer2DModel
 from tqdm.auto import tqdm
 
-from harness.core import atomic
-from harness.models.generators.dit import DiTBackbone, save_dit_backbone
+from harness.core import atomic, cache
+from harness.core.identity import config_hash
+from harness.models.generators.dit import DiTBackbone, load_dit_backbone, save_dit_backbone, transformer_flops
+from harness.models.generators.registry import DTYPES, Generator, register_generator
 
 
 @dataclass(frozen=True)
@@ -134,3 +139,112 @@ def train_pixel_dit(images: torch.Tensor, labels: torch.Tensor, num_classes: int
     backbone = DiTBackbone(ema.eval(), scheduler)
     save_dit_backbone(backbone, out_dir)
     return backbone
+
+
+# The pixel DiT's training settings that must be positive, and those that may be 0.
+_POSITIVE = ("sample_size", "patch_size", "width", "depth", "heads", "steps", "batch_size", "lr", "grad_clip",
+             "checkpoint_every")
+_NON_NEGATIVE = ("warmup_steps",)
+
+
+@register_generator
+class PixelDiTGenerator(Generator):
+    """The harness's own small pixel-space DiT, trained by `prepare` on the suite's training split (once: cached,
+    or the repository's committed weights), for datasets no public diffusion model covers."""
+    kind = "pixel-dit"
+    default_guided_channels = None  # every channel, as its committed sets were made
+
+    @staticmethod
+    def check(config, image_size: int, fail) -> None:
+        """The backbone prepare trains: numbers that would fail (or train nothing) only after the data is loaded."""
+        cfg = config.train
+
+        def number(name):
+            value = getattr(cfg, name, None)
+            return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        for name in _POSITIVE:
+            if number(name) is not None and number(name) <= 0:
+                fail(f"backbone.train.{name}", f"must be positive, got {number(name)}")
+        for name in _NON_NEGATIVE:
+            if number(name) is not None and number(name) < 0:
+                fail(f"backbone.train.{name}", f"must be ≥ 0, got {number(name)}")
+        if number("ema_decay") is not None and not 0 <= cfg.ema_decay < 1:
+            fail("backbone.train.ema_decay", f"must be in [0, 1), got {cfg.ema_decay}")
+        if number("sample_size") is not None and cfg.sample_size != image_size:
+            fail("backbone.train.sample_size", f"must be the images' size, data.image_size {image_size}, "
+                                               f"got {cfg.sample_size}")
+        if number("patch_size") and cfg.sample_size % cfg.patch_size:
+            fail("backbone.train.patch_size", f"must divide sample_size {cfg.sample_size}, got {cfg.patch_size}")
+        if number("heads") and cfg.width % cfg.heads:
+            fail("backbone.train.heads", f"must divide width {cfg.width}, got {cfg.heads}")
+
+    def prepare(self, real, out: Path) -> tuple[str, str]:
+        train = self.config.train
+        identity = {"kind": self.kind, "train": train.identity(), "data": real.train.fingerprint(),
+                    "classes": real.classes}
+        key = config_hash(identity)
+        where = cache.cached_dir(out, f"backbone-{key}")
+        model_dir = where / "model"
+        cache.drop_damaged(model_dir, "backbone", lambda d: load_dit_backbone(d, vae=None), "training it again")
+        cache.drop_damaged(where / "work" / "checkpoint.pt", "backbone",  # training resumes from it
+                           lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
+        if (model_dir / "transformer" / "config.json").exists():
+            cache.log(f"[prepare] backbone: pixel DiT {key} from {where}")
+        else:
+            work, threads = training_dir(out, identity), idle_cores()
+            cache.log(f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} "
+                      f"images, {threads} torch threads; resumes from {work} if interrupted or shorter)")
+            images = real.train.load(torch.arange(len(real.train)))
+            atomic.sweep_temps(where)  # a model folder a killed run left half-written
+            # Training resumes from `work`, never from a half-written model.
+            with atomic.replacing(model_dir) as tmp, torch_threads(threads):
+                train_pixel_dit(images, real.train.labels, len(real.classes), train, tmp, work)
+        channels = json.loads((model_dir / "transformer" / "config.json").read_text())["in_channels"]
+        self.check_guided_channels(channels)
+        n = self.guided_channels()
+        # `key` names the trained model; sets made with other guidance than every channel get another identity.
+        return str(model_dir), key if n in (None, channels) else config_hash({"backbone": key, "guided_channels": n})
+
+    def load(self, source: str, device="cpu") -> DiTBackbone:
+        return load_dit_backbone(source, device=device, dtype=DTYPES[self.config.dtype], vae=None,
+                                 guided_channels=self.guided_channels())
+
+    def flops(self, channels: int, num_classes: int) -> tuple[float, float, int, str]:
+        with torch.device("meta"):
+            transformer, params = transformer_flops(build_transformer(self.config.train, channels, num_classes))
+        return transformer, 0.0, params, "pixel DiT (suite config)"
+
+    def prepare_training(self) -> tuple[int, str]:
+        train = self.config.train
+        return train.steps * train.batch_size, f"the pixel DiT, {train.steps:,} steps"
+
+
+def idle_cores() -> int:
+    """The cores no other process keeps busy (the last minute's load average off this process's cores), at
+    least one: torch's default of every core beside busy Ray actors or other jobs made a pixel DiT step 3–6 s
+    instead of 0.55 s with one thread (issue 13)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - round(os.getloadavg()[0])))
+
+
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def training_dir(out: Path, identity: dict) -> Path:
+    """Where a pixel DiT trains: keyed by all but its step count, so raising `steps` extends the finished run
+    from its last checkpoint. A run asked for fewer steps than that checkpoint holds trains in its own folder."""
+    steps = identity["train"]["steps"]
+    every_step_count = {**identity, "train": {**identity["train"], "steps": None}}
+    shared = Path(out) / "cache" / f"pixel-dit-training-{config_hash(every_step_count)}"
+    checkpoint = shared / "checkpoint.pt"
+    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] > steps:
+        return shared.with_name(f"{shared.name}-{steps}-steps")
+    return shared

@@ -1,0 +1,100 @@
+"""The generator registry: one class per kind of diffusion backbone a suite may name (`backbone.kind`),
+registered by that name, as methods (methods/registry.py) and students (timm's registry) are. The suite's
+checks, `prepare` and the plan ask the class; none of them branches on the kind (docs/extending.md, "Add a
+generator").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+_REGISTRY: dict[str, type] = {}
+
+
+class GeneratorError(Exception):
+    """A backbone cannot be had or sized; one line naming the suite field (the stage adds the suite's file)."""
+
+
+class Generator:
+    """A kind of backbone: everything the harness does that depends on the kind. Built around the suite's
+    `backbone` section (a `BackboneConfig`, whose `kind` is this class's `kind`).
+
+    A subclass sets `kind` and `default_guided_channels` and writes `check`, `prepare`, `load` and `flops`;
+    `prepare_training` only where `prepare` trains the backbone."""
+    kind: str = ""
+    # How many noise channels guidance combines where the suite does not say (None: every one).
+    default_guided_channels: int | None = None
+
+    def __init__(self, config):
+        self.config = config
+
+    @staticmethod
+    def check(config, image_size: int, fail) -> None:
+        """The suite's checks of this kind's fields: `fail(field, message)` for the first mistake."""
+
+    def guided_channels(self) -> int | None:
+        """How many noise channels guidance combines: as the suite sets it, else the kind's default."""
+        if self.config.guided_channels is not None:
+            return self.config.guided_channels
+        return self.default_guided_channels
+
+    def check_guided_channels(self, latent_channels: int) -> None:
+        n = self.guided_channels()
+        if n is not None and n > latent_channels:
+            raise GeneratorError(f"backbone.guided_channels: {n} is more than the backbone's {latent_channels} "
+                                 f"latent channels")
+
+    def prepare(self, real, out: Path) -> tuple[str, str]:
+        """The backbone's source (what `load` reads: a folder or hub id) and its identity hash, made (trained,
+        fetched) into the cache if it must be. GeneratorError where it cannot be had."""
+        raise NotImplementedError
+
+    def load(self, source: str, device="cpu"):
+        """The Backbone protocol object (harness/models/generators/__init__.py) at `source`."""
+        raise NotImplementedError
+
+    def flops(self, channels: int, num_classes: int) -> tuple[float, float, int, str]:
+        """For the plan, on the meta device: FLOPs of one denoiser evaluation of one latent and of one VAE
+        pass of one image (0 without a VAE), the parameters of both, and what was sized. GeneratorError where
+        it cannot be sized without the hub."""
+        raise NotImplementedError
+
+    def prepare_training(self) -> tuple[int, str] | None:
+        """What `prepare` trains, for the plan: the samples it trains on (steps × batch) and what to call it;
+        None for a backbone that is had, not trained."""
+        return None
+
+
+def count_flops(model, *inputs, **kwargs) -> float:
+    with FlopCounterMode(display=False) as counter:
+        model(*inputs, **kwargs)
+    return float(counter.get_total_flops())
+
+
+def register_generator(cls):
+    if not cls.kind or cls.kind in _REGISTRY:
+        raise ValueError(f"generator kind {cls.kind!r} is empty or registered twice")
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def get_generator(kind: str) -> type:
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        raise KeyError(f"unknown generator {kind!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_generators() -> list[str]:
+    """The kinds in the order they registered: the package imports its modules by name."""
+    return list(_REGISTRY)
+
+
+def generator_for(config) -> Generator:
+    """The generator of the suite's `backbone` section."""
+    return get_generator(config.kind)(config)
+
