@@ -67,7 +67,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
 from harness.models.generators.sampling import fit_to_backbone

@@ -21,7 +21,6 @@ import ray
 import yaml
 
 from harness.cli import main
-from harness.models.data import load_real_data
 from harness.runtime.preflight import check_real_image_counts
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError

@@ -4,7 +4,6 @@ runs on one output folder (the second waits; every result is stored once)."""
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,13 +11,13 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from harness.pipeline import Run
 from harness.stages.distill import ShardWorker, distill, plan
 from harness.stages.prepare import Prepared
 from harness.core.sets import shard_damage
-from harness.core.store import KEY_FIELDS, ResultStore
+from harness.core.identity import ROW_KEY_FIELDS as KEY_FIELDS
+from harness.core.store import ResultStore
 from harness.config.loader import load_suite
 from tests.factories import tiny_suite_raw, write_suite
 from tests.kill_once import KillOnce, KillOnceConfig

@@ -2,9 +2,7 @@
 and splits and refuses a greedy validation split by field, the pixel DiT's EMA warms up and a longer run extends a
 finished one, committed weights are found by content, and a failed backbone check stops generative methods."""
 import dataclasses
-import json
 
-import numpy as np
 import pytest
 import torch
 import yaml

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from harness.models.generators.dit import DiTBackbone
 from harness.models.generators.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer

@@ -1,5 +1,6 @@
 """The result store: append-only, deduplicated, survives a torn last line."""
-from harness.core.store import KEY_FIELDS, ResultStore
+from harness.core.identity import ROW_KEY_FIELDS as KEY_FIELDS
+from harness.core.store import ResultStore
 
 
 def _row(seed, acc=0.5):

@@ -1,5 +1,24 @@
 """Identity: content hashes that key every cache and result, the class lists suites name, and the software
-versions recorded beside results. The bottom layer: it imports nothing from the harness."""
+versions recorded beside results. The bottom layer: it imports nothing from the harness.
+
+What keys each thing the harness makes is written here, once (the "keys" section below), with the exceptions
+kept so that rows and caches made before a setting existed stay current. A key changes only when what it keys
+would change; tests/test_committed_store.py and tests/test_contract.py hold them to the committed rows.
+
+| thing | key | where it is built |
+|---|---|---|
+| a distilled set | `set_key`: method, its config's identity, suite seed, image size, the models it reads | here |
+| a set's shard seeds | `seed_key`: `method/hash`, or a family's shared key for paired ablation variants | here |
+| a result row | `row_key`: suite, method, set hash, IPC, student, protocol, protocol hash, seed | here |
+| a recipe | `Protocol.identity()`: its fields (WHEN_SET ones only off their default) | models/protocols.py |
+| a relabelled recipe | `relabelled_protocol_key` / `cross_arch_protocol_key` | here |
+| a fine-tuned backbone | `fine_tune_key`: base backbone, schedule, training data, conditions | here |
+| a backbone check | `backbone_check_key`: backbone (or fine-tune), teacher, the check's settings | here |
+| the teacher's validation accuracy | `teacher_val_key`: teacher, validation split | here |
+| a search | `search_key`: suite, spec, default point, space, recipe, validation split, models | here |
+| diversity measures | `diversity_keys`: extractor, real reference, settings | here |
+| a generator / teacher | the plug-in's own `identity` (its kind's settings + training data) | models/generators/, models/teacher_sources.py |
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -63,3 +82,99 @@ def versions() -> dict:
 
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "timm": timm.__version__,
             "python": platform.python_version()}
+
+
+# ---- keys: what keys each thing the harness makes ----
+
+# The fields of a result row that key it in the store (harness/core/store.py): one row per key, ever.
+ROW_KEY_FIELDS = ("suite", "method", "config_hash", "ipc", "student", "protocol", "protocol_hash", "seed")
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(row[k] for k in ROW_KEY_FIELDS)
+
+
+_ABSENT = object()
+
+
+def set_identity(method: str, config_fields: dict, seed: int, image_size: int, models: dict,
+                 teacher_val_accuracy: Any = _ABSENT, fine_tuned: str | None = None, revision: int = 0) -> dict:
+    """Everything that decides a distilled set's images. Kept out unless they apply, so that sets made before
+    each existed keep their keys: the teacher's validation accuracy (only methods that read it, CaO2's ĉ), the
+    fine-tuned backbone (only methods that sample one) and the method's revision (only when raised from 0)."""
+    ident = {"method": method, "config": config_fields, "seed": seed, "image_size": image_size, **models}
+    if teacher_val_accuracy is not _ABSENT:
+        ident["teacher_val_accuracy"] = teacher_val_accuracy
+    if fine_tuned is not None:
+        ident["fine_tuned"] = fine_tuned
+    if revision:
+        ident["revision"] = revision
+    return ident
+
+
+def set_key(*args, **kwargs) -> str:
+    """The hash of `set_identity(...)`: a set's `config_hash` in its manifest and in every row trained on it."""
+    return config_hash(set_identity(*args, **kwargs))
+
+
+def seed_key(family: str, seed_config: dict, seed: int, image_size: int, models: dict) -> str:
+    """The key a family's paired ablation variants seed their shards from, so that they draw the same images
+    where their switches change nothing: the family, the settings that decide the draws, and the models of the
+    paired anchor (never the teacher's accuracy or the fine-tune: they decide what is done with a draw)."""
+    return f"{family}/{config_hash({'method': family, 'config': seed_config, 'seed': seed, 'image_size': image_size, **models})}"
+
+
+def relabelled_protocol_key(recipe_identity: str, relabel_hash: str | None) -> str:
+    """A trial's protocol hash where a teacher gives the soft labels. Rows relabelled by the suite's own teacher
+    keep the recipe's identity alone (`relabel_hash` None), as they always had; another teacher's hash joins it."""
+    if relabel_hash is None:
+        return recipe_identity
+    return config_hash([recipe_identity, relabel_hash])
+
+
+def cross_arch_protocol_key(recipe_fields: dict, teacher_key: str) -> str:
+    """The cross-architecture study's protocol hash: the recipe the student trains under and the teacher that
+    relabels, which is what the study varies (its rows live in their own store)."""
+    return config_hash([recipe_fields, teacher_key])
+
+
+def fine_tune_schedule_key(schedule: dict) -> str:
+    """Which fine-tunes are one: the schedule's identity fields (NEVER fields, such as the checkpoint interval,
+    left out), whatever method asks for it."""
+    return config_hash(schedule)
+
+
+def fine_tune_identity(backbone_hash: str, schedule: dict, train_fingerprint: str, conditions: list[int]) -> dict:
+    return {"backbone": backbone_hash, "fine_tuning": schedule, "data": train_fingerprint, "conditions": conditions}
+
+
+def fine_tune_key(*args) -> str:
+    """A fine-tuned backbone: the base backbone, the schedule, the data it trains on and the labels it learns."""
+    return config_hash(fine_tune_identity(*args))
+
+
+def backbone_check_key(backbone_hash: str, teacher_hash: str, per_class: int, cfg_scale: float, steps: int) -> str:
+    """A backbone check (base or fine-tuned backbone): the model checked, the teacher that judges, the settings."""
+    return config_hash([backbone_hash, teacher_hash, per_class, cfg_scale, steps])
+
+
+def teacher_val_key(teacher_hash: str, val_fingerprint: str) -> str:
+    return config_hash([teacher_hash, val_fingerprint])
+
+
+def search_key(suite: str, spec: dict, default: dict, space: dict, protocol: str, val_fingerprint: str,
+               backbone_hash: str, teacher_hash: str) -> str:
+    """A hyperparameter search: a rerun with the same key is the same search, resumed. (`spec` leaves out
+    `protocol_search` for method searches: added with protocol searches, it must not re-key the earlier ones.)"""
+    return config_hash({"suite": suite, "spec": spec, "default": default, "space": space, "protocol": protocol,
+                        "val": val_fingerprint, "backbone": backbone_hash, "teacher": teacher_hash})
+
+
+def diversity_keys(extractor: dict, train_fingerprint: str, config: dict, version: int) -> tuple[str, str]:
+    """(the real reference's key, the measures' key): the reference by extractor, real split, sample size and
+    seed; the measures by the reference, every setting that decides a number (never the batch size) and the
+    measures' version."""
+    reference = {"extractor": extractor, "train": train_fingerprint, "per_class": config["real_per_class"],
+                 "seed": config["seed"]}
+    decisive = {k: v for k, v in config.items() if k != "batch_size"}
+    return config_hash(reference), config_hash({"reference": reference, "config": decisive, "v": version})

@@ -16,14 +16,10 @@ import json
 import os
 from pathlib import Path
 
+from harness.core.identity import ROW_KEY_FIELDS, row_key
+
 # The project's own result stores, committed beside the board (leaderboard/results/<suite>.jsonl).
 COMMITTED_RESULTS = Path(__file__).resolve().parents[2] / "leaderboard" / "results"
-
-KEY_FIELDS = ("suite", "method", "config_hash", "ipc", "student", "protocol", "protocol_hash", "seed")
-
-
-def row_key(row: dict) -> tuple:
-    return tuple(row[k] for k in KEY_FIELDS)
 
 
 def _rows(data: bytes) -> list[dict]:
@@ -63,7 +59,7 @@ class ResultStore:
                 print(f"[store] {self.path} ends in a torn line (a run killed while writing it): it is skipped, "
                       f"and its result is made again", flush=True)
             data = complete
-        self._keys.update(row_key(r) for r in _rows(data) if all(k in r for k in KEY_FIELDS))
+        self._keys.update(row_key(r) for r in _rows(data) if all(k in r for k in ROW_KEY_FIELDS))
         self._seen += len(data)
 
     def append(self, row: dict) -> bool:

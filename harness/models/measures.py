@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 
 EXTRACTORS = ("teacher", "inception")

@@ -12,7 +12,7 @@ import ray
 
 from harness.core.sets import Manifest
 from harness.stages.evaluate import EvalTrial, run_trials
-from harness.core.identity import config_hash
+from harness.core.identity import cross_arch_protocol_key, row_key
 from harness.stages.prepare import load_teacher, prepare_teacher
 from harness.models.protocols import teacher_protocol
 from harness.core.store import ResultStore
@@ -38,7 +38,7 @@ def cross_architecture(suite, real, prepared, manifest: Manifest, out: Path, con
         for student in c.students:
             # The teacher is part of the protocol: its identity goes into the protocol hash of the row's key, with
             # the recipe the student trains under (its own, where the suite publishes one).
-            phash = config_hash([protocol.for_student(student).identity_fields(), key])
+            phash = cross_arch_protocol_key(protocol.for_student(student).identity_fields(), key)
             by_hash[phash] = (t, source, key, acc)
             for seed in range(c.seeds):
                 trials.append(EvalTrial(suite.name, manifest.method, manifest.config_hash, c.ipc, manifest.path,
@@ -56,8 +56,7 @@ def cross_architecture(suite, real, prepared, manifest: Manifest, out: Path, con
                                          "teacher_hash": by_hash[tr.protocol_hash][2]},
                    desc="[cross-arch] trials done")
     wanted = {tr.key() for tr in trials}
-    rows = [r for r in store.read() if (r["suite"], r["method"], r["config_hash"], r["ipc"], r["student"],
-                                        r["protocol"], r["protocol_hash"], r["seed"]) in wanted]
+    rows = [r for r in store.read() if row_key(r) in wanted]
     return render_cross_arch(suite, rows, teachers, c.students, out / "leaderboard", manifest)
 
 

@@ -28,7 +28,7 @@ from methods import get_method
 from methods.base import ClassTask, MethodContext
 
 from harness.models.data import RealData, load_real_data
-from harness.core.identity import config_hash, identity_fields, versions
+from harness.core.identity import identity_fields, seed_key, set_key, versions
 from harness.runtime.resources import ShardPeakMemory, machine
 from harness.stages.prepare import Prepared
 from harness.core.sets import MANIFEST, SHARD, Manifest, load_set, manifest_damage, read_shard, shard_damage, write_shard
@@ -72,27 +72,24 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
     cls = get_method(name)
     method_config = suite.method_config(name)
     config = dataclasses.asdict(method_config)
-    common = {"seed": suite.seed, "image_size": suite.data.image_size}
-    ident = {"method": name, "config": identity_fields(method_config), **common,
-             **_models(cls.needs_for(method_config), prepared)}
-    if "teacher_val_accuracy" in cls.needs_for(method_config):  # it decides the images (CaO2's ĉ)
-        ident["teacher_val_accuracy"] = prepared.teacher_val_accuracy
+    needs = cls.needs_for(method_config)
+    extra = {}
+    if "teacher_val_accuracy" in needs:  # it decides the images (CaO2's ĉ)
+        extra["teacher_val_accuracy"] = prepared.teacher_val_accuracy
     if name in prepared.fine_tuned:  # the backbone it samples is its fine-tuned one
-        ident["fine_tuned"] = prepared.fine_tuned[name]["hash"]
+        extra["fine_tuned"] = prepared.fine_tuned[name]["hash"]
     # A variant's revision adds to its family's, so raising the family's reaches the variants that set their own.
     revision = sum(vars(c).get("revision", 0) for c in cls.__mro__)
-    if revision:
-        ident["revision"] = revision
-    h = config_hash(ident)
+    h = set_key(name, identity_fields(method_config), suite.seed, suite.data.image_size, _models(needs, prepared),
+                revision=revision, **extra)
     shared = cls.seed_identity(method_config)
     if shared is None:
         return config, h, f"{name}/{h}"
     family, seed_config = shared
     # The models of the paired anchor, not of the variant: a switch that adds one (the teacher, for clustering on
-    # its features) must not reseed the draws it switches nothing in. Without the teacher's accuracy (it decides
-    # what CLO aims at, not what is drawn) and the fine-tune (the model the draws go through, not the draws).
+    # its features) must not reseed the draws it switches nothing in.
     seed_models = _models(cls.needs_for(cls.paired_anchor(method_config)), prepared)
-    return config, h, f"{family}/{config_hash({'method': family, 'config': seed_config, **common, **seed_models})}"
+    return config, h, seed_key(family, seed_config, suite.seed, suite.data.image_size, seed_models)
 
 
 def _models(needs: frozenset[str], prepared: Prepared) -> dict:

@@ -21,21 +21,17 @@ everything that decides them, so a rerun recomputes nothing.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from harness.core import atomic
-from harness.core.identity import config_hash
+from harness.core.identity import diversity_keys
 from harness.core.sets import load_set
 
 from harness.models.measures import (DiversityConfig, build_extractor, check_config, extract, measures_from_features,
@@ -59,11 +55,9 @@ class DiversityMeter:
             ident["teacher"] = teacher_hash
         else:
             ident["weights"] = cfg.inception_weights
-        reference = {"extractor": ident, "train": real.train.fingerprint(), "per_class": cfg.real_per_class,
-                     "seed": cfg.seed}
-        self.reference_key = config_hash(reference)
-        decisive = {k: v for k, v in asdict(cfg).items() if k != "batch_size"}  # batching changes no result
-        self.key = f"{cfg.extractor}-{config_hash({'reference': reference, 'config': decisive, 'v': MEASURES_VERSION})}"
+        self.reference_key, measures_key = diversity_keys(ident, real.train.fingerprint(), asdict(cfg),
+                                                          MEASURES_VERSION)
+        self.key = f"{cfg.extractor}-{measures_key}"
         self._extractor = self._reference = None
 
     def extractor(self) -> nn.Module:

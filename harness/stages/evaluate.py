@@ -21,7 +21,8 @@ from harness.runtime.data_parallel import run_data_parallel
 from harness.core.identity import FULL_DATA, versions
 from harness.models.protocols import Protocol, reference_protocol
 from harness.core.sets import Manifest, load_set
-from harness.core.store import COMMITTED_RESULTS, ResultStore, row_key
+from harness.core.identity import row_key
+from harness.core.store import COMMITTED_RESULTS, ResultStore
 from harness.models.training import train_student
 
 
@@ -41,8 +42,7 @@ class EvalTrial:
     peak_memory_bytes: int
 
     def key(self) -> tuple:
-        return (self.suite, self.method, self.config_hash, self.ipc, self.student, self.protocol,
-                self.protocol_hash, self.seed)
+        return row_key(vars(self))
 
 
 def full_data_protocol(suite) -> Protocol:

@@ -31,9 +31,9 @@ from harness.models.generators.difffit import add_difffit
 from harness.models.generators.sampling import fit_to_backbone
 from harness.models.data import RealData, load_real_data
 from harness.runtime.data_parallel import Worker, cluster_gpus, run_data_parallel
-from harness.stages.distill import ShardPeakMemory, machine
-from harness.core.identity import config_hash, identity_fields
-from harness.stages.prepare import Prepared, backbone_check, drop_damaged, log, read_json
+from harness.runtime.resources import ShardPeakMemory, machine
+from harness.core.identity import backbone_check_key, fine_tune_key, fine_tune_schedule_key, identity_fields
+from harness.stages.prepare import Prepared, backbone_check
 from harness.config.schema import Suite
 
 MODEL, COST, CHECKPOINT = "difffit.pt", "cost.json", "checkpoint.pt"
@@ -52,13 +52,8 @@ def needed_fine_tunes(suite: Suite, methods: list[str]) -> dict[str, tuple[FineT
     for name in methods:
         ft = get_method(name).fine_tuning(suite.method_config(name))
         if ft is not None:
-            needed.setdefault(config_hash(fine_tune_schedule(ft)), (ft, []))[1].append(name)
+            needed.setdefault(fine_tune_schedule_key(fine_tune_schedule(ft)), (ft, []))[1].append(name)
     return needed
-
-
-def fine_tune_identity(prepared: Prepared, ft: FineTuning, real: RealData) -> dict:
-    return {"backbone": prepared.backbone_hash, "fine_tuning": fine_tune_schedule(ft),
-            "data": real.train.fingerprint(), "conditions": prepared.conditions}
 
 
 def _step_generator(*parts) -> torch.Generator:
@@ -175,7 +170,7 @@ def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, e
     """The base backbone's check (`prepare.backbone_check`, the suite's settings) on a fine-tuned backbone, cached:
     what the fine-tune did to the teacher's agreement with the conditioning class. It stops nothing."""
     b = suite.backbone
-    key = config_hash([entry["hash"], prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
+    key = backbone_check_key(entry["hash"], prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps)
 
     def check() -> dict:
         return backbone_check(prepared.load_backbone(fine_tuned=entry), prepared.load_teacher(), len(prepared.classes),
@@ -192,7 +187,7 @@ def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, e
 
 def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Path, method: str, config,
                        ft: FineTuning, connect=None, make: bool = True) -> dict:
-    key = config_hash(fine_tune_identity(prepared, ft, real))
+    key = fine_tune_key(prepared.backbone_hash, fine_tune_schedule(ft), real.train.fingerprint(), prepared.conditions)
     where = out / "cache" / f"finetuned-{key}"
     model, cost_path = where / MODEL, where / COST
     drop_damaged(model, "fine-tuned backbone", lambda f: torch.load(f, map_location="cpu", weights_only=True),

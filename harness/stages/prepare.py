@@ -26,7 +26,7 @@ from harness.models.data import RealData
 from harness.models import teacher_sources
 from harness.models.teacher_sources import Cluster, TeacherSourceError
 from harness.runtime.data_parallel import cluster_gpus, run_data_parallel
-from harness.core.identity import class_list, config_hash
+from harness.core.identity import backbone_check_key, class_list, relabelled_protocol_key, teacher_val_key
 from harness.config.schema import BackboneConfig, Suite, TeacherConfig
 from harness.models.teachers import Teacher, accuracy, save_teacher, train_recipe_teacher
 
@@ -90,9 +90,8 @@ class Prepared:
         """A trial's protocol hash: the recipe's identity and, where a teacher other than the suite's own gives
         the soft labels, that teacher's hash too, so rows relabelled by another subset teacher are not reused.
         (Rows relabelled by the suite's own teacher keep the recipe's identity alone, as they always had.)"""
-        if protocol.needs_teacher and self.relabel is not None:
-            return config_hash([protocol.identity(), self.relabel.hash])
-        return protocol.identity()
+        relabelled = protocol.needs_teacher and self.relabel is not None
+        return relabelled_protocol_key(protocol.identity(), self.relabel.hash if relabelled else None)
 
     def teacher_note(self) -> str:
         if self.relabel is None:
@@ -193,7 +192,7 @@ def teacher_val_accuracy(suite: Suite, real: RealData, out: Path, source: str, t
                          chunk: int = 1000) -> float:
     """The teacher's accuracy over the suite's classes on the validation split (never the test split),
     cached by teacher and split; read in chunks, because ImageNet-1k's split does not fit in memory."""
-    key = config_hash([teacher_hash, real.val.fingerprint()])
+    key = teacher_val_key(teacher_hash, real.val.fingerprint())
 
     def measure() -> dict:
         teacher = load_teacher(suite.teacher, source, real.classes, "cuda" if torch.cuda.is_available() else "cpu")
@@ -259,7 +258,7 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
     result = None
     if check:
         b = suite.backbone
-        key = config_hash([backbone_hash, teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps])
+        key = backbone_check_key(backbone_hash, teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps)
 
         def check_backbone() -> dict:
             unchecked = prepared(None)

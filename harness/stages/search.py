@@ -37,7 +37,7 @@ from methods import get_method
 from harness.core import atomic
 from harness.models.data import RealData
 from harness.stages.distill import distill_here, plan
-from harness.core.identity import config_hash, versions
+from harness.core.identity import config_hash, search_key, versions
 from harness.stages.prepare import Prepared
 from harness.models.protocols import reference_protocol
 from harness.core.sets import load_set
@@ -124,10 +124,9 @@ def search_id(suite: Suite, prepared: Prepared, spec: SearchSpec, real: RealData
     fields = dataclasses.asdict(spec)
     if not spec.protocol_search:  # added with protocol searches: method searches' ids stay what they were
         del fields["protocol_search"]
-    return config_hash({"suite": suite.name, "spec": fields, "default": default_point(suite, spec),
-                        "space": {k: list(v) for k, v in space_of(suite, spec).items()},
-                        "protocol": protocol.identity(), "val": real.val.fingerprint(),
-                        "backbone": prepared.backbone_hash, "teacher": prepared.teacher_hash})
+    return search_key(suite.name, fields, default_point(suite, spec),
+                      {k: list(v) for k, v in space_of(suite, spec).items()}, protocol.identity(),
+                      real.val.fingerprint(), prepared.backbone_hash, prepared.teacher_hash)
 
 
 def experiment_name(spec: SearchSpec, sid: str) -> str:
