@@ -1,4 +1,5 @@
 """ddbench entry point: `python benchmark.py --suite fashion-mnist` (see README.md)."""
+
 import sys
 
 from harness.cli import main

@@ -3,6 +3,7 @@ given (one line and exit status 2 before any compute), and hands over to the pip
 
 Verbs: run (the default: suite → prepare → distill → evaluate → leaderboard), plan, search, site, compare, export.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from methods import get_method
-
-from harness.config.schema import SuiteError
 from harness.config.loader import load_suite
+from harness.config.schema import SuiteError
 from harness.models.data import DataError, load_real_data
 from harness.models.measures import DiversityError
 from harness.models.students import is_student
@@ -25,12 +24,29 @@ from harness.runtime.preflight import check_out_dir, check_real_image_counts
 from harness.stages.distill import DistillError
 from harness.stages.prepare import PrepareError
 from harness.stages.search import DEFAULT_TRIALS, SearchError, SearchSpec, default_point, search_protocol, space_of
+from methods import get_method
 
 VERBS = ("run", "plan", "search", "site", "compare", "export")
 # What a verb's namespace holds for the flags it does not take: every check reads one namespace, however parsed.
-UNSET = dict(address=None, no_check=False, accept_failed_check=False, cross_arch=False, plan=False, search=None,
-             trials=None, search_student=None, search_set=None, resume=False, gpus=1, gpu_tflops=DEFAULT_GPU_TFLOPS,
-             site=False, compare=None, export=None)
+UNSET = dict(
+    address=None,
+    no_check=False,
+    accept_failed_check=False,
+    cross_arch=False,
+    plan=False,
+    search=None,
+    trials=None,
+    search_student=None,
+    search_set=None,
+    resume=False,
+    gpus=1,
+    gpu_tflops=DEFAULT_GPU_TFLOPS,
+    site=False,
+    compare=None,
+    export=None,
+)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -73,46 +89,63 @@ def _suite_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ipc", type=_int_list, help="comma-separated IPCs (default: the suite's)")
     p.add_argument("--students", help="comma-separated students (default: the suite's or the profile's)")
     p.add_argument("--seeds", type=_positive, help="student seeds per setting (default: the suite's)")
-    p.add_argument("--profile", default="full", help="full (the suite as written) or one of its profiles, e.g. quick, leaderboard (default: full)")
+    p.add_argument(
+        "--profile",
+        default="full",
+        help="full (the suite as written) or one of its profiles, e.g. quick, leaderboard (default: full)",
+    )
 
 
 def _address_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="Ray cluster HOST:PORT to attach to (default: RAY_ADDRESS, else the head `ray start` "
-                                       "runs on this machine, else a local cluster; `local` forces a local one)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster HOST:PORT to attach to (default: RAY_ADDRESS, else the head `ray start` "
+        "runs on this machine, else a local cluster; `local` forces a local one)",
+    )
 
 
 def _check_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the backbone check")
-    p.add_argument("--accept-failed-check", action="store_true",
-                   help="run methods that sample the backbone even when its check fails; their rows are marked")
+    p.add_argument(
+        "--accept-failed-check",
+        action="store_true",
+        help="run methods that sample the backbone even when its check fails; their rows are marked",
+    )
 
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=_positive, default=None, help="trials per searched method (default: 20)")
     p.add_argument("--search-student", help="the proxy student a search trains (default: the suite's first student)")
-    p.add_argument("--search-set", metavar="METHOD",
-                   help="a protocol search (search PROTOCOL) tunes the student's recipe on this method's set "
-                        "(default: the suite's first method)")
+    p.add_argument(
+        "--search-set",
+        metavar="METHOD",
+        help="a protocol search (search PROTOCOL) tunes the student's recipe on this method's set "
+        "(default: the suite's first method)",
+    )
     p.add_argument("--resume", action="store_true", help="continue a killed search; finished trials are kept")
 
 
 def _plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=_positive, default=1, help="GPUs the plan spreads the work over (default: 1)")
-    p.add_argument("--gpu-tflops", type=_positive_number, default=DEFAULT_GPU_TFLOPS,
-                   help=f"sustained TFLOP/s per GPU the plan prices unmeasured work at (default: {DEFAULT_GPU_TFLOPS:g})")
+    p.add_argument(
+        "--gpu-tflops",
+        type=_positive_number,
+        default=DEFAULT_GPU_TFLOPS,
+        help=f"sustained TFLOP/s per GPU the plan prices unmeasured work at (default: {DEFAULT_GPU_TFLOPS:g})",
+    )
 
 
 HELP = {
     "run": "make the suite's sets, train its students on them, draw the board and the site (the default verb)",
     "plan": "print what the suite would do and cost (shards, trials, model loads, images, disk, GPU-hours) and run "
-            "nothing; needs neither the data nor the models",
+    "nothing; needs neither the data nor the models",
     "search": "tune these methods' search spaces (or a protocol's recipe for --search-student) on the validation "
-              "split with Ray Tune + Optuna instead of running the suite; the test split is never read; best "
-              "settings go to --out/search/<method>.yaml",
+    "split with Ray Tune + Optuna instead of running the suite; the test split is never read; best "
+    "settings go to --out/search/<method>.yaml",
     "site": "redraw the board and the static site (<out>/site/) from what --out holds: the result store and the sets "
-            "on disk; distils and trains nothing (every run draws the site at its end too)",
+    "on disk; distils and trains nothing (every run draws the site at its end too)",
     "compare": "two methods of the suite: per student, protocol and IPC, A − B with its 95%% confidence interval and "
-               "whether it is resolved, from the store in --out; written to <out>/compare/",
+    "whether it is resolved, from the store in --out; written to <out>/compare/",
     "export": "write METHOD's set at --ipc K (one IPC) as a Hugging Face datasets folder under <out>/exports/",
 }
 CROSS_ARCH_HELP = "run the suite's cross-architecture study (teacher × student table and heatmap) instead"
@@ -120,8 +153,9 @@ CROSS_ARCH_HELP = "run the suite's cross-architecture study (teacher × student 
 
 def parser() -> argparse.ArgumentParser:
     """`ddbench VERB ...`: each verb's --help lists its own flags."""
-    p = _Parser(prog="ddbench", description=__doc__, allow_abbrev=False,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="ddbench", description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def verb(name: str, *groups, **modes) -> argparse.ArgumentParser:
@@ -135,7 +169,8 @@ def parser() -> argparse.ArgumentParser:
     verb("run", _address_flag, _check_flags).add_argument("--cross-arch", action="store_true", help=CROSS_ARCH_HELP)
     verb("plan", _plan_flags, plan=True)
     verb("search", _address_flag, _check_flags, _search_flags).add_argument(
-        "search", metavar="METHOD[,METHOD]", help="the methods (or protocols) to search")
+        "search", metavar="METHOD[,METHOD]", help="the methods (or protocols) to search"
+    )
     verb("site", _address_flag, _check_flags, site=True)
     verb("compare", _address_flag).add_argument("compare", metavar="A,B", help="the two methods")
     verb("export", _address_flag).add_argument("export", metavar="METHOD", help="the method whose set to write")
@@ -145,9 +180,13 @@ def parser() -> argparse.ArgumentParser:
 def flat_parser() -> argparse.ArgumentParser:
     """No verb: every flag, the verbs as mode flags (`--plan`, `--search M`, ...), as scripts and `ray submit
     cluster.yaml benchmark.py --suite imagenet` call it; without a mode flag it runs."""
-    p = _Parser(prog="ddbench", description=__doc__, allow_abbrev=False,
-                usage="ddbench [VERB] [--suite NAME] [flags]  (VERB: " + " | ".join(VERBS) + "; `ddbench VERB --help`)",
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="ddbench",
+        description=__doc__,
+        allow_abbrev=False,
+        usage="ddbench [VERB] [--suite NAME] [flags]  (VERB: " + " | ".join(VERBS) + "; `ddbench VERB --help`)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _suite_flags(p)
     _address_flag(p)
     _check_flags(p)
@@ -185,8 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         specs = _search_specs(args, suite) if verb == "search" else []
         run = _run(args, suite, specs or methods, verb, pair, command)
         return _ask(run, verb, pair, specs, args)
-    except (SuiteError, PlanError, ClusterError, SearchError, PrepareError, DistillError, DiversityError, ExportError,
-            RunError) as e:
+    except (
+        SuiteError,
+        PlanError,
+        ClusterError,
+        SearchError,
+        PrepareError,
+        DistillError,
+        DiversityError,
+        ExportError,
+        RunError,
+    ) as e:
         fail(str(e))
     except DataError as e:  # its message says what is wrong with the data; the suite's data section points at it
         fail(f"{suite.source}: data: {e}")
@@ -217,16 +265,27 @@ def _methods(args, suite) -> list[str]:
     if unknown:
         in_profiles = [p for p, v in suite.profiles.items() if all(m in (v.get("methods") or {}) for m in unknown)]
         hint = f"; --profile {in_profiles[0]} lists them" if in_profiles and args.profile == "full" else ""
-        raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(unknown)}, "
-                         f"not in the suite (it has: {', '.join(suite.methods)}){hint}")
+        raise SuiteError(
+            f"{suite.source}: methods: --methods names {', '.join(unknown)}, "
+            f"not in the suite (it has: {', '.join(suite.methods)}){hint}"
+        )
     return methods
 
 
 def _verb(args, suite) -> tuple[str, list[str] | None]:
     """The one verb asked for (a verb, or the mode flag standing for it) and, for compare, its pair; checked."""
-    modes = [flag for flag, on in (("--search", args.search is not None), ("--site", args.site),
-                                   ("--compare", args.compare is not None), ("--export", args.export is not None),
-                                   ("--plan", args.plan), ("--cross-arch", args.cross_arch)) if on]
+    modes = [
+        flag
+        for flag, on in (
+            ("--search", args.search is not None),
+            ("--site", args.site),
+            ("--compare", args.compare is not None),
+            ("--export", args.export is not None),
+            ("--plan", args.plan),
+            ("--cross-arch", args.cross_arch),
+        )
+        if on
+    ]
     if len(modes) > 1:
         raise SuiteError(f"{suite.source}: {' and '.join(modes)}: one at a time")
     pair = None
@@ -236,8 +295,10 @@ def _verb(args, suite) -> tuple[str, list[str] | None]:
             raise SuiteError(f"{suite.source}: methods: --compare {args.compare!r} must name two different methods")
     unknown = [m for m in (pair or []) + ([args.export] if args.export is not None else []) if m not in suite.methods]
     if unknown:
-        raise SuiteError(f"{suite.source}: methods: {', '.join(unknown)} not in the suite (it has: "
-                         f"{', '.join(suite.methods)}){'; try --profile leaderboard' if args.profile == 'full' else ''}")
+        raise SuiteError(
+            f"{suite.source}: methods: {', '.join(unknown)} not in the suite (it has: "
+            f"{', '.join(suite.methods)}){'; try --profile leaderboard' if args.profile == 'full' else ''}"
+        )
     if args.export is not None and (not args.ipc or len(args.ipc) != 1):
         raise SuiteError(f"{suite.source}: ipcs: --export needs one IPC (--ipc K)")
     if args.search is not None:
@@ -247,7 +308,17 @@ def _verb(args, suite) -> tuple[str, list[str] | None]:
             raise SuiteError(f"{suite.source}: --{flag.replace('_', '-')}: only with --search")
     if args.cross_arch and suite.cross_arch is None:
         raise SuiteError(f"{suite.source}: cross_arch: --cross-arch needs a cross_arch section in the suite")
-    verb = "site" if args.site else "compare" if pair else "export" if args.export is not None else "plan" if args.plan else "run"
+    verb = (
+        "site"
+        if args.site
+        else "compare"
+        if pair
+        else "export"
+        if args.export is not None
+        else "plan"
+        if args.plan
+        else "run"
+    )
     return verb, pair
 
 
@@ -258,8 +329,15 @@ def _run(args, suite, methods, verb: str, pair, command: str) -> Run:
     check_out_dir(args.out, suite.source)
     if verb == "search":  # a search never opens the test split; its methods are the specs'
         real = load_real_data(suite.data, with_test=False)
-        return Run(suite, sorted({s.method for s in methods}), args.out, real, args.address, check=not args.no_check,
-                   accept_failed_check=args.accept_failed_check)
+        return Run(
+            suite,
+            sorted({s.method for s in methods}),
+            args.out,
+            real,
+            args.address,
+            check=not args.no_check,
+            accept_failed_check=args.accept_failed_check,
+        )
     real = load_real_data(suite.data)
     if args.cross_arch:
         check_real_image_counts(suite, real.train, [suite.cross_arch.method], [suite.cross_arch.ipc])
@@ -268,9 +346,18 @@ def _run(args, suite, methods, verb: str, pair, command: str) -> Run:
     reads_only = verb in ("site", "compare", "export")
     if verb in ("compare", "export"):
         methods = pair or [args.export]
-    return Run(suite, methods, args.out, real, args.address, check=not args.no_check and verb not in ("compare", "export"),
-               accept_failed_check=args.accept_failed_check, make=not reads_only, cross_arch=args.cross_arch,
-               command=command)
+    return Run(
+        suite,
+        methods,
+        args.out,
+        real,
+        args.address,
+        check=not args.no_check and verb not in ("compare", "export"),
+        accept_failed_check=args.accept_failed_check,
+        make=not reads_only,
+        cross_arch=args.cross_arch,
+        command=command,
+    )
 
 
 def _ask(run: Run, verb: str, pair, specs: list[SearchSpec], args) -> int:
@@ -299,21 +386,27 @@ def _search_specs(args, suite) -> list[SearchSpec]:
     def trial_runs(name: str, flag: str) -> None:
         cls, config = get_method(name), suite.method_config(name)
         if cls.fine_tuning(config) is not None or cls.selects_across_classes(config):
-            raise SuiteError(f"{suite.source}: {flag}: {name} fine-tunes its backbone or chooses across classes, "
-                             f"stages a search trial does not run yet")
+            raise SuiteError(
+                f"{suite.source}: {flag}: {name} fine-tunes its backbone or chooses across classes, "
+                f"stages a search trial does not run yet"
+            )
 
     for name in names:
         if name in suite.protocols:
             trial_runs(set_method, "--search-set")
             continue
         if name not in suite.methods:
-            raise SuiteError(f"{suite.source}: --search: {name} is neither one of the suite's methods "
-                             f"(it has: {', '.join(suite.methods)}; a profile may add more) nor its protocols")
+            raise SuiteError(
+                f"{suite.source}: --search: {name} is neither one of the suite's methods "
+                f"(it has: {', '.join(suite.methods)}; a profile may add more) nor its protocols"
+            )
         trial_runs(name, "--search")
         if not get_method(name).search_space:
             searchable = [m for m in suite.methods if get_method(m).search_space]
-            raise SuiteError(f"{suite.source}: --search: {name} declares no search space (searchable here: "
-                             f"{', '.join(searchable) or 'none'})")
+            raise SuiteError(
+                f"{suite.source}: --search: {name} declares no search space (searchable here: "
+                f"{', '.join(searchable) or 'none'})"
+            )
     if len(suite.ipcs) != 1:
         raise SuiteError(f"{suite.source}: --ipc: a search tunes at one IPC; pass one of {suite.ipcs}")
     student = args.search_student or suite.students[0]
@@ -321,9 +414,12 @@ def _search_specs(args, suite) -> list[SearchSpec]:
         raise SuiteError(f"{suite.source}: --search-student: unknown student {student!r}: not in timm's registry")
     protocol = search_protocol(suite)
     trials = args.trials or DEFAULT_TRIALS
-    specs = [SearchSpec(set_method, suite.ipcs[0], student, name, trials, protocol_search=True)
-             if name in suite.protocols else SearchSpec(name, suite.ipcs[0], student, protocol, trials)
-             for name in names]
+    specs = [
+        SearchSpec(set_method, suite.ipcs[0], student, name, trials, protocol_search=True)
+        if name in suite.protocols
+        else SearchSpec(name, suite.ipcs[0], student, protocol, trials)
+        for name in names
+    ]
     for spec in specs:
         if not space_of(suite, spec):  # before prepare, not after it
             raise SuiteError(f"{suite.source}: --search: {spec.subject} declares no search space: nothing to search")

@@ -6,6 +6,7 @@ command line is a question put to it: `board` (run, site), `cross_arch_study`, `
 `export` each ask for what they need, and what they do not ask for is never made. The stages below know nothing
 of it: it passes them what they need.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,12 +18,13 @@ from harness.core.identity import FULL_DATA, identity_fields
 from harness.core.lock import output_lock
 from harness.core.sets import Manifest
 from harness.core.store import ResultStore
-from harness.report.compare import compare, lines as compare_lines
+from harness.report.compare import compare
+from harness.report.compare import lines as compare_lines
 from harness.report.export import export_set
-from harness.report.rows import board_order, measured_rows, searched_label, trained_under, with_searched_labels
-from harness.report.markdown import protocols_note
 from harness.report.leaderboard import render
+from harness.report.markdown import protocols_note
 from harness.report.plan import make_plan
+from harness.report.rows import board_order, measured_rows, searched_label, trained_under, with_searched_labels
 from harness.report.site import build_site
 from harness.runtime.cluster import connector
 from harness.stages.cross_arch import cross_architecture
@@ -33,8 +35,10 @@ from harness.stages.fine_tune import fine_tune_backbones, needed_fine_tunes
 from harness.stages.prepare import Prepared, prepare
 from harness.stages.search import SearchSpec, run_search, write_outputs
 
-SEARCHED_NOTE = ("rows labelled 'searched on val (N trials)': the method's config chosen by N trials of a "
-                 "hyperparameter search on the validation split (harness/stages/search.py), beside the suite's own")
+SEARCHED_NOTE = (
+    "rows labelled 'searched on val (N trials)': the method's config chosen by N trials of a "
+    "hyperparameter search on the validation split (harness/stages/search.py), beside the suite's own"
+)
 
 
 class RunError(Exception):
@@ -43,10 +47,12 @@ class RunError(Exception):
 
 def _holding_out(mode):
     """A mode that writes under --out runs holding its lock (harness/core/lock.py): one run per --out at a time."""
+
     @functools.wraps(mode)
     def locked(self, *args, **kwargs):
         with output_lock(self.out):
             return mode(self, *args, **kwargs)
+
     return locked
 
 
@@ -65,9 +71,19 @@ class Run:
     none (site, compare, export), so it needs no cluster; `cross_arch` makes the suite's cross-architecture set
     instead of the board's. `real` may be None for the questions that need no data (the plan)."""
 
-    def __init__(self, suite, methods: list[str], out: Path, real=None, address: str | None = None,
-                 check: bool = True, accept_failed_check: bool = False, make: bool = True, cross_arch: bool = False,
-                 command: str = ""):
+    def __init__(
+        self,
+        suite,
+        methods: list[str],
+        out: Path,
+        real=None,
+        address: str | None = None,
+        check: bool = True,
+        accept_failed_check: bool = False,
+        make: bool = True,
+        cross_arch: bool = False,
+        command: str = "",
+    ):
         self.suite, self.methods, self.real = suite, list(methods), real
         self.out = Path(out).absolute()  # workers resolve a relative path against their own working directory
         self.address, self.check, self.accept_failed_check = address, check, accept_failed_check
@@ -91,8 +107,12 @@ class Run:
         A searched config equal to the suite's in what makes a set is the same set: its rows are the method's own."""
         if self.cross_arch:
             return []
-        return [name for name in self.set_methods if name in self.suite.searched
-                and identity_fields(self.suite.searched_config(name)) != identity_fields(self.suite.method_config(name))]
+        return [
+            name
+            for name in self.set_methods
+            if name in self.suite.searched
+            and identity_fields(self.suite.searched_config(name)) != identity_fields(self.suite.method_config(name))
+        ]
 
     @cached_property
     def fine_tunes(self) -> dict:
@@ -109,10 +129,25 @@ class Run:
     def prepared(self) -> Prepared:
         """The suite's models, with the fine-tuned backbones the sets sample from. Cross-arch checks no fine-tune:
         its table has no notes to show the check in."""
-        base = prepare(self.suite, self.real, self.out, check=self.check, connect=self.connect,
-                       methods=self.set_methods, accept_failed_check=self.accept_failed_check)
-        return fine_tune_backbones(self.suite, self.real, base, self.out, self.set_methods, self.connect,
-                                   check=self.check and not self.cross_arch, make=self.make)
+        base = prepare(
+            self.suite,
+            self.real,
+            self.out,
+            check=self.check,
+            connect=self.connect,
+            methods=self.set_methods,
+            accept_failed_check=self.accept_failed_check,
+        )
+        return fine_tune_backbones(
+            self.suite,
+            self.real,
+            base,
+            self.out,
+            self.set_methods,
+            self.connect,
+            check=self.check and not self.cross_arch,
+            make=self.make,
+        )
 
     @cached_property
     def own_jobs(self) -> list[DistillJob]:
@@ -123,8 +158,10 @@ class Run:
     def searched_jobs(self) -> dict[str, list[DistillJob]]:
         """The sets of the searched configs that are rows of their own, by method."""
         s = self.suite
-        return {name: plan(s.with_method_config(name, s.searched_config(name)), self.prepared, self.out, [name],
-                           self.ipcs) for name in self.searched}
+        return {
+            name: plan(s.with_method_config(name, s.searched_config(name)), self.prepared, self.out, [name], self.ipcs)
+            for name in self.searched
+        }
 
     @cached_property
     def jobs(self) -> list[DistillJob]:
@@ -133,8 +170,10 @@ class Run:
     @cached_property
     def labels(self) -> dict[tuple[str, str], str]:
         """(method, config hash) → its board label, for the configs a search chose."""
-        return {(name, jobs[0].config_hash): searched_label(name, self.suite.searched[name].trials)
-                for name, jobs in self.searched_jobs.items()}
+        return {
+            (name, jobs[0].config_hash): searched_label(name, self.suite.searched[name].trials)
+            for name, jobs in self.searched_jobs.items()
+        }
 
     @cached_property
     def manifests(self) -> list[Manifest]:
@@ -162,14 +201,18 @@ class Run:
         notes = [prepared.teacher_note()]
         if prepared.backbone_check:
             c = prepared.backbone_check
-            notes.append(f"backbone check: the teacher agrees with the conditioning class on {c['agreement']:.1%} of "
-                         f"{c['samples']} samples (cfg {c['cfg_scale']}, {c['steps']} DDIM steps)")
+            notes.append(
+                f"backbone check: the teacher agrees with the conditioning class on {c['agreement']:.1%} of "
+                f"{c['samples']} samples (cfg {c['cfg_scale']}, {c['steps']} DDIM steps)"
+            )
         for name, tuned in prepared.fine_tuned.items():
             if "check" in tuned:
                 c = tuned["check"]
-                notes.append(f"{name}'s fine-tuned backbone ({tuned['hash']}, {tuned['cost']['steps']} steps): the "
-                             f"teacher agrees with the conditioning class on {c['agreement']:.1%} of {c['samples']} "
-                             "samples")
+                notes.append(
+                    f"{name}'s fine-tuned backbone ({tuned['hash']}, {tuned['cost']['steps']} steps): the "
+                    f"teacher agrees with the conditioning class on {c['agreement']:.1%} of {c['samples']} "
+                    "samples"
+                )
         notes.append(protocols_note(self.suite.protocols))
         notes += self.suite.notes
         if self.labels:
@@ -180,8 +223,11 @@ class Run:
 
     def header(self) -> None:
         s = self.suite
-        print(f"[suite] {s.name}: {len(self.methods)} methods × IPC {s.ipcs} × {len(s.students)} students × "
-              f"{len(s.protocols)} protocols × {s.seeds} seeds → {self.out}", flush=True)
+        print(
+            f"[suite] {s.name}: {len(self.methods)} methods × IPC {s.ipcs} × {len(s.students)} students × "
+            f"{len(s.protocols)} protocols × {s.seeds} seeds → {self.out}",
+            flush=True,
+        )
 
     def _elapsed(self) -> str:
         return f"({time.perf_counter() - self.t0:.0f} s)"
@@ -194,16 +240,36 @@ class Run:
         manifests, store, recipes = self.manifests, self.store, self.recipes
         measure_sets(self.suite, self.real, self.prepared, manifests, self.out)
         if self.make:
-            evaluate(self.suite, self.real, manifests, store, self.suite.students, self.suite.seeds, self.connect,
-                     self.prepared, self.out)
-        rows, current, manifests, order = with_searched_labels(store.read(), self.current, manifests, self.methods,
-                                                               self.labels)
+            evaluate(
+                self.suite,
+                self.real,
+                manifests,
+                store,
+                self.suite.students,
+                self.suite.seeds,
+                self.connect,
+                self.prepared,
+                self.out,
+            )
+        rows, current, manifests, order = with_searched_labels(
+            store.read(), self.current, manifests, self.methods, self.labels
+        )
         md, csv = render(self.suite, rows, current, self.out / "leaderboard", order, self.notes, manifests, recipes)
         print(f"[leaderboard] {md} and {csv} {self._elapsed()}", flush=True)
         if self.make:
             print(md.read_text(), flush=True)
-        page = build_site(self.suite, rows, current, self.out / "site", order, self.notes, manifests,
-                          self.out / "leaderboard", self.command, recipes)
+        page = build_site(
+            self.suite,
+            rows,
+            current,
+            self.out / "site",
+            order,
+            self.notes,
+            manifests,
+            self.out / "leaderboard",
+            self.command,
+            recipes,
+        )
         print(f"[site] {page} {self._elapsed()}", flush=True)
         return md, csv, page
 
@@ -228,8 +294,11 @@ class Run:
             outcome = run_search(self.suite, self.real, prepared, spec, self.out, resume=resume)
             paths = write_outputs(outcome, self.suite, self.out, self.store)
             print(outcome.summary(), flush=True)
-            print(f"[search] {spec.subject}: {len(outcome.trials)} trial rows in {self.store.path}; "
-                  f"{', '.join(map(str, paths))}", flush=True)
+            print(
+                f"[search] {spec.subject}: {len(outcome.trials)} trial rows in {self.store.path}; "
+                f"{', '.join(map(str, paths))}",
+                flush=True,
+            )
             written += paths
         return written
 
@@ -245,11 +314,17 @@ class Run:
         rows, compared, _, _ = with_searched_labels(self.store.read(), self.current, [], self.methods, self.labels)
         rows = trained_under(rows, self.recipes)
         s = self.suite
-        table = board_order(compare(measured_rows(rows, compared), *pair), pair, list(s.students), list(s.protocols),
-                            ("student", "protocol", "ipc"))
+        table = board_order(
+            compare(measured_rows(rows, compared), *pair),
+            pair,
+            list(s.students),
+            list(s.protocols),
+            ("student", "protocol", "ipc"),
+        )
         if table.empty:
-            raise RunError(f"{s.source}: methods: the store in {self.out} holds no cell with both {pair[0]} and "
-                           f"{pair[1]}")
+            raise RunError(
+                f"{s.source}: methods: the store in {self.out} holds no cell with both {pair[0]} and {pair[1]}"
+            )
         stem = self.out / "compare" / f"{s.name}-{pair[0]}-vs-{pair[1]}"
         stem.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(stem.with_suffix(".csv"), index=False, float_format="%.5f")
@@ -264,9 +339,14 @@ class Run:
         self.header()
         (job,) = self.own_jobs
         if not job.done():
-            raise RunError(f"{self.suite.source}: methods: no {job.method} set at IPC {job.ipc} in {self.out} (a run "
-                           f"with --methods {job.method} --ipc {job.ipc} makes it)")
-        dest = export_set(Manifest.read(job.path), self.out / "exports" / f"{self.suite.name}-{job.method}-ipc{job.ipc}",
-                          self.suite.name)
+            raise RunError(
+                f"{self.suite.source}: methods: no {job.method} set at IPC {job.ipc} in {self.out} (a run "
+                f"with --methods {job.method} --ipc {job.ipc} makes it)"
+            )
+        dest = export_set(
+            Manifest.read(job.path),
+            self.out / "exports" / f"{self.suite.name}-{job.method}-ipc{job.ipc}",
+            self.suite.name,
+        )
         print(f"[export] {dest}: load it with datasets.load_dataset({str(dest)!r}, split='train')", flush=True)
         return dest

@@ -3,6 +3,7 @@
 Importing the package imports every module in it, which registers its methods: adding a method is adding its
 file (docs/extending.md), with no list here to keep in step.
 """
+
 from __future__ import annotations
 
 import importlib

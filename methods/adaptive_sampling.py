@@ -44,12 +44,13 @@ Defaults (pinned by tests/test_contract.py):
     seed_batch_size = 10         §4.1 mini-batches of seed images; docs/adaptive-sampling.md
     teacher_batch_size = 256     memory only
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -121,6 +122,7 @@ class AdaptiveSamplingConfig:
 
 # ---- teacher-guided fidelity (Eq. 5) ----
 
+
 def teacher_log_probs(teacher, images01: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """log T(x) over all the teacher's outputs (`teacher_logits`): a pretrained ImageNet-1k teacher's soft
     label of a Woof image includes the breeds outside the suite, which is what the paper's teacher predicts."""
@@ -137,6 +139,7 @@ def fidelity(log_p_real: torch.Tensor, log_p_gen: torch.Tensor) -> float:
 
 # ---- repulsion (Eq. 6) ----
 
+
 def median_bandwidth(z: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """σ² of the RBF kernel by SVGD's median heuristic: med_{i≠j}‖z_i − z_j‖² / (2 log(n + 1)), so that a
     typical pair has k = 1/(n + 1) and Σ_j k stays near 1 whatever the batch size. Returned detached."""
@@ -145,15 +148,15 @@ def median_bandwidth(z: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     sq = (flat[:, None] - flat[None]).pow(2).sum(-1)
     off = sq[~torch.eye(n, dtype=torch.bool, device=z.device)]
     med = off.median().clamp_min(torch.finfo(flat.dtype).tiny)
-    return scale ** 2 * med / (2 * math.log(n + 1))
+    return scale**2 * med / (2 * math.log(n + 1))
 
 
 def rbf_repulsion_grad(z: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
     """Σ_{j≠i} ∇_{z_i} k(z_i, z_j) for k(x, y) = exp(−‖x − y‖² / (2σ²)), every i at once, with σ² fixed:
     −Σ_j k_ij (z_i − z_j) / σ²."""
     flat = z.flatten(1)
-    diff = flat[:, None] - flat[None]                       # (n, n, d): z_i − z_j
-    k = torch.exp(-diff.pow(2).sum(-1) / (2 * sigma2))       # k_ii = 1, but its z_i − z_i term is 0
+    diff = flat[:, None] - flat[None]  # (n, n, d): z_i − z_j
+    k = torch.exp(-diff.pow(2).sum(-1) / (2 * sigma2))  # k_ii = 1, but its z_i − z_i term is 0
     return (-(k[..., None] * diff).sum(1) / sigma2).view_as(z)
 
 
@@ -168,8 +171,14 @@ class Repulsion:
     The kernel is evaluated at the step's input latents z_t, as in Eq. 6, which the hook remembers (it is
     built with the run's start latents and timesteps)."""
 
-    def __init__(self, start: torch.Tensor, timesteps: list[int], alphas_cumprod: torch.Tensor, weight: float,
-                 bandwidth_scale: float = 1.0):
+    def __init__(
+        self,
+        start: torch.Tensor,
+        timesteps: list[int],
+        alphas_cumprod: torch.Tensor,
+        weight: float,
+        bandwidth_scale: float = 1.0,
+    ):
         self.prev, self.timesteps, self.weight, self.bandwidth_scale = start, list(timesteps), weight, bandwidth_scale
         self.ac = alphas_cumprod.to(start.device)
 
@@ -194,16 +203,25 @@ class Repulsion:
 
 # ---- Bayesian optimisation ----
 
+
 @dataclass
 class BOResult:
     best: tuple[float, ...]
     best_value: float
-    points: torch.Tensor   # (n, d) in the search box, in evaluation order
-    values: torch.Tensor   # (n,)
+    points: torch.Tensor  # (n, d) in the search box, in evaluation order
+    values: torch.Tensor  # (n,)
 
 
-def bayes_opt(objective: Callable[..., float], bounds: list[tuple[float, float]], n_init: int, n_iter: int,
-              kappa: float, seed: int, num_restarts: int = 4, raw_samples: int = 128) -> BOResult:
+def bayes_opt(
+    objective: Callable[..., float],
+    bounds: list[tuple[float, float]],
+    n_init: int,
+    n_iter: int,
+    kappa: float,
+    seed: int,
+    num_restarts: int = 4,
+    raw_samples: int = 128,
+) -> BOResult:
     """Maximise a black-box `objective(*x)` over the box `bounds` with GP-UCB, and return the best observed point.
 
     The GP (BoTorch's `SingleTaskGP`, Matérn-5/2 ARD kernel, inferred noise, standardised outputs) works on
@@ -221,7 +239,7 @@ def bayes_opt(objective: Callable[..., float], bounds: list[tuple[float, float]]
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
     dtype = torch.float64  # BoTorch's models are meant for double precision
-    box = torch.tensor(bounds, dtype=dtype).T               # (2, d): lows, highs
+    box = torch.tensor(bounds, dtype=dtype).T  # (2, d): lows, highs
     unit = torch.stack([torch.zeros(box.shape[1], dtype=dtype), torch.ones(box.shape[1], dtype=dtype)])
 
     def evaluate(u: torch.Tensor) -> float:
@@ -235,9 +253,15 @@ def bayes_opt(objective: Callable[..., float], bounds: list[tuple[float, float]]
         for it in range(n_iter):
             gp = SingleTaskGP(us, ys[:, None], outcome_transform=Standardize(m=1))
             fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
-            acq = UpperConfidenceBound(gp, beta=kappa ** 2)
-            cand, _ = optimize_acqf(acq, bounds=unit, q=1, num_restarts=num_restarts, raw_samples=raw_samples,
-                                    options={"seed": seed + 1 + it})
+            acq = UpperConfidenceBound(gp, beta=kappa**2)
+            cand, _ = optimize_acqf(
+                acq,
+                bounds=unit,
+                q=1,
+                num_restarts=num_restarts,
+                raw_samples=raw_samples,
+                options={"seed": seed + 1 + it},
+            )
             u = cand.detach().squeeze(0)
             us = torch.cat([us, u[None]])
             ys = torch.cat([ys, torch.tensor([evaluate(u)], dtype=dtype)])
@@ -247,6 +271,7 @@ def bayes_opt(objective: Callable[..., float], bounds: list[tuple[float, float]]
 
 
 # ---- the method ----
+
 
 @register_method
 class AdaptiveSampling(Method):
@@ -291,8 +316,16 @@ class AdaptiveSampling(Method):
         return seeds, noise, bo_seeds
 
     @torch.no_grad()
-    def _generate(self, task: ClassTask, latents: torch.Tensor, noise: torch.Tensor, cfg_scale: float,
-                  strength: float, steps: int, repulsion: bool) -> torch.Tensor:
+    def _generate(
+        self,
+        task: ClassTask,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        cfg_scale: float,
+        strength: float,
+        steps: int,
+        repulsion: bool,
+    ) -> torch.Tensor:
         bb, cfg = self.backbone, self.config
         hook = None
         if repulsion:
@@ -312,17 +345,18 @@ class AdaptiveSampling(Method):
             self.stage_seconds["bo"] = 0.0
         out = []
         for b, lo in enumerate(range(0, task.ipc, cfg.seed_batch_size)):
-            seed_images = real[lo:lo + cfg.seed_batch_size]
+            seed_images = real[lo : lo + cfg.seed_batch_size]
             with torch.no_grad():
                 latents = bb.encode(fit_to_backbone(seed_images, bb).to(self.device))
-            z_noise = noise[lo:lo + cfg.seed_batch_size].to(self.device)
+            z_noise = noise[lo : lo + cfg.seed_batch_size].to(self.device)
             if cfg.bo:
                 t0 = time.perf_counter()
                 log_p_real = teacher_log_probs(self.teacher, seed_images, cfg.teacher_batch_size)
 
+                # Called only by this seed batch's bayes_opt below, so the loop's variables are this batch's.
                 def objective(beta: float, gamma: float) -> float:
-                    proxy = self._generate(task, latents, z_noise, beta, gamma, proxy_steps, repulsion=False)
-                    return fidelity(log_p_real, teacher_log_probs(self.teacher, proxy, cfg.teacher_batch_size))
+                    proxy = self._generate(task, latents, z_noise, beta, gamma, proxy_steps, repulsion=False)  # noqa: B023
+                    return fidelity(log_p_real, teacher_log_probs(self.teacher, proxy, cfg.teacher_batch_size))  # noqa: B023
 
                 result = bayes_opt(objective, bounds, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa, bo_seeds[b])
                 beta, gamma = result.best
@@ -334,12 +368,23 @@ class AdaptiveSampling(Method):
         return torch.cat(out)
 
 
-register_variant("adaptive-sampling-no-repulsion", AdaptiveSampling, repulsion=False,
-                 doc="Ablation: BO-chosen (β*, γ*) per seed mini-batch, the full sampler without repulsion (λ = 0).",
-                 search_space={k: v for k, v in AdaptiveSampling.search_space.items()
-                               if k not in ("repulsion_weight", "bandwidth_scale")})
-register_variant("adaptive-sampling-fixed", AdaptiveSampling, bo=False,
-                 doc="Ablation: no BO; every mini-batch sampled at the config's fixed (β, γ) with repulsion.",
-                 search_space={"cfg_scale": ("float", 1.0, 10.0), "strength": ("float", 0.5, 0.9),
-                               **{k: AdaptiveSampling.search_space[k]
-                                  for k in ("repulsion_weight", "bandwidth_scale", "seed_batch_size")}})
+register_variant(
+    "adaptive-sampling-no-repulsion",
+    AdaptiveSampling,
+    repulsion=False,
+    doc="Ablation: BO-chosen (β*, γ*) per seed mini-batch, the full sampler without repulsion (λ = 0).",
+    search_space={
+        k: v for k, v in AdaptiveSampling.search_space.items() if k not in ("repulsion_weight", "bandwidth_scale")
+    },
+)
+register_variant(
+    "adaptive-sampling-fixed",
+    AdaptiveSampling,
+    bo=False,
+    doc="Ablation: no BO; every mini-batch sampled at the config's fixed (β, γ) with repulsion.",
+    search_space={
+        "cfg_scale": ("float", 1.0, 10.0),
+        "strength": ("float", 0.5, 0.9),
+        **{k: AdaptiveSampling.search_space[k] for k in ("repulsion_weight", "bandwidth_scale", "seed_batch_size")},
+    },
+)

@@ -5,6 +5,7 @@ Methods are plain torch. They declare what they need (`Method.needs`) and receiv
 ClassTask; they return that class's IPC images in [0, 1]. Orchestration (which class runs where, caching,
 writing) lives in harness/, so a method can be run and tested on its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,13 +20,13 @@ from harness.core.identity import NEVER, identity_fields
 
 @dataclass
 class ClassTask:
-    label: int            # index in the suite's class list
-    key: str              # class key (WNID or name)
-    ipc: int              # images to return
-    seed: int             # derived from (suite seed, method, config, IPC, class): same task → same images
+    label: int  # index in the suite's class list
+    key: str  # class key (WNID or name)
+    ipc: int  # images to return
+    seed: int  # derived from (suite seed, method, config, IPC, class): same task → same images
     real: torch.Tensor | None  # uint8 (N, C, H, W) training images of this class; None if the method needs none
     num_classes: int
-    image_size: int       # the suite's image size; returned images must have it
+    image_size: int  # the suite's image size; returned images must have it
     channels: int
     # The backbone's label for this class: for a DiT pretrained on ImageNet-1k its ImageNet index (a Woof
     # breed is not label 0 there); for a backbone trained on the suite, `label`.
@@ -48,9 +49,10 @@ NEEDS = frozenset({"backbone", "teacher", "relabel_teacher", "teacher_val_accura
 class Work:
     """What distilling one class costs, counted in model evaluations of one image: the plan (`--plan`) prices
     the counts before anything runs. A backward pass counts as two evaluations."""
-    backbone: float = 0.0   # transformer evaluations of one latent at one timestep (guidance doubles them)
-    vae: float = 0.0        # VAE encodes and decodes of one image
-    teacher: float = 0.0    # teacher forward passes of one image
+
+    backbone: float = 0.0  # transformer evaluations of one latent at one timestep (guidance doubles them)
+    vae: float = 0.0  # VAE encodes and decodes of one image
+    teacher: float = 0.0  # teacher forward passes of one image
 
 
 def evaluations_per_step(cfg_scale: float) -> int:
@@ -64,24 +66,26 @@ class FineTuning:
     backbone over the suite's whole training split, for this schedule, with the method's objective
     (`Method.fine_tune_objective`). Its identity (`identity_fields`: every field but `checkpoint_every`, how often
     and not what, with the objective's settings) keys the fine-tuned model: equal identities are one fine-tune."""
+
     epochs: int
-    batch_size: int                  # the global batch: data-parallel workers split it
-    lr: float                        # AdamW, no weight decay
-    ema_decay: float                 # the EMA the method samples from
-    class_dropout: float             # labels replaced by the null class, as classifier-free guidance trains
+    batch_size: int  # the global batch: data-parallel workers split it
+    lr: float  # AdamW, no weight decay
+    ema_decay: float  # the EMA the method samples from
+    class_dropout: float  # labels replaced by the null class, as classifier-free guidance trains
     checkpoint_every: int = field(metadata=NEVER)  # steps between checkpoints a killed run resumes from
-    objective: tuple                 # the objective's settings, as (name, value) pairs
-    max_steps: int | None = None     # a cap on epochs × steps per epoch, for budgets smaller than an epoch
+    objective: tuple  # the objective's settings, as (name, value) pairs
+    max_steps: int | None = None  # a cap on epochs × steps per epoch, for budgets smaller than an epoch
     seed: int = 0
-    hflip: bool = True               # random horizontal flips of the real images
+    hflip: bool = True  # random horizontal flips of the real images
 
 
 class FineTuneObjective:
     """A fine-tuning loss over a batch of clean latents. State that must survive a resume (a memory bank)
     goes through `state_dict` / `load_state_dict`."""
 
-    def loss(self, backbone, x0: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
-             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, backbone, x0: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """`labels`: the backbone's conditions (some dropped to its null class); `classes`: the suite's class of
         each image. Returns the loss and its named parts for the log."""
         raise NotImplementedError
@@ -96,9 +100,10 @@ class FineTuneObjective:
 @dataclass
 class MethodContext:
     """Everything the harness hands a method, filled with what the method declared it needs."""
+
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    backbone: Any = None                    # the Backbone protocol (harness/backbones)
-    teacher: Any = None                     # harness.models.teachers.Teacher
+    backbone: Any = None  # the Backbone protocol (harness/backbones)
+    teacher: Any = None  # harness.models.teachers.Teacher
     # The teacher whose outputs the soft-label protocols train on: the suite's own, or the one trained on the
     # subset where the suite names one (`teacher.relabel`), as RDED's observer both scores and relabels.
     relabel_teacher: Any = None
@@ -109,6 +114,7 @@ class MethodContext:
 class Method:
     """A method is its config (paper defaults, `Config`) and `distill_class`. The harness knows methods only
     by what they declare here: what they need, how their draws are seeded, what may be searched."""
+
     name: ClassVar[str]
     Config: ClassVar[type]
     # Config defaults that differ from `Config`'s own: what makes a registered variant an ablation row.
@@ -228,19 +234,21 @@ def fit_to_task(images: torch.Tensor, task: ClassTask) -> torch.Tensor:
     if images.shape[1] != task.channels:
         images = images.mean(1, keepdim=True) if task.channels == 1 else images.expand(-1, task.channels, -1, -1)
     if images.shape[-1] != task.image_size:
-        images = F.interpolate(images, size=(task.image_size, task.image_size), mode="bilinear",
-                               antialias=True, align_corners=False).clamp(0, 1)
+        images = F.interpolate(
+            images, size=(task.image_size, task.image_size), mode="bilinear", antialias=True, align_corners=False
+        ).clamp(0, 1)
     return images
 
 
 @dataclass(frozen=True)
 class FeatureSelectionConfig:
-    normalize: bool = True   # L2-normalise the features before selecting
+    normalize: bool = True  # L2-normalise the features before selecting
 
 
 class FeatureSelection(Method):
     """Coreset selection on the teacher's pooled penultimate features (herding, k-center): the class's real
     images in the order `order(features, k)` chooses them."""
+
     Config = FeatureSelectionConfig
     needs = frozenset({"teacher", "real_images"})
 
@@ -261,7 +269,7 @@ class FeatureSelection(Method):
 
 @torch.no_grad()
 def teacher_features(teacher, images01: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([teacher.features(images01[i:i + batch_size]) for i in range(0, len(images01), batch_size)])
+    return torch.cat([teacher.features(images01[i : i + batch_size]) for i in range(0, len(images01), batch_size)])
 
 
 @torch.no_grad()
@@ -271,8 +279,12 @@ def teacher_logits(teacher, images01: torch.Tensor, batch_size: int = 256) -> to
     teacher calls a breed outside the suite is not "correct" just because that breed is not a suite class.
     A suite-trained teacher's outputs are the suite's classes."""
     full = len(teacher.class_indices) > 0
-    return torch.cat([(teacher.model(teacher.prepare_input(x)) if full else teacher(x)).float().cpu()
-                      for x in images01.split(batch_size)])
+    return torch.cat(
+        [
+            (teacher.model(teacher.prepare_input(x)) if full else teacher(x)).float().cpu()
+            for x in images01.split(batch_size)
+        ]
+    )
 
 
 def teacher_output_index(teacher, label: int) -> int:

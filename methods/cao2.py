@@ -37,17 +37,17 @@ Defaults (pinned by tests/test_contract.py):
     sampler = "ddim"                 ddbench's first sampler (fashion-mnist's sets); "ddpm" as sample_*.py run
                                      (`create_diffusion(str(steps))`, `p_sample_loop`), which the ImageNet suites set
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
 
-from harness.models.generators.sampling import SAMPLERS, sample
 from harness.core.identity import WHEN_SET
+from harness.models.generators.sampling import SAMPLERS, sample
 
-from .base import (ClassTask, Method, Work, evaluations_per_step, fit_to_task, teacher_logits,
-                   teacher_output_index)
+from .base import ClassTask, Method, Work, evaluations_per_step, fit_to_task, teacher_logits, teacher_output_index
 from .registry import register_method, register_variant
 
 CONDITIONS = ("auto", "class", "null")
@@ -99,8 +99,13 @@ class CaO2Config:
             raise ValueError("iterations must be ≥ 0 and batch sizes ≥ 1")
 
 
-def oss_select(p_condition: torch.Tensor, is_condition: torch.Tensor, ipc: int, most_confident_first: bool,
-               fill_order: torch.Tensor) -> torch.Tensor:
+def oss_select(
+    p_condition: torch.Tensor,
+    is_condition: torch.Tensor,
+    ipc: int,
+    most_confident_first: bool,
+    fill_order: torch.Tensor,
+) -> torch.Tensor:
     """Pool indices OSS keeps: samples assigned to their condition, ranked by p(condition | x), then the
     shortfall from the other samples in `fill_order` (a random permutation of the pool)."""
     correct = torch.nonzero(is_condition).flatten()
@@ -108,12 +113,13 @@ def oss_select(p_condition: torch.Tensor, is_condition: torch.Tensor, ipc: int, 
     chosen = ranked[:ipc]
     if len(chosen) < ipc:
         rest = fill_order[~is_condition[fill_order]]
-        chosen = torch.cat([chosen, rest[:ipc - len(chosen)]])
+        chosen = torch.cat([chosen, rest[: ipc - len(chosen)]])
     return chosen
 
 
-def selector_scores(teacher, images01: torch.Tensor, label: int, batch_size: int = 500
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def selector_scores(
+    teacher, images01: torch.Tensor, label: int, batch_size: int = 500
+) -> tuple[torch.Tensor, torch.Tensor]:
     """p(condition | x) and whether the condition is the teacher's top-1, over all the teacher's outputs
     (`teacher_logits`), as the paper's selector (torchvision's ResNet-18, softmax over 1,000 classes) is read."""
     logits, target = teacher_logits(teacher, images01, batch_size), teacher_output_index(teacher, label)
@@ -127,8 +133,15 @@ def clo_loss(eps_pred: torch.Tensor, noise: torch.Tensor, linf_weight: float) ->
     return err.pow(2).mean(1) + linf_weight * err.abs().amax(1)
 
 
-def optimise_latents(backbone, latents: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
-                     timesteps: torch.Tensor, lr: float, linf_weight: float) -> torch.Tensor:
+def optimise_latents(
+    backbone,
+    latents: torch.Tensor,
+    labels: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    lr: float,
+    linf_weight: float,
+) -> torch.Tensor:
     """CLO on a batch: `noise` (N, …) is each image's fixed ε; `timesteps` (iterations, N) its t per step.
 
     Eq. 4 is separable per image and Adam is elementwise, so minimising the sum over the batch moves each
@@ -149,13 +162,15 @@ def optimise_latents(backbone, latents: torch.Tensor, labels: torch.Tensor, nois
 
 
 def resolve_condition(config: CaO2Config, teacher_val_accuracy: float | None) -> str:
-    """"class" or "null" (Eq. 5); `auto` reads the teacher's validation accuracy (§3.4)."""
+    """ "class" or "null" (Eq. 5); `auto` reads the teacher's validation accuracy (§3.4)."""
     if config.condition != "auto":
         return config.condition
     accuracy = teacher_val_accuracy
     if accuracy is None:
-        raise ValueError("cao2 condition 'auto' needs the teacher's validation accuracy (prepare computes it); "
-                         "set condition to class or null to run without it")
+        raise ValueError(
+            "cao2 condition 'auto' needs the teacher's validation accuracy (prepare computes it); "
+            "set condition to class or null to run without it"
+        )
     return "class" if accuracy >= config.easy_accuracy else "null"
 
 
@@ -187,13 +202,15 @@ class CaO2(Method):
         clo = config.clo and config.iterations
         # A CLO iteration is one unguided evaluation and its backward pass.
         sampling = pool * config.steps * evaluations_per_step(config.cfg_scale)
-        return Work(backbone=sampling + (ipc * config.iterations * 3 if clo else 0),
-                    vae=(pool if config.oss else 0) + (ipc if clo or not config.oss else 0),
-                    teacher=pool if config.oss else 0)
+        return Work(
+            backbone=sampling + (ipc * config.iterations * 3 if clo else 0),
+            vae=(pool if config.oss else 0) + (ipc if clo or not config.oss else 0),
+            teacher=pool if config.oss else 0,
+        )
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         step = self.config.batch_size
-        return torch.cat([self.backbone.decode(latents[i:i + step]) for i in range(0, len(latents), step)])
+        return torch.cat([self.backbone.decode(latents[i : i + step]) for i in range(0, len(latents), step)])
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         bb, cfg = self.backbone, self.config
@@ -209,16 +226,27 @@ class CaO2(Method):
         fill_order = torch.randperm(bank_size, generator=gen)
         # DDPM's per-image step-noise seeds, drawn only for it (DDIM's draws stay what they always were) and
         # before CLO's, whose number depends on the variant's iterations.
-        seeds = torch.randint(0, 2**62, (bank_size,), generator=gen)[:pool_size].tolist() \
-            if cfg.sampler == "ddpm" else None
+        seeds = (
+            torch.randint(0, 2**62, (bank_size,), generator=gen)[:pool_size].tolist() if cfg.sampler == "ddpm" else None
+        )
         clo_noise = torch.randn((task.ipc, *bb.latent_shape), generator=gen)
         clo_t = torch.randint(1, t_max + 1, (cfg.iterations, task.ipc), generator=gen)
 
         with torch.no_grad():
-            latents = torch.cat([
-                sample(bb, pool_noise[i:i + cfg.batch_size].to(self.device), task.condition, cfg.steps,
-                       cfg.cfg_scale, cfg.sampler, seeds[i:i + cfg.batch_size] if seeds else None)
-                for i in range(0, pool_size, cfg.batch_size)])
+            latents = torch.cat(
+                [
+                    sample(
+                        bb,
+                        pool_noise[i : i + cfg.batch_size].to(self.device),
+                        task.condition,
+                        cfg.steps,
+                        cfg.cfg_scale,
+                        cfg.sampler,
+                        seeds[i : i + cfg.batch_size] if seeds else None,
+                    )
+                    for i in range(0, pool_size, cfg.batch_size)
+                ]
+            )
             images = None
             if cfg.oss:
                 images = self._decode(latents)
@@ -227,21 +255,43 @@ class CaO2(Method):
                 latents, images = latents[keep.to(latents.device)], images[keep.to(images.device)]
 
         if cfg.clo and cfg.iterations:
-            c_hat = task.condition if resolve_condition(cfg, self.context.teacher_val_accuracy) == "class" \
+            c_hat = (
+                task.condition
+                if resolve_condition(cfg, self.context.teacher_val_accuracy) == "class"
                 else bb.null_class
+            )
             step = cfg.clo_batch_size
-            latents = torch.cat([
-                optimise_latents(bb, latents[i:i + step], torch.tensor(c_hat), clo_noise[i:i + step].to(self.device),
-                                 clo_t[:, i:i + step], cfg.lr, cfg.linf_weight)
-                for i in range(0, task.ipc, step)])
+            latents = torch.cat(
+                [
+                    optimise_latents(
+                        bb,
+                        latents[i : i + step],
+                        torch.tensor(c_hat),
+                        clo_noise[i : i + step].to(self.device),
+                        clo_t[:, i : i + step],
+                        cfg.lr,
+                        cfg.linf_weight,
+                    )
+                    for i in range(0, task.ipc, step)
+                ]
+            )
             images = None
         with torch.no_grad():
             images = self._decode(latents) if images is None else images
         return fit_to_task(images.cpu(), task)
 
 
-register_variant("cao2-oss-only", CaO2, clo=False, doc="Table 3's \"OSS ✓, CLO ✗\" row.",
-                 search_space={k: CaO2.search_space[k] for k in ("cfg_scale", "pool_factor")})
-register_variant("cao2-clo-only", CaO2, oss=False,
-                 search_space={k: v for k, v in CaO2.search_space.items() if k != "pool_factor"},
-                 doc="Table 3's \"OSS ✗, CLO ✓\" row: IPC samples, no pool, every one optimised.")
+register_variant(
+    "cao2-oss-only",
+    CaO2,
+    clo=False,
+    doc='Table 3\'s "OSS ✓, CLO ✗" row.',
+    search_space={k: CaO2.search_space[k] for k in ("cfg_scale", "pool_factor")},
+)
+register_variant(
+    "cao2-clo-only",
+    CaO2,
+    oss=False,
+    search_space={k: v for k, v in CaO2.search_space.items() if k != "pool_factor"},
+    doc='Table 3\'s "OSS ✗, CLO ✓" row: IPC samples, no pool, every one optimised.',
+)

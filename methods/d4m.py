@@ -23,6 +23,7 @@ Defaults (pinned by tests/test_contract.py):
     kmeans_batch_size = 1024   sklearn's MiniBatchKMeans default
     batch_size = 50            memory only
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ class D4M(Method):
         """Latents of the class's real images (the VAE's posterior mean, so encoding is deterministic)."""
         bb, step = self.backbone, self.config.batch_size
         real = fit_to_backbone(real_as_float(task.real), bb)
-        return torch.cat([bb.encode(real[i:i + step].to(self.device)).cpu() for i in range(0, len(real), step)])
+        return torch.cat([bb.encode(real[i : i + step].to(self.device)).cpu() for i in range(0, len(real), step)])
 
     def _draws(self, task: ClassTask) -> tuple[int, torch.Tensor]:
         # Every random draw up front on the CPU: the k-means seed, then one img2img noise per prototype.
@@ -106,7 +107,15 @@ class D4M(Method):
         centres = kmeans_prototypes(self.encode_real(task), task.ipc, random_state, cfg.kmeans_batch_size)
         out = []
         for i in range(0, task.ipc, cfg.batch_size):
-            out.append(img2img(self.backbone, task.condition, noise[i:i + cfg.batch_size].to(self.device),
-                               cfg.strength, cfg.cfg_scale, cfg.steps,
-                               latents=centres[i:i + cfg.batch_size].to(self.device)).cpu())
+            out.append(
+                img2img(
+                    self.backbone,
+                    task.condition,
+                    noise[i : i + cfg.batch_size].to(self.device),
+                    cfg.strength,
+                    cfg.cfg_scale,
+                    cfg.steps,
+                    latents=centres[i : i + cfg.batch_size].to(self.device),
+                ).cpu()
+            )
         return fit_to_task(torch.cat(out), task)

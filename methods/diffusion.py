@@ -11,17 +11,19 @@ Defaults (pinned by tests/test_contract.py):
     batch_size = 50       memory only: images sampled at once
     sampler = "ddim"      ddbench's first sampler (fashion-mnist's sets); "ddpm" as MinimaxDiffusion sample.py
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
 
-from harness.models.generators.sampling import SAMPLERS, sample
 from harness.core.identity import WHEN_SET
+from harness.models.generators.sampling import SAMPLERS, sample
 
 from .base import ClassTask, Method, Work, evaluations_per_step, fit_to_task
 from .registry import register_method
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
@@ -65,7 +67,14 @@ class Diffusion(Method):
         seeds = torch.randint(0, 2**62, (task.ipc,), generator=gen).tolist() if cfg.sampler == "ddpm" else None
         out = []
         for i in range(0, task.ipc, cfg.batch_size):
-            z = sample(bb, noise[i:i + cfg.batch_size].to(self.device), task.condition, cfg.steps, cfg.cfg_scale,
-                       cfg.sampler, seeds[i:i + cfg.batch_size] if seeds else None)
+            z = sample(
+                bb,
+                noise[i : i + cfg.batch_size].to(self.device),
+                task.condition,
+                cfg.steps,
+                cfg.cfg_scale,
+                cfg.sampler,
+                seeds[i : i + cfg.batch_size] if seeds else None,
+            )
             out.append(bb.decode(z).cpu())
         return fit_to_task(torch.cat(out), task)

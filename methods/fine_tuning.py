@@ -1,6 +1,7 @@
 """What the fine-tuning methods (minimax, ims3) share: their schedule's settings (`FineTuneSettings`), DiT's
 training loss on the Backbone protocol, and the DDIM inversion that IMS3 differentiates through. A helper module:
 it registers no method."""
+
 from __future__ import annotations
 
 import math
@@ -17,6 +18,7 @@ from .base import FineTuning
 @dataclass(frozen=True)
 class FineTuneSettings:
     """The schedule every fine-tuning method shares (`FineTuning`), at the Minimax reference's values."""
+
     fine_tune: bool = True
     epochs: int = 8
     fine_tune_batch_size: int = 8
@@ -24,15 +26,23 @@ class FineTuneSettings:
     ema_decay: float = 0.9999
     class_dropout: float = 0.1
     checkpoint_every: int = field(default=500, metadata=NEVER)  # how often it saves, not what it trains
-    max_steps: int | None = None     # None: every epoch; a cap for budgets smaller than an epoch
+    max_steps: int | None = None  # None: every epoch; a cap for budgets smaller than an epoch
     fine_tune_seed: int = 0
 
     def fine_tuning(self, objective: dict) -> FineTuning | None:
         if not self.fine_tune:
             return None
-        return FineTuning(self.epochs, self.fine_tune_batch_size, self.lr, self.ema_decay, self.class_dropout,
-                          self.checkpoint_every, tuple(sorted(objective.items())), self.max_steps,
-                          self.fine_tune_seed)
+        return FineTuning(
+            self.epochs,
+            self.fine_tune_batch_size,
+            self.lr,
+            self.ema_decay,
+            self.class_dropout,
+            self.checkpoint_every,
+            tuple(sorted(objective.items())),
+            self.max_steps,
+            self.fine_tune_seed,
+        )
 
     def check(self) -> None:
         for name in ("epochs", "fine_tune_batch_size", "checkpoint_every"):
@@ -59,13 +69,13 @@ def _discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: to
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    log_probs = torch.where(x < -0.999, log_cdf_plus,
-                            torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+    log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
     return -log_probs
 
 
-def diffusion_loss(backbone, x0: torch.Tensor, labels: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def diffusion_loss(
+    backbone, x0: torch.Tensor, labels: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DiT's `training_losses` (MinimaxDiffusion diffusion/gaussian_diffusion.py l.715-790) per image: the noise
     MSE and, for a model that learns its variance (DiT-XL/2), the variational-bound term on the variance
     channels with the noise prediction detached (LEARNED_RANGE, RESCALED_MSE off: DiT's `create_diffusion`
@@ -86,10 +96,15 @@ def diffusion_loss(backbone, x0: torch.Tensor, labels: torch.Tensor, t: torch.Te
         true_log_var = at(s.posterior_log_variance_clipped)
         x0_pred = (x_t - (1 - ac).sqrt() * eps.detach()) / ac.sqrt()
         model_mean = at(s.posterior_mean_coef1) * x0_pred + at(s.posterior_mean_coef2) * x_t
-        frac = (out[:, c:2 * c] + 1) / 2
+        frac = (out[:, c : 2 * c] + 1) / 2
         model_log_var = frac * at(s.betas.log()) + (1 - frac) * true_log_var
-        kl = 0.5 * (-1.0 + model_log_var - true_log_var + torch.exp(true_log_var - model_log_var)
-                    + (true_mean - model_mean).pow(2) * torch.exp(-model_log_var))
+        kl = 0.5 * (
+            -1.0
+            + model_log_var
+            - true_log_var
+            + torch.exp(true_log_var - model_log_var)
+            + (true_mean - model_mean).pow(2) * torch.exp(-model_log_var)
+        )
         kl = kl.flatten(1).mean(1) / math.log(2.0)
         nll = _discretized_gaussian_nll(x0, model_mean, 0.5 * model_log_var).flatten(1).mean(1) / math.log(2.0)
         loss = loss + torch.where(t == 0, nll, kl)
@@ -113,8 +128,9 @@ def ddim_inversion(backbone, x0: torch.Tensor, labels: torch.Tensor, t: torch.Te
     for k in range(max(len(p) for p in paths)):
         active = torch.tensor([k < len(p) for p in paths], device=x0.device)
         told = torch.tensor([previous[i] or 0 for i in range(len(paths))], device=x0.device)
-        a_prev = torch.stack([ac[previous[i]] if previous[i] is not None else ac.new_ones(())
-                              for i in range(len(paths))]).view(-1, 1, 1, 1)
+        a_prev = torch.stack(
+            [ac[previous[i]] if previous[i] is not None else ac.new_ones(()) for i in range(len(paths))]
+        ).view(-1, 1, 1, 1)
         target = [p[k] if k < len(p) else previous[i] for i, p in enumerate(paths)]
         a_next = torch.stack([ac[target[i]] for i in range(len(paths))]).view(-1, 1, 1, 1)
         eps = backbone.eps(x, told, labels)

@@ -6,6 +6,7 @@ dataset-distillation literature.
 Defaults (pinned by tests/test_contract.py):
     normalize = True      L2-normalised features (above)
 """
+
 from __future__ import annotations
 
 import torch

@@ -33,6 +33,7 @@ Defaults (pinned by tests/test_contract.py): the paper's (§5.1) on Minimax's co
     separation_weight = 0.9         DESIGN.md §5 (b, the weight on separation from other classes)
     centroid_real = None            every training image of the class (Fig. 4: more real images, better)
 """
+
 from __future__ import annotations
 
 import itertools
@@ -44,8 +45,7 @@ import torch.nn.functional as F
 
 from harness.models.generators.sampling import sample
 
-from .base import (ClassTask, FineTuneObjective, Work, evaluations_per_step, fit_to_task, real_as_float,
-                   teacher_features)
+from .base import ClassTask, FineTuneObjective, Work, evaluations_per_step, fit_to_task, real_as_float, teacher_features
 from .diffusion import Diffusion, DiffusionConfig
 from .fine_tuning import FineTuneSettings, ddim_inversion, diffusion_loss
 from .registry import register_method, register_variant
@@ -90,7 +90,10 @@ class InversionMatching(FineTuneObjective):
             return diff, {"diffusion": float(diff.detach())}
         inverted = ddim_inversion(backbone, x0, labels, t, self.config.inversion_steps)
         im = cosine_loss(x_t, inverted).mean()
-        return diff + self.config.im_weight * im, {"diffusion": float(diff.detach()), "inversion_matching": float(im.detach())}
+        return diff + self.config.im_weight * im, {
+            "diffusion": float(diff.detach()),
+            "inversion_matching": float(im.detach()),
+        }
 
 
 def s3_objective(choice: tuple[int, ...], centroids: torch.Tensor, real: torch.Tensor, a: float, b: float) -> float:
@@ -109,8 +112,9 @@ def greedy_subgroups(centroids: torch.Tensor, real: torch.Tensor, a: float, b: f
 
     def cost(c: int, g: int, others: dict[int, int]) -> float:
         # Class c's own term and its share of the pair terms, which count each pair from both sides.
-        return float(proximity[c, g] + 2 * b * sum(float(centroids[c, g] @ centroids[o, h])
-                                                   for o, h in others.items() if o != c))
+        return float(
+            proximity[c, g] + 2 * b * sum(float(centroids[c, g] @ centroids[o, h]) for o, h in others.items() if o != c)
+        )
 
     choice: dict[int, int] = {}
     for c in range(n_classes):
@@ -128,8 +132,11 @@ def greedy_subgroups(centroids: torch.Tensor, real: torch.Tensor, a: float, b: f
 def brute_force_subgroups(centroids: torch.Tensor, real: torch.Tensor, a: float, b: float) -> list[int]:
     """Eq. 11 exactly, over all G^C choices: for tests on tiny cases."""
     n_classes, n_groups, _ = centroids.shape
-    return list(min(itertools.product(range(n_groups), repeat=n_classes),
-                    key=lambda ch: s3_objective(ch, centroids, real, a, b)))
+    return list(
+        min(
+            itertools.product(range(n_groups), repeat=n_classes), key=lambda ch: s3_objective(ch, centroids, real, a, b)
+        )
+    )
 
 
 @register_method
@@ -147,8 +154,9 @@ class IMS3(Diffusion):
 
     @classmethod
     def fine_tuning(cls, config):
-        return config.fine_tuning({"loss": "inversion-matching", "im_weight": config.im_weight,
-                                   "inversion_steps": config.inversion_steps})
+        return config.fine_tuning(
+            {"loss": "inversion-matching", "im_weight": config.im_weight, "inversion_steps": config.inversion_steps}
+        )
 
     @classmethod
     def fine_tune_objective(cls, config):
@@ -166,8 +174,11 @@ class IMS3(Diffusion):
     def work(cls, config, ipc, real_per_class):
         n = config.groups * ipc
         teacher = n + (real_per_class if config.centroid_real is None else min(config.centroid_real, real_per_class))
-        return Work(backbone=n * config.steps * evaluations_per_step(config.cfg_scale), vae=n,
-                    teacher=teacher if config.groups > 1 else 0)
+        return Work(
+            backbone=n * config.steps * evaluations_per_step(config.cfg_scale),
+            vae=n,
+            teacher=teacher if config.groups > 1 else 0,
+        )
 
     @torch.no_grad()
     def distill_class(self, task: ClassTask) -> torch.Tensor:
@@ -180,8 +191,15 @@ class IMS3(Diffusion):
             noise = torch.randn((task.ipc, *bb.latent_shape), generator=gen)
             seeds = torch.randint(0, 2**62, (task.ipc,), generator=gen).tolist() if cfg.sampler == "ddpm" else None
             for i in range(0, task.ipc, cfg.batch_size):
-                z = sample(bb, noise[i:i + cfg.batch_size].to(self.device), task.condition, cfg.steps,
-                           cfg.cfg_scale, cfg.sampler, seeds[i:i + cfg.batch_size] if seeds else None)
+                z = sample(
+                    bb,
+                    noise[i : i + cfg.batch_size].to(self.device),
+                    task.condition,
+                    cfg.steps,
+                    cfg.cfg_scale,
+                    cfg.sampler,
+                    seeds[i : i + cfg.batch_size] if seeds else None,
+                )
                 out.append(bb.decode(z).cpu())
         return fit_to_task(torch.cat(out), task)
 
@@ -197,15 +215,26 @@ class IMS3(Diffusion):
         for task, images in zip(tasks, candidates):
             feats = embed(images).view(cfg.groups, task.ipc, -1)
             centroids.append(F.normalize(feats.mean(1), dim=1))
-            pool = task.real if cfg.centroid_real is None else task.real[
-                torch.randperm(len(task.real), generator=task.generator())[:cfg.centroid_real]]
+            pool = (
+                task.real
+                if cfg.centroid_real is None
+                else task.real[torch.randperm(len(task.real), generator=task.generator())[: cfg.centroid_real]]
+            )
             real.append(F.normalize(embed(real_as_float(pool)).mean(0), dim=0))
         choice = greedy_subgroups(torch.stack(centroids), torch.stack(real), cfg.real_weight, cfg.separation_weight)
         self.stage_seconds["s3"] = time.perf_counter() - t0
         return [torch.arange(g * task.ipc, (g + 1) * task.ipc) for g, task in zip(choice, tasks)]
 
 
-register_variant("ims3-im-only", IMS3, groups=1,
-                 doc="IMS3's inversion-matching fine-tune, sampled plainly (the paper's Table 4 '+ IM').")
-register_variant("ims3-s3-only", IMS3, fine_tune=False,
-                 doc="IMS3's selective subgroup sampling from the base model (the paper's Table 4 '+ S3').")
+register_variant(
+    "ims3-im-only",
+    IMS3,
+    groups=1,
+    doc="IMS3's inversion-matching fine-tune, sampled plainly (the paper's Table 4 '+ IM').",
+)
+register_variant(
+    "ims3-s3-only",
+    IMS3,
+    fine_tune=False,
+    doc="IMS3's selective subgroup sampling from the base model (the paper's Table 4 '+ S3').",
+)

@@ -6,6 +6,7 @@ same for the same features.
 Defaults (pinned by tests/test_contract.py):
     normalize = True      L2-normalised features, as herding
 """
+
 from __future__ import annotations
 
 import torch

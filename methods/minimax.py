@@ -27,6 +27,7 @@ Defaults (pinned by tests/test_contract.py): MinimaxDiffusion's (train_dit.py, s
     lambda_neg = 0.008              train_dit.py l.361 `--lambda-neg`
     memory_size = 64                train_dit.py l.362 `--memory-size`
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class MemoryBank:
         batch = batch.detach()
         held = self.items.get(c)
         joined = batch if held is None else torch.cat([held, batch.to(held.device)])
-        self.items[c] = joined[-self.size:].clone()
+        self.items[c] = joined[-self.size :].clone()
 
     def state_dict(self) -> dict:
         return {c: v.cpu() for c, v in self.items.items()}
@@ -92,8 +93,9 @@ class MinimaxObjective(FineTuneObjective):
         self.real_memory = MemoryBank(config.memory_size)
         self.generated_memory = MemoryBank(config.memory_size)
 
-    def criteria(self, x0: torch.Tensor, x0_pred: torch.Tensor, classes: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def criteria(
+        self, x0: torch.Tensor, x0_pred: torch.Tensor, classes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The representativeness and diversity terms of one batch, then the memories updated with it."""
         cfg = self.config
         pos = neg = x0_pred.new_zeros(())
@@ -114,8 +116,11 @@ class MinimaxObjective(FineTuneObjective):
         per_image, eps, x_t = diffusion_loss(backbone, x0, labels, t, noise)
         diff = per_image.mean()
         pos, neg = self.criteria(x0, predicted_x0(backbone, x_t, t, eps), classes)
-        return diff + pos + neg, {"diffusion": float(diff.detach()), "representativeness": float(pos.detach()),
-                                  "diversity": float(neg.detach())}
+        return diff + pos + neg, {
+            "diffusion": float(diff.detach()),
+            "representativeness": float(pos.detach()),
+            "diversity": float(neg.detach()),
+        }
 
     def state_dict(self):
         return {"real": self.real_memory.state_dict(), "generated": self.generated_memory.state_dict()}
@@ -133,8 +138,14 @@ class Minimax(Diffusion):
 
     @classmethod
     def fine_tuning(cls, config):
-        return config.fine_tuning({"loss": "minimax", "lambda_pos": config.lambda_pos,
-                                   "lambda_neg": config.lambda_neg, "memory_size": config.memory_size})
+        return config.fine_tuning(
+            {
+                "loss": "minimax",
+                "lambda_pos": config.lambda_pos,
+                "lambda_neg": config.lambda_neg,
+                "memory_size": config.memory_size,
+            }
+        )
 
     @classmethod
     def fine_tune_objective(cls, config):
@@ -142,5 +153,10 @@ class Minimax(Diffusion):
 
 
 # The reference's `--condense` off: DiffFit on the diffusion loss alone (Minimax's Table 4 "DiT fine-tuned").
-register_variant("minimax-no-criteria", Minimax, lambda_pos=0.0, lambda_neg=0.0,
-                 doc="minimax's DiffFit fine-tuning without the representativeness and diversity losses.")
+register_variant(
+    "minimax-no-criteria",
+    Minimax,
+    lambda_pos=0.0,
+    lambda_neg=0.0,
+    doc="minimax's DiffFit fine-tuning without the representativeness and diversity losses.",
+)

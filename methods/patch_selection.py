@@ -60,6 +60,7 @@ Defaults (pinned by tests/test_contract.py):
     dift_ensemble = 8  DIFT extract_dift.py --ensemble_size default 8
     batch_size = 64  memory only: transformer rows per call
 """
+
 from __future__ import annotations
 
 import time
@@ -73,8 +74,8 @@ from harness.models.generators.sampling import fit_to_backbone
 from harness.models.generators.scoring import dift_features, representativeness
 
 from .base import ClassTask, Method, Work, draw_real, real_as_float, teacher_features
-from .registry import register_method, register_variant
 from .rded import cut_crops, stitch
+from .registry import register_method, register_variant
 
 CLUSTERINGS = ("dift", "teacher", "none")
 
@@ -124,8 +125,14 @@ class PatchSelectionConfig:
         return self.factor if ipc <= self.stitch_max_ipc else 1
 
 
-def cluster_ranked_selection(typicality: torch.Tensor, assignment: torch.Tensor, distance: torch.Tensor,
-                             top_clusters: int, per_cluster: int, total: int) -> torch.Tensor:
+def cluster_ranked_selection(
+    typicality: torch.Tensor,
+    assignment: torch.Tensor,
+    distance: torch.Tensor,
+    top_clusters: int,
+    per_cluster: int,
+    total: int,
+) -> torch.Tensor:
     """Indices of `total` patches in selection order (appendix §5): clusters ranked by the median typicality of
     their patches (highest first; ties by cluster id), the first `top_clusters` giving their `per_cluster`
     patches nearest their centre (ties by index); then the unused patches, most typical first, until `total`."""
@@ -137,7 +144,7 @@ def cluster_ranked_selection(typicality: torch.Tensor, assignment: torch.Tensor,
         members = torch.nonzero(assignment == c).flatten()
         chosen += members[torch.argsort(distance[members], stable=True)][:per_cluster].tolist()
     taken = set(chosen)
-    chosen += [i for i in torch.argsort(-typicality, stable=True).tolist() if i not in taken][:total - len(chosen)]
+    chosen += [i for i in torch.argsort(-typicality, stable=True).tolist() if i not in taken][: total - len(chosen)]
     return torch.tensor(chosen[:total], dtype=torch.long)
 
 
@@ -152,17 +159,17 @@ def kmeans(features: torch.Tensor, k: int, random_state: int) -> tuple[torch.Ten
 
 def stitch_groups(patches: torch.Tensor, size: int, factor: int, ipc: int) -> torch.Tensor:
     """(ipc, C, size, size): image i is patches factor²·i … factor²·i + factor² − 1 in row-major tiles."""
-    per = factor ** 2
-    order = torch.arange(ipc * per).view(ipc, per).t().flatten()   # rded.stitch reads tile k of image i at k·ipc + i
+    per = factor**2
+    order = torch.arange(ipc * per).view(ipc, per).t().flatten()  # rded.stitch reads tile k of image i at k·ipc + i
     return stitch(patches[order], size, factor, ipc)
 
 
 @dataclass
 class Scored:
-    candidates: torch.Tensor   # (n,) indices into task.real, in draw order
-    r: torch.Tensor            # (n,) R(p|c) of each candidate's chosen window
-    boxes: torch.Tensor        # (n, 3) the chosen window's pixel box (top, left, side) in the suite's image
-    latents: torch.Tensor      # (n, C, h, w) the candidates' latents
+    candidates: torch.Tensor  # (n,) indices into task.real, in draw order
+    r: torch.Tensor  # (n,) R(p|c) of each candidate's chosen window
+    boxes: torch.Tensor  # (n, 3) the chosen window's pixel box (top, left, side) in the suite's image
+    latents: torch.Tensor  # (n, C, h, w) the candidates' latents
 
 
 @register_method
@@ -178,15 +185,18 @@ class PatchSelection(Method):
 
     @classmethod
     def real_images_needed(cls, config, ipc):
-        return ipc * config.factor_at(ipc) ** 2   # one patch from each of that many images
+        return ipc * config.factor_at(ipc) ** 2  # one patch from each of that many images
 
     @classmethod
     def work(cls, config, ipc, real_per_class):
         n = min(real_per_class, max(config.num_candidates, cls.real_images_needed(config, ipc)))
         dift = config.clustering == "dift"
         windowed = config.patch_fraction < 1
-        return Work(backbone=n * config.draws * 2 + (n * config.dift_ensemble if dift else 0),
-                    vae=n * (2 if dift and windowed else 1), teacher=n if config.clustering == "teacher" else 0)
+        return Work(
+            backbone=n * config.draws * 2 + (n * config.dift_ensemble if dift else 0),
+            vae=n * (2 if dift and windowed else 1),
+            teacher=n if config.clustering == "teacher" else 0,
+        )
 
     def _window(self) -> int | None:
         """The scoring window's side in latent positions; None for the whole image."""
@@ -209,15 +219,26 @@ class PatchSelection(Method):
     def _encode(self, images01: torch.Tensor) -> torch.Tensor:
         bb, step = self.backbone, self.config.batch_size
         fitted = fit_to_backbone(images01, bb)
-        return torch.cat([bb.encode(fitted[i:i + step].to(self.device)).cpu() for i in range(0, len(fitted), step)])
+        return torch.cat([bb.encode(fitted[i : i + step].to(self.device)).cpu() for i in range(0, len(fitted), step)])
 
     def score(self, task: ClassTask, candidates, timesteps, noise) -> Scored:
         """R of every candidate's windows; each candidate keeps its most typical window."""
         t0 = time.perf_counter()
         latents = self._encode(real_as_float(task.real[candidates]))
         window = self._window()
-        r = representativeness(self.backbone, latents.to(self.device), task.condition, timesteps.to(self.device),
-                               noise, window, self.config.batch_size).cpu().double()
+        r = (
+            representativeness(
+                self.backbone,
+                latents.to(self.device),
+                task.condition,
+                timesteps.to(self.device),
+                noise,
+                window,
+                self.config.batch_size,
+            )
+            .cpu()
+            .double()
+        )
         n, size = len(candidates), task.image_size
         if window is None:
             boxes = torch.tensor([[0, 0, size]]).expand(n, 3).clone()
@@ -226,7 +247,7 @@ class PatchSelection(Method):
             pick = flat.argmin(1) if self.config.typical == "low" else flat.argmax(1)
             row, col = pick // r.shape[-1], pick % r.shape[-1]
             r = flat[torch.arange(n), pick]
-            scale = size / self.backbone.latent_size   # suite pixels per latent position
+            scale = size / self.backbone.latent_size  # suite pixels per latent position
             side = min(size, round(window * scale))
             top = (row.double() * scale).round().long().clamp(max=size - side)
             left = (col.double() * scale).round().long().clamp(max=size - side)
@@ -244,17 +265,20 @@ class PatchSelection(Method):
         whole = bool((scored.boxes[:, 2] == task.image_size).all())
         latents = scored.latents if whole else self._encode(patches01)
         block = min(self.backbone.depth - 1, max(0, round(cfg.dift_block * self.backbone.depth) - 1))
-        return dift_features(self.backbone, latents.to(self.device), task.condition, cfg.dift_timestep, dift_noise,
-                             block, cfg.batch_size).cpu()
+        return dift_features(
+            self.backbone, latents.to(self.device), task.condition, cfg.dift_timestep, dift_noise, block, cfg.batch_size
+        ).cpu()
 
     def select(self, task: ClassTask) -> tuple[torch.Tensor, torch.Tensor, Scored]:
         """(patches in selection order (IPC · factor², C, s, s), their indices into the candidates, the scores)."""
         cfg = self.config
         factor = cfg.factor_at(task.ipc)
-        total = task.ipc * factor ** 2
+        total = task.ipc * factor**2
         if len(task.real) < total:
-            raise ValueError(f"class {task.key} has {len(task.real)} real images; patch-selection at IPC {task.ipc} "
-                             f"takes one patch from each of {total}")
+            raise ValueError(
+                f"class {task.key} has {len(task.real)} real images; patch-selection at IPC {task.ipc} "
+                f"takes one patch from each of {total}"
+            )
         n = min(len(task.real), max(cfg.num_candidates, total))
         candidates, timesteps, noise, dift_noise, random_state = self._draws(task, n)
         scored = self.score(task, candidates, timesteps, noise)
@@ -265,13 +289,17 @@ class PatchSelection(Method):
             order = torch.argsort(-typicality, stable=True)[:total]
         else:
             t0 = time.perf_counter()
-            full = patches if tile == task.image_size else \
-                cut_crops(real_as_float(task.real[candidates]), scored.boxes[:, None], task.image_size)[:, 0]
+            full = (
+                patches
+                if tile == task.image_size
+                else cut_crops(real_as_float(task.real[candidates]), scored.boxes[:, None], task.image_size)[:, 0]
+            )
             feats = self.features(task, scored, full, dift_noise)
             self.stage_seconds["features"] = self.stage_seconds.get("features", 0.0) + time.perf_counter() - t0
             assignment, distance = kmeans(feats, cfg.clusters, random_state)
-            order = cluster_ranked_selection(typicality, assignment, distance, cfg.top_clusters,
-                                             total // cfg.top_clusters, total)
+            order = cluster_ranked_selection(
+                typicality, assignment, distance, cfg.top_clusters, total // cfg.top_clusters, total
+            )
         return patches[order], order, scored
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
@@ -279,8 +307,17 @@ class PatchSelection(Method):
         return stitch_groups(patches, task.image_size, self.config.factor_at(task.ipc), task.ipc).clamp(0, 1)
 
 
-register_variant("patch-selection-no-cluster", PatchSelection, clustering="none",
-                 doc="Patch selection without clustering (Table 5, 'w/o Cluster'): the most typical patches.")
+register_variant(
+    "patch-selection-no-cluster",
+    PatchSelection,
+    clustering="none",
+    doc="Patch selection without clustering (Table 5, 'w/o Cluster'): the most typical patches.",
+)
 # Revision 1: its draws are patch-selection's (before, the teacher it clusters on entered its seed key).
-register_variant("patch-selection-teacher-cluster", PatchSelection, clustering="teacher", revision=1,
-                 doc="Patch selection clustering the teacher's features in place of DIFT (Table 5's CLIP row).")
+register_variant(
+    "patch-selection-teacher-cluster",
+    PatchSelection,
+    clustering="teacher",
+    revision=1,
+    doc="Patch selection clustering the teacher's features in place of DIFT (Table 5's CLIP row).",
+)

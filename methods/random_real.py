@@ -4,6 +4,7 @@ The reference point of every score: DD-Ranking compares a method against a same-
 
 Defaults (pinned by tests/test_contract.py): none; the draw is the class's shard seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -61,6 +61,7 @@ Defaults (pinned by tests/test_contract.py):
     crop_scale_max = 1.0  synthesize/utils.py lines 62-66: RandomResizedCrop's default scale (0.08, 1)
     batch_size = 300  memory only (the reference scores mipc crops per forward, synthesize/utils.py line 116)
 """
+
 from __future__ import annotations
 
 import time
@@ -90,12 +91,14 @@ class RDEDConfig:
         if self.factor < 1 or self.num_crops < 1 or self.num_candidates < 1 or self.batch_size < 1:
             raise ValueError("factor, num_crops, num_candidates and batch_size must be at least 1")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
-            raise ValueError(f"crop scale must satisfy 0 < min ≤ max ≤ 1, got "
-                             f"({self.crop_scale_min}, {self.crop_scale_max})")
+            raise ValueError(
+                f"crop scale must satisfy 0 < min ≤ max ≤ 1, got ({self.crop_scale_min}, {self.crop_scale_max})"
+            )
 
 
-def draw_boxes(n: int, m: int, height: int, width: int, scale: tuple[float, float],
-               gen: torch.Generator) -> torch.Tensor:
+def draw_boxes(
+    n: int, m: int, height: int, width: int, scale: tuple[float, float], gen: torch.Generator
+) -> torch.Tensor:
     """(n, m, 3) long tensor of square crop boxes (top, left, side): RandomResizedCrop with ratio (1, 1), each box
     covering a uniform fraction in `scale` of the image's area at a uniform position. All draws come from `gen`
     in one fixed order (area fractions, then positions)."""
@@ -115,10 +118,10 @@ def cut_crops(images01: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.T
     out = torch.empty((n, m, images01.shape[1], size, size), dtype=torch.float32)
     for i in range(n):
         for j in range(m):
-            t, l, s = boxes[i, j].tolist()
-            region = images01[i:i + 1, :, t:t + s, l:l + s].float()
-            out[i, j] = F.interpolate(region, size=(size, size), mode="bilinear", antialias=True,
-                                      align_corners=False)[0]
+            top, left, s = boxes[i, j].tolist()
+            region = images01[i : i + 1, :, top : top + s, left : left + s].float()
+            resized = F.interpolate(region, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out[i, j] = resized[0]
     return out.clamp_(0, 1)
 
 
@@ -138,7 +141,7 @@ def on_canvas(crops: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tenso
         return crops
     canvas = fill.expand(n, c, size, size).clone()
     top, left = (size - h) // 2, (size - w) // 2
-    canvas[:, :, top:top + h, left:left + w] = crops
+    canvas[:, :, top : top + h, left : left + w] = crops
     return canvas
 
 
@@ -152,7 +155,7 @@ def true_class_cross_entropy(teacher, images01: torch.Tensor, label: int, batch_
 def select_best(cross_entropy: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """From (n, m) cross-entropies: each candidate's best crop, then the `k` candidates whose best crops score
     best, best first. Returns (candidate indices, their crop indices)."""
-    best, crop = cross_entropy.min(1)      # first minimum on ties
+    best, crop = cross_entropy.min(1)  # first minimum on ties
     order = torch.argsort(best, stable=True)[:k]
     return order, crop[order]
 
@@ -161,8 +164,8 @@ def stitch(crops: torch.Tensor, size: int, factor: int, ipc: int) -> torch.Tenso
     """(ipc, C, size, size) from `ipc · factor²` crops, best first: image i's tile k (row-major) is crop
     k · ipc + i, resized (nearest) to the tile; the first `size % factor` tile rows and columns are one pixel
     larger (the reference's `mix_images`)."""
-    if len(crops) != ipc * factor ** 2:
-        raise ValueError(f"stitching {ipc} images at factor {factor} takes {ipc * factor ** 2} crops, got {len(crops)}")
+    if len(crops) != ipc * factor**2:
+        raise ValueError(f"stitching {ipc} images at factor {factor} takes {ipc * factor**2} crops, got {len(crops)}")
     base, extra = divmod(size, factor)
     out = torch.zeros((ipc, crops.shape[1], size, size), dtype=torch.float32)
     k, y = 0, 0
@@ -171,7 +174,7 @@ def stitch(crops: torch.Tensor, size: int, factor: int, ipc: int) -> torch.Tenso
         x = 0
         for j in range(factor):
             w = base + 1 if j < extra else base
-            out[:, :, y:y + h, x:x + w] = F.interpolate(crops[k * ipc:(k + 1) * ipc], size=(h, w), mode="nearest")
+            out[:, :, y : y + h, x : x + w] = F.interpolate(crops[k * ipc : (k + 1) * ipc], size=(h, w), mode="nearest")
             x, k = x + w, k + 1
         y += h
     return out
@@ -179,12 +182,12 @@ def stitch(crops: torch.Tensor, size: int, factor: int, ipc: int) -> torch.Tenso
 
 @dataclass
 class Selection:
-    crops: torch.Tensor           # (ipc · factor², C, s, s) the chosen crops, best first
-    cross_entropy: torch.Tensor   # (ipc · factor²,) their scores
-    candidates: torch.Tensor      # (n,) indices into task.real of the candidate images, in draw order
-    boxes: torch.Tensor           # (n, num_crops, 3) every candidate's crop boxes (top, left, side)
-    chosen: torch.Tensor          # (ipc · factor²,) positions in `candidates` of the chosen crops, best first
-    chosen_crop: torch.Tensor     # (ipc · factor²,) which of its boxes each chosen candidate contributed
+    crops: torch.Tensor  # (ipc · factor², C, s, s) the chosen crops, best first
+    cross_entropy: torch.Tensor  # (ipc · factor²,) their scores
+    candidates: torch.Tensor  # (n,) indices into task.real of the candidate images, in draw order
+    boxes: torch.Tensor  # (n, num_crops, 3) every candidate's crop boxes (top, left, side)
+    chosen: torch.Tensor  # (ipc · factor²,) positions in `candidates` of the chosen crops, best first
+    chosen_crop: torch.Tensor  # (ipc · factor²,) which of its boxes each chosen candidate contributed
 
 
 @register_method
@@ -199,24 +202,27 @@ class RDED(Method):
 
     @classmethod
     def real_images_needed(cls, config, ipc):
-        return ipc * config.factor ** 2  # one crop from each of that many images (select_crops)
+        return ipc * config.factor**2  # one crop from each of that many images (select_crops)
 
     @classmethod
     def work(cls, config, ipc, real_per_class):
-        candidates = min(real_per_class, max(config.num_candidates, ipc * config.factor ** 2))
+        candidates = min(real_per_class, max(config.num_candidates, ipc * config.factor**2))
         return Work(teacher=candidates * config.num_crops)
 
     def select_crops(self, task: ClassTask) -> Selection:
         cfg, real = self.config, task.real
-        need = task.ipc * cfg.factor ** 2
+        need = task.ipc * cfg.factor**2
         if len(real) < need:
-            raise ValueError(f"class {task.key} has {len(real)} real images; rded at IPC {task.ipc} and factor "
-                             f"{cfg.factor} takes one crop from each of {need}")
+            raise ValueError(
+                f"class {task.key} has {len(real)} real images; rded at IPC {task.ipc} and factor "
+                f"{cfg.factor} takes one crop from each of {need}"
+            )
         n = min(len(real), max(cfg.num_candidates, need))
         gen = task.generator()
         candidates = draw_real(task, gen, n)
-        boxes = draw_boxes(n, cfg.num_crops, real.shape[-2], real.shape[-1],
-                           (cfg.crop_scale_min, cfg.crop_scale_max), gen)
+        boxes = draw_boxes(
+            n, cfg.num_crops, real.shape[-2], real.shape[-1], (cfg.crop_scale_min, cfg.crop_scale_max), gen
+        )
         size = task.image_size // cfg.factor
         fill = pad_value(self.relabel_teacher, task.channels)
         best_crops = torch.empty((n, task.channels, size, size))
@@ -227,19 +233,19 @@ class RDED(Method):
             b = min(n, a + chunk)
             crops = cut_crops(real_as_float(real[candidates[a:b]]), boxes[a:b], size)
             cross_entropy[a:b] = true_class_cross_entropy(
-                self.relabel_teacher, on_canvas(crops.flatten(0, 1), task.image_size, fill), task.label,
-                cfg.batch_size).view(b - a, cfg.num_crops)
+                self.relabel_teacher, on_canvas(crops.flatten(0, 1), task.image_size, fill), task.label, cfg.batch_size
+            ).view(b - a, cfg.num_crops)
             # Only each candidate's best crop is kept (the reference's per-image argmin).
             best_crops[a:b] = crops[torch.arange(b - a), cross_entropy[a:b].min(1).indices]
         self.stage_seconds["score"] = self.stage_seconds.get("score", 0.0) + time.perf_counter() - t0
         chosen, chosen_crop = select_best(cross_entropy, need)
-        return Selection(best_crops[chosen], cross_entropy[chosen, chosen_crop], candidates, boxes, chosen,
-                         chosen_crop)
+        return Selection(best_crops[chosen], cross_entropy[chosen, chosen_crop], candidates, boxes, chosen, chosen_crop)
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         selection = self.select_crops(task)
         return stitch(selection.crops, task.image_size, self.config.factor, task.ipc)
 
 
-register_variant("rded-no-stitch", RDED, factor=1,
-                 doc="RDED without stitching: each image is one whole-size crop (factor 1).")
+register_variant(
+    "rded-no-stitch", RDED, factor=1, doc="RDED without stitching: each image is one whole-size crop (factor 1)."
+)

@@ -1,5 +1,6 @@
 """The method registry: one file per method registers its class by name (as timm registers models), and an
 ablation is one line, `register_variant(name, base, field=value, …)`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,9 @@ def register_method(cls):
     return cls
 
 
-def register_variant(name: str, base: type, *, doc: str | None = None, search_space: dict | None = None,
-                     revision: int = 0, **overrides):
+def register_variant(
+    name: str, base: type, *, doc: str | None = None, search_space: dict | None = None, revision: int = 0, **overrides
+):
     """Register `name` as `base` with other config defaults (its ablation row). A variant of a family with
     paired switches draws what `base` draws (`Method.seed_identity`): the rows differ only in the stages the
     overrides switch. `revision`: the variant's own, added to its family's (`Method.revision`)."""
@@ -25,9 +27,13 @@ def register_variant(name: str, base: type, *, doc: str | None = None, search_sp
     if unknown:
         raise TypeError(f"variant {name!r}: {base.Config.__name__} has no field {', '.join(unknown)}")
     family = base.family or base.name
-    attrs = {"name": name, "family": family, "defaults": {**base.defaults, **overrides},
-             "__doc__": doc or f"{family} with {', '.join(f'{k} = {v!r}' for k, v in overrides.items())}.",
-             "__module__": base.__module__}
+    attrs = {
+        "name": name,
+        "family": family,
+        "defaults": {**base.defaults, **overrides},
+        "__doc__": doc or f"{family} with {', '.join(f'{k} = {v!r}' for k, v in overrides.items())}.",
+        "__module__": base.__module__,
+    }
     if search_space is not None:
         attrs["search_space"] = search_space
     if revision:

@@ -7,6 +7,7 @@ the same latents.
 An image/s figure counts an image once it has had all `--iterations` Adam steps (CaO2 runs 100; fewer keep a
 CPU run short, and throughput per step does not depend on the count).
 """
+
 import argparse
 import os
 import sys
@@ -17,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from harness.config.loader import load_suite  # noqa: E402
 from harness.models.data import load_real_data  # noqa: E402
 from harness.stages.prepare import Prepared, backbone_conditions, prepare_backbone  # noqa: E402
-from harness.config.loader import load_suite  # noqa: E402
 from methods.cao2 import optimise_latents  # noqa: E402
 
 
@@ -39,8 +40,18 @@ def main():
     real = load_real_data(suite.data)
     source, h = prepare_backbone(suite, real, args.out)
     # Only the backbone is prepared: the teacher fields stay empty (CLO alone never reads the teacher).
-    prepared = Prepared(list(real.classes), suite.backbone, source, h, backbone_conditions(suite, real.classes),
-                        suite.teacher, "", "", None, None)
+    prepared = Prepared(
+        list(real.classes),
+        suite.backbone,
+        source,
+        h,
+        backbone_conditions(suite, real.classes),
+        suite.teacher,
+        "",
+        "",
+        None,
+        None,
+    )
     bb = prepared.load_backbone(args.device)
 
     g = torch.Generator().manual_seed(0)
@@ -62,14 +73,23 @@ def main():
 
     optimise_latents(bb, latents[:1], label, noise[:1], ts[:2, :1], cfg.lr, cfg.linf_weight)  # warm-up
     batched, t_batched = timed(lambda: optimise_latents(bb, latents, label, noise, ts, cfg.lr, cfg.linf_weight))
-    single, t_single = timed(lambda: torch.cat([
-        optimise_latents(bb, latents[i:i + 1], label, noise[i:i + 1], ts[:, i:i + 1], cfg.lr, cfg.linf_weight)
-        for i in range(n)]))
+    single, t_single = timed(
+        lambda: torch.cat(
+            [
+                optimise_latents(
+                    bb, latents[i : i + 1], label, noise[i : i + 1], ts[:, i : i + 1], cfg.lr, cfg.linf_weight
+                )
+                for i in range(n)
+            ]
+        )
+    )
     diff = (batched - single).abs().max().item()
 
     where = f"{args.device}" + (f", {args.threads} thread(s) of {os.cpu_count()} cores" if args.device == "cpu" else "")
-    print(f"\nCLO on suite {suite.name}: {n} images × {args.iterations} Adam steps, latents {tuple(shape)}, "
-          f"{where}, torch {torch.__version__}")
+    print(
+        f"\nCLO on suite {suite.name}: {n} images × {args.iterations} Adam steps, latents {tuple(shape)}, "
+        f"{where}, torch {torch.__version__}"
+    )
     print(f"{'one image at a time':>22}: {n / t_single:8.2f} images/s  ({t_single:.1f} s)")
     print(f"{'one batch of ' + str(n):>22}: {n / t_batched:8.2f} images/s  ({t_batched:.1f} s)")
     print(f"{'batched / one at a time':>22}: {t_single / t_batched:8.2f}×   (largest latent difference {diff:.1e})")

@@ -7,6 +7,7 @@ transformer reached — the figure to pass to `--plan --gpu-tflops`. Writes the 
     python perf/dit_sampling_throughput.py [--batches 1,16,64,256] [--dtypes bfloat16,float32] [--steps 50]
     python perf/dit_sampling_throughput.py --device cpu --batches 1 --steps 2 --layers 2   # a smoke run
 """
+
 import argparse
 import json
 import sys
@@ -18,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel  # noqa: E402
 
+from harness.config.loader import load_suite  # noqa: E402
 from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone  # noqa: E402
 from harness.models.generators.sampling import ddim_sample  # noqa: E402
 from harness.report.plan import KNOWN_DITS, SD_VAE, backbone_flops  # noqa: E402
-from harness.config.loader import load_suite  # noqa: E402
 
 
 def main():
@@ -39,16 +40,23 @@ def main():
     if args.layers:
         config["num_layers"] = args.layers
     # DiT's linear schedule over 1,000 steps (the hub scheduler's config).
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                              clip_sample=False, set_alpha_to_one=True)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+    )
     torch.manual_seed(0)
     transformer, vae = DiTTransformer2DModel(**config), AutoencoderKL(**SD_VAE)
     per_eval = backbone_flops(load_suite("imagenet", check_files=False), 3, 1000)[0] * config["num_layers"] / 28
     results = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
-        bb = DiTBackbone(transformer.to(device, dtype), scheduler, vae.to(device, dtype),
-                         guided_channels=DIT_GUIDED_CHANNELS)  # as prepare loads DiT-XL/2
+        bb = DiTBackbone(
+            transformer.to(device, dtype), scheduler, vae.to(device, dtype), guided_channels=DIT_GUIDED_CHANNELS
+        )  # as prepare loads DiT-XL/2
         for batch in map(int, args.batches.split(",")):
             gen = torch.Generator().manual_seed(0)
             noise = torch.randn((batch, *bb.latent_shape), generator=gen).to(device)
@@ -80,16 +88,27 @@ def main():
                 continue
             peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
             evals = batch * args.steps * (2 if args.cfg_scale != 1 else 1)
-            row = {"dtype": dtype_name, "batch": batch, "steps": args.steps, "seconds": seconds,
-                   "images_per_s": batch / seconds, "seconds_per_image": seconds / batch, "peak_memory_bytes": peak,
-                   "decode_seconds": decode_seconds,
-                   "transformer_tflops": evals * per_eval / steps_seconds / 1e12, "layers": config["num_layers"],
-                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+            row = {
+                "dtype": dtype_name,
+                "batch": batch,
+                "steps": args.steps,
+                "seconds": seconds,
+                "images_per_s": batch / seconds,
+                "seconds_per_image": seconds / batch,
+                "peak_memory_bytes": peak,
+                "decode_seconds": decode_seconds,
+                "transformer_tflops": evals * per_eval / steps_seconds / 1e12,
+                "layers": config["num_layers"],
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            }
             results.append(row)
-            print(f"{dtype_name:9} batch {batch:4}: {row['images_per_s']:8.2f} images/s  "
-                  f"{row['seconds_per_image']:8.3f} s/image  peak "
-                  + (f"{peak / 2**30:6.1f} GiB" if peak is not None else "   n/a")
-                  + f"  transformer {row['transformer_tflops']:6.1f} TFLOP/s", flush=True)
+            print(
+                f"{dtype_name:9} batch {batch:4}: {row['images_per_s']:8.2f} images/s  "
+                f"{row['seconds_per_image']:8.3f} s/image  peak "
+                + (f"{peak / 2**30:6.1f} GiB" if peak is not None else "   n/a")
+                + f"  transformer {row['transformer_tflops']:6.1f} TFLOP/s",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

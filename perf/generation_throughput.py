@@ -4,6 +4,7 @@ each, importing torch/diffusers and loading the backbone) apart from steady-stat
 
     python perf/generation_throughput.py [--suite fashion-mnist] [--out runs] [--ipc 10]
 """
+
 import argparse
 import os
 import sys
@@ -16,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from harness.config.loader import load_suite  # noqa: E402
 from harness.models.data import load_real_data  # noqa: E402
 from harness.stages.distill import ShardWorker, plan  # noqa: E402
 from harness.stages.prepare import prepare  # noqa: E402
-from harness.config.loader import load_suite  # noqa: E402
 
 
 def run_on(workers, submit, collect, job, classes) -> float:
@@ -65,8 +66,10 @@ def main():
                 ray.kill(a)
         ray.shutdown()
     base = images / rows[-3][2]  # in-process with all cores: the plain loop a user would write
-    print(f"\n{images} images ({classes} classes × IPC {args.ipc}), {suite.method_config('diffusion').steps} DDIM "
-          f"steps, guidance {suite.method_config('diffusion').cfg_scale}, {cores} cores, torch {torch.__version__}")
+    print(
+        f"\n{images} images ({classes} classes × IPC {args.ipc}), {suite.method_config('diffusion').steps} DDIM "
+        f"steps, guidance {suite.method_config('diffusion').cfg_scale}, {cores} cores, torch {torch.__version__}"
+    )
     print(f"{'':26s} {'startup s':>9s} {'generate s':>10s} {'images/s':>9s} {'vs in-process':>14s}")
     for name, startup, seconds in rows:
         rate = images / seconds

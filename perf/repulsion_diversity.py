@@ -10,6 +10,7 @@ recall or coverage rose while precision fell by no more than `--tolerance` (abso
 `adaptive-sampling` with `adaptive-sampling-no-repulsion` instead: they pick the same (β*, γ*) per mini-batch.
 Sets are written under OUT/repulsion-check/ and measured through the same cached path as a run's sets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from harness.config.loader import load_suite  # noqa: E402
+from harness.core.sets import save_images  # noqa: E402
 from harness.models.data import load_real_data  # noqa: E402
 from harness.stages.distill import shard_seed  # noqa: E402
 from harness.stages.diversity import DiversityMeter  # noqa: E402
 from harness.stages.prepare import prepare  # noqa: E402
-from harness.core.sets import save_images  # noqa: E402
-from harness.config.loader import load_suite  # noqa: E402
 from methods import get_method  # noqa: E402
 from methods.base import ClassTask, MethodContext  # noqa: E402
 
@@ -41,8 +42,17 @@ def distil(method, real, conditions, ipc: int, draw: int, folder: Path) -> float
     t0 = time.perf_counter()
     for label, key in enumerate(real.classes):
         seed = shard_seed(draw, "repulsion-check", ipc, key)  # the same for both arms of a draw
-        task = ClassTask(label, key, ipc, seed, real.train.class_images(label), len(real.classes),
-                         real.image_size, real.channels, condition=conditions[label])
+        task = ClassTask(
+            label,
+            key,
+            ipc,
+            seed,
+            real.train.class_images(label),
+            len(real.classes),
+            real.image_size,
+            real.channels,
+            condition=conditions[label],
+        )
         (folder / key).mkdir(parents=True, exist_ok=True)
         save_images(method.distill_class(task), folder / key)
     (folder / ".done").touch()
@@ -71,12 +81,17 @@ def main() -> int:
     cls = get_method(name)
     on_cfg = suite.method_config(name)
     arms = {"on": on_cfg, "off": dataclasses.replace(on_cfg, repulsion=False)}
-    where = ("(β*, γ*) by BO per mini-batch, the same for both arms" if args.bo
-             else f"(β, γ) = ({on_cfg.cfg_scale}, {on_cfg.strength})")
-    print(f"{suite.name}: {name}, IPC {args.ipc}, {len(real.classes)} classes, {where}, repulsion λ = "
-          f"{on_cfg.repulsion_weight}; {args.draws} draws; measures on {suite.diversity.extractor} features"
-          + (f" (first {suite.diversity.feature_dim} principal components)" if suite.diversity.feature_dim else ""),
-          flush=True)
+    where = (
+        "(β*, γ*) by BO per mini-batch, the same for both arms"
+        if args.bo
+        else f"(β, γ) = ({on_cfg.cfg_scale}, {on_cfg.strength})"
+    )
+    print(
+        f"{suite.name}: {name}, IPC {args.ipc}, {len(real.classes)} classes, {where}, repulsion λ = "
+        f"{on_cfg.repulsion_weight}; {args.draws} draws; measures on {suite.diversity.extractor} features"
+        + (f" (first {suite.diversity.feature_dim} principal components)" if suite.diversity.feature_dim else ""),
+        flush=True,
+    )
     meter = DiversityMeter(suite.diversity, real, lambda: teacher, prepared.teacher_hash, args.out / "cache")
     conditions = prepared.conditions
     base = args.out / "repulsion-check" / suite.name / name / f"ipc{args.ipc}"
@@ -88,9 +103,14 @@ def main() -> int:
             seconds = distil(method, real, conditions, args.ipc, draw, folder)
             results[arm].append(meter.measure(folder))
             made = f"made in {seconds:.0f} s" if seconds else "from disk"
-            print(f"  draw {draw} repulsion {arm:>3}: " + "  ".join(
-                f"{m} {results[arm][-1][m]:.3f}" if results[arm][-1][m] is not None else f"{m} –" for m in MEASURES)
-                + f"  ({made})", flush=True)
+            print(
+                f"  draw {draw} repulsion {arm:>3}: "
+                + "  ".join(
+                    f"{m} {results[arm][-1][m]:.3f}" if results[arm][-1][m] is not None else f"{m} –" for m in MEASURES
+                )
+                + f"  ({made})",
+                flush=True,
+            )
 
     def mean(arm, m):
         values = [r[m] for r in results[arm] if r[m] is not None]
@@ -102,8 +122,10 @@ def main() -> int:
     rises = {m: mean("on", m) - mean("off", m) for m in ("recall", "coverage")}
     drop = mean("off", "precision") - mean("on", "precision")
     ok = max(rises.values()) > 0 and drop <= args.tolerance
-    print(f"\nrecall {rises['recall']:+.3f}, coverage {rises['coverage']:+.3f}; precision changes by {-drop:+.3f} "
-          f"(tolerance −{args.tolerance}): {'holds' if ok else 'does NOT hold'}")
+    print(
+        f"\nrecall {rises['recall']:+.3f}, coverage {rises['coverage']:+.3f}; precision changes by {-drop:+.3f} "
+        f"(tolerance −{args.tolerance}): {'holds' if ok else 'does NOT hold'}"
+    )
     return 0 if ok else 1
 
 

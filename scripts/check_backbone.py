@@ -6,6 +6,7 @@ suite should pass before any method runs.
 `--steps` trains the pixel DiT to each step count in turn (each run extends the last one's checkpoint) and
 checks each: the agreement against training steps, for choosing `backbone.train.steps` on a new dataset.
 """
+
 import argparse
 import dataclasses
 import sys
@@ -15,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.config.loader import load_suite  # noqa: E402
 from harness.models.data import load_real_data  # noqa: E402
 from harness.stages.prepare import prepare  # noqa: E402
-from harness.config.loader import load_suite  # noqa: E402
 
 
 def main():
@@ -28,15 +29,21 @@ def main():
     args = p.parse_args()
     suite = load_suite(args.suite)
     real = load_real_data(suite.data)
-    print(f"[check] {suite.name}: {len(real.train)} training images, {len(real.classes)} classes, "
-          f"{real.channels} channel(s), {real.image_size} px", flush=True)
+    print(
+        f"[check] {suite.name}: {len(real.train)} training images, {len(real.classes)} classes, "
+        f"{real.channels} channel(s), {real.image_size} px",
+        flush=True,
+    )
     for steps in [int(s) for s in args.steps.split(",")] if args.steps else [suite.backbone.train.steps]:
         suite.backbone.train = dataclasses.replace(suite.backbone.train, steps=steps)
         t0 = time.perf_counter()
         c = prepare(suite, real, args.out, accept_failed_check=True).backbone_check  # reports, never stops
-        print(f"[check] steps {steps}: agreement {c['agreement']:.1%} (per class "
-              f"{', '.join(f'{a:.0%}' for a in c['per_class'])}), {'passed' if c['passed'] else 'FAILED'}; "
-              f"prepare took {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"[check] steps {steps}: agreement {c['agreement']:.1%} (per class "
+            f"{', '.join(f'{a:.0%}' for a in c['per_class'])}), {'passed' if c['passed'] else 'FAILED'}; "
+            f"prepare took {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ for "someone else's small dataset" that docs/suites/fashion-proxy.yaml benchmark
 The first `--per-class` training images of each class (in file order) and every test image (or the first
 `--test-per-class`), read from Debian's dataset-fashion-mnist with harness.models.data's idx reader.
 """
+
 import argparse
 import sys
 from pathlib import Path

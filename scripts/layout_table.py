@@ -10,6 +10,7 @@ Each table sits between two marker comments (`<!-- layout:begin … -->`, `<!-- 
 replaces exactly the generated part. tests/test_layers.py fails when README's table misses a module or lists one
 that is gone: a new module then needs a docstring and one run of --write.
 """
+
 import argparse
 import ast
 import re
@@ -21,8 +22,11 @@ PACKAGES = ("harness", "methods")
 # The rest of the repository, below the code's rows: folders, not modules, so no docstring says what they hold.
 FOLDERS = (
     ("weights/", "committed pretrained weights of the embedded suite (checksums and the command that made them)"),
-    ("perf/", "scripts that print figures: generation, student and CLO throughput, repulsion on vs off "
-              "(`repulsion_diversity.py`)"),
+    (
+        "perf/",
+        "scripts that print figures: generation, student and CLO throughput, repulsion on vs off "
+        "(`repulsion_diversity.py`)",
+    ),
     ("docs/", "decisions and their reasons; `docs/extending.md`: how to add a method, a student, a protocol, a suite"),
 )
 README_TABLE = ("README.md", "modules")
@@ -70,7 +74,7 @@ def first_sentence(path: Path) -> str:
         raise SystemExit(f"{path.relative_to(ROOT)} has no docstring: its first sentence is its row in README's table")
     paragraph = " ".join(doc.split("\n\n")[0].split())
     end = SENTENCE_END.search(paragraph)
-    sentence = paragraph[:end.end()] if end else paragraph
+    sentence = paragraph[: end.end()] if end else paragraph
     return sentence.removesuffix(".").replace("|", "\\|")
 
 

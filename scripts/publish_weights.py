@@ -6,6 +6,7 @@ Runs `prepare` (which trains whatever the cache under --out lacks), copies the i
 training checkpoint) into weights/<suite>/<kind>-<hash>/, and writes SHA256SUMS, which `prepare` verifies
 before it uses committed weights.
 """
+
 import argparse
 import hashlib
 import shutil
@@ -15,10 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.models.data import load_real_data  # noqa: E402
-from harness.core.cache import REPO_WEIGHTS  # noqa: E402
-from harness.stages.prepare import prepare  # noqa: E402
 from harness.config.loader import load_suite  # noqa: E402
+from harness.core.cache import REPO_WEIGHTS  # noqa: E402
+from harness.models.data import load_real_data  # noqa: E402
+from harness.stages.prepare import prepare  # noqa: E402
 
 
 def main():
@@ -31,8 +32,8 @@ def main():
     prepared = prepare(suite, real, args.out, check=False)
     dest = REPO_WEIGHTS / suite.name
     dest.mkdir(parents=True, exist_ok=True)
-    backbone_dir = Path(prepared.backbone_source)       # .../backbone-<hash>/model
-    teacher_file = Path(prepared.teacher_source)        # .../teacher-<hash>/teacher.pt
+    backbone_dir = Path(prepared.backbone_source)  # .../backbone-<hash>/model
+    teacher_file = Path(prepared.teacher_source)  # .../teacher-<hash>/teacher.pt
     if backbone_dir.parent.parent != dest:
         shutil.copytree(backbone_dir, dest / backbone_dir.parent.name / "model", dirs_exist_ok=True)
     if teacher_file.parent.parent != dest:

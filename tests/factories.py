@@ -5,6 +5,7 @@ A test imports these from here, never from another test module: pytest imports t
 (`test_cao2`), so importing one as `tests.test_cao2` runs it twice under two names. Imported as `tests.factories`,
 the name Ray workers find too.
 """
+
 from pathlib import Path
 
 import torch
@@ -24,16 +25,31 @@ FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 def tiny_vae() -> AutoencoderKL:
     """An SD-style VAE in miniature: 8×8 RGB images ↔ 4×4×4 latents (randomly initialised from torch's RNG)."""
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                         norm_num_groups=4, sample_size=8)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=8,
+    )
 
 
 def tiny_latent_dit() -> DiTBackbone:
     """DiT-XL/2's shape in miniature: 4 latent channels, learn_sigma (8 outputs), an SD-style VAE."""
     torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                        num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=10)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        sample_size=4,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    )
     vae = tiny_vae()
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     return DiTBackbone(transformer, scheduler, vae)
@@ -42,28 +58,40 @@ def tiny_latent_dit() -> DiTBackbone:
 def tiny_teacher(num_outputs=10, class_indices=None) -> Teacher:
     """A width-8 ConvNet-3 on 8×8 RGB images, the same weights on every call."""
     torch.manual_seed(0)
-    return Teacher(create_student("convnet3", num_outputs, 3, 8, width=8), 8, 3, [0.5] * 3, [0.25] * 3,
-                   class_indices=class_indices)
+    return Teacher(
+        create_student("convnet3", num_outputs, 3, 8, width=8), 8, 3, [0.5] * 3, [0.25] * 3, class_indices=class_indices
+    )
 
 
 def random_real(n: int, label: int, channels: int = 3, size: int = 8) -> torch.Tensor:
     """`n` uint8 images of noise standing for class `label`'s real images, the same for the same label."""
-    return torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(label),
-                         dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(label), dtype=torch.uint8
+    )
 
 
-def tiny_task(ipc: int, seed: int, label: int, real: torch.Tensor | None = None, channels: int = 3,
-              size: int = 8) -> ClassTask:
+def tiny_task(
+    ipc: int, seed: int, label: int, real: torch.Tensor | None = None, channels: int = 3, size: int = 8
+) -> ClassTask:
     """One class of a 10-class task on `size`×`size` images, keyed `c<label>`."""
-    return ClassTask(label=label, key=f"c{label}", ipc=ipc, seed=seed, real=real, num_classes=10, image_size=size,
-                     channels=channels)
+    return ClassTask(
+        label=label, key=f"c{label}", ipc=ipc, seed=seed, real=real, num_classes=10, image_size=size, channels=channels
+    )
 
 
 def real_task(real: RealData, label: int, ipc: int, seed: int, n_real: int | None = None) -> ClassTask:
     """Class `label` of the real data as a task, with its first `n_real` training images (all: None)."""
     images = real.train.class_images(label)
-    return ClassTask(label, real.classes[label], ipc, seed, images if n_real is None else images[:n_real],
-                     len(real.classes), real.image_size, real.channels)
+    return ClassTask(
+        label,
+        real.classes[label],
+        ipc,
+        seed,
+        images if n_real is None else images[:n_real],
+        len(real.classes),
+        real.image_size,
+        real.channels,
+    )
 
 
 def tiny_suite_raw() -> dict:

@@ -1,6 +1,7 @@
 """A fine-tuning method for tests/test_fine_tune.py whose first run kills its own process mid-way, as a preempted
 node or the kernel's OOM killer would. Its own module (imported as `tests.fine_tune_kill`) so that Ray Train's
 workers find it by name when they unpickle the suite."""
+
 import os
 import signal
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ from methods.minimax import Minimax, MinimaxConfig, MinimaxObjective
 
 @dataclass(frozen=True)
 class KillingMinimaxConfig(MinimaxConfig):
-    marker: str = ""     # created by the run that kills itself, so that the next goes through
-    kill_at: int = 3     # the step whose loss kills the process
+    marker: str = ""  # created by the run that kills itself, so that the next goes through
+    kill_at: int = 3  # the step whose loss kills the process
 
 
 class KillingObjective(MinimaxObjective):
@@ -50,22 +51,31 @@ def family_suite(tiny_suite, marker: str = ""):
 
     from methods.ims3 import IMS3Config
 
-    budget = {"max_steps": 4, "fine_tune_batch_size": 4, "checkpoint_every": 2, "ema_decay": 0.5,
-              "cfg_scale": 2.0, "steps": 3, "sampler": "ddim"}
+    budget = {
+        "max_steps": 4,
+        "fine_tune_batch_size": 4,
+        "checkpoint_every": 2,
+        "ema_decay": 0.5,
+        "cfg_scale": 2.0,
+        "steps": 3,
+        "sampler": "ddim",
+    }
     s3 = {"inversion_steps": 4, "centroid_real": 8}
-    methods = {"test-killing-minimax": KillingMinimaxConfig(**budget, marker=marker),
-               "ims3": IMS3Config(**budget, groups=2, **s3),
-               "ims3-im-only": IMS3Config(**budget, groups=1, **s3),
-               "ims3-s3-only": IMS3Config(**budget, fine_tune=False, groups=2, **s3)}
+    methods = {
+        "test-killing-minimax": KillingMinimaxConfig(**budget, marker=marker),
+        "ims3": IMS3Config(**budget, groups=2, **s3),
+        "ims3-im-only": IMS3Config(**budget, groups=1, **s3),
+        "ims3-s3-only": IMS3Config(**budget, fine_tune=False, groups=2, **s3),
+    }
     return dataclasses.replace(tiny_suite, methods=methods, ipcs=[2])
 
 
 def fine_tune_until_killed(out: str, marker: str) -> None:
     """Run in a process of its own: prepare the tiny suite and fine-tune the killing Minimax, which dies mid-way."""
+    from harness.config.loader import load_suite
     from harness.models.data import load_real_data
     from harness.stages.fine_tune import fine_tune_backbones
     from harness.stages.prepare import prepare
-    from harness.config.loader import load_suite
     from tests.factories import TINY_SUITE
 
     suite = family_suite(load_suite(str(TINY_SUITE)), marker)

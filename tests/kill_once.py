@@ -1,6 +1,7 @@
 """A method for tests/test_faults.py whose first attempt at one class kills its own process. It lives in its
 own module, imported as `tests.kill_once`, because Ray workers import what the suite they unpickle refers to by
 module name, and pytest imports test files under bare names (`test_faults`) that workers cannot find."""
+
 import os
 import signal
 from dataclasses import dataclass
@@ -13,13 +14,14 @@ from methods.base import Method
 
 @dataclass
 class KillOnceConfig:
-    marker: str = ""   # created by the one shard that kills its actor, so that the retry goes through
-    victim: str = ""   # the class whose first attempt kills its actor
+    marker: str = ""  # created by the one shard that kills its actor, so that the retry goes through
+    victim: str = ""  # the class whose first attempt kills its actor
 
 
 class KillOnce(Method):
     """Random images, except that the first attempt at the victim class kills its own process, as a
     preempted node or the kernel's OOM killer would."""
+
     name = "test-kill-once"
     Config = KillOnceConfig
     needs = frozenset()

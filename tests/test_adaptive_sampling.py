@@ -1,6 +1,7 @@
 """Adaptive sampling (Algorithm 1): BO finds a known maximum within its budget, the repulsion step is the gradient
 of the kernel sum and Eq. 6's step size, the fidelity is −KL, the method end to end on the tiny latent DiT +
 VAE, the ablation variants' shared draws, and the defaults and suite settings pinned to their documented values."""
+
 import dataclasses
 import math
 from types import SimpleNamespace
@@ -9,11 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.models.generators.sampling import img2img, img2img_timesteps
 from harness.config.loader import load_suite
+from harness.models.generators.sampling import img2img, img2img_timesteps
 from methods import get_method
-from methods.adaptive_sampling import (AdaptiveSamplingConfig, Repulsion, bayes_opt, fidelity, median_bandwidth,
-                                       rbf_repulsion_grad, teacher_log_probs)
+from methods.adaptive_sampling import (
+    AdaptiveSamplingConfig,
+    Repulsion,
+    bayes_opt,
+    fidelity,
+    median_bandwidth,
+    rbf_repulsion_grad,
+    teacher_log_probs,
+)
 from methods.base import MethodContext, fit_to_task
 from tests.factories import random_real, tiny_latent_dit, tiny_task, tiny_teacher
 
@@ -27,17 +35,19 @@ def _task(ipc, seed=5, label=3, n_real=12):
 def _method(name="adaptive-sampling", **overrides):
     cls = get_method(name)
     tiny = {"steps": 4, "bo_init": 2, "bo_iterations": 1, "seed_batch_size": 2, "repulsion_weight": 1.0}
-    return cls(dataclasses.replace(cls.default_config(), **{**tiny, **overrides}),
-               MethodContext(backbone=tiny_latent_dit(), teacher=tiny_teacher()))
+    return cls(
+        dataclasses.replace(cls.default_config(), **{**tiny, **overrides}),
+        MethodContext(backbone=tiny_latent_dit(), teacher=tiny_teacher()),
+    )
 
 
 def test_defaults_are_the_documented_choices():
     cfg = AdaptiveSamplingConfig()
-    assert cfg.steps == 50                                           # full sampler; the proxy takes 25 (§4.2)
-    assert (cfg.cfg_scale_min, cfg.cfg_scale_max) == (1.0, 10.0)     # β: no guidance … past D4M's 8
-    assert (cfg.strength_min, cfg.strength_max) == (0.5, 0.9)        # γ: novel samples … seed almost gone
+    assert cfg.steps == 50  # full sampler; the proxy takes 25 (§4.2)
+    assert (cfg.cfg_scale_min, cfg.cfg_scale_max) == (1.0, 10.0)  # β: no guidance … past D4M's 8
+    assert (cfg.strength_min, cfg.strength_max) == (0.5, 0.9)  # γ: novel samples … seed almost gone
     assert (cfg.bo, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa) == (True, 4, 6, 2.0)
-    assert (cfg.cfg_scale, cfg.strength) == (8.0, 0.7)               # the fixed ablation: D4M's setting
+    assert (cfg.cfg_scale, cfg.strength) == (8.0, 0.7)  # the fixed ablation: D4M's setting
     assert (cfg.repulsion, cfg.repulsion_weight, cfg.bandwidth_scale) == (True, 100.0, 1.0)
     assert cfg.seed_batch_size == 10
     base = dataclasses.asdict(cfg)
@@ -59,15 +69,17 @@ def test_search_spaces_name_config_fields(name):
         assert field in fields
         kind, low, high = spec
         assert kind in ("float", "log", "int") and low < high
-        assert low <= getattr(cls.default_config(), field) <= high   # the default lies in its range
+        assert low <= getattr(cls.default_config(), field) <= high  # the default lies in its range
 
 
 def _bump(center, width):
     """A smooth 2-D objective on the (β, γ) box with its maximum 1 at `center`."""
+
     def f(beta, gamma):
         u, v = (beta - 1) / 9, (gamma - 0.5) / 0.4
         cu, cv = (center[0] - 1) / 9, (center[1] - 0.5) / 0.4
-        return math.exp(-((u - cu) ** 2 + (v - cv) ** 2) / (2 * width ** 2))
+        return math.exp(-((u - cu) ** 2 + (v - cv) ** 2) / (2 * width**2))
+
     return f
 
 
@@ -83,13 +95,13 @@ def test_bo_finds_the_maximum_of_a_known_objective_within_its_budget(center):
 
     box = [(cfg.cfg_scale_min, cfg.cfg_scale_max), (cfg.strength_min, cfg.strength_max)]
     result = bayes_opt(counted, box, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa, seed=7)
-    assert len(calls) == len(result.values) == cfg.bo_init + cfg.bo_iterations   # the budget, no more
+    assert len(calls) == len(result.values) == cfg.bo_init + cfg.bo_iterations  # the budget, no more
     assert result.best_value > 0.98
     assert abs(result.best[0] - center[0]) < 0.1 * 9 and abs(result.best[1] - center[1]) < 0.1 * 0.4
-    assert result.best_value > result.values[:cfg.bo_init].max()   # the GP-UCB proposals improved on the design
+    assert result.best_value > result.values[: cfg.bo_init].max()  # the GP-UCB proposals improved on the design
     assert all(lo <= x <= hi for p in result.points.tolist() for x, (lo, hi) in zip(p, box))
     again = bayes_opt(objective, box, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa, seed=7)
-    assert torch.equal(again.points, result.points)                 # deterministic for a seed
+    assert torch.equal(again.points, result.points)  # deterministic for a seed
     # The fidelity's own shape: best at the box's smallest γ (a copy of the seed scores KL = 0).
     corner = bayes_opt(lambda b, g: -(g - 0.5) - 0.01 * (b - 4) ** 2, box, 4, 6, 2.0, seed=3)
     assert corner.best[1] < 0.52 and abs(corner.best[0] - 4) < 1.5
@@ -109,11 +121,11 @@ def test_repulsion_gradient_is_the_autograd_gradient_of_the_kernel_sum():
     flat = z.flatten(1)
     sq = torch.cdist(flat, flat) ** 2
     off = sq[~torch.eye(5, dtype=torch.bool)]
-    assert sigma2 == pytest.approx(float(off.median()) / (2 * math.log(6)))   # SVGD's median heuristic
+    assert sigma2 == pytest.approx(float(off.median()) / (2 * math.log(6)))  # SVGD's median heuristic
     assert median_bandwidth(z, 2.0) == pytest.approx(4 * float(sigma2))
     x = z.clone().requires_grad_(True)
     d = (x.flatten(1)[:, None] - x.flatten(1)[None]).pow(2).sum(-1)
-    kernel_sum = (torch.exp(-d / (2 * sigma2)) * (1 - torch.eye(5, dtype=z.dtype))).sum()   # Σ_{i≠j} k(z_i, z_j)
+    kernel_sum = (torch.exp(-d / (2 * sigma2)) * (1 - torch.eye(5, dtype=z.dtype))).sum()  # Σ_{i≠j} k(z_i, z_j)
     (grad,) = torch.autograd.grad(kernel_sum, x)
     # Σ_{i≠j} holds each pair twice, so ∂/∂z_i of it is 2 Σ_{j≠i} ∇_{z_i} k(z_i, z_j).
     torch.testing.assert_close(rbf_repulsion_grad(z, sigma2), grad / 2)
@@ -141,7 +153,9 @@ def test_repulsion_hook_is_eq6_with_the_ddpm_step_size():
     torch.testing.assert_close(out1, x1 - push1)
     # … and then at what the previous step returned.
     out2 = hook(x2, 1, ts[1])
-    torch.testing.assert_close(out2, x2 - hook.coefficient(1) * 3.0 * rbf_repulsion_grad(out1, median_bandwidth(out1, 1.5)))
+    torch.testing.assert_close(
+        out2, x2 - hook.coefficient(1) * 3.0 * rbf_repulsion_grad(out1, median_bandwidth(out1, 1.5))
+    )
     # It pushes latents apart.
     near = torch.randn(4, 8, generator=g) * 0.1
     pushed = Repulsion(near, [500, 0], ac, 5.0)(near.clone(), 0, 500)
@@ -158,7 +172,7 @@ def test_fidelity_is_minus_the_mean_kl_of_each_pair():
     g = torch.Generator().manual_seed(2)
     log_p = torch.randn(6, 10, generator=g).log_softmax(1)
     log_q = torch.randn(6, 10, generator=g).log_softmax(1)
-    expected = -float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean"))   # KL(p ‖ q) per pair
+    expected = -float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean"))  # KL(p ‖ q) per pair
     assert fidelity(log_p, log_q) == pytest.approx(expected)
     assert fidelity(log_p, log_p) == 0.0 and fidelity(log_p, log_q) < 0
     # Pairs matter: the same labels in another order are not faithful.
@@ -180,7 +194,7 @@ def test_adaptive_sampling_on_tiny_latent_dit_and_vae():
     method = _method()
     a = method.distill_class(_task(3))
     assert a.shape == (3, 3, 8, 8) and a.min() >= 0 and a.max() <= 1
-    assert len(method.last_choices) == 2                    # mini-batches of 2 seeds: 2 + 1
+    assert len(method.last_choices) == 2  # mini-batches of 2 seeds: 2 + 1
     assert all(1 <= b <= 10 and 0.5 <= g <= 0.9 for b, g in method.last_choices)
     assert method.stage_seconds["bo"] > 0
     assert torch.equal(a, method.distill_class(_task(3)))
@@ -195,7 +209,7 @@ def test_variants_share_their_draws_and_differ_only_in_their_stage():
     a, b, c = full.distill_class(task), no_rep.distill_class(task), fixed.distill_class(task)
     # The same seeds, noise and BO seeds, and a proxy without repulsion: both BO variants choose alike …
     assert full.last_choices == no_rep.last_choices
-    assert not torch.equal(a, b)                            # … and repulsion changes the images.
+    assert not torch.equal(a, b)  # … and repulsion changes the images.
     assert "bo" not in fixed.stage_seconds and fixed.last_choices == [(8.0, 0.7), (8.0, 0.7)]
     # With λ = 0 the full method is its no-repulsion ablation, image for image.
     assert torch.equal(_method(repulsion_weight=0.0).distill_class(task), b)
@@ -216,8 +230,8 @@ def test_variants_seed_from_one_key_in_the_harness():
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
     prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
     ids = {n: method_identity(suite, prepared, n) for n in VARIANTS}
-    assert len({h for _, h, _ in ids.values()}) == 3        # three different sets …
-    assert len({key for _, _, key in ids.values()}) == 1    # … from one seed key
+    assert len({h for _, h, _ in ids.values()}) == 3  # three different sets …
+    assert len({key for _, _, key in ids.values()}) == 1  # … from one seed key
     assert ids["adaptive-sampling"][2].startswith("adaptive-sampling/")
 
 

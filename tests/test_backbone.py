@@ -1,5 +1,6 @@
 """The Backbone protocol: the DiT from_pretrained round trip (tiny DiT + tiny VAE saved to disk, loaded the
 way a user loads DiT-XL/2), the pixel DiT trainer, and deterministic sampling."""
+
 import pytest
 import torch
 
@@ -60,8 +61,17 @@ def test_pixel_dit_trains_resumes_and_loads(tmp_path):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 3, (64,), generator=g)
-    cfg = PixelDiTConfig(sample_size=8, patch_size=4, width=16, depth=1, heads=2, steps=6, batch_size=8,
-                         warmup_steps=2, checkpoint_every=3)
+    cfg = PixelDiTConfig(
+        sample_size=8,
+        patch_size=4,
+        width=16,
+        depth=1,
+        heads=2,
+        steps=6,
+        batch_size=8,
+        warmup_steps=2,
+        checkpoint_every=3,
+    )
     straight = train_pixel_dit(images, labels, 3, cfg, tmp_path / "a", tmp_path / "a-work", progress=False)
     # Interrupted after 3 steps (a checkpoint), then resumed: the same weights as training straight through.
     half = PixelDiTConfig(**{**cfg.__dict__, "steps": 3})
@@ -75,6 +85,7 @@ def test_pixel_dit_trains_resumes_and_loads(tmp_path):
     loaded = load_dit_backbone(tmp_path / "a", vae=None)
     assert loaded.vae is None and loaded.clip_sample and loaded.latent_shape == (1, 8, 8)
     x = torch.randn(2, 1, 8, 8)
-    assert torch.equal(loaded.eps(x, torch.tensor(5), torch.tensor(1)),
-                       straight.eps(x, torch.tensor(5), torch.tensor(1)))
+    assert torch.equal(
+        loaded.eps(x, torch.tensor(5), torch.tensor(1)), straight.eps(x, torch.tensor(5), torch.tensor(1))
+    )
     assert torch.equal(loaded.encode(torch.ones(1, 1, 8, 8)), torch.ones(1, 1, 8, 8))  # identity, [-1, 1]

@@ -5,6 +5,7 @@ A case is one change to tests/tiny-suite.yaml (its parsed mapping or its text) a
 arguments; add a line to CASES to grow the table. Cases run in-process through `harness.cli.main`; one runs
 the real entry point, `python benchmark.py`, in a subprocess.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,56 +13,82 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import ray
 import yaml
 
 from harness.cli import main
-from harness.runtime.preflight import check_real_image_counts
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
+from harness.runtime.preflight import check_real_image_counts
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 BASE = TESTS / "tiny-suite.yaml"
 # A row as the store holds them: its bytes must survive every bad run.
-ROW = {"suite": "tiny", "method": "random-real", "config_hash": "0123456789ab", "ipc": 1, "student": "convnet3",
-       "protocol": "hard-label", "protocol_hash": "ba9876543210", "seed": 0, "accuracy": 0.5, "kind": "measured"}
+ROW = {
+    "suite": "tiny",
+    "method": "random-real",
+    "config_hash": "0123456789ab",
+    "ipc": 1,
+    "student": "convnet3",
+    "protocol": "hard-label",
+    "protocol_hash": "ba9876543210",
+    "seed": 0,
+    "accuracy": 0.5,
+    "kind": "measured",
+}
 
 
 @dataclass
 class Case:
     name: str
-    expect: str                                   # the field (or flag) the one line must name
-    argv: tuple[str, ...] = ()                    # extra arguments; "{out}" and "{store}" are filled in
+    expect: str  # the field (or flag) the one line must name
+    argv: tuple[str, ...] = ()  # extra arguments; "{out}" and "{store}" are filled in
     edit: Callable[[dict], object] | None = None  # a change to the parsed base suite
-    text: Callable[[str], str] | None = None      # a change to its text (what a parsed mapping cannot hold)
-    env: dict[str, str | None] | None = None      # environment variables to set (None: unset)
+    text: Callable[[str], str] | None = None  # a change to its text (what a parsed mapping cannot hold)
+    env: dict[str, str | None] | None = None  # environment variables to set (None: unset)
 
 
 def _set(path: str, value):
     """An edit setting the dotted `path` of the suite to `value`."""
+
     def edit(raw):
         *parents, last = path.split(".")
         node = raw
         for key in parents:
             node = node.setdefault(key, {})
         node[last] = value
+
     return edit
 
 
 CASES = [
     # YAML itself
-    Case("duplicate top-level key", "seeds: duplicate key", text=lambda t: t.replace("seeds: 2\n", "seeds: 2\nseeds: 3\n")),
-    Case("duplicate nested key", "data.root: duplicate key",
-         text=lambda t: t.replace("  image_size: 28\n", "  image_size: 28\n  root: /tmp\n")),
-    Case("duplicate key in a list item", "cross_arch.teachers[0].arch: duplicate key",
-         text=lambda t: t.replace("{kind: trained, arch: convnet3,", "{kind: trained, arch: convnet3, arch: resnet18,")),
-    Case("unclosed bracket", "line 14, column 48: not valid YAML", text=lambda t: t.replace("train: {sample_size", "train: [sample_size")),
+    Case(
+        "duplicate top-level key",
+        "seeds: duplicate key",
+        text=lambda t: t.replace("seeds: 2\n", "seeds: 2\nseeds: 3\n"),
+    ),
+    Case(
+        "duplicate nested key",
+        "data.root: duplicate key",
+        text=lambda t: t.replace("  image_size: 28\n", "  image_size: 28\n  root: /tmp\n"),
+    ),
+    Case(
+        "duplicate key in a list item",
+        "cross_arch.teachers[0].arch: duplicate key",
+        text=lambda t: t.replace("{kind: trained, arch: convnet3,", "{kind: trained, arch: convnet3, arch: resnet18,"),
+    ),
+    Case(
+        "unclosed bracket",
+        "line 14, column 48: not valid YAML",
+        text=lambda t: t.replace("train: {sample_size", "train: [sample_size"),
+    ),
     Case("tab indentation", "line ", text=lambda t: t.replace("  format: idx", "\tformat: idx")),
     Case("empty file", "top level", text=lambda t: ""),
     Case("a list at the top", "top level", text=lambda t: "- name: tiny\n"),
@@ -77,7 +104,9 @@ CASES = [
     Case("ipcs empty", "ipcs:", edit=_set("ipcs", [])),
     Case("ipcs not integers", "ipcs[0]: expected an integer", edit=_set("ipcs", [1.5])),
     Case("ipcs repeated", "ipcs: lists 1 more than once", edit=_set("ipcs", [1, 1])),
-    Case("students repeated", "students: lists convnet3 more than once", edit=_set("students", ["convnet3", "convnet3"])),
+    Case(
+        "students repeated", "students: lists convnet3 more than once", edit=_set("students", ["convnet3", "convnet3"])
+    ),
     Case("unknown student", "students[0]: unknown student", edit=_set("students", ["resnet9000"])),
     Case("unknown method", "methods.magic: unknown method", edit=lambda r: r["methods"].update(magic={})),
     Case("unknown method field", "methods.diffusion.cfg: unknown field", edit=_set("methods.diffusion", {"cfg": 2})),
@@ -86,34 +115,65 @@ CASES = [
     Case("unknown protocol", "protocols.magic: unknown protocol", edit=_set("protocols.magic", {})),
     Case("negative epochs", "protocols.hard-label.epochs:", edit=_set("protocols.hard-label.epochs", {2: -1})),
     Case("zero epochs", "protocols.soft-label.epochs:", edit=_set("protocols.soft-label.epochs", {2: 0})),
-    Case("zero epochs_beyond", "protocols.hard-label.epochs_beyond:", edit=_set("protocols.hard-label.epochs_beyond", 0)),
-    Case("batch_size 0", "protocols.hard-label.batch_size: must be positive",
-         edit=_set("protocols.hard-label.batch_size", 0)),
-    Case("soft batch_size table 0", "protocols.soft-label.batch_size:",
-         edit=_set("protocols.soft-label.batch_size", {1: 0})),
+    Case(
+        "zero epochs_beyond", "protocols.hard-label.epochs_beyond:", edit=_set("protocols.hard-label.epochs_beyond", 0)
+    ),
+    Case(
+        "batch_size 0",
+        "protocols.hard-label.batch_size: must be positive",
+        edit=_set("protocols.hard-label.batch_size", 0),
+    ),
+    Case(
+        "soft batch_size table 0",
+        "protocols.soft-label.batch_size:",
+        edit=_set("protocols.soft-label.batch_size", {1: 0}),
+    ),
     Case("lr -1", "protocols.hard-label.lr: must be positive", edit=_set("protocols.hard-label.lr", -1)),
     Case("soft lr 0", "protocols.soft-label.lr: must be positive", edit=_set("protocols.soft-label.lr", 0)),
-    Case("negative weight decay", "protocols.hard-label.weight_decay", edit=_set("protocols.hard-label.weight_decay", -0.1)),
+    Case(
+        "negative weight decay",
+        "protocols.hard-label.weight_decay",
+        edit=_set("protocols.hard-label.weight_decay", -0.1),
+    ),
     Case("cutmix_prob above 1", "protocols.hard-label.cutmix_prob", edit=_set("protocols.hard-label.cutmix_prob", 2)),
-    Case("milestone past the end", "protocols.hard-label.milestones",
-         edit=_set("protocols.hard-label.milestones", [0.5, 1.5])),
+    Case(
+        "milestone past the end",
+        "protocols.hard-label.milestones",
+        edit=_set("protocols.hard-label.milestones", [0.5, 1.5]),
+    ),
     Case("temperature 0", "protocols.soft-label.temperature", edit=_set("protocols.soft-label.temperature", 0)),
-    Case("student option misspelt", "protocols.hard-label.student_kwargs.resnet18: resnet18 does not take",
-         edit=_set("protocols.hard-label.student_kwargs", {"resnet18": {"chanels": [8, 8, 8, 8]}})),
-    Case("house student option misspelt", "protocols.hard-label.student_kwargs.convnet3: convnet3 does not take",
-         edit=_set("protocols.hard-label.student_kwargs", {"convnet3": {"widht": 8}})),
-    Case("student options for no such student", "protocols.soft-label.student_kwargs.convnet: unknown student",
-         edit=_set("protocols.soft-label.student_kwargs", {"convnet": {"width": 8}})),
-    Case("teacher option misspelt", "cross_arch.teachers[1].arch_kwargs: resnetap10 does not take {'widht': 4}: ResNetAP got unexpected options: widht",
-         edit=lambda r: r["cross_arch"]["teachers"][1].update(arch_kwargs={"widht": 4})),
+    Case(
+        "student option misspelt",
+        "protocols.hard-label.student_kwargs.resnet18: resnet18 does not take",
+        edit=_set("protocols.hard-label.student_kwargs", {"resnet18": {"chanels": [8, 8, 8, 8]}}),
+    ),
+    Case(
+        "house student option misspelt",
+        "protocols.hard-label.student_kwargs.convnet3: convnet3 does not take",
+        edit=_set("protocols.hard-label.student_kwargs", {"convnet3": {"widht": 8}}),
+    ),
+    Case(
+        "student options for no such student",
+        "protocols.soft-label.student_kwargs.convnet: unknown student",
+        edit=_set("protocols.soft-label.student_kwargs", {"convnet": {"width": 8}}),
+    ),
+    Case(
+        "teacher option misspelt",
+        "cross_arch.teachers[1].arch_kwargs: resnetap10 does not take {'widht': 4}: "
+        "ResNetAP got unexpected options: widht",
+        edit=lambda r: r["cross_arch"]["teachers"][1].update(arch_kwargs={"widht": 4}),
+    ),
     Case("teacher epochs 0", "teacher.train.epochs: must be positive", edit=_set("teacher.train.epochs", 0)),
     Case("teacher batch_size 0", "teacher.train.batch_size", edit=_set("teacher.train.batch_size", 0)),
     Case("teacher lr -1", "teacher.train.lr: must be positive", edit=_set("teacher.train.lr", -1)),
     Case("teacher recipe lr -1", "teacher.recipe.lr: must be positive", edit=_set("teacher.recipe", {"lr": -1})),
     Case("teacher recipe epochs 0", "teacher.recipe.epochs", edit=_set("teacher.recipe", {"epochs": 0})),
     Case("teacher kind", "teacher.kind", edit=_set("teacher.kind", "magic")),
-    Case("cross-arch teacher epochs -1", "cross_arch.teachers[0].train.epochs",
-         edit=lambda r: r["cross_arch"]["teachers"][0]["train"].update(epochs=-1)),
+    Case(
+        "cross-arch teacher epochs -1",
+        "cross_arch.teachers[0].train.epochs",
+        edit=lambda r: r["cross_arch"]["teachers"][0]["train"].update(epochs=-1),
+    ),
     Case("cross-arch ipc 0", "cross_arch.ipc", edit=_set("cross_arch.ipc", 0)),
     Case("backbone steps 0", "backbone.train.steps: must be positive", edit=_set("backbone.train.steps", 0)),
     Case("backbone lr -1", "backbone.train.lr: must be positive", edit=_set("backbone.train.lr", -1)),
@@ -126,21 +186,41 @@ CASES = [
     Case("full-data patience 0", "full_data.patience: must be at least 1", edit=_set("full_data.patience", 0)),
     Case("full-data lr_drops -1", "full_data.lr_drops", edit=_set("full_data.lr_drops", -1)),
     Case("data format", "data.format", edit=_set("data.format", "csv")),
-    Case("data root missing", "data.root: /nonexistent/fmnist does not exist", edit=_set("data.root", "/nonexistent/fmnist")),
-    Case("data root without the data's files", "data: Fashion-MNIST file train-images-idx3-ubyte[.gz] not found",
-         edit=_set("data.root", "/usr/share")),
-    Case("data root from an unset variable", "data.root: environment variable DDBENCH_UNSET_ROOT is not set",
-         edit=_set("data.root", "${DDBENCH_UNSET_ROOT}/fashion-mnist"), env={"DDBENCH_UNSET_ROOT": None}),
-    Case("class list missing", "data.classes: class list /nonexistent/classes.txt not found",
-         edit=lambda r: r["data"].update(format="imagefolder", classes="/nonexistent/classes.txt")),
+    Case(
+        "data root missing",
+        "data.root: /nonexistent/fmnist does not exist",
+        edit=_set("data.root", "/nonexistent/fmnist"),
+    ),
+    Case(
+        "data root without the data's files",
+        "data: Fashion-MNIST file train-images-idx3-ubyte[.gz] not found",
+        edit=_set("data.root", "/usr/share"),
+    ),
+    Case(
+        "data root from an unset variable",
+        "data.root: environment variable DDBENCH_UNSET_ROOT is not set",
+        edit=_set("data.root", "${DDBENCH_UNSET_ROOT}/fashion-mnist"),
+        env={"DDBENCH_UNSET_ROOT": None},
+    ),
+    Case(
+        "class list missing",
+        "data.classes: class list /nonexistent/classes.txt not found",
+        edit=lambda r: r["data"].update(format="imagefolder", classes="/nonexistent/classes.txt"),
+    ),
     Case("validation eats every image", "data.val_per_class", edit=_set("data.val_per_class", 120)),
     Case("negative image cap", "data.max_train_per_class", edit=_set("data.max_train_per_class", -5)),
-    Case("a profile that is not a mapping", "profiles.quick: expected a mapping",
-         edit=_set("profiles", {"quick": 5}), argv=("--profile", "quick")),
+    Case(
+        "a profile that is not a mapping",
+        "profiles.quick: expected a mapping",
+        edit=_set("profiles", {"quick": 5}),
+        argv=("--profile", "quick"),
+    ),
     # the command line
     Case("--methods ,", "methods: --methods ',' names no method", argv=("--methods", ",")),
     Case("--methods empty", "methods: --methods '' names no method", argv=("--methods", "")),
-    Case("--methods repeated", "methods: --methods names herding more than once", argv=("--methods", "herding,herding")),
+    Case(
+        "--methods repeated", "methods: --methods names herding more than once", argv=("--methods", "herding,herding")
+    ),
     Case("--methods unknown", "methods: --methods names magic", argv=("--methods", "magic")),
     Case("--students ,", "students: no students listed", argv=("--students", ",")),
     Case("--students unknown", "students[0]: unknown student", argv=("--students", "resnet9000")),
@@ -148,14 +228,22 @@ CASES = [
     Case("--ipc -3", "--ipc", argv=("--ipc", "-3")),
     Case("--ipc not an integer", "--ipc", argv=("--ipc", "1.5")),
     Case("--ipc above a class's images", "ipcs: random-real at IPC 101 draws 101", argv=("--ipc", "101")),
-    Case("--ipc above a class's images for rded's crops", "ipcs: rded at IPC 30 draws 120",
-         edit=lambda r: r["methods"].update(rded={}), argv=("--methods", "rded", "--ipc", "30")),
+    Case(
+        "--ipc above a class's images for rded's crops",
+        "ipcs: rded at IPC 30 draws 120",
+        edit=lambda r: r["methods"].update(rded={}),
+        argv=("--methods", "rded", "--ipc", "30"),
+    ),
     Case("--seeds 0", "--seeds", argv=("--seeds", "0")),
     Case("--seeds not an integer", "--seeds", argv=("--seeds", "two")),
     Case("--profile unknown", "profiles.huge: no such profile", argv=("--profile", "huge")),
     Case("--suite unknown", "no such suite file", argv=("--suite", "no-such-suite")),
-    Case("--cross-arch without a section", "cross_arch: --cross-arch needs", edit=lambda r: r.pop("cross_arch"),
-         argv=("--cross-arch",)),
+    Case(
+        "--cross-arch without a section",
+        "cross_arch: --cross-arch needs",
+        edit=lambda r: r.pop("cross_arch"),
+        argv=("--cross-arch",),
+    ),
     Case("--gpu-tflops negative", "--gpu-tflops", argv=("--gpu-tflops", "-1")),
     Case("--compare one method", "methods: --compare 'herding' must name two", argv=("--compare", "herding")),
     Case("--compare unknown", "methods: magic not in the suite", argv=("--compare", "herding,magic")),
@@ -163,40 +251,79 @@ CASES = [
     Case("--gpus 0", "--gpus", argv=("--gpus", "0")),
     Case("unknown flag", "unrecognized arguments: --colour", argv=("--colour", "red")),
     # --search (harness/stages/search.py)
-    Case("--search unknown method", "--search: magic is neither one of the suite's methods", argv=("--search", "magic")),
-    Case("--search-set unknown", "--search-set: magic is not one of the suite's methods",
-         argv=("--search", "soft-label", "--ipc", "1", "--search-set", "magic")),
+    Case(
+        "--search unknown method", "--search: magic is neither one of the suite's methods", argv=("--search", "magic")
+    ),
+    Case(
+        "--search-set unknown",
+        "--search-set: magic is not one of the suite's methods",
+        argv=("--search", "soft-label", "--ipc", "1", "--search-set", "magic"),
+    ),
     Case("--search-set without --search", "--search-set: only with --search", argv=("--search-set", "herding")),
-    Case("protocol per_student unknown field", "protocols.soft-label.per_student: convnet3: lrr is not a field",
-         edit=_set("protocols.soft-label.per_student", {"convnet3": {"lrr": 0.1}})),
+    Case(
+        "protocol per_student unknown field",
+        "protocols.soft-label.per_student: convnet3: lrr is not a field",
+        edit=_set("protocols.soft-label.per_student", {"convnet3": {"lrr": 0.1}}),
+    ),
     Case("--search no method", "--search: ',' names no method", argv=("--search", ",")),
     Case("--search without a space", "--search: herding declares no search space", argv=("--search", "herding")),
     Case("--search at two IPCs", "--ipc: a search tunes at one IPC", argv=("--search", "diffusion")),
-    Case("--search, suite config outside the range", "methods.diffusion.steps: the suite's 3 lies outside",
-         argv=("--search", "diffusion", "--ipc", "1")),
+    Case(
+        "--search, suite config outside the range",
+        "methods.diffusion.steps: the suite's 3 lies outside",
+        argv=("--search", "diffusion", "--ipc", "1"),
+    ),
     Case("--trials 0", "--trials", argv=("--search", "diffusion", "--trials", "0")),
-    Case("--search-student unknown", "--search-student: unknown student",
-         argv=("--search", "diffusion", "--ipc", "1", "--search-student", "resnet9000")),
+    Case(
+        "--search-student unknown",
+        "--search-student: unknown student",
+        argv=("--search", "diffusion", "--ipc", "1", "--search-student", "resnet9000"),
+    ),
     Case("--resume without --search", "--resume: only with --search", argv=("--resume",)),
-    Case("--search with --plan", "--search and --plan: one at a time",
-         edit=_set("methods.diffusion", {"steps": 10}), argv=("--search", "diffusion", "--ipc", "1", "--plan")),
-    Case("--site with --compare", "--site and --compare: one at a time", argv=("--site", "--compare", "herding,diffusion")),
+    Case(
+        "--search with --plan",
+        "--search and --plan: one at a time",
+        edit=_set("methods.diffusion", {"steps": 10}),
+        argv=("--search", "diffusion", "--ipc", "1", "--plan"),
+    ),
+    Case(
+        "--site with --compare",
+        "--site and --compare: one at a time",
+        argv=("--site", "--compare", "herding,diffusion"),
+    ),
     Case("--trials without --search", "--trials: only with --search", argv=("--trials", "5")),
-    Case("--search of a fine-tuning method", "--search: minimax fine-tunes its backbone",
-         edit=_set("methods.minimax", {}), argv=("--search", "minimax", "--ipc", "1")),
-    Case("--search-set a fine-tuning method", "--search-set: minimax fine-tunes its backbone",
-         edit=_set("methods.minimax", {}), argv=("--search", "soft-label", "--ipc", "1", "--search-set", "minimax")),
-    Case("searched: unknown method", "searched.magic: not one of the suite's methods",
-         edit=_set("searched", {"magic": {"config": {}, "trials": 3}})),
-    Case("searched: unknown config field", "searched.diffusion.config",
-         edit=_set("searched", {"diffusion": {"config": {"cfg": 3.0}, "trials": 3}})),
-    Case("profile include missing", "profiles.searched.include[0]:",
-         edit=_set("profiles", {"searched": {"include": ["no-such-fragment.yaml"]}}), argv=("--profile", "searched")),
+    Case(
+        "--search of a fine-tuning method",
+        "--search: minimax fine-tunes its backbone",
+        edit=_set("methods.minimax", {}),
+        argv=("--search", "minimax", "--ipc", "1"),
+    ),
+    Case(
+        "--search-set a fine-tuning method",
+        "--search-set: minimax fine-tunes its backbone",
+        edit=_set("methods.minimax", {}),
+        argv=("--search", "soft-label", "--ipc", "1", "--search-set", "minimax"),
+    ),
+    Case(
+        "searched: unknown method",
+        "searched.magic: not one of the suite's methods",
+        edit=_set("searched", {"magic": {"config": {}, "trials": 3}}),
+    ),
+    Case(
+        "searched: unknown config field",
+        "searched.diffusion.config",
+        edit=_set("searched", {"diffusion": {"config": {"cfg": 3.0}, "trials": 3}}),
+    ),
+    Case(
+        "profile include missing",
+        "profiles.searched.include[0]:",
+        edit=_set("profiles", {"searched": {"include": ["no-such-fragment.yaml"]}}),
+        argv=("--profile", "searched"),
+    ),
     Case("--out is a file", "--out: {store} is a file", argv=("--out", "{store}")),
     Case("--out under a file", "--out: {store}/run is under {store}, which is a file", argv=("--out", "{store}/run")),
     Case("--out unwritable", "--out: cannot write to /proc/ddbench-out", argv=("--out", "/proc/ddbench-out")),
-    Case("--out's results is a file", "--out: {out}/elsewhere/results is a file",
-         argv=("--out", "{out}/elsewhere")),
+    Case("--out's results is a file", "--out: {out}/elsewhere/results is a file", argv=("--out", "{out}/elsewhere")),
 ]
 
 
@@ -282,8 +409,13 @@ def test_the_real_entry_point_gives_one_line_and_exit_2(tmp_path):
     out, store = _prepare_out(tmp_path)
     suite = _write_suite(CASES[0], tmp_path)
     before = _snapshot(out)
-    proc = subprocess.run([sys.executable, "benchmark.py", "--suite", str(suite), "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "benchmark.py", "--suite", str(suite), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"ddbench: error: {suite}: seeds: duplicate key"), lines[0]

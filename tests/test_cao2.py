@@ -1,19 +1,19 @@
 """CaO2: OSS's selection rule, the CLO loss and optimiser on a tiny latent DiT, batched == one image at a time,
 the ablation variants, the `auto` condition, and the paper's settings pinned in the defaults and the suites."""
+
 import dataclasses
 import json
 
 import pytest
 import torch
 
-from harness.models.students import create_student
 from harness.config.loader import load_suite
+from harness.models.generators.sampling import ddim_sample
+from harness.models.students import create_student
 from harness.models.teachers import Teacher, accuracy, save_teacher
 from methods import get_method
 from methods.base import ClassTask, MethodContext
-from harness.models.generators.sampling import ddim_sample
-from methods.cao2 import (CaO2Config, clo_loss, optimise_latents, oss_select, resolve_condition,
-                          selector_scores)
+from methods.cao2 import CaO2Config, clo_loss, optimise_latents, oss_select, resolve_condition, selector_scores
 from tests.factories import tiny_latent_dit, tiny_task, tiny_teacher
 
 
@@ -121,8 +121,14 @@ def test_batched_clo_equals_one_image_at_a_time():
     latents, noise = torch.randn(5, 4, 4, 4, generator=g), torch.randn(5, 4, 4, 4, generator=g)
     ts = torch.randint(1, 251, (100, 5), generator=g)
     batched = optimise_latents(bb, latents, torch.tensor(bb.null_class), noise, ts, 6e-4, 10.0)
-    one_by_one = torch.cat([optimise_latents(bb, latents[i:i + 1], torch.tensor(bb.null_class), noise[i:i + 1],
-                                             ts[:, i:i + 1], 6e-4, 10.0) for i in range(5)])
+    one_by_one = torch.cat(
+        [
+            optimise_latents(
+                bb, latents[i : i + 1], torch.tensor(bb.null_class), noise[i : i + 1], ts[:, i : i + 1], 6e-4, 10.0
+            )
+            for i in range(5)
+        ]
+    )
     torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-6)
     # The method's chunking is only a memory knob.
     whole, single = _method(clo_batch_size=4, iterations=20), _method(clo_batch_size=1, iterations=20)
@@ -147,8 +153,7 @@ def test_cao2_on_tiny_latent_dit_and_vae():
     bb = tiny_latent_dit()
     bank = torch.randn((2 * CaO2Config().pool_factor, *bb.latent_shape), generator=_task(2).generator())
     first = bb.decode(ddim_sample(bb, bank[:2], _task(2).condition, 3, 2.7))
-    torch.testing.assert_close(_method("cao2-clo-only", iterations=0).distill_class(_task(2)), first,
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(_method("cao2-clo-only", iterations=0).distill_class(_task(2)), first, rtol=0, atol=1e-6)
     # Grey suites get grey images at their size, as from `diffusion`.
     grey = ClassTask(label=1, key="c1", ipc=2, seed=0, real=None, num_classes=10, image_size=6, channels=1)
     assert _method(iterations=2).distill_class(grey).shape == (2, 1, 6, 6)
@@ -164,24 +169,25 @@ def test_ablation_variants_share_their_draws():
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
     prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
     ids = {n: method_identity(suite, prepared, n) for n in ("cao2", "cao2-oss-only", "cao2-clo-only", "diffusion")}
-    assert len({h for _, h, _ in ids.values()}) == 4           # four different sets …
-    assert ids["cao2"][2] == ids["cao2-oss-only"][2] == ids["cao2-clo-only"][2]   # … three from one seed key
+    assert len({h for _, h, _ in ids.values()}) == 4  # four different sets …
+    assert ids["cao2"][2] == ids["cao2-oss-only"][2] == ids["cao2-clo-only"][2]  # … three from one seed key
     assert ids["diffusion"][2] == f"diffusion/{ids['diffusion'][1]}"
     other = SimpleNamespace(backbone_hash="b2", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
-    assert method_identity(suite, other, "cao2")[2] != ids["cao2"][2]   # a new backbone draws anew
+    assert method_identity(suite, other, "cao2")[2] != ids["cao2"][2]  # a new backbone draws anew
 
 
 def test_auto_condition_reads_the_teachers_validation_accuracy():
     auto = CaO2Config()
-    assert resolve_condition(auto, 0.98) == "class"    # ImageNette-like: easy
-    assert resolve_condition(auto, 0.90) == "null"     # ImageWoof-like: hard
+    assert resolve_condition(auto, 0.98) == "class"  # ImageNette-like: easy
+    assert resolve_condition(auto, 0.90) == "null"  # ImageWoof-like: hard
     assert resolve_condition(CaO2Config(condition="class"), None) == "class"
     with pytest.raises(ValueError, match="validation accuracy"):
         resolve_condition(auto, None)
     assert "teacher_val_accuracy" in get_method("cao2").needs_for(auto)
     assert "teacher_val_accuracy" not in get_method("cao2").needs_for(CaO2Config(condition="null"))
     assert "teacher_val_accuracy" not in get_method("cao2-oss-only").needs_for(
-        get_method("cao2-oss-only").default_config())
+        get_method("cao2-oss-only").default_config()
+    )
     assert "teacher_val_accuracy" not in get_method("diffusion").needs_for(get_method("diffusion").Config())
 
 
@@ -196,8 +202,19 @@ def test_prepare_measures_the_teacher_on_the_validation_split(tiny_suite, tiny_r
     assert acc == pytest.approx(expected)
     (cached,) = (tmp_path / "cache").glob("teacher-val-*.json")
     assert json.loads(cached.read_text())["accuracy"] == acc
-    prepared = Prepared(tiny_real.classes, tiny_suite.backbone, "", "", list(range(10)), tiny_suite.teacher,
-                        str(tmp_path / "t.pt"), "h", None, None, acc)
+    prepared = Prepared(
+        tiny_real.classes,
+        tiny_suite.backbone,
+        "",
+        "",
+        list(range(10)),
+        tiny_suite.teacher,
+        str(tmp_path / "t.pt"),
+        "h",
+        None,
+        None,
+        acc,
+    )
     # A worker's context for `cao2` (condition auto) gets the teacher and its validation accuracy from it.
     context = prepared.provide(MethodContext(backbone=tiny_latent_dit()), get_method("cao2").needs_for(CaO2Config()))
     assert context.teacher_val_accuracy == acc and isinstance(context.teacher, Teacher)
@@ -209,9 +226,13 @@ def test_prepare_measures_the_teacher_on_the_validation_split(tiny_suite, tiny_r
 # null for ImageWoof, ImageNet-1k and the ImageNet-100 script; the true class for ImageNette), T̂ (IN-100: T/8,
 # sample_imagenet100.py l.136) and the IPC from which the least confident come first (IN-100: every IPC, l.124
 # `descending=False`; the others: §3.4's switch at high IPC). Every script samples its pool with DDPM.
-SETTINGS = {"imagenet": (4, "null", 0.25, 50), "imagewoof": (4, "null", 0.25, 50),
-            "imagenette": (2, "class", 0.25, 50), "imagenet-100": (2, "null", 0.125, 1),
-            "imageidc": (2, "auto", 0.25, 50)}
+SETTINGS = {
+    "imagenet": (4, "null", 0.25, 50),
+    "imagewoof": (4, "null", 0.25, 50),
+    "imagenette": (2, "class", 0.25, 50),
+    "imagenet-100": (2, "null", 0.125, 1),
+    "imageidc": (2, "auto", 0.25, 50),
+}
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))

@@ -1,6 +1,7 @@
 """The cluster path against a real `ray start --head` that this file starts and stops (own port, own temp dir, token
 auth on): a run attaches through RAY_ADDRESS with no --address, and through --address, with a relative --out;
 a refused token and an address where nothing listens end in one line and exit 2 within seconds."""
+
 import json
 import os
 import secrets
@@ -61,9 +62,23 @@ def head():
     port, token, mark = _free_port(), secrets.token_hex(32), uuid.uuid4().hex
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, MARK: mark}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp / 'ray'}",
-                             "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=false"],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--temp-dir={temp / 'ray'}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            "--include-dashboard=false",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         recorded, deadline = temp / "ray" / "ray_current_cluster", time.time() + 90
         while not recorded.exists() and time.time() < deadline and proc.poll() is None:
@@ -103,8 +118,14 @@ def _driver_env(**extra) -> dict:
 
 def _run(args, cwd, env, timeout=240):
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmark.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done, time.perf_counter() - t0
 
 
@@ -116,8 +137,11 @@ def test_ray_address_without_flag_attaches_with_token_and_relative_out(head, sma
     """The `ray submit` situation: a cluster exists and the run names none itself; only the token is in the
     environment (Ray would not turn token auth on for it); `--out` is relative to the driver's directory, not the
     workers' (theirs is where `ray start` ran)."""
-    done, _ = _run(["--suite", str(small_suite), "--out", "runs", "--no-check"], first_out.parent,
-                   _driver_env(RAY_ADDRESS=head["address"], RAY_AUTH_TOKEN=head["token"]))
+    done, _ = _run(
+        ["--suite", str(small_suite), "--out", "runs", "--no-check"],
+        first_out.parent,
+        _driver_env(RAY_ADDRESS=head["address"], RAY_AUTH_TOKEN=head["token"]),
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert f"attached to {head['address']} (RAY_ADDRESS)" in done.stdout
     out = first_out
@@ -133,8 +157,11 @@ def test_address_flag_attaches(head, small_suite, first_out, tmp_path):
     this short: the workers read the sets from the absolute --out)."""
     run_dir = tmp_path / "elsewhere"
     shutil.copytree(first_out, run_dir / "out", ignore=shutil.ignore_patterns("results"))
-    done, _ = _run(["--suite", str(small_suite), "--out", "out", "--no-check", "--address", head["address"]],
-                   run_dir, _driver_env(RAY_AUTH_TOKEN=head["token"]))
+    done, _ = _run(
+        ["--suite", str(small_suite), "--out", "out", "--no-check", "--address", head["address"]],
+        run_dir,
+        _driver_env(RAY_AUTH_TOKEN=head["token"]),
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert f"attached to {head['address']} (--address)" in done.stdout
     assert "2 trials, 2 to run" in done.stdout
@@ -142,8 +169,11 @@ def test_address_flag_attaches(head, small_suite, first_out, tmp_path):
 
 
 def test_refused_token_is_one_line_and_exit_2(head, small_suite, tmp_path):
-    done, _ = _run(["--suite", str(small_suite), "--out", "runs", "--address", head["address"]], tmp_path,
-                   _driver_env(RAY_AUTH_TOKEN=secrets.token_hex(32)))
+    done, _ = _run(
+        ["--suite", str(small_suite), "--out", "runs", "--address", head["address"]],
+        tmp_path,
+        _driver_env(RAY_AUTH_TOKEN=secrets.token_hex(32)),
+    )
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "refused this client's token" in done.stderr, done.stderr
     assert not (tmp_path / "runs").exists()  # nothing computed, nothing written
@@ -197,9 +227,24 @@ def test_killed_driver_takes_its_local_cluster_along(first_out, small_suite, tmp
     out = tmp_path / "out"
     if (first_out / "cache").is_dir():  # prepared by the first test: straight to the shards
         shutil.copytree(first_out / "cache", out / "cache")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmark.py"), "--suite", str(small_suite), "--out",
-                             str(out), "--no-check", "--address", "local"], cwd=tmp_path, env=_driver_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "benchmark.py"),
+            "--suite",
+            str(small_suite),
+            "--out",
+            str(out),
+            "--no-check",
+            "--address",
+            "local",
+        ],
+        cwd=tmp_path,
+        env=_driver_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         for line in proc.stdout:  # the actors exist once their progress bar is drawn
             if "shards on" in line:

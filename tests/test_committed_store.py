@@ -1,18 +1,19 @@
 """The committed fashion-mnist result store stays current: every row's keys are the ones today's code computes
 for the `leaderboard` profile, so a refactor that changed a set's hash or a protocol's identity (and would
 silently retire the published board) fails here."""
+
 import json
 from pathlib import Path
 
 import pytest
 
+from harness.config.loader import load_suite
+from harness.core.identity import FULL_DATA
 from harness.models.data import load_real_data
 from harness.stages.distill import plan
 from harness.stages.evaluate import full_data_protocol
 from harness.stages.fine_tune import fine_tune_backbones
-from harness.core.identity import FULL_DATA
 from harness.stages.prepare import prepare
-from harness.config.loader import load_suite
 
 STORE = Path(__file__).resolve().parent.parent / "leaderboard" / "results" / "fashion-mnist.jsonl"
 # (config hash, seed key) of every set on the published board, as the harness computed them before its
@@ -51,8 +52,10 @@ AWAITING_ROWS: set[str] = set()
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
 # (below their teacher), and the ResNets' soft-label rows under RDED's lr and τ, before their searched recipes.
-SUPERSEDED_RECIPES = {("e58e3b24a080", student) for student in ("convnet3", "resnetap10", "resnet18")} | \
-    {("f3b821ef047f", "resnetap10"), ("f3b821ef047f", "resnet18")}
+SUPERSEDED_RECIPES = {("e58e3b24a080", student) for student in ("convnet3", "resnetap10", "resnet18")} | {
+    ("f3b821ef047f", "resnetap10"),
+    ("f3b821ef047f", "resnet18"),
+}
 # Rows of sets a method's revision replaced (`Method.revision`), as (method, config hash).
 SUPERSEDED_SETS = {("patch-selection-teacher-cluster", "f1762f9538c0")}
 
@@ -68,26 +71,32 @@ def test_every_committed_row_is_current(committed_rows, tmp_path_factory):
     # The committed backbone and teacher (weights/fashion-mnist/) are found, not trained; no backbone check.
     out = tmp_path_factory.mktemp("out")
     # A fine-tuning method's sets are keyed by its fine-tuned backbone's key, which needs no training to compute.
-    prepared = fine_tune_backbones(suite, real, prepare(suite, real, out, check=False), out, list(suite.methods),
-                                   make=False)
+    prepared = fine_tune_backbones(
+        suite, real, prepare(suite, real, out, check=False), out, list(suite.methods), make=False
+    )
     jobs = plan(suite, prepared, Path("unused"), list(suite.methods), [1])
     assert {job.method: (job.config_hash, job.seed_key) for job in jobs if job.method in BOARD_SETS} == BOARD_SETS
     sets = {(job.method, job.config_hash) for job in jobs}
     for name in suite.searched:  # the configs a search chose, each its own set beside the suite's
-        (job,) = plan(suite.with_method_config(name, suite.searched_config(name)), prepared, Path("unused"),
-                      [name], [1])
+        (job,) = plan(
+            suite.with_method_config(name, suite.searched_config(name)), prepared, Path("unused"), [name], [1]
+        )
         sets.add((name, job.config_hash))
     sets.add((FULL_DATA, real.train.fingerprint()[:12]))
     full = full_data_protocol(suite)
     assert len(committed_rows) >= 381
     stale = []
     for r in committed_rows:
-        if r.get("kind") == "search" or (r["protocol_hash"], r["student"]) in SUPERSEDED_RECIPES \
-                or (r["method"], r.get("config_hash")) in SUPERSEDED_SETS:
+        if (
+            r.get("kind") == "search"
+            or (r["protocol_hash"], r["student"]) in SUPERSEDED_RECIPES
+            or (r["method"], r.get("config_hash")) in SUPERSEDED_SETS
+        ):
             continue
         recipe = suite.protocols.get(r["protocol"])
-        identity = full.identity() if r["method"] == FULL_DATA else \
-            recipe and recipe.for_student(r["student"]).identity()
+        identity = (
+            full.identity() if r["method"] == FULL_DATA else recipe and recipe.for_student(r["student"]).identity()
+        )
         if (r["method"], r["config_hash"]) not in sets or r["protocol_hash"] != identity:
             stale.append((r["method"], r["config_hash"], r["protocol"], r["protocol_hash"]))
     assert not stale, f"{len(stale)} committed rows are no longer current, e.g. {stale[:3]}"
@@ -103,19 +112,35 @@ def test_the_published_convnet3_board_is_complete(committed_rows, tmp_path_facto
     real = load_real_data(suite.data)
     out = tmp_path_factory.mktemp("out")
     # A fine-tuning method's sets are keyed by its fine-tuned backbone's key, which needs no training to compute.
-    prepared = fine_tune_backbones(suite, real, prepare(suite, real, out, check=False), out, list(suite.methods),
-                                   make=False)
-    stored = {(r["method"], r["config_hash"], r["ipc"], r["student"], r["protocol"], r["protocol_hash"], r["seed"])
-              for r in committed_rows}
-    wanted = {(job.method, job.config_hash, ipc, "convnet3", name, protocol.for_student("convnet3").identity(), seed)
-              for job in plan(suite, prepared, Path("unused"), list(suite.methods), [1])
-              for ipc in suite.ipcs for name, protocol in suite.protocols.items() for seed in range(suite.seeds)}
+    prepared = fine_tune_backbones(
+        suite, real, prepare(suite, real, out, check=False), out, list(suite.methods), make=False
+    )
+    stored = {
+        (r["method"], r["config_hash"], r["ipc"], r["student"], r["protocol"], r["protocol_hash"], r["seed"])
+        for r in committed_rows
+    }
+    wanted = {
+        (job.method, job.config_hash, ipc, "convnet3", name, protocol.for_student("convnet3").identity(), seed)
+        for job in plan(suite, prepared, Path("unused"), list(suite.methods), [1])
+        for ipc in suite.ipcs
+        for name, protocol in suite.protocols.items()
+        for seed in range(suite.seeds)
+    }
     assert len(wanted) == len(suite.methods) * 3 * 3 * 3
     for method in AWAITING_ROWS:  # all or nothing: a half-run method is not awaiting, it is missing rows
         if not any(w[0] == method and w in stored for w in wanted):
             wanted = {w for w in wanted if w[0] != method}
-    wanted.add((FULL_DATA, real.train.fingerprint()[:12], 0, "convnet3", full_data_protocol(suite).name,
-                full_data_protocol(suite).identity(), 0))
+    wanted.add(
+        (
+            FULL_DATA,
+            real.train.fingerprint()[:12],
+            0,
+            "convnet3",
+            full_data_protocol(suite).name,
+            full_data_protocol(suite).identity(),
+            0,
+        )
+    )
     missing = sorted(wanted - stored)
     assert AWAITING_ROWS <= set(suite.methods)
     assert not missing, f"{len(missing)} missing, e.g. {missing[:3]}"
@@ -127,7 +152,15 @@ def test_the_resnets_soft_label_rows_were_re_measured_under_their_searched_recip
     is in the store again under the new one, so the board lost no ResNet soft-label cell."""
     current = load_suite("fashion-mnist", "leaderboard").protocols["soft-label"].for_student(student).identity()
     assert ("f3b821ef047f", student) in SUPERSEDED_RECIPES and current != "f3b821ef047f"
-    settings = lambda recipe: {(r["method"], r["config_hash"], r["ipc"], r["seed"]) for r in committed_rows  # noqa: E731
-                               if r.get("kind") != "search" and r["student"] == student
-                               and r["protocol"] == "soft-label" and r["protocol_hash"] == recipe}
+
+    def settings(recipe):
+        return {
+            (r["method"], r["config_hash"], r["ipc"], r["seed"])
+            for r in committed_rows
+            if r.get("kind") != "search"
+            and r["student"] == student
+            and r["protocol"] == "soft-label"
+            and r["protocol_hash"] == recipe
+        }
+
     assert len(settings("f3b821ef047f")) == 45 and settings("f3b821ef047f") <= settings(current)

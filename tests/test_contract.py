@@ -3,6 +3,7 @@ tests for free: on a tiny setting it makes exactly IPC images per class (after i
 makes one), float in [0, 1], of the suite's
 channels and size; the same task gives the same images; its config defaults are the values its module
 docstring cites under "Defaults"; what it declares it needs is what the harness can provide."""
+
 import ast
 import dataclasses
 import re
@@ -14,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from harness.stages.distill import method_identity
 from harness.config.loader import load_suite
+from harness.stages.distill import method_identity
 from methods import get_method, list_methods
 from methods.base import NEEDS, MethodContext
 from tests.factories import real_task, tiny_latent_dit, tiny_teacher
@@ -41,8 +42,13 @@ def documented_defaults(cls) -> dict:
 @pytest.fixture(scope="module")
 def context():
     teacher = tiny_teacher()
-    return MethodContext(torch.device("cpu"), backbone=tiny_latent_dit(), teacher=teacher, relabel_teacher=teacher,
-                         teacher_val_accuracy=0.9)
+    return MethodContext(
+        torch.device("cpu"),
+        backbone=tiny_latent_dit(),
+        teacher=teacher,
+        relabel_teacher=teacher,
+        teacher_val_accuracy=0.9,
+    )
 
 
 def _tasks(tiny_real, seed):
@@ -61,8 +67,9 @@ def test_defaults_are_the_documented_ones(name):
 
 
 # Stand-in model hashes for computing sets' keys without preparing any model.
-PREPARED = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=0.9,
-                           fine_tuned={})
+PREPARED = SimpleNamespace(
+    backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=0.9, fine_tuned={}
+)
 SUITE_FILES = sorted((Path(__file__).resolve().parent.parent / "benchmarks").glob("*.yaml"))
 
 
@@ -84,7 +91,7 @@ def test_declarations_are_ones_the_harness_can_meet(name, suites):
     for field in cls.search_space:
         assert hasattr(config, field), f"{name}: search_space names {field}, not a config field"
     shared = cls.seed_identity(config)
-    if cls.family and cls.paired_switches:   # a paired variant draws its family's draws, whatever else it reads
+    if cls.family and cls.paired_switches:  # a paired variant draws its family's draws, whatever else it reads
         assert shared == get_method(cls.family).seed_identity(get_method(cls.family).default_config())
         for suite in suites:
             if name in suite.methods and cls.family in suite.methods:
@@ -118,8 +125,10 @@ def test_makes_ipc_images_per_class_deterministically(name, context, tiny_real):
     again = [cls(config, context).distill_class(t) for t in tasks]
     if cls.selects_across_classes(config):  # candidates first, then the choice across classes keeps IPC of each
         assert all(len(c) == cls.candidates_per_class(config, IPC) for c in first)
-        first, again = ([c[k] for c, k in zip(made, cls(config, context).select_across_classes(tasks, made))]
-                        for made in (first, again))
+        first, again = (
+            [c[k] for c, k in zip(made, cls(config, context).select_across_classes(tasks, made))]
+            for made in (first, again)
+        )
     for images, repeat in zip(first, again):
         assert images.shape == (IPC, tiny_real.channels, tiny_real.image_size, tiny_real.image_size)
         assert images.dtype == torch.float32

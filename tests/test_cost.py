@@ -1,5 +1,6 @@
 """Cost accounting of a shard: its own peak memory (not the actor's lifetime maximum), the method's named
 stages, and the machine — in shard.json and summed into the manifest."""
+
 import dataclasses
 import json
 import resource
@@ -10,11 +11,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from harness.core.sets import Manifest
 from harness.runtime import resources
 from harness.runtime.resources import ShardPeakMemory
 from harness.stages.distill import DistillJob, ShardWorker, write_manifest
 from harness.stages.prepare import Prepared
-from harness.core.sets import Manifest
 from methods import list_methods, register_method
 from methods.base import Method
 
@@ -28,6 +29,7 @@ class HogConfig:
 
 class MemoryHog(Method):
     """Class 0 holds a large tensor for a moment; every class reports two named stages."""
+
     name = "test-memory-hog"
     Config = HogConfig
     needs = frozenset()
@@ -60,8 +62,18 @@ def _clear_refs_writable() -> bool:
 
 @pytest.fixture()
 def worker_and_job(tmp_path, tiny_suite, tiny_real):
-    prepared = Prepared(list(tiny_real.classes), tiny_suite.backbone, "", "", list(range(len(tiny_real.classes))),
-                        tiny_suite.teacher, "", "", None, None)
+    prepared = Prepared(
+        list(tiny_real.classes),
+        tiny_suite.backbone,
+        "",
+        "",
+        list(range(len(tiny_real.classes))),
+        tiny_suite.teacher,
+        "",
+        "",
+        None,
+        None,
+    )
     suite = dataclasses.replace(tiny_suite, methods={**tiny_suite.methods, MemoryHog.name: HogConfig(HOG_MIB)})
     worker = ShardWorker(suite, prepared, "cpu", real=tiny_real)
     job = DistillJob(MemoryHog.name, {"mib": HOG_MIB}, "h", 2, tmp_path / "set")

@@ -1,5 +1,6 @@
 """D4M: the prototypes are the mini-batch k-means centres of the class's latents, each starts an img2img sample;
 end to end on the tiny latent DiT + VAE; the reference's defaults pinned, and each suite's settings."""
+
 import dataclasses
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 import torch
 from sklearn.cluster import MiniBatchKMeans
 
-from harness.models.generators.sampling import img2img
 from harness.config.loader import load_suite
+from harness.models.generators.sampling import img2img
 from methods import get_method
 from methods.base import MethodContext
 from methods.d4m import D4MConfig, kmeans_prototypes
@@ -20,15 +21,16 @@ def _task(ipc, seed=5, n_real=24, label=3, channels=3, size=8):
 
 
 def _method(**overrides):
-    return get_method("d4m")(dataclasses.replace(D4MConfig(), **{"steps": 4, **overrides}),
-                             MethodContext(backbone=tiny_latent_dit()))
+    return get_method("d4m")(
+        dataclasses.replace(D4MConfig(), **{"steps": 4, **overrides}), MethodContext(backbone=tiny_latent_dit())
+    )
 
 
 def test_defaults_are_the_references():
     cfg = D4MConfig()
     # gen_syn_image_imgnt.sh: --guidance_scale 8 --strength 0.7; the img2img pipeline's 50 inference steps.
     assert (cfg.strength, cfg.cfg_scale, cfg.steps) == (0.7, 8.0, 50)
-    assert cfg.kmeans_batch_size == 1024   # sklearn's default for fit
+    assert cfg.kmeans_batch_size == 1024  # sklearn's default for fit
     with pytest.raises(ValueError, match="strength"):
         D4MConfig(strength=1.2)
 
@@ -69,8 +71,9 @@ def test_each_prototype_starts_an_img2img_sample():
     expected = img2img(method.backbone, task.condition, noise, 0.7, 8.0, 4, latents=method.prototypes(task))
     torch.testing.assert_close(out, expected)
     # At strength 0 the distilled images are the decoded prototypes themselves.
-    torch.testing.assert_close(_method(strength=0.0).distill_class(task),
-                               method.backbone.decode(method.prototypes(task)))
+    torch.testing.assert_close(
+        _method(strength=0.0).distill_class(task), method.backbone.decode(method.prototypes(task))
+    )
 
 
 def test_d4m_end_to_end_is_deterministic_per_seed():

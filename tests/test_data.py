@@ -1,4 +1,5 @@
 """Real data: the idx reader, the Fashion-MNIST loader and the validation split."""
+
 import gzip
 import struct
 

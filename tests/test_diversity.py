@@ -1,5 +1,6 @@
 """Diversity and fidelity measures: behaviour on synthetic features, the torchmetrics/prdc path, small sets
 reported as such, the cache beside a set, and the extractor choice."""
+
 import json
 
 import numpy as np
@@ -10,15 +11,15 @@ import torch
 import torchmetrics.image.fid
 import torchmetrics.image.kid
 
-from harness.models import measures
-from harness.stages import diversity
-from harness.core.sets import save_images
-from harness.models.measures import DiversityConfig, DiversityError, check_config, measures_from_features
-from harness.stages.diversity import DiversityMeter
-from harness.models.students import create_student
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
+from harness.core.sets import save_images
+from harness.models import measures
+from harness.models.measures import DiversityConfig, DiversityError, check_config, measures_from_features
+from harness.models.students import create_student
 from harness.models.teachers import Teacher
+from harness.stages import diversity
+from harness.stages.diversity import DiversityMeter
 
 
 def _clusters(n_per_class: int, classes: int = 4, dim: int = 8, seed: int = 0):
@@ -37,12 +38,12 @@ def test_identical_sets_are_perfect():
 
 def test_copies_of_one_image_have_fidelity_but_no_diversity():
     real, labels = _clusters(100)
-    honest, honest_labels = _clusters(10, seed=1)     # a fresh sample of the same distribution
-    copies = real[:1].repeat(len(honest), 1)          # one real image, 40 times
+    honest, honest_labels = _clusters(10, seed=1)  # a fresh sample of the same distribution
+    copies = real[:1].repeat(len(honest), 1)  # one real image, 40 times
     cfg = DiversityConfig()
     good = measures_from_features(real, labels, honest, honest_labels, cfg)
     bad = measures_from_features(real, labels, copies, honest_labels, cfg)
-    assert bad["precision"] == 1.0                    # every copy is a real image...
+    assert bad["precision"] == 1.0  # every copy is a real image...
     assert bad["recall"] == 0.0 and bad["coverage"] < 0.25  # ...but they cover one point of the data
     assert good["recall"] > 0.5 and good["coverage"] > 2 * bad["coverage"]
     assert bad["fid"] > good["fid"] and bad["kid"] > good["kid"]
@@ -52,7 +53,11 @@ def test_copies_of_one_image_have_fidelity_but_no_diversity():
 
 def test_measures_come_from_torchmetrics_and_prdc(monkeypatch):
     calls = {"fid": 0, "kid": 0, "prdc": []}
-    fid_impl, kid_impl, prdc_impl = torchmetrics.image.fid._compute_fid, torchmetrics.image.kid.poly_mmd, prdc.compute_prdc
+    fid_impl, kid_impl, prdc_impl = (
+        torchmetrics.image.fid._compute_fid,
+        torchmetrics.image.kid.poly_mmd,
+        prdc.compute_prdc,
+    )
 
     def fid_spy(*a, **k):
         calls["fid"] += 1
@@ -106,16 +111,21 @@ def test_large_sets_are_subsampled_for_the_knn_measures_only():
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, tiny_suite):
-    with pytest.raises(DiversityError, match=r"^diversity\.extractor: unknown extractor 'clip' \(known: teacher, "
-                                             r"inception\)$"):
+    with pytest.raises(
+        DiversityError,
+        match=r"^diversity\.extractor: unknown extractor 'clip' \(known: teacher, "
+        r"inception\)$",
+    ):
         check_config(DiversityConfig(extractor="clip"))
     with pytest.raises(DiversityError, match=r"^diversity\.nearest_k: must be at least 1"):
         check_config(DiversityConfig(nearest_k=0))
     with pytest.raises(SuiteError, match=r"tiny-suite\.yaml: diversity\.extractor: unknown extractor 'clip'"):
         load_suite(tiny_suite.source, overrides={"diversity": {"extractor": "clip"}})
     with pytest.raises(SuiteError, match=r"diversity\.inception_weights: .* is not a file"):
-        load_suite(tiny_suite.source, overrides={"diversity": {"extractor": "inception",
-                                                             "inception_weights": str(tmp_path / "none.pth")}})
+        load_suite(
+            tiny_suite.source,
+            overrides={"diversity": {"extractor": "inception", "inception_weights": str(tmp_path / "none.pth")}},
+        )
 
 
 @pytest.fixture()
@@ -157,8 +167,13 @@ def test_results_are_cached_beside_the_set(disk_set, tiny_real, tmp_path, monkey
     extracted = []
     extract = diversity.extract
     monkeypatch.setattr(diversity, "extract", lambda *a, **k: extracted.append(a[2]) or extract(*a, **k))
-    other = DiversityMeter(DiversityConfig(real_per_class=30, kid_subsets=10, real_draws=3, nearest_k=3),
-                           tiny_real, lambda: teacher, "teacher-hash", cache).measure(disk_set)
+    other = DiversityMeter(
+        DiversityConfig(real_per_class=30, kid_subsets=10, real_draws=3, nearest_k=3),
+        tiny_real,
+        lambda: teacher,
+        "teacher-hash",
+        cache,
+    ).measure(disk_set)
     assert extracted == [30] and other["nearest_k"] == 3  # the set only
     assert len(json.loads((disk_set / "diversity.json").read_text())) == 2
     # Another teacher is another extractor identity: nothing of the first is reused.

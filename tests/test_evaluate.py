@@ -1,4 +1,5 @@
 """The hard-label loop's pieces, and a real (tiny) training run on real data."""
+
 import torch
 
 from harness.models.augment import augment, cutmix
@@ -9,8 +10,17 @@ from harness.models.training import train_student
 def test_reference_recipe_defaults():
     cfg = HardLabel()
     # Minimax argument.py ipc_epoch, which CaO2 and IMS3 evaluate with.
-    assert [cfg.epochs_for(i) for i in (1, 2, 10, 20, 50, 100, 200, 500, 1000)] == \
-        [3000, 2000, 2000, 1500, 1500, 1000, 1000, 500, 300]
+    assert [cfg.epochs_for(i) for i in (1, 2, 10, 20, 50, 100, 200, 500, 1000)] == [
+        3000,
+        2000,
+        2000,
+        1500,
+        1500,
+        1000,
+        1000,
+        500,
+        300,
+    ]
     assert cfg.cutmix_prob == 1.0
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (0.01, 0.9, 5e-4, 64)
     assert cfg.milestones == [2 / 3, 5 / 6] and cfg.gamma == 0.2 and cfg.cutmix_beta == 1.0
@@ -32,12 +42,30 @@ def test_student_learns_from_real_images(tiny_real):
     train, test = tiny_real.train, tiny_real.test
     cfg = HardLabel(epochs={100: 15}, student_kwargs={"convnet3": {"width": 16}})
     idx = torch.cat([train.indices_of(c)[:20] for c in range(10)])
-    result = train_student("convnet3", train.load(idx), train.labels[idx], test.load(torch.arange(2000)),
-                           test.labels[:2000], 10, 20, cfg, seed=0)
+    result = train_student(
+        "convnet3",
+        train.load(idx),
+        train.labels[idx],
+        test.load(torch.arange(2000)),
+        test.labels[:2000],
+        10,
+        20,
+        cfg,
+        seed=0,
+    )
     assert result["epochs"] == 15
     assert result["accuracy"] > 0.5  # chance is 0.1
-    again = train_student("convnet3", train.load(idx), train.labels[idx], test.load(torch.arange(2000)),
-                          test.labels[:2000], 10, 20, cfg, seed=0)
+    again = train_student(
+        "convnet3",
+        train.load(idx),
+        train.labels[idx],
+        test.load(torch.arange(2000)),
+        test.labels[:2000],
+        10,
+        20,
+        cfg,
+        seed=0,
+    )
     assert again["accuracy"] == result["accuracy"]
 
 
@@ -65,8 +93,8 @@ def test_shuffle_patches_permutes_strips():
     for a, b in zip(x, out):
         assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)
         # 2×2 blocks of 2×2 pixels move whole: each output block is some input block.
-        blocks = {a[:, r:r + 2, c:c + 2].flatten().tolist().__str__() for r in (0, 2) for c in (0, 2)}
-        assert all(b[:, r:r + 2, c:c + 2].flatten().tolist().__str__() in blocks for r in (0, 2) for c in (0, 2))
+        blocks = {a[:, r : r + 2, c : c + 2].flatten().tolist().__str__() for r in (0, 2) for c in (0, 2)}
+        assert all(b[:, r : r + 2, c : c + 2].flatten().tolist().__str__() in blocks for r in (0, 2) for c in (0, 2))
 
 
 def test_soft_label_loss_is_kl_of_softened_outputs():
@@ -91,15 +119,27 @@ def test_soft_label_student_learns_from_a_teacher(tiny_real):
     torch.manual_seed(0)
     opt = torch.optim.Adam(teacher_net.parameters(), 3e-3)
     data = train.load(torch.arange(len(train))).float().div(255)
-    for step in range(150):
+    for _ in range(150):
         b = torch.randint(0, len(data), (128,))
         loss = torch.nn.functional.cross_entropy(teacher_net((data[b] - 0.3) / 0.35), train.labels[b])
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     teacher = Teacher(teacher_net, 28, 1, [0.3], [0.35])
     cfg = SoftLabel(epochs={100: 15}, student_kwargs={"convnet3": {"width": 16}})
     # Passed as IPC 1 so that RDED's batch size for it (10) gives enough steps in 15 epochs.
-    result = train_student("convnet3", train.load(idx), train.labels[idx], test.load(torch.arange(2000)),
-                           test.labels[:2000], 10, 1, cfg, seed=0, teacher=teacher)
+    result = train_student(
+        "convnet3",
+        train.load(idx),
+        train.labels[idx],
+        test.load(torch.arange(2000)),
+        test.labels[:2000],
+        10,
+        1,
+        cfg,
+        seed=0,
+        teacher=teacher,
+    )
     assert result["epochs"] == 15 and result["accuracy"] > 0.5
 
 
@@ -133,8 +173,10 @@ def test_seeds_trained_together_are_the_seeds_trained_alone(tiny_real, monkeypat
     data = _small_set(tiny_real)
     kwargs = {"resnet18": {"channels": [4, 4, 8, 8]}}  # batch norm: running stats must follow each seed
     teacher = create_student("convnet3", 10, 1, 28, width=4).eval()
-    for cfg in (HardLabel(epochs={5: 2}, batch_size=16, student_kwargs=kwargs),
-                SoftLabel(epochs={5: 2}, student_kwargs=kwargs)):
+    for cfg in (
+        HardLabel(epochs={5: 2}, batch_size=16, student_kwargs=kwargs),
+        SoftLabel(epochs={5: 2}, student_kwargs=kwargs),
+    ):
         alone, (w_alone,) = _trained_weights(monkeypatch, False, [1], cfg, data, teacher)
         loop, w_loop = _trained_weights(monkeypatch, False, [0, 1], cfg, data, teacher)
         vec, w_vec = _trained_weights(monkeypatch, True, [0, 1], cfg, data, teacher)
@@ -157,10 +199,19 @@ def test_data_parallel_through_ray_train_matches_one_process(tiny_real, ray_clus
     for c, key in enumerate(tiny_real.classes):
         (set_dir / key).mkdir(parents=True)
         from PIL import Image
+
         for i, img in enumerate(images[labels == c]):
             Image.fromarray(img[0].numpy()).save(set_dir / key / f"{i}.png")
     trial = EvalTrial("tiny", "random-real", "h", 5, str(set_dir), "convnet3", "hard-label", "p", 0, 0.0, 0)
-    (row,) = run_group_distributed([trial], cfg, tiny_real.classes, 1, (test_images, test_labels), 2, False,
-                                   storage_path=str(tmp_path / "ray_train"))
+    (row,) = run_group_distributed(
+        [trial],
+        cfg,
+        tiny_real.classes,
+        1,
+        (test_images, test_labels),
+        2,
+        False,
+        storage_path=str(tmp_path / "ray_train"),
+    )
     assert row["seed"] == 0 and row["kind"] == "measured"
     assert abs(row["accuracy"] - one[0]["accuracy"]) <= 0.02

@@ -1,6 +1,7 @@
 """Faults a long run meets, on a real local Ray cluster: a generation actor killed mid-run (its shard is
 retried on a new actor), damaged outputs and caches (verified, and only what is damaged is redone), and two
 runs on one output folder (the second waits; every result is stored once)."""
+
 import dataclasses
 import hashlib
 import json
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.config.loader import load_suite
+from harness.core.identity import ROW_KEY_FIELDS as KEY_FIELDS
+from harness.core.sets import shard_damage
+from harness.core.store import ResultStore
 from harness.pipeline import Run
 from harness.stages.distill import ShardWorker, distill, plan
 from harness.stages.prepare import Prepared
-from harness.core.sets import shard_damage
-from harness.core.identity import ROW_KEY_FIELDS as KEY_FIELDS
-from harness.core.store import ResultStore
-from harness.config.loader import load_suite
 from tests.factories import tiny_suite_raw, write_suite
 from tests.kill_once import KillOnce, KillOnceConfig
 
@@ -26,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _stub_prepared(suite, real) -> Prepared:
-    return Prepared(list(real.classes), suite.backbone, "", "", list(range(len(real.classes))), suite.teacher,
-                    "", "", None, None)
+    return Prepared(
+        list(real.classes), suite.backbone, "", "", list(range(len(real.classes))), suite.teacher, "", "", None, None
+    )
 
 
 def test_a_killed_actor_is_replaced_and_its_shard_retried(tmp_path, ray_cluster, tiny_suite, tiny_real, capsys):
@@ -45,8 +47,10 @@ def test_a_killed_actor_is_replaced_and_its_shard_retried(tmp_path, ray_cluster,
     worker = ShardWorker(suite, prepared, "cpu", real=tiny_real)
     for label in range(len(tiny_real.classes)):
         worker.run_shard(undisturbed, label)
-    sets = {name: {p.relative_to(tmp_path / name): p.read_bytes() for p in sorted((tmp_path / name).rglob("*.png"))}
-            for name in ("disturbed", "undisturbed")}
+    sets = {
+        name: {p.relative_to(tmp_path / name): p.read_bytes() for p in sorted((tmp_path / name).rglob("*.png"))}
+        for name in ("disturbed", "undisturbed")
+    }
     assert len(sets["disturbed"]) == 2 * len(tiny_real.classes)
     assert sets["disturbed"] == sets["undisturbed"]
 
@@ -74,8 +78,9 @@ def small(tmp_path_factory, ray_cluster, tiny_real):
 
 
 def _files(folder: Path) -> dict:
-    return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_damaged_sets_are_verified_and_only_the_damage_redone(small, tmp_path, tiny_real, capsys):
@@ -90,8 +95,8 @@ def test_damaged_sets_are_verified_and_only_the_damage_redone(small, tmp_path, t
     originals = {p: p.read_bytes() for p in (deleted, truncated, torn)}
     before = _files(out / "distilled")
     deleted.unlink()
-    truncated.write_bytes(originals[truncated][:len(originals[truncated]) // 2])
-    torn.write_bytes(originals[torn][:len(originals[torn]) // 2])
+    truncated.write_bytes(originals[truncated][: len(originals[truncated]) // 2])
+    torn.write_bytes(originals[torn][: len(originals[torn]) // 2])
     # What killed writes of the diversity caches leave behind.
     temps = [diffusion_set / ".diversity.json.tmp-999999", out / "cache" / ".diversity-real-x.pt.tmp-999999"]
     for temp in temps:
@@ -100,8 +105,10 @@ def test_damaged_sets_are_verified_and_only_the_damage_redone(small, tmp_path, t
     Run(suite, list(suite.methods), out, tiny_real).board()
     log = capsys.readouterr().out
     assert f"random-real IPC 1 at {real_set} is damaged; redoing class {tiny_real.classes[2]} (missing 0000.png)" in log
-    assert (f"diffusion IPC 1 at {diffusion_set} is damaged; redoing class {tiny_real.classes[5]} (0000.png does not "
-            f"match its checksum); rewriting manifest.json (unreadable manifest.json)") in log
+    assert (
+        f"diffusion IPC 1 at {diffusion_set} is damaged; redoing class {tiny_real.classes[5]} (0000.png does not "
+        f"match its checksum); rewriting manifest.json (unreadable manifest.json)"
+    ) in log
     assert "2 shards to make" in log and "0 to run" in log and "0 to measure" in log
     after = _files(out / "distilled")
     assert after.keys() == before.keys()
@@ -133,7 +140,7 @@ def test_checksums_are_recorded_and_old_sets_checked_by_decoding(small, tmp_path
     (old / "shard.json").write_text(json.dumps({k: v for k, v in record.items() if k != "sha256"}))
     assert shard_damage(old) is None
     data = (old / "0000.png").read_bytes()
-    (old / "0000.png").write_bytes(data[:len(data) - 20])
+    (old / "0000.png").write_bytes(data[: len(data) - 20])
     assert shard_damage(old) == "0000.png does not decode"
     (old / "0000.png").unlink()
     assert shard_damage(old) == "missing 0000.png"
@@ -197,10 +204,20 @@ def test_two_runs_on_one_out_store_each_result_once(small, tmp_path):
     out = tmp_path / "out"
     for folder in ("cache", "distilled"):  # the prepared models and the sets: evaluation is what remains
         shutil.copytree(first / folder, out / folder)
-    command = [sys.executable, "benchmark.py", "--suite", str(first.parent / "small.yaml"), "--out", str(out),
-               "--methods", "random-real"]
-    procs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    command = [
+        sys.executable,
+        "benchmark.py",
+        "--suite",
+        str(first.parent / "small.yaml"),
+        "--out",
+        str(out),
+        "--methods",
+        "random-real",
+    ]
+    procs = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     waited = [log for log in logs if "[lock]" in log]

@@ -1,6 +1,7 @@
 """The fine-tuning family: DiffFit's trainable set, Minimax's memory bank and criteria, IMS3's inversion matching
 (its gradient goes through the inversion) and S3's greedy choice, the pinned defaults, the suites, and the
 fine-tuned backbone as a prepared artefact (Ray Train, killed and resumed, cached) end to end on the tiny suite."""
+
 import dataclasses
 import json
 import os
@@ -12,19 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.config.loader import load_suite
+from harness.core.identity import identity_fields
+from harness.core.sets import load_set
 from harness.models.generators.difffit import GAMMA, add_difffit, difffit_state, load_difffit_state
 from harness.stages.distill import distill, plan
 from harness.stages.fine_tune import fine_tune_backbones, fine_tune_schedule, train_fine_tune
-from harness.core.identity import identity_fields
 from harness.stages.prepare import prepare
-from harness.core.sets import load_set
-from harness.config.loader import load_suite
 from methods import get_method
 from methods.fine_tuning import ddim_inversion, diffusion_loss
 from methods.ims3 import IMS3Config, brute_force_subgroups, cosine_loss, greedy_subgroups
 from methods.minimax import MemoryBank, MinimaxConfig, MinimaxObjective, cosine_matrix
-from tests.fine_tune_kill import family_suite
 from tests.factories import tiny_latent_dit, tiny_teacher
+from tests.fine_tune_kill import family_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,17 +87,25 @@ def test_minimax_criteria_use_the_memories_before_the_batch_joins_them():
     cfg = MinimaxConfig(memory_size=4)
     objective = MinimaxObjective(cfg)
     g = torch.Generator().manual_seed(0)
-    x0, pred, classes = torch.randn(4, 2, 3, 3, generator=g), torch.randn(4, 2, 3, 3, generator=g), torch.tensor([0, 0, 1, 1])
+    x0, pred, classes = (
+        torch.randn(4, 2, 3, 3, generator=g),
+        torch.randn(4, 2, 3, 3, generator=g),
+        torch.tensor([0, 0, 1, 1]),
+    )
     pos, neg = objective.criteria(x0, pred, classes)  # no class has a memory yet: no criteria
     assert float(pos) == float(neg) == 0.0 and len(objective.real_memory) == 2
     x0b, predb = torch.randn(3, 2, 3, 3, generator=g), torch.randn(3, 2, 3, 3, generator=g)
     pos, neg = objective.criteria(x0b, predb, torch.tensor([1, 1, 0]))
     # Per class: 1 − the least cosine to the real memory, the greatest cosine to the generated memory, each
     # weighted and divided by the classes in the batch (train_dit.py l.255-268).
-    want_pos = sum((1 - cosine_matrix(predb[m], x0[k]).min()) * 0.002 / 2
-                   for m, k in ((torch.tensor([2]), [0, 1]), (torch.tensor([0, 1]), [2, 3])))
-    want_neg = sum(cosine_matrix(predb[m], pred[k]).max() * 0.008 / 2
-                   for m, k in ((torch.tensor([2]), [0, 1]), (torch.tensor([0, 1]), [2, 3])))
+    want_pos = sum(
+        (1 - cosine_matrix(predb[m], x0[k]).min()) * 0.002 / 2
+        for m, k in ((torch.tensor([2]), [0, 1]), (torch.tensor([0, 1]), [2, 3]))
+    )
+    want_neg = sum(
+        cosine_matrix(predb[m], pred[k]).max() * 0.008 / 2
+        for m, k in ((torch.tensor([2]), [0, 1]), (torch.tensor([0, 1]), [2, 3]))
+    )
     torch.testing.assert_close(pos, want_pos)
     torch.testing.assert_close(neg, want_neg)
     assert torch.equal(objective.real_memory.get(1), torch.cat([x0[2:], x0b[:2]]))  # then the batch joins
@@ -110,7 +119,14 @@ def test_defaults_are_the_references():
     assert (m.cfg_scale, m.steps, m.sampler, m.checkpoint_every, m.max_steps) == (4.0, 50, "ddpm", 500, None)
     i = IMS3Config()
     assert (i.im_weight, i.groups, i.real_weight, i.separation_weight) == (0.002, 5, 0.4, 0.9)
-    assert (i.epochs, i.fine_tune_batch_size, i.lr, i.cfg_scale, i.steps, i.inversion_steps) == (8, 8, 1e-3, 4.0, 50, 50)
+    assert (i.epochs, i.fine_tune_batch_size, i.lr, i.cfg_scale, i.steps, i.inversion_steps) == (
+        8,
+        8,
+        1e-3,
+        4.0,
+        50,
+        50,
+    )
     assert get_method("ims3-im-only").default_config().groups == 1
     assert not get_method("ims3-s3-only").default_config().fine_tune
     assert get_method("ims3-s3-only").fine_tuning(get_method("ims3-s3-only").default_config()) is None
@@ -157,8 +173,10 @@ def test_s3_greedy_choice_equals_brute_force_on_tiny_cases():
     assert greedy_subgroups(centroids, real, a, b) == brute_force_subgroups(centroids, real, a, b) != [0, 0]
 
 
-SETTINGS = {"minimax": {"lambda_pos": 0.002, "lambda_neg": 0.008, "memory_size": 64},
-            "ims3": {"im_weight": 0.002, "groups": 5, "real_weight": 0.4, "separation_weight": 0.9}}
+SETTINGS = {
+    "minimax": {"lambda_pos": 0.002, "lambda_neg": 0.008, "memory_size": 64},
+    "ims3": {"im_weight": 0.002, "groups": 5, "real_weight": 0.4, "separation_weight": 0.9},
+}
 
 
 @pytest.mark.parametrize("name", ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"])
@@ -166,11 +184,20 @@ def test_imagenet_family_lists_the_family_with_the_papers_settings(name):
     suite = load_suite(name, check_files=False)
     for method in ("minimax", "ims3", "ims3-im-only", "ims3-s3-only"):
         cfg = suite.method_config(method)
-        assert (cfg.epochs, cfg.fine_tune_batch_size, cfg.lr, cfg.cfg_scale, cfg.steps, cfg.sampler,
-                cfg.max_steps) == (8, 8, 1e-3, 4.0, 50, "ddpm", None)
+        assert (cfg.epochs, cfg.fine_tune_batch_size, cfg.lr, cfg.cfg_scale, cfg.steps, cfg.sampler, cfg.max_steps) == (
+            8,
+            8,
+            1e-3,
+            4.0,
+            50,
+            "ddpm",
+            None,
+        )
         family = "minimax" if method == "minimax" else "ims3"
         assert {k: getattr(cfg, k) for k in SETTINGS[family]} == {
-            **SETTINGS[family], **({"groups": 1} if method == "ims3-im-only" else {})}
+            **SETTINGS[family],
+            **({"groups": 1} if method == "ims3-im-only" else {}),
+        }
 
 
 def test_fashion_mnist_lists_the_family_at_scaled_budgets():
@@ -190,8 +217,9 @@ def test_papers_settings_end_to_end_on_a_tiny_latent_dit(tiny_real, tmp_path):
         cls = get_method(method)
         cfg = dataclasses.replace(suite.method_config(method), max_steps=2, steps=2, checkpoint_every=1)
         bb = tiny_latent_dit()
-        result = train_fine_tune(bb, tiny_real, list(range(10)), method, cfg, cls.fine_tuning(cfg),
-                                 tmp_path / method, progress=False)
+        result = train_fine_tune(
+            bb, tiny_real, list(range(10)), method, cfg, cls.fine_tuning(cfg), tmp_path / method, progress=False
+        )
         trained, cost = result
         assert cost["steps"] == 2 and cost["seconds"] > 0 and cost["peak_memory_bytes"] > 0
         base = tiny_latent_dit()
@@ -203,13 +231,16 @@ def test_papers_settings_end_to_end_on_a_tiny_latent_dit(tiny_real, tmp_path):
 
     cfg = dataclasses.replace(suite.method_config("ims3"), steps=2, groups=3, centroid_real=4)
     method = get_method("ims3")(cfg, MethodContext(backbone=bb, teacher=tiny_teacher()))
-    tasks = [ClassTask(c, f"c{c}", 2, 7 + c, torch.randint(0, 255, (6, 3, 8, 8), dtype=torch.uint8), 3, 8, 3)
-             for c in range(3)]
+    tasks = [
+        ClassTask(c, f"c{c}", 2, 7 + c, torch.randint(0, 255, (6, 3, 8, 8), dtype=torch.uint8), 3, 8, 3)
+        for c in range(3)
+    ]
     candidates = [method.distill_class(t) for t in tasks]
     assert all(c.shape == (6, 3, 8, 8) for c in candidates)
     kept = method.select_across_classes(tasks, candidates)
-    assert all(len(k) == 2 and int(k[0]) % 2 == 0 and torch.equal(k, torch.arange(int(k[0]), int(k[0]) + 2))
-               for k in kept)
+    assert all(
+        len(k) == 2 and int(k[0]) % 2 == 0 and torch.equal(k, torch.arange(int(k[0]), int(k[0]) + 2)) for k in kept
+    )
     assert method.stage_seconds["s3"] > 0
 
 
@@ -217,8 +248,16 @@ def _straight(prepared, real, suite, tmp_path):
     """What the killing Minimax's fine-tune makes uninterrupted: Minimax's objective, its settings."""
     cfg = suite.method_config("test-killing-minimax")
     plain = MinimaxConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(MinimaxConfig)})
-    trained, _ = train_fine_tune(prepared.load_backbone(), real, prepared.conditions, "minimax", plain,
-                                 get_method("minimax").fine_tuning(plain), tmp_path / "straight", progress=False)
+    trained, _ = train_fine_tune(
+        prepared.load_backbone(),
+        real,
+        prepared.conditions,
+        "minimax",
+        plain,
+        get_method("minimax").fine_tuning(plain),
+        tmp_path / "straight",
+        progress=False,
+    )
     return trained
 
 
@@ -226,15 +265,27 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_fine_tune_killed_resumes_from_its_checkpoint_is_cached_and_sampled(tiny_suite, tiny_real, tmp_path,
-                                                                           ray_cluster, capsys):
+def test_fine_tune_killed_resumes_from_its_checkpoint_is_cached_and_sampled(
+    tiny_suite, tiny_real, tmp_path, ray_cluster, capsys
+):
     out, marker = tmp_path / "out", tmp_path / "killed"
     suite = family_suite(tiny_suite, str(marker))
     # A process of its own prepares the suite and fine-tunes; the objective kills it at step 3, after the
     # checkpoint of step 2, as a preempted node or the OOM killer would.
-    killed = subprocess.run([sys.executable, "-c", "import sys; from tests.fine_tune_kill import fine_tune_until_killed; "
-                             "fine_tune_until_killed(sys.argv[1], sys.argv[2])", str(out), str(marker)],
-                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tests.fine_tune_kill import fine_tune_until_killed; "
+            "fine_tune_until_killed(sys.argv[1], sys.argv[2])",
+            str(out),
+            str(marker),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL and marker.exists(), killed.stderr[-2000:]
     work = next((out / "cache").glob("finetuned-*-work"))
     assert torch.load(work / "checkpoint.pt", weights_only=False)["step"] == 2
@@ -258,8 +309,10 @@ def test_fine_tune_killed_resumes_from_its_checkpoint_is_cached_and_sampled(tiny
     assert check["samples"] == suite.backbone.check_per_class * len(tiny_real.classes) and 0 <= check["agreement"] <= 1
     tuned = again
 
-    manifests = {m.method: m for m in distill(suite, tiny_real, tuned, plan(suite, tuned, out, list(suite.methods),
-                                                                               [2]), lambda: None)}
+    manifests = {
+        m.method: m
+        for m in distill(suite, tiny_real, tuned, plan(suite, tuned, out, list(suite.methods), [2]), lambda: None)
+    }
     assert manifests["ims3"].fine_tune["hash"] == tuned.fine_tuned["ims3"]["hash"]
     assert manifests["ims3"].fine_tune["check"] == check
     assert manifests["ims3-s3-only"].fine_tune is None and manifests["ims3"].fine_tune["seconds"] > 0
@@ -270,8 +323,10 @@ def test_fine_tune_killed_resumes_from_its_checkpoint_is_cached_and_sampled(tiny
     ims3 = manifests["ims3"]
     candidates = load_set(f"{ims3.path}-candidates", classes, 1)[0].view(len(classes), 4, 1, 28, 28)
     chosen = images["ims3"].view(len(classes), 2, 1, 28, 28)
-    assert all(torch.equal(chosen[c], candidates[c, :2]) or torch.equal(chosen[c], candidates[c, 2:])
-               for c in range(len(classes)))
+    assert all(
+        torch.equal(chosen[c], candidates[c, :2]) or torch.equal(chosen[c], candidates[c, 2:])
+        for c in range(len(classes))
+    )
     assert torch.equal(images["ims3-im-only"].view(len(classes), 2, 1, 28, 28), candidates[:, :2])
     shard = json.loads((Path(ims3.path) / classes[0] / "shard.json").read_text())
     assert shard["stage_seconds"]["s3"] > 0 and shard["candidates"] == 4 and shard["images"] == 2
@@ -282,7 +337,7 @@ def test_fine_tune_through_ray_train_resumes_after_its_worker_is_killed(tiny_sui
     out, marker = tmp_path / "out", tmp_path / "killed"
     suite = family_suite(tiny_suite, str(marker))
     prepared = prepare(suite, tiny_real, out, check=False)
-    with pytest.raises(Exception):  # Ray Train's worker killed itself at step 3, after its step-2 checkpoint
+    with pytest.raises(Exception):  # noqa: B017 (Ray Train's error type varies) Ray Train's worker killed itself at step 3, after its step-2 checkpoint
         fine_tune_backbones(suite, tiny_real, prepared, out, ["test-killing-minimax"], connect=lambda: None)
     assert marker.exists()
     tuned = fine_tune_backbones(suite, tiny_real, prepared, out, ["test-killing-minimax"], connect=lambda: None)

@@ -1,18 +1,25 @@
 """Generators and teacher sources are registered plug-ins: the registries find every kind, a suite naming an
 unknown one fails in the one line it always did, and no module outside the registering classes names a kind."""
+
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from harness.config.schema import BENCHMARKS_DIR, SuiteError, TeacherConfig
 from harness.config.loader import load_suite
+from harness.config.schema import BENCHMARKS_DIR, SuiteError, TeacherConfig
 from harness.models.generators import generator_for, get_generator, list_generators
 from harness.models.generators.pixel_dit import PixelDiTGenerator
 from harness.models.generators.pretrained_dit import DiTGenerator
-from harness.models.teacher_sources import (CheckpointTeacher, RecipeTeacher, TimmTeacher, TrainedTeacher,
-                                            list_teacher_kinds, teacher_source)
+from harness.models.teacher_sources import (
+    CheckpointTeacher,
+    RecipeTeacher,
+    TimmTeacher,
+    TrainedTeacher,
+    list_teacher_kinds,
+    teacher_source,
+)
 from harness.models.teachers import TorchvisionRecipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,10 +31,12 @@ def test_the_registries_find_every_kind():
     with pytest.raises(KeyError, match="unknown generator 'magic'; known: dit, pixel-dit"):
         get_generator("magic")
     assert list_teacher_kinds() == ["trained", "timm"]
-    for config, source in ((TeacherConfig("trained"), TrainedTeacher),
-                           (TeacherConfig("trained", weights="observer.pth"), CheckpointTeacher),
-                           (TeacherConfig("trained", recipe=TorchvisionRecipe()), RecipeTeacher),
-                           (TeacherConfig("timm", arch="resnet18", weights="resnet18.tv_in1k"), TimmTeacher)):
+    for config, source in (
+        (TeacherConfig("trained"), TrainedTeacher),
+        (TeacherConfig("trained", weights="observer.pth"), CheckpointTeacher),
+        (TeacherConfig("trained", recipe=TorchvisionRecipe()), RecipeTeacher),
+        (TeacherConfig("timm", arch="resnet18", weights="resnet18.tv_in1k"), TimmTeacher),
+    ):
         assert type(teacher_source(config)) is source
     with pytest.raises(KeyError, match="unknown teacher kind 'magic'"):
         teacher_source(TeacherConfig("magic"))
@@ -54,15 +63,22 @@ def _load(tmp_path, mutate):
     return str(err.value).removeprefix(f"{path}: ")
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda r: r["backbone"].update(kind="magic"), "backbone.kind: must be pixel-dit or dit, got 'magic'"),
-    (lambda r: r["backbone"].update(kind="dit"),
-     "backbone.pretrained: required for kind dit: a hub id or a local directory"),
-    (lambda r: r["backbone"]["train"].update(heads=3), "backbone.train.heads: must divide width 128, got 3"),
-    (lambda r: r["teacher"].update(kind="magic"), "teacher.kind: must be trained or timm, got 'magic'"),
-    (lambda r: r["teacher"].update(kind="timm", recipe={}),
-     "teacher.recipe: only a teacher of kind trained is trained with a recipe"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["backbone"].update(kind="magic"), "backbone.kind: must be pixel-dit or dit, got 'magic'"),
+        (
+            lambda r: r["backbone"].update(kind="dit"),
+            "backbone.pretrained: required for kind dit: a hub id or a local directory",
+        ),
+        (lambda r: r["backbone"]["train"].update(heads=3), "backbone.train.heads: must divide width 128, got 3"),
+        (lambda r: r["teacher"].update(kind="magic"), "teacher.kind: must be trained or timm, got 'magic'"),
+        (
+            lambda r: r["teacher"].update(kind="timm", recipe={}),
+            "teacher.recipe: only a teacher of kind trained is trained with a recipe",
+        ),
+    ],
+)
 def test_a_kinds_mistake_is_the_one_line_it_was(tmp_path, mutate, message):
     assert _load(tmp_path, mutate) == message
 
@@ -78,7 +94,10 @@ def test_kinds_are_named_only_where_they_register():
     for path in sorted((ROOT / "harness").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
         for i, line in enumerate(path.read_text().splitlines(), 1):
-            if kinds.search(line) and not re.fullmatch(r'\s*kind = "[\w-]+"', line) and \
-                    NOT_A_KIND.get(rel, "\0") not in line:
+            if (
+                kinds.search(line)
+                and not re.fullmatch(r'\s*kind = "[\w-]+"', line)
+                and NOT_A_KIND.get(rel, "\0") not in line
+            ):
                 found.append(f"{rel}:{i}: {line.strip()}")
     assert not found, found

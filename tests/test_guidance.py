@@ -3,6 +3,7 @@
 The references are re-derived here from facebookresearch/DiT (models.py `forward_with_cfg`, diffusion/respace.py,
 diffusion/gaussian_diffusion.py), on the raw output of a tiny random diffusers DiT shaped like DiT-XL/2 (4 latent
 channels, learn_sigma: 8 outputs), and compared with what ddbench computes."""
+
 import dataclasses
 
 import numpy as np
@@ -10,15 +11,21 @@ import pytest
 import torch
 import yaml
 
-from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone, save_dit_backbone
-from harness.models.generators.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer
-from harness.models.generators.sampling import (ddim_sample, ddpm_sample, ddpm_step, img2img, respaced_schedule,
-                                        respaced_timesteps)
-from harness.stages.prepare import Prepared, PrepareError, backbone_check, guided_channels, prepare_backbone
 from harness.config.loader import load_suite
 from harness.config.schema import BackboneConfig, SuiteError, TeacherConfig
-from methods import get_method, list_methods
 from harness.core.identity import identity_fields as config_identity
+from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone, save_dit_backbone
+from harness.models.generators.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer
+from harness.models.generators.sampling import (
+    ddim_sample,
+    ddpm_sample,
+    ddpm_step,
+    img2img,
+    respaced_schedule,
+    respaced_timesteps,
+)
+from harness.stages.prepare import Prepared, PrepareError, backbone_check, guided_channels, prepare_backbone
+from methods import get_method, list_methods
 from methods.base import ClassTask, MethodContext
 from methods.diffusion import DiffusionConfig
 from tests.factories import tiny_latent_dit, tiny_teacher, tiny_vae
@@ -32,6 +39,7 @@ def dit_backbone(guided: int | None = DIT_GUIDED_CHANNELS) -> DiTBackbone:
 
 
 # ---- the references, re-derived from DiT's code ----
+
 
 def dit_forward_with_cfg(transformer, x, t, y, cfg_scale, guided=3):
     """models.py l.250-266 over the raw transformer: `x` holds the batch twice, `y` the labels then the null
@@ -87,6 +95,7 @@ class DiTSpacedDiffusion:
     def p_sample(self, model_output, x, i, noise):
         """p_mean_variance with LEARNED_RANGE and EPSILON (l.254-332), clip_denoised=False, then p_sample
         (l.376-417)."""
+
         def at(a):
             return torch.tensor(a[i], dtype=torch.float64).float()
 
@@ -102,6 +111,7 @@ class DiTSpacedDiffusion:
 
 # ---- guidance ----
 
+
 def test_guidance_is_dits_forward_with_cfg():
     bb = dit_backbone()
     assert bb.guided_channels == 3 and bb.learned_variance
@@ -109,8 +119,13 @@ def test_guidance_is_dits_forward_with_cfg():
     x, labels, scale = torch.randn(3, 4, 4, 4, generator=g), torch.tensor([1, 5, 7]), 4.0
     for t in (torch.tensor(999), torch.tensor(250)):
         with torch.no_grad():
-            reference = dit_forward_with_cfg(bb.transformer, torch.cat([x, x]), t.expand(6), torch.cat(
-                [labels, torch.full((3,), bb.null_class)]), scale)[:3]
+            reference = dit_forward_with_cfg(
+                bb.transformer,
+                torch.cat([x, x]),
+                t.expand(6),
+                torch.cat([labels, torch.full((3,), bb.null_class)]),
+                scale,
+            )[:3]
             guided = bb.guided_output(x, t, labels, scale)
             cond = bb.output(x, t, labels)
         torch.testing.assert_close(guided, reference, rtol=1e-6, atol=1e-6)
@@ -124,9 +139,14 @@ def test_guiding_every_channel_is_dits_standard_alternative():
     bb = dit_backbone(guided=4)
     x, t, labels = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1)), torch.tensor(500), 3
     with torch.no_grad():
-        reference = dit_forward_with_cfg(bb.transformer, torch.cat([x, x]), t.expand(4),
-                                         torch.tensor([3, 3, 10, 10]), 2.5,
-                                         guided=bb.transformer.config.in_channels)[:2]
+        reference = dit_forward_with_cfg(
+            bb.transformer,
+            torch.cat([x, x]),
+            t.expand(4),
+            torch.tensor([3, 3, 10, 10]),
+            2.5,
+            guided=bb.transformer.config.in_channels,
+        )[:2]
         torch.testing.assert_close(bb.guided_output(x, t, labels, 2.5), reference, rtol=1e-6, atol=1e-6)
         # The same scale is stronger guidance than DiT's: the fourth channel moves too.
         assert not torch.allclose(bb.eps_cfg(x, t, labels, 2.5)[:, 3], dit_backbone().eps_cfg(x, t, labels, 2.5)[:, 3])
@@ -138,8 +158,11 @@ def test_pixel_dit_guidance_is_bit_for_bit_what_it_was():
     """The fashion-mnist sets were made with every channel guided: null + s·(cond − null) of the noise."""
     torch.manual_seed(0)
     cfg = PixelDiTConfig(sample_size=8, patch_size=4, width=16, depth=1, heads=2)
-    bb = DiTBackbone(build_transformer(cfg, 1, 3), build_scheduler(),
-                     guided_channels=guided_channels(BackboneConfig(kind="pixel-dit")))
+    bb = DiTBackbone(
+        build_transformer(cfg, 1, 3),
+        build_scheduler(),
+        guided_channels=guided_channels(BackboneConfig(kind="pixel-dit")),
+    )
     assert bb.guided_channels == 1 and not bb.learned_variance
     x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor(600)
     with torch.no_grad():
@@ -156,6 +179,7 @@ def test_the_kind_decides_the_default():
 
 class SpyBackbone(DiTBackbone):
     """Records the scale of every guided call."""
+
     def __init__(self):
         tiny = tiny_latent_dit()
         super().__init__(tiny.transformer, tiny.scheduler, tiny.vae, guided_channels=DIT_GUIDED_CHANNELS)
@@ -182,9 +206,15 @@ def test_every_guided_sampler_goes_through_the_one_guided_function():
     assert bb.scales == [1.5] * 4
 
 
-@pytest.mark.parametrize("name", [n for n in list_methods() if "backbone" in get_method(n).needs
-                                  and any(f.name.startswith("cfg_scale") for f in
-                                          dataclasses.fields(get_method(n).Config))])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in list_methods()
+        if "backbone" in get_method(n).needs
+        and any(f.name.startswith("cfg_scale") for f in dataclasses.fields(get_method(n).Config))
+    ],
+)
 def test_every_guided_method_goes_through_the_one_guided_function(name):
     cls = get_method(name)
     cheap = {"steps": 4, "iterations": 2, "bo_init": 2, "bo_iterations": 1}
@@ -193,12 +223,14 @@ def test_every_guided_method_goes_through_the_one_guided_function(name):
     bb = SpyBackbone()
     method = cls(config, MethodContext(backbone=bb, teacher=tiny_teacher(), teacher_val_accuracy=0.9))
     real = torch.randint(0, 256, (12, 3, 8, 8), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
-    method.distill_class(ClassTask(label=3, key="c3", ipc=2, seed=7, real=real, num_classes=10, image_size=8,
-                                   channels=3))
+    method.distill_class(
+        ClassTask(label=3, key="c3", ipc=2, seed=7, real=real, num_classes=10, image_size=8, channels=3)
+    )
     assert bb.scales and any(s != 1.0 for s in bb.scales), f"{name} sampled without the guided function"
 
 
 # ---- DiT's sampler: respaced DDPM with learned variance ----
+
 
 @pytest.mark.parametrize("steps", [1, 4, 25, 50, 100, 250, 1000])
 def test_respaced_timesteps_are_dits(steps):
@@ -211,11 +243,14 @@ def test_respaced_schedule_is_dits():
     bb, reference = dit_backbone(), DiTSpacedDiffusion(50)
     schedule = respaced_schedule(bb.betas, 50)
     assert schedule.timesteps == reference.timestep_map
-    for ours, theirs in [(schedule.betas, reference.betas), (schedule.alphas_cumprod, reference.alphas_cumprod),
-                         (schedule.posterior_variance, reference.posterior_variance),
-                         (schedule.posterior_log_variance_clipped, reference.posterior_log_variance_clipped),
-                         (schedule.posterior_mean_coef1, reference.coef1),
-                         (schedule.posterior_mean_coef2, reference.coef2)]:
+    for ours, theirs in [
+        (schedule.betas, reference.betas),
+        (schedule.alphas_cumprod, reference.alphas_cumprod),
+        (schedule.posterior_variance, reference.posterior_variance),
+        (schedule.posterior_log_variance_clipped, reference.posterior_log_variance_clipped),
+        (schedule.posterior_mean_coef1, reference.coef1),
+        (schedule.posterior_mean_coef2, reference.coef2),
+    ]:
         # diffusers draws the linear betas in float32, DiT in float64: equal to ~1e-7 relative
         np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-6, atol=0)
 
@@ -225,12 +260,17 @@ def test_one_ddpm_step_is_dits_p_sample(i):
     bb, reference = dit_backbone(), DiTSpacedDiffusion(50)
     schedule = respaced_schedule(bb.betas, 50)
     g = torch.Generator().manual_seed(10 + i)
-    x, noise, labels, scale = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g), \
-        torch.tensor([0, 4, 9]), 4.0
+    x, noise, labels, scale = (
+        torch.randn(3, 4, 4, 4, generator=g),
+        torch.randn(3, 4, 4, 4, generator=g),
+        torch.tensor([0, 4, 9]),
+        4.0,
+    )
     t = torch.tensor([reference.timestep_map[i]] * 6)  # the wrapped model is told the original timestep
     with torch.no_grad():
-        out = dit_forward_with_cfg(bb.transformer, torch.cat([x, x]), t,
-                                   torch.cat([labels, torch.full((3,), bb.null_class)]), scale)[:3]
+        out = dit_forward_with_cfg(
+            bb.transformer, torch.cat([x, x]), t, torch.cat([labels, torch.full((3,), bb.null_class)]), scale
+        )[:3]
         expected = reference.p_sample(out, x, i, noise)
         ours = ddpm_step(bb, schedule, x, i, labels, scale, noise)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
@@ -273,10 +313,12 @@ def test_the_diffusion_method_samples_with_either_sampler():
 
 # ---- identities: new settings enter a hash only when set away from their defaults ----
 
+
 def test_the_sampler_enters_a_sets_identity_only_when_set():
     assert "sampler" not in config_identity(DiffusionConfig())
-    assert config_identity(DiffusionConfig()) == {k: v for k, v in dataclasses.asdict(DiffusionConfig()).items()
-                                                  if k != "sampler"}
+    assert config_identity(DiffusionConfig()) == {
+        k: v for k, v in dataclasses.asdict(DiffusionConfig()).items() if k != "sampler"
+    }
     assert config_identity(DiffusionConfig(sampler="ddpm"))["sampler"] == "ddpm"
 
 
@@ -291,10 +333,17 @@ def _tiny_dit_folder(tmp_path):
 
 def _dit_suite(tmp_path, **backbone):
     suite = tmp_path / "s.yaml"
-    suite.write_text(yaml.safe_dump({
-        "name": "s", "data": {"format": "idx", "root": str(tmp_path)},
-        "backbone": {"kind": "dit", "pretrained": str(tmp_path / "dit"), **backbone},
-        "teacher": {"kind": "trained"}, "methods": {"diffusion": {"sampler": "ddpm"}}}))
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "data": {"format": "idx", "root": str(tmp_path)},
+                "backbone": {"kind": "dit", "pretrained": str(tmp_path / "dit"), **backbone},
+                "teacher": {"kind": "trained"},
+                "methods": {"diffusion": {"sampler": "ddpm"}},
+            }
+        )
+    )
     return load_suite(str(suite), check_files=False)
 
 
@@ -308,8 +357,12 @@ def test_a_pretrained_dit_loads_the_suites_vae_and_dits_guidance(tmp_path):
     for p, q in zip(bb.vae.parameters(), vae.parameters()):
         assert torch.equal(p, q)
     # Guiding every channel is another backbone identity, so another set; so is another VAE.
-    assert prepare_backbone(_dit_suite(tmp_path, vae=str(tmp_path / "vae-mse"), guided_channels=4), None,
-                            tmp_path / "out")[1] != h
+    assert (
+        prepare_backbone(
+            _dit_suite(tmp_path, vae=str(tmp_path / "vae-mse"), guided_channels=4), None, tmp_path / "out"
+        )[1]
+        != h
+    )
     assert prepare_backbone(_dit_suite(tmp_path, vae="subfolder"), None, tmp_path / "out")[1] != h
     with pytest.raises(PrepareError, match="backbone.guided_channels"):
         prepare_backbone(_dit_suite(tmp_path, guided_channels=5), None, tmp_path / "out")
@@ -331,18 +384,43 @@ def test_a_pixel_dits_identity_changes_only_when_guidance_is_set_below_every_cha
             (tmp_path / "data" / split / w).mkdir(parents=True)
             for k in range(4):
                 Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
-                    tmp_path / "data" / split / w / f"{k}.JPEG")
+                    tmp_path / "data" / split / w / f"{k}.JPEG"
+                )
     (tmp_path / "classes.txt").write_text("n01440764\nn02102040\n")
 
     def suite(**backbone):
         path = tmp_path / "p.yaml"
-        path.write_text(yaml.safe_dump({
-            "name": "p", "data": {"format": "imagefolder", "root": str(tmp_path / "data"),
-                                  "classes": str(tmp_path / "classes.txt"), "image_size": 8, "val_per_class": 1},
-            "backbone": {"kind": "pixel-dit", "train": {"sample_size": 8, "patch_size": 4, "width": 16, "depth": 1,
-                                                        "heads": 2, "steps": 2, "batch_size": 4, "warmup_steps": 1,
-                                                        "checkpoint_every": 2}, **backbone},
-            "teacher": {"kind": "trained"}, "methods": {"diffusion": {}}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "p",
+                    "data": {
+                        "format": "imagefolder",
+                        "root": str(tmp_path / "data"),
+                        "classes": str(tmp_path / "classes.txt"),
+                        "image_size": 8,
+                        "val_per_class": 1,
+                    },
+                    "backbone": {
+                        "kind": "pixel-dit",
+                        "train": {
+                            "sample_size": 8,
+                            "patch_size": 4,
+                            "width": 16,
+                            "depth": 1,
+                            "heads": 2,
+                            "steps": 2,
+                            "batch_size": 4,
+                            "warmup_steps": 1,
+                            "checkpoint_every": 2,
+                        },
+                        **backbone,
+                    },
+                    "teacher": {"kind": "trained"},
+                    "methods": {"diffusion": {}},
+                }
+            )
+        )
         return load_suite(str(path))
 
     real = load_real_data(suite().data)
@@ -354,6 +432,7 @@ def test_a_pixel_dits_identity_changes_only_when_guidance_is_set_below_every_cha
 
 
 # ---- the suites ----
+
 
 @pytest.mark.parametrize("name", IMAGENET_FAMILY)
 def test_imagenet_family_uses_the_papers_vae_guidance_and_sampler(name):

@@ -1,5 +1,6 @@
 """Image-to-image on the Backbone protocol: diffusers' strength convention, strength 0 returns the input,
 strength 1 is plain sampling, latents in directly, the step hook, determinism."""
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -20,7 +21,7 @@ def test_timesteps_follow_diffusers_img2img(steps, strength):
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="leading")
     scheduler.set_timesteps(steps)
     init = min(int(steps * strength), steps)
-    expected = scheduler.timesteps[steps - init:].tolist()
+    expected = scheduler.timesteps[steps - init :].tolist()
     assert img2img_timesteps(1000, steps, strength) == expected
     assert len(img2img_timesteps(1000, 50, 0.7)) == 35 and img2img_timesteps(1000, 50, 0.7)[0] == 680
     with pytest.raises(ValueError, match="strength"):
@@ -57,8 +58,8 @@ def test_intermediate_strength_noises_the_encoding_and_runs_the_rest():
     torch.testing.assert_close(out, bb.decode(ddim_sample(bb, start, 3, 10, 3.0, start_t=400)))
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     assert torch.equal(out, img2img(bb, 3, noise.clone(), 0.5, 3.0, 10, images=images.clone()))
-    assert not torch.equal(out, img2img(bb, 3, noise, 0.5, 1.0, 10, images=images))   # guidance matters
-    assert not torch.equal(out, img2img(bb, 4, noise, 0.5, 3.0, 10, images=images))   # so does the class
+    assert not torch.equal(out, img2img(bb, 3, noise, 0.5, 1.0, 10, images=images))  # guidance matters
+    assert not torch.equal(out, img2img(bb, 4, noise, 0.5, 3.0, 10, images=images))  # so does the class
     # Images and their latents are the same start.
     torch.testing.assert_close(out, img2img(bb, 3, noise, 0.5, 3.0, 10, latents=z0))
     with pytest.raises(ValueError, match="either"):
@@ -80,7 +81,7 @@ def test_step_hook_sees_every_step_and_changes_the_result():
 
 
 def test_fit_to_backbone_matches_channels_and_size():
-    bb = tiny_latent_dit()   # RGB, 8 px
+    bb = tiny_latent_dit()  # RGB, 8 px
     grey = torch.rand(2, 1, 6, 6)
     out = fit_to_backbone(grey, bb)
     assert out.shape == (2, 3, 8, 8) and out.min() >= 0 and out.max() <= 1

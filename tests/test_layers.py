@@ -1,5 +1,6 @@
 """The house's layers: imports point down, never in a circle, and never from inside a function to dodge one;
 methods import no stage module; protocol names live only in the protocol registry."""
+
 import ast
 import re
 from pathlib import Path
@@ -11,15 +12,15 @@ PACKAGES = ("harness", "methods")
 # The house's floors, bottom first: a module imports only from its own floor or those below it. Each floor is a
 # folder, so the folder listing is this table (README's layout table says what each holds).
 LAYERS = (
-    "harness.core",      # identity, atomic writes, the result store, the output lock, distilled-set folders
-    "harness.models",    # data, generators, students, teachers, protocols, the training loop, set measures
-    "methods",           # plain torch plug-ins; they see core and models only
-    "harness.config",    # suite YAML → checked dataclasses
-    "harness.runtime",   # Ray clusters, data-parallel workers, pre-flight checks
-    "harness.stages",    # prepare, fine-tune, distill, evaluate, diversity, cross-arch, search
-    "harness.report",    # the board, the site, comparisons, exports, the cost plan
+    "harness.core",  # identity, atomic writes, the result store, the output lock, distilled-set folders
+    "harness.models",  # data, generators, students, teachers, protocols, the training loop, set measures
+    "methods",  # plain torch plug-ins; they see core and models only
+    "harness.config",  # suite YAML → checked dataclasses
+    "harness.runtime",  # Ray clusters, data-parallel workers, pre-flight checks
+    "harness.stages",  # prepare, fine-tune, distill, evaluate, diversity, cross-arch, search
+    "harness.report",  # the board, the site, comparisons, exports, the cost plan
     "harness.pipeline",  # the pipeline: one invocation's stages and what they produce
-    "harness.cli",       # the verbs, handed over to the pipeline
+    "harness.cli",  # the verbs, handed over to the pipeline
 )
 
 
@@ -44,7 +45,7 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     if node.level == 0:
         return node.module
     base = module.split(".") if is_package else module.split(".")[:-1]
-    base = base[:len(base) - (node.level - 1)]
+    base = base[: len(base) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -85,7 +86,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -114,14 +115,16 @@ def test_the_walker_sees_a_cycle_when_there_is_one():
 
 def test_no_import_cycle_in_harness_and_methods(edges):
     graph = {m: {target for target, _ in targets} for m, targets in edges.items()}
-    assert len(graph) > 20 and sum(map(len, graph.values())) > 40   # the walker found the real graph
-    assert "methods.cao2" in graph["methods"]                       # including the package's own imports
+    assert len(graph) > 20 and sum(map(len, graph.values())) > 40  # the walker found the real graph
+    assert "methods.cao2" in graph["methods"]  # including the package's own imports
     assert find_cycle(graph) is None, f"import cycle: {' → '.join(find_cycle(graph))}"
 
 
 def test_no_project_import_inside_a_function(edges):
     inside = sorted(f"{m} imports {t}" for m, targets in edges.items() for t, nested in targets if nested)
-    assert not inside, "imports inside functions (move them to the top, or the code to a lower layer): " + "; ".join(inside)
+    assert not inside, "imports inside functions (move them to the top, or the code to a lower layer): " + "; ".join(
+        inside
+    )
 
 
 def test_every_module_sits_on_a_floor():
@@ -130,8 +133,13 @@ def test_every_module_sits_on_a_floor():
 
 
 def test_imports_point_down_the_floors(edges):
-    up = sorted(f"{m} (floor {layer_of(m)}) → {t} (floor {layer_of(t)})" for m, targets in edges.items()
-                if m not in PACKAGES for t, _ in targets if t not in PACKAGES and layer_of(t) > layer_of(m))
+    up = sorted(
+        f"{m} (floor {layer_of(m)}) → {t} (floor {layer_of(t)})"
+        for m, targets in edges.items()
+        if m not in PACKAGES
+        for t, _ in targets
+        if t not in PACKAGES and layer_of(t) > layer_of(m)
+    )
     assert not up, "imports that point up a floor: " + "; ".join(up)
     # …and the walker sees the edges that matter: methods reach the generator code they share with the harness.
     assert ("harness.models.generators.sampling", False) in edges["methods.diffusion"]
@@ -147,8 +155,13 @@ def test_protocol_names_live_only_in_the_protocol_registry():
     from harness.models.protocols import list_protocols
 
     names = re.compile("|".join(map(re.escape, list_protocols())))
-    found = [f"{p.name}:{i}" for p in sorted((ROOT / "harness").rglob("*.py")) if p.name != "protocols.py"
-             for i, line in enumerate(p.read_text().splitlines(), 1) if names.search(line)]
+    found = [
+        f"{p.name}:{i}"
+        for p in sorted((ROOT / "harness").rglob("*.py"))
+        if p.name != "protocols.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if names.search(line)
+    ]
     assert not found, found
 
 
@@ -157,9 +170,12 @@ def test_the_harness_names_no_method():
     from methods import list_methods
 
     names = set(list_methods())
-    found = [f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}" for path in sorted((ROOT / "harness").rglob("*.py"))
-             for node in ast.walk(ast.parse(path.read_text()))
-             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}"
+        for path in sorted((ROOT / "harness").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+    ]
     assert not found, found
 
 
@@ -174,10 +190,15 @@ def _readme_layout_paths() -> list[str]:
 def test_readme_layout_table_lists_every_module_and_no_other():
     """Each module of harness/ and methods/ has its row (a package as its folder); run
     `python3 scripts/layout_table.py --write` after adding, moving or removing one."""
-    expected = {(m.replace(".", "/") + "/") if p.name == "__init__.py" else p.relative_to(ROOT).as_posix()
-                for m, p in _modules().items() if m != "harness"}
+    expected = {
+        (m.replace(".", "/") + "/") if p.name == "__init__.py" else p.relative_to(ROOT).as_posix()
+        for m, p in _modules().items()
+        if m != "harness"
+    }
     listed = [p for p in _readme_layout_paths() if p.split("/")[0] in PACKAGES]
     assert len(listed) == len(set(listed)), f"listed twice: {sorted({p for p in listed if listed.count(p) > 1})}"
     missing, gone = sorted(expected - set(listed)), sorted(set(listed) - expected)
-    assert not missing and not gone, (f"README's layout table misses {missing} and lists {gone}, which do not exist; "
-                                      "run python3 scripts/layout_table.py --write")
+    assert not missing and not gone, (
+        f"README's layout table misses {missing} and lists {gone}, which do not exist; "
+        "run python3 scripts/layout_table.py --write"
+    )

@@ -1,33 +1,47 @@
 """Leaderboard aggregation: mean ± sample std over seeds, only current configs, best of protocols."""
+
 import json
 import math
 from types import SimpleNamespace
 
+from harness.config.loader import load_suite
+from harness.core.sets import Manifest
+from harness.models.protocols import HardLabel, SoftLabel
 from harness.report.leaderboard import render
 from harness.report.markdown import protocols_note
 from harness.report.rows import aggregate, best_of_protocols
 from harness.report.scores import label_robust_scores
-from harness.models.protocols import HardLabel, SoftLabel
-from harness.core.sets import Manifest
-from harness.config.loader import load_suite
 
 
 def _suite(name="s"):
     """What `render` reads of a suite: its name, its protocols (name → protocol object) and its methods (the
     random baseline among them)."""
-    return SimpleNamespace(name=name, protocols={"hard-label": HardLabel(), "soft-label": SoftLabel()},
-                           methods=["random-real"])
+    return SimpleNamespace(
+        name=name, protocols={"hard-label": HardLabel(), "soft-label": SoftLabel()}, methods=["random-real"]
+    )
 
 
 def _rows():
     rows = []
     for protocol, accs in (("hard-label", [0.50, 0.60]), ("soft-label", [0.70, 0.80])):
         for seed, acc in enumerate(accs):
-            rows.append(dict(method="m", config_hash="h", ipc=10, student="convnet3", protocol=protocol, seed=seed,
-                             accuracy=acc, train_seconds=1.0, distill_seconds_per_image=0.5,
-                             peak_memory_bytes=2**20, kind="measured"))
+            rows.append(
+                dict(
+                    method="m",
+                    config_hash="h",
+                    ipc=10,
+                    student="convnet3",
+                    protocol=protocol,
+                    seed=seed,
+                    accuracy=acc,
+                    train_seconds=1.0,
+                    distill_seconds_per_image=0.5,
+                    peak_memory_bytes=2**20,
+                    kind="measured",
+                )
+            )
     rows.append(dict(rows[0], config_hash="old", accuracy=0.99))  # an earlier config: not shown
-    rows.append(dict(rows[0], kind="reported", accuracy=0.95))    # a paper's number: never averaged in
+    rows.append(dict(rows[0], kind="reported", accuracy=0.95))  # a paper's number: never averaged in
     return rows
 
 
@@ -56,15 +70,27 @@ def test_a_one_seed_cell_shows_no_spread(tmp_path):
 
 
 def test_label_robust_score_on_fractions_paired_by_seed(tmp_path):
-    base = dict(config_hash="h", ipc=10, student="convnet3", train_seconds=1.0, distill_seconds_per_image=0.0,
-                peak_memory_bytes=0, kind="measured")
+    base = dict(
+        config_hash="h",
+        ipc=10,
+        student="convnet3",
+        train_seconds=1.0,
+        distill_seconds_per_image=0.0,
+        peak_memory_bytes=0,
+        kind="measured",
+    )
     rows = [dict(base, method="full-data", ipc=0, protocol="hard-label", seed=0, accuracy=0.90)]
-    accs = {("m", "hard-label"): [0.60, 0.70], ("m", "soft-label"): [0.80, 0.82],
-            ("random-real", "hard-label"): [0.5, 0.5], ("random-real", "soft-label"): [0.70, 0.78]}
+    accs = {
+        ("m", "hard-label"): [0.60, 0.70],
+        ("m", "soft-label"): [0.80, 0.82],
+        ("random-real", "hard-label"): [0.5, 0.5],
+        ("random-real", "soft-label"): [0.70, 0.78],
+    }
     for (method, protocol), values in accs.items():
         rows += [dict(base, method=method, protocol=protocol, seed=s, accuracy=a) for s, a in enumerate(values)]
-    lrs = label_robust_scores(rows, {("m", "h"), ("random-real", "h"), ("full-data", "h")}, "random-real",
-                              "hard-label", "soft-label").set_index("method")
+    lrs = label_robust_scores(
+        rows, {("m", "h"), ("random-real", "h"), ("full-data", "h")}, "random-real", "hard-label", "soft-label"
+    ).set_index("method")
 
     def score(hard, soft, rand):  # DD-Ranking's formula with λ = 0.5 on fractions
         alpha = 0.5 * (soft - rand) - 0.5 * (0.90 - hard)
@@ -78,40 +104,77 @@ def test_label_robust_score_on_fractions_paired_by_seed(tmp_path):
     assert abs(lrs.loc["random-real", "ior"]) < 1e-12
     # One seed's score has no spread to print.
     one_seed = [r for r in rows if r["seed"] == 0]
-    text = render(_suite(), one_seed, {("m", "h"), ("random-real", "h"), ("full-data", "h")}, tmp_path,
-                  ["m", "random-real"], [])[0].read_text()
-    scores = text[text.index("## DD-Ranking label-robust score"):]
+    text = render(
+        _suite(), one_seed, {("m", "h"), ("random-real", "h"), ("full-data", "h")}, tmp_path, ["m", "random-real"], []
+    )[0].read_text()
+    scores = text[text.index("## DD-Ranking label-robust score") :]
     assert f"| m | {100 * score(0.60, 0.80, 0.70):.1f} (1) |" in scores and "± 0.0" not in scores
 
 
 def _manifest(method, ipc, seconds, stages=None, diversity=None, **extra):
-    fields = dict(dict(suite="s", method=method, config={}, config_hash="h", ipc=ipc,
-                       classes=[f"c{i}" for i in range(10)], seeds={}, images=10 * ipc, distill_seconds=seconds,
-                       seconds_per_image=seconds / (10 * ipc), peak_memory_bytes=300 * 2**20,
-                       peak_memory_kind="shard_peak_rss", stage_seconds=stages or {}, device="cpu", cpu="Some CPU",
-                       torch_threads=1), **extra)
+    fields = dict(
+        dict(
+            suite="s",
+            method=method,
+            config={},
+            config_hash="h",
+            ipc=ipc,
+            classes=[f"c{i}" for i in range(10)],
+            seeds={},
+            images=10 * ipc,
+            distill_seconds=seconds,
+            seconds_per_image=seconds / (10 * ipc),
+            peak_memory_bytes=300 * 2**20,
+            peak_memory_kind="shard_peak_rss",
+            stage_seconds=stages or {},
+            device="cpu",
+            cpu="Some CPU",
+            torch_threads=1,
+        ),
+        **extra,
+    )
     return Manifest(**fields, diversity=diversity)
 
 
 def _div(images, fid):
-    return dict(extractor="teacher", images=images, real_images=10000, feature_dim=576, fid_min_images=577, fid=fid,
-                kid=0.0123, kid_std=0.001, nearest_k=5, prdc_min_images=7, real_draws=10, precision=0.84, recall=0.45,
-                density=1.86, coverage=0.33, precision_std=0.01, recall_std=0.02, density_std=0.1, coverage_std=0.01)
+    return dict(
+        extractor="teacher",
+        images=images,
+        real_images=10000,
+        feature_dim=576,
+        fid_min_images=577,
+        fid=fid,
+        kid=0.0123,
+        kid_std=0.001,
+        nearest_k=5,
+        prdc_min_images=7,
+        real_draws=10,
+        precision=0.84,
+        recall=0.45,
+        density=1.86,
+        coverage=0.33,
+        precision_std=0.01,
+        recall_std=0.02,
+        density_std=0.1,
+        coverage_std=0.01,
+    )
 
 
 def test_cost_and_diversity_tables_from_manifests(tmp_path):
-    manifests = [_manifest("adaptive-sampling", 10, 27.0, {"bo": 7.0, "sampling": 20.0}, _div(100, None)),
-                 _manifest("m", 10, 26.0, diversity=_div(1000, 48.7))]
+    manifests = [
+        _manifest("adaptive-sampling", 10, 27.0, {"bo": 7.0, "sampling": 20.0}, _div(100, None)),
+        _manifest("m", 10, 26.0, diversity=_div(1000, 48.7)),
+    ]
     md, _ = render(_suite(), _rows(), {("m", "h")}, tmp_path, ["m", "adaptive-sampling"], [], manifests)
     text = md.read_text()
-    cost = text[text.index("## Cost of distillation"):text.index("## Diversity and fidelity")]
+    cost = text[text.index("## Cost of distillation") : text.index("## Diversity and fidelity")]
     assert "| m | 10 | 100 | 0.260 | 300 | – |" in cost
     assert "| adaptive-sampling | 10 | 100 | 0.270 | 300 | bo 26 %, sampling 74 % |" in cost
     assert "machine: cpu (Some CPU, 1 torch thread(s))" in cost and "`shard_peak_rss`" in cost
     assert cost.index("| m |") < cost.index("| adaptive-sampling |")  # the suite's method order
     csv = (tmp_path / "s-cost.csv").read_text().splitlines()
     assert "stage_bo_share" in csv[0] and len(csv) == 3
-    div = text[text.index("## Diversity and fidelity"):]
+    div = text[text.index("## Diversity and fidelity") :]
     assert "| m | 10 | 1000 | 48.70 | 0.0123 | 0.84 | 0.45 | 1.86 | 0.33 |" in div
     assert "| adaptive-sampling | 10 | 100 | – | 0.0123 |" in div and "fewer than 577 images" in div
     assert "not comparable with the Inception FIDs" in div
@@ -143,10 +206,23 @@ def test_the_board_does_not_depend_on_the_order_rows_reached_the_store(tmp_path)
             for protocol in ("hard-label", "soft-label"):
                 for ipc in (1, 10):
                     for seed in range(2):
-                        rows.append(dict(_rows()[0], method=method, student=student, protocol=protocol, ipc=ipc,
-                                         seed=seed, accuracy=0.3 + 0.01 * len(rows)))
-    suite = SimpleNamespace(name="s", protocols={"hard-label": HardLabel(), "soft-label": SoftLabel()},
-                            methods=["random-real", "m"], students=["resnet18", "convnet3"])
+                        rows.append(
+                            dict(
+                                _rows()[0],
+                                method=method,
+                                student=student,
+                                protocol=protocol,
+                                ipc=ipc,
+                                seed=seed,
+                                accuracy=0.3 + 0.01 * len(rows),
+                            )
+                        )
+    suite = SimpleNamespace(
+        name="s",
+        protocols={"hard-label": HardLabel(), "soft-label": SoftLabel()},
+        methods=["random-real", "m"],
+        students=["resnet18", "convnet3"],
+    )
     current = {("random-real", "h"), ("m", "h")}
     outputs = []
     for order in range(2):
@@ -158,8 +234,11 @@ def test_the_board_does_not_depend_on_the_order_rows_reached_the_store(tmp_path)
     assert outputs[0] == outputs[1]
     text = outputs[0][0]
     # Sections follow the suite's students and protocols, not the store's order.
-    assert text.index("## resnet18, hard-label") < text.index("## resnet18, soft-label") < \
-        text.index("## convnet3, hard-label")
+    assert (
+        text.index("## resnet18, hard-label")
+        < text.index("## resnet18, soft-label")
+        < text.index("## convnet3, hard-label")
+    )
 
 
 def test_a_cell_never_mixes_rows_trained_under_other_settings(tmp_path):
@@ -173,11 +252,18 @@ def test_a_cell_never_mixes_rows_trained_under_other_settings(tmp_path):
     md, _ = render(suite, rows, {("m", "h")}, tmp_path, ["m"], [], recipes={(student, full.identity())})
     assert "| m | 71.0 ± 1.4 (2) |" in md.read_text()
     md, _ = render(suite, rows, {("m", "h")}, tmp_path / "mixed", ["m"], [])
-    assert "| m | 50.5 ± 23.7 (2) |" in md.read_text()   # what the filter prevents: four rows, two recipes
+    assert "| m | 50.5 ± 23.7 (2) |" in md.read_text()  # what the filter prevents: four rows, two recipes
     # A recipe searched for one student: its rows from before the search are another recipe's, though their hash
     # is the one every other student still trains under.
-    md, _ = render(suite, rows, {("m", "h")}, tmp_path / "searched", ["m"], [],
-                   recipes={(student, quick.identity()), ("another-student", full.identity())})
+    md, _ = render(
+        suite,
+        rows,
+        {("m", "h")},
+        tmp_path / "searched",
+        ["m"],
+        [],
+        recipes={(student, quick.identity()), ("another-student", full.identity())},
+    )
     assert "| m | 30.0 ± 0.0 (2) |" in md.read_text()
 
 

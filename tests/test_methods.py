@@ -1,4 +1,5 @@
 """The spine's methods: selection rules on known features, and determinism (same seed → same images)."""
+
 import pytest
 import torch
 
@@ -50,8 +51,9 @@ def test_random_real_is_deterministic():
 
 def test_diffusion_same_seed_same_images():
     bb = tiny_latent_dit()
-    m = get_method("diffusion")(get_method("diffusion").Config(cfg_scale=2.0, steps=3, batch_size=2),
-                                MethodContext(backbone=bb))
+    m = get_method("diffusion")(
+        get_method("diffusion").Config(cfg_scale=2.0, steps=3, batch_size=2), MethodContext(backbone=bb)
+    )
     a = m.distill_class(_task(3, 11))
     assert a.shape == (3, 3, 8, 8) and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, m.distill_class(_task(3, 11)))
@@ -62,8 +64,8 @@ def test_diffusion_same_seed_same_images():
 
 @pytest.mark.parametrize("name", ["herding", "k-center"])
 def test_feature_methods_select_real_images(name, tiny_suite, tiny_real):
-    from harness.models.teachers import Teacher
     from harness.models.students import create_student
+    from harness.models.teachers import Teacher
 
     teacher = Teacher(create_student("convnet3", 10, 1, 28, width=8), 28, 1, [0.3], [0.3])
     real = tiny_real.train.class_images(4)

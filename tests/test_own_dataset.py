@@ -1,19 +1,20 @@
 """Someone else's dataset (issue 13, item 6): a grey ImageFolder loads as one channel, its suite finds its classes
 and splits and refuses a greedy validation split by field, the pixel DiT's EMA warms up and a longer run extends a
 finished one, committed weights are found by content, and a failed backbone check stops generative methods."""
+
 import dataclasses
 
 import pytest
 import torch
 import yaml
 
-from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
-from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_real_data
-from harness.report.leaderboard import render
-from harness.stages.prepare import PrepareError, _cached_dir, prepare, prepare_backbone
-from harness.core.sets import Manifest
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
+from harness.core.sets import Manifest
+from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_real_data
+from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
+from harness.report.leaderboard import render
+from harness.stages.prepare import PrepareError, _cached_dir, prepare, prepare_backbone
 from scripts.export_fashion_imagefolder import export
 from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
 
@@ -30,10 +31,25 @@ def grey_folder(tmp_path_factory):
 
 def _suite(tmp_path, root, **data):
     path = tmp_path / "own.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "own", "data": {"format": "imagefolder", "root": str(root), "classes": "auto", "test_dir": "test",
-                                "image_size": 28, "val_per_class": 2, **data},
-        "backbone": {"kind": "pixel-dit"}, "teacher": {"kind": "trained"}, "methods": {"random-real": {}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "own",
+                "data": {
+                    "format": "imagefolder",
+                    "root": str(root),
+                    "classes": "auto",
+                    "test_dir": "test",
+                    "image_size": 28,
+                    "val_per_class": 2,
+                    **data,
+                },
+                "backbone": {"kind": "pixel-dit"},
+                "teacher": {"kind": "trained"},
+                "methods": {"random-real": {}},
+            }
+        )
+    )
     return load_suite(str(path))
 
 
@@ -61,15 +77,18 @@ def test_an_inline_class_list_sets_the_label_order(tmp_path, grey_folder):
     assert real.classes == real.class_names == ["trouser", "bag"] and len(real.train) == 2 * (PER_CLASS - 2)
 
 
-@pytest.mark.parametrize("data, field, words", [
-    ({"test_dir": "val"}, "data.test_dir", "folders in"),
-    ({"train_dir": "training"}, "data.train_dir", "folders in"),
-    ({"val_per_class": 6}, "data.val_per_class", "at most 5"),   # 6 of 20 is above a quarter
-    ({"classes": ["trouser", "shoe"]}, "data.classes", "'shoe' has no folder"),
-    ({"classes": ["bag", "bag"]}, "data.classes", "each class folder once"),
-    ({"channels": 2}, "data.channels", "auto, 1 or 3"),
-    ({"channels": "grey"}, "data.channels", "auto, 1 or 3"),
-])
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        ({"test_dir": "val"}, "data.test_dir", "folders in"),
+        ({"train_dir": "training"}, "data.train_dir", "folders in"),
+        ({"val_per_class": 6}, "data.val_per_class", "at most 5"),  # 6 of 20 is above a quarter
+        ({"classes": ["trouser", "shoe"]}, "data.classes", "'shoe' has no folder"),
+        ({"classes": ["bag", "bag"]}, "data.classes", "each class folder once"),
+        ({"channels": 2}, "data.channels", "auto, 1 or 3"),
+        ({"channels": "grey"}, "data.channels", "auto, 1 or 3"),
+    ],
+)
 def test_a_new_datasets_mistakes_name_their_field(tmp_path, grey_folder, data, field, words):
     with pytest.raises(SuiteError, match=f"own.yaml: {field}: .*{words}"):
         _suite(tmp_path, grey_folder, **data)
@@ -93,19 +112,36 @@ def test_a_longer_run_extends_the_finished_one(tmp_path):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 3, (64,), generator=g)
-    cfg = PixelDiTConfig(sample_size=8, patch_size=4, width=16, depth=1, heads=2, steps=6, batch_size=8,
-                         warmup_steps=2, checkpoint_every=4)
+    cfg = PixelDiTConfig(
+        sample_size=8,
+        patch_size=4,
+        width=16,
+        depth=1,
+        heads=2,
+        steps=6,
+        batch_size=8,
+        warmup_steps=2,
+        checkpoint_every=4,
+    )
     straight = train_pixel_dit(images, labels, 3, cfg, tmp_path / "a", tmp_path / "a-work", progress=False)
     short = dataclasses.replace(cfg, steps=3)
     first = train_pixel_dit(images, labels, 3, short, tmp_path / "b3", tmp_path / "b-work", progress=False)
     extended = train_pixel_dit(images, labels, 3, cfg, tmp_path / "b6", tmp_path / "b-work", progress=False)
-    for p, q, r in zip(straight.transformer.parameters(), extended.transformer.parameters(),
-                       first.transformer.parameters()):
+    for p, q, r in zip(
+        straight.transformer.parameters(), extended.transformer.parameters(), first.transformer.parameters()
+    ):
         torch.testing.assert_close(p, q)
         assert not torch.equal(p, r)
     with pytest.raises(ValueError, match="another config"):
-        train_pixel_dit(images, labels, 3, dataclasses.replace(cfg, steps=8, lr=1e-4), tmp_path / "c",
-                        tmp_path / "b-work", progress=False)
+        train_pixel_dit(
+            images,
+            labels,
+            3,
+            dataclasses.replace(cfg, steps=8, lr=1e-4),
+            tmp_path / "c",
+            tmp_path / "b-work",
+            progress=False,
+        )
     with pytest.raises(ValueError, match="past this run's 3 steps"):
         train_pixel_dit(images, labels, 3, short, tmp_path / "d", tmp_path / "b-work", progress=False)
 
@@ -130,21 +166,47 @@ def test_a_failed_check_stops_generative_methods_unless_accepted(tmp_path, tiny_
 
 def test_the_board_marks_rows_from_a_backbone_that_failed_its_check(tmp_path):
     def manifest(method, backbone, passed):
-        return Manifest(suite="s", method=method, config={}, config_hash="h", ipc=10, classes=["a"], seeds={},
-                        images=10, distill_seconds=1.0, seconds_per_image=0.1, peak_memory_bytes=1,
-                        backbone=backbone, backbone_check={"agreement": 0.385, "passed": passed})
+        return Manifest(
+            suite="s",
+            method=method,
+            config={},
+            config_hash="h",
+            ipc=10,
+            classes=["a"],
+            seeds={},
+            images=10,
+            distill_seconds=1.0,
+            seconds_per_image=0.1,
+            peak_memory_bytes=1,
+            backbone=backbone,
+            backbone_check={"agreement": 0.385, "passed": passed},
+        )
 
     from types import SimpleNamespace
 
     from harness.models.protocols import HardLabel
+
     suite = SimpleNamespace(name="s", protocols={"hard-label": HardLabel()}, methods=["random-real"])
-    rows = [dict(method=m, config_hash="h", ipc=10, student="convnet3", protocol="hard-label", seed=0,
-                 accuracy=0.5, train_seconds=1.0, distill_seconds_per_image=0.1, peak_memory_bytes=1, kind="measured")
-            for m in ("random-real", "diffusion")]
+    rows = [
+        dict(
+            method=m,
+            config_hash="h",
+            ipc=10,
+            student="convnet3",
+            protocol="hard-label",
+            seed=0,
+            accuracy=0.5,
+            train_seconds=1.0,
+            distill_seconds_per_image=0.1,
+            peak_memory_bytes=1,
+            kind="measured",
+        )
+        for m in ("random-real", "diffusion")
+    ]
     current = {("random-real", "h"), ("diffusion", "h")}
     failed = [manifest("random-real", None, False), manifest("diffusion", "bb", False)]
     text = render(suite, rows, current, tmp_path / "a", ["random-real", "diffusion"], [], failed)[0].read_text()
-    accuracy = text[:text.index("## Cost")]
+    accuracy = text[: text.index("## Cost")]
     rows_of = {line.split(" | ")[0]: line for line in accuracy.splitlines() if line.startswith("| ")}
     assert rows_of["| diffusion"].endswith("✗ |") and "✗" not in rows_of["| random-real"]
     assert "✗: sampled from a backbone that FAILED its check (teacher agreement 38.5%" in text

@@ -1,5 +1,6 @@
 """The whole spine on a real local Ray cluster: suite → prepare → distill → evaluate → leaderboard, the rerun
 that recomputes nothing, and a run killed mid-distillation that resumes to byte-identical images."""
+
 import json
 import os
 import shutil
@@ -12,16 +13,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.pipeline import Run
 from harness.config.loader import load_suite
+from harness.pipeline import Run
 from tests.factories import tiny_suite_raw, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +62,8 @@ def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real)
     assert "- a tiny suite: its numbers mean nothing" in board  # the suite's own notes head the board
     assert "## Full-data reference" in board and "## DD-Ranking label-robust score" in board
     assert (first_run / "leaderboard" / "tiny.csv").exists() and (first_run / "leaderboard" / "tiny-lrs.csv").exists()
-    cost = board[board.index("## Cost of distillation"):board.index("## Diversity and fidelity")]
-    div = board[board.index("## Diversity and fidelity"):]
+    cost = board[board.index("## Cost of distillation") : board.index("## Diversity and fidelity")]
+    div = board[board.index("## Diversity and fidelity") :]
     for method in tiny_suite.methods:
         for ipc in tiny_suite.ipcs:
             assert f"| {method} | {ipc} | {10 * ipc} |" in cost and f"| {method} | {ipc} | {10 * ipc} |" in div
@@ -67,7 +71,9 @@ def test_run_writes_sets_store_and_leaderboard(first_run, tiny_suite, tiny_real)
     assert (first_run / "leaderboard" / "tiny-diversity.csv").exists()
     # …and the site beside it: a grid of every set, the page linking each (tests/test_site.py opens one).
     page = (first_run / "site" / "tiny.html").read_text()
-    assert len(list((first_run / "site" / "tiny" / "grids").glob("*.png"))) == len(tiny_suite.methods) * len(tiny_suite.ipcs)
+    assert len(list((first_run / "site" / "tiny" / "grids").glob("*.png"))) == len(tiny_suite.methods) * len(
+        tiny_suite.ipcs
+    )
     assert all(f'id="set-{method}-ipc-{ipc}"' in page for method in tiny_suite.methods for ipc in tiny_suite.ipcs)
 
 
@@ -91,7 +97,9 @@ def test_cross_architecture_table_and_heatmap(first_run, tiny_suite, tiny_real, 
     assert "| convnet3 [" in table and "| resnetap10 (width 4) [" in table
     png = (first_run / "leaderboard" / "tiny-cross-arch.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
-    Run(tiny_suite, list(tiny_suite.methods), first_run, tiny_real, cross_arch=True).cross_arch_study()  # cached: nothing new
+    Run(
+        tiny_suite, list(tiny_suite.methods), first_run, tiny_real, cross_arch=True
+    ).cross_arch_study()  # cached: nothing new
     assert "0 of" in capsys.readouterr().out
 
 
@@ -105,8 +113,13 @@ def test_killed_distillation_resumes_to_identical_images(tmp_path, first_run, ra
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     for out in (killed, clean):  # the same prepared backbone and teacher for both
         shutil.copytree(first_run / "cache", out / "cache")
-    proc = subprocess.Popen([sys.executable, "benchmark.py", "--suite", str(suite_path), "--out", str(killed)],
-                            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "benchmark.py", "--suite", str(suite_path), "--out", str(killed)],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline, shards = time.time() + 240, []
     while time.time() < deadline and proc.poll() is None:
         shards = list(killed.glob("distilled/tiny/diffusion/*/ipc*/*/shard.json"))
@@ -133,8 +146,8 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
     import torch
     from PIL import Image
 
-    from harness.models.generators.dit import save_dit_backbone
     from harness.models.data import load_real_data
+    from harness.models.generators.dit import save_dit_backbone
     from tests.factories import tiny_latent_dit
 
     rng = np.random.default_rng(0)
@@ -144,39 +157,101 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
             (tmp_path / "data" / split / w).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
-                    tmp_path / "data" / split / w / f"{i}.JPEG")
+                    tmp_path / "data" / split / w / f"{i}.JPEG"
+                )
     (tmp_path / "classes.txt").write_text("\n".join(wnids) + "\n")
     save_dit_backbone(tiny_latent_dit(), tmp_path / "dit")
     torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), tmp_path / "teacher.pth")
     suite_path = tmp_path / "folder.yaml"
-    suite_path.write_text(yaml.safe_dump({
-        "name": "folder",
-        "data": {"format": "imagefolder", "root": str(tmp_path / "data"), "classes": str(tmp_path / "classes.txt"),
-                 "image_size": 32, "val_per_class": 2},
-        "backbone": {"kind": "dit", "pretrained": str(tmp_path / "dit"), "check_per_class": 2, "check_steps": 2,
-                     "check_min_agreement": 0.0},  # a random DiT: the check runs, and does not stop it
-        # Selection with the ImageNet-1k classifier; soft labels from a classifier `prepare` trains on the subset.
-        "teacher": {"kind": "timm", "arch": "test_resnet", "weights": str(tmp_path / "teacher.pth"), "input_size": 32,
-                    "relabel": {"kind": "trained", "arch": "test_resnet", "input_size": 28,
-                                "recipe": {"epochs": 1, "batch_size": 4}}},
-        # As the ImageNet suites sample; patch selection at its paper defaults but for cost (draws, DIFT ensemble).
-        "methods": {"diffusion": {"steps": 2, "sampler": "ddpm"}, "herding": {},
-                    "patch-selection": {"draws": 2, "dift_ensemble": 1, "clusters": 4, "top_clusters": 2}},
-        "ipcs": [2], "seeds": 1, "students": ["convnet3"],
-        # The ImageNet suites' settings scaled from 256-px to 32-px images: hard labels crop to 28 and test on the
-        # image resized to 28 (Minimax), soft labels test on a centre crop of 28 from 32 (RDED).
-        "protocols": {
-            "hard-label": {"epochs": {2: 1}, "student_kwargs": {"convnet3": {"width": 8}}, "input_size": 28,
-                           "test_resize": 28, "lighting": 0.1, "color_jitter_order": "random", "clip_colours": False},
-            "soft-label": {"epochs_beyond": 1, "student_kwargs": {"convnet3": {"width": 8}}, "input_size": 28,
-                           "test_resize": 32}},
-        "reported": {"papers": {"Tiny": "a made-up paper for this test"},
-                     "not_implemented": {"sre2l": "SRe2L"},
-                     "entries": [{"paper": "Tiny", "table": "Table 1", "method": "diffusion", "ipc": 2,
-                                  "student": "convnet3", "protocol": "hard-label", "accuracy": 42.0, "std": 1.0},
-                                 {"paper": "Tiny", "table": "Table 1", "method": "sre2l", "ipc": 2,
-                                  "student": "convnet3", "protocol": "hard-label", "accuracy": 55.5}]},
-    }))
+    suite_path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "folder",
+                "data": {
+                    "format": "imagefolder",
+                    "root": str(tmp_path / "data"),
+                    "classes": str(tmp_path / "classes.txt"),
+                    "image_size": 32,
+                    "val_per_class": 2,
+                },
+                "backbone": {
+                    "kind": "dit",
+                    "pretrained": str(tmp_path / "dit"),
+                    "check_per_class": 2,
+                    "check_steps": 2,
+                    "check_min_agreement": 0.0,
+                },  # a random DiT: the check runs, and does not stop it
+                # Selection with the ImageNet-1k classifier; soft labels from a classifier `prepare` trains on the
+                # subset.
+                "teacher": {
+                    "kind": "timm",
+                    "arch": "test_resnet",
+                    "weights": str(tmp_path / "teacher.pth"),
+                    "input_size": 32,
+                    "relabel": {
+                        "kind": "trained",
+                        "arch": "test_resnet",
+                        "input_size": 28,
+                        "recipe": {"epochs": 1, "batch_size": 4},
+                    },
+                },
+                # As the ImageNet suites sample; patch selection at its paper defaults but for cost (draws, DIFT
+                # ensemble).
+                "methods": {
+                    "diffusion": {"steps": 2, "sampler": "ddpm"},
+                    "herding": {},
+                    "patch-selection": {"draws": 2, "dift_ensemble": 1, "clusters": 4, "top_clusters": 2},
+                },
+                "ipcs": [2],
+                "seeds": 1,
+                "students": ["convnet3"],
+                # The ImageNet suites' settings scaled from 256-px to 32-px images: hard labels crop to 28 and test
+                # on the image resized to 28 (Minimax), soft labels test on a centre crop of 28 from 32 (RDED).
+                "protocols": {
+                    "hard-label": {
+                        "epochs": {2: 1},
+                        "student_kwargs": {"convnet3": {"width": 8}},
+                        "input_size": 28,
+                        "test_resize": 28,
+                        "lighting": 0.1,
+                        "color_jitter_order": "random",
+                        "clip_colours": False,
+                    },
+                    "soft-label": {
+                        "epochs_beyond": 1,
+                        "student_kwargs": {"convnet3": {"width": 8}},
+                        "input_size": 28,
+                        "test_resize": 32,
+                    },
+                },
+                "reported": {
+                    "papers": {"Tiny": "a made-up paper for this test"},
+                    "not_implemented": {"sre2l": "SRe2L"},
+                    "entries": [
+                        {
+                            "paper": "Tiny",
+                            "table": "Table 1",
+                            "method": "diffusion",
+                            "ipc": 2,
+                            "student": "convnet3",
+                            "protocol": "hard-label",
+                            "accuracy": 42.0,
+                            "std": 1.0,
+                        },
+                        {
+                            "paper": "Tiny",
+                            "table": "Table 1",
+                            "method": "sre2l",
+                            "ipc": 2,
+                            "student": "convnet3",
+                            "protocol": "hard-label",
+                            "accuracy": 55.5,
+                        },
+                    ],
+                },
+            }
+        )
+    )
     suite = load_suite(str(suite_path))
     real = load_real_data(suite.data)
     assert real.classes == wnids and real.channels == 3 and len(real.train) == 16
@@ -189,7 +264,8 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
             assert img.size == (32, 32) and img.mode == "RGB"
     rows = [json.loads(line) for line in (out / "results" / "folder.jsonl").read_text().splitlines()]
     assert sorted((r["method"], r["protocol"]) for r in rows) == sorted(
-        (m, p) for m in ("diffusion", "herding", "patch-selection") for p in ("hard-label", "soft-label"))
+        (m, p) for m in ("diffusion", "herding", "patch-selection") for p in ("hard-label", "soft-label")
+    )
     # Soft-label rows carry the relabelling teacher in their key; hard-label rows the recipe alone.
     for r in rows:
         same = r["protocol_hash"] == suite.protocols[r["protocol"]].identity()

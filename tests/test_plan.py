@@ -1,5 +1,6 @@
 """`--plan`: every suite planned without its data or models, FLOPs checked against published figures, method
 work counted as the methods run, and measured costs preferred where a run left them."""
+
 import dataclasses
 import json
 import re
@@ -9,9 +10,9 @@ import pytest
 import yaml
 
 from harness.cli import main
+from harness.config.loader import load_suite
 from harness.pipeline import Run
 from harness.report.plan import DIT_XL_2, KNOWN_DITS, backbone_flops, classifier_flops
-from harness.config.loader import load_suite
 from methods import get_method, list_methods
 from tests.factories import write_suite
 
@@ -90,17 +91,40 @@ def test_measured_costs_are_preferred(tmp_path, capsys):
     folder = tmp_path / "distilled" / suite.name / "diffusion" / "abc" / "ipc10"
     folder.mkdir(parents=True)
     config = dataclasses.asdict(suite.method_config("diffusion"))
-    (folder / "manifest.json").write_text(json.dumps(
-        {"method": "diffusion", "config": config, "distill_seconds": 50.0, "images": 100, "device": "NVIDIA H100"}))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {"method": "diffusion", "config": config, "distill_seconds": 50.0, "images": 100, "device": "NVIDIA H100"}
+        )
+    )
     # A set made under other settings (a quick profile's fewer steps) prices nothing.
     other = tmp_path / "distilled" / suite.name / "diffusion" / "fast" / "ipc10"
     other.mkdir(parents=True)
-    (other / "manifest.json").write_text(json.dumps({"method": "diffusion", "config": {**config, "steps": 2},
-                                                     "distill_seconds": 1.0, "images": 100, "device": "cpu"}))
+    (other / "manifest.json").write_text(
+        json.dumps(
+            {
+                "method": "diffusion",
+                "config": {**config, "steps": 2},
+                "distill_seconds": 1.0,
+                "images": 100,
+                "device": "cpu",
+            }
+        )
+    )
     (tmp_path / "results").mkdir()
-    row = {"kind": "measured", "suite": suite.name, "student": "convnet3", "protocol": "hard-label", "ipc": 10,
-           "epochs": 100, "train_seconds": 2.0, "method": "diffusion", "seed": 0, "config_hash": "abc",
-           "protocol_hash": suite.protocols["hard-label"].identity(), "accuracy": 0.5}
+    row = {
+        "kind": "measured",
+        "suite": suite.name,
+        "student": "convnet3",
+        "protocol": "hard-label",
+        "ipc": 10,
+        "epochs": 100,
+        "train_seconds": 2.0,
+        "method": "diffusion",
+        "seed": 0,
+        "config_hash": "abc",
+        "protocol_hash": suite.protocols["hard-label"].identity(),
+        "accuracy": 0.5,
+    }
     stale = {**row, "protocol_hash": "an-older-recipe", "train_seconds": 99.0, "seed": 1}
     (tmp_path / "results" / f"{suite.name}.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(stale) + "\n")
     text = Run(suite, ["diffusion", "random-real"], tmp_path).plan(1, 25.0)
@@ -140,7 +164,10 @@ def test_a_plan_prices_searched_configs_and_fine_tunes(tmp_path):
     assert re.search(rf"^  convnet3 +hard-label +28 +{5 * 3 * suite.seeds} ", text, re.M)
     fine = re.findall(r"prepare: fine-tunes the backbone for (\S+), ([\d,]+) steps of (\d+) images", text)
     minimax, ims3 = suite.method_config("minimax"), suite.method_config("ims3")
-    assert get_method("ims3-im-only").fine_tuning(suite.method_config("ims3-im-only")) == \
-        get_method("ims3").fine_tuning(ims3)   # so one line prices both
-    assert fine == [("minimax", f"{minimax.max_steps:,}", str(minimax.fine_tune_batch_size)),
-                    ("ims3", f"{ims3.max_steps:,}", str(ims3.fine_tune_batch_size))]
+    assert get_method("ims3-im-only").fine_tuning(suite.method_config("ims3-im-only")) == get_method(
+        "ims3"
+    ).fine_tuning(ims3)  # so one line prices both
+    assert fine == [
+        ("minimax", f"{minimax.max_steps:,}", str(minimax.fine_tune_batch_size)),
+        ("ims3", f"{ims3.max_steps:,}", str(ims3.fine_tune_batch_size)),
+    ]

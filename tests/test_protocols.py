@@ -1,5 +1,6 @@
 """Protocols as objects: the registry, what each declares, the recipe each supplies, and DD-Ranking's ARS over
 the no-augmentation protocol."""
+
 import dataclasses
 import math
 from types import SimpleNamespace
@@ -7,18 +8,28 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness.models import protocols as P
-from harness.pipeline import current_recipes
 from harness.core.identity import config_hash
+from harness.models import protocols as P
+from harness.models.training import train_student
+from harness.pipeline import current_recipes
 from harness.report.rows import aggregate, best_of_protocols
 from harness.report.scores import augmentation_robust_scores
-from harness.models.training import train_student
 
 
 def test_the_registry_and_what_each_protocol_declares():
     assert P.list_protocols() == ["hard-label", "hard-label-no-aug", "soft-label"]
-    hard, soft, plain = P.get_protocol("hard-label")(), P.get_protocol("soft-label")(), P.get_protocol("hard-label-no-aug")()
-    assert (hard.labels, hard.augmented, hard.reference, hard.ranked, hard.needs_teacher) == ("hard", True, True, True, False)
+    hard, soft, plain = (
+        P.get_protocol("hard-label")(),
+        P.get_protocol("soft-label")(),
+        P.get_protocol("hard-label-no-aug")(),
+    )
+    assert (hard.labels, hard.augmented, hard.reference, hard.ranked, hard.needs_teacher) == (
+        "hard",
+        True,
+        True,
+        True,
+        False,
+    )
     assert (soft.labels, soft.needs_teacher, soft.ranked) == ("soft", True, True)
     assert (plain.labels, plain.augmented, plain.reference, plain.ranked) == ("hard", False, False, False)
     with pytest.raises(KeyError, match="unknown protocol 'x'"):
@@ -46,10 +57,14 @@ def test_fields_added_later_enter_the_identity_only_when_set(cls):
     base = cls().identity()
     for f in later:
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        assert cls(**{f.name: default}).identity() == base, f.name   # spelt out at its default: the same row
-        other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2 + 1,
-                 str: lambda v: "random", dict: lambda v: {"convnet3": {"lr": 0.5}}}.get(
-            type(default), lambda v: 300)(default)
+        assert cls(**{f.name: default}).identity() == base, f.name  # spelt out at its default: the same row
+        other = {
+            bool: lambda v: not v,
+            int: lambda v: v + 1,
+            float: lambda v: v * 2 + 1,
+            str: lambda v: "random",
+            dict: lambda v: {"convnet3": {"lr": 0.5}},
+        }.get(type(default), lambda v: 300)(default)
         # A test view's resize comes with the crop it is resized for.
         changed = cls(**{f.name: other, **({"input_size": 224} if f.name == "test_resize" else {})})
         assert changed.identity() != base and f.name in changed.identity_fields(), f.name
@@ -77,7 +92,7 @@ def test_roles_found_by_declaration_not_name():
     assert P.score_protocols({"a": P.HardLabel()}) == {"hard": "a", "soft": "a", "no_aug": None}
     # Without a reference protocol the full-data row and HLR still train on the reference recipe's defaults.
     assert P.score_protocols({"b": P.SoftLabel()})["hard"] == "hard-label"
-    assert not isinstance(P.HardLabel(), P.HardLabelNoAugmentation)   # siblings: one cannot pass for the other
+    assert not isinstance(P.HardLabel(), P.HardLabelNoAugmentation)  # siblings: one cannot pass for the other
     with pytest.raises(NotImplementedError):
         P.SoftLabel().full_data(3, 128)
     assert P.reference_protocol({}) == P.HardLabel() and P.teacher_protocol({}) == P.SoftLabel()
@@ -106,22 +121,37 @@ def test_the_plain_run_trains_on_the_images_as_they_are(monkeypatch):
 
 
 def _row(method, protocol, seed, accuracy):
-    return {"kind": "measured", "method": method, "config_hash": "h", "ipc": 10, "student": "s",
-            "protocol": protocol, "seed": seed, "accuracy": accuracy, "train_seconds": 1.0,
-            "distill_seconds_per_image": 0.1, "peak_memory_bytes": 1}
+    return {
+        "kind": "measured",
+        "method": method,
+        "config_hash": "h",
+        "ipc": 10,
+        "student": "s",
+        "protocol": protocol,
+        "seed": seed,
+        "accuracy": accuracy,
+        "train_seconds": 1.0,
+        "distill_seconds_per_image": 0.1,
+        "peak_memory_bytes": 1,
+    }
 
 
 def test_augmentation_robust_score_as_dd_ranking_computes_it():
     rows = []
-    accs = {("m", "hard-label"): [0.70, 0.72], ("m", "hard-label-no-aug"): [0.60, 0.64],
-            ("base", "hard-label"): [0.65, 0.66], ("base", "hard-label-no-aug"): [0.50, 0.52]}
+    accs = {
+        ("m", "hard-label"): [0.70, 0.72],
+        ("m", "hard-label-no-aug"): [0.60, 0.64],
+        ("base", "hard-label"): [0.65, 0.66],
+        ("base", "hard-label-no-aug"): [0.50, 0.52],
+    }
     for (method, protocol), values in accs.items():
         rows += [_row(method, protocol, seed, a) for seed, a in enumerate(values)]
     ars = augmentation_robust_scores(rows, None, "base", "hard-label", "hard-label-no-aug").set_index("method")
 
     def expected(seed):
-        beta = 0.5 * (accs["m", "hard-label"][seed] - accs["base", "hard-label"][seed]) + \
-            0.5 * (accs["m", "hard-label-no-aug"][seed] - accs["base", "hard-label-no-aug"][seed])
+        beta = 0.5 * (accs["m", "hard-label"][seed] - accs["base", "hard-label"][seed]) + 0.5 * (
+            accs["m", "hard-label-no-aug"][seed] - accs["base", "hard-label-no-aug"][seed]
+        )
         return (math.exp(beta) - math.exp(-1)) / (math.e - math.exp(-1))
 
     assert ars.loc["m", "ars"] == pytest.approx((expected(0) + expected(1)) / 2)

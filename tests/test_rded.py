@@ -2,6 +2,7 @@
 chosen crops are the teacher's best-scoring ones (against a brute-force scoring, one crop at a time), the
 teacher is read over all its outputs, the draws are deterministic, the no-stitch ablation, and the reference's
 settings pinned in the defaults and the suites."""
+
 import dataclasses
 
 import pytest
@@ -31,7 +32,7 @@ def _method(name="rded", teacher=None, **overrides):
 def _cut(image_u8, box, size):
     """One crop by hand: slice the box, resize bilinearly with antialiasing (RandomResizedCrop on a tensor)."""
     top, left, side = box.tolist()
-    region = image_u8[None, :, top:top + side, left:left + side].float() / 255
+    region = image_u8[None, :, top : top + side, left : left + side].float() / 255
     return F.interpolate(region, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
 
 
@@ -45,7 +46,7 @@ def _brute_force(teacher, task, candidates, boxes, crop_size):
             crop = _cut(task.real[c], boxes[i, j], crop_size)
             canvas = torch.full((1, task.channels, task.image_size, task.image_size), mean)
             off = (task.image_size - crop_size) // 2
-            canvas[0, :, off:off + crop_size, off:off + crop_size] = crop
+            canvas[0, :, off : off + crop_size, off : off + crop_size] = crop
             with torch.no_grad():
                 logits = teacher.model(teacher.prepare_input(canvas))
             out[i, j] = F.cross_entropy(logits.double(), torch.tensor([LABEL])).item()
@@ -72,7 +73,7 @@ def test_boxes_are_square_inside_the_image_and_cover_the_drawn_area():
     assert (side >= 1).all() and (top >= 0).all() and (left >= 0).all()
     assert (top + side <= 28).all() and (left + side <= 28).all()
     area = side.double() ** 2 / 784
-    assert area.min() >= 0.06 and area.max() <= 1.0 and area.std() > 0.15   # round(√(784·0.08)) = 8 → 64 px²
+    assert area.min() >= 0.06 and area.max() <= 1.0 and area.std() > 0.15  # round(√(784·0.08)) = 8 → 64 px²
     assert torch.equal(boxes, draw_boxes(200, 5, 28, 28, (0.08, 1.0), torch.Generator().manual_seed(0)))
 
 
@@ -96,13 +97,13 @@ def test_stitched_images_hold_exactly_the_chosen_crops(tiny_real):
 def test_a_size_the_factor_does_not_divide_gives_the_first_tiles_a_pixel_more(tiny_real):
     method, task = _method(factor=3), _task(tiny_real, ipc=1)
     sel = method.select_crops(task)
-    assert sel.crops.shape == (9, 1, 9, 9)             # 28 // 3
+    assert sel.crops.shape == (9, 1, 9, 9)  # 28 // 3
     image = method.distill_class(task)[0]
-    edges = [0, 10, 19, 28]                            # 10, 9, 9: the reference's `remained` goes first
+    edges = [0, 10, 19, 28]  # 10, 9, 9: the reference's `remained` goes first
     for k in range(9):
         r, c = divmod(k, 3)
-        tile = image[:, edges[r]:edges[r + 1], edges[c]:edges[c + 1]]
-        expected = F.interpolate(sel.crops[k:k + 1], size=tile.shape[-2:], mode="nearest")[0]
+        tile = image[:, edges[r] : edges[r + 1], edges[c] : edges[c + 1]]
+        expected = F.interpolate(sel.crops[k : k + 1], size=tile.shape[-2:], mode="nearest")[0]
         assert torch.equal(tile, expected)
     with pytest.raises(ValueError, match="takes 8 crops"):
         stitch(sel.crops[:7], 28, 2, 2)
@@ -164,8 +165,9 @@ def test_no_stitch_variant_is_factor_one_on_the_same_draws(tiny_real):
     assert torch.equal(images, sel.crops)
     for r in range(2):
         i = int(sel.chosen[r])
-        torch.testing.assert_close(images[r], _cut(task.real[sel.candidates[i]], sel.boxes[i, sel.chosen_crop[r]], 28),
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            images[r], _cut(task.real[sel.candidates[i]], sel.boxes[i, sel.chosen_crop[r]], 28), atol=1e-6, rtol=0
+        )
     torch.testing.assert_close(true_class_cross_entropy(teacher, images, LABEL), sel.cross_entropy)
 
 
@@ -200,10 +202,12 @@ def test_rded_scores_with_the_teacher_that_relabels():
 
     assert get_method("rded").needs == frozenset({"relabel_teacher", "real_images"})
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
-    own = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="t", teacher_val_accuracy=None,
-                          fine_tuned={})
-    subset = SimpleNamespace(backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=None,
-                             fine_tuned={})
+    own = SimpleNamespace(
+        backbone_hash="b", teacher_hash="t", relabel_hash="t", teacher_val_accuracy=None, fine_tuned={}
+    )
+    subset = SimpleNamespace(
+        backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=None, fine_tuned={}
+    )
     assert method_identity(suite, own, "rded")[1] != method_identity(suite, subset, "rded")[1]
     # Herding still reads the suite's own teacher: the relabelling one does not enter its identity.
     assert method_identity(suite, own, "herding")[1] == method_identity(suite, subset, "herding")[1]

@@ -1,7 +1,8 @@
-"""The hyperparameter search (harness/stages/search.py) on a tiny suite, with a real local Ray cluster, Ray Tune and Optuna:
-it runs on a copy of Fashion-MNIST whose test files are absent (so it cannot have read them), tries the suite's
-own config first, lets ASHA stop trials, writes a suite fragment that a profile includes, and resumes a search
-killed with kill -9 without training a finished trial again."""
+"""The hyperparameter search (harness/stages/search.py) on a tiny suite, with a real local Ray cluster, Ray Tune
+and Optuna: it runs on a copy of Fashion-MNIST whose test files are absent (so it cannot have read them), tries
+the suite's own config first, lets ASHA stop trials, writes a suite fragment that a profile includes, and resumes a
+search killed with kill -9 without training a finished trial again."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,15 +17,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.models.data import DataError, load_real_data
-from harness.report.rows import aggregate
-from harness.stages.prepare import prepare
-from harness.stages.distill import ShardWorker, plan
-from harness.stages.search import ROW_KIND, SearchSpec, _typed, default_point, experiment_name, run_search, search_id, write_outputs
-from harness.core.store import ResultStore
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
-
+from harness.core.store import ResultStore
+from harness.models.data import DataError, load_real_data
+from harness.report.rows import aggregate
+from harness.stages.distill import ShardWorker, plan
+from harness.stages.prepare import prepare
+from harness.stages.search import (
+    ROW_KIND,
+    SearchSpec,
+    _typed,
+    default_point,
+    experiment_name,
+    run_search,
+    search_id,
+    write_outputs,
+)
 from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,13 +62,23 @@ def env(tmp_path_factory, ray_cluster):
     real = load_real_data(suite.data, with_test=False)
     out = tmp / "out"
     prepared = prepare(suite, real, out, check=False)
-    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=5, reports=6, grace_reports=1,
-                      reduction_factor=2)
+    spec = SearchSpec(
+        "diffusion", 1, "convnet3", "hard-label", trials=5, reports=6, grace_reports=1, reduction_factor=2
+    )
     outcome = run_search(suite, real, prepared, spec, out)
     store = ResultStore(out / "results" / "tiny.jsonl")
     written = write_outputs(outcome, suite, out, store)
-    return dict(tmp=tmp, data=data, suite=suite, real=real, out=out, prepared=prepared, outcome=outcome,
-                store=store, written=written)
+    return dict(
+        tmp=tmp,
+        data=data,
+        suite=suite,
+        real=real,
+        out=out,
+        prepared=prepared,
+        outcome=outcome,
+        store=store,
+        written=written,
+    )
 
 
 def test_search_never_reads_the_test_split(env):
@@ -74,8 +93,10 @@ def test_search_never_reads_the_test_split(env):
 def test_the_suite_config_is_the_first_trial_and_asha_stops_some(env):
     outcome = env["outcome"]
     first = outcome.trials[0]
-    assert first.index == 0 and first.config == default_point(env["suite"], outcome.spec) == \
-        {"cfg_scale": 2.0, "steps": 10}
+    assert first.index == 0 and first.config == default_point(env["suite"], outcome.spec) == {
+        "cfg_scale": 2.0,
+        "steps": 10,
+    }
     assert len({json.dumps(t.config, sort_keys=True) for t in outcome.trials}) == 5  # Optuna proposed the rest
     stopped, saved = outcome.early_stopping()
     assert stopped >= 1 and saved > 0
@@ -92,7 +113,10 @@ def test_outputs_store_rows_fragment_round_trip_and_plots(env):
     fragment = env["out"] / "search" / "diffusion.yaml"
     assert fragment in env["written"] and all(p.exists() for p in env["written"])
     assert {p.name for p in env["written"] if p.suffix == ".png"} == {
-        "diffusion-history.png", "diffusion-importance.png", "diffusion-parallel.png"}
+        "diffusion-history.png",
+        "diffusion-importance.png",
+        "diffusion-parallel.png",
+    }
     raw = yaml.safe_load(Path(suite.source).read_text())
     raw["profiles"] = {"searched": {"include": [str(fragment)]}}
     path = write_suite(raw, env["tmp"] / "with-searched.yaml")
@@ -128,15 +152,23 @@ def _search_in_a_subprocess(env, seed: int, finished: int):
     nobody reads could fill and stall the driver)."""
     suite, real, prepared, out = env["suite"], env["real"], env["prepared"], env["out"]
     spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=4, reports=6, grace_reports=6, seed=seed)
-    driver = (f"from harness.config.loader import load_suite; from harness.models.data import load_real_data; "
-              f"from harness.stages.prepare import prepare; from harness.stages.search import SearchSpec, run_search; import ray\n"
-              f"ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
-              f"s = load_suite({suite.source!r}); r = load_real_data(s.data, with_test=False)\n"
-              f"run_search(s, r, prepare(s, r, {str(out)!r}, check=False), {spec!r}, {str(out)!r})\n")
+    driver = (
+        f"from harness.config.loader import load_suite; from harness.models.data import load_real_data; "
+        f"from harness.stages.prepare import prepare; from harness.stages.search import SearchSpec, run_search; "
+        f"import ray\n"
+        f"ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        f"s = load_suite({suite.source!r}); r = load_real_data(s.data, with_test=False)\n"
+        f"run_search(s, r, prepare(s, r, {str(out)!r}, check=False), {spec!r}, {str(out)!r})\n"
+    )
     stderr = out / f"driver-{seed}.err"
-    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=stderr.open("w"),
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr.open("w"),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     ledger = out / "search" / experiment_name(spec, search_id(suite, prepared, spec, real)) / "ledger"
     deadline = time.time() + 120
     while len(list(ledger.glob("*.json"))) < finished and time.time() < deadline and proc.poll() is None:
@@ -157,8 +189,10 @@ def test_a_search_killed_with_kill_9_resumes_without_training_a_finished_trial_a
     assert all(trained.count(t) == 1 for t in finished_before)  # none of them trained again
     # A trial Tune had not yet recorded at all when the driver died is unknown to the restored search: it runs a
     # new draw in its place (its curve stays in the ledger). Every finished trial the search holds trained once.
-    print(f"kill -9 after {len(finished_before)} finished trials; resumed: {len(trained)} trainings in all, "
-          f"{len(set(trained))} trials")
+    print(
+        f"kill -9 after {len(finished_before)} finished trials; resumed: {len(trained)} trainings in all, "
+        f"{len(set(trained))} trials"
+    )
 
 
 @pytest.mark.slow  # a second Ray cluster and a search run twice: ~2 minutes on two shared cores
@@ -179,10 +213,25 @@ def test_the_board_shows_a_searched_config_as_its_own_row(env, tmp_path):
     suite, outcome = env["suite"], env["outcome"]
     default = outcome.default()
     best = next(t for t in outcome.trials if t.config_hash != default.config_hash)
-    rows = [{"kind": "measured", "suite": suite.name, "method": "diffusion", "config_hash": t.config_hash, "ipc": 1,
-             "student": "convnet3", "protocol": "hard-label", "protocol_hash": "p", "seed": seed,
-             "accuracy": t.val_accuracy, "train_seconds": 1.0, "distill_seconds_per_image": 0.1,
-             "peak_memory_bytes": 0} for t in (default, best) for seed in (0, 1)]
+    rows = [
+        {
+            "kind": "measured",
+            "suite": suite.name,
+            "method": "diffusion",
+            "config_hash": t.config_hash,
+            "ipc": 1,
+            "student": "convnet3",
+            "protocol": "hard-label",
+            "protocol_hash": "p",
+            "seed": seed,
+            "accuracy": t.val_accuracy,
+            "train_seconds": 1.0,
+            "distill_seconds_per_image": 0.1,
+            "peak_memory_bytes": 0,
+        }
+        for t in (default, best)
+        for seed in (0, 1)
+    ]
     rows += env["store"].read()  # the search rows ride along and are not shown
     labels = {("diffusion", best.config_hash): searched_label("diffusion", len(outcome.trials))}
     current = {("diffusion", default.config_hash), ("diffusion", best.config_hash)}
@@ -197,8 +246,9 @@ def test_the_board_shows_a_searched_config_as_its_own_row(env, tmp_path):
 @pytest.mark.slow  # a second Ray Tune experiment: ~30-70 s on two shared cores
 def test_a_protocol_search_tunes_the_students_lr_and_publishes_the_recipe(env):
     suite, out = env["suite"], env["out"]
-    spec = SearchSpec("diffusion", 1, "convnet3", "hard-label", trials=3, reports=6, grace_reports=6,
-                      protocol_search=True)
+    spec = SearchSpec(
+        "diffusion", 1, "convnet3", "hard-label", trials=3, reports=6, grace_reports=6, protocol_search=True
+    )
     outcome = run_search(suite, env["real"], env["prepared"], spec, out)
     assert outcome.trials[0].config == {"lr": suite.protocols["hard-label"].lr}  # the suite's recipe first
     assert len({t.config["lr"] for t in outcome.trials}) == 3

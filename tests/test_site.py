@@ -1,6 +1,7 @@
 """The site, comparisons and exports (issue 17): intervals as SciPy's t makes them, a lead marked only where it is
 resolved, a set exported and loaded back by `datasets` unchanged, and the generated site opened in headless
 Chromium as a reader would: tables, every plot and every grid there, and a filter that changes the rows."""
+
 import dataclasses
 import hashlib
 import json
@@ -18,16 +19,16 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from harness.config.loader import load_suite
+from harness.core.sets import Manifest, load_set, save_images
+from harness.models.protocols import HardLabel, SoftLabel
 from harness.report.compare import by_seed, compare, difference, leaders
 from harness.report.export import CHECKSUMS, PARQUET, export_set
 from harness.report.leaderboard import render
 from harness.report.rows import searched_label
 from harness.report.scores import label_robust_scores
-from harness.report.tables import dd_ranking_table
-from harness.models.protocols import HardLabel, SoftLabel
-from harness.core.sets import Manifest, load_set, save_images
 from harness.report.site import build_site, pareto_front
-from harness.config.loader import load_suite
+from harness.report.tables import dd_ranking_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = ROOT / "leaderboard"
@@ -49,7 +50,7 @@ def test_paired_and_welch_intervals():
     # Other seeds: Welch, by its own degrees of freedom; wider here, and not resolved.
     w = difference(a, {3: 0.69, 4: 0.71, 5: 0.68})
     va, vb = np.var(list(a.values()), ddof=1) / 3, np.var([0.69, 0.71, 0.68], ddof=1) / 3
-    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
     half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
     assert w.test == "Welch t" and math.isclose(w.high - w.low, 2 * half) and not w.resolved
     assert math.isclose(w.mean, d.mean)
@@ -59,26 +60,55 @@ def test_paired_and_welch_intervals():
 
 
 def _rows(accs: dict[str, list[float]], ipc=10, protocol="hard-label"):
-    return [dict(method=m, config_hash="h", ipc=ipc, student="convnet3", protocol=protocol, seed=seed, accuracy=acc,
-                 train_seconds=1.0, distill_seconds_per_image=0.5, peak_memory_bytes=2**20, kind="measured")
-            for m, values in accs.items() for seed, acc in enumerate(values)]
+    return [
+        dict(
+            method=m,
+            config_hash="h",
+            ipc=ipc,
+            student="convnet3",
+            protocol=protocol,
+            seed=seed,
+            accuracy=acc,
+            train_seconds=1.0,
+            distill_seconds_per_image=0.5,
+            peak_memory_bytes=2**20,
+            kind="measured",
+        )
+        for m, values in accs.items()
+        for seed, acc in enumerate(values)
+    ]
 
 
 def test_the_board_marks_a_leader_only_where_its_lead_is_resolved(tmp_path):
     # IPC 10: a beats b by 2 points on every seed; IPC 50: a leads by as much on average, but seed by seed
     # the sign flips.
-    rows = _rows({"a": [0.72, 0.75, 0.70], "b": [0.70, 0.735, 0.685]}) + \
-        _rows({"a": [0.80, 0.70, 0.78], "b": [0.70, 0.74, 0.78]}, ipc=50)
-    suite = SimpleNamespace(name="s", protocols={"hard-label": HardLabel(), "soft-label": SoftLabel()}, methods=["a", "b"])
+    rows = _rows({"a": [0.72, 0.75, 0.70], "b": [0.70, 0.735, 0.685]}) + _rows(
+        {"a": [0.80, 0.70, 0.78], "b": [0.70, 0.74, 0.78]}, ipc=50
+    )
+    suite = SimpleNamespace(
+        name="s", protocols={"hard-label": HardLabel(), "soft-label": SoftLabel()}, methods=["a", "b"]
+    )
     md, _ = render(suite, rows, None, tmp_path, ["a", "b"], [])
     text = md.read_text()
     assert "| a | **72.3 ± 2.5 (3)** | 76.0 ± 5.3 (3) |" in text and "| b | 70.7 ± 2.6 (3) | 74.0 ± 4.0 (3) |" in text
     table = compare(pd.DataFrame(rows), "a", "b").set_index("ipc")
     assert table.loc[10, "resolved"] and not table.loc[50, "resolved"] and table.loc[10, "test"] == "paired t"
-    agg = pd.DataFrame([{"method": m, "student": "convnet3", "protocol": "hard-label", "ipc": i,
-                         "mean": np.mean([r["accuracy"] for r in rows if (r["method"], r["ipc"]) == (m, i)])}
-                        for m in "ab" for i in (10, 50)])
-    assert leaders(agg, by_seed(pd.DataFrame(rows)), ["student", "protocol", "ipc"]) == {("convnet3", "hard-label", 10): "a"}
+    agg = pd.DataFrame(
+        [
+            {
+                "method": m,
+                "student": "convnet3",
+                "protocol": "hard-label",
+                "ipc": i,
+                "mean": np.mean([r["accuracy"] for r in rows if (r["method"], r["ipc"]) == (m, i)]),
+            }
+            for m in "ab"
+            for i in (10, 50)
+        ]
+    )
+    assert leaders(agg, by_seed(pd.DataFrame(rows)), ["student", "protocol", "ipc"]) == {
+        ("convnet3", "hard-label", 10): "a"
+    }
 
 
 def test_pareto_front():
@@ -100,14 +130,28 @@ def sets(tmp_path_factory, tiny_real):
             path, sums = out / method / f"ipc{ipc}", {}
             for label, key in enumerate(tiny_real.classes):
                 (path / key).mkdir(parents=True)
-                images = tiny_real.train.class_images(label)[k * 10:k * 10 + ipc]
+                images = tiny_real.train.class_images(label)[k * 10 : k * 10 + ipc]
                 sums[key] = save_images(images.float() / 255, path / key)
-            m = Manifest(suite="fashion-mnist", method=method, config={}, config_hash=c["config_hash"], ipc=ipc,
-                         classes=list(tiny_real.classes), seeds={}, images=ipc * len(tiny_real.classes),
-                         distill_seconds=c["distill_seconds"], seconds_per_image=c["seconds_per_image"],
-                         peak_memory_bytes=int(c["peak_memory_mib"] * 2**20), peak_memory_kind=c["peak_memory_kind"],
-                         device=c["device"], cpu=c["cpu"], torch_threads=1, checksums=sums, path=str(path),
-                         diversity=d)
+            m = Manifest(
+                suite="fashion-mnist",
+                method=method,
+                config={},
+                config_hash=c["config_hash"],
+                ipc=ipc,
+                classes=list(tiny_real.classes),
+                seeds={},
+                images=ipc * len(tiny_real.classes),
+                distill_seconds=c["distill_seconds"],
+                seconds_per_image=c["seconds_per_image"],
+                peak_memory_bytes=int(c["peak_memory_mib"] * 2**20),
+                peak_memory_kind=c["peak_memory_kind"],
+                device=c["device"],
+                cpu=c["cpu"],
+                torch_threads=1,
+                checksums=sums,
+                path=str(path),
+                diversity=d,
+            )
             m.write(path)
             manifests.append(m)
     return manifests
@@ -135,11 +179,27 @@ def test_the_dd_ranking_csv_is_the_boards_label_robust_score():
     suite = load_suite("fashion-mnist", "leaderboard")
     rows = [json.loads(line) for line in (BOARD / "results" / "fashion-mnist.jsonl").read_text().splitlines()]
     csv = dd_ranking_table(rows, None, suite, "random-real", "hard-label", "soft-label")
-    assert list(csv.columns[:10]) == ["method", "method_reference", "date", "verified", "dataset", "ipc",
-                                      "label_type", "recovery", "improvement", "score"]
-    soft = label_robust_scores(rows, None, "random-real", "hard-label", "soft-label").set_index(["method", "ipc", "student"])
-    row = csv[(csv["label_type"] == "Soft Label") & (csv["method"] == "d4m") & (csv["ipc"] == 10)
-              & (csv["student"] == "convnet3")].iloc[0]
+    assert list(csv.columns[:10]) == [
+        "method",
+        "method_reference",
+        "date",
+        "verified",
+        "dataset",
+        "ipc",
+        "label_type",
+        "recovery",
+        "improvement",
+        "score",
+    ]
+    soft = label_robust_scores(rows, None, "random-real", "hard-label", "soft-label").set_index(
+        ["method", "ipc", "student"]
+    )
+    row = csv[
+        (csv["label_type"] == "Soft Label")
+        & (csv["method"] == "d4m")
+        & (csv["ipc"] == 10)
+        & (csv["student"] == "convnet3")
+    ].iloc[0]
     assert math.isclose(row["score"], 100 * soft.loc[("d4m", 10, "convnet3"), "lrs"], abs_tol=1e-3)
     assert set(csv["label_type"]) == {"Hard Label", "Soft Label"} and "random-real" not in set(csv["method"])
 
@@ -155,8 +215,21 @@ class _Dom(HTMLParser):
 
 
 def _chromium(url: str, *args: str) -> str:
-    run = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                          "--virtual-time-budget=1000", *args, url], capture_output=True, text=True, timeout=90)
+    run = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=1000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout
 
@@ -168,8 +241,17 @@ def site(sets, tmp_path_factory):
     board = tmp_path_factory.mktemp("board")
     shutil.copy(BOARD / "fashion-mnist-cross-arch.csv", board)
     out = tmp_path_factory.mktemp("site")
-    page = build_site(suite, rows, None, out, list(suite.methods), ["teacher: convnet3", "a note"], sets, board,
-                      "python benchmark.py --suite fashion-mnist --site")
+    page = build_site(
+        suite,
+        rows,
+        None,
+        out,
+        list(suite.methods),
+        ["teacher: convnet3", "a note"],
+        sets,
+        board,
+        "python benchmark.py --suite fashion-mnist --site",
+    )
     return page
 
 
@@ -177,8 +259,17 @@ def test_a_searched_sets_grid_has_a_plain_file_name_and_anchor(sets, tmp_path):
     """A searched config's label has commas, spaces and brackets; its grid's file name and anchor must not."""
     label = searched_label("cao2", 20)
     searched = dataclasses.replace(next(m for m in sets if m.method == "cao2" and m.ipc == 10), method=label)
-    page = build_site(load_suite("fashion-mnist", "leaderboard"), [], None, tmp_path / "site", [label], [],
-                      [searched], tmp_path, "python benchmark.py --suite fashion-mnist --site")
+    page = build_site(
+        load_suite("fashion-mnist", "leaderboard"),
+        [],
+        None,
+        tmp_path / "site",
+        [label],
+        [],
+        [searched],
+        tmp_path,
+        "python benchmark.py --suite fashion-mnist --site",
+    )
     (grid,) = (tmp_path / "site" / "fashion-mnist" / "grids").iterdir()
     assert grid.name == "cao2_searched_on_val_20_trials-ipc-10.png"
     assert f'id="set-{grid.stem}"' in page.read_text()

@@ -1,4 +1,5 @@
 """The result store: append-only, deduplicated, survives a torn last line."""
+
 from harness.core.identity import ROW_KEY_FIELDS as KEY_FIELDS
 from harness.core.store import ResultStore
 

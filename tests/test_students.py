@@ -1,12 +1,25 @@
 """Students: every architecture a user would name is built through timm at each suite's input size."""
+
 import pytest
 import torch
 from torch import nn
 
 from harness.models.students import create_student, is_student
 
-STUDENTS = ["convnet3", "convnet4", "convnet6", "resnetap10", "resnet18", "resnet18_instancenorm", "resnet50", "resnet101",
-            "efficientnet_b0", "mobilenetv2_100", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"]
+STUDENTS = [
+    "convnet3",
+    "convnet4",
+    "convnet6",
+    "resnetap10",
+    "resnet18",
+    "resnet18_instancenorm",
+    "resnet50",
+    "resnet101",
+    "efficientnet_b0",
+    "mobilenetv2_100",
+    "vit_tiny_patch16_224",
+    "swin_tiny_patch4_window7_224",
+]
 
 
 @pytest.mark.parametrize("name", STUDENTS)
@@ -32,8 +45,11 @@ def test_resnetap_downsamples_by_average_pooling():
     assert not strided  # the "AP" of ResNetAP: every stride is an average pool
     assert model.stem[0].kernel_size == (7, 7) and model.stem[3].kernel_size == 4  # the reference's large stem
     assert isinstance(create_student("resnetap10", 10, 1, 28).stem[3], nn.Identity)  # ≤ 64 px: no stem pooling
-    assert all(isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels
-               for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)))  # instance norm
+    assert all(
+        isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels
+        for m in model.modules()
+        if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))
+    )  # instance norm
 
 
 def test_convnet_options():
@@ -45,14 +61,14 @@ def test_convnet_options():
 # The hard-label recipe's ResNet-18 as Minimax's train_models/resnet.py builds it (CaO2's file is identical) for
 # `-n resnet --depth 18 --norm_type instance` at 224 px: (in, out, kernel, stride) of every conv in module order.
 def _reference_resnet18_convs(in_chans: int = 3) -> list[tuple[int, int, int, int]]:
-    convs = [(in_chans, 64, 7, 2)]                       # IntroBlock 'large', l.28 (size > 128, l.133-138)
+    convs = [(in_chans, 64, 7, 2)]  # IntroBlock 'large', l.28 (size > 128, l.133-138)
     c_in = 64
     for stage, width in enumerate((64, 128, 256, 512)):  # l.179-182, layers[18] = [2, 2, 2, 2] (l.166)
         for block in range(2):
             stride = 2 if stage > 0 and block == 0 else 1
             convs += [(c_in, width, 3, stride), (width, width, 3, 1)]  # BasicBlock conv3x3, l.59-61
             if block == 0 and (stride != 1 or c_in != width):
-                convs.append((c_in, width, 1, stride))   # projection shortcut, l.196-204
+                convs.append((c_in, width, 1, stride))  # projection shortcut, l.196-204
             c_in = width
     return convs
 
@@ -65,10 +81,13 @@ def test_resnet18_instancenorm_is_the_hard_label_recipes_resnet18():
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     reference = _reference_resnet18_convs()
     assert [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0]) for m in convs] == reference
-    assert all(m.bias is None for m in convs)                                   # bias=False throughout
+    assert all(m.bias is None for m in convs)  # bias=False throughout
     assert model.conv1.padding == (3, 3)
-    assert isinstance(model.maxpool, nn.MaxPool2d) and (model.maxpool.kernel_size, model.maxpool.stride,
-                                                         model.maxpool.padding) == (3, 2, 1)  # l.31
+    assert isinstance(model.maxpool, nn.MaxPool2d) and (
+        model.maxpool.kernel_size,
+        model.maxpool.stride,
+        model.maxpool.padding,
+    ) == (3, 2, 1)  # l.31
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d))]
     # 'instance' is nn.GroupNorm(C, C) (l.17): one norm after each conv, affine, starting at 1 and 0 (l.190-192).
     assert len(norms) == len(convs)
@@ -83,8 +102,7 @@ def test_resnet18_instancenorm_is_the_hard_label_recipes_resnet18():
         assert model.forward_features(x).shape == (2, 512, 7, 7)
         assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 512)
     assert (model.fc.in_features, model.fc.out_features) == (512, 10)
-    expected = (sum(i * o * k * k for i, o, k, _ in reference) + sum(2 * o for _, o, _, _ in reference)
-                + 512 * 10 + 10)
+    expected = sum(i * o * k * k for i, o, k, _ in reference) + sum(2 * o for _, o, _, _ in reference) + 512 * 10 + 10
     assert sum(p.numel() for p in model.parameters()) == expected
     # timm's batch-norm resnet18 is the soft-label recipe's (torchvision's) network: same shapes, other norms.
     assert not any(isinstance(m, nn.GroupNorm) for m in create_student("resnet18", 10, 3, 224).modules())
@@ -94,7 +112,7 @@ def test_resnet18_instancenorm_trains():
     torch.manual_seed(0)
     model = create_student("resnet18_instancenorm", 4, 3, 96)
     x, y = torch.rand(8, 3, 96, 96), torch.arange(8) % 4
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)   # the hard-label recipe's optimiser
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)  # the hard-label recipe's optimiser
     losses = []
     for _ in range(6):
         loss = nn.functional.cross_entropy(model(x), y)

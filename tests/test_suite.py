@@ -1,4 +1,5 @@
 """Suite loading: the shipped suites load; every kind of mistake is one line naming file and field, exit 2."""
+
 import dataclasses
 import subprocess
 import sys
@@ -7,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.core.identity import CLASSES_DIR, class_list, config_hash, read_class_list
-from harness.config.schema import BENCHMARKS_DIR, SuiteError
 from harness.config.loader import load_suite
+from harness.config.schema import BENCHMARKS_DIR, SuiteError
+from harness.core.identity import CLASSES_DIR, class_list, config_hash, read_class_list
 from tests.factories import write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,8 +48,14 @@ def test_fashion_leaderboard_profile_and_scaled_students():
     assert list(full.methods) == ["random-real", "diffusion", "herding", "k-center"]
     # (A prefix: a method joins the board by adding its line to the profile, without editing this test.)
     assert list(board.methods)[:11] == list(full.methods) + [
-        "cao2", "cao2-oss-only", "cao2-clo-only", "d4m", "adaptive-sampling", "adaptive-sampling-no-repulsion",
-        "adaptive-sampling-fixed"]
+        "cao2",
+        "cao2-oss-only",
+        "cao2-clo-only",
+        "d4m",
+        "adaptive-sampling",
+        "adaptive-sampling-no-repulsion",
+        "adaptive-sampling-fixed",
+    ]
     with pytest.raises(SuiteError, match="methods.cao2: not in the suite"):
         full.method_config("cao2")
     assert board.students == ["convnet3", "resnetap10", "resnet18"] and board.seeds == 3
@@ -59,12 +66,16 @@ def test_fashion_leaderboard_profile_and_scaled_students():
     assert (board.full_data.epochs, board.full_data.patience, board.full_data.lr_drops) == (60, 3, 2)
     for cfg in board.protocols.values():
         assert cfg.epochs == {1: 200, 10: 100, 50: 40}
-        assert cfg.student_kwargs == {"convnet3": {"width": 64}, "resnetap10": {"width": 16},
-                                      "resnet18": {"channels": [16, 32, 64, 128]}}
+        assert cfg.student_kwargs == {
+            "convnet3": {"width": 64},
+            "resnetap10": {"width": 16},
+            "resnet18": {"channels": [16, 32, 64, 128]},
+        }
     # the default run's protocols are the leaderboard's for ConvNet-3, so their rows are shared; the leaderboard
     # adds only the ResNets' soft-label recipes searched on validation (benchmarks/searched/fashion-mnist/)
-    assert {name: p.for_student("convnet3") for name, p in full.protocols.items()} == \
-        {name: board.protocols[name].for_student("convnet3") for name in full.protocols}
+    assert {name: p.for_student("convnet3") for name, p in full.protocols.items()} == {
+        name: board.protocols[name].for_student("convnet3") for name in full.protocols
+    }
     assert full.protocols["hard-label"] == board.protocols["hard-label"]
     assert set(board.protocols["soft-label"].per_student) == {"resnetap10", "resnet18"}
     # the run without augmentation is the hard-label recipe, images as they are
@@ -86,19 +97,29 @@ BAD = {
     "unknown field": (lambda r: r["data"].update(colour="red"), "data.colour: unknown field"),
     "wrong type": (lambda r: r["data"].update(val_per_class="many"), "data.val_per_class: expected an integer"),
     "missing field": (lambda r: r.pop("teacher"), "teacher: missing"),
-    "missing data": (lambda r: r["data"].update(root="/nonexistent/fmnist"), "data.root: /nonexistent/fmnist does not exist"),
+    "missing data": (
+        lambda r: r["data"].update(root="/nonexistent/fmnist"),
+        "data.root: /nonexistent/fmnist does not exist",
+    ),
     "unknown method": (lambda r: r["methods"].update({"magic": {}}), "methods.magic: unknown method"),
-    "bad method option": (lambda r: r["methods"].update({"diffusion": {"cfg": 2}}), "methods.diffusion.cfg: unknown field"),
+    "bad method option": (
+        lambda r: r["methods"].update({"diffusion": {"cfg": 2}}),
+        "methods.diffusion.cfg: unknown field",
+    ),
     "unknown student": (lambda r: r.update(students=["convnet3", "resnet9000"]), "students[1]: unknown student"),
     "bad ipc": (lambda r: r.update(ipcs=[0]), "ipcs: must be a non-empty list of positive integers"),
     "nested type": (lambda r: r["backbone"]["train"].update(lr="fast"), "backbone.train.lr: expected a number"),
     "cross-arch method": (lambda r: r["cross_arch"].update(method="magic"), "cross_arch.method: 'magic' is not one"),
     "cross-arch no method": (lambda r: r["cross_arch"].pop("method"), "cross_arch.method: missing"),
-    "cross-arch teacher": (lambda r: r["cross_arch"]["teachers"][1].update(arch="resnet9000"),
-                           "cross_arch.teachers[1].arch: unknown architecture"),
+    "cross-arch teacher": (
+        lambda r: r["cross_arch"]["teachers"][1].update(arch="resnet9000"),
+        "cross_arch.teachers[1].arch: unknown architecture",
+    ),
     "note not text": (lambda r: r.update(notes=[{"a": 1}]), "notes[0]: expected a string"),
-    "distributed student": (lambda r: r.update(distributed_students={"resnet50": 2}),
-                            "distributed_students.resnet50: must name one of the suite's students"),
+    "distributed student": (
+        lambda r: r.update(distributed_students={"resnet50": 2}),
+        "distributed_students.resnet50: must name one of the suite's students",
+    ),
 }
 
 
@@ -114,18 +135,42 @@ def test_bad_suite_is_one_line(tmp_path, case):
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     path = _write(tmp_path, lambda r: r["data"].update(colour="red"))
-    cases = [["--suite", str(path)], ["--suite", "no-such-suite"], ["--suite", "fashion-mnist", "--ipc", "ten"],
-             ["--suite", "fashion-mnist", "--methods", "magic"], ["--suite", "fashion-mnist", "--profile", "huge"]]
+    cases = [
+        ["--suite", str(path)],
+        ["--suite", "no-such-suite"],
+        ["--suite", "fashion-mnist", "--ipc", "ten"],
+        ["--suite", "fashion-mnist", "--methods", "magic"],
+        ["--suite", "fashion-mnist", "--profile", "huge"],
+    ]
     for args in cases:
-        proc = subprocess.run([sys.executable, "benchmark.py", *args, "--out", str(tmp_path / "out")], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "benchmark.py", *args, "--out", str(tmp_path / "out")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("ddbench: error:"), (args, proc.stderr)
         assert not (tmp_path / "out").exists()
     # A paper's method asked of the default run points at the profile that has it.
-    proc = subprocess.run([sys.executable, "benchmark.py", "--suite", "fashion-mnist", "--methods", "cao2,d4m",
-                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmark.py",
+            "--suite",
+            "fashion-mnist",
+            "--methods",
+            "cao2,d4m",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().endswith("; --profile leaderboard lists them"), proc.stderr
 
 

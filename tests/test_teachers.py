@@ -1,4 +1,5 @@
 """Teachers: the timm pretrained path on tiny local weights, and the WNID alignment check."""
+
 import pytest
 import timm
 import torch
@@ -38,8 +39,10 @@ def test_class_mismatch_is_refused():
         load_timm_teacher("test_resnet", None, ["n99999999"], imagenet, input_size=32)
 
 
-@pytest.mark.parametrize("name,count", [("imagenette", 10), ("imagewoof", 10), ("imageidc", 10),
-                                        ("imagenet-100", 100), ("imagenet-1k", 1000)])
+@pytest.mark.parametrize(
+    "name,count",
+    [("imagenette", 10), ("imagewoof", 10), ("imageidc", 10), ("imagenet-100", 100), ("imagenet-1k", 1000)],
+)
 def test_shipped_class_lists(name, count):
     wnids = read_class_list(CLASSES_DIR / f"{name}.txt")
     assert len(wnids) == count == len(set(wnids))
@@ -49,6 +52,7 @@ def test_shipped_class_lists(name, count):
 
 # Subset teachers (issue 12): RDED and CaO2 relabel the ImageNet subsets with a ResNet-18 trained on the subset.
 
+
 def _subset_suite(tmp_path, relabel: dict):
     """A tiny ImageNet-layout folder (3 WNIDs, JPEGs whose colour says the class), a tiny DiT in the hub layout,
     tiny ImageNet-1k timm weights as the selector, and `relabel` as the soft labels' teacher."""
@@ -56,9 +60,9 @@ def _subset_suite(tmp_path, relabel: dict):
     import yaml
     from PIL import Image
 
-    from harness.models.generators.dit import save_dit_backbone
-    from harness.models.data import load_real_data
     from harness.config.loader import load_suite
+    from harness.models.data import load_real_data
+    from harness.models.generators.dit import save_dit_backbone
     from tests.factories import tiny_latent_dit
 
     rng = np.random.default_rng(0)
@@ -74,21 +78,43 @@ def _subset_suite(tmp_path, relabel: dict):
         save_dit_backbone(tiny_latent_dit(), tmp_path / "dit")
         torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), tmp_path / "selector.pth")
     path = tmp_path / "subset.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "subset",
-        "data": {"format": "imagefolder", "root": str(tmp_path / "data"), "classes": str(tmp_path / "classes.txt"),
-                 "image_size": 32, "val_per_class": 1},
-        "backbone": {"kind": "dit", "pretrained": str(tmp_path / "dit")},
-        "teacher": {"kind": "timm", "arch": "test_resnet", "weights": str(tmp_path / "selector.pth"),
-                    "input_size": 32, "relabel": relabel},
-        "methods": {"random-real": {}}, "ipcs": [1], "seeds": 1, "students": ["convnet3"],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "subset",
+                "data": {
+                    "format": "imagefolder",
+                    "root": str(tmp_path / "data"),
+                    "classes": str(tmp_path / "classes.txt"),
+                    "image_size": 32,
+                    "val_per_class": 1,
+                },
+                "backbone": {"kind": "dit", "pretrained": str(tmp_path / "dit")},
+                "teacher": {
+                    "kind": "timm",
+                    "arch": "test_resnet",
+                    "weights": str(tmp_path / "selector.pth"),
+                    "input_size": 32,
+                    "relabel": relabel,
+                },
+                "methods": {"random-real": {}},
+                "ipcs": [1],
+                "seeds": 1,
+                "students": ["convnet3"],
+            }
+        )
+    )
     suite = load_suite(str(path))
     return suite, load_real_data(suite.data)
 
 
-TINY_RECIPE = {"kind": "trained", "arch": "convnet3", "arch_kwargs": {"width": 8}, "input_size": 24,
-               "recipe": {"epochs": 1, "batch_size": 8}}
+TINY_RECIPE = {
+    "kind": "trained",
+    "arch": "convnet3",
+    "arch_kwargs": {"width": 8},
+    "input_size": 24,
+    "recipe": {"epochs": 1, "batch_size": 8},
+}
 
 
 def test_the_recipe_defaults_are_torchvisions_reference_recipe():
@@ -113,12 +139,14 @@ def test_prepare_trains_the_subset_teacher_once_and_caches_it(tmp_path, capsys):
     assert first.relabel.source == str(cached) and first.relabel.hash in str(cached)
     teacher = first.load_relabel_teacher()
     assert teacher.input_size == 24 and teacher(torch.rand(2, 3, 32, 32)).shape == (2, 3)  # the suite's classes
-    assert first.load_teacher().class_indices.tolist() != []   # the selector is still the ImageNet-1k one
+    assert first.load_teacher().class_indices.tolist() != []  # the selector is still the ImageNet-1k one
     assert 0 <= first.relabel.test_accuracy <= 1
     note = first.teacher_note()
     assert "test_resnet pretrained on ImageNet-1k" in note and "outputs picked by the suite's WNIDs" in note
-    assert (f"soft labels from: convnet3 trained on subset by prepare (torchvision's reference recipe, as RDED's "
-            f"observers), test accuracy {first.relabel.test_accuracy:.1%}") in note
+    assert (
+        f"soft labels from: convnet3 trained on subset by prepare (torchvision's reference recipe, as RDED's "
+        f"observers), test accuracy {first.relabel.test_accuracy:.1%}"
+    ) in note
 
     stamp = cached.stat().st_mtime_ns
     again = prepare(suite, real, out, check=False)
@@ -140,10 +168,19 @@ def test_a_torchvision_checkpoint_of_the_subset_is_read_as_rded_reads_it(tmp_pat
 
     torch.manual_seed(0)
     source = torchvision.models.resnet18(num_classes=3).eval()
-    torch.save({"model": source.state_dict(), "args": argparse.Namespace(lr=0.1), "epoch": 89},
-               tmp_path / "imagenet-woof_resnet18.pth")
-    suite, real = _subset_suite(tmp_path, {"kind": "trained", "arch": "resnet18", "input_size": 96,
-                                           "weights": str(tmp_path / "imagenet-woof_resnet18.pth")})
+    torch.save(
+        {"model": source.state_dict(), "args": argparse.Namespace(lr=0.1), "epoch": 89},
+        tmp_path / "imagenet-woof_resnet18.pth",
+    )
+    suite, real = _subset_suite(
+        tmp_path,
+        {
+            "kind": "trained",
+            "arch": "resnet18",
+            "input_size": 96,
+            "weights": str(tmp_path / "imagenet-woof_resnet18.pth"),
+        },
+    )
     prepared = prepare(suite, real, tmp_path / "out", check=False)
     teacher = prepared.load_relabel_teacher()
     x = torch.rand(2, 3, 32, 32)
@@ -160,33 +197,43 @@ def test_a_subset_checkpoint_with_the_wrong_class_count_fails_in_one_line(tmp_pa
     from harness.cli import main
 
     wrong = tmp_path / "imagenet-1k_resnet18.pth"
-    torch.save({"model": torchvision.models.resnet18(num_classes=1000).state_dict(),
-                "args": argparse.Namespace()}, wrong)
+    torch.save(
+        {"model": torchvision.models.resnet18(num_classes=1000).state_dict(), "args": argparse.Namespace()}, wrong
+    )
     suite, _ = _subset_suite(tmp_path, {"kind": "trained", "arch": "resnet18", "weights": str(wrong)})
     with pytest.raises(SystemExit) as exit_:
         main(["--suite", suite.source, "--out", str(tmp_path / "out"), "--no-check"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(lines) == 1
-    assert lines[0] == (f"ddbench: error: {suite.source}: teacher.relabel.weights: {wrong} has 1000 outputs but the "
-                        f"suite has 3 classes: a subset teacher's outputs must be the suite's classes, in the "
-                        f"suite's order")
+    assert lines[0] == (
+        f"ddbench: error: {suite.source}: teacher.relabel.weights: {wrong} has 1000 outputs but the "
+        f"suite has 3 classes: a subset teacher's outputs must be the suite's classes, in the "
+        f"suite's order"
+    )
 
 
 def test_the_subset_teacher_trains_through_ray_train_as_in_one_process(tmp_path, ray_cluster):
     """Two DDP workers on CPU (gloo) see the batches one process would: ConvNet-3 (instance norm, nothing
     per-worker) ends with the same weights up to float reduction order."""
-    from harness.stages.prepare import train_data_parallel
     from harness.config.coerce import build
     from harness.config.schema import TeacherConfig
     from harness.models.teachers import load_trained_teacher, train_recipe_teacher
+    from harness.stages.prepare import train_data_parallel
 
     suite, real = _subset_suite(tmp_path, TINY_RECIPE)
     t = build(TeacherConfig, {**TINY_RECIPE, "recipe": {"epochs": 2, "batch_size": 8}}, "teacher", "test")
     images = real.train.load(torch.arange(len(real.train))).numpy()
     args = (real.train.labels, len(real.classes), t.arch, t.recipe, t.input_size)
     alone = train_recipe_teacher(images, *args, arch_kwargs=t.arch_kwargs, progress=False)
-    train_data_parallel(images, args, t, tmp_path / "ddp" / "teacher.pt", workers=2, use_gpu=False,
-                        storage_path=str(tmp_path / "ray_train"))
+    train_data_parallel(
+        images,
+        args,
+        t,
+        tmp_path / "ddp" / "teacher.pt",
+        workers=2,
+        use_gpu=False,
+        storage_path=str(tmp_path / "ray_train"),
+    )
     ddp = load_trained_teacher(tmp_path / "ddp" / "teacher.pt")
     for (name, a), b in zip(alone.model.state_dict().items(), ddp.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
@@ -200,9 +247,16 @@ def create_fresh_classifier(t):
     return create_student(t.arch, 3, 3, t.input_size, **t.arch_kwargs).classifier.weight
 
 
-@pytest.mark.parametrize("name,env", [("imagewoof", "IMAGEWOOF_TEACHER"), ("imagenette", "IMAGENETTE_TEACHER"),
-                                      ("imageidc", "IMAGEIDC_TEACHER"), ("imagenet-100", "IMAGENET100_TEACHER"),
-                                      ("imagenet", None)])
+@pytest.mark.parametrize(
+    "name,env",
+    [
+        ("imagewoof", "IMAGEWOOF_TEACHER"),
+        ("imagenette", "IMAGENETTE_TEACHER"),
+        ("imageidc", "IMAGEIDC_TEACHER"),
+        ("imagenet-100", "IMAGENET100_TEACHER"),
+        ("imagenet", None),
+    ],
+)
 def test_imagenet_family_relabels_as_the_references_do(name, env, monkeypatch, tmp_path):
     """The subsets relabel with a ResNet-18 trained on the subset (RDED/CaO2 pretrain_models/<subset>_resnet18.pth),
     ImageNet-1k with the selector's torchvision weights; CaO2 selects with those weights everywhere."""

@@ -1,13 +1,12 @@
 """A built suite's semantic checks, one function per section, each failing through `fail(where, why)` with one line
 that names the field: run before any compute, so a mistake costs a line, not a traceback an hour into a run."""
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 import torch
-
-from methods import get_method, list_methods
 
 from harness.config.coerce import resolve_method_configs, resolve_protocols
 from harness.config.schema import BEST_OF_PROTOCOLS, DataConfig, ReportedEntry, Suite, SuiteError, TeacherConfig
@@ -17,11 +16,13 @@ from harness.models.generators import get_generator, list_generators
 from harness.models.measures import DiversityError, check_config
 from harness.models.students import create_student, is_student
 from harness.models.teacher_sources import list_teacher_kinds, teacher_source
+from methods import get_method, list_methods
 
 
 def resolve_and_check(s: Suite, source: str, check_files: bool) -> None:
     """Check every section, swapping the methods' and protocols' entries for their typed configs where the checks
     after them need those. The order is the order mistakes are reported in: the first one raises."""
+
     def fail(where, msg):
         raise SuiteError(f"{source}: {where}: {msg}")
 
@@ -52,8 +53,11 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def check_name(s: Suite, fail) -> None:
     if not SAFE_NAME.fullmatch(s.name):
-        fail("name", f"{s.name!r} names the suite's folders and files: use letters, digits, '.', '_' and '-' only, "
-                     "starting with a letter or digit")
+        fail(
+            "name",
+            f"{s.name!r} names the suite's folders and files: use letters, digits, '.', '_' and '-' only, "
+            "starting with a letter or digit",
+        )
 
 
 def check_data(s: Suite, fail, check_files: bool) -> None:
@@ -61,8 +65,11 @@ def check_data(s: Suite, fail, check_files: bool) -> None:
         fail("data.format", f"must be idx or imagefolder, got {s.data.format!r}")
     if s.data.format == "imagefolder":
         if not s.data.classes:
-            fail("data.classes", "required for imagefolder data: auto (the train folder's sub-folders), a list of "
-                                 "folder names, or a class list such as imagenette")
+            fail(
+                "data.classes",
+                "required for imagefolder data: auto (the train folder's sub-folders), a list of "
+                "folder names, or a class list such as imagenette",
+            )
         if isinstance(s.data.classes, list):
             if not s.data.classes or len(set(s.data.classes)) != len(s.data.classes):
                 fail("data.classes", "the inline list must name each class folder once")
@@ -78,8 +85,11 @@ def check_data(s: Suite, fail, check_files: bool) -> None:
         if s.data.max_train_per_class < 1:
             fail("data.max_train_per_class", f"must be at least 1 or null (no cap), got {s.data.max_train_per_class}")
         if s.data.val_per_class >= s.data.max_train_per_class:
-            fail("data.val_per_class", f"{s.data.val_per_class} held out for validation leaves no training image of "
-                                       f"the {s.data.max_train_per_class} per class data.max_train_per_class keeps")
+            fail(
+                "data.val_per_class",
+                f"{s.data.val_per_class} held out for validation leaves no training image of "
+                f"the {s.data.max_train_per_class} per class data.max_train_per_class keeps",
+            )
     if check_files:
         _check_data_files(s.data, fail)
 
@@ -87,8 +97,11 @@ def check_data(s: Suite, fail, check_files: bool) -> None:
 def _check_data_files(d: DataConfig, fail) -> None:
     root = Path(d.root)
     if not root.is_dir():
-        hint = ("install it with `apt-get install -y dataset-fashion-mnist`" if d.format == "idx"
-                else "point data.root at an ImageNet-style folder (train/<wnid>/..., val/<wnid>/...)")
+        hint = (
+            "install it with `apt-get install -y dataset-fashion-mnist`"
+            if d.format == "idx"
+            else "point data.root at an ImageNet-style folder (train/<wnid>/..., val/<wnid>/...)"
+        )
         fail("data.root", f"{root} does not exist; {hint}")
     if d.format == "imagefolder":
         _check_folders(d, fail)
@@ -107,8 +120,11 @@ def _check_folders(d: DataConfig, fail) -> None:
     for name, folder in (("data.train_dir", d.train_dir), ("data.test_dir", d.test_dir)):
         if not (root / folder).is_dir():
             found = sorted(p.name for p in root.iterdir() if p.is_dir())
-            fail(name, f"{root / folder} is not a folder (folders in {root}: {', '.join(found) or 'none'}); "
-                       f"set {name} to the split's folder")
+            fail(
+                name,
+                f"{root / folder} is not a folder (folders in {root}: {', '.join(found) or 'none'}); "
+                f"set {name} to the split's folder",
+            )
     keys = d.class_keys()
     if not keys:
         fail("data.classes", f"auto: {root / d.train_dir} holds no class folders")
@@ -122,9 +138,12 @@ def _check_folders(d: DataConfig, fail) -> None:
         smallest = (n, key) if smallest is None or n < smallest[0] else smallest
     n, key = smallest
     if d.val_per_class > MAX_VAL_SHARE * n:
-        fail("data.val_per_class", f"{d.val_per_class} would hold out more than {MAX_VAL_SHARE:.0%} of class "
-                                   f"{key!r} ({n} training images) for validation; set it to at most "
-                                   f"{max(1, int(MAX_VAL_SHARE * n))}")
+        fail(
+            "data.val_per_class",
+            f"{d.val_per_class} would hold out more than {MAX_VAL_SHARE:.0%} of class "
+            f"{key!r} ({n} training images) for validation; set it to at most "
+            f"{max(1, int(MAX_VAL_SHARE * n))}",
+        )
 
 
 def check_backbone(s: Suite, fail) -> None:
@@ -179,8 +198,9 @@ def check_methods(s: Suite, fail) -> None:
         cls = get_method(name)
         missing = [f for f in cls.search_space if not hasattr(config, f)]
         if missing:
-            fail(f"methods.{name}", f"its search_space names {', '.join(missing)}, not a field of "
-                                    f"{cls.Config.__name__}")
+            fail(
+                f"methods.{name}", f"its search_space names {', '.join(missing)}, not a field of {cls.Config.__name__}"
+            )
 
 
 def check_searched(s: Suite, fail) -> None:
@@ -207,7 +227,6 @@ def check_teacher(t: TeacherConfig, where: str, fail, image_size: int) -> None:
     teacher_source(t).check(where, fail, image_size, _check_options)
     if t.relabel is not None:
         check_teacher(t.relabel, f"{where}.relabel", fail, image_size)
-
 
 
 def check_full_data(s: Suite, fail) -> None:
@@ -283,8 +302,10 @@ def check_reported(s: Suite, fail) -> None:
         _check_reported_entry(s, e, where, timm_students, fail)
         key = (e.method, e.ipc, e.student, e.protocol, e.paper, e.table)
         if key in seen:
-            fail(where, f"a second number for {e.method} at IPC {e.ipc}, {e.student}, {e.protocol} in "
-                        f"{e.paper} {e.table}")
+            fail(
+                where,
+                f"a second number for {e.method} at IPC {e.ipc}, {e.student}, {e.protocol} in {e.paper} {e.table}",
+            )
         seen.add(key)
 
 
@@ -311,14 +332,15 @@ def _check_reported_entry(s: Suite, e: ReportedEntry, where: str, timm_students:
     if e.paper not in r.papers:
         fail(f"{where}.paper", f"{e.paper!r} is not in reported.papers (have: {', '.join(r.papers)})")
     if e.method not in s.methods and e.method not in r.not_implemented and e.method != FULL_DATA:
-        fail(f"{where}.method", f"{e.method!r} is neither one of the suite's methods nor in "
-                                "reported.not_implemented")
+        fail(f"{where}.method", f"{e.method!r} is neither one of the suite's methods nor in reported.not_implemented")
     if (e.ipc == 0) != (e.kind == FULL_DATA):
         fail(f"{where}.ipc", f"must be ≥ 1 for a distilled set and 0 for {FULL_DATA}, got {e.ipc}")
     if e.student not in timm_students and e.student not in r.students:
         fail(f"{where}.student", f"{e.student!r} is neither in timm's registry nor in reported.students")
     if e.protocol not in s.protocols and e.protocol != BEST_OF_PROTOCOLS and e.protocol not in r.protocols:
-        fail(f"{where}.protocol", f"{e.protocol!r} is neither a suite protocol, {BEST_OF_PROTOCOLS}, nor in "
-                                  "reported.protocols")
+        fail(
+            f"{where}.protocol",
+            f"{e.protocol!r} is neither a suite protocol, {BEST_OF_PROTOCOLS}, nor in reported.protocols",
+        )
     if not 0 < e.accuracy <= 100 or (e.std is not None and e.std < 0):
         fail(f"{where}.accuracy", f"must be a percentage in (0, 100] with a std ≥ 0, got {e.accuracy} ± {e.std}")

@@ -1,5 +1,6 @@
 """YAML → dataclasses: each value checked against its field's annotation (a mistyped, unknown or missing field is
 one line naming it), and the methods' and protocols' raw entries swapped for their typed configs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +8,9 @@ import types
 import typing
 from typing import Any
 
-from methods import get_method, list_methods
-
 from harness.config.schema import Suite, SuiteError
 from harness.models.protocols import get_protocol, list_protocols
+from methods import get_method, list_methods
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -47,8 +47,10 @@ def _coerce(value, tp, where: str, source: str):
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
             raise SuiteError(f"{source}: {where}: expected a mapping, got {value!r}")
-        return {_coerce(k, key_tp, f"{where} key", source): _coerce(v, val_tp, f"{where}.{k}", source)
-                for k, v in value.items()}
+        return {
+            _coerce(k, key_tp, f"{where} key", source): _coerce(v, val_tp, f"{where}.{k}", source)
+            for k, v in value.items()
+        }
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -93,7 +95,7 @@ def resolve_method_configs(s: Suite, source: str) -> None:
         try:
             cls = get_method(name)
         except KeyError:
-            raise SuiteError(f"{source}: methods.{name}: unknown method (known: {', '.join(list_methods())})")
+            raise SuiteError(f"{source}: methods.{name}: unknown method (known: {', '.join(list_methods())})") from None
         if not isinstance(raw, cls.Config):
             s.methods[name] = build(cls.Config, {**cls.defaults, **(raw or {})}, f"methods.{name}", source)
 
@@ -104,6 +106,8 @@ def resolve_protocols(s: Suite, source: str) -> None:
         try:
             cls = get_protocol(name)
         except KeyError:
-            raise SuiteError(f"{source}: protocols.{name}: unknown protocol (known: {', '.join(list_protocols())})")
+            raise SuiteError(
+                f"{source}: protocols.{name}: unknown protocol (known: {', '.join(list_protocols())})"
+            ) from None
         if not isinstance(raw, cls):
             s.protocols[name] = build(cls, raw, f"protocols.{name}", source)

@@ -1,5 +1,6 @@
 """Loading a suite: its file (by name from benchmarks/ or by path), the chosen profile and the files it includes,
 `${VAR}` expansion and command-line overrides, merged into one mapping, then built and checked."""
+
 from __future__ import annotations
 
 import copy
@@ -24,11 +25,15 @@ def _expand_env(value, where: str = "", source: str = ""):
     if isinstance(value, list):
         return [_expand_env(v, f"{where}[{i}]", source) for i, v in enumerate(value)]
     if isinstance(value, str):
+
         def expand(m):
             if m.group(1) not in os.environ and m.group(2) is None:
-                raise SuiteError(f"{source}: {where}: environment variable {m.group(1)} is not set; set it, or "
-                                 f"write ${{{m.group(1)}:-default}}")
+                raise SuiteError(
+                    f"{source}: {where}: environment variable {m.group(1)} is not set; set it, or "
+                    f"write ${{{m.group(1)}:-default}}"
+                )
             return os.environ.get(m.group(1), m.group(2) or "")
+
         return _ENV.sub(expand, value)
     return value
 
@@ -72,8 +77,9 @@ def _parse_yaml(text: str, source: str):
         mark = e.problem_mark or e.context_mark
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         if isinstance(e, _DuplicateKey):
-            raise SuiteError(f"{source}: {e.where}: {e.problem} at {at}: the later value would silently "
-                             f"replace the first; keep one") from None
+            raise SuiteError(
+                f"{source}: {e.where}: {e.problem} at {at}: the later value would silently replace the first; keep one"
+            ) from None
         what = "; ".join(part for part in (e.context, e.problem) if part)
         raise SuiteError(f"{source}: {at}: not valid YAML: {what}") from None
     except yaml.YAMLError as e:
@@ -94,8 +100,9 @@ def resolve_suite_path(name_or_path: str) -> Path:
     return BENCHMARKS_DIR / f"{name_or_path}.yaml"
 
 
-def load_suite(name_or_path: str, profile: str = "full", overrides: dict | None = None,
-               check_files: bool = True) -> Suite:
+def load_suite(
+    name_or_path: str, profile: str = "full", overrides: dict | None = None, check_files: bool = True
+) -> Suite:
     """Load, merge the profile and CLI overrides, and check a suite. Raises SuiteError (one line)."""
     path = resolve_suite_path(name_or_path)
     source = str(path)

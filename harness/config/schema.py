@@ -1,5 +1,6 @@
 """What a suite is: the dataclasses a suite YAML becomes (harness/config/loader.py `load_suite` builds and checks them),
 and the error every mistake in one raises."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core.identity import CLASSES_DIR, FULL_DATA, read_class_list
 from harness.models.generators.pixel_dit import PixelDiTConfig
 from harness.models.measures import DiversityConfig
-from harness.core.identity import CLASSES_DIR, FULL_DATA, read_class_list
 from harness.models.protocols import Protocol, reference_protocol
 from harness.models.teachers import TeacherTrainConfig, TorchvisionRecipe
 
@@ -22,10 +23,10 @@ class SuiteError(Exception):
 
 @dataclass
 class DataConfig:
-    format: str                      # "idx" (Fashion-MNIST files) or "imagefolder" (ImageNet layout)
+    format: str  # "idx" (Fashion-MNIST files) or "imagefolder" (ImageNet layout)
     root: str
     image_size: int = 28
-    val_per_class: int = 500         # carved from the training set, for hyperparameter search only
+    val_per_class: int = 500  # carved from the training set, for hyperparameter search only
     val_seed: int = 0
     # imagefolder: a class list in harness/classes/ (by name) or a file path; `auto`: the train folder's
     # sub-folders, sorted by name (torchvision's ImageFolder order); or the folder names inline, in label order.
@@ -33,7 +34,7 @@ class DataConfig:
     train_dir: str = "train"
     test_dir: str = "val"
     max_train_per_class: int | None = None
-    channels: int | str = "auto"     # imagefolder: 1, 3, or auto (1 where the images are grey); idx is 1
+    channels: int | str = "auto"  # imagefolder: 1, 3, or auto (1 where the images are grey); idx is 1
 
     def class_list_path(self) -> Path:
         p = Path(self.classes)
@@ -60,15 +61,15 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    kind: str                              # a registered generator (harness/models/generators/): pixel-dit, dit
-    pretrained: str | None = None          # hub id or local directory (kind: dit)
-    vae: str | None = "subfolder"          # "subfolder", a hub id / directory, or null
+    kind: str  # a registered generator (harness/models/generators/): pixel-dit, dit
+    pretrained: str | None = None  # hub id or local directory (kind: dit)
+    vae: str | None = "subfolder"  # "subfolder", a hub id / directory, or null
     dtype: str = "float32"
     # The class list of a pretrained backbone's labels (kind: dit), e.g. imagenet-1k: each suite class is
     # conditioned on its own index there, found by WNID. None: the suite's class order (a backbone trained on it).
     classes: str | None = None
     train: PixelDiTConfig = field(default_factory=PixelDiTConfig)  # kind: pixel-dit
-    check_per_class: int = 100             # the backbone check: teacher agreement on fresh samples
+    check_per_class: int = 100  # the backbone check: teacher agreement on fresh samples
     check_min_agreement: float = 0.75
     check_cfg_scale: float = 4.0
     check_steps: int = 50
@@ -83,13 +84,13 @@ class BackboneConfig:
 
 @dataclass
 class TeacherConfig:
-    kind: str                              # a registered teacher source (harness/models/teacher_sources.py):
-                                           # trained (on the suite's classes) or timm (pretrained on ImageNet-1k)
+    kind: str  # a registered teacher source (harness/models/teacher_sources.py):
+    # trained (on the suite's classes) or timm (pretrained on ImageNet-1k)
     arch: str = "convnet3"
     # kind timm: a timm tag / hub id or a local file. kind trained: a local checkpoint trained on the suite's
     # classes, in the suite's order (e.g. RDED's observers), used instead of training one; "" is none.
     weights: str | None = None
-    classes: str = "imagenet-1k"           # the WNIDs of the pretrained model's outputs, in order
+    classes: str = "imagenet-1k"  # the WNIDs of the pretrained model's outputs, in order
     input_size: int = 224
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     arch_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {channels: [16, 32, 64, 128]} (kind: trained)
@@ -107,6 +108,7 @@ class FullDataConfig:
     its validation accuracy stops improving (at most `epochs`; the lr drops `lr_drops` times first; see
     harness/models/training.py `Plateau`). 0 turns it off (ImageNet-1k does not fit the in-memory loader; its suites
     leave it off)."""
+
     epochs: int = 0
     batch_size: int = 128
     patience: int | None = None
@@ -114,7 +116,9 @@ class FullDataConfig:
 
     def __post_init__(self):
         if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience: must be at least 1 epoch (or null: a fixed number of epochs), got {self.patience}")
+            raise ValueError(
+                f"patience: must be at least 1 epoch (or null: a fixed number of epochs), got {self.patience}"
+            )
         if self.lr_drops < 0:
             raise ValueError(f"lr_drops: must be 0 or more, got {self.lr_drops}")
 
@@ -123,6 +127,7 @@ class FullDataConfig:
 class CrossArchConfig:
     """The cross-architecture study (`--cross-arch`): every student trained on one distilled set with every
     teacher as the source of soft labels (the shape of CaO2's Table 4)."""
+
     method: str = ""
     ipc: int = 10
     teachers: list[TeacherConfig] = field(default_factory=list)
@@ -140,6 +145,7 @@ class ReportedEntry:
     """One number a paper prints: accuracy (%) and std as printed, of `method` at `ipc` images per class, with
     `student` trained under `protocol`, from `table` of `paper`. `method: full-data` (IPC 0) is a full-data
     reference: each student trained on the whole training set."""
+
     method: str
     student: str
     protocol: str
@@ -159,11 +165,12 @@ class ReportedEntry:
 class ReportedConfig:
     """The papers' own numbers for this suite's data (harness/report/leaderboard.py shows them beside, never inside,
     the measured ones). Names that are neither the suite's nor timm's are declared here with what they are."""
-    papers: dict[str, str]                                     # short cite → the full reference
+
+    papers: dict[str, str]  # short cite → the full reference
     entries: list[ReportedEntry]
     not_implemented: dict[str, str] = field(default_factory=dict)  # methods ddbench does not run → what they are
-    protocols: dict[str, str] = field(default_factory=dict)    # evaluation labels not in the suite → what they mean
-    students: dict[str, str] = field(default_factory=dict)     # architectures not in timm's registry → what they are
+    protocols: dict[str, str] = field(default_factory=dict)  # evaluation labels not in the suite → what they mean
+    students: dict[str, str] = field(default_factory=dict)  # architectures not in timm's registry → what they are
     # A reported student → the measured student it is, per protocol, where the papers train another network under
     # one name (their "ResNet-18" is Minimax's instance-norm one under their SGD recipe, torchvision's under RDED's).
     measured_as: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -174,9 +181,10 @@ class SearchedConfig:
     """A method's best config from a hyperparameter search on the validation split (harness/stages/search.py writes it
     as a suite fragment, `--out/search/<method>.yaml`, that a profile includes): its set is made and evaluated
     beside the suite's own config of the method, and shown as its own row, "searched on val (N trials)"."""
-    config: dict[str, Any]                 # the searched fields; the others are the suite's config of the method
+
+    config: dict[str, Any]  # the searched fields; the others are the suite's config of the method
     trials: int
-    search: str = ""                       # the search's id: its trial rows in the result store carry it
+    search: str = ""  # the search's id: its trial rows in the result store carry it
     ipc: int = 0
     student: str = ""
     protocol: str = ""
@@ -193,6 +201,7 @@ def _default_protocols() -> dict[str, Protocol]:
 class Suite:
     """A checked suite. `methods` and `protocols` hold typed configs, resolved once by `load_suite`: stages
     read them here and never go back to the YAML."""
+
     name: str
     data: DataConfig
     backbone: BackboneConfig
@@ -202,7 +211,7 @@ class Suite:
     students: list[str] = field(default_factory=lambda: ["convnet3"])
     protocols: dict[str, Any] = field(default_factory=_default_protocols)
     seeds: int = 3
-    seed: int = 0                          # the distillation seed
+    seed: int = 0  # the distillation seed
     full_data: FullDataConfig = field(default_factory=FullDataConfig)
     # Students trained data-parallel through Ray Train, with this many workers (one GPU each where GPUs exist).
     distributed_students: dict[str, int] = field(default_factory=dict)
@@ -224,7 +233,7 @@ class Suite:
             raise SuiteError(f"{self.source}: methods.{name}: not in the suite (it has: {', '.join(self.methods)})")
         return self.methods[name]
 
-    def with_method_config(self, name: str, config) -> "Suite":
+    def with_method_config(self, name: str, config) -> Suite:
         """This suite with `name`'s config replaced (a search trial's, a searched one): what plans its set."""
         return dataclasses.replace(self, methods={**self.methods, name: config})
 

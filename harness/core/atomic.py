@@ -1,13 +1,14 @@
 """Writes that are whole or absent: every file and folder the harness publishes goes through here, so a run
 killed at any instant leaves either the old state or the new one, never a torn file under the final name."""
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def temp_path(path: Path) -> Path:

@@ -3,13 +3,14 @@ is read back if it loads, made again (and said so, in one line) if it is damaged
 written whole (harness/core/atomic.py). The repository's committed `weights/` stand in for the cache where they
 hold the same name, and are verified by their checksums instead of being dropped.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from harness.core import atomic
 
@@ -75,8 +76,9 @@ def ensure(path: Path, what: str, load, redo: str, make: Callable[[Path], None])
     return True
 
 
-def ensure_json(path: Path, what: str, keys: tuple[str, ...], redo: str, make: Callable[[], dict],
-                indent: int | None = None) -> dict:
+def ensure_json(
+    path: Path, what: str, keys: tuple[str, ...], redo: str, make: Callable[[], dict], indent: int | None = None
+) -> dict:
     """The cached record at `path` (damaged, or lacking any of `keys`: made again), else `make()`'s, written."""
     drop_damaged(path, what, lambda f: read_json(f, keys), redo)
     if Path(path).exists():

@@ -17,8 +17,9 @@ would change; tests/test_committed_store.py and tests/test_contract.py hold them
 | the teacher's validation accuracy | `teacher_val_key`: teacher, validation split | here |
 | a search | `search_key`: suite, spec, default point, space, recipe, validation split, models | here |
 | diversity measures | `diversity_keys`: extractor, real reference, settings | here |
-| a generator / teacher | the plug-in's own `identity` (its kind's settings + training data) | models/generators/, models/teacher_sources.py |
+| a generator, a teacher | the plug-in's own identity (settings, data) | models/generators/, teacher_sources.py |
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,8 +81,12 @@ def versions() -> dict:
     import timm
     import torch
 
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
 
 
 # ---- keys: what keys each thing the harness makes ----
@@ -97,8 +102,16 @@ def row_key(row: dict) -> tuple:
 _ABSENT = object()
 
 
-def set_identity(method: str, config_fields: dict, seed: int, image_size: int, models: dict,
-                 teacher_val_accuracy: Any = _ABSENT, fine_tuned: str | None = None, revision: int = 0) -> dict:
+def set_identity(
+    method: str,
+    config_fields: dict,
+    seed: int,
+    image_size: int,
+    models: dict,
+    teacher_val_accuracy: Any = _ABSENT,
+    fine_tuned: str | None = None,
+    revision: int = 0,
+) -> dict:
     """Everything that decides a distilled set's images. Kept out unless they apply, so that sets made before
     each existed keep their keys: the teacher's validation accuracy (only methods that read it, CaO2's ĉ), the
     fine-tuned backbone (only methods that sample one) and the method's revision (only when raised from 0)."""
@@ -121,7 +134,8 @@ def seed_key(family: str, seed_config: dict, seed: int, image_size: int, models:
     """The key a family's paired ablation variants seed their shards from, so that they draw the same images
     where their switches change nothing: the family, the settings that decide the draws, and the models of the
     paired anchor (never the teacher's accuracy or the fine-tune: they decide what is done with a draw)."""
-    return f"{family}/{config_hash({'method': family, 'config': seed_config, 'seed': seed, 'image_size': image_size, **models})}"
+    ident = {"method": family, "config": seed_config, "seed": seed, "image_size": image_size, **models}
+    return f"{family}/{config_hash(ident)}"
 
 
 def relabelled_protocol_key(recipe_identity: str, relabel_hash: str | None) -> str:
@@ -162,19 +176,41 @@ def teacher_val_key(teacher_hash: str, val_fingerprint: str) -> str:
     return config_hash([teacher_hash, val_fingerprint])
 
 
-def search_key(suite: str, spec: dict, default: dict, space: dict, protocol: str, val_fingerprint: str,
-               backbone_hash: str, teacher_hash: str) -> str:
+def search_key(
+    suite: str,
+    spec: dict,
+    default: dict,
+    space: dict,
+    protocol: str,
+    val_fingerprint: str,
+    backbone_hash: str,
+    teacher_hash: str,
+) -> str:
     """A hyperparameter search: a rerun with the same key is the same search, resumed. (`spec` leaves out
     `protocol_search` for method searches: added with protocol searches, it must not re-key the earlier ones.)"""
-    return config_hash({"suite": suite, "spec": spec, "default": default, "space": space, "protocol": protocol,
-                        "val": val_fingerprint, "backbone": backbone_hash, "teacher": teacher_hash})
+    return config_hash(
+        {
+            "suite": suite,
+            "spec": spec,
+            "default": default,
+            "space": space,
+            "protocol": protocol,
+            "val": val_fingerprint,
+            "backbone": backbone_hash,
+            "teacher": teacher_hash,
+        }
+    )
 
 
 def diversity_keys(extractor: dict, train_fingerprint: str, config: dict, version: int) -> tuple[str, str]:
     """(the real reference's key, the measures' key): the reference by extractor, real split, sample size and
     seed; the measures by the reference, every setting that decides a number (never the batch size) and the
     measures' version."""
-    reference = {"extractor": extractor, "train": train_fingerprint, "per_class": config["real_per_class"],
-                 "seed": config["seed"]}
+    reference = {
+        "extractor": extractor,
+        "train": train_fingerprint,
+        "per_class": config["real_per_class"],
+        "seed": config["seed"],
+    }
     decisive = {k: v for k, v in config.items() if k != "batch_size"}
     return config_hash(reference), config_hash({"reference": reference, "config": decisive, "v": version})

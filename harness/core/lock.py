@@ -6,6 +6,7 @@ The kernel drops the lock when its holder exits, however it exits (kill -9 inclu
 from a dead run never blocks: its text is only read to say who held it. On NFS, Linux emulates `flock` with
 POSIX byte-range locks, so runs on different hosts sharing `--out` exclude each other too.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -15,9 +16,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 LOCK_FILE = ".ddbench.lock"
 
@@ -46,8 +47,11 @@ def output_lock(out: Path) -> Iterator[None]:
             print(f"[lock] {out} is free after {time.perf_counter() - t0:.0f} s; going on", flush=True)
         f.seek(0)
         f.truncate()
-        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
+        f.write(
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            )
+        )
         f.flush()
         yield  # closing the file releases the lock
 

@@ -1,6 +1,7 @@
 """Distilled sets on disk: an ImageFolder of PNGs (one folder per class key) and a `manifest.json` that says
 what made the set, at what cost, on what machine. Reading and writing live here so every stage — distill,
 evaluate, diversity, the leaderboard — sees a set the same way."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,6 +61,7 @@ def _one(values):
 @dataclass
 class Manifest:
     """What `manifest.json` holds. Fields a set made by an older harness lacks read as None / empty."""
+
     suite: str
     method: str
     config: dict
@@ -92,21 +94,27 @@ class Manifest:
     diversity: dict | None = field(default=None, metadata={"stored": False})
 
     @classmethod
-    def from_shards(cls, shards: list[dict], **identity) -> "Manifest":
+    def from_shards(cls, shards: list[dict], **identity) -> Manifest:
         images = sum(s["images"] for s in shards)
         seconds = sum(s["seconds"] for s in shards)
         stages: dict[str, float] = {}
         for s in shards:  # shards made before stages were recorded have none
             for stage, t in s.get("stage_seconds", {}).items():
                 stages[stage] = stages.get(stage, 0.0) + t
-        return cls(seeds={s["class"]: s["seed"] for s in shards}, images=images, distill_seconds=seconds,
-                   seconds_per_image=seconds / max(images, 1),
-                   peak_memory_bytes=max(s["peak_memory_bytes"] for s in shards),
-                   peak_memory_kind=_one(s["peak_memory_kind"] for s in shards), stage_seconds=stages,
-                   device=_one(s.get("device") for s in shards), cpu=_one(s.get("cpu") for s in shards),
-                   torch_threads=_one(s.get("torch_threads") for s in shards),
-                   checksums={s["class"]: s["sha256"] for s in shards} if all("sha256" in s for s in shards)
-                   else None, **identity)
+        return cls(
+            seeds={s["class"]: s["seed"] for s in shards},
+            images=images,
+            distill_seconds=seconds,
+            seconds_per_image=seconds / max(images, 1),
+            peak_memory_bytes=max(s["peak_memory_bytes"] for s in shards),
+            peak_memory_kind=_one(s["peak_memory_kind"] for s in shards),
+            stage_seconds=stages,
+            device=_one(s.get("device") for s in shards),
+            cpu=_one(s.get("cpu") for s in shards),
+            torch_threads=_one(s.get("torch_threads") for s in shards),
+            checksums={s["class"]: s["sha256"] for s in shards} if all("sha256" in s for s in shards) else None,
+            **identity,
+        )
 
     def stored(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("stored", True)}
@@ -116,7 +124,7 @@ class Manifest:
         atomic.write_json(Path(folder) / MANIFEST, self.stored(), indent=1)
 
     @classmethod
-    def read(cls, folder: Path) -> "Manifest":
+    def read(cls, folder: Path) -> Manifest:
         raw = json.loads((Path(folder) / MANIFEST).read_text())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known}, path=str(folder))
@@ -152,8 +160,10 @@ def shard_damage(folder: Path) -> str | None:
     names = sorted(record["sha256"]) if "sha256" in record else [f"{i:04d}.png" for i in range(expected)]
     if on_disk != names:
         missing, extra = sorted(set(names) - set(on_disk)), sorted(set(on_disk) - set(names))
-        return ", ".join(([f"missing {', '.join(missing)}"] if missing else [])
-                         + ([f"unrecorded {', '.join(extra)}"] if extra else []))
+        return ", ".join(
+            ([f"missing {', '.join(missing)}"] if missing else [])
+            + ([f"unrecorded {', '.join(extra)}"] if extra else [])
+        )
     for name in names:
         if "sha256" in record:
             if hashlib.sha256((folder / name).read_bytes()).hexdigest() != record["sha256"][name]:

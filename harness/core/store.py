@@ -9,6 +9,7 @@ the lines other writers added since this store last looked, and writes only a ke
 runs that share a store (or a run that raced another past the output lock, harness/core/lock.py) never store one
 result twice.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -54,10 +55,13 @@ class ResultStore:
         f.seek(self._seen)
         data = f.read()
         if not locked:
-            complete = data[:data.rfind(b"\n") + 1]
-            if data[len(complete):] and not _rows(data[len(complete):]):
-                print(f"[store] {self.path} ends in a torn line (a run killed while writing it): it is skipped, "
-                      f"and its result is made again", flush=True)
+            complete = data[: data.rfind(b"\n") + 1]
+            if data[len(complete) :] and not _rows(data[len(complete) :]):
+                print(
+                    f"[store] {self.path} ends in a torn line (a run killed while writing it): it is skipped, "
+                    f"and its result is made again",
+                    flush=True,
+                )
             data = complete
         self._keys.update(row_key(r) for r in _rows(data) if all(k in r for k in ROW_KEY_FIELDS))
         self._seen += len(data)

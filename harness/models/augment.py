@@ -2,6 +2,7 @@
 batch, colour jitter, PCA lighting noise, RDED's patch shuffling, CutMix and MixUp, and the test-time resize and
 centre crop. Each draws from the generator it is given, in a fixed order, so a seed's augmentation stream is the
 same alone or beside other seeds."""
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,7 @@ import torch.nn.functional as F
 LUMA = (0.299, 0.587, 0.114)
 # The principal components of ImageNet's RGB pixels (AlexNet's lighting noise), from Minimax data.py l.319–325.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009),
-                   (-0.5808, -0.0045, -0.8140),
-                   (-0.5836, -0.6948, 0.4203))
+IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 JITTER_ORDERS = ("fixed", "random")
 
 
@@ -34,6 +33,7 @@ def jitter_colours(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor |
     `order` [n, 3] gives each image's sequence of the three (0 brightness, 1 contrast, 2 saturation); None is
     brightness → contrast → saturation. Contrast blends with the mean grey of the image, saturation with each
     pixel's grey (both luma for RGB, as torchvision and the reference do); saturation needs colour."""
+
     def brightness(v, f):
         return v * f
 
@@ -64,9 +64,17 @@ def pca_lighting(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return x + shift.view(-1, 3, 1, 1)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, rrc_scale, flip: bool, color_jitter: float = 0.0,
-            size: int | None = None, lighting: float = 0.0, jitter_order: str = "fixed",
-            clip: bool = True) -> torch.Tensor:
+def augment(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    rrc_scale,
+    flip: bool,
+    color_jitter: float = 0.0,
+    size: int | None = None,
+    lighting: float = 0.0,
+    jitter_order: str = "fixed",
+    clip: bool = True,
+) -> torch.Tensor:
     """Random-resized crop (resampled to `size` × `size`, None: the images' own size) + flip as one affine grid
     for the batch; then, per image, colour jitter (in `jitter_order`: "fixed" brightness → contrast →
     saturation, or "random", a fresh order per image) and PCA lighting noise of standard deviation `lighting`
@@ -110,7 +118,7 @@ def resize_center_crop(x: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     if crop > min(h, w):
         raise ValueError(f"a centre crop of {crop} from {h}×{w} images: the resize must be at least the crop")
     top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
-    return x[..., top:top + crop, left:left + crop]
+    return x[..., top : top + crop, left : left + crop]
 
 
 def shuffle_patches(x: torch.Tensor, factor: int, gen: torch.Generator) -> torch.Tensor:
@@ -123,7 +131,7 @@ def shuffle_patches(x: torch.Tensor, factor: int, gen: torch.Generator) -> torch
         edges = [i * (size // factor) for i in range(factor)] + [size]
         strips = [x.narrow(dim, a, b - a) for a, b in zip(edges[:-1], edges[1:])]
         order = torch.argsort(torch.rand(n, factor, generator=gen), dim=1)
-        out = [torch.cat([strips[j][i:i + 1] for j in order[i].tolist()], dim) for i in range(n)]
+        out = [torch.cat([strips[j][i : i + 1] for j in order[i].tolist()], dim) for i in range(n)]
         x = torch.cat(out, 0)
     return x
 

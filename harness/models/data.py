@@ -4,6 +4,7 @@ Every split is an `ImageSet`: uint8 images (N, C, H, W) loaded on demand, intege
 keys (WNIDs for the ImageNet family, names for Fashion-MNIST). The test split is only ever handed to the
 evaluation stage; methods see `train`, hyperparameter search sees `val` (carved from the training set).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -16,8 +17,16 @@ import numpy as np
 import torch
 
 FASHION_MNIST_CLASSES = [
-    "t-shirt_top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
 ]
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -48,7 +57,7 @@ class ImageSet:
     def class_images(self, label: int) -> torch.Tensor:
         return self.load(self.indices_of(label))
 
-    def subset(self, indices) -> "ImageSet":
+    def subset(self, indices) -> ImageSet:
         return SubsetImageSet(self, torch.as_tensor(indices, dtype=torch.long))
 
     def fingerprint(self) -> str:
@@ -88,8 +97,7 @@ class FolderImageSet(ImageSet):
     """ImageNet-style folder: root/<wnid>/*.JPEG, only the listed classes, resized to `size` on load, as
     `channels` (1: grey, "L"; 3: RGB) channels."""
 
-    def __init__(self, root: Path, classes: list[str], size: int, max_per_class: int | None = None,
-                 channels: int = 3):
+    def __init__(self, root: Path, classes: list[str], size: int, max_per_class: int | None = None, channels: int = 3):
         self.root, self.classes, self.size, self.channels = Path(root), classes, size, channels
         paths, labels = [], []
         for label, key in enumerate(classes):
@@ -114,8 +122,7 @@ class FolderImageSet(ImageSet):
                 # The field's resize: shorter side to `size`, then centre crop.
                 w, h = img.size
                 scale = self.size / min(w, h)
-                img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
-                                 Image.BICUBIC)
+                img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
                 w, h = img.size
                 left, top = (w - self.size) // 2, (h - self.size) // 2
                 img = img.crop((left, top, left + self.size, top + self.size))
@@ -164,7 +171,7 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{path} is not an unsigned-byte idx file (magic {raw[:4].hex()})")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise DataError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
@@ -175,8 +182,10 @@ def _find_idx(root: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (root / name).is_file():
             return root / name
-    raise DataError(f"Fashion-MNIST file {stem}[.gz] not found in {root}: "
-                    f"install it with `apt-get install -y dataset-fashion-mnist` or set data.root in the suite")
+    raise DataError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {root}: "
+        f"install it with `apt-get install -y dataset-fashion-mnist` or set data.root in the suite"
+    )
 
 
 def load_fashion_mnist(root: Path, split: str) -> TensorImageSet:
@@ -188,8 +197,12 @@ def load_fashion_mnist(root: Path, split: str) -> TensorImageSet:
         raise DataError(f"Fashion-MNIST {split} files in {root} disagree: images {images.shape}, labels {labels.shape}")
     if labels.max() >= len(FASHION_MNIST_CLASSES):
         raise DataError(f"Fashion-MNIST {split} labels in {root} exceed 9")
-    return TensorImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
-                          list(FASHION_MNIST_CLASSES), source=str(root))
+    return TensorImageSet(
+        torch.from_numpy(images.copy()).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+        list(FASHION_MNIST_CLASSES),
+        source=str(root),
+    )
 
 
 def carve_validation(train: ImageSet, per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -199,8 +212,10 @@ def carve_validation(train: ImageSet, per_class: int, seed: int) -> tuple[ImageS
     for label in range(len(train.classes)):
         idx = train.indices_of(label)
         if len(idx) <= per_class:
-            raise DataError(f"class {train.classes[label]} has {len(idx)} training images, "
-                            f"cannot hold out {per_class} for validation")
+            raise DataError(
+                f"class {train.classes[label]} has {len(idx)} training images, "
+                f"cannot hold out {per_class} for validation"
+            )
         val.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
     val_idx = torch.sort(torch.cat(val)).values
     keep = torch.ones(len(train), dtype=torch.bool)
@@ -211,7 +226,7 @@ def carve_validation(train: ImageSet, per_class: int, seed: int) -> tuple[ImageS
 @dataclass
 class RealData:
     train: ImageSet  # what methods, teachers and backbones may see
-    val: ImageSet    # carved from the training set: for hyperparameter search
+    val: ImageSet  # carved from the training set: for hyperparameter search
     test: ImageSet | None  # held out: final accuracy only; None where a search loaded the data (never read there)
     classes: list[str]
     class_names: list[str]
@@ -229,12 +244,16 @@ def load_real_data(data_cfg, with_test: bool = True) -> RealData:
             test = load_fashion_mnist(data_cfg.root, "test")
         names = list(FASHION_MNIST_CLASSES)
         if data_cfg.max_train_per_class:
-            full_train = full_train.subset(torch.cat([full_train.indices_of(c)[:data_cfg.max_train_per_class]
-                                                      for c in range(len(names))]).sort().values)
+            full_train = full_train.subset(
+                torch.cat([full_train.indices_of(c)[: data_cfg.max_train_per_class] for c in range(len(names))])
+                .sort()
+                .values
+            )
     elif data_cfg.format == "imagefolder":
         classes = data_cfg.class_keys()
-        full_train = FolderImageSet(Path(data_cfg.root) / data_cfg.train_dir, classes, data_cfg.image_size,
-                                    data_cfg.max_train_per_class)
+        full_train = FolderImageSet(
+            Path(data_cfg.root) / data_cfg.train_dir, classes, data_cfg.image_size, data_cfg.max_train_per_class
+        )
         if with_test:
             test = FolderImageSet(Path(data_cfg.root) / data_cfg.test_dir, classes, data_cfg.image_size)
         splits = [s for s in (full_train, test) if s is not None]
@@ -249,5 +268,7 @@ def load_real_data(data_cfg, with_test: bool = True) -> RealData:
         channels = 1
     size = int((test if test is not None else full_train).load([0]).shape[-1])
     if size != data_cfg.image_size:
-        raise DataError(f"images in {data_cfg.root} are {size}px but the suite's data.image_size is {data_cfg.image_size}")
+        raise DataError(
+            f"images in {data_cfg.root} are {size}px but the suite's data.image_size is {data_cfg.image_size}"
+        )
     return RealData(train, val, test, list(full_train.classes), names, channels, size)

@@ -2,18 +2,18 @@
 (torchmetrics), precision, recall, density and coverage (`prdc`), their feature extractors and their settings.
 The stage that caches them beside each set is harness/stages/diversity.py, whose docstring says what is measured
 and why."""
+
 from __future__ import annotations
 
 import contextlib
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
-
 
 EXTRACTORS = ("teacher", "inception")
 
@@ -29,12 +29,12 @@ class DiversityConfig:
     inception_weights: str | None = None
     real_per_class: int = 1000
     seed: int = 0
-    nearest_k: int = 5                 # Naeem et al.'s recommendation
+    nearest_k: int = 5  # Naeem et al.'s recommendation
     real_draws: int = 10
     # prdc holds three full distance matrices: 10,000 images (Naeem et al.'s sample size) is 400 MB each;
     # larger sets (ImageNet-1k at IPC 50) are sub-sampled, seeded, for the k-NN measures only.
     prdc_max_images: int = 10000
-    kid_subsets: int = 100             # torchmetrics' defaults
+    kid_subsets: int = 100  # torchmetrics' defaults
     kid_subset_size: int = 1000
     fid_min_images: int | None = None  # None: the feature dimension + 1
     # Project features onto the real reference's first principal components before measuring (None: keep
@@ -50,9 +50,15 @@ def check_config(cfg: DiversityConfig, where: str = "diversity") -> None:
         raise DiversityError(f"{where}.extractor: unknown extractor {cfg.extractor!r} (known: {', '.join(EXTRACTORS)})")
     if cfg.inception_weights is not None and cfg.extractor != "inception":
         raise DiversityError(f"{where}.inception_weights: only used by extractor inception, not {cfg.extractor!r}")
-    for name, low in (("real_per_class", 1), ("nearest_k", 1), ("real_draws", 1), ("prdc_max_images", 2),
-                      ("kid_subsets", 1),
-                      ("kid_subset_size", 2), ("batch_size", 1)):
+    for name, low in (
+        ("real_per_class", 1),
+        ("nearest_k", 1),
+        ("real_draws", 1),
+        ("prdc_max_images", 2),
+        ("kid_subsets", 1),
+        ("kid_subset_size", 2),
+        ("batch_size", 1),
+    ):
         if getattr(cfg, name) < low:
             raise DiversityError(f"{where}.{name}: must be at least {low}, got {getattr(cfg, name)}")
     if cfg.feature_dim is not None and cfg.feature_dim < 1:
@@ -62,6 +68,7 @@ def check_config(cfg: DiversityConfig, where: str = "diversity") -> None:
 
 
 # ---- feature extractors: images in [0, 1] (N, C, H, W) → features (N, D) ----
+
 
 class TeacherFeatures(nn.Module):
     def __init__(self, teacher, channels: int, image_size: int):
@@ -86,15 +93,19 @@ class InceptionFeatures(nn.Module):
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
 
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                          feature_extractor_weights_path=weights)
+            self.net = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights
+            )
         except ModuleNotFoundError:
-            raise DiversityError("diversity.extractor: inception needs torch-fidelity: pip install torch-fidelity"
-                                 ) from None
+            raise DiversityError(
+                "diversity.extractor: inception needs torch-fidelity: pip install torch-fidelity"
+            ) from None
         except Exception as e:  # the download or the file: say which setting fixes it
-            raise DiversityError(f"diversity.inception_weights: cannot load the FID Inception weights from "
-                                 f"{weights or 'the network'} ({type(e).__name__}); without network, point it at "
-                                 f"a local pt_inception-2015-12-05-6726825d.pth") from None
+            raise DiversityError(
+                f"diversity.inception_weights: cannot load the FID Inception weights from "
+                f"{weights or 'the network'} ({type(e).__name__}); without network, point it at "
+                f"a local pt_inception-2015-12-05-6726825d.pth"
+            ) from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -103,8 +114,13 @@ class InceptionFeatures(nn.Module):
         return self.net(x).reshape(len(x), -1)
 
 
-def build_extractor(cfg: DiversityConfig, teacher_loader: Callable[[], nn.Module] | None, channels: int,
-                    image_size: int, device: str | torch.device = "cpu") -> nn.Module:
+def build_extractor(
+    cfg: DiversityConfig,
+    teacher_loader: Callable[[], nn.Module] | None,
+    channels: int,
+    image_size: int,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
     check_config(cfg)
     if cfg.extractor == "teacher":
         if teacher_loader is None:
@@ -116,7 +132,9 @@ def build_extractor(cfg: DiversityConfig, teacher_loader: Callable[[], nn.Module
 
 
 @torch.no_grad()
-def extract(extractor: nn.Module, load: Callable[[torch.Tensor], torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
+def extract(
+    extractor: nn.Module, load: Callable[[torch.Tensor], torch.Tensor], n: int, batch_size: int
+) -> torch.Tensor:
     """Features of `n` images fetched in batches by `load(indices)` (uint8), so a large real reference never
     sits in memory as pixels."""
     device = next(extractor.parameters()).device
@@ -128,6 +146,7 @@ def extract(extractor: nn.Module, load: Callable[[torch.Tensor], torch.Tensor], 
 
 
 # ---- the measures, on features ----
+
 
 class _Precomputed(nn.Module):
     """The `feature` module torchmetrics runs on what it is given: features already extracted once and shared
@@ -146,7 +165,7 @@ def _balanced_draw(real_labels: torch.Tensor, fake_labels: torch.Tensor, g: torc
     idx = []
     for c, count in zip(*torch.unique(fake_labels, return_counts=True)):
         pool = torch.nonzero(real_labels == c).flatten()
-        idx.append(pool[torch.randperm(len(pool), generator=g)[:int(count)]])
+        idx.append(pool[torch.randperm(len(pool), generator=g)[: int(count)]])
     return torch.cat(idx) if idx else torch.empty(0, dtype=torch.long)
 
 
@@ -159,8 +178,9 @@ def principal_basis(real: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.T
     return mean, vh[:dim].T, float(sv[:dim].pow(2).sum() / sv.pow(2).sum())
 
 
-def measures_from_features(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor,
-                           fake_labels: torch.Tensor, cfg: DiversityConfig) -> dict:
+def measures_from_features(
+    real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor, cfg: DiversityConfig
+) -> dict:
     """FID, KID, precision, recall, density and coverage of `fake` against `real` (features, (N, D)); a measure
     the set is too small for is None, with the minimum it needs beside it."""
     # torchmetrics costs half a second to import, which every suite check would otherwise pay.
@@ -202,7 +222,7 @@ def measures_from_features(real: torch.Tensor, real_labels: torch.Tensor, fake: 
         out[name] = out[f"{name}_std"] = None
     g = torch.Generator().manual_seed(cfg.seed)
     if n > cfg.prdc_max_images:
-        keep = torch.randperm(n, generator=g)[:cfg.prdc_max_images]
+        keep = torch.randperm(n, generator=g)[: cfg.prdc_max_images]
         fake, fake_labels = fake[keep], fake_labels[keep]
     draws = []
     if len(fake) >= k + 2:
@@ -222,6 +242,7 @@ def measures_from_features(real: torch.Tensor, real_labels: torch.Tensor, fake: 
 
 
 # ---- sets on disk, cached ----
+
 
 def real_reference_indices(train, per_class: int, seed: int) -> torch.Tensor:
     """`per_class` training images of every class (all of a smaller class), the same ones for the same seed."""

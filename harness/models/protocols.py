@@ -8,20 +8,22 @@ test images' resize and crop. The loop has no branch on a protocol's
 name; the leaderboard, the cross-architecture study and the suite checker find protocols here by what they
 declare (`labels`, `augmented`, `reference`, `ranked`), never by name. Adding a protocol is one class here.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from harness.models.augment import JITTER_ORDERS, augment, cutmix, mixup, resize_center_crop, shuffle_patches
 from harness.core.identity import WHEN_SET, config_hash, identity_fields
+from harness.models.augment import JITTER_ORDERS, augment, cutmix, mixup, resize_center_crop, shuffle_patches
 
-_REGISTRY: dict[str, type["Protocol"]] = {}
+_REGISTRY: dict[str, type[Protocol]] = {}
 
 
 def register_protocol(cls):
@@ -31,7 +33,7 @@ def register_protocol(cls):
     return cls
 
 
-def get_protocol(name: str) -> type["Protocol"]:
+def get_protocol(name: str) -> type[Protocol]:
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -49,6 +51,7 @@ def by_ipc(table: dict[int, int], ipc: int, beyond: int) -> int:
 
 class Protocol:
     """What every protocol declares. Subclasses are dataclasses; only their fields are part of the identity."""
+
     name: ClassVar[str]
     # "hard": trains on the set's labels; "soft": on the teacher's outputs for every augmented batch.
     labels: ClassVar[str]
@@ -67,7 +70,7 @@ class Protocol:
     # Recipe fields a search may tune for one student (`--search <protocol>`), as a method's `search_space`.
     search_space: ClassVar[dict[str, tuple]] = {}
 
-    def for_student(self, student: str) -> "Protocol":
+    def for_student(self, student: str) -> Protocol:
         """The recipe `student` trains under: this one with its `per_student` settings for the student applied,
         and the other students' left out, so that a recipe searched for one student changes no other's identity."""
         per_student = getattr(self, "per_student", {})
@@ -117,8 +120,10 @@ class Protocol:
             # The crop is the input size; without one it would be the image's own side, larger than the resize.
             raise ValueError("test_resize: needs input_size, the side of the centre crop it is resized for")
         if self.input_size and self.test_resize and self.test_resize < self.input_size:
-            raise ValueError(f"test_resize: must be at least input_size ({self.input_size}) for the centre crop "
-                             f"to it, got {self.test_resize}")
+            raise ValueError(
+                f"test_resize: must be at least input_size ({self.input_size}) for the centre crop "
+                f"to it, got {self.test_resize}"
+            )
 
     def _check_numbers(self, positive=(), non_negative=(), tables=(), fractions=()):
         """`field: why` for a number out of range, so the suite names the field: `positive` fields > 0,
@@ -142,16 +147,18 @@ class Protocol:
     def batch_size_for(self, ipc: int, num_classes: int, images: int) -> int:
         raise NotImplementedError
 
-    def optimizer(self, param_groups: Callable[[bool, float], list[dict]], student: str, num_classes: int
-                  ) -> torch.optim.Optimizer:
+    def optimizer(
+        self, param_groups: Callable[[bool, float], list[dict]], student: str, num_classes: int
+    ) -> torch.optim.Optimizer:
         """`param_groups(no_decay_on_bias_and_norm, weight_decay)` gives the student's parameters."""
         raise NotImplementedError
 
     def scheduler(self, opt: torch.optim.Optimizer, epochs: int):
         raise NotImplementedError
 
-    def batch(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, num_classes: int
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def batch(
+        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One training batch of images in [0, 1] and its targets (None where the teacher gives them)."""
         raise NotImplementedError
 
@@ -159,7 +166,7 @@ class Protocol:
         """One seed's loss; `target` is the batch's targets, or the teacher's logits of the batch."""
         raise NotImplementedError
 
-    def full_data(self, epochs: int, batch_size: int, patience: int | None = None, drops: int = 2) -> "Protocol":
+    def full_data(self, epochs: int, batch_size: int, patience: int | None = None, drops: int = 2) -> Protocol:
         """This recipe over a whole training split, for at most `epochs` (the full-data reference row): asked of
         the `reference` protocol only. With `patience`, it trains until validation accuracy stops improving."""
         raise NotImplementedError(f"{self.name} is not a reference recipe")
@@ -180,6 +187,7 @@ def _sgd_epochs() -> dict[int, int]:
 class SGDRecipe(Protocol):
     """The SGD recipe of Minimax / CaO2 (Minimax train.py) on the set's own labels, which the hard-label runs
     share: SGD with momentum, multistep ×0.2 at 2/3 and 5/6 of training, a fixed batch size."""
+
     labels: ClassVar[str] = "hard"
 
     # Epochs by IPC: the first key >= IPC applies, `epochs_beyond` above every key.
@@ -209,9 +217,19 @@ class SGDRecipe(Protocol):
 
     def __post_init__(self):
         self._check_sizes()
-        self._check_numbers(positive=("epochs_beyond", "batch_size", "lr", "gamma", "many_classes", "many_classes_lr",
-                                      "many_classes_batch_size"),
-                            non_negative=("momentum", "weight_decay", "many_classes_weight_decay"), tables=("epochs",))
+        self._check_numbers(
+            positive=(
+                "epochs_beyond",
+                "batch_size",
+                "lr",
+                "gamma",
+                "many_classes",
+                "many_classes_lr",
+                "many_classes_batch_size",
+            ),
+            non_negative=("momentum", "weight_decay", "many_classes_weight_decay"),
+            tables=("epochs",),
+        )
         if any(not 0 < m <= 1 for m in self.milestones):
             raise ValueError(f"milestones: must be fractions of training in (0, 1], got {self.milestones}")
         self._check_per_student()
@@ -226,9 +244,12 @@ class SGDRecipe(Protocol):
 
     def optimizer(self, param_groups, student: str, num_classes: int) -> torch.optim.Optimizer:
         many = num_classes > self.many_classes
-        return torch.optim.SGD(param_groups(False, 0.0), lr=self.many_classes_lr if many else self.lr,
-                               momentum=self.momentum,
-                               weight_decay=self.many_classes_weight_decay if many else self.weight_decay)
+        return torch.optim.SGD(
+            param_groups(False, 0.0),
+            lr=self.many_classes_lr if many else self.lr,
+            momentum=self.momentum,
+            weight_decay=self.many_classes_weight_decay if many else self.weight_decay,
+        )
 
     def scheduler(self, opt, epochs: int):
         return torch.optim.lr_scheduler.MultiStepLR(opt, [int(m * epochs) for m in self.milestones], self.gamma)
@@ -240,9 +261,10 @@ class SGDRecipe(Protocol):
     def loss(self, logits, target):
         return torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
 
-    def full_data(self, epochs: int, batch_size: int, patience: int | None = None, drops: int = 2) -> "Protocol":
-        return dataclasses.replace(self, epochs={}, epochs_beyond=epochs, batch_size=batch_size,
-                                   plateau_patience=patience, plateau_drops=drops)
+    def full_data(self, epochs: int, batch_size: int, patience: int | None = None, drops: int = 2) -> Protocol:
+        return dataclasses.replace(
+            self, epochs={}, epochs_beyond=epochs, batch_size=batch_size, plateau_patience=patience, plateau_drops=drops
+        )
 
 
 @register_protocol
@@ -250,6 +272,7 @@ class SGDRecipe(Protocol):
 class HardLabel(SGDRecipe):
     """The hard-label recipe of Minimax / CaO2: the SGD recipe with CutMix, random-resized crop, flip, colour
     jitter and lighting noise. The suite's reference: the full-data row and DD-Ranking's HLR train with it."""
+
     name: ClassVar[str] = "hard-label"
     reference: ClassVar[bool] = True
 
@@ -271,8 +294,9 @@ class HardLabel(SGDRecipe):
     def __post_init__(self):
         super().__post_init__()
         if self.color_jitter_order not in JITTER_ORDERS:
-            raise ValueError(f"color_jitter_order: must be {' or '.join(JITTER_ORDERS)}, "
-                             f"got {self.color_jitter_order!r}")
+            raise ValueError(
+                f"color_jitter_order: must be {' or '.join(JITTER_ORDERS)}, got {self.color_jitter_order!r}"
+            )
         if self.lighting < 0:
             raise ValueError(f"lighting: must be ≥ 0, got {self.lighting}")
         self._check_numbers(non_negative=("cutmix_beta", "color_jitter"), fractions=("cutmix_prob",))
@@ -280,8 +304,17 @@ class HardLabel(SGDRecipe):
             raise ValueError(f"rrc_scale: must be [low, high] with 0 < low ≤ high ≤ 1, got {self.rrc_scale}")
 
     def batch(self, x, y, gen, num_classes):
-        x = augment(x, gen, self.rrc_scale, self.flip, self.color_jitter, self.input_size, self.lighting,
-                    self.color_jitter_order, self.clip_colours)
+        x = augment(
+            x,
+            gen,
+            self.rrc_scale,
+            self.flip,
+            self.color_jitter,
+            self.input_size,
+            self.lighting,
+            self.color_jitter_order,
+            self.clip_colours,
+        )
         if self.cutmix_beta > 0 and len(x) > 1 and torch.rand(1, generator=gen).item() < self.cutmix_prob:
             return cutmix(x, y, num_classes, gen, self.cutmix_beta)
         return x, F.one_hot(y, num_classes).float()
@@ -292,6 +325,7 @@ class HardLabel(SGDRecipe):
 class HardLabelNoAugmentation(SGDRecipe):
     """DD-Ranking's run without data augmentation, which its augmentation-robust score (ARS) compares with the
     augmented run: the SGD recipe on the set's own labels, images as they are. Not ranked: it feeds a score."""
+
     name: ClassVar[str] = "hard-label-no-aug"
     augmented: ClassVar[bool] = False
     ranked: ClassVar[bool] = False
@@ -299,8 +333,7 @@ class HardLabelNoAugmentation(SGDRecipe):
 
 def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """KL(teacher ‖ student) on temperature-softened outputs, batch mean, as RDED computes it (no τ² factor)."""
-    return F.kl_div(F.log_softmax(student_logits / tau, 1), F.softmax(teacher_logits / tau, 1),
-                    reduction="batchmean")
+    return F.kl_div(F.log_softmax(student_logits / tau, 1), F.softmax(teacher_logits / tau, 1), reduction="batchmean")
 
 
 def rded_cosine(epochs: int):
@@ -316,6 +349,7 @@ MIXES = ("cutmix", "mixup")
 class SoftLabel(Protocol):
     """The soft-label recipe of RDED `validation/main.py` (used by CaO2): the teacher relabels every augmented
     batch; KL between temperature-softened student and teacher outputs; AdamW with RDED's cosine."""
+
     name: ClassVar[str] = "soft-label"
     labels: ClassVar[str] = "soft"
 
@@ -327,14 +361,15 @@ class SoftLabel(Protocol):
     batch_size_beyond: int = 100
     lr: float = 1e-3
     # RDED's per-student AdamW learning rates (names as timm spells them; prefixes match families).
-    student_lr: dict[str, float] = field(default_factory=lambda: {
-        "efficientnet_b0": 2e-3, "mobilenetv2": 2.5e-3, "vit_": 1e-4, "swin_": 1e-4})
+    student_lr: dict[str, float] = field(
+        default_factory=lambda: {"efficientnet_b0": 2e-3, "mobilenetv2": 2.5e-3, "vit_": 1e-4, "swin_": 1e-4}
+    )
     weight_decay: float = 0.01
-    mix: str = "cutmix"              # "cutmix" (temperature 20) or "mixup" (temperature 4), as RDED pairs them
+    mix: str = "cutmix"  # "cutmix" (temperature 20) or "mixup" (temperature 4), as RDED pairs them
     cutmix_beta: float = 1.0
     mixup_alpha: float = 0.8
     temperature: float | None = None  # None: 20 for cutmix, 4 for mixup
-    patch_factor: int = 2            # ShufflePatches(factor) and crop scale (1/factor, 1)
+    patch_factor: int = 2  # ShufflePatches(factor) and crop scale (1/factor, 1)
     flip: bool = True
     student_kwargs: dict[str, dict] = field(default_factory=dict)
     input_size: int | None = field(default=None, metadata=WHEN_SET)
@@ -343,7 +378,7 @@ class SoftLabel(Protocol):
     # Around RDED's AdamW lr 1e-3 and the cutmix temperature 20.
     search_space: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-2), "temperature": ("float", 1.0, 30.0)}
 
-    def for_student(self, student: str) -> "Protocol":
+    def for_student(self, student: str) -> Protocol:
         recipe = super().for_student(student)
         if "lr" in self.per_student.get(student, {}):  # the searched lr, not RDED's per-family one
             recipe = dataclasses.replace(recipe, student_lr={})
@@ -357,8 +392,11 @@ class SoftLabel(Protocol):
         if self.mix not in MIXES:
             raise ValueError(f"mix: must be cutmix or mixup, got {self.mix!r}")
         self._check_sizes()
-        self._check_numbers(positive=("epochs_beyond", "batch_size_beyond", "lr", "mixup_alpha", "patch_factor"),
-                            non_negative=("weight_decay", "cutmix_beta"), tables=("epochs", "batch_size"))
+        self._check_numbers(
+            positive=("epochs_beyond", "batch_size_beyond", "lr", "mixup_alpha", "patch_factor"),
+            non_negative=("weight_decay", "cutmix_beta"),
+            tables=("epochs", "batch_size"),
+        )
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"temperature: must be positive or null, got {self.temperature}")
         if any(lr <= 0 for lr in self.student_lr.values()):
@@ -376,17 +414,29 @@ class SoftLabel(Protocol):
         return self.temperature if self.temperature is not None else (20.0 if self.mix == "cutmix" else 4.0)
 
     def optimizer(self, param_groups, student: str, num_classes: int) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(param_groups(True, self.weight_decay), lr=self.lr_for(student),
-                                 betas=(0.9, 0.999), weight_decay=self.weight_decay)
+        return torch.optim.AdamW(
+            param_groups(True, self.weight_decay),
+            lr=self.lr_for(student),
+            betas=(0.9, 0.999),
+            weight_decay=self.weight_decay,
+        )
 
     def scheduler(self, opt, epochs: int):
         return torch.optim.lr_scheduler.LambdaLR(opt, rded_cosine(epochs))
 
     def batch(self, x, y, gen, num_classes):
-        x = augment(shuffle_patches(x, self.patch_factor, gen), gen, [1 / self.patch_factor, 1.0], self.flip,
-                    size=self.input_size)
-        x = cutmix(x, None, num_classes, gen, self.cutmix_beta)[0] if self.mix == "cutmix" \
+        x = augment(
+            shuffle_patches(x, self.patch_factor, gen),
+            gen,
+            [1 / self.patch_factor, 1.0],
+            self.flip,
+            size=self.input_size,
+        )
+        x = (
+            cutmix(x, None, num_classes, gen, self.cutmix_beta)[0]
+            if self.mix == "cutmix"
             else mixup(x, gen, self.mixup_alpha)
+        )
         return x, None
 
     def loss(self, logits, target):
@@ -394,6 +444,7 @@ class SoftLabel(Protocol):
 
 
 # ---- finding protocols by what they declare ----
+
 
 def reference_protocol(protocols: dict[str, Protocol]) -> Protocol:
     """The suite's reference recipe (hard labels, augmented), or its defaults where the suite has none."""
@@ -411,9 +462,13 @@ def score_protocols(protocols: dict[str, Protocol]) -> dict[str, str | None]:
     """The protocol names DD-Ranking's scores read: `hard`, the reference recipe (the HLR and the full-data
     row, and ARS's run with augmentation), `soft` (the IOR run; the reference one where the suite has none that
     uses the teacher) and `no_aug` (ARS's run without augmentation; None where the suite has none)."""
+
     def first(test) -> str | None:
         return next((name for name, p in protocols.items() if test(p)), None)
 
     hard = first(lambda p: p.reference) or reference_protocol(protocols).name
-    return {"hard": hard, "soft": first(lambda p: p.labels == "soft") or hard,
-            "no_aug": first(lambda p: p.labels == "hard" and not p.augmented)}
+    return {
+        "hard": hard,
+        "soft": first(lambda p: p.labels == "soft") or hard,
+        "no_aug": first(lambda p: p.labels == "hard" and not p.augmented),
+    }

@@ -3,15 +3,15 @@ instance-norm ResNet-18 are registered into timm's registry here so they are cre
 
 `create_student` is the one place where grey images and small inputs are adapted.
 """
+
 from __future__ import annotations
 
 import math
 
 import timm
 import torch
-from torch import nn
 from timm.models import register_model
-
+from torch import nn
 
 # What timm's create_model hands every model entry point besides the model's own options.
 TIMM_FACTORY_ARGS = frozenset({"pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
@@ -38,8 +38,16 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class ConvNet(nn.Module):
     """ConvNet-D of the dataset-distillation literature: D × [conv3x3 → norm → ReLU → avgpool2]."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, img_size: int = 32, depth: int = 3,
-                 width: int = 128, norm: str = "instancenorm", **factory_args):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        img_size: int = 32,
+        depth: int = 3,
+        width: int = 128,
+        norm: str = "instancenorm",
+        **factory_args,
+    ):
         super().__init__()
         _reject_unknown_options("ConvNet", factory_args)
         layers, c, size = [], in_chans, img_size
@@ -91,8 +99,11 @@ class _APBlock(nn.Module):
         self.norm2 = _norm(norm, c_out)
         self.shortcut = nn.Identity()
         if stride > 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=norm == "none"),
-                                          nn.AvgPool2d(stride) if stride > 1 else nn.Identity(), _norm(norm, c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, bias=norm == "none"),
+                nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
+                _norm(norm, c_out),
+            )
 
     def forward(self, x):
         out = self.pool(torch.relu(self.norm1(self.conv1(x))))
@@ -103,17 +114,28 @@ class ResNetAP(nn.Module):
     """ResNetAP-D of IDC / Minimax, the default student of Minimax's training recipe. The stem follows the input
     size as in the reference: ≤64 px no pooling, ≤128 px a 2×2 average pool, larger a 7×7 conv + 4×4 pool."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, img_size: int = 224, blocks=(1, 1, 1, 1),
-                 width: int = 64, norm: str = "instancenorm", **factory_args):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        img_size: int = 224,
+        blocks=(1, 1, 1, 1),
+        width: int = 64,
+        norm: str = "instancenorm",
+        **factory_args,
+    ):
         super().__init__()
         _reject_unknown_options("ResNetAP", factory_args)
         kernel, pool = (3, 1) if img_size <= 64 else (3, 2) if img_size <= 128 else (7, 4)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, kernel, padding=kernel // 2, bias=norm == "none"),
-                                  _norm(norm, width), nn.ReLU(inplace=True),
-                                  nn.AvgPool2d(pool) if pool > 1 else nn.Identity())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, kernel, padding=kernel // 2, bias=norm == "none"),
+            _norm(norm, width),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(pool) if pool > 1 else nn.Identity(),
+        )
         stages, c = [], width
         for i, n in enumerate(blocks):
-            c_out = width * 2 ** i
+            c_out = width * 2**i
             for j in range(n):
                 stages.append(_APBlock(c, c_out, 2 if (i > 0 and j == 0) else 1, norm))
                 c = c_out
@@ -155,8 +177,9 @@ def resnet18_instancenorm(pretrained: bool = False, **kwargs) -> timm.models.Res
     2-2-2-2 basic blocks, 1×1 strided projection shortcuts, global average pool) with instance norm instead of
     batch norm, and every norm starting at weight 1 (train_models/resnet.py:190-192; timm would zero the last
     norm of each block)."""
-    return timm.models.resnet.resnet18(pretrained, **{"norm_layer": ChannelInstanceNorm, "zero_init_last": False,
-                                                      **kwargs})
+    return timm.models.resnet.resnet18(
+        pretrained, **{"norm_layer": ChannelInstanceNorm, "zero_init_last": False, **kwargs}
+    )
 
 
 def is_student(name: str) -> bool:

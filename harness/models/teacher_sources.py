@@ -4,20 +4,29 @@ sources tell themselves apart by the fields the suite sets (`weights`: a checkpo
 recipe). The suite's checks, `prepare` and the plan ask the source; none of them branches on the kind
 (docs/extending.md, "Add a teacher source").
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from harness.core import cache
 from harness.core.identity import CLASSES_DIR, class_list, config_hash
 from harness.models.students import is_student
-from harness.models.teachers import (Teacher, accuracy, import_teacher_checkpoint, load_timm_teacher,
-                                     load_trained_teacher, save_teacher, train_recipe_teacher, train_teacher)
+from harness.models.teachers import (
+    Teacher,
+    accuracy,
+    import_teacher_checkpoint,
+    load_timm_teacher,
+    load_trained_teacher,
+    save_teacher,
+    train_recipe_teacher,
+    train_teacher,
+)
 
 _SOURCES: list[type] = []
 
@@ -29,8 +38,9 @@ class TeacherSourceError(Exception):
 @dataclass
 class Cluster:
     """The Ray cluster a stage reaches, handed in by it (the runtime floor sits above the models)."""
-    gpus: Callable[[], int]                 # connects, and counts the cluster's GPUs
-    train_data_parallel: Callable           # prepare.train_data_parallel's signature
+
+    gpus: Callable[[], int]  # connects, and counts the cluster's GPUs
+    train_data_parallel: Callable  # prepare.train_data_parallel's signature
     storage_path: str
 
 
@@ -38,8 +48,9 @@ class TeacherSource:
     """One way to have a teacher, built around its suite section (a `TeacherConfig`). A subclass sets `kind`
     (the suite's word), `applies` where a kind has several sources, and writes `check`, `prepare`, `load`,
     `describe`; the plan reads `pretrained`, `input_size` and `training_epochs`."""
+
     kind: str = ""
-    pretrained = False                      # on ImageNet-1k, with its 1,000 outputs (the plan sizes that model)
+    pretrained = False  # on ImageNet-1k, with its 1,000 outputs (the plan sizes that model)
 
     def __init__(self, config):
         self.config = config
@@ -102,6 +113,7 @@ def _accuracy_line(test_accuracy: float | None) -> str:
 @register_teacher_source
 class TrainedTeacher(TeacherSource):
     """Trained by `prepare` on the suite's training split with the harness's small recipe (`teacher.train`)."""
+
     kind = "trained"
 
     @classmethod
@@ -113,8 +125,7 @@ class TrainedTeacher(TeacherSource):
         if not is_student(t.arch):
             fail(f"{where}.arch", f"unknown architecture {t.arch!r}")
         if t.arch_kwargs:
-            check_options(f"{where}.arch_kwargs", t.arch, t.arch_kwargs, t.input_size if t.recipe else image_size,
-                          fail)
+            check_options(f"{where}.arch_kwargs", t.arch, t.arch_kwargs, t.input_size if t.recipe else image_size, fail)
 
     def prepare(self, real, out: Path, where: str, cluster: Cluster | None) -> tuple[str, str, float | None]:
         path, key = self.make(real, Path(out), where, cluster)
@@ -128,8 +139,13 @@ class TrainedTeacher(TeacherSource):
     def make(self, real, out: Path, where: str, cluster: Cluster | None) -> tuple[Path, str]:
         """The teacher file in the cache, and its identity hash."""
         t = self.config
-        identity = {"kind": self.kind, "train": asdict(t.train), "arch": t.arch, "data": real.train.fingerprint(),
-                    "classes": real.classes}
+        identity = {
+            "kind": self.kind,
+            "train": asdict(t.train),
+            "arch": t.arch,
+            "data": real.train.fingerprint(),
+            "classes": real.classes,
+        }
         if t.arch_kwargs:  # only when set, so the identity of teachers made before the option existed holds
             identity["arch_kwargs"] = t.arch_kwargs
         key = config_hash(identity)
@@ -139,8 +155,15 @@ class TrainedTeacher(TeacherSource):
         def train(path: Path) -> None:
             cache.log(f"[prepare] teacher: training {t.arch} {key}")
             where.mkdir(parents=True, exist_ok=True)
-            train_teacher(real.train.load(torch.arange(len(real.train))), real.train.labels, len(real.classes),
-                          t.arch, t.train, path, arch_kwargs=t.arch_kwargs)
+            train_teacher(
+                real.train.load(torch.arange(len(real.train))),
+                real.train.labels,
+                len(real.classes),
+                t.arch,
+                t.train,
+                path,
+                arch_kwargs=t.arch_kwargs,
+            )
 
         cache.ensure(path, "teacher", load_trained_teacher, "training it again", train)
         return path, key
@@ -171,11 +194,21 @@ class CheckpointTeacher(TrainedTeacher):
         t = self.config
         source = Path(t.weights)
         if not source.is_file():
-            raise TeacherSourceError(f"{where}.weights: {source} is not a file (a checkpoint trained on the suite's "
-                                     f"classes, e.g. RDED's data/pretrain_models/<subset>_resnet18.pth)")
+            raise TeacherSourceError(
+                f"{where}.weights: {source} is not a file (a checkpoint trained on the suite's "
+                f"classes, e.g. RDED's data/pretrain_models/<subset>_resnet18.pth)"
+            )
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
-        key = config_hash({"kind": self.kind, "weights_sha256": digest, "arch": t.arch, "arch_kwargs": t.arch_kwargs,
-                           "input_size": t.input_size, "classes": real.classes})
+        key = config_hash(
+            {
+                "kind": self.kind,
+                "weights_sha256": digest,
+                "arch": t.arch,
+                "arch_kwargs": t.arch_kwargs,
+                "input_size": t.input_size,
+                "classes": real.classes,
+            }
+        )
         path = out / "cache" / f"teacher-{key}" / "teacher.pt"
 
         def convert(path: Path) -> None:
@@ -188,8 +221,10 @@ class CheckpointTeacher(TrainedTeacher):
         return path, key
 
     def describe(self, suite_name: str, test_accuracy: float | None) -> str:
-        return (f"{self.config.arch} trained on {suite_name}'s classes, from {self.config.weights}"
-                f"{_accuracy_line(test_accuracy)}")
+        return (
+            f"{self.config.arch} trained on {suite_name}'s classes, from {self.config.weights}"
+            f"{_accuracy_line(test_accuracy)}"
+        )
 
     def training_epochs(self) -> int | None:
         return None
@@ -207,19 +242,34 @@ class RecipeTeacher(TrainedTeacher):
 
     def make(self, real, out: Path, where: str, cluster: Cluster | None) -> tuple[Path, str]:
         t = self.config
-        key = config_hash({"kind": self.kind, "recipe": asdict(t.recipe), "arch": t.arch,
-                           "arch_kwargs": t.arch_kwargs, "input_size": t.input_size,
-                           "data": real.train.fingerprint(), "classes": real.classes})
+        key = config_hash(
+            {
+                "kind": self.kind,
+                "recipe": asdict(t.recipe),
+                "arch": t.arch,
+                "arch_kwargs": t.arch_kwargs,
+                "input_size": t.input_size,
+                "data": real.train.fingerprint(),
+                "classes": real.classes,
+            }
+        )
         path = cache.cached_dir(out, f"teacher-{key}") / "teacher.pt"
-        cache.ensure(path, "teacher", load_trained_teacher, "training it again",
-                     lambda path: self._train(real, key, path, cluster))
+        cache.ensure(
+            path,
+            "teacher",
+            load_trained_teacher,
+            "training it again",
+            lambda path: self._train(real, key, path, cluster),
+        )
         return path, key
 
     def _train(self, real, key: str, path: Path, cluster: Cluster | None) -> None:
         t = self.config
         workers = min(cluster.gpus(), max(1, t.recipe.batch_size // 32)) if cluster is not None else 0
-        cache.log(f"[prepare] teacher: training {t.arch} {key} on {len(real.train)} images for {t.recipe.epochs} "
-                  f"epochs " + (f"through Ray Train on {workers} GPUs" if workers else "in this process"))
+        cache.log(
+            f"[prepare] teacher: training {t.arch} {key} on {len(real.train)} images for {t.recipe.epochs} "
+            f"epochs " + (f"through Ray Train on {workers} GPUs" if workers else "in this process")
+        )
         images = real.train.load(torch.arange(len(real.train))).numpy()
         args = (real.train.labels, len(real.classes), t.arch, t.recipe, t.input_size)
         if not workers:
@@ -230,8 +280,10 @@ class RecipeTeacher(TrainedTeacher):
         cluster.train_data_parallel(images, args, t, path, workers, use_gpu=True, storage_path=cluster.storage_path)
 
     def describe(self, suite_name: str, test_accuracy: float | None) -> str:
-        return (f"{self.config.arch} trained on {suite_name} by prepare (torchvision's reference recipe, as RDED's "
-                f"observers){_accuracy_line(test_accuracy)}")
+        return (
+            f"{self.config.arch} trained on {suite_name} by prepare (torchvision's reference recipe, as RDED's "
+            f"observers){_accuracy_line(test_accuracy)}"
+        )
 
     def training_epochs(self) -> int | None:
         return self.config.recipe.epochs
@@ -241,6 +293,7 @@ class RecipeTeacher(TrainedTeacher):
 class TimmTeacher(TeacherSource):
     """A timm model pretrained on ImageNet-1k (`teacher.weights`: a tag, hub id or local file), its outputs picked
     by the suite's WNIDs (`teacher.classes`: the model's class list)."""
+
     kind = "timm"
     pretrained = True
 
@@ -256,9 +309,11 @@ class TimmTeacher(TeacherSource):
         try:
             load_timm_teacher(t.arch, t.weights, real.classes, class_list(t.classes), t.input_size)
         except Exception as e:
-            raise TeacherSourceError(f"{where}.weights: cannot load {t.weights!r} for {t.arch} ({type(e).__name__}: "
-                                     f"{str(e).splitlines()[0] if str(e) else ''}); without network, set it to a "
-                                     f"local weights file") from None
+            raise TeacherSourceError(
+                f"{where}.weights: cannot load {t.weights!r} for {t.arch} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); without network, set it to a "
+                f"local weights file"
+            ) from None
         return t.weights or "", config_hash({"arch": t.arch, "weights": t.weights, "classes": t.classes}), None
 
     def load(self, source: str, classes: list[str], device="cpu") -> Teacher:
@@ -266,5 +321,7 @@ class TimmTeacher(TeacherSource):
         return load_timm_teacher(t.arch, t.weights, classes, class_list(t.classes), t.input_size, device)
 
     def describe(self, suite_name: str, test_accuracy: float | None) -> str:
-        return (f"{self.config.arch} pretrained on ImageNet-1k ({self.config.weights}), outputs picked by the "
-                f"suite's WNIDs{_accuracy_line(test_accuracy)}")
+        return (
+            f"{self.config.arch} pretrained on ImageNet-1k ({self.config.weights}), outputs picked by the "
+            f"suite's WNIDs{_accuracy_line(test_accuracy)}"
+        )

@@ -5,6 +5,7 @@ dominated by Python overhead. The protocol object (harness/models/protocols.py) 
 knows a protocol by name. The reported accuracy is that of the final epoch: choosing the best epoch by test
 accuracy would tune on the test set.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,16 +18,17 @@ from harness.models.students import create_student
 
 
 @torch.no_grad()
-def test_accuracy(model, images_u8: torch.Tensor, labels: torch.Tensor, mean: float, std: float,
-                  batch_size: int = 1000, view=None) -> float:
+def test_accuracy(
+    model, images_u8: torch.Tensor, labels: torch.Tensor, mean: float, std: float, batch_size: int = 1000, view=None
+) -> float:
     """Top-1 accuracy on uint8 test images, each batch in [0, 1] passed through `view` (the protocol's test-time
     resize and crop; None: as they are) and normalised."""
     model.eval()
     correct = 0
     for i in range(0, len(images_u8), batch_size):
-        x = images_u8[i:i + batch_size].float().div(255)
+        x = images_u8[i : i + batch_size].float().div(255)
         x = ((view(x) if view is not None else x) - mean) / std
-        correct += (model(x).argmax(1) == labels[i:i + batch_size]).sum().item()
+        correct += (model(x).argmax(1) == labels[i : i + batch_size]).sum().item()
     return correct / len(images_u8)
 
 
@@ -112,11 +114,27 @@ class Plateau:
         return False
 
 
-def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
-                  test_labels: torch.Tensor, num_classes: int, ipc: int, protocol: Protocol, seed: int | list[int],
-                  device: str = "cpu", teacher=None, progress=None, vectorise: bool | None = None,
-                  rank: int = 0, world: int = 1, wrap=None, validation: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  report=None, report_every: int = 1):
+def train_student(
+    student: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    ipc: int,
+    protocol: Protocol,
+    seed: int | list[int],
+    device: str = "cpu",
+    teacher=None,
+    progress=None,
+    vectorise: bool | None = None,
+    rank: int = 0,
+    world: int = 1,
+    wrap=None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    report=None,
+    report_every: int = 1,
+):
     """Train `student` on uint8 `images` under `protocol`; final test accuracy + timings.
 
     Each step draws every seed's batch from its own generator (`protocol.batch`: augmentation, mixing, the
@@ -149,8 +167,9 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
     models = []
     for s in seeds:
         torch.manual_seed(s)
-        models.append(create_student(student, num_classes, in_chans, size,
-                                     **protocol.student_kwargs.get(student, {})).to(device))
+        models.append(
+            create_student(student, num_classes, in_chans, size, **protocol.student_kwargs.get(student, {})).to(device)
+        )
     if wrap is not None:
         models = [wrap(m) for m in models]
     stack = SeedStack(models, vectorise)
@@ -171,7 +190,7 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
     for epoch in range(epochs):
         perms = [torch.randperm(len(data), generator=g) for g in gens]
         for i in range(0, len(data), batch_size):
-            idxs = [perm[i:i + batch_size].to(device) for perm in perms]
+            idxs = [perm[i : i + batch_size].to(device) for perm in perms]
             if len(idxs[0]) < world:
                 continue  # a last batch too small to give every worker an image
             xs, targets = zip(*(protocol.batch(data[idx], labels[idx], g, num_classes) for idx, g in zip(idxs, gens)))
@@ -190,15 +209,23 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
             progress(epoch + 1, epochs)
         if report is not None and ((epoch + 1) % report_every == 0 or epoch + 1 == epochs):
             model = stack.unstacked()[0]
-            report(epoch + 1, test_accuracy(model, test_images.to(device), test_labels.to(device), mean, std,
-                                            view=protocol.test_view))
+            report(
+                epoch + 1,
+                test_accuracy(
+                    model, test_images.to(device), test_labels.to(device), mean, std, view=protocol.test_view
+                ),
+            )
             stack.train()
         if plateau is None:
             sched.step()
             continue
         model = stack.models[0]
-        if plateau.ended(test_accuracy(model, validation[0].to(device), validation[1].to(device), mean, std,
-                                       view=protocol.test_view), model):
+        if plateau.ended(
+            test_accuracy(
+                model, validation[0].to(device), validation[1].to(device), mean, std, view=protocol.test_view
+            ),
+            model,
+        ):
             break
         stack.train()
     epochs_run = epoch + 1 if epochs else 0
@@ -208,10 +235,16 @@ def train_student(student: str, images: torch.Tensor, labels: torch.Tensor, test
     results = []
     for model in stack.unstacked():
         t1 = time.perf_counter()
-        acc = test_accuracy(model, test_images.to(device), test_labels.to(device), mean, std,
-                            view=protocol.test_view)
-        results.append({"accuracy": acc, "train_seconds": train_seconds / len(seeds), "epochs": epochs_run,
-                        "test_seconds": time.perf_counter() - t1, "seeds_together": len(seeds),
-                        "vectorised": vectorise,
-                        **({"best_epoch": plateau.best_epoch, "val_accuracy": plateau.best} if plateau else {})})
+        acc = test_accuracy(model, test_images.to(device), test_labels.to(device), mean, std, view=protocol.test_view)
+        results.append(
+            {
+                "accuracy": acc,
+                "train_seconds": train_seconds / len(seeds),
+                "epochs": epochs_run,
+                "test_seconds": time.perf_counter() - t1,
+                "seeds_together": len(seeds),
+                "vectorised": vectorise,
+                **({"best_epoch": plateau.best_epoch, "val_accuracy": plateau.best} if plateau else {}),
+            }
+        )
     return results[0] if isinstance(seed, int) else results

@@ -8,6 +8,7 @@ protocols picking different recipes) Welch's t interval. SciPy computes both. A 
 spread: nothing is resolved against it. The board (harness/report/leaderboard.py), the site and `--compare` all use
 this one rule, so a lead marked anywhere is a lead resolved here.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,10 +24,10 @@ CELL = ["student", "protocol", "ipc"]
 
 @dataclass(frozen=True)
 class Difference:
-    mean: float            # a − b, accuracy as a fraction
-    low: float             # the 95 % interval of the difference (nan where none can be made)
+    mean: float  # a − b, accuracy as a fraction
+    low: float  # the 95 % interval of the difference (nan where none can be made)
     high: float
-    test: str              # "paired t", "Welch t", or why there is no interval
+    test: str  # "paired t", "Welch t", or why there is no interval
 
     @property
     def resolved(self) -> bool:
@@ -39,7 +40,9 @@ def difference(a: dict[int, float], b: dict[int, float], paired: bool = True) ->
     mean = float(x.mean() - y.mean())
     if paired and set(a) == set(b) and len(a) > 1:
         d = np.array([a[s] - b[s] for s in sorted(a)])
-        if np.allclose(d, d[0], rtol=0, atol=1e-12):  # every seed moved by the same amount: t has no spread to scale; the interval is the point
+        if np.allclose(
+            d, d[0], rtol=0, atol=1e-12
+        ):  # every seed moved by the same amount: t has no spread to scale; the interval is the point
             return Difference(mean, float(d[0]), float(d[0]), "paired t")
         ci = stats.ttest_rel([a[s] for s in sorted(a)], [b[s] for s in sorted(a)]).confidence_interval(LEVEL)
         return Difference(mean, float(ci.low), float(ci.high), "paired t")
@@ -69,10 +72,22 @@ def compare(rows: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
         if method != a or acc_b is None:
             continue
         d = difference(acc_a, acc_b)
-        out.append({"student": student, "protocol": protocol, "ipc": ipc, f"{a}_mean": np.mean(list(acc_a.values())),
-                    f"{b}_mean": np.mean(list(acc_b.values())), f"{a}_seeds": len(acc_a), f"{b}_seeds": len(acc_b),
-                    "difference": d.mean, "ci_low": d.low, "ci_high": d.high, "test": d.test,
-                    "resolved": d.resolved})
+        out.append(
+            {
+                "student": student,
+                "protocol": protocol,
+                "ipc": ipc,
+                f"{a}_mean": np.mean(list(acc_a.values())),
+                f"{b}_mean": np.mean(list(acc_b.values())),
+                f"{a}_seeds": len(acc_a),
+                f"{b}_seeds": len(acc_b),
+                "difference": d.mean,
+                "ci_low": d.low,
+                "ci_high": d.high,
+                "test": d.test,
+                "resolved": d.resolved,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -85,8 +100,10 @@ def leaders(agg: pd.DataFrame, seeds: dict[tuple, dict[int, float]], cell: list[
         if len(part) < 2:
             continue
         first, second = part.sort_values("mean", ascending=False).iloc[:2].to_dict("records")
+
         def accuracies(r):
             return seeds.get((r["method"], r["student"], r["protocol"], r["ipc"]), {})
+
         if difference(accuracies(first), accuracies(second), paired=first["protocol"] == second["protocol"]).resolved:
             out[key if isinstance(key, tuple) else (key,)] = first["method"]
     return out
@@ -94,19 +111,28 @@ def leaders(agg: pd.DataFrame, seeds: dict[tuple, dict[int, float]], cell: list[
 
 def lines(table: pd.DataFrame, a: str, b: str) -> list[str]:
     """The comparison as Markdown: one row per cell, points of accuracy."""
-    head = [f"# {a} − {b}", "",
-            f"Per cell: mean test accuracy of each (%, seeds in brackets), the difference {a} − {b} in points with "
-            f"its {LEVEL:.0%} confidence interval (paired t over seeds trained alike, Welch t otherwise), and "
-            "whether the interval excludes zero.", ""]
+    head = [
+        f"# {a} − {b}",
+        "",
+        f"Per cell: mean test accuracy of each (%, seeds in brackets), the difference {a} − {b} in points with "
+        f"its {LEVEL:.0%} confidence interval (paired t over seeds trained alike, Welch t otherwise), and "
+        "whether the interval excludes zero.",
+        "",
+    ]
     if table.empty:
         return head + [f"No cell holds both {a} and {b}."]
     resolved = int(table["resolved"].sum())
-    head += [f"{resolved} of {len(table)} cells resolved.", "",
-             f"| student | protocol | IPC | {a} | {b} | difference | 95 % CI | test | resolved |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    head += [
+        f"{resolved} of {len(table)} cells resolved.",
+        "",
+        f"| student | protocol | IPC | {a} | {b} | difference | 95 % CI | test | resolved |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in table.to_dict("records"):
         ci = "–" if math.isnan(r["ci_low"]) else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
-        head.append(f"| {r['student']} | {r['protocol']} | {r['ipc']} | {100 * r[f'{a}_mean']:.1f} ({r[f'{a}_seeds']}) "
-                    f"| {100 * r[f'{b}_mean']:.1f} ({r[f'{b}_seeds']}) | {100 * r['difference']:+.2f} | {ci} | "
-                    f"{r['test']} | {'yes' if r['resolved'] else 'no'} |")
+        head.append(
+            f"| {r['student']} | {r['protocol']} | {r['ipc']} | {100 * r[f'{a}_mean']:.1f} ({r[f'{a}_seeds']}) "
+            f"| {100 * r[f'{b}_mean']:.1f} ({r[f'{b}_seeds']}) | {100 * r['difference']:+.2f} | {ci} | "
+            f"{r['test']} | {'yes' if r['resolved'] else 'no'} |"
+        )
     return head

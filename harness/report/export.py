@@ -7,6 +7,7 @@ file), `manifest.json` (the set's manifest: what made it, at what cost) and `che
 file, `sha256sum -c` format). `datasets` is imported only here: it is needed for exports alone (the `export`
 extra in pyproject.toml).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,14 +27,29 @@ class ExportError(Exception):
 
 
 def _card(manifest: Manifest, suite_name: str) -> str:
-    return "\n".join([
-        "---", "configs:", "- config_name: default", "  data_files:", "  - split: train", f"    path: {PARQUET}",
-        "---", f"# {suite_name}: {manifest.method}, {manifest.ipc} images per class", "",
-        f"A distilled set made by ddbench ({manifest.images} images, {len(manifest.classes)} classes; method config "
-        f"hash {manifest.config_hash}). `label` is the class index in the order of `label`'s names; `file` the "
-        "image's path in the set. `manifest.json` says what made it; `checksums.sha256` covers every other file.",
-        "", "```python", "from datasets import load_dataset", "ds = load_dataset(\"path/to/this/folder\", split=\"train\")",
-        "```", ""])
+    return "\n".join(
+        [
+            "---",
+            "configs:",
+            "- config_name: default",
+            "  data_files:",
+            "  - split: train",
+            f"    path: {PARQUET}",
+            "---",
+            f"# {suite_name}: {manifest.method}, {manifest.ipc} images per class",
+            "",
+            f"A distilled set made by ddbench ({manifest.images} images, {len(manifest.classes)} classes; "
+            "method config "
+            f"hash {manifest.config_hash}). `label` is the class index in the order of `label`'s names; `file` the "
+            "image's path in the set. `manifest.json` says what made it; `checksums.sha256` covers every other file.",
+            "",
+            "```python",
+            "from datasets import load_dataset",
+            'ds = load_dataset("path/to/this/folder", split="train")',
+            "```",
+            "",
+        ]
+    )
 
 
 def export_set(manifest: Manifest, dest: Path, suite_name: str) -> Path:
@@ -49,8 +65,10 @@ def export_set(manifest: Manifest, dest: Path, suite_name: str) -> Path:
             data = f.read_bytes()
             recorded = (manifest.checksums or {}).get(key, {}).get(f.name)
             if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
-                raise ExportError(f"export: {f} does not match its recorded checksum: the set is damaged "
-                                  "(a run on its --out repairs it)")
+                raise ExportError(
+                    f"export: {f} does not match its recorded checksum: the set is damaged "
+                    "(a run on its --out repairs it)"
+                )
             records["image"].append({"bytes": data, "path": f"{key}/{f.name}"})
             records["label"].append(label)
             records["file"].append(f"{key}/{f.name}")
@@ -65,8 +83,9 @@ def export_set(manifest: Manifest, dest: Path, suite_name: str) -> Path:
     Dataset.from_dict(records, features=features).to_parquet(str(tmp / PARQUET))
     (tmp / "README.md").write_text(_card(manifest, suite_name))
     (tmp / MANIFEST).write_text(json.dumps(manifest.stored(), indent=1))
-    sums = [f"{hashlib.sha256((tmp / name).read_bytes()).hexdigest()}  {name}"
-            for name in (PARQUET, "README.md", MANIFEST)]
+    sums = [
+        f"{hashlib.sha256((tmp / name).read_bytes()).hexdigest()}  {name}" for name in (PARQUET, "README.md", MANIFEST)
+    ]
     (tmp / CHECKSUMS).write_text("\n".join(sums) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     atomic.publish_dir(tmp, dest)

@@ -5,6 +5,7 @@ Which rows the board shows and in what order is harness/report/rows.py; the scor
 per-set tables harness/report/manifest_tables.py; the papers' numbers harness/report/reported.py; the Markdown
 harness/report/markdown.py; the board's CSVs harness/report/tables.py. This module only puts them in their files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +19,16 @@ from harness.report.scores import board_scores
 from harness.report.tables import write_board_csvs
 
 
-def render(suite, rows: list[dict], current: set[tuple[str, str]], out_dir: Path, method_order: list[str],
-           notes: list[str], manifests: list[Manifest] | None = None,
-           recipes: set[tuple[str, str]] | None = None) -> tuple[Path, Path]:
+def render(
+    suite,
+    rows: list[dict],
+    current: set[tuple[str, str]],
+    out_dir: Path,
+    method_order: list[str],
+    notes: list[str],
+    manifests: list[Manifest] | None = None,
+    recipes: set[tuple[str, str]] | None = None,
+) -> tuple[Path, Path]:
     """Write leaderboard/<suite>.md and .csv (accuracy), and, from the `manifests` of the sets on the board,
     the cost table (<suite>-cost.csv) and, where the sets were measured, the diversity table
     (<suite>-diversity.csv). Without manifests the board has the accuracy tables only.

@@ -1,6 +1,7 @@
 """The board as Markdown: its notes, an accuracy table per student and protocol (and their best of protocols), the
 full-data reference, DD-Ranking's scores, the papers' reported numbers, and the sets' cost and diversity; each
 section a function of the tables the other report modules make."""
+
 from __future__ import annotations
 
 import math
@@ -17,10 +18,10 @@ from harness.report.scores import Scores
 BEST = "best of protocols"
 MEMORY_KINDS = {
     "shard_peak_rss": "peak resident memory of the actor process during the shard (reset before each shard), "
-                      "the models and data it holds included",
+    "the models and data it holds included",
     "cuda_max_allocated": "peak CUDA memory allocated by torch during the shard",
     "process_max_rss": "the process's lifetime peak resident memory (no per-shard reset was possible: an upper "
-                       "bound, not comparable between methods)",
+    "bound, not comparable between methods)",
 }
 
 
@@ -33,17 +34,24 @@ def format_cell(mean: float, std: float, n: int) -> str:
 def protocols_note(protocols: dict) -> str:
     """The board's line on how students were trained: each protocol's epochs and student options, and the
     settings a student trains with of its own (a recipe a protocol search published for it)."""
+
     def setting(name, value):
         return f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
+
     return "protocols: " + "; ".join(
-        f"{name}: epochs by IPC {p.epochs}" + (f", student options {p.student_kwargs}" if p.student_kwargs else "")
-        + "".join(f", {student} trains with " + " and ".join(setting(*kv) for kv in settings.items())
-                  for student, settings in getattr(p, "per_student", {}).items())
-        for name, p in protocols.items())
+        f"{name}: epochs by IPC {p.epochs}"
+        + (f", student options {p.student_kwargs}" if p.student_kwargs else "")
+        + "".join(
+            f", {student} trains with " + " and ".join(setting(*kv) for kv in settings.items())
+            for student, settings in getattr(p, "per_student", {}).items()
+        )
+        for name, p in protocols.items()
+    )
 
 
-def _ipc_table(part: pd.DataFrame, ipcs: list[int], order: dict[str, int], cell,
-               leader: dict[int, str] | None = None) -> list[str]:
+def _ipc_table(
+    part: pd.DataFrame, ipcs: list[int], order: dict[str, int], cell, leader: dict[int, str] | None = None
+) -> list[str]:
     """A method × IPC table of `part`'s rows, methods in the suite's order, `cell(row)` in each; the cell of
     `leader[ipc]`, the method whose lead at that IPC is resolved (harness/report/compare.py), in bold."""
     leader = leader or {}
@@ -63,11 +71,18 @@ def _ipc_table(part: pd.DataFrame, ipcs: list[int], order: dict[str, int], cell,
 def board_lines(suite, board: Board, scores: Scores, notes: list[str]) -> list[str]:
     """The board's title, notes and accuracy sections: a table per student and protocol, the full-data reference
     and DD-Ranking's scores."""
-    provenance = ("all rows measured by ddbench except those under 'Reported by the papers', copied from papers"
-                  if getattr(suite, "reported", None) else "all rows measured by ddbench, none reported from papers")
-    lines = [f"# {suite.name}", "",
-             "Test accuracy (%) on the real held-out test set, mean ± sample std over student seeds "
-             f"(number of seeds in brackets); {provenance}.", ""]
+    provenance = (
+        "all rows measured by ddbench except those under 'Reported by the papers', copied from papers"
+        if getattr(suite, "reported", None)
+        else "all rows measured by ddbench, none reported from papers"
+    )
+    lines = [
+        f"# {suite.name}",
+        "",
+        "Test accuracy (%) on the real held-out test set, mean ± sample std over student seeds "
+        f"(number of seeds in brackets); {provenance}.",
+        "",
+    ]
     lines += [f"- {n}" for n in notes] + [""]
     if board.agg.empty:
         return lines + ["No results yet."]
@@ -81,14 +96,22 @@ def board_lines(suite, board: Board, scores: Scores, notes: list[str]) -> list[s
             "LRS × 100 (mean ± std over paired seeds, their number in brackets; λ = 0.5, accuracies as fractions): "
             f"HLR = full data − set ({hard}), IOR = set − {baseline} at the same IPC "
             f"({scores.lrs['ior_protocol'].iloc[0]}). A set with IOR = HLR = 0 scores 26.9; higher is better.",
-            scores.lrs, "lrs", ipcs, order)
+            scores.lrs,
+            "lrs",
+            ipcs,
+            order,
+        )
     if not scores.ars.empty:
         lines += _score_lines(
             "## DD-Ranking augmentation-robust score",
             "ARS × 100 (mean ± std over paired seeds, their number in brackets; γ = 0.5, accuracies as fractions): "
             f"the set's lead over {baseline} at the same IPC with augmentation ({hard}) and without it ({no_aug}), "
             f"weighted equally. Equal to {baseline} on both: 26.9; higher is better.",
-            scores.ars, "ars", ipcs, order)
+            scores.ars,
+            "ars",
+            ipcs,
+            order,
+        )
     return lines
 
 
@@ -96,22 +119,31 @@ def _accuracy_lines(board: Board, ipcs: list[int], order: dict[str, int]) -> lis
     """A table per (student, protocol) and, where more than one protocol is ranked, one per student of the best
     of protocols (each cell naming the protocol it took); a column's resolved leader in bold."""
     agg = board.agg
-    tables = list(board.ordered(agg, ("student", "protocol", "method", "ipc")).groupby(["student", "protocol"],
-                                                                                        sort=False))
+    tables = list(
+        board.ordered(agg, ("student", "protocol", "method", "ipc")).groupby(["student", "protocol"], sort=False)
+    )
     best = board.ordered(best_of_protocols(agg), ("student", "method", "ipc"))
     if agg.loc[agg["protocol"].map(ranked), "protocol"].nunique() > 1:
         tables += [((student, BEST), part) for student, part in best.groupby("student", sort=False)]
     seeds = by_seed(measured_rows(board.rows, board.current))
     led = leaders(agg, seeds, CELL)
     led.update({(s, BEST, i): m for (s, i), m in leaders(best, seeds, ["student", "ipc"]).items()})
-    lines = [f"A bold cell leads its column by a resolved margin: the {LEVEL:.0%} confidence interval of its "
-             "difference from the runner-up excludes zero (paired t over seeds trained alike, Welch t across "
-             "recipes; harness/report/compare.py). Elsewhere the column's best is within noise of the next.", ""]
+    lines = [
+        f"A bold cell leads its column by a resolved margin: the {LEVEL:.0%} confidence interval of its "
+        "difference from the runner-up excludes zero (paired t over seeds trained alike, Welch t across "
+        "recipes; harness/report/compare.py). Elsewhere the column's best is within noise of the next.",
+        "",
+    ]
     for (student, protocol), part in tables:
         suffix = (lambda r: f" {r['protocol']}") if protocol == BEST else (lambda r: "")
         lines += [f"## {student}, {protocol}", ""]
-        lines += _ipc_table(part, ipcs, order, lambda r: format_cell(r["mean"], r["std"], r["seeds"]) + suffix(r),
-                            {i: m for (s, p, i), m in led.items() if (s, p) == (student, protocol)})
+        lines += _ipc_table(
+            part,
+            ipcs,
+            order,
+            lambda r: format_cell(r["mean"], r["std"], r["seeds"]) + suffix(r),  # noqa: B023 (called here)
+            {i: m for (s, p, i), m in led.items() if (s, p) == (student, protocol)},
+        )
         lines.append("")
     return lines
 
@@ -121,19 +153,28 @@ def _full_data_lines(board: Board, hard: str) -> list[str]:
     rows this run adopted from the committed store rather than trained."""
     if board.full.empty:
         return []
-    lines = ["## Full-data reference", "",
-             "Each student trained once on the whole training split (validation images held out) with "
-             f"the {hard} recipe.", "", "| student | accuracy |", "|---|---|"]
+    lines = [
+        "## Full-data reference",
+        "",
+        f"Each student trained once on the whole training split (validation images held out) with the {hard} recipe.",
+        "",
+        "| student | accuracy |",
+        "|---|---|",
+    ]
     lines += [f"| {r.student} | {100 * r.mean:.1f} |" for r in board.full.itertuples()] + [""]
     adopted = sorted({r["student"] for r in board.rows if r.get("method") == FULL_DATA and r.get("adopted_from")})
     if adopted:  # measured by an earlier run of the same data and recipe (harness/stages/evaluate.py)
-        lines += [f"Taken by this run from the project's committed result store, not trained again: "
-                  f"{', '.join(adopted)} (same data, recipe and seed).", ""]
+        lines += [
+            f"Taken by this run from the project's committed result store, not trained again: "
+            f"{', '.join(adopted)} (same data, recipe and seed).",
+            "",
+        ]
     return lines
 
 
-def _score_lines(heading: str, explanation: str, scores: pd.DataFrame, column: str, ipcs: list[int],
-                 order: dict[str, int]) -> list[str]:
+def _score_lines(
+    heading: str, explanation: str, scores: pd.DataFrame, column: str, ipcs: list[int], order: dict[str, int]
+) -> list[str]:
     """A score's section: what it measures, then a method × IPC table of `column` per student."""
     lines = [heading, "", explanation, ""]
     for student, part in scores.groupby("student", sort=False):
@@ -144,8 +185,11 @@ def _score_lines(heading: str, explanation: str, scores: pd.DataFrame, column: s
 
 
 def _stages_cell(row) -> str:
-    shares = [(c[len("stage_"):-len("_share")], row[c]) for c in row.index
-              if c.startswith("stage_") and c.endswith("_share") and pd.notna(row[c])]
+    shares = [
+        (c[len("stage_") : -len("_share")], row[c])
+        for c in row.index
+        if c.startswith("stage_") and c.endswith("_share") and pd.notna(row[c])
+    ]
     return ", ".join(f"{name} {100 * share:.0f} %" for name, share in shares) or "–"
 
 
@@ -153,10 +197,14 @@ def cost_lines(cost: pd.DataFrame) -> list[str]:
     """The cost section of a `cost_table` (harness/report/manifest_tables.py)."""
     machines = cost.apply(machine_label, axis=1)
     kinds = cost["peak_memory_kind"].fillna("unrecorded")
-    lines = ["## Cost of distillation", "",
-             "Per set (the shape of Table 5 of the adaptive-sampling paper): seconds of distillation per image "
-             "(all classes' shards summed, over the images made), peak memory of one shard (the largest over the "
-             "set's classes), and the share of the distillation time a method spent in its named stages.", ""]
+    lines = [
+        "## Cost of distillation",
+        "",
+        "Per set (the shape of Table 5 of the adaptive-sampling paper): seconds of distillation per image "
+        "(all classes' shards summed, over the images made), peak memory of one shard (the largest over the "
+        "set's classes), and the share of the distillation time a method spent in its named stages.",
+        "",
+    ]
     if machines.nunique() == 1:
         lines.append(f"- machine: {machines.iloc[0]}; costs compare only between sets made on like machines")
     for kind in sorted(kinds.unique()):
@@ -164,15 +212,38 @@ def cost_lines(cost: pd.DataFrame) -> list[str]:
     extra = [("memory kind", kinds)] if kinds.nunique() > 1 else []
     extra += [("machine", machines)] if machines.nunique() > 1 else []
     if "fine_tune_seconds" in cost:
-        lines.append("- fine-tune: the seconds and peak memory of training the method's fine-tuned backbone, paid "
-                     "once and shared by every IPC sampled from it (harness/stages/fine_tune.py)")
-        extra.append(("fine-tune s / peak MiB", cost.apply(lambda r: "–" if pd.isna(r.get("fine_tune_seconds"))
-                      else f"{r['fine_tune_seconds']:.0f} / {r['fine_tune_peak_memory_mib']:.0f}", axis=1)))
-    lines += ["", "| method | IPC | images | s / image | peak memory (MiB) | named stages |"
-              + "".join(f" {name} |" for name, _ in extra), "|---|---|---|---|---|---|" + "---|" * len(extra)]
+        lines.append(
+            "- fine-tune: the seconds and peak memory of training the method's fine-tuned backbone, paid "
+            "once and shared by every IPC sampled from it (harness/stages/fine_tune.py)"
+        )
+        extra.append(
+            (
+                "fine-tune s / peak MiB",
+                cost.apply(
+                    lambda r: (
+                        "–"
+                        if pd.isna(r.get("fine_tune_seconds"))
+                        else f"{r['fine_tune_seconds']:.0f} / {r['fine_tune_peak_memory_mib']:.0f}"
+                    ),
+                    axis=1,
+                ),
+            )
+        )
+    lines += [
+        "",
+        "| method | IPC | images | s / image | peak memory (MiB) | named stages |"
+        + "".join(f" {name} |" for name, _ in extra),
+        "|---|---|---|---|---|---|" + "---|" * len(extra),
+    ]
     for i, r in cost.iterrows():
-        cells = [r["method"], str(r["ipc"]), str(r["images"]), f"{r['seconds_per_image']:.3f}",
-                 f"{r['peak_memory_mib']:.0f}", _stages_cell(r)] + [str(values.iloc[i]) for _, values in extra]
+        cells = [
+            r["method"],
+            str(r["ipc"]),
+            str(r["images"]),
+            f"{r['seconds_per_image']:.3f}",
+            f"{r['peak_memory_mib']:.0f}",
+            _stages_cell(r),
+        ] + [str(values.iloc[i]) for _, values in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -185,27 +256,43 @@ def diversity_lines(div: pd.DataFrame) -> list[str]:
     """The diversity and fidelity section of a `diversity_table` (harness/report/manifest_tables.py)."""
     first = div.iloc[0]
     extractor = ", ".join(sorted(div["extractor"].unique()))
-    source = ("the suite's frozen teacher's penultimate features" if extractor == "teacher"
-              else "the FID Inception-v3 (pool3)" if extractor == "inception" else extractor)
-    lines = ["## Diversity and fidelity", "",
-             f"Each whole set against the real training images, on {source} ({int(first['feature_dim'])}-d; the "
-             "measures of Table 4 of the adaptive-sampling paper). FID and KID (lower is better) against a "
-             f"class-balanced sample of {int(first['real_images'])} real images; precision (fidelity), recall, "
-             f"density and coverage (diversity; higher is better, k = {int(first['nearest_k'])}) against real "
-             "samples of the set's own size and class balance, mean over "
-             f"{int(first['real_draws']) if pd.notna(first.get('real_draws')) else 0} draws (standard deviations "
-             "in the CSV). Compare within an IPC: every measure depends on the set's size.", ""]
+    source = (
+        "the suite's frozen teacher's penultimate features"
+        if extractor == "teacher"
+        else "the FID Inception-v3 (pool3)"
+        if extractor == "inception"
+        else extractor
+    )
+    lines = [
+        "## Diversity and fidelity",
+        "",
+        f"Each whole set against the real training images, on {source} ({int(first['feature_dim'])}-d; the "
+        "measures of Table 4 of the adaptive-sampling paper). FID and KID (lower is better) against a "
+        f"class-balanced sample of {int(first['real_images'])} real images; precision (fidelity), recall, "
+        f"density and coverage (diversity; higher is better, k = {int(first['nearest_k'])}) against real "
+        "samples of the set's own size and class balance, mean over "
+        f"{int(first['real_draws']) if pd.notna(first.get('real_draws')) else 0} draws (standard deviations "
+        "in the CSV). Compare within an IPC: every measure depends on the set's size.",
+        "",
+    ]
     if extractor != "inception":
-        lines.append("- Not Inception features: the FIDs here are not comparable with the Inception FIDs papers "
-                     "report, only with each other.")
+        lines.append(
+            "- Not Inception features: the FIDs here are not comparable with the Inception FIDs papers "
+            "report, only with each other."
+        )
     if div["fid"].isna().any():
-        lines.append(f"- FID –: the set has fewer than {int(div['fid_min_images'].max())} images, the feature "
-                     "dimension + 1; with fewer its feature covariance is singular and FID is mostly sample-size "
-                     "bias. KID, unbiased at any size, stands in.")
+        lines.append(
+            f"- FID –: the set has fewer than {int(div['fid_min_images'].max())} images, the feature "
+            "dimension + 1; with fewer its feature covariance is singular and FID is mostly sample-size "
+            "bias. KID, unbiased at any size, stands in."
+        )
     if div["precision"].isna().any():
         lines.append(f"- precision … coverage –: fewer than k + 2 = {int(div['prdc_min_images'].max())} images.")
-    lines += ["", "| method | IPC | images | FID | KID | precision | recall | density | coverage |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| method | IPC | images | FID | KID | precision | recall | density | coverage |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in div.iterrows():
         cells = [r["method"], str(r["ipc"]), str(r["images"]), _fmt(r["fid"], ".2f"), _fmt(r["kid"], ".3g")]
         cells += [_fmt(r[name], ".2f") for name in ("precision", "recall", "density", "coverage")]
@@ -223,24 +310,34 @@ def reported_lines(reported, table: pd.DataFrame, csv_name: str) -> list[str]:
     """The papers' section of a `board_reported_table` (harness/report/reported.py), written to `csv_name`: what
     the numbers are, the papers, names and notes they use, and a table per student."""
     notes = list(dict.fromkeys(n for n in table["note"] if n))
-    lines = ["## Reported by the papers", "",
-             "The papers' own numbers (%, mean ± std as their tables print them), copied, not measured by ddbench. "
-             "Beside each, ddbench's measured mean for the same method, IPC, student and protocol where this board "
-             "has one, and measured − reported in points. They never enter the tables, best-of, full-data row, LRS "
-             f"or ARS above; `{csv_name}` has them apart from the measured CSV. {BEST_OF_PROTOCOLS} is the higher of "
-             "a paper's evaluations with hard and with soft labels, compared with this board's best-of-protocols "
-             "table.", ""]
+    lines = [
+        "## Reported by the papers",
+        "",
+        "The papers' own numbers (%, mean ± std as their tables print them), copied, not measured by ddbench. "
+        "Beside each, ddbench's measured mean for the same method, IPC, student and protocol where this board "
+        "has one, and measured − reported in points. They never enter the tables, best-of, full-data row, LRS "
+        f"or ARS above; `{csv_name}` has them apart from the measured CSV. {BEST_OF_PROTOCOLS} is the higher of "
+        "a paper's evaluations with hard and with soft labels, compared with this board's best-of-protocols "
+        "table.",
+        "",
+    ]
     lines += [f"- {name}: {ref}" for name, ref in reported.papers.items()]
     lines += [f"- {name} (not implemented in ddbench): {what}" for name, what in reported.not_implemented.items()]
     lines += [f"- {name} (protocol): {what}" for name, what in reported.protocols.items()]
     lines += [f"- {name} (student): {what}" for name, what in reported.students.items()]
     if (table["kind"] == FULL_DATA).any():
-        lines.append(f"- Reported {FULL_DATA} rows are shown for reference only: the label-robust score's HLR reads "
-                     f"ddbench's measured {FULL_DATA} row alone, never a paper's.")
+        lines.append(
+            f"- Reported {FULL_DATA} rows are shown for reference only: the label-robust score's HLR reads "
+            f"ddbench's measured {FULL_DATA} row alone, never a paper's."
+        )
     lines += [f"- [{i}] {note}" for i, note in enumerate(notes, 1)] + [""]
     for student, part in table.groupby("student", sort=False):
-        lines += [f"### {student}", "", "| method | IPC | protocol | reported (paper, table) | measured | "
-                  "measured − reported |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"### {student}",
+            "",
+            "| method | IPC | protocol | reported (paper, table) | measured | measured − reported |",
+            "|---|---|---|---|---|---|",
+        ]
         lines += [_reported_row(r, notes) for r in part.itertuples()]
         lines.append("")
     return lines

@@ -9,6 +9,7 @@ shards, seconds per image-epoch of a student's rows) or, unmeasured, by its FLOP
 FlopCounterMode on the architecture built on the meta device, so neither weights nor a GPU are needed —
 divided by a sustained GPU throughput the user states (`--gpu-tflops`). Every figure says which it is.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,15 +22,15 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from methods import get_method
+from harness.core.store import ResultStore
+from harness.models.data import DataError, load_real_data
 from harness.models.generators import generator_for
 from harness.models.generators.pretrained_dit import DIT_XL_2, KNOWN_DITS, SD_VAE  # noqa: F401  (sized there)
 from harness.models.generators.registry import GeneratorError
-from harness.models.data import DataError, load_real_data
 from harness.models.protocols import reference_protocol
-from harness.core.store import ResultStore
 from harness.models.students import create_student
 from harness.models.teacher_sources import teacher_source
+from methods import get_method
 
 # ImageNet-1k's split sizes per class (1,281,167 training and 50,000 validation images over 1,000 classes),
 # for ImageNet-layout suites planned before their data is present: every such suite here is a subset of it.
@@ -64,12 +65,15 @@ def backbone_flops(suite, channels: int, num_classes: int) -> tuple[float, float
 
 def classifier_flops(arch: str, num_classes: int, channels: int, size: int, kwargs: dict, pretrained: bool) -> float:
     with torch.device("meta"):
-        model = (timm.create_model(arch, num_classes=1000) if pretrained
-                 else create_student(arch, num_classes, channels, size, **kwargs))
+        model = (
+            timm.create_model(arch, num_classes=1000)
+            if pretrained
+            else create_student(arch, num_classes, channels, size, **kwargs)
+        )
         return _flops(model, torch.zeros(1, 3 if pretrained else channels, size, size))
 
 
-def teacher_flops(t, counts: "Counts", image_size: int) -> tuple[float, int]:
+def teacher_flops(t, counts: Counts, image_size: int) -> tuple[float, int]:
     """FLOPs of one forward pass of a teacher, and the side it sees: a pretrained or recipe-trained one its
     input size, one trained by `prepare`'s small recipe the suite's images."""
     source = teacher_source(t)
@@ -80,6 +84,7 @@ def teacher_flops(t, counts: "Counts", image_size: int) -> tuple[float, int]:
 @dataclass
 class Counts:
     """What the suite's data holds, read from the data when present, else ImageNet's split sizes."""
+
     classes: int
     channels: int
     train_per_class: int
@@ -97,24 +102,33 @@ def count_data(suite) -> Counts:
         except DataError:
             pass
     if d.format != "imagefolder":
-        raise PlanError(f"data.root: {d.root} is missing and the plan knows split sizes only for "
-                        "ImageNet-layout suites")
+        raise PlanError(
+            f"data.root: {d.root} is missing and the plan knows split sizes only for ImageNet-layout suites"
+        )
     classes = len(d.class_keys())
     if not classes:  # `classes: auto` names its classes by the folders that are not there
-        raise PlanError(f"data.classes: {d.root} is missing, so `auto` finds no classes to plan for: "
-                        "name them (a class list or an inline list) to plan before the data is present")
+        raise PlanError(
+            f"data.classes: {d.root} is missing, so `auto` finds no classes to plan for: "
+            "name them (a class list or an inline list) to plan before the data is present"
+        )
     per_class = IMAGENET_TRAIN_PER_CLASS - d.val_per_class
     if d.max_train_per_class:
         per_class = min(per_class, d.max_train_per_class)
-    return Counts(classes, 3, per_class, classes * IMAGENET_TEST_PER_CLASS,
-                  f"{d.root} not present: ImageNet's split sizes ({IMAGENET_TRAIN_PER_CLASS} train, "
-                  f"{IMAGENET_TEST_PER_CLASS} test per class)")
+    return Counts(
+        classes,
+        3,
+        per_class,
+        classes * IMAGENET_TEST_PER_CLASS,
+        f"{d.root} not present: ImageNet's split sizes ({IMAGENET_TRAIN_PER_CLASS} train, "
+        f"{IMAGENET_TEST_PER_CLASS} test per class)",
+    )
 
 
 @dataclass
 class Measured:
     """Unit costs an earlier run in `--out` measured: seconds per image of a method's shards and seconds per
     image-epoch of a student under a protocol, with the device that ran them."""
+
     per_image: dict[str, tuple[float, str]] = field(default_factory=dict)
     per_image_epoch: dict[tuple[str, str], float] = field(default_factory=dict)
     png_bytes_per_image: float | None = None
@@ -150,7 +164,8 @@ def measured_costs(suite, out: Path, classes: int) -> Measured:
         for row in ResultStore(store).read():
             if row.get("kind") == "measured" and row.get("ipc") and row.get("epochs") and current(row):
                 per.setdefault((row["student"], row["protocol"]), []).append(
-                    row["train_seconds"] / (row["epochs"] * row["ipc"] * classes))
+                    row["train_seconds"] / (row["epochs"] * row["ipc"] * classes)
+                )
     m.per_image_epoch = {k: sum(v) / len(v) for k, v in per.items()}
     return m
 
@@ -164,6 +179,7 @@ def _hours(seconds: float) -> str:
 class _Units:
     """What every section of the plan prices with: the data's counts, what `--out` measured, the GPU rate and the
     models' unit FLOPs."""
+
     suite: object
     out: Path
     counts: Counts
@@ -184,13 +200,29 @@ def _units(suite, out: Path, gpu_tflops: float) -> _Units:
     t = suite.teacher
     transformer, vae, params, sized = backbone_flops(suite, counts.channels, counts.classes)
     teacher, teacher_size = teacher_flops(t, counts, suite.data.image_size)
-    relabel, relabel_size = teacher_flops(t.relabel, counts, suite.data.image_size) if t.relabel else (teacher, teacher_size)
-    return _Units(suite, out, counts, measured_costs(suite, out, counts.classes), gpu_tflops * 1e12, transformer, vae,
-                  params, sized, teacher, teacher_size, relabel, relabel_size)
+    relabel, relabel_size = (
+        teacher_flops(t.relabel, counts, suite.data.image_size) if t.relabel else (teacher, teacher_size)
+    )
+    return _Units(
+        suite,
+        out,
+        counts,
+        measured_costs(suite, out, counts.classes),
+        gpu_tflops * 1e12,
+        transformer,
+        vae,
+        params,
+        sized,
+        teacher,
+        teacher_size,
+        relabel,
+        relabel_size,
+    )
 
 
-def make_plan(suite, methods: list[str], searched: list[str], fine_tunes: dict, out: Path, gpus: int,
-              gpu_tflops: float) -> str:
+def make_plan(
+    suite, methods: list[str], searched: list[str], fine_tunes: dict, out: Path, gpus: int, gpu_tflops: float
+) -> str:
     """The plan as text. Reads no image and loads no model weights. `searched`: the methods whose searched config
     is a set of its own; `fine_tunes`: the distinct fine-tunes the sets sample from, each with its methods (both
     as harness/pipeline.py's Run decides them)."""
@@ -200,36 +232,53 @@ def make_plan(suite, methods: list[str], searched: list[str], fine_tunes: dict, 
     lines = _header(u, gpus, gpu_tflops)
     # A config a search chose is its own set beside the method's, priced from FLOPs: earlier runs' costs are read
     # for the suite's configs only.
-    entries = ([(name, name, suite.method_config(name)) for name in methods]
-               + [(f"{name}, searched", name, suite.searched_config(name)) for name in searched])
+    entries = [(name, name, suite.method_config(name)) for name in methods] + [
+        (f"{name}, searched", name, suite.searched_config(name)) for name in searched
+    ]
     distill_lines, distill_seconds, needs_backbone = _distill_section(u, entries, gpus)
     prepare_lines, prepare_seconds = _prepare_section(u, needs_backbone, fine_tunes)
     evaluate_lines, evaluate_seconds = _evaluate_section(u, len(entries))
     total = distill_seconds + prepare_seconds + evaluate_seconds
-    return "\n".join(lines + distill_lines + prepare_lines + evaluate_lines
-                     + ["", f"total ≈ {_hours(total)} GPU-hours; ≈ {_hours(total / gpus)} h of wall clock on {gpus} "
-                        "GPU(s) if the work spreads evenly"])
+    return "\n".join(
+        lines
+        + distill_lines
+        + prepare_lines
+        + evaluate_lines
+        + [
+            "",
+            f"total ≈ {_hours(total)} GPU-hours; ≈ {_hours(total / gpus)} h of wall clock on {gpus} "
+            "GPU(s) if the work spreads evenly",
+        ]
+    )
 
 
 def _header(u: _Units, gpus: int, gpu_tflops: float) -> list[str]:
     suite, counts, t = u.suite, u.counts, u.suite.teacher
-    return [f"plan for suite {suite.name} on {gpus} GPU(s) at {gpu_tflops:g} sustained TFLOP/s "
-            "(nothing runs; estimates labelled)",
-            f"data: {counts.classes} classes, {counts.train_per_class} training images per class, {counts.test} test "
-            f"images ({counts.source})",
-            f"unit FLOPs: backbone {u.sized}: {u.transformer / 1e9:,.1f} GFLOP per evaluation"
-            + (f", VAE {u.vae / 1e9:,.1f} GFLOP per image" if u.vae else "")
-            + f"; teacher {t.arch} at {u.teacher_size} px: {u.teacher / 1e9:,.2f} GFLOP per image"
-            + (f"; relabelling teacher {t.relabel.arch} at {u.relabel_size} px: {u.relabel / 1e9:,.2f} GFLOP per image"
-               if t.relabel else ""), ""]
+    return [
+        f"plan for suite {suite.name} on {gpus} GPU(s) at {gpu_tflops:g} sustained TFLOP/s "
+        "(nothing runs; estimates labelled)",
+        f"data: {counts.classes} classes, {counts.train_per_class} training images per class, {counts.test} test "
+        f"images ({counts.source})",
+        f"unit FLOPs: backbone {u.sized}: {u.transformer / 1e9:,.1f} GFLOP per evaluation"
+        + (f", VAE {u.vae / 1e9:,.1f} GFLOP per image" if u.vae else "")
+        + f"; teacher {t.arch} at {u.teacher_size} px: {u.teacher / 1e9:,.2f} GFLOP per image"
+        + (
+            f"; relabelling teacher {t.relabel.arch} at {u.relabel_size} px: {u.relabel / 1e9:,.2f} GFLOP per image"
+            if t.relabel
+            else ""
+        ),
+        "",
+    ]
 
 
 def _distill_section(u: _Units, entries: list[tuple], gpus: int) -> tuple[list[str], float, bool]:
     """One line per set's config, then the shards, actors, model loads and disk; the seconds and whether any set
     samples the backbone."""
     C, ipcs, measured = u.counts.classes, u.suite.ipcs, u.measured
-    lines = ["distill (one shard = one class of one set)",
-             f"  {'method':34} {'sets':>4} {'shards':>6} {'images':>8} {'backbone evals':>15} {'GPU-h':>8}  basis"]
+    lines = [
+        "distill (one shard = one class of one set)",
+        f"  {'method':34} {'sets':>4} {'shards':>6} {'images':>8} {'backbone evals':>15} {'GPU-h':>8}  basis",
+    ]
     total_images = distill_seconds = 0.0
     needs_backbone = needs_teacher = False
     for label, name, config in entries:
@@ -250,18 +299,21 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int) -> tuple[list[s
         evals = sum(C * w.backbone for w in works if w is not None)
         total_images += images
         distill_seconds += 0 if math.isnan(seconds) else seconds
-        lines.append(f"  {label:34} {len(ipcs):>4} {len(ipcs) * C:>6} {images:>8,} {evals:>15,.0f} "
-                     f"{_hours(seconds):>8}  {basis}")
+        lines.append(
+            f"  {label:34} {len(ipcs):>4} {len(ipcs) * C:>6} {images:>8,} {evals:>15,.0f} {_hours(seconds):>8}  {basis}"
+        )
     shards = len(entries) * len(ipcs) * C
     actors = min(gpus, shards)
     loads = [what for what, needed in (("backbone", needs_backbone), ("teacher", needs_teacher)) if needed]
-    raw = u.counts.channels * u.suite.data.image_size ** 2
+    raw = u.counts.channels * u.suite.data.image_size**2
     png = measured.png_bytes_per_image or raw * PNG_FRACTION
-    lines.append(f"  {len(entries) * len(ipcs)} sets, {shards} shards on {actors} GPU actor(s); model loads: "
-                 + (", ".join(f"{w} ×{actors}" for w in loads) or "none")
-                 + f"; {total_images:,.0f} images ≈ {total_images * png / 1e9:,.2f} GB of PNG "
-                 + ("(measured size)" if measured.png_bytes_per_image else f"(estimated at {PNG_FRACTION:.0%} of raw)")
-                 + (f"; backbone weights {u.params * 4 / 1e9:,.2f} GB in fp32 per node" if needs_backbone else ""))
+    lines.append(
+        f"  {len(entries) * len(ipcs)} sets, {shards} shards on {actors} GPU actor(s); model loads: "
+        + (", ".join(f"{w} ×{actors}" for w in loads) or "none")
+        + f"; {total_images:,.0f} images ≈ {total_images * png / 1e9:,.2f} GB of PNG "
+        + ("(measured size)" if measured.png_bytes_per_image else f"(estimated at {PNG_FRACTION:.0%} of raw)")
+        + (f"; backbone weights {u.params * 4 / 1e9:,.2f} GB in fp32 per node" if needs_backbone else "")
+    )
     return lines, distill_seconds, needs_backbone
 
 
@@ -283,8 +335,10 @@ def _prepare_section(u: _Units, needs_backbone: bool, fine_tunes: dict) -> tuple
         if config is not None and (epochs := teacher_source(config).training_epochs()) is not None:
             seconds = epochs * train_images * TRAIN_FLOPS_PER_FORWARD * forward / rate
             prepare_seconds += seconds
-            lines.append(f"  prepare: trains the {what} {config.arch}, {epochs} epochs over {train_images:,} images "
-                         f"({_hours(seconds)} GPU-h, FLOPs; once: cached)")
+            lines.append(
+                f"  prepare: trains the {what} {config.arch}, {epochs} epochs over {train_images:,} images "
+                f"({_hours(seconds)} GPU-h, FLOPs; once: cached)"
+            )
     for ft, (name, *_) in fine_tunes.values():  # named by the first method that asks for it
         steps = ft.epochs * (train_images // ft.batch_size)
         steps = min(steps, ft.max_steps) if ft.max_steps else steps
@@ -295,17 +349,22 @@ def _prepare_section(u: _Units, needs_backbone: bool, fine_tunes: dict) -> tuple
             seconds += n * (suite.backbone.check_steps * 2 * u.transformer + u.vae + u.teacher) / rate
             check = f" and its backbone check of {n:,} samples"
         prepare_seconds += seconds
-        lines.append(f"  prepare: fine-tunes the backbone for {name}, {steps:,} steps of {ft.batch_size} images{check} "
-                     f"(at least {_hours(seconds)} GPU-h: FLOPs of the diffusion loss, not of the further passes "
-                     "its objective makes; once: cached)")
+        lines.append(
+            f"  prepare: fine-tunes the backbone for {name}, {steps:,} steps of {ft.batch_size} images{check} "
+            f"(at least {_hours(seconds)} GPU-h: FLOPs of the diffusion loss, not of the further passes "
+            "its objective makes; once: cached)"
+        )
     return lines, prepare_seconds
 
 
 def _evaluate_section(u: _Units, sets: int) -> tuple[list[str], float]:
     """One line per student and protocol (then per student on the full data), priced by measure or FLOPs."""
     suite, C, ipcs, measured, t = u.suite, u.counts.classes, u.suite.ipcs, u.measured, u.suite.teacher
-    lines = ["", "evaluate (one trial = one student, protocol, set and seed; a setting's seeds train together)",
-             f"  {'student':22} {'protocol':18} {'input':>5} {'trials':>7} {'image-epochs':>14} {'GPU-h':>8}  basis"]
+    lines = [
+        "",
+        "evaluate (one trial = one student, protocol, set and seed; a setting's seeds train together)",
+        f"  {'student':22} {'protocol':18} {'input':>5} {'trials':>7} {'image-epochs':>14} {'GPU-h':>8}  basis",
+    ]
     evaluate_seconds, trials, teacher_loads = 0.0, 0, 0
     for student in suite.students:
         for pname, protocol in suite.protocols.items():
@@ -325,8 +384,9 @@ def _evaluate_section(u: _Units, sets: int) -> tuple[list[str], float]:
             trials += n
             teacher_loads += sets * len(ipcs) if protocol.needs_teacher else 0
             evaluate_seconds += seconds
-            lines.append(f"  {student:22} {pname:18} {size:>5} {n:>7,} {image_epochs:>14,.0f} {_hours(seconds):>8}  "
-                         f"{basis}")
+            lines.append(
+                f"  {student:22} {pname:18} {size:>5} {n:>7,} {image_epochs:>14,.0f} {_hours(seconds):>8}  {basis}"
+            )
     if suite.full_data.epochs:
         ref = reference_protocol(suite.protocols)
         size = ref.train_size(suite.data.image_size)
@@ -336,11 +396,18 @@ def _evaluate_section(u: _Units, sets: int) -> tuple[list[str], float]:
             seconds = image_epochs * TRAIN_FLOPS_PER_FORWARD * forward / u.rate
             evaluate_seconds += seconds
             trials += 1
-            lines.append(f"  {student:22} {'full data':18} {size:>5} {1:>7} {image_epochs:>14,.0f} "
-                         f"{_hours(seconds):>8}  FLOPs"
-                         + (", at most: it stops when validation accuracy stalls" if suite.full_data.patience else ""))
-    lines.append(f"  {trials:,} trials; teacher loads for relabelling: {teacher_loads:,} (one per setting its protocol relabels"
-                 + (f", the {t.relabel.arch} trained on the suite's classes" if t.relabel else "") + ")")
-    lines.append("  FLOPs price compute only: a small set's few steps per epoch also pay per-step overheads, so "
-                 "student estimates for low IPCs are optimistic")
+            lines.append(
+                f"  {student:22} {'full data':18} {size:>5} {1:>7} {image_epochs:>14,.0f} "
+                f"{_hours(seconds):>8}  FLOPs"
+                + (", at most: it stops when validation accuracy stalls" if suite.full_data.patience else "")
+            )
+    lines.append(
+        f"  {trials:,} trials; teacher loads for relabelling: {teacher_loads:,} (one per setting its protocol relabels"
+        + (f", the {t.relabel.arch} trained on the suite's classes" if t.relabel else "")
+        + ")"
+    )
+    lines.append(
+        "  FLOPs price compute only: a small set's few steps per epoch also pay per-step overheads, so "
+        "student estimates for low IPCs are optimistic"
+    )
     return lines, evaluate_seconds

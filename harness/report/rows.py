@@ -7,6 +7,7 @@ mix two experiments), and only rows trained under the current recipes. Rows copi
 "reported" and are never averaged with measured ones. A config a search chose is relabelled as its own method,
 shown beside the method's own config and never averaged with it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,10 +45,14 @@ def aggregate(rows: list[dict], current: set[tuple[str, str]] | None = None) -> 
     if df.empty:
         return df
     g = df.groupby(GROUP, sort=False)
-    out = g.agg(mean=("accuracy", "mean"), std=("accuracy", lambda a: a.std(ddof=1) if len(a) > 1 else 0.0),
-                seeds=("seed", "nunique"), train_seconds=("train_seconds", "mean"),
-                seconds_per_image=("distill_seconds_per_image", "first"),
-                peak_memory_mb=("peak_memory_bytes", lambda b: b.iloc[0] / 2**20)).reset_index()
+    out = g.agg(
+        mean=("accuracy", "mean"),
+        std=("accuracy", lambda a: a.std(ddof=1) if len(a) > 1 else 0.0),
+        seeds=("seed", "nunique"),
+        train_seconds=("train_seconds", "mean"),
+        seconds_per_image=("distill_seconds_per_image", "first"),
+        peak_memory_mb=("peak_memory_bytes", lambda b: b.iloc[0] / 2**20),
+    ).reset_index()
     return out
 
 
@@ -64,8 +69,13 @@ def ranked(protocol: str) -> bool:
     return get_protocol(protocol).ranked if protocol in list_protocols() else True
 
 
-def board_order(df: pd.DataFrame, method_order: list[str], students: list[str], protocols: list[str],
-                by: tuple[str, ...] = ("method", "student", "protocol", "ipc")) -> pd.DataFrame:
+def board_order(
+    df: pd.DataFrame,
+    method_order: list[str],
+    students: list[str],
+    protocols: list[str],
+    by: tuple[str, ...] = ("method", "student", "protocol", "ipc"),
+) -> pd.DataFrame:
     """`df` sorted by the columns `by`: methods in the run's order, students and protocols in the suite's
     (others after them, by name), IPCs ascending; so the board does not depend on the order in which rows
     reached the store."""
@@ -86,23 +96,33 @@ def board_order(df: pd.DataFrame, method_order: list[str], students: list[str], 
 def mark_failed_checks(agg: pd.DataFrame, manifests: list[Manifest] | None) -> tuple[pd.DataFrame, list[str]]:
     """`agg` with a `backbone_check_failed` column: the rows of sets sampled from a backbone whose check failed
     (run with --accept-failed-check), and the note that explains the mark, if any row has it."""
-    failed = {(m.method, m.config_hash, m.ipc) for m in manifests or []
-              if m.backbone and m.backbone_check and not m.backbone_check.get("passed", True)}
+    failed = {
+        (m.method, m.config_hash, m.ipc)
+        for m in manifests or []
+        if m.backbone and m.backbone_check and not m.backbone_check.get("passed", True)
+    }
     if agg.empty or not failed:
         return agg, []
     agg = agg.assign(backbone_check_failed=[k in failed for k in zip(agg["method"], agg["config_hash"], agg["ipc"])])
     checks = {f"{m.backbone_check['agreement']:.1%}" for m in manifests if (m.method, m.config_hash, m.ipc) in failed}
-    return agg, [f"{FAILED_CHECK_MARK.strip()}: sampled from a backbone that FAILED its check (teacher agreement "
-                 f"{', '.join(sorted(checks))}, below the suite's minimum; run with --accept-failed-check): not a "
-                 f"result of the method"]
+    return agg, [
+        f"{FAILED_CHECK_MARK.strip()}: sampled from a backbone that FAILED its check (teacher agreement "
+        f"{', '.join(sorted(checks))}, below the suite's minimum; run with --accept-failed-check): not a "
+        f"result of the method"
+    ]
 
 
 def searched_label(method: str, trials: int) -> str:
     return f"{method}, searched on val ({trials} trials)"
 
 
-def with_searched_labels(rows: list[dict], current: set[tuple[str, str]], manifests: list[Manifest],
-                         method_order: list[str], labels: dict[tuple[str, str], str]):
+def with_searched_labels(
+    rows: list[dict],
+    current: set[tuple[str, str]],
+    manifests: list[Manifest],
+    method_order: list[str],
+    labels: dict[tuple[str, str], str],
+):
     """Rows, current sets, manifests and method order with each searched config's set under its own label, so
     that the board shows it as its own row beside the method's own config (and never averages the two)."""
     if not labels:
@@ -120,30 +140,38 @@ def with_searched_labels(rows: list[dict], current: set[tuple[str, str]], manife
 @dataclass(frozen=True)
 class Board:
     """The rows one board shows, and the orders it shows them in."""
-    rows: list[dict]                 # the store's rows trained under the current recipes
-    current: set[tuple[str, str]]    # (method, config hash) of the sets on the board
-    agg: pd.DataFrame                # each set's cells, mean ± std over seeds, in board order; full data apart
-    full: pd.DataFrame               # the full-data reference rows
-    failed_note: list[str]           # the note on cells sampled from a backbone that failed its check, if any
+
+    rows: list[dict]  # the store's rows trained under the current recipes
+    current: set[tuple[str, str]]  # (method, config hash) of the sets on the board
+    agg: pd.DataFrame  # each set's cells, mean ± std over seeds, in board order; full data apart
+    full: pd.DataFrame  # the full-data reference rows
+    failed_note: list[str]  # the note on cells sampled from a backbone that failed its check, if any
     method_order: list[str]
-    students: list[str]              # the suite's, in its order
-    protocols: list[str]             # the suite's protocol names, in its order
+    students: list[str]  # the suite's, in its order
+    protocols: list[str]  # the suite's protocol names, in its order
 
     def ordered(self, df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
         """`df` in this board's order of the columns `by` (see `board_order`)."""
         return board_order(df, self.method_order, self.students, self.protocols, by)
 
 
-def board_rows(suite, rows: list[dict], current: set[tuple[str, str]], method_order: list[str],
-               manifests: list[Manifest] | None = None, recipes: set[tuple[str, str]] | None = None) -> Board:
+def board_rows(
+    suite,
+    rows: list[dict],
+    current: set[tuple[str, str]],
+    method_order: list[str],
+    manifests: list[Manifest] | None = None,
+    recipes: set[tuple[str, str]] | None = None,
+) -> Board:
     """The board of `rows`: only those of the sets in `current` (method, config hash) and, where given, trained
     under the `recipes` (student, protocol hash), so that a store holding a quick profile's 30-epoch students
     beside the full suite's, or a student's rows from before its recipe was searched, never averages the two into
     one cell. Cells of sets sampled from a backbone that failed its check (their `manifests` say so) are marked."""
     rows = trained_under(rows, recipes)
     students, protocols = list(getattr(suite, "students", [])), list(suite.protocols)
-    agg, failed_note = mark_failed_checks(board_order(aggregate(rows, current), method_order, students, protocols),
-                                          manifests)
+    agg, failed_note = mark_failed_checks(
+        board_order(aggregate(rows, current), method_order, students, protocols), manifests
+    )
     full = agg[agg["method"] == FULL_DATA] if not agg.empty else agg
     agg = agg[agg["method"] != FULL_DATA] if not agg.empty else agg
     return Board(rows, current, agg, full, failed_note, method_order, students, protocols)

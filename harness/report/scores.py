@@ -3,6 +3,7 @@ per (method, IPC, student), from the measured rows, each seed of a set paired wi
 baseline. The random baseline is the method that declares itself one, the recipes those the protocols declare
 (harness/models/protocols.py `score_protocols`): nothing here names a protocol or a method.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,11 +11,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from methods import get_method, list_methods
-
 from harness.core.identity import FULL_DATA
 from harness.models.protocols import score_protocols
 from harness.report.rows import Board, measured_rows
+from methods import get_method, list_methods
 
 
 def _normalised(x: float) -> float:
@@ -49,17 +49,22 @@ def _paired_scores(rows: list[dict], current, name: str, score) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def label_robust_scores(rows: list[dict], current: set[tuple[str, str]] | None, baseline: str,
-                        hard: str, soft: str, lam: float = 0.5) -> pd.DataFrame:
+def label_robust_scores(
+    rows: list[dict], current: set[tuple[str, str]] | None, baseline: str, hard: str, soft: str, lam: float = 0.5
+) -> pd.DataFrame:
     """DD-Ranking's label-robust score of every (method, IPC, student), per seed, on accuracies as fractions.
 
     HLR = acc(full data, `hard`) − acc(set, `hard`); IOR = acc(set, `soft`) − acc(`baseline` at the same IPC,
     `soft`); LRS = (exp(λ·IOR − (1 − λ)·HLR) − e⁻¹) / (e − e⁻¹), in [0, 1]. Seed i of the method is paired with
     seed i of the baseline. A suite without a teacher-labelled protocol passes `soft` = `hard` (said in the table).
     """
+
     def score(acc, full, method, ipc, student, seed):
-        keys = [(method, ipc, student, hard, seed), (method, ipc, student, soft, seed),
-                (baseline, ipc, student, soft, seed)]
+        keys = [
+            (method, ipc, student, hard, seed),
+            (method, ipc, student, soft, seed),
+            (baseline, ipc, student, soft, seed),
+        ]
         if student not in full.index or not all(k in acc.index for k in keys):
             return None
         hard_acc, syn, rand = (float(acc[k]) for k in keys)
@@ -72,22 +77,32 @@ def label_robust_scores(rows: list[dict], current: set[tuple[str, str]] | None, 
     return out
 
 
-def augmentation_robust_scores(rows: list[dict], current: set[tuple[str, str]] | None, baseline: str,
-                               augmented: str, plain: str, gamma: float = 0.5) -> pd.DataFrame:
+def augmentation_robust_scores(
+    rows: list[dict],
+    current: set[tuple[str, str]] | None,
+    baseline: str,
+    augmented: str,
+    plain: str,
+    gamma: float = 0.5,
+) -> pd.DataFrame:
     """DD-Ranking's augmentation-robust score of every (method, IPC, student), per seed, on fractions.
 
     β = γ·(acc(set, `augmented`) − acc(`baseline`, `augmented`)) + (1 − γ)·(acc(set, `plain`) − acc(`baseline`,
     `plain`)), `plain` being the same recipe without augmentation; ARS = (exp(β) − e⁻¹) / (e − e⁻¹), as
     DD-Ranking's `AugmentationRobustScore` computes it. Seeds paired as in the LRS.
     """
+
     def score(acc, full, method, ipc, student, seed):
         keys = [(m, ipc, student, p, seed) for p in (augmented, plain) for m in (method, baseline)]
         if not all(k in acc.index for k in keys):
             return None
         syn_aug, rand_aug, syn_plain, rand_plain = (float(acc[k]) for k in keys)
         with_aug, without_aug = syn_aug - rand_aug, syn_plain - rand_plain
-        return {"ars": _normalised(gamma * with_aug + (1 - gamma) * without_aug), "with_aug": with_aug,
-                "without_aug": without_aug}
+        return {
+            "ars": _normalised(gamma * with_aug + (1 - gamma) * without_aug),
+            "with_aug": with_aug,
+            "without_aug": without_aug,
+        }
 
     return _paired_scores(rows, current, "ars", score)
 
@@ -100,9 +115,10 @@ def random_baseline(methods) -> str | None:
 @dataclass(frozen=True)
 class Scores:
     """A board's DD-Ranking scores and what they were computed against."""
-    baseline: str | None          # the random baseline; None where the suite runs none (then no scores)
+
+    baseline: str | None  # the random baseline; None where the suite runs none (then no scores)
     recipes: dict[str, str | None]  # `score_protocols`: the hard, soft and no-augmentation protocol names
-    lrs: pd.DataFrame             # empty where the suite cannot score
+    lrs: pd.DataFrame  # empty where the suite cannot score
     ars: pd.DataFrame
 
 
@@ -112,9 +128,11 @@ def board_scores(suite, board: Board) -> Scores:
     recipes = score_protocols(suite.protocols)
     baseline = random_baseline(suite.methods)
     hard, soft, no_aug = recipes["hard"], recipes["soft"], recipes["no_aug"]
-    lrs = label_robust_scores(board.rows, board.current, baseline, hard, soft) \
-        if baseline and hard else pd.DataFrame()
-    ars = augmentation_robust_scores(board.rows, board.current, baseline, hard, no_aug) \
-        if baseline and hard and no_aug else pd.DataFrame()
+    lrs = label_robust_scores(board.rows, board.current, baseline, hard, soft) if baseline and hard else pd.DataFrame()
+    ars = (
+        augmentation_robust_scores(board.rows, board.current, baseline, hard, no_aug)
+        if baseline and hard and no_aug
+        else pd.DataFrame()
+    )
     by = ("student", "method", "ipc")
     return Scores(baseline, recipes, board.ordered(lrs, by), board.ordered(ars, by))

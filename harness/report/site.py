@@ -5,6 +5,7 @@ grids torchvision's `make_grid`; the page's filter and sort script is inlined fr
 Layout under the site folder: index.html, <suite>.html, and <suite>/ with plots/*.png, grids/*.png (the first
 images of each class of every set, small enough to commit) and summary.json (what the index lists).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,18 +23,17 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.utils import make_grid
 
-from methods import get_method, list_methods
-
 from harness.core import atomic
+from harness.core.sets import Manifest
 from harness.report.compare import CELL, LEVEL, by_seed, leaders
 from harness.report.manifest_tables import cost_table, diversity_table, machine_label
 from harness.report.markdown import format_cell
 from harness.report.reported import reported_table
 from harness.report.rows import best_of_protocols, board_order, board_rows, measured_rows
-from harness.core.sets import Manifest
+from methods import get_method, list_methods
 
-GRID_IMAGES = 10   # images per class row of a set's grid: enough to see a set's variety, few enough to commit
-GRID_ZOOM = 2      # grids are shown at twice their pixels (drawn pixelated): 28-px images are small
+GRID_IMAGES = 10  # images per class row of a set's grid: enough to see a set's variety, few enough to commit
+GRID_ZOOM = 2  # grids are shown at twice their pixels (drawn pixelated): 28-px images are small
 MARKERS = "o^sDvP*Xhp<>"
 
 
@@ -69,8 +69,16 @@ def plot_accuracy_vs_ipc(agg: pd.DataFrame, students: list[str], methods: list[s
         part = agg[agg["student"] == student]
         for (method, protocol), line in part.groupby(["method", "protocol"], sort=False):
             line = line.sort_values("ipc")
-            ax.errorbar(line["ipc"], 100 * line["mean"], yerr=100 * line["std"], linestyle=dashes[protocol],
-                        capsize=2, linewidth=1, markersize=3, **style[method])
+            ax.errorbar(
+                line["ipc"],
+                100 * line["mean"],
+                yerr=100 * line["std"],
+                linestyle=dashes[protocol],
+                capsize=2,
+                linewidth=1,
+                markersize=3,
+                **style[method],
+            )
         ax.set_xscale("log")
         ipcs = sorted(agg["ipc"].unique())
         ax.set_xticks(ipcs, [str(i) for i in ipcs])
@@ -104,13 +112,21 @@ def _per_ipc_panels(points: pd.DataFrame, x: str, xlabel: str, student: str, pat
     for ax, ipc in zip(axes, ipcs):
         part = points[points["ipc"] == ipc]
         for r in part.itertuples():
-            ax.scatter(getattr(r, x), 100 * r.mean, s=18, color=style[r.method]["color"],
-                       marker=style[r.method]["marker"])
+            ax.scatter(
+                getattr(r, x), 100 * r.mean, s=18, color=style[r.method]["color"], marker=style[r.method]["marker"]
+            )
             ax.annotate(r.method, (getattr(r, x), 100 * r.mean), fontsize=6, xytext=(3, 2), textcoords="offset points")
         if front and len(part):
             idx = pareto_front(part[x].to_numpy(float), part["mean"].to_numpy(float))
-            ax.step(part[x].to_numpy()[idx], 100 * part["mean"].to_numpy()[idx], where="post", color="black",
-                    linewidth=0.8, alpha=0.6, label="Pareto front")
+            ax.step(
+                part[x].to_numpy()[idx],
+                100 * part["mean"].to_numpy()[idx],
+                where="post",
+                color="black",
+                linewidth=0.8,
+                alpha=0.6,
+                label="Pareto front",
+            )
             ax.legend(fontsize=7, loc="best")
         if log:
             ax.set_xscale("log")
@@ -158,55 +174,115 @@ def draw_grid(manifest: Manifest, path: Path, per_class: int = GRID_IMAGES) -> N
 
 
 def _env() -> Environment:
-    return Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html", "j2"]),
-                       trim_blocks=True, lstrip_blocks=True)
+    return Environment(
+        loader=PackageLoader("harness.report", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
-def _cells(agg: pd.DataFrame, rows: list[dict], current, order: list[str], students: list[str],
-           protocols: list[str], grids: dict) -> list[dict]:
+def _cells(
+    agg: pd.DataFrame,
+    rows: list[dict],
+    current,
+    order: list[str],
+    students: list[str],
+    protocols: list[str],
+    grids: dict,
+) -> list[dict]:
     """The accuracy table's rows: one per (student, protocol, IPC, method) cell, its resolved leader marked."""
     led = leaders(agg, by_seed(measured_rows(rows, current)), CELL)
     out = []
     for r in board_order(agg, order, students, protocols, ("student", "protocol", "ipc", "method")).to_dict("records"):
-        out.append({"method": r["method"], "family": family(r["method"]), "student": r["student"],
-                    "protocol": r["protocol"], "ipc": int(r["ipc"]), "mean": 100 * r["mean"], "seeds": int(r["seeds"]),
-                    "cell": format_cell(r["mean"], r["std"], r["seeds"]), "seconds_per_image": r["seconds_per_image"],
-                    "leader": led.get((r["student"], r["protocol"], r["ipc"])) == r["method"],
-                    "failed_check": bool(r.get("backbone_check_failed")),
-                    "grid": grids[(r["method"], r["ipc"])]["anchor"] if (r["method"], r["ipc"]) in grids else None})
+        out.append(
+            {
+                "method": r["method"],
+                "family": family(r["method"]),
+                "student": r["student"],
+                "protocol": r["protocol"],
+                "ipc": int(r["ipc"]),
+                "mean": 100 * r["mean"],
+                "seeds": int(r["seeds"]),
+                "cell": format_cell(r["mean"], r["std"], r["seeds"]),
+                "seconds_per_image": r["seconds_per_image"],
+                "leader": led.get((r["student"], r["protocol"], r["ipc"])) == r["method"],
+                "failed_check": bool(r.get("backbone_check_failed")),
+                "grid": grids[(r["method"], r["ipc"])]["anchor"] if (r["method"], r["ipc"]) in grids else None,
+            }
+        )
     return out
 
 
-def _plots(agg: pd.DataFrame, students: list[str], methods: list[str], manifests: list[Manifest], order: list[str],
-           cross: Path, folder: Path) -> list[tuple[str, str, str]]:
+def _plots(
+    agg: pd.DataFrame,
+    students: list[str],
+    methods: list[str],
+    manifests: list[Manifest],
+    order: list[str],
+    cross: Path,
+    folder: Path,
+) -> list[tuple[str, str, str]]:
     """(title, caption, file name) of every plot the data allows, drawn into `folder`."""
     plots = []
     if not agg.empty:
-        plots.append(("Accuracy against images per class", "One panel per student; a line per method and protocol, "
-                      "mean ± std over seeds.", plot_accuracy_vs_ipc(agg, students, methods, folder / "accuracy-vs-ipc.png")))
+        plots.append(
+            (
+                "Accuracy against images per class",
+                "One panel per student; a line per method and protocol, mean ± std over seeds.",
+                plot_accuracy_vs_ipc(agg, students, methods, folder / "accuracy-vs-ipc.png"),
+            )
+        )
         best = best_of_protocols(agg)
         main = max(students, key=lambda s: (best["student"] == s).sum())  # the student most cells were trained on
         best = best[best["student"] == main]
         cost = cost_table(manifests, order)[["method", "ipc", "seconds_per_image"]] if manifests else pd.DataFrame()
         points = best.drop(columns="seconds_per_image").merge(cost, on=["method", "ipc"]) if manifests else cost
         if not points.empty and (points["seconds_per_image"] > 0).any():
-            plots.append(("Accuracy against cost", "Seconds of distillation per image (log scale) against "
-                          f"{main}'s best-of-protocols accuracy; the line is the Pareto front (no other set is both "
-                          "cheaper and more accurate). Costs compare only between like machines.",
-                          _per_ipc_panels(points[points["seconds_per_image"] > 0], "seconds_per_image",
-                                          "seconds per distilled image", main, folder / "cost.png", log=True, front=True)))
+            plots.append(
+                (
+                    "Accuracy against cost",
+                    "Seconds of distillation per image (log scale) against "
+                    f"{main}'s best-of-protocols accuracy; the line is the Pareto front (no other set is both "
+                    "cheaper and more accurate). Costs compare only between like machines.",
+                    _per_ipc_panels(
+                        points[points["seconds_per_image"] > 0],
+                        "seconds_per_image",
+                        "seconds per distilled image",
+                        main,
+                        folder / "cost.png",
+                        log=True,
+                        front=True,
+                    ),
+                )
+            )
         div = diversity_table(manifests, order) if manifests else pd.DataFrame()
-        points = best.merge(div[["method", "ipc", "coverage"]], on=["method", "ipc"]).dropna(subset=["coverage"]) \
-            if not div.empty else div
+        points = (
+            best.merge(div[["method", "ipc", "coverage"]], on=["method", "ipc"]).dropna(subset=["coverage"])
+            if not div.empty
+            else div
+        )
         if not points.empty:
-            plots.append(("Diversity against accuracy", "Each set's coverage of the real data (its diversity, "
-                          f"harness/stages/diversity.py; higher is more diverse) against {main}'s best-of-protocols accuracy.",
-                          _per_ipc_panels(points, "coverage", "coverage", main, folder / "diversity.png", log=False,
-                                          front=False)))
+            plots.append(
+                (
+                    "Diversity against accuracy",
+                    "Each set's coverage of the real data (its diversity, "
+                    "harness/stages/diversity.py; higher is more diverse) against "
+                    f"{main}'s best-of-protocols accuracy.",
+                    _per_ipc_panels(
+                        points, "coverage", "coverage", main, folder / "diversity.png", log=False, front=False
+                    ),
+                )
+            )
     if cross.exists():
-        plots.append(("Cross-architecture study", "Students (columns) trained on one set with each teacher (rows) as "
-                      "the source of soft labels, mean test accuracy (%) over seeds (`--cross-arch`).",
-                      plot_heatmap(pd.read_csv(cross), folder / "cross-arch.png")))
+        plots.append(
+            (
+                "Cross-architecture study",
+                "Students (columns) trained on one set with each teacher (rows) as "
+                "the source of soft labels, mean test accuracy (%) over seeds (`--cross-arch`).",
+                plot_heatmap(pd.read_csv(cross), folder / "cross-arch.png"),
+            )
+        )
     return plots
 
 
@@ -219,16 +295,32 @@ def _draw_grids(manifests: list[Manifest], folder: Path, suite_name: str) -> dic
             draw_grid(m, path)
             with Image.open(path) as img:
                 size = (GRID_ZOOM * img.width, GRID_ZOOM * img.height)
-            grids[(m.method, m.ipc)] = {"anchor": f"set-{_slug(m.method, 'ipc', m.ipc)}", "size": size,
-                                        "src": f"{suite_name}/grids/{path.name}", "method": m.method, "ipc": m.ipc,
-                                        "images": m.images, "classes": m.classes, "config_hash": m.config_hash,
-                                        "shown": min(m.ipc, GRID_IMAGES)}
+            grids[(m.method, m.ipc)] = {
+                "anchor": f"set-{_slug(m.method, 'ipc', m.ipc)}",
+                "size": size,
+                "src": f"{suite_name}/grids/{path.name}",
+                "method": m.method,
+                "ipc": m.ipc,
+                "images": m.images,
+                "classes": m.classes,
+                "config_hash": m.config_hash,
+                "shown": min(m.ipc, GRID_IMAGES),
+            }
     return grids
 
 
-def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: list[str], notes: list[str],
-               manifests: list[Manifest] | None, board_dir: Path, command: str,
-               recipes: set[tuple[str, str]] | None = None) -> Path:
+def build_site(
+    suite,
+    rows: list[dict],
+    current,
+    site_dir: Path,
+    method_order: list[str],
+    notes: list[str],
+    manifests: list[Manifest] | None,
+    board_dir: Path,
+    command: str,
+    recipes: set[tuple[str, str]] | None = None,
+) -> Path:
     """Write <site_dir>/<suite>.html (with its plots and grids) and redraw the index; returns the page.
     The rows shown are the board's (harness/report/rows.py `board_rows`): current configurations, current recipes."""
     site_dir, manifests = Path(site_dir), manifests or []
@@ -246,25 +338,60 @@ def build_site(suite, rows: list[dict], current, site_dir: Path, method_order: l
 
     grids = _draw_grids(manifests, assets / "grids", suite.name)
     table = _cells(agg, rows, current, method_order, students, protocol_names, grids) if not agg.empty else []
-    plots = [(title, text, f"{suite.name}/plots/{name}") for title, text, name in
-             _plots(agg, students, methods, manifests, method_order,
-                    Path(board_dir) / f"{suite.name}-cross-arch.csv", assets / "plots")]
+    plots = [
+        (title, text, f"{suite.name}/plots/{name}")
+        for title, text, name in _plots(
+            agg,
+            students,
+            methods,
+            manifests,
+            method_order,
+            Path(board_dir) / f"{suite.name}-cross-arch.csv",
+            assets / "plots",
+        )
+    ]
     reported = getattr(suite, "reported", None)
     reported_rows = reported_table(reported, agg, full).to_dict("records") if reported and not agg.empty else []
     versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in rows if r.get("versions")})
     machines = sorted(set(cost_table(manifests, method_order).apply(machine_label, axis=1))) if manifests else []
-    filters = {"student": students, "protocol": list(dict.fromkeys(r["protocol"] for r in table)),
-               "ipc": sorted({r["ipc"] for r in table}), "family": list(dict.fromkeys(r["family"] for r in table))}
+    filters = {
+        "student": students,
+        "protocol": list(dict.fromkeys(r["protocol"] for r in table)),
+        "ipc": sorted({r["ipc"] for r in table}),
+        "family": list(dict.fromkeys(r["family"] for r in table)),
+    }
     env = _env()
     style, script = (env.loader.get_source(env, name)[0] for name in ("site.css", "site.js"))
     page = site_dir / f"{suite.name}.html"
-    atomic.write_text(page, env.get_template("suite.html.j2").render(
-        suite=suite.name, table=table, filters=filters, plots=plots, sets=list(grids.values()),
-        notes=notes + board.failed_note, full=full.to_dict("records"), reported=reported_rows,
-        versions=[json.loads(v) for v in versions], machines=machines, command=command, level=f"{LEVEL:.0%}",
-        drawn_on=f"Python {platform.python_version()} on {platform.platform()}", script=script, style=style))
-    summary = {"suite": suite.name, "page": page.name, "methods": len(methods), "students": students,
-               "cells": len(table), "sets": len(grids), "drawn": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    atomic.write_text(
+        page,
+        env.get_template("suite.html.j2").render(
+            suite=suite.name,
+            table=table,
+            filters=filters,
+            plots=plots,
+            sets=list(grids.values()),
+            notes=notes + board.failed_note,
+            full=full.to_dict("records"),
+            reported=reported_rows,
+            versions=[json.loads(v) for v in versions],
+            machines=machines,
+            command=command,
+            level=f"{LEVEL:.0%}",
+            drawn_on=f"Python {platform.python_version()} on {platform.platform()}",
+            script=script,
+            style=style,
+        ),
+    )
+    summary = {
+        "suite": suite.name,
+        "page": page.name,
+        "methods": len(methods),
+        "students": students,
+        "cells": len(table),
+        "sets": len(grids),
+        "drawn": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     atomic.write_json(assets / "summary.json", summary, indent=1)
     suites = [json.loads(p.read_text()) for p in sorted(site_dir.glob("*/summary.json"))]
     atomic.write_text(site_dir / "index.html", env.get_template("index.html.j2").render(suites=suites, style=style))

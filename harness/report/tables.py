@@ -1,5 +1,6 @@
 """The board's CSV files: the accuracy cells, DD-Ranking's scores, and the board in the columns of DD-Ranking's own
 leaderboard, so that its numbers can be read by a program or submitted there."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,11 +27,23 @@ def dd_ranking_table(rows: list[dict], current, suite, baseline: str, hard: str,
         lrs = label_robust_scores(rows, current, baseline, hard, ior_protocol)
         if lrs.empty:
             continue
-        parts.append(pd.DataFrame({
-            "method": lrs["method"], "method_reference": "", "verified": True, "dataset": suite.name,
-            "ipc": lrs["ipc"], "label_type": DD_RANKING_LABELS[kind], "recovery": 100 * lrs["hlr"],
-            "improvement": 100 * lrs["ior"], "score": 100 * lrs["lrs"], "student": lrs["student"],
-            "seeds": lrs["seeds"]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "method": lrs["method"],
+                    "method_reference": "",
+                    "verified": True,
+                    "dataset": suite.name,
+                    "ipc": lrs["ipc"],
+                    "label_type": DD_RANKING_LABELS[kind],
+                    "recovery": 100 * lrs["hlr"],
+                    "improvement": 100 * lrs["ior"],
+                    "score": 100 * lrs["lrs"],
+                    "student": lrs["student"],
+                    "seeds": lrs["seeds"],
+                }
+            )
+        )
     if not parts:
         return pd.DataFrame()
     df = pd.concat(parts, ignore_index=True)
@@ -51,8 +64,10 @@ def write_board_csvs(suite, board: Board, scores: Scores, out_dir: Path) -> Path
     if not scores.ars.empty:
         scores.ars.to_csv(out_dir / f"{suite.name}-ars.csv", index=False, float_format="%.5f")
     if not scores.lrs.empty:
-        dd_ranking = dd_ranking_table(board.rows, board.current, suite, scores.baseline, scores.recipes["hard"],
-                                      scores.recipes["soft"])
+        dd_ranking = dd_ranking_table(
+            board.rows, board.current, suite, scores.baseline, scores.recipes["hard"], scores.recipes["soft"]
+        )
         board.ordered(dd_ranking, ("label_type", "student", "method", "ipc")).to_csv(
-            out_dir / f"{suite.name}-dd-ranking.csv", index=False, float_format="%.3f")
+            out_dir / f"{suite.name}-dd-ranking.csv", index=False, float_format="%.3f"
+        )
     return csv_path

@@ -1,6 +1,7 @@
 """Where the run's Ray work goes: an existing cluster the run attaches to, or a local one the harness starts and
 owns. Everything about the cluster that can be checked is checked before any compute (docs/decisions.md, "The
 cluster path (issue 13, item 1)")."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 try:  # token auth came with Ray 2.52 (pyproject allows 2.40); these are what ray.init itself uses (private)
     from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
     from ray.exceptions import AuthenticationError
+
     TOKEN_AUTH = True
 except ImportError:
     TOKEN_AUTH = False
@@ -42,8 +44,8 @@ class ClusterError(Exception):
 @dataclass(frozen=True)
 class Target:
     address: str | None  # host:port (or ray://host:port) to attach to; None: start a local cluster
-    source: str          # what named it, for the messages: --address, RAY_ADDRESS, the file `ray start` wrote
-    note: str = ""       # why a named cluster was passed over, if one was
+    source: str  # what named it, for the messages: --address, RAY_ADDRESS, the file `ray start` wrote
+    note: str = ""  # why a named cluster was passed over, if one was
 
     @property
     def attach(self) -> bool:
@@ -92,14 +94,20 @@ def resolve(address: str | None) -> Target:
         return Target(found, str(recorded))
     if named == "auto":
         raise ClusterError(f"{source} auto: no running Ray head is recorded in {recorded}")
-    return Target(None, "no cluster named", note=f"{recorded} names {found}, where nothing listens (a head stopped "
-                                                 f"without `ray stop`): ignored" if found else "")
+    return Target(
+        None,
+        "no cluster named",
+        note=f"{recorded} names {found}, where nothing listens (a head stopped without `ray stop`): ignored"
+        if found
+        else "",
+    )
 
 
 def _token_available() -> bool:
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or (Path(path).is_file() if path else
-                                                      (Path.home() / ".ray" / "auth_token").is_file())
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or (
+        Path(path).is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
+    )
 
 
 def _set_auth_mode(mode: str) -> None:
@@ -129,8 +137,10 @@ def check_target(target: Target) -> None:
         return
     where = f"{target.source}: {target.address}"
     if not _listens(target.address):
-        raise ClusterError(f"{where}: no Ray head answers there within {PROBE_SECONDS:g} s "
-                           f"(start one with `ray start --head`, or leave out --address for a local cluster)")
+        raise ClusterError(
+            f"{where}: no Ray head answers there within {PROBE_SECONDS:g} s "
+            f"(start one with `ray start --head`, or leave out --address for a local cluster)"
+        )
     # Ray turns token auth on by itself only for a cluster it finds through the file `ray start` wrote, never for
     # an explicit address. A client that sends a token is accepted by a cluster without auth as well (measured on
     # Ray 2.60), so a token the environment holds is always sent.
@@ -145,8 +155,10 @@ def check_target(target: Target) -> None:
             GcsClient(address=target.address)
     except AuthenticationError:
         mode = os.environ.get("RAY_AUTH_MODE", "unset")
-        raise ClusterError(f"{where}: the cluster refused this client's token (RAY_AUTH_MODE {mode}): give the "
-                           f"cluster's token in {TOKEN_SOURCES} (`ray get-auth-token` on the head prints it)") from None
+        raise ClusterError(
+            f"{where}: the cluster refused this client's token (RAY_AUTH_MODE {mode}): give the "
+            f"cluster's token in {TOKEN_SOURCES} (`ray get-auth-token` on the head prints it)"
+        ) from None
 
 
 def runtime_env() -> dict | None:
@@ -172,16 +184,31 @@ def check_shared(out: Path) -> None:
     marker.write_text("")
     try:
         sees = ray.remote(num_cpus=0)(_sees)
-        blind = [r for r in ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes]) if r]
+        blind = [
+            r
+            for r in ray.get(
+                [
+                    sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                        str(marker)
+                    )
+                    for n in nodes
+                ]
+            )
+            if r
+        ]
     finally:
         marker.unlink(missing_ok=True)
     if blind:
-        raise ClusterError(f"--out {out}: not visible on {len(blind)} of {len(nodes)} nodes ({', '.join(blind)}); on "
-                           f"a cluster it must be shared storage mounted at the same path on every node "
-                           f"(see cluster.yaml)")
-    print(f"[ray] {len(nodes)} node(s) see --out {out}"
-          + ("; nodes that join later must mount it at the same path" if len(nodes) > 1 else ""), flush=True)
+        raise ClusterError(
+            f"--out {out}: not visible on {len(blind)} of {len(nodes)} nodes ({', '.join(blind)}); on "
+            f"a cluster it must be shared storage mounted at the same path on every node "
+            f"(see cluster.yaml)"
+        )
+    print(
+        f"[ray] {len(nodes)} node(s) see --out {out}"
+        + ("; nodes that join later must mount it at the same path" if len(nodes) > 1 else ""),
+        flush=True,
+    )
 
 
 def _start_watchdog(owner: str) -> None:
@@ -203,11 +230,18 @@ def _start_watchdog(owner: str) -> None:
         "    for pid in owned():\n"
         "        try: os.kill(pid, sig)\n"
         "        except OSError: pass\n"
-        "    time.sleep(2)\n")
+        "    time.sleep(2)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != OWNER_VAR}
     global _watchdog
-    _watchdog = subprocess.Popen([sys.executable, "-c", code, owner], stdin=subprocess.PIPE, env=env,
-                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _watchdog = subprocess.Popen(
+        [sys.executable, "-c", code, owner],
+        stdin=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _exit_on(signum, frame):  # SIGTERM/SIGHUP as an exit, so that atexit's ray.shutdown() stops the cluster
@@ -254,16 +288,19 @@ def connector(address: str | None, out: Path):
         check_target(target)
         t0 = time.perf_counter()
         try:
-            ray.init(address=target.address, include_dashboard=False, log_to_driver=False,
-                     runtime_env=runtime_env())
+            ray.init(address=target.address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
         except (ConnectionError, RayError) as e:
             raise ClusterError(f"{target.source}: {target.address}: {str(e).splitlines()[0]}") from None
         resources = ray.cluster_resources()
-        print(f"[ray] attached to {target.address} ({target.source}): {resources.get('CPU', 0):g} CPUs, "
-              f"{resources.get('GPU', 0):g} GPUs, in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"[ray] attached to {target.address} ({target.source}): {resources.get('CPU', 0):g} CPUs, "
+            f"{resources.get('GPU', 0):g} GPUs, in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         check_shared(out)
 
     def connect():
         if not ray.is_initialized():
             start_local()
+
     return connect

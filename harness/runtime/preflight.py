@@ -3,6 +3,7 @@
 They run before any compute (before prepare loads or trains a model, before Ray starts), so a mistake costs one
 line, not a traceback after an hour of preparation. Each raises SuiteError naming the field or flag.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-from methods import get_method
-
 from harness.config.schema import Suite, SuiteError
+from methods import get_method
 
 
 def check_out_dir(out: Path, source: str) -> None:
@@ -21,8 +21,9 @@ def check_out_dir(out: Path, source: str) -> None:
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         where = "is a file" if blocking == out else f"is under {blocking}, which is a file"
-        raise SuiteError(f"{source}: --out: {out} {where}; --out must be a folder (it holds the run's sets, "
-                         f"models and results)")
+        raise SuiteError(
+            f"{source}: --out: {out} {where}; --out must be a folder (it holds the run's sets, models and results)"
+        )
     for sub in ("results", "leaderboard"):
         if (out / sub).exists() and not (out / sub).is_dir():
             raise SuiteError(f"{source}: --out: {out / sub} is a file where the run writes a folder; move it away")
@@ -32,8 +33,9 @@ def check_out_dir(out: Path, source: str) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise SuiteError(f"{source}: --out: cannot write to {out} ({e.strerror or e}); choose a folder you can "
-                         f"write") from None
+        raise SuiteError(
+            f"{source}: --out: cannot write to {out} ({e.strerror or e}); choose a folder you can write"
+        ) from None
 
 
 def check_real_image_counts(suite: Suite, train, methods: list[str], ipcs: list[int]) -> None:
@@ -51,4 +53,5 @@ def check_real_image_counts(suite: Suite, train, methods: list[str], ipcs: list[
                 raise SuiteError(
                     f"{suite.source}: ipcs: {name} at IPC {ipc} draws {need} real images of each class, but class "
                     f"{train.classes[fewest]} has {counts[fewest]} training images (after data.val_per_class "
-                    f"{suite.data.val_per_class} held out for validation); lower the IPC, or keep more images per class")
+                    f"{suite.data.val_per_class} held out for validation); lower the IPC, or keep more images per class"
+                )

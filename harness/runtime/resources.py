@@ -1,5 +1,6 @@
 """What a shard cost and ran on: its own peak memory (not the reused actor's lifetime peak) and the machine
 (accelerator, CPU model, torch threads) that its timing row names."""
+
 from __future__ import annotations
 
 import platform
@@ -74,5 +75,8 @@ def _cpu_model() -> str:
 def machine(device: str | torch.device) -> dict:
     """What a shard ran on: the accelerator (or "cpu"), the host CPU model and torch's intra-op threads."""
     d = torch.device(device)
-    return {"device": torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu", "cpu": _cpu_model(),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "device": torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu",
+        "cpu": _cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -3,6 +3,7 @@ teacher as the source of soft labels, written as a teacher × student table and 
 Table 4). It reuses the evaluation stage's trials and Ray execution; only the teacher varies. The set comes from
 the pipeline (harness/pipeline.py), made as every other set is.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from harness.core.sets import Manifest
-from harness.stages.evaluate import EvalTrial, run_trials
 from harness.core.identity import cross_arch_protocol_key, row_key
-from harness.stages.prepare import load_teacher, prepare_teacher
-from harness.models.protocols import teacher_protocol
+from harness.core.sets import Manifest
 from harness.core.store import ResultStore
+from harness.models.protocols import teacher_protocol
+from harness.stages.evaluate import EvalTrial, run_trials
+from harness.stages.prepare import load_teacher, prepare_teacher
 
 
 def _teacher_name(t) -> str:
@@ -41,43 +42,80 @@ def cross_architecture(suite, real, prepared, manifest: Manifest, out: Path, con
             phash = cross_arch_protocol_key(protocol.for_student(student).identity_fields(), key)
             by_hash[phash] = (t, source, key, acc)
             for seed in range(c.seeds):
-                trials.append(EvalTrial(suite.name, manifest.method, manifest.config_hash, c.ipc, manifest.path,
-                                        student, protocol.name, phash, seed, manifest.seconds_per_image,
-                                        manifest.peak_memory_bytes))
+                trials.append(
+                    EvalTrial(
+                        suite.name,
+                        manifest.method,
+                        manifest.config_hash,
+                        c.ipc,
+                        manifest.path,
+                        student,
+                        protocol.name,
+                        phash,
+                        seed,
+                        manifest.seconds_per_image,
+                        manifest.peak_memory_bytes,
+                    )
+                )
     todo = [tr for tr in trials if not store.has(tr.key())]
-    print(f"[cross-arch] {len(c.teachers)} teachers × {len(c.students)} students × {c.seeds} seeds on "
-          f"{c.method} IPC {c.ipc}: {len(todo)} of {len(trials)} trials to run", flush=True)
+    print(
+        f"[cross-arch] {len(c.teachers)} teachers × {len(c.students)} students × {c.seeds} seeds on "
+        f"{c.method} IPC {c.ipc}: {len(todo)} of {len(trials)} trials to run",
+        flush=True,
+    )
     if todo:
         connect()
         teacher_refs = {h: ray.put(load_teacher(t, source, real.classes)) for h, (t, source, _, _) in by_hash.items()}
-        run_trials(todo, lambda tr: protocol, real, store, suite, prepared,
-                   teacher_for=lambda tr: teacher_refs[tr.protocol_hash],
-                   extra_for=lambda tr: {"teacher": _teacher_name(by_hash[tr.protocol_hash][0]),
-                                         "teacher_hash": by_hash[tr.protocol_hash][2]},
-                   desc="[cross-arch] trials done")
+        run_trials(
+            todo,
+            lambda tr: protocol,
+            real,
+            store,
+            suite,
+            prepared,
+            teacher_for=lambda tr: teacher_refs[tr.protocol_hash],
+            extra_for=lambda tr: {
+                "teacher": _teacher_name(by_hash[tr.protocol_hash][0]),
+                "teacher_hash": by_hash[tr.protocol_hash][2],
+            },
+            desc="[cross-arch] trials done",
+        )
     wanted = {tr.key() for tr in trials}
     rows = [r for r in store.read() if row_key(r) in wanted]
     return render_cross_arch(suite, rows, teachers, c.students, out / "leaderboard", manifest)
 
 
-def render_cross_arch(suite, rows: list[dict], teachers, students: list[str], out_dir: Path, manifest
-                      ) -> tuple[Path, Path, Path]:
+def render_cross_arch(
+    suite, rows: list[dict], teachers, students: list[str], out_dir: Path, manifest
+) -> tuple[Path, Path, Path]:
     from matplotlib.figure import Figure  # a third of a second to import, for this one figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     names = [_teacher_name(t) + (f" [{acc:.1%}]" if acc is not None else "") for t, _, _, acc in teachers]
-    table = (df.assign(teacher=df["teacher_hash"].map({key: n for (_, _, key, _), n in zip(teachers, names)}))
-             .groupby(["teacher", "student"])["accuracy"].agg(["mean", "std", "count"]).reset_index())
+    table = (
+        df.assign(teacher=df["teacher_hash"].map({key: n for (_, _, key, _), n in zip(teachers, names)}))
+        .groupby(["teacher", "student"])["accuracy"]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+    )
     mean = table.pivot(index="teacher", columns="student", values="mean").reindex(index=names, columns=students)
     stem = f"{suite.name}-cross-arch"
     csv_path, md_path, png_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md", out_dir / f"{stem}.png"
     table.to_csv(csv_path, index=False, float_format="%.5f")
-    title = (f"{suite.name}: students trained on {manifest.method} IPC {manifest.ipc} with each teacher as "
-             f"the source of soft labels")
-    lines = [f"# {title}", "", "Test accuracy (%) on the real held-out test set, mean over "
-             f"{int(table['count'].max())} seed(s); rows: teacher [its own test accuracy], columns: student.", "",
-             "| teacher | " + " | ".join(students) + " |", "|---|" + "---|" * len(students)]
+    title = (
+        f"{suite.name}: students trained on {manifest.method} IPC {manifest.ipc} with each teacher as "
+        f"the source of soft labels"
+    )
+    lines = [
+        f"# {title}",
+        "",
+        "Test accuracy (%) on the real held-out test set, mean over "
+        f"{int(table['count'].max())} seed(s); rows: teacher [its own test accuracy], columns: student.",
+        "",
+        "| teacher | " + " | ".join(students) + " |",
+        "|---|" + "---|" * len(students),
+    ]
     for name in names:
         cells = [f"{100 * v:.1f}" if pd.notna(v) else "–" for v in mean.loc[name]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

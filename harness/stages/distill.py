@@ -11,6 +11,7 @@ checksums); a damaged shard is deleted and made again, bit for bit the same, and
 actor that dies (its process killed, its node preempted) is replaced by a new one, which retries its shard,
 up to `SHARD_RETRIES` times per shard.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,20 +25,29 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from methods import get_method
-from methods.base import ClassTask, MethodContext
-
-from harness.models.data import RealData, load_real_data
+from harness.config.schema import Suite
 from harness.core.identity import identity_fields, seed_key, set_key, versions
+from harness.core.sets import (
+    MANIFEST,
+    SHARD,
+    Manifest,
+    load_set,
+    manifest_damage,
+    read_shard,
+    shard_damage,
+    write_shard,
+)
+from harness.models.data import RealData, load_real_data
 from harness.runtime.resources import ShardPeakMemory, machine
 from harness.stages.prepare import Prepared
-from harness.core.sets import MANIFEST, SHARD, Manifest, load_set, manifest_damage, read_shard, shard_damage, write_shard
-from harness.config.schema import Suite
+from methods import get_method
+from methods.base import ClassTask, MethodContext
 
 
 @dataclass
 class DistillJob:
     """One (method, IPC) set and where it goes."""
+
     method: str
     config: dict
     config_hash: str
@@ -80,8 +90,15 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
         extra["fine_tuned"] = prepared.fine_tuned[name]["hash"]
     # A variant's revision adds to its family's, so raising the family's reaches the variants that set their own.
     revision = sum(vars(c).get("revision", 0) for c in cls.__mro__)
-    h = set_key(name, identity_fields(method_config), suite.seed, suite.data.image_size, _models(needs, prepared),
-                revision=revision, **extra)
+    h = set_key(
+        name,
+        identity_fields(method_config),
+        suite.seed,
+        suite.data.image_size,
+        _models(needs, prepared),
+        revision=revision,
+        **extra,
+    )
     shared = cls.seed_identity(method_config)
     if shared is None:
         return config, h, f"{name}/{h}"
@@ -115,16 +132,25 @@ def plan(suite: Suite, prepared: Prepared, out: Path, methods: list[str], ipcs: 
         config, h, seed_key = method_identity(suite, prepared, name)
         selects = get_method(name).selects_across_classes(suite.method_config(name))
         for ipc in ipcs:
-            jobs.append(DistillJob(name, config, h, ipc, out / "distilled" / suite.name / name / h / f"ipc{ipc}",
-                                   seed_key, selects))
+            jobs.append(
+                DistillJob(
+                    name, config, h, ipc, out / "distilled" / suite.name / name / h / f"ipc{ipc}", seed_key, selects
+                )
+            )
     return jobs
 
 
 class ShardWorker:
     """Holds the models; distils one class at a time. Used in-process or as a Ray actor."""
 
-    def __init__(self, suite: Suite, prepared: Prepared, device: str = "cpu", threads: int | None = None,
-                 real: RealData | None = None):
+    def __init__(
+        self,
+        suite: Suite,
+        prepared: Prepared,
+        device: str = "cpu",
+        threads: int | None = None,
+        real: RealData | None = None,
+    ):
         if threads:
             torch.set_num_threads(threads)
         self.suite, self.prepared, self.device = suite, prepared, device
@@ -146,8 +172,9 @@ class ShardWorker:
             else:
                 if tuned["hash"] not in self._fine_tuned:
                     self._fine_tuned[tuned["hash"]] = self.prepared.load_backbone(self.device, tuned)
-                context = dataclasses.replace(self.prepared.provide(self.context, needs - {"backbone"}),
-                                              backbone=self._fine_tuned[tuned["hash"]])
+                context = dataclasses.replace(
+                    self.prepared.provide(self.context, needs - {"backbone"}), backbone=self._fine_tuned[tuned["hash"]]
+                )
             self._methods[name, job.config_hash] = cls(config, context)
         return self._methods[name, job.config_hash]
 
@@ -155,8 +182,17 @@ class ShardWorker:
         key = self.real.classes[label]
         seed = shard_seed(self.suite.seed, job.seed_key or f"{job.method}/{job.config_hash}", job.ipc, key)
         real = self.real.train.class_images(label) if "real_images" in method.needs_for(method.config) else None
-        return ClassTask(label, key, job.ipc, seed, real, len(self.real.classes), self.real.image_size,
-                         self.real.channels, condition=self.prepared.conditions[label])
+        return ClassTask(
+            label,
+            key,
+            job.ipc,
+            seed,
+            real,
+            len(self.real.classes),
+            self.real.image_size,
+            self.real.channels,
+            condition=self.prepared.conditions[label],
+        )
 
     def run_shard(self, job: DistillJob, label: int) -> dict:
         key = self.real.classes[label]
@@ -179,9 +215,17 @@ class ShardWorker:
         expected = (count, self.real.channels, self.real.image_size, self.real.image_size)
         if tuple(images.shape) != expected:
             raise RuntimeError(f"{job.method} returned {tuple(images.shape)} for class {key}, expected {expected}")
-        stats = {"class": key, "label": label, "seed": seed, "seconds": seconds, "images": count,
-                 "peak_memory_bytes": int(peak), "peak_memory_kind": memory.kind,
-                 "stage_seconds": {k: float(v) for k, v in method.stage_seconds.items()}, **machine(self.device)}
+        stats = {
+            "class": key,
+            "label": label,
+            "seed": seed,
+            "seconds": seconds,
+            "images": count,
+            "peak_memory_bytes": int(peak),
+            "peak_memory_kind": memory.kind,
+            "stage_seconds": {k: float(v) for k, v in method.stage_seconds.items()},
+            **machine(self.device),
+        }
         write_shard(final, images, stats)
         return stats
 
@@ -200,10 +244,13 @@ class ShardWorker:
             if len(index) != job.ipc:
                 raise RuntimeError(f"{job.method} kept {len(index)} images of class {key}, expected {job.ipc}")
             record = {k: v for k, v in read_shard(job.candidates_path / key).items() if k != "sha256"}
-            stages = {s: t + method.stage_seconds.get(s, 0.0) / len(classes)
-                      for s, t in {**record["stage_seconds"], **dict.fromkeys(method.stage_seconds, 0.0)}.items()}
-            record.update(images=job.ipc, seconds=record["seconds"] + share, stage_seconds=stages,
-                          candidates=len(images))
+            stages = {
+                s: t + method.stage_seconds.get(s, 0.0) / len(classes)
+                for s, t in {**record["stage_seconds"], **dict.fromkeys(method.stage_seconds, 0.0)}.items()
+            }
+            record.update(
+                images=job.ipc, seconds=record["seconds"] + share, stage_seconds=stages, candidates=len(images)
+            )
             write_shard(job.path / key, images[index], record)
 
 
@@ -218,14 +265,26 @@ def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: l
     needs = cls.needs_for(suite.method_config(job.method))
     tuned = prepared.fine_tuned.get(job.method)
     manifest = Manifest.from_shards(
-        [read_shard(job.path / k) for k in classes], suite=suite.name, method=job.method, config=job.config,
-        config_hash=job.config_hash, ipc=job.ipc, classes=classes,
+        [read_shard(job.path / k) for k in classes],
+        suite=suite.name,
+        method=job.method,
+        config=job.config,
+        config_hash=job.config_hash,
+        ipc=job.ipc,
+        classes=classes,
         backbone=prepared.backbone_hash if "backbone" in needs else None,
         fine_tune={"hash": tuned["hash"], **tuned["cost"], **({"check": tuned["check"]} if "check" in tuned else {})}
-        if tuned is not None else None,
-        teacher=prepared.relabel_hash if "relabel_teacher" in needs
-        else prepared.teacher_hash if "teacher" in needs else None,
-        backbone_check=prepared.backbone_check, versions=versions(), path=str(job.path))
+        if tuned is not None
+        else None,
+        teacher=prepared.relabel_hash
+        if "relabel_teacher" in needs
+        else prepared.teacher_hash
+        if "teacher" in needs
+        else None,
+        backbone_check=prepared.backbone_check,
+        versions=versions(),
+        path=str(job.path),
+    )
     manifest.write(job.path)
     return manifest
 
@@ -250,8 +309,11 @@ def repair_sets(jobs: list[DistillJob], classes: list[str]) -> None:
             for key in classes:
                 if (job.candidates_path / key).exists() and (damage := shard_damage(job.candidates_path / key)):
                     shutil.rmtree(job.candidates_path / key)
-                    print(f"[distill] {job.method} IPC {job.ipc}: the candidates of class {key} are damaged "
-                          f"({damage}); making them again", flush=True)
+                    print(
+                        f"[distill] {job.method} IPC {job.ipc}: the candidates of class {key} are damaged "
+                        f"({damage}); making them again",
+                        flush=True,
+                    )
         if not job.path.exists():
             continue
         redo = []
@@ -276,22 +338,32 @@ def _actor_count_and_options(pending: int, max_actors: int | None) -> tuple[int,
     return min(cpus, pending, limit), {"num_cpus": 1}, "cpu", 1
 
 
-def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[DistillJob], connect,
-            max_actors: int | None = None) -> list[Manifest]:
+def distill(
+    suite: Suite, real: RealData, prepared: Prepared, jobs: list[DistillJob], connect, max_actors: int | None = None
+) -> list[Manifest]:
     """Make every job's set on Ray actors; returns the manifests (existing ones are read, not redone).
 
     `connect()` starts or joins the Ray cluster; it is called only if some shard is missing.
     """
     repair_sets(jobs, real.classes)
+
     def missing(job: DistillJob) -> list[str]:
         return [key for key in real.classes if not (job.path / key / SHARD).exists()]
 
-    shards = [(job, label) for job in jobs if not job.done() and missing(job) for label, key in enumerate(real.classes)
-              if not (job.shard_path(key) / SHARD).exists()]
+    shards = [
+        (job, label)
+        for job in jobs
+        if not job.done() and missing(job)
+        for label, key in enumerate(real.classes)
+        if not (job.shard_path(key) / SHARD).exists()
+    ]
     selections = [job for job in jobs if job.selects and not job.done() and missing(job)]
     done_before = sum(len(real.classes) for job in jobs) - len(shards)
-    print(f"[distill] {len(jobs)} sets, {len(shards)} shards to make ({done_before} already on disk)"
-          + (f", then {len(selections)} choices across classes" if selections else ""), flush=True)
+    print(
+        f"[distill] {len(jobs)} sets, {len(shards)} shards to make ({done_before} already on disk)"
+        + (f", then {len(selections)} choices across classes" if selections else ""),
+        flush=True,
+    )
     if shards or selections:
         connect()
         n, options, device, threads = _actor_count_and_options(len(shards), max_actors)
@@ -321,8 +393,11 @@ def distill(suite: Suite, real: RealData, prepared: Prepared, jobs: list[Distill
                 deaths[name] = deaths.get(name, 0) + 1
                 if deaths[name] > SHARD_RETRIES:
                     raise DistillError(f"{name}: its actor died {deaths[name]} times, last: {cause}") from None
-                print(f"[distill] retrying {name} on a new actor (retry {deaths[name]} of {SHARD_RETRIES}): "
-                      f"its actor died: {cause}", flush=True)
+                print(
+                    f"[distill] retrying {name} on a new actor (retry {deaths[name]} of {SHARD_RETRIES}): "
+                    f"its actor died: {cause}",
+                    flush=True,
+                )
                 actors.remove(actor)
                 ray.kill(actor)  # one only unreachable for now (ActorUnavailableError) would keep its GPU
                 actor = Actor.remote(suite_ref, prepared_ref, device, threads)  # the same options

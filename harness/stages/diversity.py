@@ -19,12 +19,13 @@ adaptive-sampling paper's Table 4, on a frozen feature extractor.
 Results are cached in `diversity.json` beside the set's manifest, keyed by extractor and a hash of
 everything that decides them, so a rerun recomputes nothing.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -33,9 +34,15 @@ from tqdm.auto import tqdm
 from harness.core import atomic
 from harness.core.identity import diversity_keys
 from harness.core.sets import load_set
-
-from harness.models.measures import (DiversityConfig, build_extractor, check_config, extract, measures_from_features,
-                                     principal_basis, real_reference_indices)
+from harness.models.measures import (
+    DiversityConfig,
+    build_extractor,
+    check_config,
+    extract,
+    measures_from_features,
+    principal_basis,
+    real_reference_indices,
+)
 
 # Bumped when what a measure means changes, so cached results of the old meaning are not shown.
 MEASURES_VERSION = 1
@@ -45,8 +52,15 @@ class DiversityMeter:
     """Measures sets against one real reference on one extractor. Nothing is loaded until a set misses its
     cached result: a rerun reads `diversity.json` files only."""
 
-    def __init__(self, cfg: DiversityConfig, real, teacher_loader: Callable[[], nn.Module] | None = None,
-                 teacher_hash: str | None = None, cache_dir: Path | None = None, device: str | None = None):
+    def __init__(
+        self,
+        cfg: DiversityConfig,
+        real,
+        teacher_loader: Callable[[], nn.Module] | None = None,
+        teacher_hash: str | None = None,
+        cache_dir: Path | None = None,
+        device: str | None = None,
+    ):
         check_config(cfg)
         self.cfg, self.real, self.teacher_loader, self.cache_dir = cfg, real, teacher_loader, cache_dir
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,15 +69,17 @@ class DiversityMeter:
             ident["teacher"] = teacher_hash
         else:
             ident["weights"] = cfg.inception_weights
-        self.reference_key, measures_key = diversity_keys(ident, real.train.fingerprint(), asdict(cfg),
-                                                          MEASURES_VERSION)
+        self.reference_key, measures_key = diversity_keys(
+            ident, real.train.fingerprint(), asdict(cfg), MEASURES_VERSION
+        )
         self.key = f"{cfg.extractor}-{measures_key}"
         self._extractor = self._reference = None
 
     def extractor(self) -> nn.Module:
         if self._extractor is None:
-            self._extractor = build_extractor(self.cfg, self.teacher_loader, self.real.channels,
-                                              self.real.image_size, self.device)
+            self._extractor = build_extractor(
+                self.cfg, self.teacher_loader, self.real.channels, self.real.image_size, self.device
+            )
         return self._extractor
 
     def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,8 +93,11 @@ class DiversityMeter:
                 self._reference = saved["features"], saved["labels"]
                 return self._reference
             except Exception as e:  # a damaged file (torch raises several kinds): extract the features again
-                print(f"[diversity] the cached {path} is damaged ({type(e).__name__}); extracting the real "
-                      f"reference again", flush=True)
+                print(
+                    f"[diversity] the cached {path} is damaged ({type(e).__name__}); extracting the real "
+                    f"reference again",
+                    flush=True,
+                )
         train = self.real.train
         idx = real_reference_indices(train, self.cfg.real_per_class, self.cfg.seed)
         feats = extract(self.extractor(), lambda i: train.load(idx[i]), len(idx), self.cfg.batch_size)
@@ -102,8 +121,11 @@ class DiversityMeter:
             mean, basis, kept = principal_basis(real_feats, self.cfg.feature_dim)
             real_feats, fake = (real_feats.double() - mean) @ basis, (fake.double() - mean) @ basis
             projection = {"pca_variance_kept": kept}
-        result = {"extractor": self.cfg.extractor, **projection,
-                  **measures_from_features(real_feats, real_labels, fake, labels, self.cfg)}
+        result = {
+            "extractor": self.cfg.extractor,
+            **projection,
+            **measures_from_features(real_feats, real_labels, fake, labels, self.cfg),
+        }
         cached[self.key] = result
         atomic.write_json(cache, cached, indent=1)
         return result
@@ -112,16 +134,20 @@ class DiversityMeter:
 def measure_sets(suite, real, prepared, manifests: list, out: Path, cfg: DiversityConfig | None = None) -> None:
     """Measure every set of `manifests` (each gains its `diversity`), on the suite's choice of extractor."""
     cfg = cfg or suite.diversity
-    meter = DiversityMeter(cfg, real, lambda: prepared.load_teacher(meter.device), prepared.teacher_hash,
-                           Path(out) / "cache")
+    meter = DiversityMeter(
+        cfg, real, lambda: prepared.load_teacher(meter.device), prepared.teacher_hash, Path(out) / "cache"
+    )
     # What a killed write of a cache left (atomic.replacing removes its temp only when the writer lives on). The
     # output folder is this run's alone (harness/core/lock.py), so no temp here is another writer's work in progress.
     for folder in [Path(out) / "cache", *(Path(m.path) for m in manifests)]:
         if folder.is_dir():
             atomic.sweep_temps(folder)
     todo = [m for m in manifests if meter.key not in _cached_keys(Path(m.path))]
-    print(f"[diversity] {len(manifests)} sets on {cfg.extractor} features, {len(todo)} to measure "
-          f"({len(manifests) - len(todo)} cached)", flush=True)
+    print(
+        f"[diversity] {len(manifests)} sets on {cfg.extractor} features, {len(todo)} to measure "
+        f"({len(manifests) - len(todo)} cached)",
+        flush=True,
+    )
     for m in tqdm(manifests, desc="[diversity] sets", disable=not todo, mininterval=2):
         m.diversity = meter.measure(m.path)
 

@@ -5,6 +5,7 @@ The training loop is harness/models/training.py and the recipes are harness/mode
 trials and schedules them: the seeds of a setting together in one Ray task (or, for a student the suite
 names in `distributed_students`, one Ray Train run of DDP workers), rows appended as each group finishes.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,19 +17,19 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from harness.models.data import load_real_data
-from harness.runtime.data_parallel import run_data_parallel
-from harness.core.identity import FULL_DATA, versions
-from harness.models.protocols import Protocol, reference_protocol
+from harness.core.identity import FULL_DATA, row_key, versions
 from harness.core.sets import Manifest, load_set
-from harness.core.identity import row_key
 from harness.core.store import COMMITTED_RESULTS, ResultStore
+from harness.models.data import load_real_data
+from harness.models.protocols import Protocol, reference_protocol
 from harness.models.training import train_student
+from harness.runtime.data_parallel import run_data_parallel
 
 
 @dataclass
 class EvalTrial:
     """One student trained on one distilled set under one protocol with one seed: one result row."""
+
     suite: str
     method: str
     config_hash: str
@@ -51,22 +52,44 @@ def full_data_protocol(suite) -> Protocol:
     return reference_protocol(suite.protocols).full_data(f.epochs, f.batch_size, f.patience, f.lr_drops)
 
 
-def plan_trials(suite, manifests: list[Manifest], students: list[str], seeds: int,
-                real_fingerprint: str | None = None, prepared=None) -> list[EvalTrial]:
+def plan_trials(
+    suite,
+    manifests: list[Manifest],
+    students: list[str],
+    seeds: int,
+    real_fingerprint: str | None = None,
+    prepared=None,
+) -> list[EvalTrial]:
     """Every (set, student, protocol, seed), plus one full-data trial per student when the suite asks for it."""
     trials = []
     protocol_hash = prepared.protocol_hash if prepared is not None else (lambda p: p.identity())
     if suite.full_data.epochs and real_fingerprint:
         full = full_data_protocol(suite)
-        trials += [EvalTrial(suite.name, FULL_DATA, real_fingerprint[:12], 0, "", student, full.name,
-                             full.identity(), 0, 0.0, 0) for student in students]
+        trials += [
+            EvalTrial(
+                suite.name, FULL_DATA, real_fingerprint[:12], 0, "", student, full.name, full.identity(), 0, 0.0, 0
+            )
+            for student in students
+        ]
     for m in manifests:
         for student in students:
             for name, protocol in suite.protocols.items():
                 for seed in range(seeds):
-                    trials.append(EvalTrial(m.suite, m.method, m.config_hash, m.ipc, m.path, student, name,
-                                            protocol_hash(protocol.for_student(student)), seed,
-                                            m.seconds_per_image, m.peak_memory_bytes))
+                    trials.append(
+                        EvalTrial(
+                            m.suite,
+                            m.method,
+                            m.config_hash,
+                            m.ipc,
+                            m.path,
+                            student,
+                            name,
+                            protocol_hash(protocol.for_student(student)),
+                            seed,
+                            m.seconds_per_image,
+                            m.peak_memory_bytes,
+                        )
+                    )
     return trials
 
 
@@ -79,8 +102,9 @@ def _trial_data(trial: EvalTrial, protocol: Protocol, classes, channels, suite):
         return real.train.load(torch.arange(len(real.train))), real.train.labels, full, validation
     images, labels = load_set(Path(trial.set_path), classes, channels)
     if len(labels) != trial.ipc * len(classes):  # lost since distill verified it at the start of this run
-        raise RuntimeError(f"{trial.set_path} holds {len(labels)} images, not {trial.ipc} per class: run again to "
-                           f"repair it")
+        raise RuntimeError(
+            f"{trial.set_path} holds {len(labels)} images, not {trial.ipc} per class: run again to repair it"
+        )
     return images, labels, protocol, None
 
 
@@ -94,39 +118,94 @@ def _rows(trials: list[EvalTrial], results: list[dict]) -> list[dict]:
     return rows
 
 
-def _train_group(trials: list[EvalTrial], protocol: Protocol, classes: list[str], channels: int, test, device: str,
-                 suite, prepared, teacher, **options) -> list[dict]:
+def _train_group(
+    trials: list[EvalTrial],
+    protocol: Protocol,
+    classes: list[str],
+    channels: int,
+    test,
+    device: str,
+    suite,
+    prepared,
+    teacher,
+    **options,
+) -> list[dict]:
     """Load the group's set (or the real training split) and its teacher, train its seeds, make its rows."""
     images, labels, protocol, validation = _trial_data(trials[0], protocol, classes, channels, suite)
     if teacher is None and protocol.needs_teacher:
         teacher = prepared.load_relabel_teacher(device)
-    results = train_student(trials[0].student, images, labels, test[0], test[1], len(classes), trials[0].ipc,
-                            protocol, [t.seed for t in trials], device=device, teacher=teacher,
-                            validation=validation, **options)
+    results = train_student(
+        trials[0].student,
+        images,
+        labels,
+        test[0],
+        test[1],
+        len(classes),
+        trials[0].ipc,
+        protocol,
+        [t.seed for t in trials],
+        device=device,
+        teacher=teacher,
+        validation=validation,
+        **options,
+    )
     return _rows(trials, results)
 
 
-def run_group(trials: list[EvalTrial], protocol: Protocol, classes: list[str], channels: int,
-              test: tuple[torch.Tensor, torch.Tensor], device: str, threads: int, suite=None, prepared=None,
-              teacher=None) -> list[dict]:
+def run_group(
+    trials: list[EvalTrial],
+    protocol: Protocol,
+    classes: list[str],
+    channels: int,
+    test: tuple[torch.Tensor, torch.Tensor],
+    device: str,
+    threads: int,
+    suite=None,
+    prepared=None,
+    teacher=None,
+) -> list[dict]:
     """The seeds of one (set, student, protocol), trained together in one process; one row per seed."""
     torch.set_num_threads(threads)
     return _train_group(trials, protocol, classes, channels, test, device, suite, prepared, teacher)
 
 
-def run_group_distributed(trials: list[EvalTrial], protocol: Protocol, classes: list[str], channels: int,
-                          test, workers: int, use_gpu: bool, suite=None, prepared=None, teacher=None,
-                          storage_path: str | None = None) -> list[dict]:
+def run_group_distributed(
+    trials: list[EvalTrial],
+    protocol: Protocol,
+    classes: list[str],
+    channels: int,
+    test,
+    workers: int,
+    use_gpu: bool,
+    suite=None,
+    prepared=None,
+    teacher=None,
+    storage_path: str | None = None,
+) -> list[dict]:
     """The same group through Ray Train: `workers` DDP processes (one GPU each where GPUs exist) run
     `train_student` on their slices of every batch; rank 0 reports the rows."""
 
     def work(worker):
-        rows = _train_group(trials, protocol, classes, channels, test, worker.device, suite, prepared, teacher,
-                            vectorise=False, rank=worker.rank, world=worker.world, wrap=worker.wrap)
+        rows = _train_group(
+            trials,
+            protocol,
+            classes,
+            channels,
+            test,
+            worker.device,
+            suite,
+            prepared,
+            teacher,
+            vectorise=False,
+            rank=worker.rank,
+            world=worker.world,
+            wrap=worker.wrap,
+        )
         (worker.folder / "rows.json").write_text(json.dumps(rows))
 
-    return run_data_parallel(work, workers, use_gpu, lambda folder: json.loads((folder / "rows.json").read_text()),
-                             storage_path)
+    return run_data_parallel(
+        work, workers, use_gpu, lambda folder: json.loads((folder / "rows.json").read_text()), storage_path
+    )
 
 
 def trial_resources() -> tuple[dict, str]:
@@ -145,8 +224,18 @@ def group_seeds(todo: list[EvalTrial]) -> list[list[EvalTrial]]:
     return list(groups.values())
 
 
-def run_trials(todo: list[EvalTrial], protocol_for, real, store, suite, prepared, teacher_for=None,
-               extra_for=None, desc: str = "[evaluate] trials done", storage_path: str | None = None) -> None:
+def run_trials(
+    todo: list[EvalTrial],
+    protocol_for,
+    real,
+    store,
+    suite,
+    prepared,
+    teacher_for=None,
+    extra_for=None,
+    desc: str = "[evaluate] trials done",
+    storage_path: str | None = None,
+) -> None:
     """Run `todo` on Ray, the seeds of a setting together, and append each row to `store` as its group
     finishes. A student listed in the suite's `distributed_students` runs through Ray Train (DDP) with that
     many workers; the others are concurrent single-core (or quarter-GPU) Ray tasks."""
@@ -162,12 +251,32 @@ def run_trials(todo: list[EvalTrial], protocol_for, real, store, suite, prepared
         first = group[0]
         teacher = teacher_for(first) if teacher_for else None
         if workers_for.get(first.student, 1) > 1:
-            ref = distributed.remote(group, protocol_for(first), real.classes, real.channels, test_ref,
-                                     workers_for[first.student], device == "cuda", suite_ref, prepared_ref, teacher,
-                                     storage_path)
+            ref = distributed.remote(
+                group,
+                protocol_for(first),
+                real.classes,
+                real.channels,
+                test_ref,
+                workers_for[first.student],
+                device == "cuda",
+                suite_ref,
+                prepared_ref,
+                teacher,
+                storage_path,
+            )
         else:
-            ref = task.remote(group, protocol_for(first), real.classes, real.channels, test_ref, device, 1,
-                              suite_ref, prepared_ref, teacher)
+            ref = task.remote(
+                group,
+                protocol_for(first),
+                real.classes,
+                real.channels,
+                test_ref,
+                device,
+                1,
+                suite_ref,
+                prepared_ref,
+                teacher,
+            )
         futures[ref] = group
     bar = tqdm(total=len(todo), desc=desc, mininterval=2)
     while futures:
@@ -191,16 +300,33 @@ def adopt_committed_references(trials: list[EvalTrial], store, committed: Path |
         return 0
     adopted = 0
     for row in ResultStore(path).read():
-        if row.get("kind") == "measured" and row_key(row) in wanted and store.append({**row, "adopted_from": str(path)}):
+        if (
+            row.get("kind") == "measured"
+            and row_key(row) in wanted
+            and store.append({**row, "adopted_from": str(path)})
+        ):
             adopted += 1
-            print(f"[evaluate] full-data {row['student']}: {row['accuracy']:.2%} taken from {path} (same data, "
-                  f"recipe and seed; measured {time.strftime('%Y-%m-%d', time.localtime(row['finished_at']))}); "
-                  f"not trained again", flush=True)
+            print(
+                f"[evaluate] full-data {row['student']}: {row['accuracy']:.2%} taken from {path} (same data, "
+                f"recipe and seed; measured {time.strftime('%Y-%m-%d', time.localtime(row['finished_at']))}); "
+                f"not trained again",
+                flush=True,
+            )
     return adopted
 
 
-def evaluate(suite, real, manifests: list[Manifest], store, students: list[str], seeds: int, connect,
-             prepared=None, out=None, committed: Path | None = COMMITTED_RESULTS) -> int:
+def evaluate(
+    suite,
+    real,
+    manifests: list[Manifest],
+    store,
+    students: list[str],
+    seeds: int,
+    connect,
+    prepared=None,
+    out=None,
+    committed: Path | None = COMMITTED_RESULTS,
+) -> int:
     """Train every (set, student, protocol, seed) not yet in the store as concurrent Ray tasks.
 
     Rows are appended as each task finishes, so an interrupted evaluation keeps what it finished. Full-data
@@ -210,11 +336,20 @@ def evaluate(suite, real, manifests: list[Manifest], store, students: list[str],
     trials = plan_trials(suite, manifests, students, seeds, real.train.fingerprint(), prepared)
     adopt_committed_references(trials, store, committed)
     todo = [t for t in trials if not store.has(t.key())]
-    print(f"[evaluate] {len(trials)} trials, {len(todo)} to run ({len(trials) - len(todo)} already in the store)",
-          flush=True)
+    print(
+        f"[evaluate] {len(trials)} trials, {len(todo)} to run ({len(trials) - len(todo)} already in the store)",
+        flush=True,
+    )
     if not todo:
         return 0
     connect()
-    run_trials(todo, lambda t: suite.protocols[t.protocol], real, store, suite, prepared,
-               storage_path=str((Path(out) / "ray_train").resolve()) if out is not None else None)
+    run_trials(
+        todo,
+        lambda t: suite.protocols[t.protocol],
+        real,
+        store,
+        suite,
+        prepared,
+        storage_path=str((Path(out) / "ray_train").resolve()) if out is not None else None,
+    )
     return len(todo)

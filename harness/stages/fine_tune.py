@@ -11,6 +11,7 @@ last checkpoint; every step draws from generators seeded by (seed, step, rank), 
 weights an uninterrupted one makes. The cost (seconds, peak memory) is recorded with the model, for the cost
 table of every set sampled from it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,19 +23,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from methods import get_method
-from methods.base import FineTuning
-
+from harness.config.schema import Suite
 from harness.core import atomic, cache
 from harness.core.cache import drop_damaged, log, read_json
+from harness.core.identity import backbone_check_key, fine_tune_key, fine_tune_schedule_key, identity_fields
+from harness.models.data import RealData, load_real_data
 from harness.models.generators.difffit import add_difffit
 from harness.models.generators.sampling import fit_to_backbone
-from harness.models.data import RealData, load_real_data
 from harness.runtime.data_parallel import Worker, cluster_gpus, run_data_parallel
 from harness.runtime.resources import ShardPeakMemory, machine
-from harness.core.identity import backbone_check_key, fine_tune_key, fine_tune_schedule_key, identity_fields
 from harness.stages.prepare import Prepared, backbone_check
-from harness.config.schema import Suite
+from methods import get_method
+from methods.base import FineTuning
 
 MODEL, COST, CHECKPOINT = "difffit.pt", "cost.json", "checkpoint.pt"
 
@@ -61,9 +61,20 @@ def _step_generator(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(int(digest[:15], 16))
 
 
-def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str, config, ft: FineTuning,
-                    work_dir: Path, device: str = "cpu", rank: int = 0, world: int = 1, wrap=lambda m: m,
-                    progress: bool = True) -> tuple[dict, dict]:
+def train_fine_tune(
+    backbone,
+    real: RealData,
+    conditions: list[int],
+    method: str,
+    config,
+    ft: FineTuning,
+    work_dir: Path,
+    device: str = "cpu",
+    rank: int = 0,
+    world: int = 1,
+    wrap=lambda m: m,
+    progress: bool = True,
+) -> tuple[dict, dict]:
     """Fine-tune `backbone` (in place) with DiffFit and `method`'s objective, resuming from `work_dir`'s checkpoint.
     Returns the EMA of the trained parameters and the cost."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +100,11 @@ def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str
                 ema[n].copy_(state["ema"][n])
         opt.load_state_dict(state["opt"])
         step, seconds, peak = state["step"], state["seconds"], state["peak_memory_bytes"]
-        mine = state["objective"] if rank == 0 else (
-            torch.load(rank_state, map_location=device, weights_only=False) if rank_state.exists() else None)
+        mine = (
+            state["objective"]
+            if rank == 0
+            else (torch.load(rank_state, map_location=device, weights_only=False) if rank_state.exists() else None)
+        )
         if mine is not None and mine.get("step") == step:
             objective.load_state_dict(mine["state"])
         if rank == 0:
@@ -104,14 +118,15 @@ def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str
     labels_of = real.train.labels
     conditions_t = torch.tensor(conditions)
     order, order_epoch = None, -1
-    bar = tqdm(total=total, initial=step, desc=f"[fine-tune] {method}", disable=not progress or rank != 0,
-               mininterval=5)
+    bar = tqdm(
+        total=total, initial=step, desc=f"[fine-tune] {method}", disable=not progress or rank != 0, mininterval=5
+    )
     parts: dict[str, float] = {}
     while step < total:
         epoch, i = divmod(step, per_epoch)
         if epoch != order_epoch:  # every worker draws the epoch's order alike, and takes its share of each batch
             order, order_epoch = torch.randperm(n_images, generator=_step_generator(ft.seed, "epoch", epoch)), epoch
-        idx = order[i * ft.batch_size:(i + 1) * ft.batch_size][rank::world][:local]
+        idx = order[i * ft.batch_size : (i + 1) * ft.batch_size][rank::world][:local]
         gen = _step_generator(ft.seed, step, rank)
         images = real.train.load(idx).float().div(255)
         if ft.hflip:
@@ -137,20 +152,43 @@ def train_fine_tune(backbone, real: RealData, conditions: list[int], method: str
             if rank != 0:
                 atomic.torch_save({"step": step, "state": objective.state_dict()}, rank_state)
             else:
-                atomic.torch_save({"step": step, "trainable": {n: params[n].detach().cpu() for n in names},
-                                   "ema": {n: v.cpu() for n, v in ema.items()}, "opt": opt.state_dict(),
-                                   "seconds": seconds_now, "peak_memory_bytes": peak_now,
-                                   "objective": {"step": step, "state": objective.state_dict()}}, checkpoint)
+                atomic.torch_save(
+                    {
+                        "step": step,
+                        "trainable": {n: params[n].detach().cpu() for n in names},
+                        "ema": {n: v.cpu() for n, v in ema.items()},
+                        "opt": opt.state_dict(),
+                        "seconds": seconds_now,
+                        "peak_memory_bytes": peak_now,
+                        "objective": {"step": step, "state": objective.state_dict()},
+                    },
+                    checkpoint,
+                )
     bar.close()
     backbone.transformer = transformer
-    cost = {"seconds": seconds + time.perf_counter() - t0, "peak_memory_bytes": int(max(peak, memory.peak())),
-            "peak_memory_kind": memory.kind, "steps": total, "resumed_from": resumed_from,
-            "workers": world, "loss": parts, **machine(device)}
+    cost = {
+        "seconds": seconds + time.perf_counter() - t0,
+        "peak_memory_bytes": int(max(peak, memory.peak())),
+        "peak_memory_kind": memory.kind,
+        "steps": total,
+        "resumed_from": resumed_from,
+        "workers": world,
+        "loss": parts,
+        **machine(device),
+    }
     return {n: v.cpu() for n, v in ema.items()}, cost
 
 
-def fine_tune_backbones(suite: Suite, real: RealData, prepared: Prepared, out: Path, methods: list[str],
-                        connect=None, check: bool = False, make: bool = True) -> Prepared:
+def fine_tune_backbones(
+    suite: Suite,
+    real: RealData,
+    prepared: Prepared,
+    out: Path,
+    methods: list[str],
+    connect=None,
+    check: bool = False,
+    make: bool = True,
+) -> Prepared:
     """`prepared` with the fine-tuned backbone of every one of `methods` that declares one; with `check`, each
     fine-tuned backbone also gets the base one's check (does the teacher recognise its samples?). Without `make`
     (a run that only draws the board) nothing is trained: an uncached fine-tune is named by its key alone, which
@@ -173,30 +211,63 @@ def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, e
     key = backbone_check_key(entry["hash"], prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps)
 
     def check() -> dict:
-        return backbone_check(prepared.load_backbone(fine_tuned=entry), prepared.load_teacher(), len(prepared.classes),
-                              b.check_per_class, b.check_cfg_scale, b.check_steps, conditions=prepared.conditions)
+        return backbone_check(
+            prepared.load_backbone(fine_tuned=entry),
+            prepared.load_teacher(),
+            len(prepared.classes),
+            b.check_per_class,
+            b.check_cfg_scale,
+            b.check_steps,
+            conditions=prepared.conditions,
+        )
 
-    result = cache.ensure_json(out / "cache" / f"backbone-check-{key}.json", "fine-tuned backbone check",
-                               ("agreement", "samples"), "checking again", check, indent=1)
+    result = cache.ensure_json(
+        out / "cache" / f"backbone-check-{key}.json",
+        "fine-tuned backbone check",
+        ("agreement", "samples"),
+        "checking again",
+        check,
+        indent=1,
+    )
     base = prepared.backbone_check
     versus = f" (the base backbone: {base['agreement']:.1%})" if base else ""
-    log(f"[fine-tune] {method}: the teacher agrees with the conditioning class on {result['agreement']:.1%} of "
-        f"{result['samples']} samples of the fine-tuned backbone{versus}")
+    log(
+        f"[fine-tune] {method}: the teacher agrees with the conditioning class on {result['agreement']:.1%} of "
+        f"{result['samples']} samples of the fine-tuned backbone{versus}"
+    )
     return {k: result[k] for k in ("agreement", "samples", "cfg_scale", "steps")}
 
 
-def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Path, method: str, config,
-                       ft: FineTuning, connect=None, make: bool = True) -> dict:
+def prepare_fine_tuned(
+    suite: Suite,
+    real: RealData,
+    prepared: Prepared,
+    out: Path,
+    method: str,
+    config,
+    ft: FineTuning,
+    connect=None,
+    make: bool = True,
+) -> dict:
     key = fine_tune_key(prepared.backbone_hash, fine_tune_schedule(ft), real.train.fingerprint(), prepared.conditions)
     where = out / "cache" / f"finetuned-{key}"
     model, cost_path = where / MODEL, where / COST
-    drop_damaged(model, "fine-tuned backbone", lambda f: torch.load(f, map_location="cpu", weights_only=True),
-                 "training it again")
-    drop_damaged(cost_path, "fine-tuned backbone", lambda f: read_json(f, ("seconds", "peak_memory_bytes")),
-                 "training it again")
+    drop_damaged(
+        model,
+        "fine-tuned backbone",
+        lambda f: torch.load(f, map_location="cpu", weights_only=True),
+        "training it again",
+    )
+    drop_damaged(
+        cost_path, "fine-tuned backbone", lambda f: read_json(f, ("seconds", "peak_memory_bytes")), "training it again"
+    )
     work = out / "cache" / f"finetuned-{key}-work"
-    drop_damaged(work / CHECKPOINT, "fine-tuned backbone",
-                 lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
+    drop_damaged(
+        work / CHECKPOINT,
+        "fine-tuned backbone",
+        lambda f: torch.load(f, map_location="cpu", weights_only=False),
+        "training from the start",
+    )
     if model.exists() and cost_path.exists():
         log(f"[fine-tune] {method}: the fine-tuned backbone {key} from {where}")
         return {"source": str(model), "hash": key, "cost": json.loads(cost_path.read_text())}
@@ -204,10 +275,13 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
         return {"source": None, "hash": key, "cost": None}
     if connect is None:  # no cluster to train on (as `prepare` trains a teacher): this process
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        log(f"[fine-tune] {method}: training the fine-tuned backbone {key} in this process on {device} "
-            f"(resumes from {work} if interrupted)")
-        trained, cost = train_fine_tune(prepared.load_backbone(device), real, prepared.conditions, method, config,
-                                        ft, work, device)
+        log(
+            f"[fine-tune] {method}: training the fine-tuned backbone {key} in this process on {device} "
+            f"(resumes from {work} if interrupted)"
+        )
+        trained, cost = train_fine_tune(
+            prepared.load_backbone(device), real, prepared.conditions, method, config, ft, work, device
+        )
         atomic.sweep_temps(where)
         atomic.torch_save(trained, model)
         atomic.write_json(cost_path, cost)
@@ -216,14 +290,28 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
     gpus = cluster_gpus()
     # One worker per GPU, as many as split the global batch evenly (the reference asserts it divides).
     workers = max(w for w in range(1, max(1, min(gpus, ft.batch_size)) + 1) if ft.batch_size % w == 0)
-    log(f"[fine-tune] {method}: training the fine-tuned backbone {key} through Ray Train on "
-        + (f"{workers} GPU(s)" if gpus else "one CPU worker") + f" (resumes from {work} if interrupted)")
+    log(
+        f"[fine-tune] {method}: training the fine-tuned backbone {key} through Ray Train on "
+        + (f"{workers} GPU(s)" if gpus else "one CPU worker")
+        + f" (resumes from {work} if interrupted)"
+    )
 
     def work_fn(worker: Worker) -> None:
         data = load_real_data(suite.data)
         backbone = prepared.load_backbone(worker.device)
-        result = train_fine_tune(backbone, data, prepared.conditions, method, config, ft, work, worker.device,
-                                 worker.rank, worker.world, worker.wrap)
+        result = train_fine_tune(
+            backbone,
+            data,
+            prepared.conditions,
+            method,
+            config,
+            ft,
+            work,
+            worker.device,
+            worker.rank,
+            worker.world,
+            worker.wrap,
+        )
         if worker.rank == 0:
             torch.save(result[0], worker.folder / MODEL)
             (worker.folder / COST).write_text(json.dumps(result[1]))
@@ -239,6 +327,8 @@ def prepare_fine_tuned(suite: Suite, real: RealData, prepared: Prepared, out: Pa
 
 def _trained(method: str, key: str, model: Path, cost: dict) -> dict:
     resumed = f", resumed from step {cost['resumed_from']}" if cost.get("resumed_from") else ""
-    log(f"[fine-tune] {method}: {key} trained for {cost['steps']} steps in {cost['seconds']:.0f} s{resumed}, peak "
-        f"memory {cost['peak_memory_bytes'] / 2**20:.0f} MiB")
+    log(
+        f"[fine-tune] {method}: {key} trained for {cost['steps']} steps in {cost['seconds']:.0f} s{resumed}, peak "
+        f"memory {cost['peak_memory_bytes'] / 2**20:.0f} MiB"
+    )
     return {"source": str(model), "hash": key, "cost": cost}

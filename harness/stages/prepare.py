@@ -4,6 +4,7 @@ backbone check (does the teacher recognise the backbone's samples as their condi
 Everything is content-addressed: the key is a hash of the config and of the training data, so the same
 suite reuses what an earlier run (or the repository's committed `weights/`) already made.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,21 +15,20 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from methods import get_method
-from methods.base import MethodContext
-
+from harness.config.schema import BackboneConfig, Suite, TeacherConfig
 from harness.core import atomic, cache
 from harness.core.cache import REPO_WEIGHTS, drop_damaged, log, read_json  # noqa: F401  (stages import them here)
+from harness.core.identity import backbone_check_key, class_list, relabelled_protocol_key, teacher_val_key
+from harness.models import teacher_sources
+from harness.models.data import RealData
 from harness.models.generators import ddim_sample, generator_for
 from harness.models.generators.difffit import load_difffit_state
 from harness.models.generators.registry import GeneratorError
-from harness.models.data import RealData
-from harness.models import teacher_sources
 from harness.models.teacher_sources import Cluster, TeacherSourceError
-from harness.runtime.data_parallel import cluster_gpus, run_data_parallel
-from harness.core.identity import backbone_check_key, class_list, relabelled_protocol_key, teacher_val_key
-from harness.config.schema import BackboneConfig, Suite, TeacherConfig
 from harness.models.teachers import Teacher, accuracy, save_teacher, train_recipe_teacher
+from harness.runtime.data_parallel import cluster_gpus, run_data_parallel
+from methods import get_method
+from methods.base import MethodContext
 
 
 class PrepareError(Exception):
@@ -38,7 +38,7 @@ class PrepareError(Exception):
 @dataclass
 class PreparedTeacher:
     config: TeacherConfig
-    source: str                         # a ddbench teacher file, or a timm weights spec
+    source: str  # a ddbench teacher file, or a timm weights spec
     hash: str
     test_accuracy: float | None
     description: str
@@ -48,18 +48,19 @@ class PreparedTeacher:
 class Prepared:
     """The suite's prepared artefacts: where they are, their identities (hashes) for downstream cache keys,
     and what loading them takes, so that any worker loads them from this object alone."""
-    classes: list[str]                  # the suite's class keys, in order
+
+    classes: list[str]  # the suite's class keys, in order
     backbone: BackboneConfig
-    backbone_source: str                # local directory or hub id
+    backbone_source: str  # local directory or hub id
     backbone_hash: str
-    conditions: list[int]               # the backbone's label of each suite class
+    conditions: list[int]  # the backbone's label of each suite class
     teacher: TeacherConfig
-    teacher_source: str                 # a trained teacher file, or a timm weights spec
+    teacher_source: str  # a trained teacher file, or a timm weights spec
     teacher_hash: str
     teacher_test_accuracy: float | None
     backbone_check: dict | None
     teacher_val_accuracy: float | None = None  # only where a suite's method needs it
-    teacher_description: str = ""      # one line for the board: what the teacher is, where it came from
+    teacher_description: str = ""  # one line for the board: what the teacher is, where it came from
     relabel: PreparedTeacher | None = None  # relabels for protocols that train on a teacher's outputs
     # By method: the fine-tuned backbone it samples from (harness/stages/fine_tune.py): {"source": its DiffFit
     # parameters, "hash": its identity, "cost": what training it took}.
@@ -96,8 +97,10 @@ class Prepared:
     def teacher_note(self) -> str:
         if self.relabel is None:
             return f"teacher: {self.teacher_description}"
-        return (f"teacher (methods, backbone check, diversity): {self.teacher_description}; "
-                f"soft labels from: {self.relabel.description}")
+        return (
+            f"teacher (methods, backbone check, diversity): {self.teacher_description}; "
+            f"soft labels from: {self.relabel.description}"
+        )
 
     def provide(self, context: MethodContext, needs: frozenset[str]) -> MethodContext:
         """`context` with whatever of `needs` it still lacks loaded: a worker loads each model once, and every
@@ -155,17 +158,20 @@ def describe_teacher(t: TeacherConfig, suite: Suite, test_accuracy: float | None
     return teacher_sources.teacher_source(t).describe(suite.name, test_accuracy)
 
 
-def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | None = None, connect=None,
-                    where: str = "teacher") -> tuple[str, str, float | None]:
+def prepare_teacher(
+    suite: Suite, real: RealData, out: Path, t: TeacherConfig | None = None, connect=None, where: str = "teacher"
+) -> tuple[str, str, float | None]:
     """The suite's teacher (or `t`, e.g. a cross-architecture teacher): its source, identity hash and, for one
     trained on the suite's classes, its test accuracy. `connect` reaches the Ray cluster, whose GPUs train a
     teacher with a recipe; `where` names `t` in the suite for error messages."""
     out = Path(out)
     cluster = None
     if connect is not None:
+
         def gpus() -> int:
             connect()
             return cluster_gpus()
+
         cluster = Cluster(gpus, train_data_parallel, str((out / "ray_train").resolve()))
     try:
         return teacher_sources.teacher_source(t or suite.teacher).prepare(real, out, where, cluster)
@@ -173,23 +179,39 @@ def prepare_teacher(suite: Suite, real: RealData, out: Path, t: TeacherConfig | 
         raise PrepareError(f"{suite.source}: {e}") from None
 
 
-def train_data_parallel(images, args: tuple, t: TeacherConfig, path: Path, workers: int, use_gpu: bool,
-                        storage_path: str | None = None) -> None:
+def train_data_parallel(
+    images, args: tuple, t: TeacherConfig, path: Path, workers: int, use_gpu: bool, storage_path: str | None = None
+) -> None:
     """`train_recipe_teacher` on `workers` Ray Train workers, which share the images through the object store;
     rank 0's teacher is saved at `path`."""
     images_ref = ray.put(images)
 
     def work(worker):
-        teacher = train_recipe_teacher(ray.get(images_ref), *args, device=worker.device, rank=worker.rank,
-                                       world=worker.world, wrap=worker.wrap, arch_kwargs=t.arch_kwargs)
+        teacher = train_recipe_teacher(
+            ray.get(images_ref),
+            *args,
+            device=worker.device,
+            rank=worker.rank,
+            world=worker.world,
+            wrap=worker.wrap,
+            arch_kwargs=t.arch_kwargs,
+        )
         save_teacher(teacher.cpu(), t.arch, args[1], worker.folder / "teacher.pt", **t.arch_kwargs)
 
-    run_data_parallel(work, workers, use_gpu, lambda folder: atomic.torch_save(
-        torch.load(folder / "teacher.pt", map_location="cpu", weights_only=True), path), storage_path)
+    run_data_parallel(
+        work,
+        workers,
+        use_gpu,
+        lambda folder: atomic.torch_save(
+            torch.load(folder / "teacher.pt", map_location="cpu", weights_only=True), path
+        ),
+        storage_path,
+    )
 
 
-def teacher_val_accuracy(suite: Suite, real: RealData, out: Path, source: str, teacher_hash: str,
-                         chunk: int = 1000) -> float:
+def teacher_val_accuracy(
+    suite: Suite, real: RealData, out: Path, source: str, teacher_hash: str, chunk: int = 1000
+) -> float:
     """The teacher's accuracy over the suite's classes on the validation split (never the test split),
     cached by teacher and split; read in chunks, because ImageNet-1k's split does not fit in memory."""
     key = teacher_val_key(teacher_hash, real.val.fingerprint())
@@ -202,15 +224,29 @@ def teacher_val_accuracy(suite: Suite, real: RealData, out: Path, source: str, t
             correct += accuracy(teacher, real.val.load(idx), real.val.labels[idx]) * len(idx)
         return {"accuracy": correct / max(1, len(real.val)), "images": len(real.val)}
 
-    acc = cache.ensure_json(out / "cache" / f"teacher-val-{key}.json", "teacher", ("accuracy",),
-                            "measuring its validation accuracy again", measure)["accuracy"]
+    acc = cache.ensure_json(
+        out / "cache" / f"teacher-val-{key}.json",
+        "teacher",
+        ("accuracy",),
+        "measuring its validation accuracy again",
+        measure,
+    )["accuracy"]
     log(f"[prepare] teacher: validation accuracy {acc:.2%} ({len(real.val)} images)")
     return acc
 
 
 @torch.no_grad()
-def backbone_check(backbone, teacher: Teacher, num_classes: int, per_class: int, cfg_scale: float, steps: int,
-                   seed: int = 0, batch_size: int = 100, conditions: list[int] | None = None) -> dict:
+def backbone_check(
+    backbone,
+    teacher: Teacher,
+    num_classes: int,
+    per_class: int,
+    cfg_scale: float,
+    steps: int,
+    seed: int = 0,
+    batch_size: int = 100,
+    conditions: list[int] | None = None,
+) -> dict:
     """Sample `per_class` images per class and count how many the teacher assigns to their condition.
     `conditions[c]` is the backbone's label of suite class c (default: c)."""
     agree, total = torch.zeros(num_classes), 0
@@ -220,20 +256,38 @@ def backbone_check(backbone, teacher: Teacher, num_classes: int, per_class: int,
         g = torch.Generator().manual_seed(seed * 100_003 + c)
         noise = torch.randn((per_class, *backbone.latent_shape), generator=g)
         for i in range(0, per_class, batch_size):
-            z = ddim_sample(backbone, noise[i:i + batch_size].to(backbone.device),
-                            conditions[c] if conditions else c, steps, cfg_scale)
+            z = ddim_sample(
+                backbone,
+                noise[i : i + batch_size].to(backbone.device),
+                conditions[c] if conditions else c,
+                steps,
+                cfg_scale,
+            )
             pred = teacher(backbone.decode(z)).argmax(1).cpu()
             agree[c] += (pred == c).sum()
             total += len(pred)
             bar.update(len(pred))
     bar.close()
     per_class_rate = (agree / per_class).tolist()
-    return {"agreement": float(agree.sum() / total), "per_class": per_class_rate, "samples": total,
-            "cfg_scale": cfg_scale, "steps": steps, "seconds": time.perf_counter() - t0}
+    return {
+        "agreement": float(agree.sum() / total),
+        "per_class": per_class_rate,
+        "samples": total,
+        "cfg_scale": cfg_scale,
+        "steps": steps,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect=None,
-            methods: list[str] | None = None, accept_failed_check: bool = False) -> Prepared:
+def prepare(
+    suite: Suite,
+    real: RealData,
+    out: Path,
+    check: bool = True,
+    connect=None,
+    methods: list[str] | None = None,
+    accept_failed_check: bool = False,
+) -> Prepared:
     """`connect` reaches the Ray cluster; only a teacher trained with a recipe asks for it (for its GPUs).
     A failed backbone check stops the run here (PrepareError) when any of `methods` (default: the suite's)
     samples the backbone, unless `accept_failed_check`: then their rows are marked on the board."""
@@ -251,9 +305,21 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
     conditions = backbone_conditions(suite, real.classes)
 
     def prepared(check_result: dict | None) -> Prepared:
-        return Prepared(list(real.classes), suite.backbone, backbone_source, backbone_hash, conditions,
-                        suite.teacher, teacher_source, teacher_hash, teacher_acc, check_result, val_acc,
-                        describe_teacher(suite.teacher, suite, teacher_acc), relabel)
+        return Prepared(
+            list(real.classes),
+            suite.backbone,
+            backbone_source,
+            backbone_hash,
+            conditions,
+            suite.teacher,
+            teacher_source,
+            teacher_hash,
+            teacher_acc,
+            check_result,
+            val_acc,
+            describe_teacher(suite.teacher, suite, teacher_acc),
+            relabel,
+        )
 
     result = None
     if check:
@@ -262,19 +328,33 @@ def prepare(suite: Suite, real: RealData, out: Path, check: bool = True, connect
 
         def check_backbone() -> dict:
             unchecked = prepared(None)
-            made = backbone_check(unchecked.load_backbone(), unchecked.load_teacher(), len(real.classes),
-                                  b.check_per_class, b.check_cfg_scale, b.check_steps, conditions=conditions)
+            made = backbone_check(
+                unchecked.load_backbone(),
+                unchecked.load_teacher(),
+                len(real.classes),
+                b.check_per_class,
+                b.check_cfg_scale,
+                b.check_steps,
+                conditions=conditions,
+            )
             made["min_agreement"] = b.check_min_agreement
             made["passed"] = made["agreement"] >= b.check_min_agreement
             return made
 
-        result = cache.ensure_json(out / "cache" / f"backbone-check-{key}.json", "backbone check",
-                                   ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement"),
-                                   "checking again", check_backbone, indent=1)
+        result = cache.ensure_json(
+            out / "cache" / f"backbone-check-{key}.json",
+            "backbone check",
+            ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement"),
+            "checking again",
+            check_backbone,
+            indent=1,
+        )
         verdict = "passes" if result["passed"] else "FAILS"
-        log(f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
+        log(
+            f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
             f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
-            f"{verdict} the suite's minimum {result['min_agreement']:.0%}")
+            f"{verdict} the suite's minimum {result['min_agreement']:.0%}"
+        )
         _stop_on_failed_check(suite, result, methods, accept_failed_check)
     return prepared(result)
 
@@ -285,10 +365,14 @@ def _stop_on_failed_check(suite: Suite, result: dict, methods: list[str] | None,
     if result["passed"] or not users:
         return
     if accept:
-        log(f"[prepare] backbone check failed; --accept-failed-check: the rows of {', '.join(users)} are marked "
-            f"on the board")
+        log(
+            f"[prepare] backbone check failed; --accept-failed-check: the rows of {', '.join(users)} are marked "
+            f"on the board"
+        )
         return
-    raise PrepareError(f"{suite.source}: backbone: the check failed ({result['agreement']:.1%} agreement, below "
-                       f"check_min_agreement {result['min_agreement']:.0%}), so {', '.join(users)} would sample a "
-                       f"backbone that does not make its classes; train it longer (backbone.train.steps), run "
-                       f"only methods without it (--methods), or pass --accept-failed-check to mark their rows")
+    raise PrepareError(
+        f"{suite.source}: backbone: the check failed ({result['agreement']:.1%} agreement, below "
+        f"check_min_agreement {result['min_agreement']:.0%}), so {', '.join(users)} would sample a "
+        f"backbone that does not make its classes; train it longer (backbone.train.steps), run "
+        f"only methods without it (--methods), or pass --accept-failed-check to mark their rows"
+    )

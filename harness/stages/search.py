@@ -13,6 +13,7 @@ student-epoch milestone. The experiment lives under `<out>/search/`: a killed se
 Outputs: every trial a row of kind "search" in the result store (the board reads only "measured" rows), the
 best config a suite fragment `<out>/search/<method>.yaml` that a profile includes (`include:`), and plots.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,18 +33,17 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from methods import get_method
-
+from harness.config.schema import Suite
 from harness.core import atomic
-from harness.models.data import RealData
-from harness.stages.distill import distill_here, plan
 from harness.core.identity import config_hash, search_key, versions
-from harness.stages.prepare import Prepared
-from harness.models.protocols import reference_protocol
 from harness.core.sets import load_set
 from harness.core.store import ResultStore
-from harness.config.schema import Suite
+from harness.models.data import RealData
+from harness.models.protocols import reference_protocol
 from harness.models.training import train_student
+from harness.stages.distill import distill_here, plan
+from harness.stages.prepare import Prepared
+from methods import get_method
 
 DEFAULT_TRIALS = 20  # per searched method: the budget issue 14 asks for, the same for every method
 ROW_KIND = "search"
@@ -59,16 +59,17 @@ class SearchError(Exception):
 @dataclass(frozen=True)
 class SearchSpec:
     """One search: `method`'s space, its sets at `ipc`, scored by `student` trained under `protocol`."""
+
     method: str
     ipc: int
     student: str
     protocol: str
     trials: int
-    seed: int = 0                 # TPE's sampler and the proxy student's seed
-    max_concurrent: int = 0       # 0: as many trials as the cluster has GPUs (else CPUs)
-    reports: int = 10             # validation evaluations over the student's epochs: ASHA's milestones
-    grace_reports: int = 2        # no trial stops before this many reports
-    reduction_factor: int = 3     # ASHA keeps the best 1/η at each rung
+    seed: int = 0  # TPE's sampler and the proxy student's seed
+    max_concurrent: int = 0  # 0: as many trials as the cluster has GPUs (else CPUs)
+    reports: int = 10  # validation evaluations over the student's epochs: ASHA's milestones
+    grace_reports: int = 2  # no trial stops before this many reports
+    reduction_factor: int = 3  # ASHA keeps the best 1/η at each rung
     # A protocol search: `protocol`'s recipe for `student` (its search_space) is tuned on the set of `method` at
     # the suite's config, instead of the method's config.
     protocol_search: bool = False
@@ -80,8 +81,7 @@ class SearchSpec:
 
 
 def space_of(suite: Suite, spec: SearchSpec) -> dict[str, tuple]:
-    return (suite.protocols[spec.protocol].search_space if spec.protocol_search
-            else get_method(spec.method).search_space)
+    return suite.protocols[spec.protocol].search_space if spec.protocol_search else get_method(spec.method).search_space
 
 
 def tune_space(space: dict[str, tuple]) -> dict:
@@ -113,8 +113,10 @@ def default_point(suite: Suite, spec: SearchSpec) -> dict:
     for name, (kind, *bounds) in space_of(suite, spec).items():
         value = point[name]
         if kind == "choice" and value not in bounds[0] or kind != "choice" and not bounds[0] <= value <= bounds[1]:
-            raise SearchError(f"{suite.source}: {where}.{name}: the suite's {value!r} lies outside the search range "
-                              f"{bounds}: the default must be one of the trials")
+            raise SearchError(
+                f"{suite.source}: {where}.{name}: the suite's {value!r} lies outside the search range "
+                f"{bounds}: the default must be one of the trials"
+            )
     return point
 
 
@@ -124,9 +126,16 @@ def search_id(suite: Suite, prepared: Prepared, spec: SearchSpec, real: RealData
     fields = dataclasses.asdict(spec)
     if not spec.protocol_search:  # added with protocol searches: method searches' ids stay what they were
         del fields["protocol_search"]
-    return search_key(suite.name, fields, default_point(suite, spec),
-                      {k: list(v) for k, v in space_of(suite, spec).items()}, protocol.identity(),
-                      real.val.fingerprint(), prepared.backbone_hash, prepared.teacher_hash)
+    return search_key(
+        suite.name,
+        fields,
+        default_point(suite, spec),
+        {k: list(v) for k, v in space_of(suite, spec).items()},
+        protocol.identity(),
+        real.val.fingerprint(),
+        prepared.backbone_hash,
+        prepared.teacher_hash,
+    )
 
 
 def experiment_name(spec: SearchSpec, sid: str) -> str:
@@ -154,14 +163,16 @@ def _typed(suite: Suite, method: str, drawn: dict):
     return dataclasses.replace(base, **cast)
 
 
-def run_trial(drawn: dict, suite: Suite, prepared: Prepared, real: RealData, spec: SearchSpec, out: str,
-              epochs: int, ledger: str) -> None:
+def run_trial(
+    drawn: dict, suite: Suite, prepared: Prepared, real: RealData, spec: SearchSpec, out: str, epochs: int, ledger: str
+) -> None:
     """One trial, in a Ray Tune worker: the drawn config's set (made here, or read from the cache), then the
     proxy student, its validation accuracy reported every epochs/reports epochs.
 
     The `ledger` folder keeps each finished trial's curve, written before Ray Tune hears the trial end: Tune
     saves its state every ten seconds or more, so a search killed before it recorded a finished trial reruns that
-    trial on resume, and the rerun replays the curve instead of training again. `trained.log` there gets a line per student actually trained, so that reruns can be counted."""
+    trial on resume, and the rerun replays the curve instead of training again. `trained.log` there gets a line
+    per student actually trained, so that reruns can be counted."""
     trial = tune.get_context().get_trial_id()
     done = Path(ledger) / f"{trial}.json"
     if done.exists():
@@ -170,8 +181,9 @@ def run_trial(drawn: dict, suite: Suite, prepared: Prepared, real: RealData, spe
         return
     torch.set_num_threads(1)
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    trial_suite = suite if spec.protocol_search else \
-        suite.with_method_config(spec.method, _typed(suite, spec.method, drawn))
+    trial_suite = (
+        suite if spec.protocol_search else suite.with_method_config(spec.method, _typed(suite, spec.method, drawn))
+    )
     t0 = time.perf_counter()
     (job,) = plan(trial_suite, prepared, Path(out), [spec.method], [spec.ipc])
     manifest = distill_here(trial_suite, real, prepared, job, device)
@@ -186,8 +198,15 @@ def run_trial(drawn: dict, suite: Suite, prepared: Prepared, real: RealData, spe
     every = max(1, math.ceil(epochs / spec.reports))
 
     def report(epoch: int, accuracy: float) -> None:
-        reports.append({"epoch": epoch, METRIC: accuracy, "config_hash": manifest.config_hash,
-                        "distill_seconds": distill_seconds, "train_seconds": time.perf_counter() - t1})
+        reports.append(
+            {
+                "epoch": epoch,
+                METRIC: accuracy,
+                "config_hash": manifest.config_hash,
+                "distill_seconds": distill_seconds,
+                "train_seconds": time.perf_counter() - t1,
+            }
+        )
         if epoch == epochs:  # the ledger first: see above
             atomic.write_json(done, {"config": {k: _plain(v) for k, v in drawn.items()}, "reports": reports})
         tune.report(reports[-1])
@@ -195,9 +214,21 @@ def run_trial(drawn: dict, suite: Suite, prepared: Prepared, real: RealData, spe
     with open(Path(ledger) / "trained.log", "a") as log:
         log.write(f"{trial}\n")
     # The validation split stands where evaluation passes the test split: the student never sees a test image.
-    train_student(spec.student, images, labels, val_images, val_labels, len(real.classes), spec.ipc, protocol,
-                  spec.seed, device=device, teacher=teacher, report=report,
-                  report_every=every)
+    train_student(
+        spec.student,
+        images,
+        labels,
+        val_images,
+        val_labels,
+        len(real.classes),
+        spec.ipc,
+        protocol,
+        spec.seed,
+        device=device,
+        teacher=teacher,
+        report=report,
+        report_every=every,
+    )
 
 
 def _readable(path: Path) -> bool:
@@ -228,12 +259,21 @@ def repair_torn_state(path: Path) -> list[str]:
     for f in sorted(path.glob("*state*")):
         if f.name.startswith(".") or not f.is_file() or _readable(f):
             continue
-        copies = sorted((c for c in RAY_TEMP.glob(f"session_*/artifacts/*/{path.name}/driver_artifacts/{f.name}")
-                         if _stages(c.parent, path.parent)), key=lambda c: c.stat().st_mtime, reverse=True)
+        copies = sorted(
+            (
+                c
+                for c in RAY_TEMP.glob(f"session_*/artifacts/*/{path.name}/driver_artifacts/{f.name}")
+                if _stages(c.parent, path.parent)
+            ),
+            key=lambda c: c.stat().st_mtime,
+            reverse=True,
+        )
         intact = next((c for c in copies if _readable(c)), None)
         if intact is None:
-            raise SearchError(f"{f} is torn (the search was killed while Ray Tune wrote it) and no intact copy is "
-                              f"left in {RAY_TEMP}: remove {path} to start the search again")
+            raise SearchError(
+                f"{f} is torn (the search was killed while Ray Tune wrote it) and no intact copy is "
+                f"left in {RAY_TEMP}: remove {path} to start the search again"
+            )
         with atomic.replacing(f) as tmp:
             tmp.write_bytes(intact.read_bytes())
         repaired.append(f.name)
@@ -248,8 +288,9 @@ def trial_resources(max_concurrent: int) -> tuple[dict, int]:
     return per_trial, max_concurrent or (gpus or cpus)
 
 
-def run_search(suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpec, out: Path,
-               resume: bool = False) -> "SearchOutcome":
+def run_search(
+    suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpec, out: Path, resume: bool = False
+) -> SearchOutcome:
     """Run (or resume) one method's search; returns its trials. `real.test` must be None: the search reads
     the training and validation splits only."""
     if real.test is not None:
@@ -264,15 +305,18 @@ def run_search(suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpe
     path = storage / name
     ledger = path / "ledger"
     ledger.mkdir(parents=True, exist_ok=True)
-    trainable = tune.with_parameters(run_trial, suite=suite, prepared=prepared, real=real, spec=spec,
-                                     out=str(out), epochs=epochs, ledger=str(ledger))
+    trainable = tune.with_parameters(
+        run_trial, suite=suite, prepared=prepared, real=real, spec=spec, out=str(out), epochs=epochs, ledger=str(ledger)
+    )
     per_trial, concurrent = trial_resources(spec.max_concurrent)
     trainable = tune.with_resources(trainable, per_trial)
     t0 = time.perf_counter()
     if tune.Tuner.can_restore(str(path)):
         if not resume:
-            raise SearchError(f"{path} holds this search already: pass --resume to continue it (finished trials "
-                              f"are kept), or remove the folder to start again")
+            raise SearchError(
+                f"{path} holds this search already: pass --resume to continue it (finished trials "
+                f"are kept), or remove the folder to start again"
+            )
         for name_ in repair_torn_state(path):
             print(f"[search] {spec.subject}: {name_} was torn by the kill; put back the intact copy", flush=True)
         print(f"[search] {spec.subject}: resuming {path}", flush=True)
@@ -282,36 +326,54 @@ def run_search(suite: Suite, real: RealData, prepared: Prepared, spec: SearchSpe
         from ray.tune.search.optuna import OptunaSearch
 
         every = max(1, math.ceil(epochs / spec.reports))
-        searcher = OptunaSearch(metric=METRIC, mode="max", points_to_evaluate=[default_point(suite, spec)],
-                                sampler=TPESampler(seed=spec.seed, multivariate=True))
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(epochs, every * spec.grace_reports),
-                                  reduction_factor=spec.reduction_factor)
+        searcher = OptunaSearch(
+            metric=METRIC,
+            mode="max",
+            points_to_evaluate=[default_point(suite, spec)],
+            sampler=TPESampler(seed=spec.seed, multivariate=True),
+        )
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=epochs,
+            grace_period=min(epochs, every * spec.grace_reports),
+            reduction_factor=spec.reduction_factor,
+        )
         tuner = tune.Tuner(
-            trainable, param_space=tune_space(space_of(suite, spec)),
-            tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=spec.trials, scheduler=scheduler,
-                                        reuse_actors=True,
-                                        search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent)),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1)))
+            trainable,
+            param_space=tune_space(space_of(suite, spec)),
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="max",
+                num_samples=spec.trials,
+                scheduler=scheduler,
+                reuse_actors=True,
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), verbose=0, failure_config=tune.FailureConfig(max_failures=1)
+            ),
+        )
     grid = tuner.fit()
     # Ray Tune answers Ctrl-C (or a SIGTERM) by saving its state and returning from fit() as if done: a search
     # cut short must not publish its best-so-far as the search's result.
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     if unfinished or len(grid) < spec.trials:
-        raise SearchError(f"{spec.subject}: the search was interrupted with {len(grid) - unfinished} of "
-                          f"{spec.trials} trials done; nothing was written: rerun with --resume to continue it")
+        raise SearchError(
+            f"{spec.subject}: the search was interrupted with {len(grid) - unfinished} of "
+            f"{spec.trials} trials done; nothing was written: rerun with --resume to continue it"
+        )
     return SearchOutcome.from_grid(spec, sid, str(path), epochs, grid, time.perf_counter() - t0)
 
 
 @dataclass
 class TrialRecord:
-    index: int                    # creation order: 0 is the suite's own config
+    index: int  # creation order: 0 is the suite's own config
     config: dict
     config_hash: str | None
     val_accuracy: float | None
     epochs: int
-    status: str                   # finished | stopped early | error
-    seconds: float                # the trial's wall time (set made or read, student trained)
+    status: str  # finished | stopped early | error
+    seconds: float  # the trial's wall time (set made or read, student trained)
     distill_seconds: float
     train_seconds: float
     curve: list[tuple[int, float]]
@@ -327,18 +389,27 @@ class SearchOutcome:
     wall_seconds: float
 
     @classmethod
-    def from_grid(cls, spec, sid, path, max_epochs, grid, wall_seconds) -> "SearchOutcome":
+    def from_grid(cls, spec, sid, path, max_epochs, grid, wall_seconds) -> SearchOutcome:
         records = []
         for result in grid:
             m, df = result.metrics or {}, result.metrics_dataframe
             curve = [] if df is None or df.empty else [(int(e), float(a)) for e, a in zip(df["epoch"], df[METRIC])]
             epochs = curve[-1][0] if curve else 0
             status = "error" if result.error else "finished" if epochs >= max_epochs else "stopped early"
-            records.append(TrialRecord(_trial_index(result, len(records)),
-                                       {k: _plain(v) for k, v in result.config.items()}, m.get("config_hash"),
-                                       curve[-1][1] if curve else None, epochs, status,
-                                       float(m.get("time_total_s", 0.0)), float(m.get("distill_seconds", 0.0)),
-                                       float(m.get("train_seconds", 0.0)), curve))
+            records.append(
+                TrialRecord(
+                    _trial_index(result, len(records)),
+                    {k: _plain(v) for k, v in result.config.items()},
+                    m.get("config_hash"),
+                    curve[-1][1] if curve else None,
+                    epochs,
+                    status,
+                    float(m.get("time_total_s", 0.0)),
+                    float(m.get("distill_seconds", 0.0)),
+                    float(m.get("train_seconds", 0.0)),
+                    curve,
+                )
+            )
         records.sort(key=lambda r: r.index)
         return cls(spec, sid, path, max_epochs, records, wall_seconds)
 
@@ -362,42 +433,76 @@ class SearchOutcome:
         """One result-store row per trial, of kind "search": keyed by the search id as its protocol hash and the
         trial's index as its seed, so no row of a search ever takes the key of a measured one."""
         protocol_hash = f"search-{self.search}"
-        return [{"kind": ROW_KIND, "target": "protocol" if self.spec.protocol_search else "method",
-                 "suite": suite.name, "method": self.spec.method,
-                 "config_hash": t.config_hash or config_hash(t.config), "ipc": self.spec.ipc,
-                 "student": self.spec.student, "protocol": self.spec.protocol, "protocol_hash": protocol_hash,
-                 "seed": t.index, "search": self.search, "trial": t.index, "config": t.config,
-                 "paper_default": t.index == 0, "val_accuracy": t.val_accuracy, "epochs": t.epochs,
-                 "max_epochs": self.max_epochs, "status": t.status, "seconds": t.seconds,
-                 "distill_seconds": t.distill_seconds, "train_seconds": t.train_seconds, "curve": t.curve,
-                 "versions": versions(), "finished_at": time.time()} for t in self.trials]
+        return [
+            {
+                "kind": ROW_KIND,
+                "target": "protocol" if self.spec.protocol_search else "method",
+                "suite": suite.name,
+                "method": self.spec.method,
+                "config_hash": t.config_hash or config_hash(t.config),
+                "ipc": self.spec.ipc,
+                "student": self.spec.student,
+                "protocol": self.spec.protocol,
+                "protocol_hash": protocol_hash,
+                "seed": t.index,
+                "search": self.search,
+                "trial": t.index,
+                "config": t.config,
+                "paper_default": t.index == 0,
+                "val_accuracy": t.val_accuracy,
+                "epochs": t.epochs,
+                "max_epochs": self.max_epochs,
+                "status": t.status,
+                "seconds": t.seconds,
+                "distill_seconds": t.distill_seconds,
+                "train_seconds": t.train_seconds,
+                "curve": t.curve,
+                "versions": versions(),
+                "finished_at": time.time(),
+            }
+            for t in self.trials
+        ]
 
     def fragment(self) -> dict:
         """The best config as a suite fragment: `searched.<method>`, for a profile's `include:`."""
         best, default = self.best(), self.default()
         if self.spec.protocol_search:  # the recipe for the student; the search's rows are its record
             return {"protocols": {self.spec.protocol: {"per_student": {self.spec.student: best.config}}}}
-        return {"searched": {self.spec.method: {
-            "config": best.config, "trials": len(self.trials), "search": self.search, "ipc": self.spec.ipc,
-            "student": self.spec.student, "protocol": self.spec.protocol, "val_accuracy": best.val_accuracy,
-            "default_val_accuracy": default.val_accuracy if default else None}}}
+        return {
+            "searched": {
+                self.spec.method: {
+                    "config": best.config,
+                    "trials": len(self.trials),
+                    "search": self.search,
+                    "ipc": self.spec.ipc,
+                    "student": self.spec.student,
+                    "protocol": self.spec.protocol,
+                    "val_accuracy": best.val_accuracy,
+                    "default_val_accuracy": default.val_accuracy if default else None,
+                }
+            }
+        }
 
     def summary(self) -> str:
         best, default = self.best(), self.default()
         stopped, saved = self.early_stopping()
         n = len(self.trials)
         on = (f"on the {self.spec.method} set " if self.spec.protocol_search else "") + f"under {self.spec.protocol}"
-        lines = [f"[search] {self.spec.subject}: {n} trials ({sum(t.status == 'finished' for t in self.trials)} "
-                 f"finished, {stopped} stopped early, {sum(t.status == 'error' for t in self.trials)} failed) in "
-                 f"{self.wall_seconds:.0f} s; validation accuracy of {self.spec.student} {on} "
-                 f"at IPC {self.spec.ipc}"]
+        lines = [
+            f"[search] {self.spec.subject}: {n} trials ({sum(t.status == 'finished' for t in self.trials)} "
+            f"finished, {stopped} stopped early, {sum(t.status == 'error' for t in self.trials)} failed) in "
+            f"{self.wall_seconds:.0f} s; validation accuracy of {self.spec.student} {on} "
+            f"at IPC {self.spec.ipc}"
+        ]
         if default is not None and default.val_accuracy is not None:
             lines.append(f"[search]   suite's config (trial 0): {default.val_accuracy:.2%} {default.config}")
         if best is not None:
             lines.append(f"[search]   best (trial {best.index}): {best.val_accuracy:.2%} {best.config}")
         spent = sum(t.train_seconds for t in self.trials)
-        lines.append(f"[search]   ASHA stopped {stopped} of {n} trials ({stopped / max(n, 1):.0%}) early, saving "
-                     f"~{saved:.0f} s of student training ({saved / max(spent + saved, 1e-9):.0%} of it)")
+        lines.append(
+            f"[search]   ASHA stopped {stopped} of {n} trials ({stopped / max(n, 1):.0%}) early, saving "
+            f"~{saved:.0f} s of student training ({saved / max(spent + saved, 1e-9):.0%} of it)"
+        )
         return "\n".join(lines)
 
 
@@ -423,12 +528,15 @@ def write_outputs(outcome: SearchOutcome, suite: Suite, out: Path, store: Result
     if outcome.best() is not None:
         fragment = folder / f"{outcome.spec.subject}.yaml"
         default = outcome.default()
-        header = (f"# The best of {len(outcome.trials)} trials of {outcome.spec.subject}'s search on the validation "
-                  f"split (search {outcome.search}; every trial is a row of kind '{ROW_KIND}' in the result "
-                  f"store).\n# Validation accuracy: {outcome.best().val_accuracy:.4f} (trial {outcome.best().index}), the "
-                  f"suite's own settings {default.val_accuracy if default and default.val_accuracy is not None else float('nan'):.4f} (trial 0); "
-                  f"{outcome.spec.student}, IPC {outcome.spec.ipc}.\n"
-                  f"# Include it in a suite profile: profiles: {{searched: {{include: [{fragment}]}}}}\n")
+        default_accuracy = default.val_accuracy if default and default.val_accuracy is not None else float("nan")
+        header = (
+            f"# The best of {len(outcome.trials)} trials of {outcome.spec.subject}'s search on the validation "
+            f"split (search {outcome.search}; every trial is a row of kind '{ROW_KIND}' in the result "
+            f"store).\n# Validation accuracy: {outcome.best().val_accuracy:.4f} (trial {outcome.best().index}), the "
+            f"suite's own settings {default_accuracy:.4f} (trial 0); "
+            f"{outcome.spec.student}, IPC {outcome.spec.ipc}.\n"
+            f"# Include it in a suite profile: profiles: {{searched: {{include: [{fragment}]}}}}\n"
+        )
         fragment.write_text(header + yaml.safe_dump(outcome.fragment(), sort_keys=False))
         written.append(fragment)
     written += plot(outcome, folder)
@@ -457,10 +565,17 @@ def plot(outcome: SearchOutcome, folder: Path) -> list[Path]:
     # The best so far among trials run to the end: how `best()` chooses.
     finished = [a if t.status == "finished" else -np.inf for t, a in zip(trials, acc)]
     best = np.maximum.accumulate(finished)
-    ax.plot([t.index for t in trials], np.where(np.isfinite(best), best, np.nan), color="tab:red",
-            label="best finished so far")
-    ax.set(xlabel="trial", ylabel="validation accuracy (%)",
-           title=f"{outcome.spec.subject}: optimisation history (grey: stopped early)")
+    ax.plot(
+        [t.index for t in trials],
+        np.where(np.isfinite(best), best, np.nan),
+        color="tab:red",
+        label="best finished so far",
+    )
+    ax.set(
+        xlabel="trial",
+        ylabel="validation accuracy (%)",
+        title=f"{outcome.spec.subject}: optimisation history (grey: stopped early)",
+    )
     ax.legend()
     paths.append(_save(fig, f"{stem}-history.png"))
     if len(trials) >= 3:

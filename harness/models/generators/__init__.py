@@ -8,6 +8,7 @@ method written for DiT-XL/2 runs unchanged on the harness's own pixel DiT.
 Importing the package imports every module in it, which registers its kinds of generator (registry.py): adding
 a kind is adding its file (docs/extending.md), with no list here to keep in step.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,10 +16,29 @@ import pkgutil
 
 from harness.models.generators.dit import DiTBackbone, load_dit_backbone
 from harness.models.generators.registry import generator_for, get_generator, list_generators, register_generator
-from harness.models.generators.sampling import SAMPLERS, ddim_sample, ddim_timesteps, ddpm_sample, respaced_timesteps, sample
+from harness.models.generators.sampling import (
+    SAMPLERS,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_sample,
+    respaced_timesteps,
+    sample,
+)
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["DiTBackbone", "load_dit_backbone", "SAMPLERS", "ddim_sample", "ddim_timesteps", "ddpm_sample",
-           "respaced_timesteps", "sample", "generator_for", "get_generator", "list_generators", "register_generator"]
+__all__ = [
+    "DiTBackbone",
+    "load_dit_backbone",
+    "SAMPLERS",
+    "ddim_sample",
+    "ddim_timesteps",
+    "ddpm_sample",
+    "respaced_timesteps",
+    "sample",
+    "generator_for",
+    "get_generator",
+    "list_generators",
+    "register_generator",
+]

@@ -19,6 +19,7 @@ names containing "bias", "norm", "gamma" or "y_embed"), read on diffusers' modul
 Every other parameter is frozen and stays bit-identical. The γ act through forward hooks on the diffusers
 modules, so the backbone keeps its own forward and the Backbone protocol is unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,15 +48,19 @@ def add_difffit(backbone) -> list[str]:
             attn, width = block.attn1, block.attn1.to_q.out_features
             for linear in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]):
                 _add_gamma(linear, linear.out_features)
-            _add_gamma(attn, width)       # the attention branch, before its gate
-            _add_gamma(block.ff, width)   # the MLP branch, before its gate
+            _add_gamma(attn, width)  # the attention branch, before its gate
+            _add_gamma(block.ff, width)  # the MLP branch, before its gate
     backbone.requires_grad_(False)
     chosen = set()
     for module_name, module in transformer.named_modules():
         for name, p in module.named_parameters(recurse=False):
             full = f"{module_name}.{name}" if module_name else name
-            if (name == "bias" or name == GAMMA or isinstance(module, _NORMS)
-                    or module_name.endswith("class_embedder.embedding_table")):
+            if (
+                name == "bias"
+                or name == GAMMA
+                or isinstance(module, _NORMS)
+                or module_name.endswith("class_embedder.embedding_table")
+            ):
                 p.requires_grad_(True)
                 chosen.add(full)
     return sorted(chosen)
@@ -70,8 +75,10 @@ def load_difffit_state(backbone, state: dict[str, torch.Tensor]) -> None:
     """Make `backbone` (a base backbone) the fine-tuned one: add DiffFit and load its trained parameters."""
     names = set(add_difffit(backbone))
     if set(state) != names:
-        raise ValueError(f"fine-tuned state does not match DiffFit's parameters of this backbone "
-                         f"({len(set(state) ^ names)} names differ)")
+        raise ValueError(
+            f"fine-tuned state does not match DiffFit's parameters of this backbone "
+            f"({len(set(state) ^ names)} names differ)"
+        )
     params = dict(backbone.transformer.named_parameters())
     with torch.no_grad():
         for name, value in state.items():

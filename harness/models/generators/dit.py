@@ -4,6 +4,7 @@ Both are a `DiTTransformer2DModel` + an optional `AutoencoderKL` + a scheduler c
 hub stores `facebook/DiT-XL-2-256` (subfolders transformer/, vae/, scheduler/), so the harness's own
 trained backbone loads through exactly the code path a user's pretrained one does.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,6 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
 from harness.models.generators.registry import count_flops
 
-
 # DiT's `forward_with_cfg` guides only the first three of DiT-XL/2's four latent channels "for exact
 # reproducibility reasons" (facebookresearch/DiT models.py l.258-262; MinimaxDiffusion and CaO2 keep it): the
 # guidance every DiT-based paper ran.
@@ -23,9 +23,14 @@ DIT_GUIDED_CHANNELS = 3
 
 
 class DiTBackbone(torch.nn.Module):
-    def __init__(self, transformer: DiTTransformer2DModel, scheduler: DDIMScheduler,
-                 vae: AutoencoderKL | None = None, clip_sample: bool | None = None,
-                 guided_channels: int | None = None):
+    def __init__(
+        self,
+        transformer: DiTTransformer2DModel,
+        scheduler: DDIMScheduler,
+        vae: AutoencoderKL | None = None,
+        clip_sample: bool | None = None,
+        guided_channels: int | None = None,
+    ):
         """`guided_channels`: how many leading output channels classifier-free guidance combines (None: every
         noise channel); the rest are the conditional pass's raw output, as in DiT's `forward_with_cfg`."""
         super().__init__()
@@ -44,8 +49,9 @@ class DiTBackbone(torch.nn.Module):
         self.clip_sample = (vae is None) if clip_sample is None else clip_sample
         self.guided_channels = self.latent_channels if guided_channels is None else int(guided_channels)
         if not 1 <= self.guided_channels <= self.latent_channels:
-            raise ValueError(f"guided_channels: must be in [1, {self.latent_channels}] (the latent channels), "
-                             f"got {guided_channels}")
+            raise ValueError(
+                f"guided_channels: must be in [1, {self.latent_channels}] (the latent channels), got {guided_channels}"
+            )
         # Noise and, where the model learns its variance (DiT's learn_sigma), as many variance channels.
         self.learned_variance = int(cfg.out_channels or self.latent_channels) == 2 * self.latent_channels
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
@@ -117,7 +123,8 @@ class DiTBackbone(torch.nn.Module):
         intermediate features DIFT (Tang et al. 2023) reads from a denoiser."""
         captured = []
         handle = self.transformer.transformer_blocks[block].register_forward_hook(
-            lambda _module, _inputs, out: captured.append(out))
+            lambda _module, _inputs, out: captured.append(out)
+        )
         try:
             self.output(x_t, t, labels)
         finally:
@@ -134,8 +141,13 @@ def hub_kwargs() -> dict:
     return {"local_files_only": os.environ.get("HF_HUB_OFFLINE", "0") == "1"}
 
 
-def load_dit_backbone(path_or_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                      vae: str | Path | None = "subfolder", guided_channels: int | None = None) -> DiTBackbone:
+def load_dit_backbone(
+    path_or_id: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    vae: str | Path | None = "subfolder",
+    guided_channels: int | None = None,
+) -> DiTBackbone:
     """Load transformer/ (+ vae/) + scheduler/ from a hub id or a local directory.
 
     `vae="subfolder"` takes vae/ beside the transformer when present (the hub's DiT-XL-2-256 ships

@@ -7,6 +7,7 @@ span sessions or machines. A checkpoint is resumed by any run whose config diffe
 finished run is extended by raising `steps` (the learning rate is constant after warm-up, so training 6,000
 steps and then 2,000 more gives the weights of training 8,000 straight through).
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,19 +66,40 @@ class PixelDiTConfig:
 
 def build_transformer(cfg: PixelDiTConfig, channels: int, num_classes: int) -> DiTTransformer2DModel:
     return DiTTransformer2DModel(
-        num_attention_heads=cfg.heads, attention_head_dim=cfg.width // cfg.heads, in_channels=channels,
-        out_channels=channels, num_layers=cfg.depth, sample_size=cfg.sample_size, patch_size=cfg.patch_size,
-        num_embeds_ada_norm=num_classes, norm_type="ada_norm_zero")
+        num_attention_heads=cfg.heads,
+        attention_head_dim=cfg.width // cfg.heads,
+        in_channels=channels,
+        out_channels=channels,
+        num_layers=cfg.depth,
+        sample_size=cfg.sample_size,
+        patch_size=cfg.patch_size,
+        num_embeds_ada_norm=num_classes,
+        norm_type="ada_norm_zero",
+    )
 
 
 def build_scheduler() -> DDIMScheduler:
     # DDPM's linear schedule over 1,000 steps, as DiT uses.
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                         clip_sample=False, set_alpha_to_one=True)
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+    )
 
 
-def train_pixel_dit(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: PixelDiTConfig,
-                    out_dir: Path, work_dir: Path, device: str = "cpu", progress: bool = True) -> DiTBackbone:
+def train_pixel_dit(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    cfg: PixelDiTConfig,
+    out_dir: Path,
+    work_dir: Path,
+    device: str = "cpu",
+    progress: bool = True,
+) -> DiTBackbone:
     """Train on uint8 images (N, C, H, W) and write the EMA model to `out_dir` in the hub layout."""
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -108,8 +130,7 @@ def train_pixel_dit(images: torch.Tensor, labels: torch.Tensor, num_classes: int
     labels = labels.to(device)
     ac = scheduler.alphas_cumprod.to(device)
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="prepare: train pixel DiT", disable=not progress,
-               mininterval=5)
+    bar = tqdm(total=cfg.steps, initial=step, desc="prepare: train pixel DiT", disable=not progress, mininterval=5)
     while step < cfg.steps:
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen).to(device)
         x0, y = data[idx], labels[idx]
@@ -132,9 +153,18 @@ def train_pixel_dit(images: torch.Tensor, labels: torch.Tensor, num_classes: int
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            atomic.torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-                          "config": asdict(cfg)}, ckpt_path)
+            atomic.torch_save(
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "opt": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "config": asdict(cfg),
+                },
+                ckpt_path,
+            )
     bar.close()
     backbone = DiTBackbone(ema.eval(), scheduler)
     save_dit_backbone(backbone, out_dir)
@@ -142,8 +172,18 @@ def train_pixel_dit(images: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 # The pixel DiT's training settings that must be positive, and those that may be 0.
-_POSITIVE = ("sample_size", "patch_size", "width", "depth", "heads", "steps", "batch_size", "lr", "grad_clip",
-             "checkpoint_every")
+_POSITIVE = (
+    "sample_size",
+    "patch_size",
+    "width",
+    "depth",
+    "heads",
+    "steps",
+    "batch_size",
+    "lr",
+    "grad_clip",
+    "checkpoint_every",
+)
 _NON_NEGATIVE = ("warmup_steps",)
 
 
@@ -151,6 +191,7 @@ _NON_NEGATIVE = ("warmup_steps",)
 class PixelDiTGenerator(Generator):
     """The harness's own small pixel-space DiT, trained by `prepare` on the suite's training split (once: cached,
     or the repository's committed weights), for datasets no public diffusion model covers."""
+
     kind = "pixel-dit"
     default_guided_channels = None  # every channel, as its committed sets were made
 
@@ -172,8 +213,10 @@ class PixelDiTGenerator(Generator):
         if number("ema_decay") is not None and not 0 <= cfg.ema_decay < 1:
             fail("backbone.train.ema_decay", f"must be in [0, 1), got {cfg.ema_decay}")
         if number("sample_size") is not None and cfg.sample_size != image_size:
-            fail("backbone.train.sample_size", f"must be the images' size, data.image_size {image_size}, "
-                                               f"got {cfg.sample_size}")
+            fail(
+                "backbone.train.sample_size",
+                f"must be the images' size, data.image_size {image_size}, got {cfg.sample_size}",
+            )
         if number("patch_size") and cfg.sample_size % cfg.patch_size:
             fail("backbone.train.patch_size", f"must divide sample_size {cfg.sample_size}, got {cfg.patch_size}")
         if number("heads") and cfg.width % cfg.heads:
@@ -181,20 +224,30 @@ class PixelDiTGenerator(Generator):
 
     def prepare(self, real, out: Path) -> tuple[str, str]:
         train = self.config.train
-        identity = {"kind": self.kind, "train": train.identity(), "data": real.train.fingerprint(),
-                    "classes": real.classes}
+        identity = {
+            "kind": self.kind,
+            "train": train.identity(),
+            "data": real.train.fingerprint(),
+            "classes": real.classes,
+        }
         key = config_hash(identity)
         where = cache.cached_dir(out, f"backbone-{key}")
         model_dir = where / "model"
         cache.drop_damaged(model_dir, "backbone", lambda d: load_dit_backbone(d, vae=None), "training it again")
-        cache.drop_damaged(where / "work" / "checkpoint.pt", "backbone",  # training resumes from it
-                           lambda f: torch.load(f, map_location="cpu", weights_only=False), "training from the start")
+        cache.drop_damaged(
+            where / "work" / "checkpoint.pt",
+            "backbone",  # training resumes from it
+            lambda f: torch.load(f, map_location="cpu", weights_only=False),
+            "training from the start",
+        )
         if (model_dir / "transformer" / "config.json").exists():
             cache.log(f"[prepare] backbone: pixel DiT {key} from {where}")
         else:
             work, threads = training_dir(out, identity), idle_cores()
-            cache.log(f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} "
-                      f"images, {threads} torch threads; resumes from {work} if interrupted or shorter)")
+            cache.log(
+                f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} "
+                f"images, {threads} torch threads; resumes from {work} if interrupted or shorter)"
+            )
             images = real.train.load(torch.arange(len(real.train)))
             atomic.sweep_temps(where)  # a model folder a killed run left half-written
             # Training resumes from `work`, never from a half-written model.
@@ -207,8 +260,9 @@ class PixelDiTGenerator(Generator):
         return str(model_dir), key if n in (None, channels) else config_hash({"backbone": key, "guided_channels": n})
 
     def load(self, source: str, device="cpu") -> DiTBackbone:
-        return load_dit_backbone(source, device=device, dtype=DTYPES[self.config.dtype], vae=None,
-                                 guided_channels=self.guided_channels())
+        return load_dit_backbone(
+            source, device=device, dtype=DTYPES[self.config.dtype], vae=None, guided_channels=self.guided_channels()
+        )
 
     def flops(self, channels: int, num_classes: int) -> tuple[float, float, int, str]:
         with torch.device("meta"):

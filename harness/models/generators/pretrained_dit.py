@@ -3,6 +3,7 @@
 Its module sorts after pixel_dit.py, so the kinds register (and suite errors list them) as they always read:
 pixel-dit, then dit.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,24 +13,47 @@ import torch
 from diffusers import AutoencoderKL, DiTTransformer2DModel
 
 from harness.core.identity import config_hash
-from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone, hub_kwargs, load_dit_backbone, transformer_flops
+from harness.models.generators.dit import (
+    DIT_GUIDED_CHANNELS,
+    DiTBackbone,
+    hub_kwargs,
+    load_dit_backbone,
+    transformer_flops,
+)
 from harness.models.generators.registry import DTYPES, Generator, GeneratorError, count_flops, register_generator
 
 # Published architectures the plan can size without the hub: DiT-XL/2 (Peebles & Xie, Table 1: 28 layers,
 # width 1152, 16 heads, patch 2; learned sigma doubles the output channels) in diffusers' layout, and the
 # Stable Diffusion VAE every DiT and the references decode with (sd-vae-ft-ema / -mse share its architecture).
-DIT_XL_2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-                patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero")
-KNOWN_DITS = {"facebook/DiT-XL-2-256": {**DIT_XL_2, "sample_size": 32},
-              "facebook/DiT-XL-2-512": {**DIT_XL_2, "sample_size": 64}}
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-              block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-              up_block_types=["UpDecoderBlock2D"] * 4)
+DIT_XL_2 = dict(
+    num_attention_heads=16,
+    attention_head_dim=72,
+    in_channels=4,
+    out_channels=8,
+    num_layers=28,
+    patch_size=2,
+    num_embeds_ada_norm=1000,
+    norm_type="ada_norm_zero",
+)
+KNOWN_DITS = {
+    "facebook/DiT-XL-2-256": {**DIT_XL_2, "sample_size": 32},
+    "facebook/DiT-XL-2-512": {**DIT_XL_2, "sample_size": 64},
+}
+SD_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+)
 
 
 @register_generator
 class DiTGenerator(Generator):
     """A pretrained DiT (DiT-XL/2) from the hub or a local copy, decoding through a VAE: had, never trained."""
+
     kind = "dit"
     default_guided_channels = DIT_GUIDED_CHANNELS
 
@@ -43,22 +67,37 @@ class DiTGenerator(Generator):
         try:  # only the config: fails fast, before any actor starts, when the hub is out of reach
             config = DiTTransformer2DModel.load_config(b.pretrained, subfolder="transformer", **hub_kwargs())
         except Exception as e:
-            raise GeneratorError(f"backbone.pretrained: cannot load {b.pretrained!r} ({type(e).__name__}); without "
-                                 f"network, set it to a local copy of the model (transformer/, vae/, scheduler/)"
-                                 ) from None
+            raise GeneratorError(
+                f"backbone.pretrained: cannot load {b.pretrained!r} ({type(e).__name__}); without "
+                f"network, set it to a local copy of the model (transformer/, vae/, scheduler/)"
+            ) from None
         if b.vae not in (None, "subfolder"):
             try:
                 AutoencoderKL.load_config(b.vae, **hub_kwargs())
             except Exception as e:
-                raise GeneratorError(f"backbone.vae: cannot load {b.vae!r} ({type(e).__name__}); without network, "
-                                     f"set it to a local copy of the VAE (config.json and weights)") from None
+                raise GeneratorError(
+                    f"backbone.vae: cannot load {b.vae!r} ({type(e).__name__}); without network, "
+                    f"set it to a local copy of the VAE (config.json and weights)"
+                ) from None
         self.check_guided_channels(int(config["in_channels"]))
-        return b.pretrained, config_hash({"pretrained": b.pretrained, "vae": b.vae, "dtype": b.dtype,
-                                          "classes": b.classes, "guided_channels": self.guided_channels()})
+        return b.pretrained, config_hash(
+            {
+                "pretrained": b.pretrained,
+                "vae": b.vae,
+                "dtype": b.dtype,
+                "classes": b.classes,
+                "guided_channels": self.guided_channels(),
+            }
+        )
 
     def load(self, source: str, device="cpu") -> DiTBackbone:
-        return load_dit_backbone(source, device=device, dtype=DTYPES[self.config.dtype], vae=self.config.vae,
-                                 guided_channels=self.guided_channels())
+        return load_dit_backbone(
+            source,
+            device=device,
+            dtype=DTYPES[self.config.dtype],
+            vae=self.config.vae,
+            guided_channels=self.guided_channels(),
+        )
 
     def flops(self, channels: int, num_classes: int) -> tuple[float, float, int, str]:
         b = self.config
@@ -69,8 +108,10 @@ class DiTGenerator(Generator):
         elif b.pretrained in KNOWN_DITS:
             config, what = KNOWN_DITS[b.pretrained], f"{b.pretrained} (published architecture)"
         else:
-            raise GeneratorError(f"backbone.pretrained: cannot size {b.pretrained!r} without the hub; "
-                                 f"known: {', '.join(KNOWN_DITS)}, or a local folder with transformer/config.json")
+            raise GeneratorError(
+                f"backbone.pretrained: cannot size {b.pretrained!r} without the hub; "
+                f"known: {', '.join(KNOWN_DITS)}, or a local folder with transformer/config.json"
+            )
         with torch.device("meta"):
             model = DiTTransformer2DModel.from_config(config)
             transformer, params = transformer_flops(model)

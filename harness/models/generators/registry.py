@@ -3,6 +3,7 @@ registered by that name, as methods (methods/registry.py) and students (timm's r
 checks, `prepare` and the plan ask the class; none of them branches on the kind (docs/extending.md, "Add a
 generator").
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,6 +26,7 @@ class Generator:
 
     A subclass sets `kind` and `default_guided_channels` and writes `check`, `prepare`, `load` and `flops`;
     `prepare_training` only where `prepare` trains the backbone."""
+
     kind: str = ""
     # How many noise channels guidance combines where the suite does not say (None: every one).
     default_guided_channels: int | None = None
@@ -45,8 +47,9 @@ class Generator:
     def check_guided_channels(self, latent_channels: int) -> None:
         n = self.guided_channels()
         if n is not None and n > latent_channels:
-            raise GeneratorError(f"backbone.guided_channels: {n} is more than the backbone's {latent_channels} "
-                                 f"latent channels")
+            raise GeneratorError(
+                f"backbone.guided_channels: {n} is more than the backbone's {latent_channels} latent channels"
+            )
 
     def prepare(self, real, out: Path) -> tuple[str, str]:
         """The backbone's source (what `load` reads: a folder or hub id) and its identity hash, made (trained,
@@ -97,4 +100,3 @@ def list_generators() -> list[str]:
 def generator_for(config) -> Generator:
     """The generator of the suite's `backbone` section."""
     return get_generator(config.kind)(config)
-

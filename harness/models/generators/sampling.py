@@ -5,10 +5,11 @@ Written over the backbone's schedule rather than through a diffusers scheduler o
 from any timestep (image-to-image), step one image set at a time and hook into each step (repulsion)
 without the scheduler's internal state getting in the way.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +24,15 @@ def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def ddim_sample(backbone, x: torch.Tensor, labels: torch.Tensor, steps: int, cfg_scale: float,
-                start_t: int | None = None,
-                step_hook: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None) -> torch.Tensor:
+def ddim_sample(
+    backbone,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    cfg_scale: float,
+    start_t: int | None = None,
+    step_hook: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Run the reverse process from latents `x` at `start_t` (default: pure noise at T) to t = 0.
 
     `step_hook(x, i, t)` may return a modified `x` after each step (used by repulsion-style methods).
@@ -60,11 +67,12 @@ def img2img_timesteps(num_train_timesteps: int, steps: int, strength: float) -> 
         raise ValueError(f"img2img strength must be in [0, 1], got {strength}")
     ts = ddim_timesteps(num_train_timesteps, steps)
     run = min(int(steps * strength), steps)
-    return ts[steps - run:]
+    return ts[steps - run :]
 
 
-def img2img_start(backbone, latents: torch.Tensor, noise: torch.Tensor, strength: float,
-                  steps: int) -> tuple[torch.Tensor, list[int]]:
+def img2img_start(
+    backbone, latents: torch.Tensor, noise: torch.Tensor, strength: float, steps: int
+) -> tuple[torch.Tensor, list[int]]:
     """The latents an image-to-image run starts from and the timesteps it then takes.
 
     The clean latents are noised to the first timestep t0 by the forward process (z_t0 = √ᾱ·z0 + √(1−ᾱ)·ε),
@@ -82,9 +90,17 @@ def img2img_start(backbone, latents: torch.Tensor, noise: torch.Tensor, strength
 
 
 @torch.no_grad()
-def img2img(backbone, labels: torch.Tensor | int, noise: torch.Tensor, strength: float, cfg_scale: float,
-            steps: int, images: torch.Tensor | None = None, latents: torch.Tensor | None = None,
-            step_hook: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None) -> torch.Tensor:
+def img2img(
+    backbone,
+    labels: torch.Tensor | int,
+    noise: torch.Tensor,
+    strength: float,
+    cfg_scale: float,
+    steps: int,
+    images: torch.Tensor | None = None,
+    latents: torch.Tensor | None = None,
+    step_hook: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Image-to-image (SDEdit): noise the inputs to the timestep `strength` selects, reverse with DDIM and
     classifier-free guidance `cfg_scale` (class condition `labels` against the backbone's null class), decode.
 
@@ -108,11 +124,17 @@ def fit_to_backbone(images: torch.Tensor, backbone) -> torch.Tensor:
     """Images in [0, 1] → the backbone's channels and size (a grey suite on an RGB VAE, a 28 px suite on a
     32 px model), the inverse of what methods do to the backbone's outputs for the suite."""
     if images.shape[1] != backbone.image_channels:
-        images = (images.expand(-1, backbone.image_channels, -1, -1) if images.shape[1] == 1
-                  else images.mean(1, keepdim=True))
+        images = (
+            images.expand(-1, backbone.image_channels, -1, -1) if images.shape[1] == 1 else images.mean(1, keepdim=True)
+        )
     if images.shape[-1] != backbone.image_size or images.shape[-2] != backbone.image_size:
-        images = F.interpolate(images, size=(backbone.image_size, backbone.image_size), mode="bilinear",
-                               antialias=True, align_corners=False).clamp(0, 1)
+        images = F.interpolate(
+            images,
+            size=(backbone.image_size, backbone.image_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        ).clamp(0, 1)
     return images
 
 
@@ -135,7 +157,8 @@ class RespacedSchedule:
     """A respaced diffusion (DiT's `SpacedDiffusion`, respace.py l.73-87): the kept timesteps and the betas
     that take the kept ᾱ from one to the next, with the posterior q(x_{i−1} | x_i, x_0) of that chain
     (gaussian_diffusion.py l.174-201), all float64."""
-    timesteps: list[int]          # training timesteps, ascending; the model is told these
+
+    timesteps: list[int]  # training timesteps, ascending; the model is told these
     betas: torch.Tensor
     alphas_cumprod: torch.Tensor
     posterior_variance: torch.Tensor
@@ -153,19 +176,37 @@ def respaced_schedule(train_betas: torch.Tensor, steps: int) -> RespacedSchedule
     posterior_variance = betas * (1 - ac_prev) / (1 - ac)
     # The posterior variance is 0 at the chain's first step: its log is clipped to the next step's (a one-step
     # chain has no step that adds noise, so none).
-    clipped = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]])) if steps > 1 \
+    clipped = (
+        torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
+        if steps > 1
         else torch.empty(0, dtype=betas.dtype)
-    return RespacedSchedule(timesteps, betas, ac, posterior_variance, clipped,
-                            betas * ac_prev.sqrt() / (1 - ac), (1 - ac_prev) * (1 - betas).sqrt() / (1 - ac))
+    )
+    return RespacedSchedule(
+        timesteps,
+        betas,
+        ac,
+        posterior_variance,
+        clipped,
+        betas * ac_prev.sqrt() / (1 - ac),
+        (1 - ac_prev) * (1 - betas).sqrt() / (1 - ac),
+    )
 
 
-def ddpm_step(backbone, schedule: RespacedSchedule, x: torch.Tensor, i: int, labels: torch.Tensor,
-              cfg_scale: float, noise: torch.Tensor | None) -> torch.Tensor:
+def ddpm_step(
+    backbone,
+    schedule: RespacedSchedule,
+    x: torch.Tensor,
+    i: int,
+    labels: torch.Tensor,
+    cfg_scale: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
     """One ancestral step from position `i` of `schedule` (the model told timestep `schedule.timesteps[i]`) to
     i − 1, as DiT's `p_sample` takes it (gaussian_diffusion.py l.254-332, l.376-417): x̂_0 from the guided noise,
     the posterior mean, and a variance that a model with learned variance (LEARNED_RANGE) interpolates in
     log space between the posterior's β̃ (its output −1) and β (+1), and that is β otherwise (FIXED_LARGE,
     DiT's `learn_sigma=False`). `noise` is x's shape; at i = 0 no noise is added (and None is allowed)."""
+
     def at(values: torch.Tensor) -> torch.Tensor:  # float64 terms cast once, as DiT's `_extract_into_tensor`
         return values[i].to(x.device, torch.float32)
 
@@ -180,7 +221,7 @@ def ddpm_step(backbone, schedule: RespacedSchedule, x: torch.Tensor, i: int, lab
     if i == 0:
         return mean
     if backbone.learned_variance:
-        frac = (out[:, c:2 * c] + 1) / 2
+        frac = (out[:, c : 2 * c] + 1) / 2
         log_variance = frac * at(schedule.betas.log()) + (1 - frac) * at(schedule.posterior_log_variance_clipped)
     else:  # FIXED_LARGE differs from β only at i = 0, where no noise is added
         log_variance = at(schedule.betas.log()).expand_as(x)
@@ -188,8 +229,14 @@ def ddpm_step(backbone, schedule: RespacedSchedule, x: torch.Tensor, i: int, lab
 
 
 @torch.no_grad()
-def ddpm_sample(backbone, x: torch.Tensor, labels: torch.Tensor | int, steps: int, cfg_scale: float,
-                generators: Sequence[torch.Generator]) -> torch.Tensor:
+def ddpm_sample(
+    backbone,
+    x: torch.Tensor,
+    labels: torch.Tensor | int,
+    steps: int,
+    cfg_scale: float,
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
     """DiT's default sampler (sample.py: `create_diffusion(str(steps))`, `p_sample_loop`, `clip_denoised=False`):
     ancestral DDPM over `steps` respaced timesteps from the noise `x` at T, with classifier-free guidance
     `cfg_scale`. Each step's noise is drawn on the CPU from `generators`, one per image, so an image's samples do
@@ -207,8 +254,15 @@ def ddpm_sample(backbone, x: torch.Tensor, labels: torch.Tensor | int, steps: in
 SAMPLERS = ("ddim", "ddpm")
 
 
-def sample(backbone, x: torch.Tensor, labels: torch.Tensor | int, steps: int, cfg_scale: float, sampler: str = "ddim",
-           seeds: Sequence[int] | None = None) -> torch.Tensor:
+def sample(
+    backbone,
+    x: torch.Tensor,
+    labels: torch.Tensor | int,
+    steps: int,
+    cfg_scale: float,
+    sampler: str = "ddim",
+    seeds: Sequence[int] | None = None,
+) -> torch.Tensor:
     """The reverse process a method's `sampler` setting names: deterministic DDIM, or DiT's DDPM with each image's
     step noise drawn from its own seed in `seeds`. Returns latents."""
     if sampler == "ddim":
@@ -216,5 +270,7 @@ def sample(backbone, x: torch.Tensor, labels: torch.Tensor | int, steps: int, cf
     if sampler == "ddpm":
         if seeds is None or len(seeds) != x.shape[0]:
             raise ValueError("the ddpm sampler takes one seed per image")
-        return ddpm_sample(backbone, x, labels, steps, cfg_scale, [torch.Generator().manual_seed(int(s)) for s in seeds])
+        return ddpm_sample(
+            backbone, x, labels, steps, cfg_scale, [torch.Generator().manual_seed(int(s)) for s in seeds]
+        )
     raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got {sampler!r}")

@@ -3,6 +3,7 @@ the denoising loss of real latents (the zero-shot diffusion classifier of Li et 
 calls R(z|c)), and DIFT-style intermediate features (Tang et al. 2023). Both batch images, windows and noise
 draws into as few transformer calls as `batch_size` allows.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,14 @@ def noised(backbone, latents: torch.Tensor, timesteps: torch.Tensor, noise: torc
 
 
 @torch.no_grad()
-def loss_gap_map(backbone, latents: torch.Tensor, labels: torch.Tensor | int, timesteps: torch.Tensor,
-                 noise: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def loss_gap_map(
+    backbone,
+    latents: torch.Tensor,
+    labels: torch.Tensor | int,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """E over the draws of L_t(z, ε, c) − L_t(z, ε, ∅) per latent position: (B, H, W).
 
     latents (B, C, H, W); labels (B,) or one class (c; ∅ is `backbone.null_class`); timesteps (B, N) integer
@@ -52,8 +59,15 @@ def window_means(maps: torch.Tensor, window: int | None) -> torch.Tensor:
     return F.avg_pool2d(maps[:, None], window, stride=1)[:, 0]
 
 
-def representativeness(backbone, latents: torch.Tensor, labels: torch.Tensor | int, timesteps: torch.Tensor,
-                       noise: torch.Tensor, window: int | None = None, batch_size: int = 64) -> torch.Tensor:
+def representativeness(
+    backbone,
+    latents: torch.Tensor,
+    labels: torch.Tensor | int,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+    window: int | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """R(z|c) = E_{t,ε}[L_t(z, ε, c) − L_t(z, ε, ∅)] of each latent (window None: (B,)) or of each of its
     `window`-sized square windows ((B, H−w+1, W−w+1)), from the draws `timesteps` (B, N) and `noise`
     (B, N, C, H, W). Negative where the condition helps the denoiser."""
@@ -61,8 +75,15 @@ def representativeness(backbone, latents: torch.Tensor, labels: torch.Tensor | i
 
 
 @torch.no_grad()
-def dift_features(backbone, latents: torch.Tensor, labels: torch.Tensor | int, timestep: int, noise: torch.Tensor,
-                  block: int, batch_size: int = 64) -> torch.Tensor:
+def dift_features(
+    backbone,
+    latents: torch.Tensor,
+    labels: torch.Tensor | int,
+    timestep: int,
+    noise: torch.Tensor,
+    block: int,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """DIFT-style descriptors (B, width): each latent noised to `timestep` with each of its noise draws
     (B, E, C, H, W), the activations after transformer block `block` under its class `labels`, averaged over the
     E draws (DIFT's ensemble) and over the tokens."""
@@ -76,8 +97,9 @@ def dift_features(backbone, latents: torch.Tensor, labels: torch.Tensor | int, t
         rows = slice(a, min(b * e, a + batch_size))
         who = owner[rows]
         t = torch.full((len(who),), timestep, device=device, dtype=torch.long)
-        feats = backbone.block_features(noised(backbone, latents[who], t, flat_noise[rows]), t, labels[who],
-                                        block).mean(1)
+        feats = backbone.block_features(
+            noised(backbone, latents[who], t, flat_noise[rows]), t, labels[who], block
+        ).mean(1)
         out = torch.zeros((b, feats.shape[1]), device=device) if out is None else out
         out.index_add_(0, who, feats)
     return out / e
