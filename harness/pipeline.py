@@ -206,10 +206,10 @@ class Run:
                 f"{c['samples']} samples (cfg {c['cfg_scale']}, {c['steps']} DDIM steps)"
             )
         for name, tuned in prepared.fine_tuned.items():
-            if "check" in tuned:
-                c = tuned["check"]
+            if tuned.check is not None:
+                c = tuned.check
                 notes.append(
-                    f"{name}'s fine-tuned backbone ({tuned['hash']}, {tuned['cost']['steps']} steps): the "
+                    f"{name}'s fine-tuned backbone ({tuned.hash}, {tuned.cost['steps']} steps): the "
                     f"teacher agrees with the conditioning class on {c['agreement']:.1%} of {c['samples']} "
                     "samples"
                 )

@@ -294,18 +294,19 @@ def test_fine_tune_killed_resumes_from_its_checkpoint_is_cached_and_sampled(
     capsys.readouterr()
     tuned = fine_tune_backbones(suite, tiny_real, prepared, out, list(suite.methods))
     log = capsys.readouterr().out
-    assert tuned.fine_tuned["test-killing-minimax"]["cost"]["resumed_from"] == 2
+    assert tuned.fine_tuned["test-killing-minimax"].cost["resumed_from"] == 2
     assert set(tuned.fine_tuned) == {"test-killing-minimax", "ims3", "ims3-im-only"}
-    assert tuned.fine_tuned["ims3"]["hash"] == tuned.fine_tuned["ims3-im-only"]["hash"]  # one fine-tune, shared
+    assert tuned.fine_tuned["ims3"].hash == tuned.fine_tuned["ims3-im-only"].hash  # one fine-tune, shared
     assert log.count("training the fine-tuned backbone") == 2  # Minimax's resumed, ims3's; im-only found it made
     # The resumed model is the one an uninterrupted run makes, bit for bit.
-    resumed = torch.load(tuned.fine_tuned["test-killing-minimax"]["source"], weights_only=True)
+    resumed = torch.load(tuned.fine_tuned["test-killing-minimax"].source, weights_only=True)
     assert _same(resumed, _straight(prepared, tiny_real, suite, tmp_path))
     # A second run reuses every fine-tuned backbone; the check samples each like the base backbone's.
     again = fine_tune_backbones(suite, tiny_real, prepared, out, list(suite.methods), check=True)
     assert "training" not in capsys.readouterr().out
-    assert {k: {f: v for f, v in e.items() if f != "check"} for k, e in again.fine_tuned.items()} == tuned.fine_tuned
-    check = again.fine_tuned["ims3"]["check"]
+    unchecked = {k: dataclasses.replace(e, check=None) for k, e in again.fine_tuned.items()}
+    assert unchecked == tuned.fine_tuned
+    check = again.fine_tuned["ims3"].check
     assert check["samples"] == suite.backbone.check_per_class * len(tiny_real.classes) and 0 <= check["agreement"] <= 1
     tuned = again
 
@@ -313,7 +314,7 @@ def test_fine_tune_killed_resumes_from_its_checkpoint_is_cached_and_sampled(
         m.method: m
         for m in distill(suite, tiny_real, tuned, plan(suite, tuned, out, list(suite.methods), [2]), lambda: None)
     }
-    assert manifests["ims3"].fine_tune["hash"] == tuned.fine_tuned["ims3"]["hash"]
+    assert manifests["ims3"].fine_tune["hash"] == tuned.fine_tuned["ims3"].hash
     assert manifests["ims3"].fine_tune["check"] == check
     assert manifests["ims3-s3-only"].fine_tune is None and manifests["ims3"].fine_tune["seconds"] > 0
     classes = tiny_real.classes
@@ -342,8 +343,8 @@ def test_fine_tune_through_ray_train_resumes_after_its_worker_is_killed(tiny_sui
     assert marker.exists()
     tuned = fine_tune_backbones(suite, tiny_real, prepared, out, ["test-killing-minimax"], connect=lambda: None)
     entry = tuned.fine_tuned["test-killing-minimax"]
-    assert entry["cost"]["resumed_from"] == 2 and entry["cost"]["workers"] == 1
-    assert _same(torch.load(entry["source"], weights_only=True), _straight(prepared, tiny_real, suite, tmp_path))
+    assert entry.cost["resumed_from"] == 2 and entry.cost["workers"] == 1
+    assert _same(torch.load(entry.source, weights_only=True), _straight(prepared, tiny_real, suite, tmp_path))
 
 
 def test_the_checkpoint_interval_keys_neither_the_fine_tune_nor_the_sets():

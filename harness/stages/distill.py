@@ -87,7 +87,7 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
     if "teacher_val_accuracy" in needs:  # it decides the images (CaO2's ĉ)
         extra["teacher_val_accuracy"] = prepared.teacher_val_accuracy
     if name in prepared.fine_tuned:  # the backbone it samples is its fine-tuned one
-        extra["fine_tuned"] = prepared.fine_tuned[name]["hash"]
+        extra["fine_tuned"] = prepared.fine_tuned[name].hash
     # A variant's revision adds to its family's, so raising the family's reaches the variants that set their own.
     revision = sum(vars(c).get("revision", 0) for c in cls.__mro__)
     h = set_key(
@@ -170,10 +170,10 @@ class ShardWorker:
             if tuned is None or "backbone" not in needs:
                 context = self.prepared.provide(self.context, needs)
             else:
-                if tuned["hash"] not in self._fine_tuned:
-                    self._fine_tuned[tuned["hash"]] = self.prepared.load_backbone(self.device, tuned)
+                if tuned.hash not in self._fine_tuned:
+                    self._fine_tuned[tuned.hash] = self.prepared.load_backbone(self.device, tuned)
                 context = dataclasses.replace(
-                    self.prepared.provide(self.context, needs - {"backbone"}), backbone=self._fine_tuned[tuned["hash"]]
+                    self.prepared.provide(self.context, needs - {"backbone"}), backbone=self._fine_tuned[tuned.hash]
                 )
             self._methods[name, job.config_hash] = cls(config, context)
         return self._methods[name, job.config_hash]
@@ -273,9 +273,7 @@ def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: l
         ipc=job.ipc,
         classes=classes,
         backbone=prepared.backbone_hash if "backbone" in needs else None,
-        fine_tune={"hash": tuned["hash"], **tuned["cost"], **({"check": tuned["check"]} if "check" in tuned else {})}
-        if tuned is not None
-        else None,
+        fine_tune=tuned.manifest_entry() if tuned is not None else None,
         teacher=prepared.relabel_hash
         if "relabel_teacher" in needs
         else prepared.teacher_hash

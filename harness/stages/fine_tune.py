@@ -32,7 +32,7 @@ from harness.models.generators.difffit import add_difffit
 from harness.models.generators.sampling import fit_to_backbone
 from harness.runtime.data_parallel import Worker, cluster_gpus, run_data_parallel
 from harness.runtime.resources import ShardPeakMemory, machine
-from harness.stages.prepare import Prepared, backbone_check
+from harness.stages.prepare import FineTuned, Prepared, backbone_check
 from methods import get_method
 from methods.base import FineTuning
 
@@ -199,16 +199,16 @@ def fine_tune_backbones(
         ft = get_method(name).fine_tuning(config)
         if ft is not None:
             entries[name] = prepare_fine_tuned(suite, real, prepared, Path(out), name, config, ft, connect, make)
-            if check and entries[name]["source"] is not None:
-                entries[name]["check"] = check_fine_tuned(suite, prepared, Path(out), name, entries[name])
+            if check and entries[name].source is not None:
+                entries[name].check = check_fine_tuned(suite, prepared, Path(out), name, entries[name])
     return dataclasses.replace(prepared, fine_tuned=entries)
 
 
-def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, entry: dict) -> dict:
+def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, entry: FineTuned) -> dict:
     """The base backbone's check (`prepare.backbone_check`, the suite's settings) on a fine-tuned backbone, cached:
     what the fine-tune did to the teacher's agreement with the conditioning class. It stops nothing."""
     b = suite.backbone
-    key = backbone_check_key(entry["hash"], prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps)
+    key = backbone_check_key(entry.hash, prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps)
 
     def check() -> dict:
         return backbone_check(
@@ -270,9 +270,9 @@ def prepare_fine_tuned(
     )
     if model.exists() and cost_path.exists():
         log(f"[fine-tune] {method}: the fine-tuned backbone {key} from {where}")
-        return {"source": str(model), "hash": key, "cost": json.loads(cost_path.read_text())}
+        return FineTuned(key, str(model), json.loads(cost_path.read_text()))
     if not make:
-        return {"source": None, "hash": key, "cost": None}
+        return FineTuned(key)
     if connect is None:  # no cluster to train on (as `prepare` trains a teacher): this process
         device = "cuda" if torch.cuda.is_available() else "cpu"
         log(
@@ -331,4 +331,4 @@ def _trained(method: str, key: str, model: Path, cost: dict) -> dict:
         f"[fine-tune] {method}: {key} trained for {cost['steps']} steps in {cost['seconds']:.0f} s{resumed}, peak "
         f"memory {cost['peak_memory_bytes'] / 2**20:.0f} MiB"
     )
-    return {"source": str(model), "hash": key, "cost": cost}
+    return FineTuned(key, str(model), cost)

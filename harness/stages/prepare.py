@@ -45,6 +45,20 @@ class PreparedTeacher:
 
 
 @dataclass
+class FineTuned:
+    """A method's fine-tuned backbone (harness/stages/fine_tune.py)."""
+
+    hash: str  # its identity: sets sampled from it carry it in theirs
+    source: str | None = None  # its DiffFit parameters; None where a run that only draws the board has none cached
+    cost: dict | None = None  # what training it took (seconds, peak memory, steps, workers, ...)
+    check: dict | None = None  # the base backbone's check run on it, where the run checks
+
+    def manifest_entry(self) -> dict:
+        """What a set's manifest records of the fine-tune it was sampled from."""
+        return {"hash": self.hash, **self.cost, **({"check": self.check} if self.check is not None else {})}
+
+
+@dataclass
 class Prepared:
     """The suite's prepared artefacts: where they are, their identities (hashes) for downstream cache keys,
     and what loading them takes, so that any worker loads them from this object alone."""
@@ -62,15 +76,14 @@ class Prepared:
     teacher_val_accuracy: float | None = None  # only where a suite's method needs it
     teacher_description: str = ""  # one line for the board: what the teacher is, where it came from
     relabel: PreparedTeacher | None = None  # relabels for protocols that train on a teacher's outputs
-    # By method: the fine-tuned backbone it samples from (harness/stages/fine_tune.py): {"source": its DiffFit
-    # parameters, "hash": its identity, "cost": what training it took}.
-    fine_tuned: dict[str, dict] = field(default_factory=dict)
+    # By method: the fine-tuned backbone it samples from.
+    fine_tuned: dict[str, FineTuned] = field(default_factory=dict)
 
-    def load_backbone(self, device="cpu", fine_tuned: dict | None = None):
+    def load_backbone(self, device="cpu", fine_tuned: FineTuned | None = None):
         """The suite's backbone, or the fine-tuned one `fine_tuned` (an entry of `self.fine_tuned`) names."""
         backbone = generator_for(self.backbone).load(self.backbone_source, device)
         if fine_tuned is not None:
-            load_difffit_state(backbone, torch.load(fine_tuned["source"], map_location=device, weights_only=True))
+            load_difffit_state(backbone, torch.load(fine_tuned.source, map_location=device, weights_only=True))
         return backbone
 
     def load_teacher(self, device="cpu") -> Teacher:
