@@ -85,7 +85,8 @@ class Run:
         command: str = "",
     ):
         self.suite, self.methods, self.real = suite, list(methods), real
-        self.out = Path(out).absolute()  # workers resolve a relative path against their own working directory
+        self.given_out = Path(out)  # as the user wrote it, for what is printed
+        self.out = self.given_out.absolute()  # workers resolve a relative path against their own working directory
         self.address, self.check, self.accept_failed_check = address, check, accept_failed_check
         self.make, self.cross_arch, self.command = make, cross_arch, command
         self.t0 = time.perf_counter()
@@ -304,7 +305,7 @@ class Run:
 
     def plan(self, gpus: int, gpu_tflops: float) -> str:
         """What the run would do and cost, as text: needs neither the data nor the models."""
-        return make_plan(self.suite, self.set_methods, self.searched, self.fine_tunes, self.out, gpus, gpu_tflops)
+        return make_plan(self.suite, self.set_methods, self.searched, self.fine_tunes, self.given_out, gpus, gpu_tflops)
 
     @_holding_out
     def compare(self, pair: list[str]) -> Path:

@@ -102,7 +102,7 @@ class MethodContext:
     """Everything the harness hands a method, filled with what the method declared it needs."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    backbone: Any = None  # the Backbone protocol (harness/backbones)
+    backbone: Any = None  # the Backbone protocol (harness/models/generators)
     teacher: Any = None  # harness.models.teachers.Teacher
     # The teacher whose outputs the soft-label protocols train on: the suite's own, or the one trained on the
     # subset where the suite names one (`teacher.relabel`), as RDED's observer both scores and relabels.

@@ -21,8 +21,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel  # noq
 
 from harness.config.loader import load_suite  # noqa: E402
 from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone  # noqa: E402
+from harness.models.generators.pretrained_dit import KNOWN_DITS, SD_VAE  # noqa: E402
 from harness.models.generators.sampling import ddim_sample  # noqa: E402
-from harness.report.plan import KNOWN_DITS, SD_VAE, backbone_flops  # noqa: E402
+from harness.report.plan import backbone_flops  # noqa: E402
 
 
 def main():

@@ -71,6 +71,10 @@ def _load(tmp_path, mutate):
             lambda r: r["backbone"].update(kind="dit"),
             "backbone.pretrained: required for kind dit: a hub id or a local directory",
         ),
+        (  # a kind's required fields come before the fields every kind has, as they always did
+            lambda r: r["backbone"].update(kind="dit", dtype="float64"),
+            "backbone.pretrained: required for kind dit: a hub id or a local directory",
+        ),
         (lambda r: r["backbone"]["train"].update(heads=3), "backbone.train.heads: must divide width 128, got 3"),
         (lambda r: r["teacher"].update(kind="magic"), "teacher.kind: must be trained or timm, got 'magic'"),
         (

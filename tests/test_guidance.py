@@ -14,6 +14,7 @@ import yaml
 from harness.config.loader import load_suite
 from harness.config.schema import BackboneConfig, SuiteError, TeacherConfig
 from harness.core.identity import identity_fields as config_identity
+from harness.models.generators import generator_for
 from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone, save_dit_backbone
 from harness.models.generators.pixel_dit import PixelDiTConfig, build_scheduler, build_transformer
 from harness.models.generators.sampling import (
@@ -24,7 +25,7 @@ from harness.models.generators.sampling import (
     respaced_schedule,
     respaced_timesteps,
 )
-from harness.stages.prepare import Prepared, PrepareError, backbone_check, guided_channels, prepare_backbone
+from harness.stages.prepare import Prepared, PrepareError, backbone_check, prepare_backbone
 from methods import get_method, list_methods
 from methods.base import ClassTask, MethodContext
 from methods.diffusion import DiffusionConfig
@@ -161,7 +162,7 @@ def test_pixel_dit_guidance_is_bit_for_bit_what_it_was():
     bb = DiTBackbone(
         build_transformer(cfg, 1, 3),
         build_scheduler(),
-        guided_channels=guided_channels(BackboneConfig(kind="pixel-dit")),
+        guided_channels=generator_for(BackboneConfig(kind="pixel-dit")).guided_channels(),
     )
     assert bb.guided_channels == 1 and not bb.learned_variance
     x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor(600)
@@ -172,9 +173,9 @@ def test_pixel_dit_guidance_is_bit_for_bit_what_it_was():
 
 
 def test_the_kind_decides_the_default():
-    assert guided_channels(BackboneConfig(kind="dit", pretrained="x")) == DIT_GUIDED_CHANNELS == 3
-    assert guided_channels(BackboneConfig(kind="pixel-dit")) is None  # every channel
-    assert guided_channels(BackboneConfig(kind="dit", pretrained="x", guided_channels=4)) == 4
+    assert generator_for(BackboneConfig(kind="dit", pretrained="x")).guided_channels() == DIT_GUIDED_CHANNELS == 3
+    assert generator_for(BackboneConfig(kind="pixel-dit")).guided_channels() is None  # every channel
+    assert generator_for(BackboneConfig(kind="dit", pretrained="x", guided_channels=4)).guided_channels() == 4
 
 
 class SpyBackbone(DiTBackbone):
@@ -438,13 +439,15 @@ def test_a_pixel_dits_identity_changes_only_when_guidance_is_set_below_every_cha
 def test_imagenet_family_uses_the_papers_vae_guidance_and_sampler(name):
     suite = load_suite(name, check_files=False)
     assert suite.backbone.vae == "stabilityai/sd-vae-ft-mse"  # DiT / Minimax / CaO2 sample.py: --vae mse
-    assert suite.backbone.guided_channels is None and guided_channels(suite.backbone) == 3
+    assert suite.backbone.guided_channels is None and generator_for(suite.backbone).guided_channels() == 3
     diffusion = suite.method_config("diffusion")
     assert (diffusion.sampler, diffusion.steps, diffusion.cfg_scale) == ("ddpm", 50, 4.0)
 
 
 def test_fashion_keeps_ddim_and_every_channel():
     suite = load_suite("fashion-mnist", check_files=False)
-    assert suite.method_config("diffusion").sampler == "ddim" and guided_channels(suite.backbone) is None
+    assert (
+        suite.method_config("diffusion").sampler == "ddim" and generator_for(suite.backbone).guided_channels() is None
+    )
     with pytest.raises(SuiteError, match="methods.diffusion.sampler"):
         load_suite("fashion-mnist", overrides={"methods": {"diffusion": {"sampler": "dpm"}}}, check_files=False)

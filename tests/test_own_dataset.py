@@ -10,11 +10,12 @@ import yaml
 
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
+from harness.core.cache import cached_dir
 from harness.core.sets import Manifest
 from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_real_data
 from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
 from harness.report.leaderboard import render
-from harness.stages.prepare import PrepareError, _cached_dir, prepare, prepare_backbone
+from harness.stages.prepare import PrepareError, prepare, prepare_backbone
 from scripts.export_fashion_imagefolder import export
 from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
 
@@ -101,11 +102,13 @@ def test_the_ema_warms_up_and_the_fashion_backbone_keeps_its_hash(tmp_path):
     # The committed fashion-mnist backbone was trained without the warm-up; its suite says so and its hash holds.
     suite = load_suite("fashion-mnist")
     assert suite.backbone.train.ema_warmup is False
-    source, key = prepare_backbone(suite, load_real_data(suite.data), tmp_path)
+    real = load_real_data(suite.data)
+    source, key = prepare_backbone(suite, real, tmp_path)
     assert key == "d5896e5b40d5" and "weights/fashion-mnist" in source
     # A renamed copy of the suite finds the same committed weights by their hash.
     renamed = dataclasses.replace(suite, name="my-fashion")
-    assert _cached_dir(tmp_path, renamed, f"backbone-{key}") == _cached_dir(tmp_path, suite, f"backbone-{key}")
+    assert prepare_backbone(renamed, real, tmp_path) == (source, key)
+    assert "weights/fashion-mnist" in str(cached_dir(tmp_path, f"backbone-{key}"))
 
 
 def test_a_longer_run_extends_the_finished_one(tmp_path):

@@ -11,8 +11,9 @@ import yaml
 
 from harness.cli import main
 from harness.config.loader import load_suite
+from harness.models.generators.pretrained_dit import DIT_XL_2, KNOWN_DITS
 from harness.pipeline import Run
-from harness.report.plan import DIT_XL_2, KNOWN_DITS, backbone_flops, classifier_flops
+from harness.report.plan import backbone_flops, classifier_flops
 from methods import get_method, list_methods
 from tests.factories import write_suite
 

@@ -149,6 +149,7 @@ def _check_folders(d: DataConfig, fail) -> None:
 def check_backbone(s: Suite, fail) -> None:
     if s.backbone.kind not in list_generators():
         fail("backbone.kind", f"must be {' or '.join(list_generators())}, got {s.backbone.kind!r}")
+    get_generator(s.backbone.kind).check_required(s.backbone, fail)
     if s.backbone.classes is not None:
         path = CLASSES_DIR / f"{s.backbone.classes}.txt"
         if not path.is_file():

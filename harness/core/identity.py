@@ -18,6 +18,14 @@ would change; tests/test_committed_store.py and tests/test_contract.py hold them
 | a search | `search_key`: suite, spec, default point, space, recipe, validation split, models | here |
 | diversity measures | `diversity_keys`: extractor, real reference, settings | here |
 | a generator, a teacher | the plug-in's own identity (settings, data) | models/generators/, teacher_sources.py |
+
+The plug-ins' keys keep exceptions of their own, listed here so that none is changed unawares: the pixel DiT's key
+is wrapped with `guided_channels` only when that differs from its channels (pixel_dit.py `prepare`); a trained
+teacher's key holds `arch_kwargs` only when set; the checkpoint and recipe teacher sources hash the kind of
+trained teachers (they were that kind's options when their keys were first made: giving either a kind of its own in
+the key would re-key every teacher made so far); a method search's key leaves out `protocol_search` (search.py
+`search_id`). A search trial's row keys its set by `config_hash(config)` of the trial's config, and a shard's
+seed is `shard_seed(suite seed, seed key, IPC, class)` (stages/distill.py).
 """
 
 from __future__ import annotations

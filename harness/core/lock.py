@@ -1,6 +1,7 @@
-"""One run at a time per output folder: `run` holds an exclusive `flock` on `<out>/.ddbench.lock` for its
-whole length. A second run on the same `--out` waits, saying who holds the folder (pid, host, start time,
-written into the lock file by the holder), and then finds the first run's work done: reruns recompute nothing.
+"""One run at a time per output folder: a verb that writes under `--out` holds an exclusive `flock` on
+`<out>/.ddbench.lock` for its whole length (harness/pipeline.py). A second run on the same `--out` waits, saying
+who holds the folder (pid, host, start time, written into the lock file by the holder), and then finds the first
+run's work done: reruns recompute nothing.
 
 The kernel drops the lock when its holder exits, however it exits (kill -9 included), so a stale lock file
 from a dead run never blocks: its text is only read to say who held it. On NFS, Linux emulates `flock` with
@@ -10,8 +11,6 @@ POSIX byte-range locks, so runs on different hosts sharing `--out` exclude each 
 from __future__ import annotations
 
 import fcntl
-import functools
-import inspect
 import json
 import os
 import socket
@@ -54,15 +53,3 @@ def output_lock(out: Path) -> Iterator[None]:
         )
         f.flush()
         yield  # closing the file releases the lock
-
-
-def holds_output(run):
-    """Decorate a function with an `out` argument: it runs holding that folder's lock."""
-    signature = inspect.signature(run)
-
-    @functools.wraps(run)
-    def locked(*args, **kwargs):
-        with output_lock(signature.bind(*args, **kwargs).arguments["out"]):
-            return run(*args, **kwargs)
-
-    return locked

@@ -25,7 +25,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from harness.core.store import ResultStore
 from harness.models.data import DataError, load_real_data
 from harness.models.generators import generator_for
-from harness.models.generators.pretrained_dit import DIT_XL_2, KNOWN_DITS, SD_VAE  # noqa: F401  (sized there)
 from harness.models.generators.registry import GeneratorError
 from harness.models.protocols import reference_protocol
 from harness.models.students import create_student

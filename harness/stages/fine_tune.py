@@ -194,13 +194,14 @@ def fine_tune_backbones(
     (a run that only draws the board) nothing is trained: an uncached fine-tune is named by its key alone, which
     is all its sets' identities need."""
     entries = {}
-    for name in methods:
-        config = suite.method_config(name)
-        ft = get_method(name).fine_tuning(config)
-        if ft is not None:
-            entries[name] = prepare_fine_tuned(suite, real, prepared, Path(out), name, config, ft, connect, make)
-            if check and entries[name].source is not None:
-                entries[name].check = check_fine_tuned(suite, prepared, Path(out), name, entries[name])
+    for ft, names in needed_fine_tunes(suite, methods).values():
+        first = names[0]  # methods that share a schedule share its model, named by the first that asks for it
+        tuned = prepare_fine_tuned(
+            suite, real, prepared, Path(out), first, suite.method_config(first), ft, connect, make
+        )
+        if check and tuned.source is not None:
+            tuned.check = check_fine_tuned(suite, prepared, Path(out), first, tuned)
+        entries.update(dict.fromkeys(names, tuned))
     return dataclasses.replace(prepared, fine_tuned=entries)
 
 
@@ -248,7 +249,7 @@ def prepare_fine_tuned(
     ft: FineTuning,
     connect=None,
     make: bool = True,
-) -> dict:
+) -> FineTuned:
     key = fine_tune_key(prepared.backbone_hash, fine_tune_schedule(ft), real.train.fingerprint(), prepared.conditions)
     where = out / "cache" / f"finetuned-{key}"
     model, cost_path = where / MODEL, where / COST
@@ -325,7 +326,7 @@ def prepare_fine_tuned(
     return _trained(method, key, model, json.loads(cost_path.read_text()))
 
 
-def _trained(method: str, key: str, model: Path, cost: dict) -> dict:
+def _trained(method: str, key: str, model: Path, cost: dict) -> FineTuned:
     resumed = f", resumed from step {cost['resumed_from']}" if cost.get("resumed_from") else ""
     log(
         f"[fine-tune] {method}: {key} trained for {cost['steps']} steps in {cost['seconds']:.0f} s{resumed}, peak "

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from harness.config.schema import BackboneConfig, Suite, TeacherConfig
 from harness.core import atomic, cache
-from harness.core.cache import REPO_WEIGHTS, drop_damaged, log, read_json  # noqa: F401  (stages import them here)
+from harness.core.cache import log
 from harness.core.identity import backbone_check_key, class_list, relabelled_protocol_key, teacher_val_key
 from harness.models import teacher_sources
 from harness.models.data import RealData
@@ -133,12 +133,6 @@ def load_teacher(t: TeacherConfig, source: str, real_classes: list[str], device=
     return teacher_sources.teacher_source(t).load(source, real_classes, device)
 
 
-def guided_channels(b: BackboneConfig) -> int | None:
-    """How many noise channels guidance combines: as the suite sets it, else its kind's default (DiT's three for
-    a pretrained DiT, every channel (None) for the pixel DiT, as its committed sets were made)."""
-    return generator_for(b).guided_channels()
-
-
 def backbone_conditions(suite: Suite, classes: list[str]) -> list[int]:
     """The backbone's label of each suite class: its index in `backbone.classes` (by WNID), or its position
     in the suite when the backbone was trained on the suite."""
@@ -151,11 +145,6 @@ def backbone_conditions(suite: Suite, classes: list[str]) -> list[int]:
 def suite_needs(suite: Suite) -> frozenset[str]:
     """Everything the suite's methods need, as their configs have it."""
     return frozenset().union(*(get_method(name).needs_for(cfg) for name, cfg in suite.methods.items()))
-
-
-def _cached_dir(out: Path, suite: Suite, name: str) -> Path:
-    """The committed copy of `name` in weights/<any suite>/ if there is one, else the run's own cache."""
-    return cache.cached_dir(out, name)
 
 
 def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]:

@@ -58,7 +58,7 @@ class DiTGenerator(Generator):
     default_guided_channels = DIT_GUIDED_CHANNELS
 
     @staticmethod
-    def check(config, image_size: int, fail) -> None:
+    def check_required(config, fail) -> None:
         if not config.pretrained:
             fail("backbone.pretrained", "required for kind dit: a hub id or a local directory")
 

@@ -35,8 +35,12 @@ class Generator:
         self.config = config
 
     @staticmethod
+    def check_required(config, fail) -> None:
+        """The fields this kind cannot do without, checked right after the kind itself: `fail(field, message)`."""
+
+    @staticmethod
     def check(config, image_size: int, fail) -> None:
-        """The suite's checks of this kind's fields: `fail(field, message)` for the first mistake."""
+        """The suite's checks of this kind's fields, after the fields every kind has: `fail(field, message)`."""
 
     def guided_channels(self) -> int | None:
         """How many noise channels guidance combines: as the suite sets it, else the kind's default."""
