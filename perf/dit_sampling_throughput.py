@@ -17,10 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel  # noqa: E402
+from diffusers import AutoencoderKL, DiTTransformer2DModel  # noqa: E402
 
 from harness.config.loader import load_suite  # noqa: E402
 from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone  # noqa: E402
+from harness.models.generators.pixel_dit import build_scheduler  # noqa: E402
 from harness.models.generators.pretrained_dit import KNOWN_DITS, SD_VAE  # noqa: E402
 from harness.models.generators.sampling import ddim_sample  # noqa: E402
 from harness.report.plan import backbone_flops  # noqa: E402
@@ -40,15 +41,7 @@ def main():
     config = dict(KNOWN_DITS["facebook/DiT-XL-2-256"])
     if args.layers:
         config["num_layers"] = args.layers
-    # DiT's linear schedule over 1,000 steps (the hub scheduler's config).
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=1e-4,
-        beta_end=0.02,
-        beta_schedule="linear",
-        clip_sample=False,
-        set_alpha_to_one=True,
-    )
+    scheduler = build_scheduler()  # DiT's linear schedule over 1,000 steps, as the hub's config has it
     torch.manual_seed(0)
     transformer, vae = DiTTransformer2DModel(**config), AutoencoderKL(**SD_VAE)
     per_eval = backbone_flops(load_suite("imagenet", check_files=False), 3, 1000)[0] * config["num_layers"] / 28

@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
 from harness.models.data import RealData
 from harness.models.generators.dit import DiTBackbone
+from harness.models.generators.pixel_dit import PixelDiTConfig
 from harness.models.students import create_student
 from harness.models.teachers import Teacher
 from methods.base import ClassTask
@@ -34,6 +35,21 @@ def tiny_vae() -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=4,
         sample_size=8,
+    )
+
+
+def tiny_pixel_dit_config(checkpoint_every: int) -> PixelDiTConfig:
+    """A pixel DiT that trains in a second on 8-px images: 6 steps of batch 8, checkpointed every few."""
+    return PixelDiTConfig(
+        sample_size=8,
+        patch_size=4,
+        width=16,
+        depth=1,
+        heads=2,
+        steps=6,
+        batch_size=8,
+        warmup_steps=2,
+        checkpoint_every=checkpoint_every,
     )
 
 

@@ -7,7 +7,7 @@ import torch
 from harness.models.generators import ddim_sample, ddim_timesteps, load_dit_backbone
 from harness.models.generators.dit import save_dit_backbone
 from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
-from tests.factories import tiny_latent_dit
+from tests.factories import tiny_latent_dit, tiny_pixel_dit_config
 
 
 def test_dit_from_pretrained_round_trip(tmp_path):
@@ -61,17 +61,7 @@ def test_pixel_dit_trains_resumes_and_loads(tmp_path):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 3, (64,), generator=g)
-    cfg = PixelDiTConfig(
-        sample_size=8,
-        patch_size=4,
-        width=16,
-        depth=1,
-        heads=2,
-        steps=6,
-        batch_size=8,
-        warmup_steps=2,
-        checkpoint_every=3,
-    )
+    cfg = tiny_pixel_dit_config(checkpoint_every=3)
     straight = train_pixel_dit(images, labels, 3, cfg, tmp_path / "a", tmp_path / "a-work", progress=False)
     # Interrupted after 3 steps (a checkpoint), then resumed: the same weights as training straight through.
     half = PixelDiTConfig(**{**cfg.__dict__, "steps": 3})

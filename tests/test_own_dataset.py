@@ -17,7 +17,7 @@ from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
 from harness.report.leaderboard import render
 from harness.stages.prepare import PrepareError, prepare, prepare_backbone
 from scripts.export_fashion_imagefolder import export
-from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
+from tests.factories import FASHION_ROOT, tiny_pixel_dit_config, tiny_suite_raw, write_suite
 
 PER_CLASS = 20
 
@@ -115,17 +115,7 @@ def test_a_longer_run_extends_the_finished_one(tmp_path):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 3, (64,), generator=g)
-    cfg = PixelDiTConfig(
-        sample_size=8,
-        patch_size=4,
-        width=16,
-        depth=1,
-        heads=2,
-        steps=6,
-        batch_size=8,
-        warmup_steps=2,
-        checkpoint_every=4,
-    )
+    cfg = tiny_pixel_dit_config(checkpoint_every=4)
     straight = train_pixel_dit(images, labels, 3, cfg, tmp_path / "a", tmp_path / "a-work", progress=False)
     short = dataclasses.replace(cfg, steps=3)
     first = train_pixel_dit(images, labels, 3, short, tmp_path / "b3", tmp_path / "b-work", progress=False)
