@@ -61,6 +61,23 @@ def evaluations_per_step(cfg_scale: float) -> int:
 
 
 @dataclass(frozen=True)
+class PaperGenerator:
+    """The generator a method's paper chose its guidance for, where it is not the DiT family every method here can
+    run on: what the paper's guidance scales mean."""
+
+    name: str  # as the paper names it, for the board's note
+    kind: str  # the backbone kind it is here: a suite on that kind takes the paper's scales as they are
+    typical_guidance: float  # the guidance that generator samples at by default
+
+
+def map_guidance(value: float, paper_typical: float, backbone_typical: float) -> float:
+    """A paper's guidance scale carried to another generator: its excess over 1 (no guidance) scaled by the ratio
+    of the two generators' typical excesses, so the typical scale maps to the typical scale and 1 stays 1
+    (docs/decisions.md, "Guidance across generators")."""
+    return round(1.0 + (value - 1.0) * (backbone_typical - 1.0) / (paper_typical - 1.0), 4)
+
+
+@dataclass(frozen=True)
 class FineTuning:
     """What a method asks of the harness's fine-tuning stage (harness/stages/fine_tune.py): DiffFit on the suite's
     backbone over the suite's whole training split, for this schedule, with the method's objective
@@ -133,6 +150,11 @@ class Method:
     # DD-Ranking's reference set (a same-IPC random subset of the real training images) that its scores
     # measure every method against.
     random_baseline: ClassVar[bool] = False
+    # The generator the paper's defaults were chosen on, when it is not the suite's kind of backbone: the config
+    # fields in `guidance_fields` (guidance scales, or the bounds of a guidance range) that the suite leaves unset
+    # are then mapped by `map_guidance` from the paper's generator to the suite's, and the board says so.
+    paper_generator: ClassVar[PaperGenerator | None] = None
+    guidance_fields: ClassVar[tuple[str, ...]] = ()
     # Ranges the hyperparameter-search stage may explore, by config field: ("float" | "log" | "int", low, high)
     # or ("choice", [values]). Empty: nothing to search.
     search_space: ClassVar[dict[str, tuple]] = {}

@@ -9,6 +9,9 @@ Differences from the reference, all from running on the Backbone protocol:
 - The reference uses Stable Diffusion with a text prompt per class and the negative prompt "cartoon, anime,
   painting"; here the class condition is the backbone's class label and guidance is against the null class
   (DESIGN §3: methods written for text prompts use class / null condition through the same protocol).
+- Its guidance 8 is for Stable Diffusion (typical 7.5); on another generator the suite's unset guidance is mapped
+  to that generator's scale (`Method.paper_generator`: 4.23 on DiT-XL/2, whose typical scale is 4), and the board
+  says so.
 - It samples with SD's PNDM scheduler; here with the harness's DDIM (η = 0), image-to-image following
   diffusers' strength convention (harness.models.generators.sampling.img2img).
 - It streams VAE latents (a posterior sample) through `MiniBatchKMeans.partial_fit` in chunks of
@@ -34,7 +37,7 @@ from sklearn.cluster import MiniBatchKMeans
 
 from harness.models.generators.sampling import fit_to_backbone, img2img
 
-from .base import ClassTask, Method, Work, evaluations_per_step, fit_to_task, real_as_float
+from .base import ClassTask, Method, PaperGenerator, Work, evaluations_per_step, fit_to_task, real_as_float
 from .registry import register_method
 
 
@@ -71,6 +74,10 @@ class D4M(Method):
     name = "d4m"
     Config = D4MConfig
     needs = frozenset({"backbone", "real_images"})
+    # Guidance 8 is a Stable Diffusion setting; on a DiT it is mapped (docs/decisions.md). The strength is a
+    # fraction of the schedule and carries over as it is.
+    paper_generator = PaperGenerator("Stable Diffusion v1.5", "stable-diffusion", 7.5)  # diffusers' SD default
+    guidance_fields = ("cfg_scale",)
     search_space = {
         "strength": ("float", 0.3, 0.9),
         "cfg_scale": ("float", 1.0, 10.0),

@@ -2,6 +2,7 @@
 end to end on the tiny latent DiT + VAE; the reference's defaults pinned, and each suite's settings."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from methods import get_method
 from methods.base import MethodContext
 from methods.d4m import D4MConfig, kmeans_prototypes
 from tests.factories import random_real, tiny_latent_dit, tiny_task
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _task(ipc, seed=5, n_real=24, label=3, channels=3, size=8):
@@ -92,9 +95,23 @@ IMAGENET_SUITES = ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-
 
 
 @pytest.mark.parametrize("name", IMAGENET_SUITES)
-def test_imagenet_family_runs_d4m_with_the_reference_settings(name):
-    cfg = load_suite(name, check_files=False).method_config("d4m")
-    assert (cfg.strength, cfg.cfg_scale, cfg.steps) == (0.7, 8.0, 50)
+def test_imagenet_family_runs_d4m_with_the_reference_settings_and_guidance_mapped_to_dit(name):
+    """Strength and steps are the reference's; its guidance 8, a Stable Diffusion scale (typical 7.5), is mapped to
+    DiT-XL/2's (typical 4): 1 + 7 · 3 / 6.5 — inside DiT's useful range — and the board's notes say so."""
+    suite = load_suite(name, check_files=False)
+    cfg = suite.method_config("d4m")
+    assert (cfg.strength, cfg.steps) == (0.7, 50)
+    assert cfg.cfg_scale == pytest.approx(1 + 7 * 3 / 6.5, abs=1e-4)
+    assert any(n.startswith("d4m: guidance mapped from its paper's generator (Stable Diffusion") for n in suite.notes)
+
+
+def test_guidance_the_suite_sets_is_never_mapped(tmp_path):
+    text = (ROOT / "benchmarks" / "imagewoof.yaml").read_text().replace("  d4m: {}", "  d4m: {cfg_scale: 8.0}")
+    path = tmp_path / "imagewoof.yaml"
+    path.write_text(text)
+    suite = load_suite(str(path), check_files=False)
+    assert suite.method_config("d4m").cfg_scale == 8.0
+    assert not any(n.startswith("d4m: guidance mapped") for n in suite.notes)
 
 
 def test_fashion_mnist_runs_d4m_at_the_backbones_guidance():

@@ -9,14 +9,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import DiTTransformer2DModel
 
 from harness.config.loader import load_suite
 from harness.core.identity import identity_fields
 from harness.core.sets import load_set
-from harness.models.generators.difffit import GAMMA, add_difffit, difffit_state, load_difffit_state
+from harness.models.generators.difffit import GAMMA, SHARED_OFFSETS, add_difffit, difffit_state, load_difffit_state
+from harness.models.generators.pretrained_dit import KNOWN_DITS
 from harness.stages.distill import distill, plan
 from harness.stages.fine_tune import fine_tune_backbones, fine_tune_schedule, train_fine_tune
 from harness.stages.prepare import prepare
@@ -38,7 +41,7 @@ def _two_block_dit():
     return type(bb)(deeper, bb.scheduler, bb.vae)
 
 
-def test_difffit_trains_only_biases_norms_gammas_and_class_embeddings():
+def test_difffit_trains_only_biases_norms_gammas_and_one_shared_class_embedding():
     bb = _two_block_dit()
     before = {n: p.detach().clone() for n, p in bb.transformer.named_parameters()}
     x, t, y = torch.randn(3, 4, 4, 4), torch.tensor([5, 400, 900]), torch.tensor([1, 2, 10])
@@ -49,7 +52,8 @@ def test_difffit_trains_only_biases_norms_gammas_and_class_embeddings():
         assert torch.equal(bb.output(x, t, y), base)
     gammas = [n for n in names if n.endswith(GAMMA)]
     assert len(gammas) == 6 and all(n.startswith("transformer_blocks.0.") for n in gammas)
-    expected = {n for n in before if n.endswith(".bias") or "class_embedder.embedding_table" in n} | set(gammas)
+    # The per-block copies of the label table and timestep MLP stay frozen: one shared offset of each trains.
+    expected = {n for n in before if n.endswith(".bias") and ".emb." not in n} | set(gammas) | set(SHARED_OFFSETS)
     assert set(names) == expected
     assert not any("norm1.linear.weight" in n or "timestep_embedder.linear_1.weight" in n for n in names)
     opt = torch.optim.AdamW([p for p in bb.parameters() if p.requires_grad], lr=1e-2)
@@ -63,11 +67,55 @@ def test_difffit_trains_only_biases_norms_gammas_and_class_embeddings():
     for n, p in before.items():
         assert torch.equal(after[n], p) == (n not in names), n  # the rest bit-identical, DiffFit's all moved
     assert all(p.grad is None for p in bb.vae.parameters())
+    tables = [m.weight for n, m in bb.transformer.named_modules() if n.endswith("class_embedder.embedding_table")]
+    assert len(tables) == 2 and all(t.grad is None for t in tables)
     # The fine-tuned model is its base plus the trained DiffFit parameters.
     fresh = _two_block_dit()
     load_difffit_state(fresh, difffit_state(bb))
     with torch.no_grad():
         assert torch.equal(fresh.output(x, t, y), bb.output(x, t, y))
+
+
+def test_difffit_on_equal_copies_is_the_references_one_shared_table():
+    """Where the blocks' label tables and timestep MLPs are copies (a converted DiT-XL/2), DiffFit's offsets train
+    them as the reference trains its one `y_embedder` and `t_embedder`: every block reads the same trained table."""
+    bb = _two_block_dit()
+    blocks = bb.transformer.transformer_blocks
+    with torch.no_grad():
+        blocks[1].norm1.emb.load_state_dict(blocks[0].norm1.emb.state_dict())
+    add_difffit(bb)
+    opt = torch.optim.AdamW([p for p in bb.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    x, t, y = torch.randn(3, 4, 4, 4), torch.tensor([5, 400, 900]), torch.tensor([1, 2, 10])
+    for step in range(3):
+        opt.zero_grad()
+        loss, _, _ = diffusion_loss(bb, x, y, t, torch.randn(x.shape, generator=torch.Generator().manual_seed(step)))
+        loss.mean().backward()
+        opt.step()
+    labels, steps = torch.arange(11), torch.tensor([3.0, 700.0])
+    with torch.no_grad():
+        a, b = (block.norm1.emb for block in blocks)
+        assert torch.equal(a.class_embedder(labels, None), b.class_embedder(labels, None))
+        assert torch.equal(a.timestep_embedder(a.time_proj(steps)), b.timestep_embedder(b.time_proj(steps)))
+        assert bb.transformer.difffit_class_embedding.abs().sum() > 0
+
+
+def test_difffit_trains_the_references_parameter_count_on_dit_xl_2():
+    """The reference's DiffFit set on DiT-XL/2 (MinimaxDiffusion train_dit.py l.116-127: names with "bias", "norm",
+    "gamma", "y_embed"; models.py), hidden H = 1152, 28 blocks, patch 2, 8 output channels: x_embedder.proj.bias H;
+    t_embedder.mlp.0/2.bias 2H; y_embedder.embedding_table 1001 × H; per block qkv 3H, proj H, fc1 4H, fc2 H and
+    adaLN 6H biases (15H × 28; its LayerNorms have no affine parameters); γ in the first 14 blocks: attn.gamma1 3H,
+    attn.gamma2 H, gamma1 H, gamma2 H (6H × 14, models.py l.53-58, l.178-183, l.243); final layer adaLN 2H and
+    linear 2·2·8 = 32. Counted on diffusers' DiT-XL/2 layout (meta device: no weights)."""
+    H = 1152
+    reference = H + 2 * H + 1001 * H + 15 * H * 28 + 6 * H * 14 + 2 * H + 32
+    assert reference == 1_739_552
+    with torch.device("meta"):
+        transformer = DiTTransformer2DModel(**KNOWN_DITS["facebook/DiT-XL-2-256"])
+    bb = SimpleNamespace(transformer=transformer, requires_grad_=transformer.requires_grad_)
+    names = set(add_difffit(bb))
+    params = dict(transformer.named_parameters())
+    assert sum(params[n].numel() for n in names) == reference
+    assert sum(p.numel() for p in transformer.parameters() if p.requires_grad) == reference
 
 
 def test_memory_bank_keeps_each_class_last_items_oldest_dropped_first():

@@ -9,8 +9,10 @@ import typing
 from typing import Any
 
 from harness.config.schema import Suite, SuiteError
+from harness.models.generators import generator_for
 from harness.models.protocols import get_protocol, list_protocols
 from methods import get_method, list_methods
+from methods.base import map_guidance
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -97,7 +99,29 @@ def resolve_method_configs(s: Suite, source: str) -> None:
         except KeyError:
             raise SuiteError(f"{source}: methods.{name}: unknown method (known: {', '.join(list_methods())})") from None
         if not isinstance(raw, cls.Config):
-            s.methods[name] = build(cls.Config, {**cls.defaults, **(raw or {})}, f"methods.{name}", source)
+            fields = {**cls.defaults, **_guidance_for_backbone(s, cls, raw or {}), **(raw or {})}
+            s.methods[name] = build(cls.Config, fields, f"methods.{name}", source)
+
+
+def _guidance_for_backbone(s: Suite, cls, raw: dict) -> dict:
+    """The paper's guidance settings the suite leaves unset, mapped to the suite's backbone where the paper chose
+    them on another generator; each mapping becomes one of the board's notes."""
+    paper = cls.paper_generator
+    unset = [f for f in cls.guidance_fields if f not in raw]
+    if paper is None or not unset or paper.kind == s.backbone.kind:
+        return {}
+    typical = generator_for(s.backbone).typical_guidance()
+    defaults = {**{f.name: f.default for f in dataclasses.fields(cls.Config)}, **cls.defaults}
+    mapped = {f: map_guidance(defaults[f], paper.typical_guidance, typical) for f in unset}
+    said = ", ".join(f"{f} {defaults[f]:g} → {mapped[f]:g}" for f in unset)
+    note = (
+        f"{cls.name}: guidance mapped from its paper's generator ({paper.name}, typical guidance "
+        f"{paper.typical_guidance:g}) to this {s.backbone.kind} backbone (typical {typical:g}): {said} "
+        "(1 + (g − 1) · (typical here − 1) / (typical there − 1); set them in the suite to override)"
+    )
+    if note not in s.notes:
+        s.notes.append(note)
+    return mapped
 
 
 def resolve_protocols(s: Suite, source: str) -> None:

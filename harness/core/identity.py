@@ -12,7 +12,7 @@ would change; tests/test_committed_store.py and tests/test_contract.py hold them
 | a result row | `row_key`: suite, method, set hash, IPC, student, protocol, protocol hash, seed | here |
 | a recipe | `Protocol.identity()`: its fields (WHEN_SET ones only off their default) | models/protocols.py |
 | a relabelled recipe | `relabelled_protocol_key` / `cross_arch_protocol_key` | here |
-| a fine-tuned backbone | `fine_tune_key`: base backbone, schedule, training data, conditions | here |
+| a fine-tuned backbone | `fine_tune_key`: base backbone, schedule, training data, conditions, DiffFit version | here |
 | a backbone check | `backbone_check_key`: backbone (or fine-tune), teacher, the check's settings | here |
 | the teacher's validation accuracy | `teacher_val_key`: teacher, validation split | here |
 | a search | `search_key`: suite, spec, default point, space, recipe, validation split, models | here |
@@ -166,12 +166,21 @@ def fine_tune_schedule_key(schedule: dict) -> str:
     return config_hash(schedule)
 
 
-def fine_tune_identity(backbone_hash: str, schedule: dict, train_fingerprint: str, conditions: list[int]) -> dict:
-    return {"backbone": backbone_hash, "fine_tuning": schedule, "data": train_fingerprint, "conditions": conditions}
+def fine_tune_identity(
+    backbone_hash: str, schedule: dict, train_fingerprint: str, conditions: list[int], trainable_version: int
+) -> dict:
+    return {
+        "backbone": backbone_hash,
+        "fine_tuning": schedule,
+        "data": train_fingerprint,
+        "conditions": conditions,
+        "trainable": trainable_version,
+    }
 
 
 def fine_tune_key(*args) -> str:
-    """A fine-tuned backbone: the base backbone, the schedule, the data it trains on and the labels it learns."""
+    """A fine-tuned backbone: the base backbone, the schedule, the data it trains on, the labels it learns and
+    which of its parameters train (DiffFit's version: a fine-tune of another trainable set is another model)."""
     return config_hash(fine_tune_identity(*args))
 
 

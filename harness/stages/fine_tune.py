@@ -28,7 +28,7 @@ from harness.core import atomic, cache
 from harness.core.cache import drop_damaged, log, read_json
 from harness.core.identity import backbone_check_key, fine_tune_key, fine_tune_schedule_key, identity_fields
 from harness.models.data import RealData, load_real_data
-from harness.models.generators.difffit import add_difffit
+from harness.models.generators.difffit import DIFFFIT_VERSION, add_difffit
 from harness.models.generators.sampling import fit_to_backbone
 from harness.runtime.data_parallel import Worker, cluster_gpus, run_data_parallel
 from harness.runtime.resources import ShardPeakMemory, machine
@@ -250,7 +250,9 @@ def prepare_fine_tuned(
     connect=None,
     make: bool = True,
 ) -> FineTuned:
-    key = fine_tune_key(prepared.backbone_hash, fine_tune_schedule(ft), real.train.fingerprint(), prepared.conditions)
+    key = fine_tune_key(
+        prepared.backbone_hash, fine_tune_schedule(ft), real.train.fingerprint(), prepared.conditions, DIFFFIT_VERSION
+    )
     where = out / "cache" / f"finetuned-{key}"
     model, cost_path = where / MODEL, where / COST
     drop_damaged(

@@ -13,11 +13,20 @@ names containing "bias", "norm", "gamma" or "y_embed"), read on diffusers' modul
   of the attention's q, k, v outputs (the reference's `gamma1` on qkv), one on its projection (`gamma2`),
   and one on each residual branch (the block's `gamma1`, `gamma2`), all starting at 1 so that the wrapped
   model is the base model until it trains;
-- the class embedding (`y_embedder`): diffusers keeps a copy in every block's AdaLayerNormZero, and each
-  copy trains.
+- the class embedding (`y_embedder`) and the timestep MLP's two biases (`t_embedder.mlp.0/2.bias`), ONE of
+  each as in the reference, whose single conditioning vector feeds every block. diffusers instead keeps a copy of
+  the label table and the timestep MLP in every block's AdaLayerNormZero (DiT-XL/2's converted weights repeat the
+  same values 28 times). Training the copies independently would train 28 tables (~32 M parameters against the
+  reference's 1.15 M) and let them drift apart, so each of the three is trained as one shared offset, zero at the
+  start, added to every copy: where the copies are equal (a converted DiT) this is the reference's shared table
+  exactly (Adam's update of the offset is the table's, the gradient the sum over the blocks that read it); where
+  a backbone trained its copies apart (a pixel DiT trained here) it keeps them, and the wrapped model starts as
+  the base model.
 
-Every other parameter is frozen and stays bit-identical. The γ act through forward hooks on the diffusers
-modules, so the backbone keeps its own forward and the Backbone protocol is unchanged.
+Every other parameter is frozen and stays bit-identical, the per-block copies included. The γ and the shared
+offsets act through forward hooks on the diffusers modules, so the backbone keeps its own forward and the Backbone
+protocol is unchanged. For DiT-XL/2 the trainable set counts the reference's 1,739,552 parameters
+(tests/test_fine_tune.py counts both).
 """
 
 from __future__ import annotations
@@ -26,6 +35,15 @@ import torch
 from torch import nn
 
 GAMMA = "difffit_gamma"
+# The shared offsets, registered on the transformer itself: `named_parameters` then lists each once.
+SHARED_OFFSETS = {
+    "difffit_class_embedding": "class_embedder.embedding_table",
+    "difffit_timestep_bias_1": "timestep_embedder.linear_1",
+    "difffit_timestep_bias_2": "timestep_embedder.linear_2",
+}
+# What a fine-tuned model's state means: raised when the trainable set changes, so that a fine-tune cached under
+# an older set is neither loaded nor reused (harness/stages/fine_tune.py puts it in the fine-tune's identity).
+DIFFFIT_VERSION = 2
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -36,6 +54,17 @@ def _scale_output(module: nn.Module, inputs, output):
 def _add_gamma(module: nn.Module, width: int) -> None:
     module.register_parameter(GAMMA, nn.Parameter(torch.ones(width, device=next(module.parameters()).device)))
     module.register_forward_hook(_scale_output)
+
+
+def _add_offset(module: nn.Module, offset: nn.Parameter) -> None:
+    if isinstance(module, nn.Embedding):
+        module.register_forward_hook(lambda m, inputs, output: output + nn.functional.embedding(inputs[0], offset))
+    else:
+        module.register_forward_hook(lambda m, inputs, output: output + offset)
+
+
+def _shared_copies(transformer, suffix: str) -> list[nn.Module]:
+    return [m for name, m in transformer.named_modules() if name.endswith(f"norm1.emb.{suffix}")]
 
 
 def add_difffit(backbone) -> list[str]:
@@ -50,16 +79,23 @@ def add_difffit(backbone) -> list[str]:
                 _add_gamma(linear, linear.out_features)
             _add_gamma(attn, width)  # the attention branch, before its gate
             _add_gamma(block.ff, width)  # the MLP branch, before its gate
+        for offset_name, suffix in SHARED_OFFSETS.items():
+            copies = _shared_copies(transformer, suffix)
+            reference = copies[0].weight if suffix.endswith("table") else copies[0].bias
+            offset = nn.Parameter(torch.zeros_like(reference))
+            transformer.register_parameter(offset_name, offset)
+            for module in copies:
+                _add_offset(module, offset)
     backbone.requires_grad_(False)
     chosen = set()
     for module_name, module in transformer.named_modules():
         for name, p in module.named_parameters(recurse=False):
             full = f"{module_name}.{name}" if module_name else name
+            per_block_copy = ".emb." in f".{module_name}."  # trained through the shared offsets instead
             if (
-                name == "bias"
-                or name == GAMMA
+                (name == "bias" and not per_block_copy)
+                or name in (GAMMA, *SHARED_OFFSETS)
                 or isinstance(module, _NORMS)
-                or module_name.endswith("class_embedder.embedding_table")
             ):
                 p.requires_grad_(True)
                 chosen.add(full)

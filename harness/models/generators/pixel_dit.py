@@ -195,6 +195,9 @@ class PixelDiTGenerator(Generator):
     kind = "pixel-dit"
     default_guided_channels = None  # every channel, as its committed sets were made
 
+    def typical_guidance(self) -> float:
+        return self.config.check_cfg_scale  # a backbone trained here: the guidance its suite checks it at
+
     @staticmethod
     def check(config, image_size: int, fail) -> None:
         """The backbone prepare trains: numbers that would fail (or train nothing) only after the data is loaded."""

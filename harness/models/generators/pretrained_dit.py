@@ -57,6 +57,9 @@ class DiTGenerator(Generator):
     kind = "dit"
     default_guided_channels = DIT_GUIDED_CHANNELS
 
+    def typical_guidance(self) -> float:
+        return 4.0  # DiT's sample.py --cfg-scale default, which MinimaxDiffusion's and CaO2's sample.py keep
+
     @staticmethod
     def check_required(config, fail) -> None:
         if not config.pretrained:

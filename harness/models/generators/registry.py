@@ -48,6 +48,11 @@ class Generator:
             return self.config.guided_channels
         return self.default_guided_channels
 
+    def typical_guidance(self) -> float:
+        """The guidance scale this backbone samples at by default: what a paper's guidance written for another
+        generator is mapped onto (methods/base.py `map_guidance`)."""
+        raise NotImplementedError
+
     def check_guided_channels(self, latent_channels: int) -> None:
         n = self.guided_channels()
         if n is not None and n > latent_channels:
