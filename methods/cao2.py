@@ -11,13 +11,19 @@ loads (DiT-XL/2 + SD VAE, the pixel DiT, a fine-tuned DiT):
    Adam on the selected latents against ‖ε_θ(x_t, ĉ, t) − ε‖² + λ‖ε_θ(x_t, ĉ, t) − ε‖_∞, with one fixed ε
    per image and a fresh t ~ U{1, …, T̂} per iteration. ĉ is the true class on easy tasks and the null class on
    hard ones (§3.4, Eq. 5); `condition: auto` decides from the teacher's validation accuracy.
+   `clo_timesteps` says how t is drawn: `uniform`, Eq. 3 as written (one training timestep t ~ U{1, …, T̂} both
+   noises the latent and is told to the model), or `reference`, as the code that made the paper's tables runs it
+   (sample_woof.py l.134–156): a respaced index k noises the latent at its training timestep, the model is told k,
+   and ĉ is dropped to the null class at the model's class-dropout rate (DiT in train mode). See
+   `clo_schedule` and docs/decisions.md.
 
 The selected latents are optimised as sampled (the reference keeps the sampler's latents; it never
 re-encodes the decoded images), and decoded once at the end.
 
 `oss: false` samples exactly IPC images and keeps them all; `clo: false` returns the selection as sampled:
 the rows of the paper's Table 3. `cao2-oss-only` and `cao2-clo-only` are registered as variants with those
-defaults so a suite can list all three (a suite's `methods:` is keyed by method name).
+defaults so a suite can list all three (a suite's `methods:` is keyed by method name); `cao2-reference-t` is
+`cao2` with `clo_timesteps: reference`, the ablation row of that choice.
 
 Defaults (pinned by tests/test_contract.py):
     cfg_scale = 2.7                  §4.1; the reference's sample_*.py
@@ -34,23 +40,26 @@ Defaults (pinned by tests/test_contract.py):
     easy_accuracy = 0.95             docs/decisions.md (the paper gives no number)
     batch_size = 50                  memory only
     clo_batch_size = 10              memory only
+    clo_timesteps = "uniform"        Eq. 3 (fashion-mnist's sets); "reference" as sample_*.py run CLO (ImageNet suites)
     sampler = "ddim"                 ddbench's first sampler (fashion-mnist's sets); "ddpm" as sample_*.py run
                                      (`create_diffusion(str(steps))`, `p_sample_loop`), which the ImageNet suites set
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from harness.core.identity import WHEN_SET
-from harness.models.generators.sampling import SAMPLERS, sample
+from harness.models.generators.sampling import SAMPLERS, respaced_timesteps, sample
 
 from .base import ClassTask, Method, Work, evaluations_per_step, fit_to_task, teacher_logits, teacher_output_index
 from .registry import register_method, register_variant
 
 CONDITIONS = ("auto", "class", "null")
+CLO_TIMESTEPS = ("uniform", "reference")
 
 
 @dataclass(frozen=True)
@@ -81,14 +90,23 @@ class CaO2Config:
     clo_batch_size: int = 10
     # Added after the fashion-mnist sets were made: at its default it stays out of their hashes.
     sampler: str = field(default="ddim", metadata=WHEN_SET)
+    # How CLO draws its timesteps (`clo_schedule`): "uniform", t ~ U{1, …, round(T · t_max_fraction)} noises and
+    # is told (Eq. 3); "reference", as sample_woof.py l.134–156: index k ~ U{1, …, ⌊steps · t_max_fraction⌋ − 1}
+    # of DiT's `steps`-step respacing noises at its training timestep, the model is told k, and ĉ drops to null at
+    # the model's class-dropout rate. Added after the fashion-mnist sets: at its default it stays out of their hashes.
+    clo_timesteps: str = field(default="uniform", metadata=WHEN_SET)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
+        if self.clo_timesteps not in CLO_TIMESTEPS:
+            raise ValueError(f"clo_timesteps: must be one of {', '.join(CLO_TIMESTEPS)}, got {self.clo_timesteps!r}")
         if self.steps < 1:
             raise ValueError(f"steps: must be at least 1, got {self.steps}")
+        if self.clo_timesteps == "reference" and self.steps < 2:
+            raise ValueError("steps: clo_timesteps 'reference' draws respaced index 1, which needs at least 2 steps")
         if self.lr <= 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")
         if self.pool_factor < 1:
@@ -133,6 +151,36 @@ def clo_loss(eps_pred: torch.Tensor, noise: torch.Tensor, linf_weight: float) ->
     return err.pow(2).mean(1) + linf_weight * err.abs().amax(1)
 
 
+def clo_schedule(config: CaO2Config, backbone, ipc: int, gen: torch.Generator):
+    """CLO's draws for `ipc` images, each (iterations, ipc), from `gen`: the training timestep that noises the
+    latent, the timestep the model is told, and whether ĉ is dropped to the null class (None: never).
+
+    `uniform` (Eq. 3): t ~ U{1, …, T̂}, T̂ = round(T · t_max_fraction) training timesteps, told t, nothing dropped.
+
+    `reference`, as sample_woof.py l.134–156 runs it (sample_imagenet.py l.128–154, sample_imagenet100.py
+    l.135–155 alike): its diffusion is DiT's `steps`-step respacing of the T training timesteps, and
+    `ts = range(1, steps // 4)` counts indices k of that chain; `q_sample` noises with the chain's ᾱ_k, which is ᾱ
+    at the k-th kept training timestep (respace.py l.79–85); the model is called directly, not through
+    `_WrappedModel`, which maps k to its training timestep (respace.py l.117–129), so it is told k, unscaled (the
+    rescaling there is commented out). `model.train()` (l.134) makes DiT's label embedding drop each label to null
+    with its class-dropout probability, one draw per image and call (models.py l.139–153, l.310). For any T,
+    `steps` and fraction f: k ~ U{1, …, max(1, ⌊steps · f⌋ − 1)} (50 steps, f = 1/4: k = 1–11, training timesteps
+    20–224), noise at `respaced_timesteps(T, steps)[k]`, told k; the drop at the backbone's `class_dropout`, drawn
+    here, so a task's draws come from its seed and not from torch's global RNG."""
+    shape = (config.iterations, ipc)
+    if config.clo_timesteps == "uniform":
+        t_max = max(1, round(backbone.num_train_timesteps * config.t_max_fraction))
+        t = torch.randint(1, t_max + 1, shape, generator=gen)
+        return t, t, None
+    kept = torch.tensor(respaced_timesteps(backbone.num_train_timesteps, config.steps))
+    # ⌊steps · f⌋ as `steps // 4` (`// 8` for ImageNet-100) computes it; a float product such as 0.29 · 100 may fall
+    # just short of its integer. At least index 1, where the reference's range would be empty.
+    end = max(2, math.floor(config.steps * config.t_max_fraction + 1e-9))
+    told = torch.randint(1, end, shape, generator=gen)
+    dropped = torch.rand(shape, generator=gen) < backbone.class_dropout
+    return kept[told], told, dropped
+
+
 def optimise_latents(
     backbone,
     latents: torch.Tensor,
@@ -141,20 +189,26 @@ def optimise_latents(
     timesteps: torch.Tensor,
     lr: float,
     linf_weight: float,
+    told: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """CLO on a batch: `noise` (N, …) is each image's fixed ε; `timesteps` (iterations, N) its t per step.
+    """CLO on a batch: `noise` (N, …) is each image's fixed ε; `timesteps` (iterations, N) its t per step, which
+    noises the latent and, unless `told` (iterations, N) says otherwise, is the timestep the model is told;
+    `labels` one condition for every image and step, or (iterations, N) one per image and step.
 
     Eq. 4 is separable per image and Adam is elementwise, so minimising the sum over the batch moves each
     latent exactly as its own optimiser would: one batched call equals N one-image runs."""
     ac = backbone.alphas_cumprod.to(latents.device)
     x = latents.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
-    labels = torch.as_tensor(labels, device=x.device).long().expand(x.shape[0])
+    labels = torch.as_tensor(labels, device=x.device).long()
+    per_step = labels.ndim == 2
+    told = timesteps if told is None else told
     with torch.enable_grad():
-        for t in timesteps.to(x.device):
+        for i, (t, k) in enumerate(zip(timesteps.to(x.device), told.to(x.device))):
             a = ac[t].view(-1, *[1] * (x.ndim - 1))
             x_t = a.sqrt() * x + (1 - a).sqrt() * noise
-            loss = clo_loss(backbone.eps(x_t, t, labels), noise, linf_weight).sum()
+            y = labels[i] if per_step else labels.expand(x.shape[0])
+            loss = clo_loss(backbone.eps(x_t, k, y), noise, linf_weight).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -179,9 +233,10 @@ class CaO2(Method):
     name = "cao2"
     Config = CaO2Config
     needs = frozenset({"backbone", "teacher"})
-    # cao2, cao2-oss-only and cao2-clo-only with otherwise equal settings share one noise bank, one fill
-    # order and one set of CLO draws (the reference samples every ablation from its seed-42 bank).
-    paired_switches = ("oss", "clo")
+    # cao2, cao2-oss-only, cao2-clo-only and cao2-reference-t with otherwise equal settings share one noise bank,
+    # one fill order and one CLO ε per image (the reference samples every ablation from its seed-42 bank);
+    # `clo_timesteps` changes only the CLO steps' t (and label drop), drawn after everything else.
+    paired_switches = ("oss", "clo", "clo_timesteps")
     # Ranges around the paper's values (§4.1, §4.3, App. 8): guidance 2.7, m = 4 (Fig. 3(b) scans 1–5), Adam lr
     # 6e-4, λ = 10, T̂ = T/4; the ablation variants search only the stage they keep.
     search_space = {
@@ -218,7 +273,6 @@ class CaO2(Method):
         # IPC: the same noises the OSS variants choose among.
         bank_size = task.ipc * cfg.pool_factor
         pool_size = bank_size if cfg.oss else task.ipc
-        t_max = max(1, round(bb.num_train_timesteps * cfg.t_max_fraction))
         # Every random draw is made up front on the CPU, in a fixed order, so a task gives the same images
         # on any device and the CLO draws do not depend on how many samples OSS found correct.
         gen = task.generator()
@@ -230,7 +284,7 @@ class CaO2(Method):
             torch.randint(0, 2**62, (bank_size,), generator=gen)[:pool_size].tolist() if cfg.sampler == "ddpm" else None
         )
         clo_noise = torch.randn((task.ipc, *bb.latent_shape), generator=gen)
-        clo_t = torch.randint(1, t_max + 1, (cfg.iterations, task.ipc), generator=gen)
+        clo_t, clo_told, clo_dropped = clo_schedule(cfg, bb, task.ipc, gen)
 
         with torch.no_grad():
             latents = torch.cat(
@@ -255,22 +309,25 @@ class CaO2(Method):
                 latents, images = latents[keep.to(latents.device)], images[keep.to(images.device)]
 
         if cfg.clo and cfg.iterations:
-            c_hat = (
+            c_hat = torch.tensor(
                 task.condition
                 if resolve_condition(cfg, self.context.teacher_val_accuracy) == "class"
                 else bb.null_class
             )
+            # One ĉ for all, or per image and step where the reference's train-mode label drop applies.
+            labels = c_hat if clo_dropped is None else torch.where(clo_dropped, bb.null_class, c_hat)
             step = cfg.clo_batch_size
             latents = torch.cat(
                 [
                     optimise_latents(
                         bb,
                         latents[i : i + step],
-                        torch.tensor(c_hat),
+                        labels if labels.ndim == 0 else labels[:, i : i + step],
                         clo_noise[i : i + step].to(self.device),
                         clo_t[:, i : i + step],
                         cfg.lr,
                         cfg.linf_weight,
+                        clo_told[:, i : i + step],
                     )
                     for i in range(0, task.ipc, step)
                 ]
@@ -294,4 +351,11 @@ register_variant(
     oss=False,
     search_space={k: v for k, v in CaO2.search_space.items() if k != "pool_factor"},
     doc='Table 3\'s "OSS ✗, CLO ✓" row: IPC samples, no pool, every one optimised.',
+)
+register_variant(
+    "cao2-reference-t",
+    CaO2,
+    clo_timesteps="reference",
+    doc="cao2 with CLO's timesteps as the reference code draws them (sample_woof.py l.134–156): the latent noised "
+    "at respaced index k's training timestep, the model told k, ĉ dropped at the model's class-dropout rate.",
 )

@@ -1,19 +1,31 @@
 """CaO2: OSS's selection rule, the CLO loss and optimiser on a tiny latent DiT, batched == one image at a time,
-the ablation variants, the `auto` condition, and the paper's settings pinned in the defaults and the suites."""
+the ablation variants, the `auto` condition, CLO's timesteps as the reference draws them (`clo_timesteps`), and the
+paper's settings pinned in the defaults and the suites."""
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers.models.embeddings import LabelEmbedding
 
 from harness.config.loader import load_suite
-from harness.models.generators.sampling import ddim_sample
+from harness.core.identity import identity_fields
+from harness.models.generators.sampling import ddim_sample, respaced_timesteps
 from harness.models.students import create_student
 from harness.models.teachers import Teacher, accuracy, save_teacher
 from methods import get_method
 from methods.base import ClassTask, MethodContext
-from methods.cao2 import CaO2Config, clo_loss, optimise_latents, oss_select, resolve_condition, selector_scores
+from methods.cao2 import (
+    CaO2Config,
+    clo_loss,
+    clo_schedule,
+    optimise_latents,
+    oss_select,
+    resolve_condition,
+    selector_scores,
+)
 from tests.factories import tiny_latent_dit, tiny_task, tiny_teacher
 
 
@@ -37,17 +49,27 @@ def test_defaults_are_the_papers():
     assert cfg.least_confident_from_ipc == 50  # "most confident for IPC 10, least confident for IPC 50"
     with pytest.raises(ValueError, match="condition"):
         CaO2Config(condition="true")
+    # Eq. 3's t by default, which is how the fashion-mnist sets were made: the field stays out of their identity.
+    assert cfg.clo_timesteps == "uniform" and "clo_timesteps" not in identity_fields(cfg)
+    assert identity_fields(CaO2Config(clo_timesteps="reference"))["clo_timesteps"] == "reference"
+    with pytest.raises(ValueError, match="clo_timesteps"):
+        CaO2Config(clo_timesteps="respaced")
+    with pytest.raises(ValueError, match="2 steps"):
+        CaO2Config(clo_timesteps="reference", steps=1)
 
 
 def test_ablations_are_registered_variants_of_one_config():
     base = dataclasses.asdict(CaO2Config())
     oss_only = dataclasses.asdict(get_method("cao2-oss-only").default_config())
     clo_only = dataclasses.asdict(get_method("cao2-clo-only").default_config())
+    reference_t = dataclasses.asdict(get_method("cao2-reference-t").default_config())
     assert oss_only == {**base, "clo": False} and clo_only == {**base, "oss": False}
-    for name in ("cao2", "cao2-oss-only", "cao2-clo-only"):
+    assert reference_t == {**base, "clo_timesteps": "reference"}
+    for name in ("cao2", "cao2-oss-only", "cao2-clo-only", "cao2-reference-t"):
         assert get_method(name).Config is CaO2Config
     assert get_method("cao2-oss-only").defaults == {"clo": False}
     assert get_method("cao2-clo-only").defaults == {"oss": False}
+    assert get_method("cao2-reference-t").defaults == {"clo_timesteps": "reference"}
 
 
 def test_oss_keeps_correct_samples_by_confidence():
@@ -162,15 +184,15 @@ def test_cao2_on_tiny_latent_dit_and_vae():
 def test_ablation_variants_share_their_draws():
     """cao2 = CLO applied to cao2-oss-only's selection, and all three variants seed from one key, so Table 3's
     rows differ only in the stage switched off."""
-    from types import SimpleNamespace
-
     from harness.stages.distill import method_identity
 
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
     prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
-    ids = {n: method_identity(suite, prepared, n) for n in ("cao2", "cao2-oss-only", "cao2-clo-only", "diffusion")}
-    assert len({h for _, h, _ in ids.values()}) == 4  # four different sets …
-    assert ids["cao2"][2] == ids["cao2-oss-only"][2] == ids["cao2-clo-only"][2]  # … three from one seed key
+    names = ("cao2", "cao2-oss-only", "cao2-clo-only", "cao2-reference-t", "diffusion")
+    ids = {n: method_identity(suite, prepared, n) for n in names}
+    assert len({h for _, h, _ in ids.values()}) == 5  # five different sets …
+    family = {ids[n][2] for n in names[:4]}
+    assert len(family) == 1  # … four from one seed key: cao2-reference-t optimises cao2's selection from cao2's ε
     assert ids["diffusion"][2] == f"diffusion/{ids['diffusion'][1]}"
     other = SimpleNamespace(backbone_hash="b2", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
     assert method_identity(suite, other, "cao2")[2] != ids["cao2"][2]  # a new backbone draws anew
@@ -222,6 +244,135 @@ def test_prepare_measures_the_teacher_on_the_validation_split(tiny_suite, tiny_r
     assert method.context.teacher_val_accuracy == acc
 
 
+# DiT's `space_timesteps(1000, "50")` (CaO2's diffusion/respace.py l.41-62), its first 12 kept training timesteps.
+RESPACED_50 = [0, 20, 41, 61, 82, 102, 122, 143, 163, 183, 204, 224]
+
+
+def test_reference_timesteps_are_respaced_indices():
+    """`reference`: index k ∈ range(1, steps // 4) of the `steps`-step respacing (sample_woof.py l.140), the noise of
+    its training timestep (`q_sample` on the respaced chain, l.151), the model told k (l.156)."""
+    bb = tiny_latent_dit()
+    t, told, dropped = clo_schedule(CaO2Config(clo_timesteps="reference"), bb, 40, torch.Generator().manual_seed(0))
+    assert t.shape == told.shape == dropped.shape == (100, 40)
+    assert set(told.unique().tolist()) == set(range(1, 12))  # 1–11, never 0 or 12
+    assert torch.equal(t, torch.tensor(RESPACED_50)[told])  # training timesteps 20–224
+    # ImageNet-100's `steps // 8` (sample_imagenet100.py l.136): 1–5; fashion's 25 steps: 1–5 of another chain.
+    _, told, _ = clo_schedule(CaO2Config(clo_timesteps="reference", t_max_fraction=0.125), bb, 40, torch.Generator())
+    assert set(told.unique().tolist()) == set(range(1, 6))
+    t, told, _ = clo_schedule(CaO2Config(clo_timesteps="reference", steps=25), bb, 40, torch.Generator())
+    assert set(told.unique().tolist()) == set(range(1, 6))
+    assert set(t.unique().tolist()) == {42, 83, 125, 166, 208}
+    # Too few steps for the reference's range: index 1 only (its `range` would be empty).
+    t, told, _ = clo_schedule(CaO2Config(clo_timesteps="reference", steps=3), bb, 4, torch.Generator())
+    assert (told == 1).all() and (t == 500).all()
+    # Another schedule: the index of its own respacing, told unscaled.
+    other = SimpleNamespace(num_train_timesteps=500, class_dropout=0.1)
+    t, told, _ = clo_schedule(CaO2Config(clo_timesteps="reference"), other, 40, torch.Generator())
+    assert set(told.unique().tolist()) == set(range(1, 12))
+    assert torch.equal(t, torch.tensor(respaced_timesteps(500, 50))[told]) and t.max() == 112
+    # `uniform` (the default): Eq. 3's one t, drawn as before, nothing dropped.
+    t, told, dropped = clo_schedule(CaO2Config(), bb, 3, torch.Generator().manual_seed(4))
+    assert told is t and dropped is None
+    assert torch.equal(t, torch.randint(1, 251, (100, 3), generator=torch.Generator().manual_seed(4)))
+
+
+def _record_eps(bb):
+    """Wrap `bb.eps` so that every call's (x_t, t, labels) is kept."""
+    calls, eps = [], bb.eps
+
+    def recording(x_t, t, labels):
+        calls.append((x_t.detach().clone(), torch.as_tensor(t).clone(), torch.as_tensor(labels).clone()))
+        return eps(x_t, t, labels)
+
+    bb.eps = recording
+    return calls
+
+
+def test_reference_clo_noises_at_the_training_timestep_and_tells_the_index():
+    bb = tiny_latent_dit()
+    calls = _record_eps(bb)
+    g = torch.Generator().manual_seed(2)
+    latents, noise = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g)
+    told = torch.randint(1, 12, (5, 3), generator=g)
+    t = torch.tensor(RESPACED_50)[told]
+    out = optimise_latents(bb, latents, torch.tensor(bb.null_class), noise, t, 6e-4, 10.0, told=told)
+    assert [c[1].tolist() for c in calls] == told.tolist()  # the model hears k …
+    a = bb.alphas_cumprod[t[0]].view(-1, 1, 1, 1)
+    torch.testing.assert_close(calls[0][0], a.sqrt() * latents + (1 - a).sqrt() * noise, rtol=0, atol=0)  # … at t_k
+    # Told the training timestep instead (the default), the same latents and noise come out otherwise.
+    assert not torch.equal(out, optimise_latents(bb, latents, torch.tensor(bb.null_class), noise, t, 6e-4, 10.0))
+    # Through the method: every CLO call is told an index in 1–11 of its 50-step chain.
+    bb = tiny_latent_dit()
+    calls = _record_eps(bb)
+    config = dataclasses.replace(
+        get_method("cao2-reference-t").default_config(), steps=50, iterations=10, condition="null"
+    )
+    get_method("cao2-reference-t")(config, MethodContext(backbone=bb, teacher=tiny_teacher())).distill_class(_task(2))
+    assert len(calls) == 10 and all(set(c[1].tolist()) <= set(range(1, 12)) for c in calls)
+
+
+def _reference_t(bb, **overrides):
+    config = dataclasses.replace(
+        get_method("cao2-reference-t").default_config(), **{"steps": 3, "condition": "class", **overrides}
+    )
+    return get_method("cao2-reference-t")(config, MethodContext(backbone=bb, teacher=tiny_teacher()))
+
+
+def test_reference_clo_drops_labels_at_the_models_rate_from_the_tasks_seed():
+    """DiT in train mode (sample_woof.py l.134) replaces ĉ by the null class with its class-dropout probability;
+    here the drop is drawn from the task's seed, never torch's global RNG, and the model stays in eval mode."""
+    bb = tiny_latent_dit()
+    calls = _record_eps(bb)
+    method = _reference_t(bb, iterations=60)
+    state = torch.get_rng_state()
+    first = method.distill_class(_task(4))
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drawn from the global RNG
+    assert not any(m.training for m in bb.modules())  # and the model left in eval mode
+    labels = torch.stack([c[2] for c in calls])
+    assert set(labels.unique().tolist()) == {3, bb.null_class}  # ĉ = the task's class, or dropped to null
+    assert 0.05 < (labels == bb.null_class).float().mean() < 0.15  # 240 draws at DiT's 0.1
+    torch.manual_seed(123)  # another global RNG state: bitwise the same images
+    assert torch.equal(first, method.distill_class(_task(4)))
+    assert torch.equal(labels, torch.stack([c[2] for c in calls[60:]]))  # the same drops
+    # Another seed drops other labels.
+    calls.clear()
+    method.distill_class(_task(4, seed=6))
+    assert not torch.equal(labels, torch.stack([c[2] for c in calls]))
+    # The rate is the model's own: at 0.5 about half the labels drop; at 0 none does, and the images change.
+    for module in bb.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.5
+    calls.clear()
+    method.distill_class(_task(4))
+    assert 0.4 < (torch.stack([c[2] for c in calls]) == bb.null_class).float().mean() < 0.6
+    for module in bb.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
+    calls.clear()
+    assert not torch.equal(first, method.distill_class(_task(4)))
+    assert (torch.stack([c[2] for c in calls]) == 3).all()
+
+
+def test_reference_t_variant_differs_from_cao2_only_in_clo():
+    """Without CLO steps the variant is cao2 image for image (the same pool and selection); with them it differs.
+    With ĉ = null the drop changes nothing, so only the timesteps make the difference there."""
+    reference = _reference_t(tiny_latent_dit(), iterations=0, condition="null").distill_class(_task(3))
+    assert torch.equal(reference, _method(iterations=0, condition="null").distill_class(_task(3)))
+    reference = _reference_t(tiny_latent_dit(), iterations=20, condition="null").distill_class(_task(3))
+    assert not torch.equal(reference, _method(iterations=20, condition="null").distill_class(_task(3)))
+    bb = tiny_latent_dit()
+    for module in bb.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
+    assert torch.equal(reference, _reference_t(bb, iterations=20, condition="null").distill_class(_task(3)))
+    # Batched CLO still equals one image at a time with per-image labels and told timesteps.
+    whole, single = (
+        _reference_t(tiny_latent_dit(), clo_batch_size=4, iterations=20),
+        _reference_t(tiny_latent_dit(), clo_batch_size=1, iterations=20),
+    )
+    torch.testing.assert_close(whole.distill_class(_task(4)), single.distill_class(_task(4)), rtol=0, atol=1e-5)
+
+
 # The reference's settings per ImageNet suite (§4.1, DESIGN §5, sample_*.py): pool factor, condition (Fig. 3(d):
 # null for ImageWoof, ImageNet-1k and the ImageNet-100 script; the true class for ImageNette), T̂ (IN-100: T/8,
 # sample_imagenet100.py l.136) and the IPC from which the least confident come first (IN-100: every IPC, l.124
@@ -243,6 +394,8 @@ def test_imagenet_family_runs_cao2_with_the_papers_settings(name):
     assert (cfg.cfg_scale, cfg.steps, cfg.lr, cfg.linf_weight, cfg.iterations) == (2.7, 50, 6e-4, 10.0, 100)
     assert (cfg.pool_factor, cfg.condition, cfg.t_max_fraction, cfg.least_confident_from_ipc) == SETTINGS[name]
     assert cfg.oss and cfg.clo and cfg.sampler == "ddpm"
+    # CLO's timesteps as the scripts draw them (sample_woof.py l.134–156): the code that made the paper's tables.
+    assert cfg.clo_timesteps == "reference"
 
 
 def test_imagenette_also_runs_what_its_script_runs():
@@ -265,8 +418,11 @@ def test_ddpm_pool_shares_its_draws_across_variants_and_batches():
 def test_fashion_mnist_runs_cao2_and_its_ablations_like_diffusion():
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
     diffusion = suite.method_config("diffusion")
-    configs = {n: suite.method_config(n) for n in ("cao2", "cao2-oss-only", "cao2-clo-only")}
+    configs = {n: suite.method_config(n) for n in ("cao2", "cao2-oss-only", "cao2-clo-only", "cao2-reference-t")}
     for cfg in configs.values():
         assert (cfg.cfg_scale, cfg.steps) == (diffusion.cfg_scale, diffusion.steps) == (2.0, 25)
         assert (cfg.lr, cfg.linf_weight, cfg.iterations, cfg.t_max_fraction) == (6e-4, 10.0, 100, 0.25)
-    assert [(c.oss, c.clo) for c in configs.values()] == [(True, True), (True, False), (False, True)]
+    assert [(c.oss, c.clo) for c in configs.values()] == [(True, True), (True, False), (False, True), (True, True)]
+    # The board's rows keep Eq. 3's t; the variant is cao2 with the reference's, and nothing else.
+    assert [c.clo_timesteps for c in configs.values()] == ["uniform"] * 3 + ["reference"]
+    assert configs["cao2-reference-t"] == dataclasses.replace(configs["cao2"], clo_timesteps="reference")

@@ -2,7 +2,8 @@
 
 A backbone maps images in [0, 1] to latents and back (identity for pixel-space models), predicts the noise
 `eps(x_t, t, labels)` for integer class labels where `null_class` means "no condition", and carries the
-noise schedule (`alphas_cumprod`, `num_train_timesteps`). Methods only ever talk to this interface, so a
+noise schedule (`alphas_cumprod`, `num_train_timesteps`) and the rate at which its training dropped labels to
+`null_class` (`class_dropout`). Methods only ever talk to this interface, so a
 method written for DiT-XL/2 runs unchanged on the harness's own pixel DiT.
 
 Importing the package imports every module in it, which registers its kinds of generator (registry.py): adding

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+from diffusers.models.embeddings import LabelEmbedding
 
 from harness.models.generators.registry import count_flops
 
@@ -68,6 +69,15 @@ class DiTBackbone(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return self.alphas_cumprod.device
+
+    @property
+    def class_dropout(self) -> float:
+        """The rate at which the model's label embedding replaces a label by the null class in train mode, as
+        classifier-free guidance trained it (diffusers' `LabelEmbedding.dropout_prob`, DiT's `class_dropout_prob`,
+        0.1); 0 for a model without a null label. diffusers gives every block its own copy of the embedding, all
+        built with the same rate: the first one's is the model's."""
+        embedding = next((m for m in self.transformer.modules() if isinstance(m, LabelEmbedding)), None)
+        return float(embedding.dropout_prob) if embedding is not None else 0.0
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] (N, C, H, W) → latents. The posterior mean, so encoding is deterministic."""
