@@ -37,9 +37,11 @@ BOARD_SETS = {
     "patch-selection-no-cluster": ("2b09f1d71a27", "patch-selection/557974df6d6b"),
     # Revision 1 (2026-11-24): draws patch-selection's draws; its revision-0 set (f1762f9538c0) drew its own.
     "patch-selection-teacher-cluster": ("27aaacc009c3", "patch-selection/557974df6d6b"),
-    "minimax": ("7ca08b6969c9", "minimax/7ca08b6969c9"),
-    "ims3": ("025317f28524", "ims3/d80258b7c104"),
-    "ims3-im-only": ("c01b8fdb1b37", "ims3/d80258b7c104"),
+    # Issue 25 (2026-12-04): fine-tuned with DiffFit's one shared class embedding (DIFFFIT_VERSION 2); the sets of
+    # the version-1 fine-tunes were 7ca08b6969c9, 025317f28524 and c01b8fdb1b37.
+    "minimax": ("a3b36e7e8da7", "minimax/a3b36e7e8da7"),
+    "ims3": ("d5bfdfe12158", "ims3/d80258b7c104"),
+    "ims3-im-only": ("1a6ba02a1074", "ims3/d80258b7c104"),
     "ims3-s3-only": ("7c1593a3e587", "ims3/d80258b7c104"),
 }
 
@@ -48,7 +50,8 @@ BOARD_SETS = {
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
 # cao2-reference-t (issue 25 item 4): cao2 with CLO's timesteps as the reference draws them, an ablation row.
-AWAITING_ROWS: set[str] = {"cao2-reference-t"}
+# minimax, ims3, ims3-im-only (issue 25 item 2): their sets under DiffFit's shared class embedding.
+AWAITING_ROWS: set[str] = {"cao2-reference-t", "minimax", "ims3", "ims3-im-only"}
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
@@ -58,7 +61,13 @@ SUPERSEDED_RECIPES = {("e58e3b24a080", student) for student in ("convnet3", "res
     ("f3b821ef047f", "resnet18"),
 }
 # Rows of sets a method's revision replaced (`Method.revision`), as (method, config hash).
-SUPERSEDED_SETS = {("patch-selection-teacher-cluster", "f1762f9538c0")}
+SUPERSEDED_SETS = {
+    ("patch-selection-teacher-cluster", "f1762f9538c0"),
+    # Sampled from fine-tunes of DiffFit's version 1 (a class-embedding copy trained per block), issue 25.
+    ("minimax", "7ca08b6969c9"),
+    ("ims3", "025317f28524"),
+    ("ims3-im-only", "c01b8fdb1b37"),
+}
 
 
 @pytest.fixture(scope="module")
