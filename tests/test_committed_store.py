@@ -28,8 +28,10 @@ BOARD_SETS = {
     "cao2-oss-only": ("bed1c2a0305e", "cao2/6672bcbdcc82"),
     "cao2-clo-only": ("e7a7667ad49b", "cao2/6672bcbdcc82"),
     "d4m": ("f988a7567a18", "d4m/f988a7567a18"),
-    "adaptive-sampling": ("683f81b773eb", "adaptive-sampling/683f81b773eb"),
-    "adaptive-sampling-no-repulsion": ("41e4c8ae51e0", "adaptive-sampling/683f81b773eb"),
+    # Revision 1 (issue 25, the BO budget at Table 5's FLOP share): the BO variants' sets are new, on the draws of
+    # before; the fixed variant runs no BO and keeps its set.
+    "adaptive-sampling": ("9bc1b36c5e87", "adaptive-sampling/683f81b773eb"),
+    "adaptive-sampling-no-repulsion": ("a2ede47b9342", "adaptive-sampling/683f81b773eb"),
     "adaptive-sampling-fixed": ("5fb921891696", "adaptive-sampling/683f81b773eb"),
     # Issues 15 and 16, published 2026-11-24.
     "rded": ("bf418d0849ee", "rded/2ef794ef1bb5"),
@@ -47,7 +49,7 @@ BOARD_SETS = {
 # All or nothing: a method with some rows must have them all. `python benchmark.py --suite fashion-mnist
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
-AWAITING_ROWS: set[str] = set()
+AWAITING_ROWS: set[str] = {"adaptive-sampling", "adaptive-sampling-no-repulsion"}  # issue 25's BO budget
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
@@ -57,7 +59,14 @@ SUPERSEDED_RECIPES = {("e58e3b24a080", student) for student in ("convnet3", "res
     ("f3b821ef047f", "resnet18"),
 }
 # Rows of sets a method's revision replaced (`Method.revision`), as (method, config hash).
-SUPERSEDED_SETS = {("patch-selection-teacher-cluster", "f1762f9538c0")}
+SUPERSEDED_SETS = {
+    ("patch-selection-teacher-cluster", "f1762f9538c0"),
+    # The BO budget of before issue 25 (4 + 6 proxy runs of the whole mini-batch): the suite's configs and the
+    # searched one (3be83602a38e, IPC 10).
+    ("adaptive-sampling", "683f81b773eb"),
+    ("adaptive-sampling-no-repulsion", "41e4c8ae51e0"),
+    ("adaptive-sampling", "3be83602a38e"),
+}
 
 
 @pytest.fixture(scope="module")
