@@ -33,8 +33,9 @@ Defaults (pinned by tests/test_contract.py):
     cfg_scale_max = 10.0         the same
     strength_min = 0.5           the same
     strength_max = 0.9           the same
-    bo_init = 4                  the same: 4 Sobol points
-    bo_iterations = 6            the same: 6 GP-UCB proposals
+    bo_init = 3                  docs/decisions.md: 3 Sobol points …
+    bo_iterations = 3            … then 3 GP-UCB proposals, …
+    proxy_batch_size = 1         … each scoring 1 seed of the mini-batch: BO ≈ 23 % of the FLOPs (Table 5: 26 %)
     ucb_kappa = 2.0              §3.2 UCB = m + κσ; κ from docs/adaptive-sampling.md
     cfg_scale = 8.0              the fixed ablation: D4M's reference setting
     strength = 0.7               the same
@@ -50,10 +51,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from harness.core.identity import WHEN_SET
 from harness.models.generators.sampling import fit_to_backbone, img2img, img2img_start
 
 from .base import ClassTask, Method, Work, draw_real, fit_to_task, real_as_float, teacher_logits
@@ -75,14 +77,21 @@ class AdaptiveSamplingConfig:
     cfg_scale_max: float = 10.0
     strength_min: float = 0.5
     strength_max: float = 0.9
-    # BO budget per mini-batch: 4 scrambled-Sobol initial points, then 6 GP-UCB proposals (10 evaluations of
-    # the 2-D objective). Table 5 puts BO at 26 % of the per-image time, so the budget is small; with 10
-    # evaluations the best point found is within 3 % of the maximum on average over 40 random 2-D test
-    # objectives (docs).
-    bo_init: int = 4
-    bo_iterations: int = 6
-    # UCB(x) = m(x) + κ·σ(x) (§3.2); BoTorch's `beta` is κ². κ = 2: the best of κ ∈ {1, 2, 3} on those 40
-    # objectives at this budget (mean regret 0.049 / 0.032 / 0.098).
+    # BO budget per mini-batch, set so that BO's share of the FLOPs of distilling a class at DiT-XL/2-256 size
+    # matches Table 5's 26 % (0.7 of 2.7 s per image) within ±5 points (docs/decisions.md, pinned by
+    # tests/test_adaptive_sampling.py): 3 scrambled-Sobol initial points, then 3 GP-UCB proposals, each proxy
+    # run (half the steps, §4.2) scoring the first `proxy_batch_size` seeds of the mini-batch — the seeds are a
+    # uniform draw, so those are a uniform subsample of I and f on them estimates Eq. 5's mini-batch fidelity.
+    # 22.6 % with γ priced at the box's middle, 28.5 % with γ* at its lower edge. The proxy on the whole
+    # mini-batch (Alg. 1's letter) cannot reach 26 %: one half-step proxy run of I costs ~half a full run, so
+    # 26 % would be 0.7 evaluations per mini-batch. `proxy_batch_size` enters a set's identity only when set off
+    # 1, so that the fixed variant (no BO) keeps its key; the family's revision 1 tells the BO sets scored on one
+    # seed from the earlier whole-batch ones.
+    bo_init: int = 3
+    bo_iterations: int = 3
+    proxy_batch_size: int = field(default=1, metadata=WHEN_SET)
+    # UCB(x) = m(x) + κ·σ(x) (§3.2); BoTorch's `beta` is κ². κ = 2: the best of κ ∈ {1, 2, 3} on 40 random 2-D
+    # objectives at the earlier budget of 10 points (mean regret 0.049 / 0.032 / 0.098; docs).
     ucb_kappa: float = 2.0
     # (β, γ) when `bo` is off (the fixed ablation): D4M's reference setting, the fixed strategy the paper
     # contrasts with.
@@ -112,8 +121,8 @@ class AdaptiveSamplingConfig:
             raise ValueError(f"strength must be in [0, 1], got {self.strength}")
         if self.steps < 2:
             raise ValueError("steps must be at least 2 (the proxy sampler takes half)")
-        if self.bo_init < 1 or self.bo_iterations < 0 or self.ucb_kappa < 0:
-            raise ValueError("bo_init must be >= 1, bo_iterations >= 0 and ucb_kappa >= 0")
+        if self.bo_init < 1 or self.bo_iterations < 0 or self.ucb_kappa < 0 or self.proxy_batch_size < 1:
+            raise ValueError("bo_init and proxy_batch_size must be >= 1, bo_iterations >= 0 and ucb_kappa >= 0")
         if self.repulsion_weight < 0 or self.bandwidth_scale <= 0:
             raise ValueError("repulsion_weight must be >= 0 and bandwidth_scale > 0")
         if self.seed_batch_size < 1 or self.teacher_batch_size < 1:
@@ -272,6 +281,15 @@ def bayes_opt(
 
 # ---- the method ----
 
+# The BO budget the variants' shared seed key was first made with (`AdaptiveSampling.seed_identity`).
+SEED_KEY_BUDGET = {"bo_init": 4, "bo_iterations": 6}
+BUDGET_FIELDS = ("bo_init", "bo_iterations", "proxy_batch_size")
+
+
+def mini_batches(ipc: int, seed_batch_size: int) -> list[int]:
+    """The sizes of a class's seed mini-batches at `ipc`."""
+    return [min(seed_batch_size, ipc - lo) for lo in range(0, ipc, seed_batch_size)]
+
 
 @register_method
 class AdaptiveSampling(Method):
@@ -281,23 +299,50 @@ class AdaptiveSampling(Method):
     # adaptive-sampling, -no-repulsion and -fixed with otherwise equal settings draw the same seed images,
     # the same noise and the same BO seeds: the ablation rows differ only in the stage switched off.
     paired_switches = ("bo", "repulsion")
+    # 1 (issue 25): the BO proxy scores `proxy_batch_size` seeds of each mini-batch instead of all of them, so the
+    # BO variants' images change under unchanged settings. The fixed variant runs no BO and cancels it.
+    revision = 1
+    # The BO budget is not searched: it is set by the paper's cost share (Table 5), which a search on accuracy
+    # alone would trade away.
     search_space = {
         "repulsion_weight": ("log", 0.3, 1000.0),
         "bandwidth_scale": ("log", 0.5, 2.0),
         "seed_batch_size": ("int", 5, 25),
-        "bo_iterations": ("int", 2, 12),
         "ucb_kappa": ("float", 0.5, 3.0),
         "strength_min": ("float", 0.3, 0.7),
     }
 
     @classmethod
+    def bo_work(cls, config, ipc: int) -> Work:
+        """What BO costs one class at `ipc` (none without BO): per seed mini-batch, the teacher's soft labels of
+        the seeds the proxy scores, then bo_init + bo_iterations proxy runs over them — guided img2img at half
+        the steps, a VAE decode and a teacher pass per image. The proxies' strengths spread over the search
+        box: priced at its middle."""
+        if not config.bo:
+            return Work()
+        strength = (config.strength_min + config.strength_max) / 2
+        runs = config.bo_init + config.bo_iterations
+        scored = sum(min(config.proxy_batch_size, n) for n in mini_batches(ipc, config.seed_batch_size))
+        per_run = int(config.steps // 2 * strength) * 2  # guided: always two evaluations
+        return Work(backbone=scored * runs * per_run, vae=scored * runs, teacher=scored * (runs + 1))
+
+    @classmethod
     def work(cls, config, ipc, real_per_class):
         # BO picks the strength per seed batch: the plan prices the middle of its range.
         strength = (config.strength_min + config.strength_max) / 2 if config.bo else config.strength
-        full = int(config.steps * strength)
-        proxies = config.bo_init + config.bo_iterations if config.bo else 0
-        per_image = (proxies * int(config.steps // 2 * strength) + full) * 2  # guided: always two evaluations
-        return Work(backbone=ipc * per_image, vae=ipc * (2 + proxies), teacher=ipc * (1 + proxies) if config.bo else 0)
+        full = int(config.steps * strength) * 2  # guided: always two evaluations
+        bo = cls.bo_work(config, ipc)
+        # Each seed encoded once and each image decoded once, beside BO's.
+        return Work(backbone=ipc * full + bo.backbone, vae=2 * ipc + bo.vae, teacher=bo.teacher)
+
+    @classmethod
+    def seed_identity(cls, config):
+        """The draws (seed images, noise, one BO seed per mini-batch) do not depend on the BO budget, so the key
+        the three variants share holds the budget it was first made with, whatever the config's: a budget change
+        keeps every variant's draws, and the fixed variant's images."""
+        family, fields = super().seed_identity(config)
+        fields = {k: v for k, v in fields.items() if k not in BUDGET_FIELDS}
+        return family, {**fields, **SEED_KEY_BUDGET}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -351,11 +396,13 @@ class AdaptiveSampling(Method):
             z_noise = noise[lo : lo + cfg.seed_batch_size].to(self.device)
             if cfg.bo:
                 t0 = time.perf_counter()
-                log_p_real = teacher_log_probs(self.teacher, seed_images, cfg.teacher_batch_size)
+                # The proxy scores the mini-batch's first seeds: a uniform subsample, as the seeds are a uniform draw.
+                k = cfg.proxy_batch_size
+                log_p_real = teacher_log_probs(self.teacher, seed_images[:k], cfg.teacher_batch_size)
 
                 # Called only by this seed batch's bayes_opt below, so the loop's variables are this batch's.
                 def objective(beta: float, gamma: float) -> float:
-                    proxy = self._generate(task, latents, z_noise, beta, gamma, proxy_steps, repulsion=False)  # noqa: B023
+                    proxy = self._generate(task, latents[:k], z_noise[:k], beta, gamma, proxy_steps, repulsion=False)  # noqa: B023
                     return fidelity(log_p_real, teacher_log_probs(self.teacher, proxy, cfg.teacher_batch_size))  # noqa: B023
 
                 result = bayes_opt(objective, bounds, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa, bo_seeds[b])
@@ -377,10 +424,15 @@ register_variant(
         k: v for k, v in AdaptiveSampling.search_space.items() if k not in ("repulsion_weight", "bandwidth_scale")
     },
 )
+# The fixed variant runs no BO: neither the budget nor the family's revision 1 (a change to the BO proxy) decides
+# its images, so it keeps the budget fields and the revision its sets were keyed with.
 register_variant(
     "adaptive-sampling-fixed",
     AdaptiveSampling,
     bo=False,
+    bo_init=SEED_KEY_BUDGET["bo_init"],
+    bo_iterations=SEED_KEY_BUDGET["bo_iterations"],
+    revision=-1,
     doc="Ablation: no BO; every mini-batch sampled at the config's fixed (β, γ) with repulsion.",
     search_space={
         "cfg_scale": ("float", 1.0, 10.0),

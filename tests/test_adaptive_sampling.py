@@ -14,6 +14,7 @@ from harness.config.loader import load_suite
 from harness.models.generators.sampling import img2img, img2img_timesteps
 from methods import get_method
 from methods.adaptive_sampling import (
+    AdaptiveSampling,
     AdaptiveSamplingConfig,
     Repulsion,
     bayes_opt,
@@ -22,7 +23,7 @@ from methods.adaptive_sampling import (
     rbf_repulsion_grad,
     teacher_log_probs,
 )
-from methods.base import MethodContext, fit_to_task
+from methods.base import MethodContext, Work, fit_to_task
 from tests.factories import random_real, tiny_latent_dit, tiny_task, tiny_teacher
 
 VARIANTS = ("adaptive-sampling", "adaptive-sampling-no-repulsion", "adaptive-sampling-fixed")
@@ -46,14 +47,16 @@ def test_defaults_are_the_documented_choices():
     assert cfg.steps == 50  # full sampler; the proxy takes 25 (§4.2)
     assert (cfg.cfg_scale_min, cfg.cfg_scale_max) == (1.0, 10.0)  # β: no guidance … past D4M's 8
     assert (cfg.strength_min, cfg.strength_max) == (0.5, 0.9)  # γ: novel samples … seed almost gone
-    assert (cfg.bo, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa) == (True, 4, 6, 2.0)
+    assert (cfg.bo, cfg.bo_init, cfg.bo_iterations, cfg.proxy_batch_size, cfg.ucb_kappa) == (True, 3, 3, 1, 2.0)
     assert (cfg.cfg_scale, cfg.strength) == (8.0, 0.7)  # the fixed ablation: D4M's setting
     assert (cfg.repulsion, cfg.repulsion_weight, cfg.bandwidth_scale) == (True, 100.0, 1.0)
     assert cfg.seed_batch_size == 10
     base = dataclasses.asdict(cfg)
     no_repulsion = get_method("adaptive-sampling-no-repulsion").default_config()
     assert dataclasses.asdict(no_repulsion) == {**base, "repulsion": False}
-    assert dataclasses.asdict(get_method("adaptive-sampling-fixed").default_config()) == {**base, "bo": False}
+    # The fixed variant runs no BO and keeps the budget its sets were keyed with (docs/decisions.md).
+    fixed = dataclasses.asdict(get_method("adaptive-sampling-fixed").default_config())
+    assert fixed == {**base, "bo": False, "bo_init": 4, "bo_iterations": 6}
     for name in VARIANTS:  # one config class; a variant is its defaults
         assert get_method(name).Config is AdaptiveSamplingConfig
     with pytest.raises(ValueError, match="strength_min"):
@@ -87,7 +90,8 @@ def _bump(center, width):
 def test_bo_finds_the_maximum_of_a_known_objective_within_its_budget(center):
     cfg = AdaptiveSamplingConfig()
     calls = []
-    objective = _bump(center, 0.25)
+    # Broad, as the fidelity is over the box (docs/adaptive-sampling.md): six evaluations cannot find a narrow bump.
+    objective = _bump(center, 0.5)
 
     def counted(beta, gamma):
         calls.append((beta, gamma))
@@ -96,15 +100,100 @@ def test_bo_finds_the_maximum_of_a_known_objective_within_its_budget(center):
     box = [(cfg.cfg_scale_min, cfg.cfg_scale_max), (cfg.strength_min, cfg.strength_max)]
     result = bayes_opt(counted, box, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa, seed=7)
     assert len(calls) == len(result.values) == cfg.bo_init + cfg.bo_iterations  # the budget, no more
-    assert result.best_value > 0.98
-    assert abs(result.best[0] - center[0]) < 0.1 * 9 and abs(result.best[1] - center[1]) < 0.1 * 0.4
+    assert result.best_value > 0.95
+    assert abs(result.best[0] - center[0]) < 0.15 * 9 and abs(result.best[1] - center[1]) < 0.15 * 0.4
     assert result.best_value > result.values[: cfg.bo_init].max()  # the GP-UCB proposals improved on the design
     assert all(lo <= x <= hi for p in result.points.tolist() for x, (lo, hi) in zip(p, box))
     again = bayes_opt(objective, box, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa, seed=7)
     assert torch.equal(again.points, result.points)  # deterministic for a seed
     # The fidelity's own shape: best at the box's smallest γ (a copy of the seed scores KL = 0).
-    corner = bayes_opt(lambda b, g: -(g - 0.5) - 0.01 * (b - 4) ** 2, box, 4, 6, 2.0, seed=3)
+    corner = bayes_opt(lambda b, g: -(g - 0.5) - 0.01 * (b - 4) ** 2, box, cfg.bo_init, cfg.bo_iterations, 2.0, seed=3)
     assert corner.best[1] < 0.52 and abs(corner.best[0] - 4) < 1.5
+
+
+# Table 5 of the paper: BO takes 0.7 s of the 2.7 s per image, 26 %; the budget must match it within 5 points.
+PAPER_BO_SHARE, TOLERANCE = 0.26, 0.05
+
+
+def _unit_flops(suite_name, profile="full"):
+    """FLOPs of one transformer evaluation, one VAE pass and one teacher pass at the suite's size: the plan's own
+    count on the meta device (DiT-XL/2 from its published architecture, no hub)."""
+    from harness.report.plan import backbone_flops, count_data, teacher_flops
+
+    suite = load_suite(suite_name, profile, check_files=False)
+    counts = count_data(suite)
+    transformer, vae, _, _ = backbone_flops(suite, counts.channels, counts.classes)
+    teacher, _ = teacher_flops(suite.teacher, counts, suite.data.image_size)
+    return suite, (transformer, vae, teacher)
+
+
+def _flops(work, unit):
+    return work.backbone * unit[0] + work.vae * unit[1] + work.teacher * unit[2]
+
+
+@pytest.mark.parametrize("suite_name", ["imagewoof", "imagenet"])
+def test_bo_share_of_the_flops_at_dit_xl2_size_is_the_papers(suite_name):
+    suite, unit = _unit_flops(suite_name)
+    transformer, vae, teacher = unit
+    assert 2.3e11 < transformer < 2.45e11 and 6e11 < vae < 6.5e11  # DiT-XL/2-256 and the SD VAE's decode
+    assert suite.backbone.pretrained == "facebook/DiT-XL-2-256"
+    for name in VARIANTS[:2]:
+        cls, cfg = get_method(name), suite.method_config(name)
+        for ipc in suite.ipcs:
+            work, bo = cls.work(cfg, ipc, 1000), cls.bo_work(cfg, ipc)
+            share = _flops(bo, unit) / _flops(work, unit)
+            assert abs(share - PAPER_BO_SHARE) <= TOLERANCE, (name, ipc, share)
+            # BO's γ* sits low in the box (the fidelity prefers the seed): with the full run at the box's lower
+            # edge instead of its middle, the share still holds.
+            low = cls.work(dataclasses.replace(cfg, bo=False, strength=cfg.strength_min), ipc, 1000)
+            share_low = _flops(bo, unit) / (_flops(bo, unit) + _flops(low, unit))
+            assert share < share_low and abs(share_low - PAPER_BO_SHARE) <= TOLERANCE, (name, ipc, share_low)
+    # The budget before issue 25 (4 + 6 proxy runs of the whole mini-batch) took 83 % of the FLOPs.
+    cfg = suite.method_config(VARIANTS[0])
+    before = dataclasses.replace(cfg, bo_init=4, bo_iterations=6, proxy_batch_size=cfg.seed_batch_size)
+    share = _flops(AdaptiveSampling.bo_work(before, 10), unit) / _flops(AdaptiveSampling.work(before, 10, 1000), unit)
+    assert share == pytest.approx(0.83, abs=0.01)
+    # The fixed variant runs no BO.
+    fixed = get_method(VARIANTS[2])
+    assert fixed.bo_work(suite.method_config(VARIANTS[2]), 10) == Work()
+
+
+def test_bo_share_at_the_fashion_backbones_size():
+    """The same rule at the fashion board's 1.4 M-parameter pixel DiT (no VAE, its trained ConvNet teacher): the
+    suite's budget is the default, so the share holds there too (IPC 1 is one seed: a mini-batch of one)."""
+    suite, unit = _unit_flops("fashion-mnist", "leaderboard")
+    assert unit[1] == 0
+    for name in VARIANTS[:2]:
+        cls, cfg = get_method(name), suite.method_config(name)
+        for ipc in (10, 50):
+            share = _flops(cls.bo_work(cfg, ipc), unit) / _flops(cls.work(cfg, ipc, 6000), unit)
+            assert abs(share - PAPER_BO_SHARE) <= TOLERANCE, (name, ipc, share)
+
+
+def test_work_counts_what_distill_class_runs():
+    """The plan's count is the method's: every transformer call, decode and teacher pass of a class, counted."""
+    # γ fixed, so that the plan's price of it is exact; β above 1, where guidance always takes two evaluations.
+    method = _method(
+        steps=8, seed_batch_size=3, proxy_batch_size=2, strength_min=0.5, strength_max=0.5, cfg_scale_min=1.5
+    )
+    bb, teacher = method.backbone, method.teacher
+    calls = {"backbone": 0, "vae": 0, "teacher": 0}
+
+    def counting(fn, what, per_item=True):
+        def wrapped(x, *args, **kwargs):
+            calls[what] += len(x) if per_item else 1
+            return fn(x, *args, **kwargs)
+
+        return wrapped
+
+    bb.output = counting(bb.output, "backbone")
+    bb.encode, bb.decode = counting(bb.encode, "vae"), counting(bb.decode, "vae")
+    teacher.model.forward = counting(teacher.model.forward, "teacher")
+    method.distill_class(_task(7))  # mini-batches of 3, 3, 1; the proxy scores 2, 2, 1 seeds
+    work = method.work(method.config, 7, 12)
+    assert (calls["vae"], calls["teacher"]) == (work.vae, work.teacher)
+    assert calls["backbone"] == work.backbone  # guided: conditional and null in one call of twice the batch
+    assert method.bo_work(method.config, 7).vae == (2 + 2 + 1) * (2 + 1)  # 2 + 1 proxy runs of 2, 2 and 1 seeds
 
 
 def test_bo_leaves_the_global_rng_alone():
@@ -251,5 +340,8 @@ def test_fashion_mnist_settings():
         assert (cfg.cfg_scale_min, cfg.cfg_scale_max, cfg.strength_min, cfg.strength_max) == (1.0, 4.0, 0.5, 0.9)
         assert (cfg.cfg_scale, cfg.strength) == (d4m.cfg_scale, d4m.strength) == (2.0, 0.7)
         assert (cfg.repulsion_weight, cfg.bandwidth_scale, cfg.seed_batch_size) == (3.0, 1.0, 10)
-        assert (cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa) == (4, 6, 2.0)
+        assert (cfg.proxy_batch_size, cfg.ucb_kappa) == (1, 2.0)
+    # The BO variants run the default budget (the FLOP-share rule holds at this backbone's size too); the fixed
+    # variant keeps the budget fields its sets were keyed with.
+    assert [(c.bo_init, c.bo_iterations) for c in configs] == [(3, 3), (3, 3), (4, 6)]
     assert [(c.bo, c.repulsion) for c in configs] == [(True, True), (True, False), (False, True)]

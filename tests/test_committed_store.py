@@ -28,8 +28,10 @@ BOARD_SETS = {
     "cao2-oss-only": ("bed1c2a0305e", "cao2/6672bcbdcc82"),
     "cao2-clo-only": ("e7a7667ad49b", "cao2/6672bcbdcc82"),
     "d4m": ("f988a7567a18", "d4m/f988a7567a18"),
-    "adaptive-sampling": ("683f81b773eb", "adaptive-sampling/683f81b773eb"),
-    "adaptive-sampling-no-repulsion": ("41e4c8ae51e0", "adaptive-sampling/683f81b773eb"),
+    # Revision 1 (issue 25, the BO budget at Table 5's FLOP share): the BO variants' sets are new, on the draws of
+    # before; the fixed variant runs no BO and keeps its set.
+    "adaptive-sampling": ("9bc1b36c5e87", "adaptive-sampling/683f81b773eb"),
+    "adaptive-sampling-no-repulsion": ("a2ede47b9342", "adaptive-sampling/683f81b773eb"),
     "adaptive-sampling-fixed": ("5fb921891696", "adaptive-sampling/683f81b773eb"),
     # Issues 15 and 16, published 2026-11-24.
     "rded": ("bf418d0849ee", "rded/2ef794ef1bb5"),
@@ -51,7 +53,15 @@ BOARD_SETS = {
 # results/ makes them; remove a method once its rows are committed.
 # cao2-reference-t (issue 25 item 4): cao2 with CLO's timesteps as the reference draws them, an ablation row.
 # minimax, ims3, ims3-im-only (issue 25 item 2): their sets under DiffFit's shared class embedding.
-AWAITING_ROWS: set[str] = {"cao2-reference-t", "minimax", "ims3", "ims3-im-only"}
+# adaptive-sampling and its no-repulsion ablation (issue 25 item 5): the BO budget at Table 5's share.
+AWAITING_ROWS: set[str] = {
+    "cao2-reference-t",
+    "minimax",
+    "ims3",
+    "ims3-im-only",
+    "adaptive-sampling",
+    "adaptive-sampling-no-repulsion",
+}
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
@@ -67,6 +77,11 @@ SUPERSEDED_SETS = {
     ("minimax", "7ca08b6969c9"),
     ("ims3", "025317f28524"),
     ("ims3-im-only", "c01b8fdb1b37"),
+    # The BO budget of before issue 25 (4 + 6 proxy runs of the whole mini-batch): the suite's configs and the
+    # searched one (3be83602a38e, IPC 10).
+    ("adaptive-sampling", "683f81b773eb"),
+    ("adaptive-sampling-no-repulsion", "41e4c8ae51e0"),
+    ("adaptive-sampling", "3be83602a38e"),
 }
 
 
