@@ -58,7 +58,7 @@ import torch
 from harness.core.identity import WHEN_SET
 from harness.models.generators.sampling import fit_to_backbone, img2img, img2img_start
 
-from .base import ClassTask, Method, Work, draw_real, fit_to_task, real_as_float, teacher_logits
+from .base import ClassTask, Method, PaperGenerator, Work, draw_real, fit_to_task, real_as_float, teacher_logits
 from .registry import register_method, register_variant
 
 
@@ -299,6 +299,10 @@ class AdaptiveSampling(Method):
     # adaptive-sampling, -no-repulsion and -fixed with otherwise equal settings draw the same seed images,
     # the same noise and the same BO seeds: the ablation rows differ only in the stage switched off.
     paired_switches = ("bo", "repulsion")
+    # Its guidance box (1–10) and the fixed variant's 8 are Stable Diffusion scales, as D4M's (docs/adaptive-
+    # sampling.md): on a DiT the suite's unset ones are mapped (methods/base.py map_guidance; 10 → 5.15, 8 → 4.23).
+    paper_generator = PaperGenerator("Stable Diffusion v1.5, as D4M", "stable-diffusion", 7.5)
+    guidance_fields = ("cfg_scale_min", "cfg_scale_max", "cfg_scale")
     # 1 (issue 25): the BO proxy scores `proxy_batch_size` seeds of each mini-batch instead of all of them, so the
     # BO variants' images change under unchanged settings. The fixed variant runs no BO and cancels it.
     revision = 1

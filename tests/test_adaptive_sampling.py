@@ -325,10 +325,13 @@ def test_variants_seed_from_one_key_in_the_harness():
 
 
 @pytest.mark.parametrize("name", ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"])
-def test_imagenet_family_runs_the_defaults(name):
+def test_imagenet_family_runs_the_defaults_with_the_guidance_mapped_to_dit(name):
+    """The defaults, but the guidance scales (Stable Diffusion's) mapped to DiT-XL/2's (tests/test_d4m.py)."""
     suite = load_suite(name, check_files=False)
     for variant in VARIANTS:
-        assert suite.method_config(variant) == get_method(variant).default_config()
+        default = get_method(variant).default_config()
+        mapped = {"cfg_scale_min": 1.0, "cfg_scale_max": 5.1538, "cfg_scale": 4.2308}
+        assert suite.method_config(variant) == dataclasses.replace(default, **mapped)
 
 
 def test_fashion_mnist_settings():

@@ -119,3 +119,15 @@ def test_fashion_mnist_runs_d4m_at_the_backbones_guidance():
     cfg, diffusion = suite.method_config("d4m"), suite.method_config("diffusion")
     assert (cfg.cfg_scale, cfg.steps) == (diffusion.cfg_scale, diffusion.steps) == (2.0, 25)
     assert cfg.strength == 0.7
+
+
+def test_adaptive_sampling_maps_its_guidance_box_and_fixed_scale_to_dit_but_not_the_fashion_settings():
+    woof = load_suite("imagewoof", check_files=False)
+    for name in ("adaptive-sampling", "adaptive-sampling-fixed"):
+        cfg = woof.method_config(name)
+        assert (cfg.cfg_scale_min, cfg.cfg_scale_max) == (1.0, pytest.approx(1 + 9 * 3 / 6.5, abs=1e-4))
+        assert cfg.cfg_scale == pytest.approx(1 + 7 * 3 / 6.5, abs=1e-4)
+    fashion = load_suite("fashion-mnist", "leaderboard", check_files=False)
+    cfg = fashion.method_config("adaptive-sampling")
+    assert (cfg.cfg_scale_min, cfg.cfg_scale_max, cfg.cfg_scale) == (1.0, 4.0, 2.0)  # set by the suite, or 1
+    assert not any("guidance mapped" in n for n in fashion.notes)

@@ -113,7 +113,10 @@ def _guidance_for_backbone(s: Suite, cls, raw: dict) -> dict:
     typical = generator_for(s.backbone).typical_guidance()
     defaults = {**{f.name: f.default for f in dataclasses.fields(cls.Config)}, **cls.defaults}
     mapped = {f: map_guidance(defaults[f], paper.typical_guidance, typical) for f in unset}
-    said = ", ".join(f"{f} {defaults[f]:g} → {mapped[f]:g}" for f in unset)
+    moved = [f for f in unset if mapped[f] != defaults[f]]
+    if not moved:
+        return mapped
+    said = ", ".join(f"{f} {defaults[f]:g} → {mapped[f]:g}" for f in moved)
     note = (
         f"{cls.name}: guidance mapped from its paper's generator ({paper.name}, typical guidance "
         f"{paper.typical_guidance:g}) to this {s.backbone.kind} backbone (typical {typical:g}): {said} "
