@@ -70,6 +70,17 @@ class PaperGenerator:
     typical_guidance: float  # the guidance that generator samples at by default
 
 
+@dataclass(frozen=True)
+class Prompts:
+    """The prompts a method's paper conditioned a text-to-image generator with: `template` over the class name
+    (`{name}`) and the null condition's prompt (the unconditional pass, or a negative prompt guided against).
+    None keeps the suite's (`backbone.prompt`, `backbone.null_prompt`). Only a text-conditioned backbone reads
+    them (one that offers `with_prompts`); a class-conditional DiT has no prompts."""
+
+    template: str | None = None
+    null: str | None = None
+
+
 def map_guidance(value: float, paper_typical: float, backbone_typical: float) -> float:
     """A paper's guidance scale carried to another generator: its excess over 1 (no guidance) scaled by the ratio
     of the two generators' typical excesses, so the typical scale maps to the typical scale and 1 stays 1
@@ -155,6 +166,9 @@ class Method:
     # are then mapped by `map_guidance` from the paper's generator to the suite's, and the board says so.
     paper_generator: ClassVar[PaperGenerator | None] = None
     guidance_fields: ClassVar[tuple[str, ...]] = ()
+    # The prompts the paper conditioned its text-to-image generator with; a text-conditioned backbone samples the
+    # method with them, a class-conditional one ignores them. None: the suite's prompts.
+    prompts: ClassVar[Prompts | None] = None
     # Ranges the hyperparameter-search stage may explore, by config field: ("float" | "log" | "int", low, high)
     # or ("choice", [values]). Empty: nothing to search.
     search_space: ClassVar[dict[str, tuple]] = {}
@@ -166,6 +180,8 @@ class Method:
         if missing:
             raise ValueError(f"method {self.name} needs {', '.join(missing)}, which the context lacks")
         self.backbone, self.teacher = self.context.backbone, self.context.teacher
+        if self.prompts is not None and hasattr(self.backbone, "with_prompts"):
+            self.backbone = self.backbone.with_prompts(self.prompts.template, self.prompts.null)
         self.relabel_teacher = self.context.relabel_teacher
         self.device = torch.device(self.context.device)
         # Seconds a method spends in its named stages (e.g. {"bo": 3.2}) during one distill_class call; the

@@ -6,9 +6,12 @@ defaults: strength 0.7, guidance 8, 50 steps (the reference's `gen_syn_image_img
 `--guidance_scale 8 --strength 0.7` and leaves the pipeline's 50 inference steps).
 
 Differences from the reference, all from running on the Backbone protocol:
-- The reference uses Stable Diffusion with a text prompt per class and the negative prompt "cartoon, anime,
-  painting"; here the class condition is the backbone's class label and guidance is against the null class
-  (DESIGN §3: methods written for text prompts use class / null condition through the same protocol).
+- The reference uses Stable Diffusion with the class's label line as its prompt (dataset_utils.py l.101-112
+  `gen_label_list`: "tench, Tinca tinca") and the negative prompt "cartoon, anime, painting" (gen_syn_image.py
+  l.65). On a text-conditioned backbone (kind stable-diffusion) the method asks for those prompts (`prompts`):
+  the class's name (the first lemma of the harness's names file, not the reference's whole synonym line) and
+  that negative prompt as the null condition guidance pushes from. On a class-conditional DiT the condition is
+  the backbone's class label and guidance is against the null class (DESIGN §3).
 - Its guidance 8 is for Stable Diffusion (typical 7.5); on another generator the suite's unset guidance is mapped
   to that generator's scale (`Method.paper_generator`: 4.23 on DiT-XL/2, whose typical scale is 4), and the board
   says so.
@@ -37,7 +40,7 @@ from sklearn.cluster import MiniBatchKMeans
 
 from harness.models.generators.sampling import fit_to_backbone, img2img
 
-from .base import ClassTask, Method, PaperGenerator, Work, evaluations_per_step, fit_to_task, real_as_float
+from .base import ClassTask, Method, PaperGenerator, Prompts, Work, evaluations_per_step, fit_to_task, real_as_float
 from .registry import register_method
 
 
@@ -78,6 +81,9 @@ class D4M(Method):
     # fraction of the schedule and carries over as it is.
     paper_generator = PaperGenerator("Stable Diffusion v1.5", "stable-diffusion", 7.5)  # diffusers' SD default
     guidance_fields = ("cfg_scale",)
+    # The reference's prompt (the class name alone, dataset_utils.py l.101-112) and negative prompt
+    # (gen_syn_image.py l.65), read by a text-conditioned backbone only.
+    prompts = Prompts("{name}", "cartoon, anime, painting")
     search_space = {
         "strength": ("float", 0.3, 0.9),
         "cfg_scale": ("float", 1.0, 10.0),

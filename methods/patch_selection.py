@@ -10,7 +10,9 @@ Per class, from real images only (nothing is generated):
    the side (224 of 256 px) is scored by average-pooling the loss map (§4.2: "a 224x224 averaging pool kernel")
    and each image contributes its most typical window (Algorithm 1, line 12); low-resolution suites score the
    whole image (§4.2, "of full-image without cropping"). The condition is the class's backbone label
-   (`ClassTask.condition`: its ImageNet-1k index for a pretrained DiT), ∅ the null class.
+   (`ClassTask.condition`: its ImageNet-1k index for a pretrained DiT), ∅ the null class. On a text-conditioned
+   backbone (Stable Diffusion, the paper's) c is the prompt "An image of <class name>" and ∅ "An image of ."
+   (§3.2, after Eq. 5), which the method asks for (`prompts`).
 2. Sign: Eq. 5 gives p(c|z) = 1 / (1 + exp R(z|c)), which falls as R grows, while Algorithm 1 writes argmax R.
    The most typical patch is the one the class condition helps most, the lowest R (`typical = "low"`); the
    check on Fashion-MNIST (scripts/patch_selection_sign_check.py, docs/decisions.md) measured it.
@@ -37,7 +39,9 @@ Choices the paper leaves open, with reasons (docs/decisions.md, "Diffusion-drive
 - `dift_timestep = 160`: the paper's "t = 1.60" (appendix §3, Algorithm 1 line 14) read in hundreds of the
   1,000 training steps, as its R range is in fractions of them; t > 1 cannot be a fraction.
 - `dift_block = 0.5`: the block halfway through the transformer (DIFT reads SD's U-Net at its second up block;
-  a DiT has no encoder/decoder). `dift_ensemble = 8`: DIFT's extract_dift.py `--ensemble_size` default.
+  a DiT has no encoder/decoder). On Stable Diffusion the backbone's blocks are the U-Net's four up blocks, and
+  0.5 picks the second, `up_blocks[1]`: DIFT's own SD setting (`up_ft_index` 1).
+  `dift_ensemble = 8`: DIFT's extract_dift.py `--ensemble_size` default.
 - Noise: Eq. 1 prints (1 − √ᾱ_t)·ε; the backbone is trained on √(1 − ᾱ_t)·ε, which is used.
 - Patches are cut from the suite's images at the window's pixel box and resized (bilinear, antialiased) to
   the tile (`image_size // factor`) or the whole image; the paper resizes 224-px patches to 112 and stitches
@@ -73,7 +77,7 @@ from sklearn.cluster import KMeans
 from harness.models.generators.sampling import fit_to_backbone
 from harness.models.generators.scoring import dift_features, representativeness
 
-from .base import ClassTask, Method, Work, draw_real, real_as_float, teacher_features
+from .base import ClassTask, Method, Prompts, Work, draw_real, real_as_float, teacher_features
 from .rded import cut_crops, stitch
 from .registry import register_method, register_variant
 
@@ -178,6 +182,8 @@ class PatchSelection(Method):
     Config = PatchSelectionConfig
     needs = frozenset({"backbone", "real_images"})
     paired_switches = ("clustering",)
+    # §3.2: "the label text prompt ... (i.e., "An image of ." and "An image of c")", on SD v1.5.
+    prompts = Prompts("An image of {name}", "An image of .")
 
     @classmethod
     def needs_for(cls, config):

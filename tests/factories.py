@@ -6,15 +6,19 @@ A test imports these from here, never from another test module: pytest imports t
 the name Ray workers find too.
 """
 
+import json
+import string
 from pathlib import Path
 
 import torch
 import yaml
-from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from harness.models.data import RealData
 from harness.models.generators.dit import DiTBackbone
 from harness.models.generators.pixel_dit import PixelDiTConfig
+from harness.models.generators.stable_diffusion import StableDiffusionBackbone, save_sd_backbone
 from harness.models.students import create_student
 from harness.models.teachers import Teacher
 from methods.base import ClassTask
@@ -69,6 +73,68 @@ def tiny_latent_dit() -> DiTBackbone:
     vae = tiny_vae()
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     return DiTBackbone(transformer, scheduler, vae)
+
+
+def sd_scheduler() -> DDIMScheduler:
+    """SD v1.5's noise schedule (its scheduler/scheduler_config.json: scaled-linear betas 0.00085 … 0.012)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def tiny_clip(folder: Path, tokens: int = 16) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    """A CLIP text tower in miniature (width 16, one layer) and a character-level CLIP tokenizer (no merges)
+    of `tokens` positions, the tokenizer written to `folder` (it is built from files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(string.ascii_lowercase) + list(".,'-")
+    vocab = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=tokens)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=tokens,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(config), tokenizer
+
+
+def tiny_sd(folder: Path, class_names: list[str], prompt: str = "{name}", null_prompt: str = "") -> Path:
+    """Stable Diffusion's shape in miniature, written to `folder` in SD's layout (unet/, vae/, text_encoder/,
+    tokenizer/, scheduler/) so that tests load it through the generator's own load path: a two-level
+    text-conditioned U-Net on 4×4×4 latents, the tiny VAE (8-px images), a tiny CLIP text tower; random weights
+    from torch's RNG seeded 0. Returns the folder."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    text_encoder, tokenizer = tiny_clip(Path(folder) / "_tokenizer_files")
+    backbone = StableDiffusionBackbone(
+        unet, tiny_vae(), text_encoder, tokenizer, sd_scheduler(), class_names, prompt, null_prompt
+    )
+    save_sd_backbone(backbone, Path(folder))
+    return Path(folder)
 
 
 def tiny_teacher(num_outputs=10, class_indices=None) -> Teacher:

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_registries_find_every_kind():
-    assert list_generators() == ["pixel-dit", "dit"]
+    assert list_generators() == ["pixel-dit", "dit", "stable-diffusion"]
     assert get_generator("pixel-dit") is PixelDiTGenerator and get_generator("dit") is DiTGenerator
-    with pytest.raises(KeyError, match="unknown generator 'magic'; known: dit, pixel-dit"):
+    with pytest.raises(KeyError, match="unknown generator 'magic'; known: dit, pixel-dit, stable-diffusion"):
         get_generator("magic")
     assert list_teacher_kinds() == ["trained", "timm"]
     for config, source in (
@@ -66,7 +66,10 @@ def _load(tmp_path, mutate):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda r: r["backbone"].update(kind="magic"), "backbone.kind: must be pixel-dit or dit, got 'magic'"),
+        (
+            lambda r: r["backbone"].update(kind="magic"),
+            "backbone.kind: must be pixel-dit or dit or stable-diffusion, got 'magic'",
+        ),
         (
             lambda r: r["backbone"].update(kind="dit"),
             "backbone.pretrained: required for kind dit: a hub id or a local directory",

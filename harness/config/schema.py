@@ -76,6 +76,11 @@ class BackboneConfig:
     # Classifier-free guidance combines the first N noise channels; the rest are the conditional pass's output.
     # None: DiT's 3 of 4 for kind dit (the guidance of every DiT-based paper), every channel for pixel-dit.
     guided_channels: int | None = None
+    # A text-conditioned backbone (kind stable-diffusion): the prompt of a class, a template over its name in
+    # `classes`' names file, and the null condition's prompt (the empty prompt SD's guidance was trained on; a
+    # method whose paper prompted otherwise asks for its own, methods/base.py `Method.prompts`).
+    prompt: str = "{name}"
+    null_prompt: str = ""
 
     def __post_init__(self):
         if self.guided_channels is not None and self.guided_channels < 1:
