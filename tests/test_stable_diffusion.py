@@ -20,7 +20,7 @@ from harness.models.generators.stable_diffusion import SD_V1_5, StableDiffusionB
 from harness.stages.prepare import Prepared, backbone_conditions, prepare_backbone
 from methods import get_method
 from methods.base import MethodContext
-from tests.factories import real_task, tiny_sd
+from tests.factories import real_task, tiny_sd, tiny_teacher
 
 TENCH, SPRINGER = 0, 217  # ImageNet-1k indices of n01440764 and n02102040
 WNIDS = ("n01440764", "n02102040")
@@ -131,7 +131,11 @@ def test_the_suite_names_the_class_list_the_prompts_come_from(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SuiteError, match="backbone.classes: required for a text-conditioned backbone"):
         load_suite(str(path), check_files=False)
-    raw["backbone"].update(classes="imagenet-1k", prompt="An image of {klass}")
+    raw["backbone"].update(classes="imagenet-1k", guided_channels=3)
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match="backbone.guided_channels: a text-conditioned U-Net guides every channel"):
+        load_suite(str(path), check_files=False)
+    raw["backbone"].update(guided_channels=None, prompt="An image of {klass}")
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SuiteError, match="backbone.prompt"):
         load_suite(str(path), check_files=False)
@@ -168,6 +172,13 @@ def imagenet_suite(tmp_path_factory, folder):
                 "teacher": {"kind": "trained"},
                 "methods": {
                     "d4m": {"steps": 4},
+                    "adaptive-sampling": {
+                        "steps": 4,
+                        "bo_init": 2,
+                        "bo_iterations": 1,
+                        "seed_batch_size": 2,
+                        "repulsion_weight": 1.0,
+                    },
                     "patch-selection": {
                         "num_candidates": 8,
                         "draws": 2,
@@ -193,6 +204,8 @@ def imagenet_suite(tmp_path_factory, folder):
 def test_sd_settings_are_the_papers_unmapped(imagenet_suite):
     suite, real, prepared = imagenet_suite
     assert suite.methods["d4m"].cfg_scale == 8.0 and suite.methods["d4m"].strength == 0.7
+    adaptive = suite.methods["adaptive-sampling"]
+    assert (adaptive.cfg_scale_min, adaptive.cfg_scale_max, adaptive.cfg_scale) == (1.0, 10.0, 8.0)
     assert not any("guidance mapped" in n for n in suite.notes)
     assert prepared.conditions == [TENCH, SPRINGER]
 
@@ -226,3 +239,14 @@ def test_patch_selection_end_to_end_on_sd(imagenet_suite):
     assert images.shape == (1, 3, 8, 8)
     # Every 4 × 4 tile of the stitched image is a window of one of the class's real images.
     assert 0 <= images.min() and images.max() <= 1
+
+
+def test_adaptive_sampling_end_to_end_on_sd(imagenet_suite):
+    suite, real, prepared = imagenet_suite
+    context = MethodContext(backbone=prepared.load_backbone(), teacher=tiny_teacher(2))
+    method = get_method("adaptive-sampling")(suite.methods["adaptive-sampling"], context)
+    assert method.backbone.prompt_of(TENCH) == "tench"  # the suite's prompts: the paper names none of its own
+    images = method.distill_class(_task(real, prepared, 0, 3))
+    assert images.shape == (3, 3, 8, 8) and 0 <= images.min() and images.max() <= 1
+    assert all(1 <= b <= 10 and 0.5 <= g <= 0.9 for b, g in method.last_choices)
+    assert torch.equal(images, method.distill_class(_task(real, prepared, 0, 3)))

@@ -271,6 +271,8 @@ class StableDiffusionGenerator(Generator):
 
     @staticmethod
     def check(config, image_size: int, fail) -> None:
+        if config.guided_channels is not None:
+            fail("backbone.guided_channels", "a text-conditioned U-Net guides every channel, as diffusers' pipelines")
         try:
             config.prompt.format(name="x")
         except (KeyError, IndexError, ValueError):
