@@ -21,7 +21,7 @@ from harness.models.generators import generator_for
 from harness.models.generators.sampling import ddim_sample, img2img
 from harness.models.generators.scoring import dift_features
 from harness.models.generators.stable_diffusion import SD_V1_5, StableDiffusionBackbone
-from harness.stages.prepare import Prepared, backbone_conditions, prepare_backbone
+from harness.stages.prepare import Prepared, backbone_check, backbone_conditions, prepare_backbone
 from methods import get_method
 from methods.base import MethodContext
 from tests.factories import real_task, tiny_sd, tiny_teacher
@@ -273,3 +273,16 @@ def test_adaptive_sampling_end_to_end_on_sd(imagenet_suite):
     assert images.shape == (3, 3, 8, 8) and 0 <= images.min() and images.max() <= 1
     assert all(1 <= b <= 10 and 0.5 <= g <= 0.9 for b, g in method.last_choices)
     assert torch.equal(images, method.distill_class(_task(real, prepared, 0, 3)))
+
+
+def test_the_backbone_check_samples_each_classs_prompt(imagenet_suite):
+    """The check runs unchanged: suite class c is sampled under the prompt of its ImageNet-1k condition and the
+    teacher, which knows the suite's classes, is asked whether it sees class c."""
+    suite, real, prepared = imagenet_suite
+    bb = prepared.load_backbone()
+    prompted = []
+    original = bb.text_embedding
+    bb.text_embedding = lambda label: prompted.append(bb.prompt_of(label)) or original(label)
+    result = backbone_check(bb, tiny_teacher(2), 2, 3, 7.5, 4, conditions=prepared.conditions)
+    assert result["samples"] == 6 and 0 <= result["agreement"] <= 1
+    assert set(prompted) == {"tench", "English springer", ""}
