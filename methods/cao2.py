@@ -179,6 +179,9 @@ class CaO2(Method):
     name = "cao2"
     Config = CaO2Config
     needs = frozenset({"backbone", "teacher"})
+    stage_batches = {"sample": "batch_size", "decode": "batch_size", "select": "batch_size", "clo": "clo_batch_size"}
+    # One sampling step, a pool of IPC (OSS still scores and ranks it), one CLO iteration.
+    rehearsal_settings = {"steps": 1, "pool_factor": 1, "iterations": 1}
     # cao2, cao2-oss-only and cao2-clo-only with otherwise equal settings share one noise bank, one fill
     # order and one set of CLO draws (the reference samples every ablation from its seed-42 bank).
     paired_switches = ("oss", "clo")
@@ -210,7 +213,8 @@ class CaO2(Method):
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         step = self.config.batch_size
-        return torch.cat([self.backbone.decode(latents[i : i + step]) for i in range(0, len(latents), step)])
+        with self.stage("decode", record=False):
+            return torch.cat([self.backbone.decode(latents[i : i + step]) for i in range(0, len(latents), step)])
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         bb, cfg = self.backbone, self.config
@@ -232,7 +236,7 @@ class CaO2(Method):
         clo_noise = torch.randn((task.ipc, *bb.latent_shape), generator=gen)
         clo_t = torch.randint(1, t_max + 1, (cfg.iterations, task.ipc), generator=gen)
 
-        with torch.no_grad():
+        with torch.no_grad(), self.stage("sample", record=False):
             latents = torch.cat(
                 [
                     sample(
@@ -247,10 +251,12 @@ class CaO2(Method):
                     for i in range(0, pool_size, cfg.batch_size)
                 ]
             )
-            images = None
+        images = None
+        with torch.no_grad():
             if cfg.oss:
                 images = self._decode(latents)
-                p, correct = selector_scores(self.teacher, images, task.label, cfg.batch_size)
+                with self.stage("select", record=False):
+                    p, correct = selector_scores(self.teacher, images, task.label, cfg.batch_size)
                 keep = oss_select(p, correct, task.ipc, task.ipc < cfg.least_confident_from_ipc, fill_order)
                 latents, images = latents[keep.to(latents.device)], images[keep.to(images.device)]
 
@@ -261,20 +267,21 @@ class CaO2(Method):
                 else bb.null_class
             )
             step = cfg.clo_batch_size
-            latents = torch.cat(
-                [
-                    optimise_latents(
-                        bb,
-                        latents[i : i + step],
-                        torch.tensor(c_hat),
-                        clo_noise[i : i + step].to(self.device),
-                        clo_t[:, i : i + step],
-                        cfg.lr,
-                        cfg.linf_weight,
-                    )
-                    for i in range(0, task.ipc, step)
-                ]
-            )
+            with self.stage("clo", record=False):
+                latents = torch.cat(
+                    [
+                        optimise_latents(
+                            bb,
+                            latents[i : i + step],
+                            torch.tensor(c_hat),
+                            clo_noise[i : i + step].to(self.device),
+                            clo_t[:, i : i + step],
+                            cfg.lr,
+                            cfg.linf_weight,
+                        )
+                        for i in range(0, task.ipc, step)
+                    ]
+                )
             images = None
         with torch.no_grad():
             images = self._decode(latents) if images is None else images

@@ -71,6 +71,10 @@ class D4M(Method):
     name = "d4m"
     Config = D4MConfig
     needs = frozenset({"backbone", "real_images"})
+    # "generate" is image-to-image sampling and its decode, one call.
+    stage_batches = {"encode": "batch_size", "generate": "batch_size"}
+    # Two steps at strength 0.7 run one.
+    rehearsal_settings = {"steps": 2}
     search_space = {
         "strength": ("float", 0.3, 0.9),
         "cfg_scale": ("float", 1.0, 10.0),
@@ -104,18 +108,21 @@ class D4M(Method):
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         cfg = self.config
         random_state, noise = self._draws(task)
-        centres = kmeans_prototypes(self.encode_real(task), task.ipc, random_state, cfg.kmeans_batch_size)
+        with self.stage("encode", record=False):
+            latents = self.encode_real(task)
+        centres = kmeans_prototypes(latents, task.ipc, random_state, cfg.kmeans_batch_size)
         out = []
         for i in range(0, task.ipc, cfg.batch_size):
-            out.append(
-                img2img(
-                    self.backbone,
-                    task.condition,
-                    noise[i : i + cfg.batch_size].to(self.device),
-                    cfg.strength,
-                    cfg.cfg_scale,
-                    cfg.steps,
-                    latents=centres[i : i + cfg.batch_size].to(self.device),
-                ).cpu()
-            )
+            with self.stage("generate", record=False):
+                out.append(
+                    img2img(
+                        self.backbone,
+                        task.condition,
+                        noise[i : i + cfg.batch_size].to(self.device),
+                        cfg.strength,
+                        cfg.cfg_scale,
+                        cfg.steps,
+                        latents=centres[i : i + cfg.batch_size].to(self.device),
+                    ).cpu()
+                )
         return fit_to_task(torch.cat(out), task)
