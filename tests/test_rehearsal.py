@@ -124,7 +124,7 @@ def test_the_plan_prints_each_methods_peak_memory(imagenet, tmp_path):
     text = Run(imagenet, ["diffusion", "cao2", "minimax"], tmp_path / "out").plan(1, 25.0)
     assert "peak mem" in text
     rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ") and len(line.split()) > 6}
-    assert "18.0 GB" in rows["diffusion"] and "its decode stage" in rows["diffusion"]
+    assert "18.0 GB" in rows["diffusion"] and "its decode stage at batch_size = 50" in rows["diffusion"]
     assert "23.0 GB" in rows["cao2"] and "its clo stage" in rows["cao2"]
     assert " — " in rows["minimax"]
 

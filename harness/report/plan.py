@@ -31,7 +31,7 @@ from harness.models.generators.registry import GeneratorError
 from harness.models.protocols import reference_protocol
 from harness.models.students import create_student
 from harness.models.teacher_sources import teacher_source
-from harness.runtime.memory_figures import GB, figures_path, predict_peaks
+from harness.runtime.memory_figures import GB, figures_path, predict_peaks, shown
 from harness.runtime.preflight import DEFAULT_GPU_MEMORY_GB
 from methods import get_method
 
@@ -281,6 +281,10 @@ def _header(u: _Units, gpus: int, gpu_tflops: float) -> list[str]:
     ]
 
 
+def _batch(peak) -> str:
+    return f"{peak.setting} = {peak.batch}" if peak.setting else f"its fixed batch of {peak.batch}"
+
+
 def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: float) -> tuple[list[str], float, bool]:
     """One line per set's config, then the shards, actors, model loads and disk; the seconds and whether any set
     samples the backbone."""
@@ -316,7 +320,7 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: 
         memory = f"{peak.peak.bytes / GB:,.1f} GB" if peak else "—"
         lines.append(
             f"  {label:34} {len(ipcs):>4} {len(ipcs) * C:>6} {images:>8,} {evals:>15,.0f} {_hours(seconds):>8} "
-            f"{memory:>9}  {basis}" + (f"; memory: its {peak.peak.stage} stage" if peak else "")
+            f"{memory:>9}  {basis}" + (f"; memory: its {peak.peak.stage} stage at {_batch(peak.peak)}" if peak else "")
         )
     shards = len(entries) * len(ipcs) * C
     actors = min(gpus, shards)
@@ -330,10 +334,10 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: 
         + ("(measured size)" if measured.png_bytes_per_image else f"(estimated at {PNG_FRACTION:.0%} of raw)")
         + (f"; backbone weights {u.params * 4 / 1e9:,.2f} GB in fp32 per node" if needs_backbone else "")
     )
-    source = figures_path(u.suite.name)
+    source = shown(figures_path(u.suite.name))
     lines.append(
         "  peak mem: the largest stage's GPU memory predicted at the suite's batch settings from the rehearsal's "
-        f"figures ({source.parent.name}/{source.name}: static + per sample × batch, measured at true size by "
+        f"figures ({source}: static + per sample × batch, measured at true size by "
         f"perf/rehearsal.py); — where it has none. A run refuses a method predicted above --gpu-memory "
         f"({gpu_memory_gb:g} GB)"
         if any(peaks.values())

@@ -51,6 +51,11 @@ def rehearsal_key(suite: Suite, name: str) -> str:
     )
 
 
+def shown(path: Path) -> Path:
+    """`path` as a message names it: relative to the repository where the committed figures are."""
+    return path.relative_to(BENCHMARKS_DIR.parent) if path.is_relative_to(BENCHMARKS_DIR.parent) else path
+
+
 def load_figures(suite_name: str, folder: Path | None = None) -> dict | None:
     path = figures_path(suite_name, folder)
     return json.loads(path.read_text()) if path.is_file() else None

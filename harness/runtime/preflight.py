@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from harness.config.schema import Suite, SuiteError
-from harness.runtime.memory_figures import GB, figures_path, gigabytes, predict_peaks
+from harness.runtime.memory_figures import GB, figures_path, gigabytes, predict_peaks, shown
 from methods import get_method
 
 DEFAULT_GPU_MEMORY_GB = 80.0  # an 80 GB card (A100 / H100), the size the papers' ImageNet runs name
@@ -74,7 +74,8 @@ def check_memory_fits(suite: Suite, methods: list[str], gpu_memory_gb: float, fo
             if p.setting is not None and p.batch > 1
             else "no batch setting lowers it: a GPU with more memory is needed"
         )
+        source = shown(figures_path(suite.name, folder))
         raise SuiteError(
             f"{suite.source}: methods: {name} is predicted to need {gigabytes(p.bytes)} in its {p.stage} stage, more "
-            f"than --gpu-memory {gpu_memory_gb:g} GB (rehearsal figures {figures_path(suite.name, folder)}); {lower}"
+            f"than --gpu-memory {gpu_memory_gb:g} GB (rehearsal figures {source}); {lower}"
         )

@@ -384,5 +384,9 @@ def rehearse_suite(
         entry["key"] = key
         figures["methods"][name] = entry
         figures["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        # What measuring this suite's own entries took, over the calls that made them (a resumed rehearsal's too).
+        figures["measuring_seconds"] = round(
+            sum(e.get("wall_seconds", 0) for e in figures["methods"].values() if e.get("measured_in") == suite.name), 1
+        )
         atomic.write_json(figures_path(suite.name, folder), figures, indent=1)
     return figures
