@@ -80,11 +80,12 @@ def main() -> None:
     suite = load_suite(args.suite, check_files=False)
     if args.table:
         figures = json.loads(figures_path(suite.name, args.folder).read_text())
+        print(f"[rehearsal] {suite.name}: its own measurements took {figures['measuring_seconds']:,.0f} s")
     else:
         methods = args.methods.split(",") if args.methods else list(suite.methods)
         t0 = time.perf_counter()
         command = shlex.join(["python", "perf/rehearsal.py", *sys.argv[1:]])
-        budget = args.budget_minutes * 60 if args.budget_minutes else None
+        budget = args.budget_minutes * 60 if args.budget_minutes is not None else None
         figures = rehearse_suite(
             suite,
             methods,
