@@ -20,7 +20,12 @@ from harness.pipeline import Run, RunError
 from harness.report.export import ExportError
 from harness.report.plan import DEFAULT_GPU_TFLOPS, PlanError
 from harness.runtime.cluster import ClusterError, check_target, resolve
-from harness.runtime.preflight import check_out_dir, check_real_image_counts
+from harness.runtime.preflight import (
+    DEFAULT_GPU_MEMORY_GB,
+    check_memory_fits,
+    check_out_dir,
+    check_real_image_counts,
+)
 from harness.stages.distill import DistillError
 from harness.stages.prepare import PrepareError
 from harness.stages.search import DEFAULT_TRIALS, SearchError, SearchSpec, default_point, search_protocol, space_of
@@ -41,6 +46,7 @@ UNSET = dict(
     resume=False,
     gpus=1,
     gpu_tflops=DEFAULT_GPU_TFLOPS,
+    gpu_memory=DEFAULT_GPU_MEMORY_GB,
     site=False,
     compare=None,
     export=None,
@@ -135,6 +141,17 @@ def _plan_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _memory_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gpu-memory",
+        type=_positive_number,
+        default=DEFAULT_GPU_MEMORY_GB,
+        metavar="GB",
+        help="memory per GPU: a run (or plan) whose method the rehearsal's figures (benchmarks/rehearsal/) predict "
+        f"to need more is refused before any compute (default: {DEFAULT_GPU_MEMORY_GB:g})",
+    )
+
+
 HELP = {
     "run": "make the suite's sets, train its students on them, draw the board and the site (the default verb)",
     "plan": "print what the suite would do and cost (shards, trials, model loads, images, disk, GPU-hours) and run "
@@ -166,8 +183,10 @@ def parser() -> argparse.ArgumentParser:
             group(v)
         return v
 
-    verb("run", _address_flag, _check_flags).add_argument("--cross-arch", action="store_true", help=CROSS_ARCH_HELP)
-    verb("plan", _plan_flags, plan=True)
+    verb("run", _address_flag, _check_flags, _memory_flag).add_argument(
+        "--cross-arch", action="store_true", help=CROSS_ARCH_HELP
+    )
+    verb("plan", _plan_flags, _memory_flag, plan=True)
     verb("search", _address_flag, _check_flags, _search_flags).add_argument(
         "search", metavar="METHOD[,METHOD]", help="the methods (or protocols) to search"
     )
@@ -195,6 +214,7 @@ def flat_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", metavar="METHOD[,METHOD]", help="as the verb search: " + HELP["search"])
     _search_flags(p)
     _plan_flags(p)
+    _memory_flag(p)
     p.add_argument("--site", action="store_true", help="as the verb site: " + HELP["site"])
     p.add_argument("--compare", metavar="A,B", help="as the verb compare: " + HELP["compare"])
     p.add_argument("--export", metavar="METHOD", help="as the verb export: " + HELP["export"])
@@ -218,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         suite = load_suite(args.suite, args.profile, _overrides(args), check_files=not args.plan)
         methods = _methods(args, suite)
         verb, pair = _verb(args, suite)
+        if verb in ("run", "plan"):  # before any compute: the cluster, the data, the models
+            check_memory_fits(suite, [suite.cross_arch.method] if args.cross_arch else methods, args.gpu_memory)
         if verb == "plan":
-            print(Run(suite, methods, args.out).plan(args.gpus, args.gpu_tflops), flush=True)
+            print(Run(suite, methods, args.out).plan(args.gpus, args.gpu_tflops, args.gpu_memory), flush=True)
             return 0
         specs = _search_specs(args, suite) if verb == "search" else []
         run = _run(args, suite, specs or methods, verb, pair, command)

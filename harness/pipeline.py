@@ -27,6 +27,7 @@ from harness.report.plan import make_plan
 from harness.report.rows import board_order, measured_rows, searched_label, trained_under, with_searched_labels
 from harness.report.site import build_site
 from harness.runtime.cluster import connector
+from harness.runtime.preflight import DEFAULT_GPU_MEMORY_GB
 from harness.stages.cross_arch import cross_architecture
 from harness.stages.distill import DistillJob, distill, plan
 from harness.stages.diversity import measure_sets
@@ -303,9 +304,18 @@ class Run:
             written += paths
         return written
 
-    def plan(self, gpus: int, gpu_tflops: float) -> str:
+    def plan(self, gpus: int, gpu_tflops: float, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB) -> str:
         """What the run would do and cost, as text: needs neither the data nor the models."""
-        return make_plan(self.suite, self.set_methods, self.searched, self.fine_tunes, self.given_out, gpus, gpu_tflops)
+        return make_plan(
+            self.suite,
+            self.set_methods,
+            self.searched,
+            self.fine_tunes,
+            self.given_out,
+            gpus,
+            gpu_tflops,
+            gpu_memory_gb,
+        )
 
     @_holding_out
     def compare(self, pair: list[str]) -> Path:

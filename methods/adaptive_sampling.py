@@ -49,7 +49,6 @@ Defaults (pinned by tests/test_contract.py):
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -308,6 +307,11 @@ class AdaptiveSampling(Method):
     revision = 1
     # The BO budget is not searched: it is set by the paper's cost share (Table 5), which a search on accuracy
     # alone would trade away.
+    # "generate" is the full image-to-image run with repulsion and its decode; "bo" holds its proxies' runs.
+    stage_batches = {"encode": "seed_batch_size", "bo": "seed_batch_size", "generate": "seed_batch_size"}
+    # Two steps (the full run takes one at strength ≥ 0.5; the proxy's one step runs none at strength < 1, so a proxy
+    # evaluation is its decode and the teacher); two Sobol points and one GP-UCB proposal: a BO round.
+    rehearsal_settings = {"steps": 2, "bo_init": 2, "bo_iterations": 1}
     search_space = {
         "repulsion_weight": ("log", 0.3, 1000.0),
         "bandwidth_scale": ("log", 0.5, 2.0),
@@ -390,32 +394,31 @@ class AdaptiveSampling(Method):
         proxy_steps = cfg.steps // 2
         bounds = [(cfg.cfg_scale_min, cfg.cfg_scale_max), (cfg.strength_min, cfg.strength_max)]
         self.last_choices = []
-        if cfg.bo:
-            self.stage_seconds["bo"] = 0.0
         out = []
         for b, lo in enumerate(range(0, task.ipc, cfg.seed_batch_size)):
             seed_images = real[lo : lo + cfg.seed_batch_size]
-            with torch.no_grad():
+            with torch.no_grad(), self.stage("encode", record=False):
                 latents = bb.encode(fit_to_backbone(seed_images, bb).to(self.device))
             z_noise = noise[lo : lo + cfg.seed_batch_size].to(self.device)
             if cfg.bo:
-                t0 = time.perf_counter()
-                # The proxy scores the mini-batch's first seeds: a uniform subsample, as the seeds are a uniform draw.
-                k = cfg.proxy_batch_size
-                log_p_real = teacher_log_probs(self.teacher, seed_images[:k], cfg.teacher_batch_size)
+                with self.stage("bo"):
+                    # The proxy scores the mini-batch's first seeds: a uniform subsample, as the seeds are a uniform
+                    # draw.
+                    k = cfg.proxy_batch_size
+                    log_p_real = teacher_log_probs(self.teacher, seed_images[:k], cfg.teacher_batch_size)
 
-                # Called only by this seed batch's bayes_opt below, so the loop's variables are this batch's.
-                def objective(beta: float, gamma: float) -> float:
-                    proxy = self._generate(task, latents[:k], z_noise[:k], beta, gamma, proxy_steps, repulsion=False)  # noqa: B023
-                    return fidelity(log_p_real, teacher_log_probs(self.teacher, proxy, cfg.teacher_batch_size))  # noqa: B023
+                    # The batch's proxy inputs bound as defaults: the objective reads this batch's, not the loop's.
+                    def objective(beta: float, gamma: float, lat=latents[:k], noise=z_noise[:k], ref=log_p_real):
+                        proxy = self._generate(task, lat, noise, beta, gamma, proxy_steps, repulsion=False)
+                        return fidelity(ref, teacher_log_probs(self.teacher, proxy, cfg.teacher_batch_size))
 
-                result = bayes_opt(objective, bounds, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa, bo_seeds[b])
-                beta, gamma = result.best
-                self.stage_seconds["bo"] += time.perf_counter() - t0
+                    result = bayes_opt(objective, bounds, cfg.bo_init, cfg.bo_iterations, cfg.ucb_kappa, bo_seeds[b])
+                    beta, gamma = result.best
             else:
                 beta, gamma = cfg.cfg_scale, cfg.strength
             self.last_choices.append((beta, gamma))
-            out.append(self._generate(task, latents, z_noise, beta, gamma, cfg.steps, repulsion=cfg.repulsion))
+            with self.stage("generate", record=False):
+                out.append(self._generate(task, latents, z_noise, beta, gamma, cfg.steps, repulsion=cfg.repulsion))
         return torch.cat(out)
 
 

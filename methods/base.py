@@ -8,7 +8,11 @@ writing) lives in harness/, so a method can be run and tested on its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,6 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.identity import NEVER, identity_fields
+
+# Images per teacher forward where a method has no setting for it (features for herding, k-center and S3).
+TEACHER_BATCH = 256
 
 
 @dataclass
@@ -111,6 +118,18 @@ class FineTuneObjective:
     """A fine-tuning loss over a batch of clean latents. State that must survive a resume (a memory bank)
     goes through `state_dict` / `load_state_dict`."""
 
+    # The rehearsal (harness/stages/rehearsal.py) sets this to measure a step at its dearest: every image at the
+    # last timestep, where a loss whose work grows with t (IMS3's inversion runs the whole DDIM path below t) does
+    # the most. Training never sets it.
+    dearest_timesteps: bool = False
+
+    def draw_timesteps(self, n: int, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+        """The training timesteps of a batch of `n`: uniform over the schedule (DiT's `training_losses`), or
+        the last one everywhere under `dearest_timesteps` (the generator is drawn from alike, so the draws after
+        it do not move)."""
+        t = torch.randint(0, num_train_timesteps, (n,), generator=generator)
+        return torch.full_like(t, num_train_timesteps - 1) if self.dearest_timesteps else t
+
     def loss(
         self, backbone, x0: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -158,6 +177,20 @@ class Method:
     # and the rows of the old images leave the board (0 is left out of the hash: existing hashes hold). A variant's
     # set hash takes the sum over its classes, so raising the family's retires every variant's sets too.
     revision: ClassVar[int] = 0
+    # The config field that sets each named stage's batch (the images one pass of the stage holds at once), or
+    # the fixed batch the code uses where no setting does: what the rehearsal (perf/rehearsal.py) measures each
+    # stage at and what `--plan` scales its memory by. A stage absent here holds the whole class at once.
+    stage_batches: ClassVar[dict[str, str | int]] = {}
+    # Config values that make a rehearsal cheap and still run every stage once (one sampling step, one CLO
+    # iteration, one BO proposal, ...); the batch fields above are set to the batch being measured.
+    rehearsal_settings: ClassVar[dict[str, Any]] = {}
+    # The two batches the rehearsal measures, whose difference gives each stage's memory per image.
+    rehearsal_batches: ClassVar[tuple[int, int]] = (1, 2)
+    # The IPC a rehearsal distils (None: the batch being measured, so that a batch of that many images is made).
+    rehearsal_ipc: ClassVar[int | None] = None
+    # Settings that change a fine-tune step's compute but not its peak memory: the rehearsal measures the memory
+    # slope over the batches with them, and the suite's own settings at the first batch only (FLOPs and peak).
+    rehearsal_slope_settings: ClassVar[dict[str, Any]] = {}
     # DD-Ranking's reference set (a same-IPC random subset of the real training images) that its scores
     # measure every method against.
     random_baseline: ClassVar[bool] = False
@@ -187,6 +220,20 @@ class Method:
         # Seconds a method spends in its named stages (e.g. {"bo": 3.2}) during one distill_class call; the
         # harness clears it before each class and records it with the shard's cost.
         self.stage_seconds: dict[str, float] = {}
+        # Entered around every stage, named (`stage`): how the rehearsal measures a stage's memory and FLOPs on
+        # the boundaries the cost table times. None outside a rehearsal.
+        self.stage_probe: Callable[[str], AbstractContextManager] | None = None
+
+    @contextlib.contextmanager
+    def stage(self, name: str, record: bool = True) -> Iterator[None]:
+        """A named stage of the method: its seconds add to `stage_seconds` (`record`: the stages the cost
+        table shows, the papers' own; the rest, sampling and decoding that every generator method has, are
+        only probed), and the rehearsal's probe, where set, measures it."""
+        t0 = time.perf_counter()
+        with self.stage_probe(name) if self.stage_probe is not None else contextlib.nullcontext():
+            yield
+        if record:
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - t0
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         """Return `task.ipc` images of class `task.label`, float in [0, 1], shape (ipc, C, H, W)."""
@@ -237,6 +284,12 @@ class Method:
         """The model evaluations one class costs at `ipc` with `real_per_class` training images; None where the
         method has not declared it (the plan then says its generation cost is unknown)."""
         return None
+
+    @classmethod
+    def rehearsal_config(cls, config, batch: int):
+        """`config` with `rehearsal_settings` and every batch setting of `stage_batches` at `batch`."""
+        batches = {f: batch for f in cls.stage_batches.values() if isinstance(f, str)}
+        return dataclasses.replace(config, **{**cls.rehearsal_settings, **batches})
 
     @classmethod
     def paired_anchor(cls, config):
@@ -294,19 +347,22 @@ class FeatureSelection(Method):
     def order(features: torch.Tensor, k: int) -> torch.Tensor:
         raise NotImplementedError
 
+    stage_batches = {"features": TEACHER_BATCH}
+
     @classmethod
     def work(cls, config, ipc, real_per_class):
         return Work(teacher=real_per_class)  # features of every real image of the class
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         images = real_as_float(task.real)
-        feats = teacher_features(self.teacher, images.to(self.device)).cpu()
+        with self.stage("features", record=False):
+            feats = teacher_features(self.teacher, images.to(self.device)).cpu()
         feats = F.normalize(feats, dim=1) if self.config.normalize else feats
         return images[self.order(feats, task.ipc)]
 
 
 @torch.no_grad()
-def teacher_features(teacher, images01: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def teacher_features(teacher, images01: torch.Tensor, batch_size: int = TEACHER_BATCH) -> torch.Tensor:
     return torch.cat([teacher.features(images01[i : i + batch_size]) for i in range(0, len(images01), batch_size)])
 
 

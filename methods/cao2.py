@@ -237,6 +237,9 @@ class CaO2(Method):
     # one fill order and one CLO ε per image (the reference samples every ablation from its seed-42 bank);
     # `clo_timesteps` changes only the CLO steps' t (and label drop), drawn after everything else.
     paired_switches = ("oss", "clo", "clo_timesteps")
+    stage_batches = {"sample": "batch_size", "decode": "batch_size", "select": "batch_size", "clo": "clo_batch_size"}
+    # One sampling step, a pool of IPC (OSS still scores and ranks it), one CLO iteration.
+    rehearsal_settings = {"steps": 1, "pool_factor": 1, "iterations": 1}
     # Ranges around the paper's values (§4.1, §4.3, App. 8): guidance 2.7, m = 4 (Fig. 3(b) scans 1–5), Adam lr
     # 6e-4, λ = 10, T̂ = T/4; the ablation variants search only the stage they keep.
     search_space = {
@@ -265,7 +268,8 @@ class CaO2(Method):
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         step = self.config.batch_size
-        return torch.cat([self.backbone.decode(latents[i : i + step]) for i in range(0, len(latents), step)])
+        with self.stage("decode", record=False):
+            return torch.cat([self.backbone.decode(latents[i : i + step]) for i in range(0, len(latents), step)])
 
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         bb, cfg = self.backbone, self.config
@@ -286,7 +290,7 @@ class CaO2(Method):
         clo_noise = torch.randn((task.ipc, *bb.latent_shape), generator=gen)
         clo_t, clo_told, clo_dropped = clo_schedule(cfg, bb, task.ipc, gen)
 
-        with torch.no_grad():
+        with torch.no_grad(), self.stage("sample", record=False):
             latents = torch.cat(
                 [
                     sample(
@@ -301,10 +305,12 @@ class CaO2(Method):
                     for i in range(0, pool_size, cfg.batch_size)
                 ]
             )
-            images = None
+        images = None
+        with torch.no_grad():
             if cfg.oss:
                 images = self._decode(latents)
-                p, correct = selector_scores(self.teacher, images, task.label, cfg.batch_size)
+                with self.stage("select", record=False):
+                    p, correct = selector_scores(self.teacher, images, task.label, cfg.batch_size)
                 keep = oss_select(p, correct, task.ipc, task.ipc < cfg.least_confident_from_ipc, fill_order)
                 latents, images = latents[keep.to(latents.device)], images[keep.to(images.device)]
 
@@ -317,21 +323,22 @@ class CaO2(Method):
             # One ĉ for all, or per image and step where the reference's train-mode label drop applies.
             labels = c_hat if clo_dropped is None else torch.where(clo_dropped, bb.null_class, c_hat)
             step = cfg.clo_batch_size
-            latents = torch.cat(
-                [
-                    optimise_latents(
-                        bb,
-                        latents[i : i + step],
-                        labels if labels.ndim == 0 else labels[:, i : i + step],
-                        clo_noise[i : i + step].to(self.device),
-                        clo_t[:, i : i + step],
-                        cfg.lr,
-                        cfg.linf_weight,
-                        clo_told[:, i : i + step],
-                    )
-                    for i in range(0, task.ipc, step)
-                ]
-            )
+            with self.stage("clo", record=False):
+                latents = torch.cat(
+                    [
+                        optimise_latents(
+                            bb,
+                            latents[i : i + step],
+                            labels if labels.ndim == 0 else labels[:, i : i + step],
+                            clo_noise[i : i + step].to(self.device),
+                            clo_t[:, i : i + step],
+                            cfg.lr,
+                            cfg.linf_weight,
+                            clo_told[:, i : i + step],
+                        )
+                        for i in range(0, task.ipc, step)
+                    ]
+                )
             images = None
         with torch.no_grad():
             images = self._decode(latents) if images is None else images

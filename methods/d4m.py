@@ -84,6 +84,10 @@ class D4M(Method):
     # The reference's prompt (the class name alone, dataset_utils.py l.101-112) and negative prompt
     # (gen_syn_image.py l.65), read by a text-conditioned backbone only.
     prompts = Prompts("{name}", "cartoon, anime, painting")
+    # "generate" is image-to-image sampling and its decode, one call.
+    stage_batches = {"encode": "batch_size", "generate": "batch_size"}
+    # Two steps at strength 0.7 run one.
+    rehearsal_settings = {"steps": 2}
     search_space = {
         "strength": ("float", 0.3, 0.9),
         "cfg_scale": ("float", 1.0, 10.0),
@@ -117,18 +121,21 @@ class D4M(Method):
     def distill_class(self, task: ClassTask) -> torch.Tensor:
         cfg = self.config
         random_state, noise = self._draws(task)
-        centres = kmeans_prototypes(self.encode_real(task), task.ipc, random_state, cfg.kmeans_batch_size)
+        with self.stage("encode", record=False):
+            latents = self.encode_real(task)
+        centres = kmeans_prototypes(latents, task.ipc, random_state, cfg.kmeans_batch_size)
         out = []
         for i in range(0, task.ipc, cfg.batch_size):
-            out.append(
-                img2img(
-                    self.backbone,
-                    task.condition,
-                    noise[i : i + cfg.batch_size].to(self.device),
-                    cfg.strength,
-                    cfg.cfg_scale,
-                    cfg.steps,
-                    latents=centres[i : i + cfg.batch_size].to(self.device),
-                ).cpu()
-            )
+            with self.stage("generate", record=False):
+                out.append(
+                    img2img(
+                        self.backbone,
+                        task.condition,
+                        noise[i : i + cfg.batch_size].to(self.device),
+                        cfg.strength,
+                        cfg.cfg_scale,
+                        cfg.steps,
+                        latents=centres[i : i + cfg.batch_size].to(self.device),
+                    ).cpu()
+                )
         return fit_to_task(torch.cat(out), task)

@@ -36,8 +36,8 @@ Defaults (pinned by tests/test_contract.py): the paper's (§5.1) on Minimax's co
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import time
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +45,16 @@ import torch.nn.functional as F
 
 from harness.models.generators.sampling import sample
 
-from .base import ClassTask, FineTuneObjective, Work, evaluations_per_step, fit_to_task, real_as_float, teacher_features
+from .base import (
+    TEACHER_BATCH,
+    ClassTask,
+    FineTuneObjective,
+    Work,
+    evaluations_per_step,
+    fit_to_task,
+    real_as_float,
+    teacher_features,
+)
 from .diffusion import Diffusion, DiffusionConfig
 from .fine_tuning import FineTuneSettings, ddim_inversion, diffusion_loss
 from .registry import register_method, register_variant
@@ -82,7 +91,7 @@ class InversionMatching(FineTuneObjective):
         self.config = config
 
     def loss(self, backbone, x0, labels, classes, generator):
-        t = torch.randint(0, backbone.num_train_timesteps, (len(x0),), generator=generator).to(x0.device)
+        t = self.draw_timesteps(len(x0), backbone.num_train_timesteps, generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         per_image, _, x_t = diffusion_loss(backbone, x0, labels, t, noise)
         diff = per_image.mean()
@@ -147,6 +156,16 @@ class IMS3(Diffusion):
     # the variants must share their seeds (`paired_switches`) for IM-only to be IMS3's first subgroup.
     needs = frozenset({"backbone", "teacher", "real_images"})
     paired_switches = ("fine_tune", "groups")
+    stage_batches = {**Diffusion.stage_batches, "fine-tune": "fine_tune_batch_size", "s3": TEACHER_BATCH}
+    # The inversion's length is compute, not memory: each of its model calls is checkpointed, so a step's peak does
+    # not grow with it (tests/test_ims3_memory.py). The rehearsal measures the memory slope over batches at this
+    # length and the full length at the first batch only (a full-path step of DiT-XL/2 takes minutes on a CPU).
+    rehearsal_slope_settings = {"inversion_steps": 1}
+
+    @classmethod
+    def rehearsal_config(cls, config, batch):
+        # Two subgroups are the fewest that S3 chooses between; a variant with one keeps its one.
+        return dataclasses.replace(super().rehearsal_config(config, batch), groups=min(config.groups, 2))
 
     @classmethod
     def real_images_needed(cls, config, ipc):
@@ -191,38 +210,39 @@ class IMS3(Diffusion):
             noise = torch.randn((task.ipc, *bb.latent_shape), generator=gen)
             seeds = torch.randint(0, 2**62, (task.ipc,), generator=gen).tolist() if cfg.sampler == "ddpm" else None
             for i in range(0, task.ipc, cfg.batch_size):
-                z = sample(
-                    bb,
-                    noise[i : i + cfg.batch_size].to(self.device),
-                    task.condition,
-                    cfg.steps,
-                    cfg.cfg_scale,
-                    cfg.sampler,
-                    seeds[i : i + cfg.batch_size] if seeds else None,
-                )
-                out.append(bb.decode(z).cpu())
+                with self.stage("sample", record=False):
+                    z = sample(
+                        bb,
+                        noise[i : i + cfg.batch_size].to(self.device),
+                        task.condition,
+                        cfg.steps,
+                        cfg.cfg_scale,
+                        cfg.sampler,
+                        seeds[i : i + cfg.batch_size] if seeds else None,
+                    )
+                with self.stage("decode", record=False):
+                    out.append(bb.decode(z).cpu())
         return fit_to_task(torch.cat(out), task)
 
     @torch.no_grad()
     def select_across_classes(self, tasks, candidates):
         cfg = self.config
-        t0 = time.perf_counter()
 
         def embed(images: torch.Tensor) -> torch.Tensor:
             return F.normalize(teacher_features(self.teacher, images.to(self.device)).float().cpu(), dim=1)
 
-        centroids, real = [], []
-        for task, images in zip(tasks, candidates):
-            feats = embed(images).view(cfg.groups, task.ipc, -1)
-            centroids.append(F.normalize(feats.mean(1), dim=1))
-            pool = (
-                task.real
-                if cfg.centroid_real is None
-                else task.real[torch.randperm(len(task.real), generator=task.generator())[: cfg.centroid_real]]
-            )
-            real.append(F.normalize(embed(real_as_float(pool)).mean(0), dim=0))
-        choice = greedy_subgroups(torch.stack(centroids), torch.stack(real), cfg.real_weight, cfg.separation_weight)
-        self.stage_seconds["s3"] = time.perf_counter() - t0
+        with self.stage("s3"):
+            centroids, real = [], []
+            for task, images in zip(tasks, candidates):
+                feats = embed(images).view(cfg.groups, task.ipc, -1)
+                centroids.append(F.normalize(feats.mean(1), dim=1))
+                pool = (
+                    task.real
+                    if cfg.centroid_real is None
+                    else task.real[torch.randperm(len(task.real), generator=task.generator())[: cfg.centroid_real]]
+                )
+                real.append(F.normalize(embed(real_as_float(pool)).mean(0), dim=0))
+            choice = greedy_subgroups(torch.stack(centroids), torch.stack(real), cfg.real_weight, cfg.separation_weight)
         return [torch.arange(g * task.ipc, (g + 1) * task.ipc) for g, task in zip(choice, tasks)]
 
 

@@ -111,7 +111,7 @@ class MinimaxObjective(FineTuneObjective):
         return pos, neg
 
     def loss(self, backbone, x0, labels, classes, generator):
-        t = torch.randint(0, backbone.num_train_timesteps, (len(x0),), generator=generator).to(x0.device)
+        t = self.draw_timesteps(len(x0), backbone.num_train_timesteps, generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         per_image, eps, x_t = diffusion_loss(backbone, x0, labels, t, noise)
         diff = per_image.mean()
@@ -135,6 +135,7 @@ class MinimaxObjective(FineTuneObjective):
 class Minimax(Diffusion):
     name = "minimax"
     Config = MinimaxConfig
+    stage_batches = {**Diffusion.stage_batches, "fine-tune": "fine_tune_batch_size"}
 
     @classmethod
     def fine_tuning(cls, config):

@@ -67,7 +67,6 @@ Defaults (pinned by tests/test_contract.py):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,6 +183,12 @@ class PatchSelection(Method):
     paired_switches = ("clustering",)
     # §3.2: "the label text prompt ... (i.e., "An image of ." and "An image of c")", on SD v1.5.
     prompts = Prompts("An image of {name}", "An image of .")
+    # `batch_size` is transformer rows per call, and a draw takes two (the class and the null condition): the
+    # rehearsal measures two and four rows, at IPC 1 (its IPC · factor² candidates, one draw and one DIFT pass each).
+    stage_batches = {"score": "batch_size", "features": "batch_size"}
+    rehearsal_settings = {"num_candidates": 1, "draws": 1, "dift_ensemble": 1}
+    rehearsal_batches = (2, 4)
+    rehearsal_ipc = 1
 
     @classmethod
     def needs_for(cls, config):
@@ -229,7 +234,6 @@ class PatchSelection(Method):
 
     def score(self, task: ClassTask, candidates, timesteps, noise) -> Scored:
         """R of every candidate's windows; each candidate keeps its most typical window."""
-        t0 = time.perf_counter()
         latents = self._encode(real_as_float(task.real[candidates]))
         window = self._window()
         r = (
@@ -258,7 +262,6 @@ class PatchSelection(Method):
             top = (row.double() * scale).round().long().clamp(max=size - side)
             left = (col.double() * scale).round().long().clamp(max=size - side)
             boxes = torch.stack([top, left, torch.full_like(top, side)], 1)
-        self.stage_seconds["score"] = self.stage_seconds.get("score", 0.0) + time.perf_counter() - t0
         return Scored(candidates, r, boxes, latents)
 
     def typicality(self, r: torch.Tensor) -> torch.Tensor:
@@ -287,21 +290,21 @@ class PatchSelection(Method):
             )
         n = min(len(task.real), max(cfg.num_candidates, total))
         candidates, timesteps, noise, dift_noise, random_state = self._draws(task, n)
-        scored = self.score(task, candidates, timesteps, noise)
+        with self.stage("score"):
+            scored = self.score(task, candidates, timesteps, noise)
         typicality = self.typicality(scored.r)
         tile = task.image_size // factor
         patches = cut_crops(real_as_float(task.real[candidates]), scored.boxes[:, None], tile)[:, 0]
         if cfg.clustering == "none":
             order = torch.argsort(-typicality, stable=True)[:total]
         else:
-            t0 = time.perf_counter()
-            full = (
-                patches
-                if tile == task.image_size
-                else cut_crops(real_as_float(task.real[candidates]), scored.boxes[:, None], task.image_size)[:, 0]
-            )
-            feats = self.features(task, scored, full, dift_noise)
-            self.stage_seconds["features"] = self.stage_seconds.get("features", 0.0) + time.perf_counter() - t0
+            with self.stage("features"):
+                full = (
+                    patches
+                    if tile == task.image_size
+                    else cut_crops(real_as_float(task.real[candidates]), scored.boxes[:, None], task.image_size)[:, 0]
+                )
+                feats = self.features(task, scored, full, dift_noise)
             assignment, distance = kmeans(feats, cfg.clusters, random_state)
             order = cluster_ranked_selection(
                 typicality, assignment, distance, cfg.top_clusters, total // cfg.top_clusters, total

@@ -64,7 +64,6 @@ Defaults (pinned by tests/test_contract.py):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -199,6 +198,10 @@ class RDED(Method):
     needs = frozenset({"relabel_teacher", "real_images"})
     # rded and rded-no-stitch draw the same candidates and boxes: the rows differ only in the stitching.
     paired_switches = ("factor",)
+    stage_batches = {"score": "batch_size"}
+    # One candidate more than none (IPC · factor² are drawn anyway) and one crop each, so that a teacher
+    # forward holds `batch_size` crops.
+    rehearsal_settings = {"num_candidates": 1, "num_crops": 1}
 
     @classmethod
     def real_images_needed(cls, config, ipc):
@@ -228,16 +231,18 @@ class RDED(Method):
         best_crops = torch.empty((n, task.channels, size, size))
         cross_entropy = torch.empty((n, cfg.num_crops), dtype=torch.float64)
         chunk = max(1, cfg.batch_size // cfg.num_crops)
-        t0 = time.perf_counter()
-        for a in range(0, n, chunk):
-            b = min(n, a + chunk)
-            crops = cut_crops(real_as_float(real[candidates[a:b]]), boxes[a:b], size)
-            cross_entropy[a:b] = true_class_cross_entropy(
-                self.relabel_teacher, on_canvas(crops.flatten(0, 1), task.image_size, fill), task.label, cfg.batch_size
-            ).view(b - a, cfg.num_crops)
-            # Only each candidate's best crop is kept (the reference's per-image argmin).
-            best_crops[a:b] = crops[torch.arange(b - a), cross_entropy[a:b].min(1).indices]
-        self.stage_seconds["score"] = self.stage_seconds.get("score", 0.0) + time.perf_counter() - t0
+        with self.stage("score"):
+            for a in range(0, n, chunk):
+                b = min(n, a + chunk)
+                crops = cut_crops(real_as_float(real[candidates[a:b]]), boxes[a:b], size)
+                cross_entropy[a:b] = true_class_cross_entropy(
+                    self.relabel_teacher,
+                    on_canvas(crops.flatten(0, 1), task.image_size, fill),
+                    task.label,
+                    cfg.batch_size,
+                ).view(b - a, cfg.num_crops)
+                # Only each candidate's best crop is kept (the reference's per-image argmin).
+                best_crops[a:b] = crops[torch.arange(b - a), cross_entropy[a:b].min(1).indices]
         chosen, chosen_crop = select_best(cross_entropy, need)
         return Selection(best_crops[chosen], cross_entropy[chosen, chosen_crop], candidates, boxes, chosen, chosen_crop)
 

@@ -25,7 +25,8 @@ FOLDERS = (
     (
         "perf/",
         "scripts that print figures: generation, student and CLO throughput, repulsion on vs off "
-        "(`repulsion_diversity.py`)",
+        "(`repulsion_diversity.py`), every method rehearsed at true size (`rehearsal.py`, whose figures "
+        "`benchmarks/rehearsal/` keeps for the plan)",
     ),
     ("docs/", "decisions and their reasons; `docs/extending.md`: how to add a method, a student, a protocol, a suite"),
 )

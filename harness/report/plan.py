@@ -8,6 +8,8 @@ evaluation is priced either by what an earlier run in `--out` measured (seconds 
 shards, seconds per image-epoch of a student's rows) or, unmeasured, by its FLOPs — counted by torch's
 FlopCounterMode on the architecture built on the meta device, so neither weights nor a GPU are needed —
 divided by a sustained GPU throughput the user states (`--gpu-tflops`). Every figure says which it is.
+Each method's peak GPU memory is predicted from the suite's rehearsal figures (harness/runtime/memory_figures.py:
+each stage's memory measured at two batches on the true-size models, scaled to the suite's batch settings).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from harness.models.generators.registry import GeneratorError
 from harness.models.protocols import reference_protocol
 from harness.models.students import create_student
 from harness.models.teacher_sources import teacher_source
+from harness.runtime.memory_figures import GB, figures_path, predict_peaks, shown
+from harness.runtime.preflight import DEFAULT_GPU_MEMORY_GB
 from methods import get_method
 
 # ImageNet-1k's split sizes per class (1,281,167 training and 50,000 validation images over 1,000 classes),
@@ -220,7 +224,14 @@ def _units(suite, out: Path, gpu_tflops: float) -> _Units:
 
 
 def make_plan(
-    suite, methods: list[str], searched: list[str], fine_tunes: dict, out: Path, gpus: int, gpu_tflops: float
+    suite,
+    methods: list[str],
+    searched: list[str],
+    fine_tunes: dict,
+    out: Path,
+    gpus: int,
+    gpu_tflops: float,
+    gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
 ) -> str:
     """The plan as text. Reads no image and loads no model weights. `searched`: the methods whose searched config
     is a set of its own; `fine_tunes`: the distinct fine-tunes the sets sample from, each with its methods (both
@@ -234,7 +245,7 @@ def make_plan(
     entries = [(name, name, suite.method_config(name)) for name in methods] + [
         (f"{name}, searched", name, suite.searched_config(name)) for name in searched
     ]
-    distill_lines, distill_seconds, needs_backbone = _distill_section(u, entries, gpus)
+    distill_lines, distill_seconds, needs_backbone = _distill_section(u, entries, gpus, gpu_memory_gb)
     prepare_lines, prepare_seconds = _prepare_section(u, needs_backbone, fine_tunes)
     evaluate_lines, evaluate_seconds = _evaluate_section(u, len(entries))
     total = distill_seconds + prepare_seconds + evaluate_seconds
@@ -270,13 +281,20 @@ def _header(u: _Units, gpus: int, gpu_tflops: float) -> list[str]:
     ]
 
 
-def _distill_section(u: _Units, entries: list[tuple], gpus: int) -> tuple[list[str], float, bool]:
+def _batch(peak) -> str:
+    return f"{peak.setting} = {peak.batch}" if peak.setting else f"its fixed batch of {peak.batch}"
+
+
+def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: float) -> tuple[list[str], float, bool]:
     """One line per set's config, then the shards, actors, model loads and disk; the seconds and whether any set
     samples the backbone."""
     C, ipcs, measured = u.counts.classes, u.suite.ipcs, u.measured
+    # A searched config's batch settings are the method's own, but its other settings are not: no figures for it.
+    peaks = predict_peaks(u.suite, [name for label, name, _ in entries if label == name])
     lines = [
         "distill (one shard = one class of one set)",
-        f"  {'method':34} {'sets':>4} {'shards':>6} {'images':>8} {'backbone evals':>15} {'GPU-h':>8}  basis",
+        f"  {'method':34} {'sets':>4} {'shards':>6} {'images':>8} {'backbone evals':>15} {'GPU-h':>8} "
+        f"{'peak mem':>9}  basis",
     ]
     total_images = distill_seconds = 0.0
     needs_backbone = needs_teacher = False
@@ -298,8 +316,11 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int) -> tuple[list[s
         evals = sum(C * w.backbone for w in works if w is not None)
         total_images += images
         distill_seconds += 0 if math.isnan(seconds) else seconds
+        peak = peaks.get(name) if label == name else None
+        memory = f"{peak.peak.bytes / GB:,.1f} GB" if peak else "—"
         lines.append(
-            f"  {label:34} {len(ipcs):>4} {len(ipcs) * C:>6} {images:>8,} {evals:>15,.0f} {_hours(seconds):>8}  {basis}"
+            f"  {label:34} {len(ipcs):>4} {len(ipcs) * C:>6} {images:>8,} {evals:>15,.0f} {_hours(seconds):>8} "
+            f"{memory:>9}  {basis}" + (f"; memory: its {peak.peak.stage} stage at {_batch(peak.peak)}" if peak else "")
         )
     shards = len(entries) * len(ipcs) * C
     actors = min(gpus, shards)
@@ -312,6 +333,15 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int) -> tuple[list[s
         + f"; {total_images:,.0f} images ≈ {total_images * png / 1e9:,.2f} GB of PNG "
         + ("(measured size)" if measured.png_bytes_per_image else f"(estimated at {PNG_FRACTION:.0%} of raw)")
         + (f"; backbone weights {u.params * 4 / 1e9:,.2f} GB in fp32 per node" if needs_backbone else "")
+    )
+    source = shown(figures_path(u.suite.name))
+    lines.append(
+        "  peak mem: the largest stage's GPU memory predicted at the suite's batch settings from the rehearsal's "
+        f"figures ({source}: static + per sample × batch, measured at true size by "
+        f"perf/rehearsal.py); — where it has none. A run refuses a method predicted above --gpu-memory "
+        f"({gpu_memory_gb:g} GB)"
+        if any(peaks.values())
+        else f"  peak mem: — (no rehearsal figures for this suite: perf/rehearsal.py --suite {u.suite.name} makes them)"
     )
     return lines, distill_seconds, needs_backbone
 

@@ -1,4 +1,5 @@
-"""Checks of a run's inputs that need more than the suite file: the output folder and the real data's counts.
+"""Checks of a run's inputs that need more than the suite file: the output folder, the real data's counts, and
+whether each method's predicted peak memory fits the GPUs (`--gpu-memory`).
 
 They run before any compute (before prepare loads or trains a model, before Ray starts), so a mistake costs one
 line, not a traceback after an hour of preparation. Each raises SuiteError naming the field or flag.
@@ -12,7 +13,10 @@ from pathlib import Path
 import torch
 
 from harness.config.schema import Suite, SuiteError
+from harness.runtime.memory_figures import GB, figures_path, gigabytes, predict_peaks, shown
 from methods import get_method
+
+DEFAULT_GPU_MEMORY_GB = 80.0  # an 80 GB card (A100 / H100), the size the papers' ImageNet runs name
 
 
 def check_out_dir(out: Path, source: str) -> None:
@@ -55,3 +59,23 @@ def check_real_image_counts(suite: Suite, train, methods: list[str], ipcs: list[
                     f"{train.classes[fewest]} has {counts[fewest]} training images (after data.val_per_class "
                     f"{suite.data.val_per_class} held out for validation); lower the IPC, or keep more images per class"
                 )
+
+
+def check_memory_fits(suite: Suite, methods: list[str], gpu_memory_gb: float, folder: Path | None = None) -> None:
+    """Every method whose peak memory the suite's rehearsal figures predict fits in `gpu_memory_gb`; the first that
+    does not is one line naming it, its dearest stage, the prediction and the setting that lowers it. Methods
+    without figures are never refused: nothing measured says they do not fit."""
+    for name, prediction in predict_peaks(suite, methods, folder).items():
+        if prediction is None or prediction.peak.bytes <= gpu_memory_gb * GB:
+            continue
+        p = prediction.peak
+        lower = (
+            f"lower {name}'s {p.setting} (now {p.batch})"
+            if p.setting is not None and p.batch > 1
+            else "no batch setting lowers it: a GPU with more memory is needed"
+        )
+        source = shown(figures_path(suite.name, folder))
+        raise SuiteError(
+            f"{suite.source}: methods: {name} is predicted to need {gigabytes(p.bytes)} in its {p.stage} stage, more "
+            f"than --gpu-memory {gpu_memory_gb:g} GB (rehearsal figures {source}); {lower}"
+        )

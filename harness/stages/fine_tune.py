@@ -61,6 +61,34 @@ def _step_generator(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(int(digest[:15], 16))
 
 
+def fine_tune_step(
+    backbone,
+    objective,
+    opt: torch.optim.Optimizer,
+    params: dict[str, torch.nn.Parameter],
+    ema: dict[str, torch.Tensor],
+    ema_decay: float,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: torch.Tensor,
+    gen: torch.Generator,
+    device,
+) -> dict[str, float]:
+    """One optimiser step of DiffFit's parameters on a batch of images in [0, 1], and the EMA after it: what every
+    step of `train_fine_tune` does, and what the rehearsal (harness/stages/rehearsal.py) measures. Returns the
+    loss's named parts."""
+    with torch.no_grad():
+        x0 = backbone.encode(fit_to_backbone(images, backbone).to(device))
+    loss, parts = objective.loss(backbone, x0, labels.to(device), classes.to(device), gen)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        for n, average in ema.items():
+            average.mul_(ema_decay).add_(params[n].detach(), alpha=1 - ema_decay)
+    return parts
+
+
 def train_fine_tune(
     backbone,
     real: RealData,
@@ -135,15 +163,9 @@ def train_fine_tune(
         classes = labels_of[idx]
         drop = torch.rand(len(idx), generator=gen) < ft.class_dropout
         labels = torch.where(drop, torch.full_like(classes, backbone.null_class), conditions_t[classes])
-        with torch.no_grad():
-            x0 = backbone.encode(fit_to_backbone(images, backbone).to(device))
-        loss, parts = objective.loss(backbone, x0, labels.to(device), classes.to(device), gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for n in names:
-                ema[n].mul_(ft.ema_decay).add_(params[n].detach(), alpha=1 - ft.ema_decay)
+        parts = fine_tune_step(
+            backbone, objective, opt, params, ema, ft.ema_decay, images, labels, classes, gen, device
+        )
         step += 1
         bar.update(1)
         if step % ft.checkpoint_every == 0 or step == total:

@@ -20,6 +20,7 @@ from harness.models.generators.dit import (
     load_dit_backbone,
     transformer_flops,
 )
+from harness.models.generators.pixel_dit import build_scheduler
 from harness.models.generators.registry import DTYPES, Generator, GeneratorError, count_flops, register_generator
 
 # Published architectures the plan can size without the hub: DiT-XL/2 (Peebles & Xie, Table 1: 28 layers,
@@ -102,19 +103,34 @@ class DiTGenerator(Generator):
             guided_channels=self.guided_channels(),
         )
 
-    def flops(self, channels: int, num_classes: int) -> tuple[float, float, int, str]:
+    def architecture(self) -> tuple[dict, str]:
+        """The transformer's config, from a local copy or the published architecture, and what it is."""
         b = self.config
         local = Path(b.pretrained) / "transformer" / "config.json"
         if local.is_file():
             config = {k: v for k, v in json.loads(local.read_text()).items() if not k.startswith("_")}
-            what = f"{b.pretrained} (local config)"
-        elif b.pretrained in KNOWN_DITS:
-            config, what = KNOWN_DITS[b.pretrained], f"{b.pretrained} (published architecture)"
-        else:
-            raise GeneratorError(
-                f"backbone.pretrained: cannot size {b.pretrained!r} without the hub; "
-                f"known: {', '.join(KNOWN_DITS)}, or a local folder with transformer/config.json"
-            )
+            return config, f"{b.pretrained} (local config)"
+        if b.pretrained in KNOWN_DITS:
+            return KNOWN_DITS[b.pretrained], f"{b.pretrained} (published architecture)"
+        raise GeneratorError(
+            f"backbone.pretrained: cannot size {b.pretrained!r} without the hub; "
+            f"known: {', '.join(KNOWN_DITS)}, or a local folder with transformer/config.json"
+        )
+
+    def random_backbone(self) -> DiTBackbone:
+        """DiT-XL/2 (or the local config's DiT) and, where the suite decodes, the SD VAE, randomly initialised, with
+        DiT's training schedule (linear β over 1,000 steps, `build_scheduler`), in the suite's dtype."""
+        config, _ = self.architecture()
+        dtype = DTYPES[self.config.dtype]
+        transformer = DiTTransformer2DModel.from_config(config)
+        vae = AutoencoderKL(**SD_VAE) if self.config.vae is not None else None
+        if dtype != torch.float32:
+            transformer, vae = transformer.to(dtype), vae.to(dtype) if vae is not None else None
+        return DiTBackbone(transformer, build_scheduler(), vae, guided_channels=self.guided_channels())
+
+    def flops(self, channels: int, num_classes: int) -> tuple[float, float, int, str]:
+        b = self.config
+        config, what = self.architecture()
         with torch.device("meta"):
             model = DiTTransformer2DModel.from_config(config)
             transformer, params = transformer_flops(model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -75,14 +75,42 @@ class Generator:
         it cannot be sized without the hub."""
         raise NotImplementedError
 
+    def random_backbone(self):
+        """The Backbone protocol object at this kind's true architecture with random weights, needing neither the
+        hub nor training: what the rehearsal (perf/rehearsal.py) measures memory and FLOPs on. GeneratorError
+        where the architecture is not known without the hub."""
+        raise GeneratorError(f"backbone.kind: {self.kind} cannot be built at its true size without its weights")
+
     def prepare_training(self) -> tuple[int, str] | None:
         """What `prepare` trains, for the plan: the samples it trains on (steps × batch) and what to call it;
         None for a backbone that is had, not trained."""
         return None
 
 
+def _cpu_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter, also counting attention as a CPU runs it: torch counts the fused attention kernels of
+    GPUs (and the matrix products of the decomposed attention on the meta device) but has no formula for the CPU's
+    flash attention, which would leave DiT-XL/2's attention (8.5 of its 237 GFLOPs) out of a count on real tensors."""
+    aten = torch.ops.aten
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+        },
+    )
+
+
 def count_flops(model, *inputs, **kwargs) -> float:
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         model(*inputs, **kwargs)
     return float(counter.get_total_flops())
 
