@@ -104,8 +104,8 @@ def imagenet(tmp_path, monkeypatch):
         tmp_path,
         suite,
         {
-            "diffusion": {"sample": (3e9, 0.1e9), "decode": (3e9, 0.3e9)},
-            "cao2": {"sample": (3e9, 0.1e9), "clo": (3e9, 2e9)},
+            "diffusion": {"sample": (3 * GB, 0.1 * GB), "decode": (3 * GB, 0.3 * GB)},
+            "cao2": {"sample": (3 * GB, 0.1 * GB), "clo": (3 * GB, 2 * GB)},
         },
     )
     return suite
@@ -114,8 +114,8 @@ def imagenet(tmp_path, monkeypatch):
 def test_the_prediction_is_static_plus_per_sample_times_the_suites_batch(imagenet):
     peaks = predict_peaks(imagenet, ["diffusion", "cao2", "minimax"])
     assert imagenet.method_config("diffusion").batch_size == 50 and imagenet.method_config("cao2").clo_batch_size == 10
-    assert peaks["diffusion"].peak.stage == "decode" and peaks["diffusion"].peak.bytes == 3e9 + 0.3e9 * 50
-    assert peaks["cao2"].peak.stage == "clo" and peaks["cao2"].peak.bytes == 3e9 + 2e9 * 10
+    assert peaks["diffusion"].peak.stage == "decode" and peaks["diffusion"].peak.bytes == 3 * GB + 0.3 * GB * 50
+    assert peaks["cao2"].peak.stage == "clo" and peaks["cao2"].peak.bytes == 3 * GB + 2 * GB * 10
     assert peaks["cao2"].peak.setting == "clo_batch_size"
     assert peaks["minimax"] is None  # no figures: nothing predicted
 

@@ -19,7 +19,8 @@ from harness.core.identity import config_hash, identity_fields
 from methods import get_method
 
 FIGURES_DIR = BENCHMARKS_DIR / "rehearsal"
-GB = 1e9  # --gpu-memory and the plan count decimal gigabytes, as GPU makers label their cards
+# --gpu-memory and the plan count GiB: a card sold as "80 GB" (A100, H100) holds 80 GiB (nvidia-smi: 81920 MiB).
+GB = 2**30
 
 
 def figures_path(suite_name: str, folder: Path | None = None) -> Path:
