@@ -5,6 +5,7 @@ the diffusion head's loss overfitting, loading equal to the in-memory model, and
 MAR-Base."""
 
 import argparse
+import math
 
 import pytest
 import torch
@@ -21,6 +22,13 @@ from harness.models.generators.mar import (
 )
 from harness.models.generators.mar_model import KLVAE, DiffLoss, linear_cfg, mask_schedule
 from harness.models.generators.registry import GeneratorError
+from methods.cao2 import (
+    MAR_CLO_ITERATIONS,
+    MAR_CLO_LR,
+    MAR_CLO_MAX_MASK_RATIO,
+    mar_condition,
+    optimise_mar_latents,
+)
 from tests.factories import TINY_MAR, tiny_mar, tiny_mar_backbone
 
 L = TINY_MAR.seq_len  # 16 tokens
@@ -184,3 +192,51 @@ def test_the_generator_checks_and_sizes_mar_base(tmp_path):
         "post_quant_conv.weight",
     ):
         assert key in names, key
+
+
+def test_cao2_on_mar_masks_at_most_a_quarter_and_guides_with_the_zero_embedding(backbone):
+    latents = backbone.sample(torch.tensor([1, 2]), _gens(0, 1), num_iter=2, steps=3).clamp(-3, 3)
+    seen = []
+    original = backbone.conditions
+
+    def spy(x, mask, embedding):
+        seen.append((int(mask.sum()), embedding.detach().clone()))
+        return original(x, mask, embedding)
+
+    backbone.conditions = spy
+    try:
+        out = optimise_mar_latents(backbone, latents, 1, _gens(7, 8), iterations=6, lr=1e-2)
+    finally:
+        del backbone.conditions
+    assert out.shape == latents.shape and torch.isfinite(out).all() and not torch.equal(out, latents)
+    assert len(seen) == 12 and all(1 <= k <= math.ceil(0.25 * L) for k, _ in seen)
+    assert all(not e.any() for _, e in seen)  # the zero label embedding, not MAR's fake class
+    assert not any(p.requires_grad for p in backbone.parameters())  # only the latents were optimised
+    again = optimise_mar_latents(backbone, latents, 1, _gens(7, 8), iterations=6, lr=1e-2)
+    assert torch.equal(out, again)
+    # One image alone is optimised as in its batch; no iterations return the latents as sampled.
+    torch.testing.assert_close(optimise_mar_latents(backbone, latents[1:], 1, _gens(8), iterations=6, lr=1e-2), out[1:])
+    assert torch.equal(optimise_mar_latents(backbone, latents, 1, _gens(7, 8), iterations=0), latents)
+    assert torch.equal(mar_condition(backbone, 3, "class")[0], backbone.mar.class_emb.weight[3])
+    assert torch.equal(mar_condition(backbone, 3, "null")[0], backbone.mar.fake_latent[0])
+    assert (MAR_CLO_ITERATIONS, MAR_CLO_LR, MAR_CLO_MAX_MASK_RATIO) == (100, 1e-4, 0.25)  # Tab. 5's setting
+
+
+def test_cao2_on_mar_lowers_its_objective():
+    """A few steps at a large learning rate lower Eq. 6 measured on fixed masks, timesteps and noise."""
+    bb = tiny_mar_backbone()
+    latents = torch.randn(1, *bb.latent_shape, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, L).scatter(1, torch.tensor([[0, 5, 10, 15]]), 1.0)
+    t = torch.randint(0, 1000, (4, 4), generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(4, 4, TINY_MAR.vae_channels, generator=torch.Generator().manual_seed(2))
+    zero = mar_condition(bb, 0, "zero")
+
+    def objective(x):
+        with torch.no_grad():
+            z = bb.conditions(x, mask, zero)[0, mask[0] == 1]
+            target = bb.mar.patchify(x)[0, mask[0] == 1]
+            err = bb.head_eps(target.expand(4, -1, -1), z.expand(4, -1, -1), t, noise) - noise
+            return float(err.pow(2).mean() + 10 * err.abs().max())
+
+    out = optimise_mar_latents(bb, latents, 0, _gens(3), iterations=40, lr=5e-2)
+    assert objective(out) < objective(latents)

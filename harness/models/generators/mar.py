@@ -76,6 +76,21 @@ class MARBackbone(torch.nn.Module):
         embedded = self.mar.class_emb(labels.masked_fill(null, 0))
         return torch.where(null[:, None], self.mar.fake_latent.expand_as(embedded), embedded)
 
+    def conditions(self, latents: torch.Tensor, mask: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """The head's condition vectors (N, L, width) for scaled latents (N, C, h, w) with `mask` (N, L; 1 = masked,
+        every row the same count) and class embeddings (N, width): the transformer's pass over the known tokens."""
+        mar = self.mar
+        return mar.decode_tokens(mar.encode_tokens(mar.patchify(latents), mask, embedding), mask)
+
+    def head_eps(self, tokens: torch.Tensor, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The head's noise prediction for tokens (…, C) noised to its training timesteps `t` (…) with `noise`,
+        given conditions `z` (…, width): what its training loss and CaO2's MAR objective (Eq. 6) compare to ε."""
+        head, c = self.mar.diffloss, self.latent_channels
+        ac = head.alphas_cumprod[t.cpu()].to(tokens.device, tokens.dtype)[..., None]
+        x_t = ac.sqrt() * tokens + (1 - ac).sqrt() * noise
+        out = head.net(x_t.reshape(-1, c), t.reshape(-1).to(tokens.device), z.reshape(-1, z.shape[-1]))
+        return out[:, :c].reshape(tokens.shape)
+
     @torch.no_grad()
     def sample(
         self,
