@@ -157,12 +157,17 @@ def test_loading_the_saved_folder_equals_the_model_in_memory(folder, backbone, t
     ema = {k: v + 1 if k == "fake_latent" else v for k, v in state.items()}
     release = tmp_path / "release"
     release.mkdir()
-    for name in ("kl16.ckpt", "config.json"):
-        (release / name).write_bytes((folder / name).read_bytes())
+    (release / "config.json").write_bytes((folder / "config.json").read_bytes())
+    vae = torch.load(folder / "kl16.ckpt", weights_only=True)["model"]
+    torch.save({"model": {**vae, "loss.logvar": torch.zeros(())}}, release / "kl16.ckpt")  # LDM's loss rides along
     checkpoint = {"model": state, "model_ema": ema, "epoch": 799, "args": argparse.Namespace(cfg=2.9)}
     torch.save(checkpoint, release / CHECKPOINT)
     loaded = load_mar_backbone(release)
     assert torch.equal(loaded.mar.fake_latent, ema["fake_latent"])
+    del vae["decoder.conv_out.weight"]  # a missing weight still fails
+    torch.save({"model": vae}, release / "kl16.ckpt")
+    with pytest.raises(RuntimeError, match="decoder.conv_out.weight"):
+        load_mar_backbone(release)
 
 
 def test_the_generator_checks_and_sizes_mar_base(tmp_path):

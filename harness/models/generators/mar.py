@@ -23,6 +23,7 @@ from harness.models.generators.registry import DTYPES, Generator, GeneratorError
 
 MAR_BASE = MARConfig()
 CHECKPOINT, VAE_FILE, CONFIG_FILE = "checkpoint-last.pth", "kl16.ckpt", "config.json"
+VAE_PARTS = ("encoder", "decoder", "quant_conv", "post_quant_conv")
 # CaO2's MAR extension (seed 000 §3.5, Table 5) samples MAR-B with 32 autoregressive steps of 100 denoising steps;
 # MAR's own evaluation uses 256 AR steps, temperature 1.0 and the linear guidance schedule (LTH14/mar README).
 DEFAULT_AR_STEPS, DEFAULT_DIFFUSION_STEPS, DEFAULT_TEMPERATURE = 32, 100, 1.0
@@ -141,7 +142,10 @@ def load_mar_backbone(
     checkpoint = _torch_load(folder / CHECKPOINT)
     weights = checkpoint.get("model_ema") or checkpoint["model"]
     mar.load_state_dict(weights)
-    autoencoder.load_state_dict(_torch_load(vae_path(folder, vae))["model"])
+    # An LDM training checkpoint may also hold its loss's weights (LPIPS, discriminator: `loss.*`), which the
+    # reference skips by loading non-strictly; the autoencoder's own keys load strictly.
+    state = _torch_load(vae_path(folder, vae))["model"]
+    autoencoder.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in VAE_PARTS})
     return MARBackbone(mar, autoencoder).to(device, dtype)
 
 
@@ -212,7 +216,8 @@ class MARGenerator(Generator):
     def prepare(self, real, out: Path) -> tuple[str, str]:
         b = self.config
         folder = Path(b.pretrained)
-        for path, field in ((folder / CHECKPOINT, "backbone.pretrained"), (vae_path(folder, b.vae), "backbone.vae")):
+        vae_field = "backbone.pretrained" if b.vae in (None, "subfolder") else "backbone.vae"
+        for path, field in ((folder / CHECKPOINT, "backbone.pretrained"), (vae_path(folder, b.vae), vae_field)):
             if not path.is_file():
                 raise GeneratorError(
                     f"{field}: no {path} (MAR is loaded from local files: LTH14/mar's release, the hub is not used)"
