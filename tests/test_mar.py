@@ -9,8 +9,10 @@ import math
 
 import pytest
 import torch
+import yaml
 
-from harness.config.schema import BackboneConfig
+from harness.config.loader import load_suite
+from harness.config.schema import BENCHMARKS_DIR, BackboneConfig, SuiteError
 from harness.models.generators import generator_for
 from harness.models.generators.mar import (
     CHECKPOINT,
@@ -245,3 +247,20 @@ def test_cao2_on_mar_lowers_its_objective():
 
     out = optimise_mar_latents(bb, latents, 0, _gens(3), iterations=40, lr=5e-2)
     assert objective(out) < objective(latents)
+
+
+def test_a_suite_naming_kind_mar_is_checked_in_one_line(tmp_path):
+    raw = yaml.safe_load((BENCHMARKS_DIR / "fashion-mnist.yaml").read_text())
+    raw["backbone"] = {"kind": "mar"}
+    path = tmp_path / "mar.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError) as err:
+        load_suite(str(path), check_files=False)
+    assert str(err.value) == (
+        f"{path}: backbone.pretrained: required for kind mar: a local folder with MAR's checkpoint-last.pth "
+        "and the VAE's kl16.ckpt"
+    )
+    raw["backbone"] = {"kind": "mar", "pretrained": str(tmp_path), "guided_channels": 3}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match="backbone.guided_channels: MAR guides"):
+        load_suite(str(path), check_files=False)
