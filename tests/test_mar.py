@@ -264,3 +264,7 @@ def test_a_suite_naming_kind_mar_is_checked_in_one_line(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SuiteError, match="backbone.guided_channels: MAR guides"):
         load_suite(str(path), check_files=False)
+    raw["backbone"] = {"kind": "mar", "pretrained": str(tmp_path), "dtype": "float16"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match="backbone.dtype: kind mar runs in float32"):
+        load_suite(str(path), check_files=False)

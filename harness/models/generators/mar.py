@@ -212,6 +212,10 @@ class MARGenerator(Generator):
     def check(config, image_size: int, fail) -> None:
         if config.guided_channels is not None:
             fail("backbone.guided_channels", "MAR guides its diffusion head's whole token, as the reference does")
+        if config.dtype != "float32":
+            # Half-precision weights would meet the float32 tokens and noise the sampler makes; the reference
+            # samples under autocast instead, which this kind does not offer yet.
+            fail("backbone.dtype", "kind mar runs in float32")
 
     def prepare(self, real, out: Path) -> tuple[str, str]:
         b = self.config
