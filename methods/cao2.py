@@ -215,6 +215,70 @@ def optimise_latents(
     return x.detach()
 
 
+# CaO2 on MAR (§3.5, Eq. 6; §4.3 "Integration with MAR", Tab. 5): 100 Adam steps at lr 1e-4 with the L∞ term
+# (λ = 10 as §4.1), random token masks of ratio at most 0.25 in place of noise, the zero label embedding in place of φ.
+MAR_CLO_ITERATIONS, MAR_CLO_LR, MAR_CLO_MAX_MASK_RATIO = 100, 1e-4, 0.25
+MAR_CONDITIONS = ("zero", "class", "null")
+
+
+def mar_condition(backbone, label: int, condition: str) -> torch.Tensor:
+    """ĉ's embedding (1, width) on MAR: `zero`, the paper's zero label embedding (MAR's `Embedding` read as a
+    bias-free linear layer of a zero one-hot: the zero vector); `class`, the class's embedding; `null`, MAR's learned
+    fake class (what its guidance uses, which the paper passed over)."""
+    if condition == "zero":
+        return torch.zeros(1, backbone.mar.config.width, device=backbone.device)
+    if condition == "class":
+        return backbone.class_embedding(torch.tensor([label]))
+    if condition == "null":
+        return backbone.class_embedding(torch.tensor([backbone.null_class]))
+    raise ValueError(f"MAR condition must be one of {', '.join(MAR_CONDITIONS)}, got {condition!r}")
+
+
+def optimise_mar_latents(
+    backbone,
+    latents: torch.Tensor,
+    label: int,
+    generators,
+    iterations: int = MAR_CLO_ITERATIONS,
+    lr: float = MAR_CLO_LR,
+    linf_weight: float = 10.0,
+    max_mask_ratio: float = MAR_CLO_MAX_MASK_RATIO,
+    condition: str = "zero",
+) -> torch.Tensor:
+    """CLO on MAR (Eq. 6) for scaled MAR latents (N, C, h, w) of class `label`, each image alone with its own
+    generator (its masks, timesteps and noise), as the reference optimises one image at a time. Each iteration:
+    a random order and a mask ratio r ~ U(0, R] masking ⌈L·r⌉ tokens (at least one); the transformer over the
+    known tokens with ĉ (`mar_condition`); the head's ε-prediction of the masked tokens, noised at timesteps drawn
+    uniformly over its 1,000 training steps with fresh ε (`diffusion_batch_mul` draws per token, as MAR's loss);
+    loss = mean squared error + λ · max |ε̂ − ε| over the masked tokens. The masked tokens' targets are detached,
+    as the reference's `gt_latents`, so the gradient reaches the latents through the known tokens (the context)."""
+    mar = backbone.mar
+    seq_len, repeats, steps = mar.config.seq_len, mar.config.diffusion_batch_mul, mar.diffloss.num_train_timesteps
+    embedding = mar_condition(backbone, label, condition)
+    out = []
+    for latent, g in zip(latents, generators):
+        x = latent[None].detach().clone().to(backbone.device).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=lr)
+        with torch.enable_grad():
+            for _ in range(iterations):
+                order = torch.randperm(seq_len, generator=g)
+                ratio = max_mask_ratio * (1 - float(torch.rand((), generator=g)))  # (0, R]
+                count = max(1, math.ceil(seq_len * ratio))
+                mask = torch.zeros(1, seq_len).scatter(1, order[None, :count], 1.0).to(x.device)
+                t = torch.randint(0, steps, (repeats, count), generator=g)
+                noise = torch.randn(repeats, count, backbone.latent_channels, generator=g).to(x.device)
+                z = backbone.conditions(x, mask, embedding)[0, mask[0] == 1]
+                target = mar.patchify(x.detach())[0, mask[0] == 1]
+                eps = backbone.head_eps(target.expand(repeats, -1, -1), z.expand(repeats, -1, -1), t, noise)
+                err = eps - noise
+                loss = err.pow(2).mean() + linf_weight * err.abs().max()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        out.append(x.detach()[0])
+    return torch.stack(out)
+
+
 def resolve_condition(config: CaO2Config, teacher_val_accuracy: float | None) -> str:
     """ "class" or "null" (Eq. 5); `auto` reads the teacher's validation accuracy (§3.4)."""
     if config.condition != "auto":

@@ -17,6 +17,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from harness.models.data import RealData
 from harness.models.generators.dit import DiTBackbone
+from harness.models.generators.mar import MARBackbone, save_mar_backbone
+from harness.models.generators.mar_model import KLVAE, MAR, MARConfig
 from harness.models.generators.pixel_dit import PixelDiTConfig
 from harness.models.generators.stable_diffusion import StableDiffusionBackbone, save_sd_backbone
 from harness.models.students import create_student
@@ -134,6 +136,44 @@ def tiny_sd(folder: Path, class_names: list[str], prompt: str = "{name}", null_p
         unet, tiny_vae(), text_encoder, tokenizer, sd_scheduler(), class_names, prompt, null_prompt
     )
     save_sd_backbone(backbone, Path(folder))
+    return Path(folder)
+
+
+# MAR's shape in miniature: 32-px images through a three-times-halving KL VAE to 4 × 4 tokens of 4 channels, a
+# one-block width-32 encoder and decoder with 2 buffer tokens, a one-block width-32 diffusion head, 5 classes.
+TINY_MAR = MARConfig(
+    image_size=32,
+    vae_stride=8,
+    vae_channels=4,
+    width=32,
+    depth=1,
+    heads=2,
+    buffer_size=2,
+    num_classes=5,
+    diffloss_depth=1,
+    diffloss_width=32,
+    vae_ch=8,
+    vae_ch_mult=(1, 2, 2, 2),
+    vae_groups=4,
+)
+
+
+def tiny_mar_backbone() -> MARBackbone:
+    """TINY_MAR with random weights from torch's RNG seeded 0: the same model on every call. The head's layers that
+    MAR initialises at zero (AdaLN, output) are drawn too, so that its output depends on its conditions."""
+    torch.manual_seed(0)
+    mar = MAR(TINY_MAR)
+    with torch.no_grad():
+        for p in mar.diffloss.net.parameters():
+            if not p.any():
+                p.normal_(std=0.1)
+    return MARBackbone(mar, KLVAE(TINY_MAR))
+
+
+def tiny_mar(folder: Path) -> Path:
+    """`tiny_mar_backbone()` written to `folder` in the layout of MAR's release (checkpoint-last.pth, kl16.ckpt) plus
+    its config.json, so that tests load it through the generator's own load path. Returns the folder."""
+    save_mar_backbone(tiny_mar_backbone(), Path(folder))
     return Path(folder)
 
 

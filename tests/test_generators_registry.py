@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_registries_find_every_kind():
-    assert list_generators() == ["pixel-dit", "dit", "stable-diffusion"]
+    assert list_generators() == ["mar", "pixel-dit", "dit", "stable-diffusion"]
     assert get_generator("pixel-dit") is PixelDiTGenerator and get_generator("dit") is DiTGenerator
-    with pytest.raises(KeyError, match="unknown generator 'magic'; known: dit, pixel-dit, stable-diffusion"):
+    with pytest.raises(KeyError, match="unknown generator 'magic'; known: dit, mar, pixel-dit, stable-diffusion"):
         get_generator("magic")
     assert list_teacher_kinds() == ["trained", "timm"]
     for config, source in (
@@ -68,7 +68,7 @@ def _load(tmp_path, mutate):
     [
         (
             lambda r: r["backbone"].update(kind="magic"),
-            "backbone.kind: must be pixel-dit or dit or stable-diffusion, got 'magic'",
+            "backbone.kind: must be mar or pixel-dit or dit or stable-diffusion, got 'magic'",
         ),
         (
             lambda r: r["backbone"].update(kind="dit"),
