@@ -302,8 +302,9 @@ class CaO2(Method):
     # `clo_timesteps` changes only the CLO steps' t (and label drop), drawn after everything else.
     paired_switches = ("oss", "clo", "clo_timesteps")
     stage_batches = {"sample": "batch_size", "decode": "batch_size", "select": "batch_size", "clo": "clo_batch_size"}
-    # One sampling step, a pool of IPC (OSS still scores and ranks it), one CLO iteration.
-    rehearsal_settings = {"steps": 1, "pool_factor": 1, "iterations": 1}
+    # Two sampling steps (`clo_timesteps: reference` draws respaced index 1, which needs two), a pool of IPC (OSS
+    # still scores and ranks it), one CLO iteration.
+    rehearsal_settings = {"steps": 2, "pool_factor": 1, "iterations": 1}
     # Ranges around the paper's values (§4.1, §4.3, App. 8): guidance 2.7, m = 4 (Fig. 3(b) scans 1–5), Adam lr
     # 6e-4, λ = 10, T̂ = T/4; the ablation variants search only the stage they keep.
     search_space = {
