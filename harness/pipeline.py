@@ -70,7 +70,10 @@ def current_recipes(suite, prepared, rows: list[dict]) -> set[tuple[str, str]]:
 class Run:
     """One invocation. `methods` are the board's; `make` False reads the sets and results --out holds and makes
     none (site, compare, export), so it needs no cluster; `cross_arch` makes the suite's cross-architecture set
-    instead of the board's. `real` may be None for the questions that need no data (the plan)."""
+    instead of the board's. `real` may be None for the questions that need no data (the plan). `recorded` (with
+    `make` False) are manifests of sets --out does not hold, as a board recorded them (scripts/redraw_board.py
+    rebuilds them from a board's cost and diversity tables): each current set not on disk is shown by its recorded
+    manifest, if it has one, so a board can be redrawn without every set it shows."""
 
     def __init__(
         self,
@@ -84,8 +87,10 @@ class Run:
         make: bool = True,
         cross_arch: bool = False,
         command: str = "",
+        recorded: list[Manifest] | None = None,
     ):
         self.suite, self.methods, self.real = suite, list(methods), real
+        self.recorded = list(recorded or [])
         self.given_out = Path(out)  # as the user wrote it, for what is printed
         self.out = self.given_out.absolute()  # workers resolve a relative path against their own working directory
         self.address, self.check, self.accept_failed_check = address, check, accept_failed_check
@@ -180,7 +185,12 @@ class Run:
     @cached_property
     def manifests(self) -> list[Manifest]:
         if not self.make:
-            return [Manifest.read(j.path) for j in self.jobs if j.done()]
+            recorded = {(m.method, m.config_hash, m.ipc): m for m in self.recorded}
+            return [
+                Manifest.read(j.path) if j.done() else recorded[(j.method, j.config_hash, j.ipc)]
+                for j in self.jobs
+                if j.done() or (j.method, j.config_hash, j.ipc) in recorded
+            ]
         return distill(self.suite, self.real, self.prepared, self.jobs, self.connect)
 
     @cached_property
@@ -240,7 +250,8 @@ class Run:
         Returns the board's markdown and CSV and the site's page."""
         self.header()
         manifests, store, recipes = self.manifests, self.store, self.recipes
-        measure_sets(self.suite, self.real, self.prepared, manifests, self.out)
+        # a recorded manifest (not on disk) brings its measures with it
+        measure_sets(self.suite, self.real, self.prepared, [m for m in manifests if m.on_disk], self.out)
         if self.make:
             evaluate(
                 self.suite,

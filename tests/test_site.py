@@ -27,7 +27,7 @@ from harness.report.export import CHECKSUMS, PARQUET, export_set
 from harness.report.leaderboard import render
 from harness.report.rows import searched_label
 from harness.report.scores import label_robust_scores
-from harness.report.site import build_site, pareto_front
+from harness.report.site import build_site, grid_stamp, pareto_front, stamp_grid
 from harness.report.tables import dd_ranking_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,3 +303,44 @@ def test_the_site_in_a_browser(site, sets, tmp_path):
     assert {a.get("href") for t, a in index.elements if t == "a"} == {site.name}
     if os.environ.get("DDBENCH_SCREENSHOTS"):  # where a person wants to look at them
         shutil.copy(shot, Path(os.environ["DDBENCH_SCREENSHOTS"]) / "site-test.png")
+
+
+def test_a_grid_survives_a_redraw_without_its_set_only_when_stamped_with_its_config(sets, tmp_path):
+    """A board redrawn from recorded manifests (scripts/redraw_board.py) keeps the grid of a set no longer on disk
+    when the grid carries that set's config hash; a grid of another config, or an unstamped one, is removed."""
+    suite = load_suite("fashion-mnist", "leaderboard")
+    d4m = [m for m in sets if m.method == "d4m"]  # IPC 1 and 10
+    site = tmp_path / "site"
+    build_site(suite, [], None, site, ["d4m"], [], d4m, tmp_path, "drawn")
+    grids = site / "fashion-mnist" / "grids"
+    assert {p.name: grid_stamp(p) for p in grids.iterdir()} == {
+        "d4m-ipc-1.png": d4m[0].config_hash,
+        "d4m-ipc-10.png": d4m[1].config_hash,
+    }
+    drawn = (grids / "d4m-ipc-1.png").read_bytes()
+    gone = [dataclasses.replace(m, path="") for m in d4m]  # the sets as recorded: not on disk
+    gone[1] = dataclasses.replace(gone[1], config_hash="000000000000")  # IPC 10's config changed since its grid
+    (grids / "d4m-ipc-50.png").write_bytes(drawn)  # a grid no manifest asks for
+    page = build_site(suite, [], None, site, ["d4m"], [], gone, tmp_path, "redrawn")
+    assert sorted(p.name for p in grids.iterdir()) == ["d4m-ipc-1.png"]
+    assert (grids / "d4m-ipc-1.png").read_bytes() == drawn and 'id="set-d4m-ipc-1"' in page.read_text()
+    assert 'id="set-d4m-ipc-10"' not in page.read_text()
+    # An unstamped grid (drawn before grids were stamped) is not kept until it is stamped with its set's config.
+    with Image.open(grids / "d4m-ipc-1.png") as img:
+        img.load()
+        img.copy().save(grids / "d4m-ipc-1.png")
+    assert grid_stamp(grids / "d4m-ipc-1.png") is None
+    build_site(suite, [], None, site, ["d4m"], [], gone[:1], tmp_path, "redrawn")
+    assert not any(grids.iterdir())
+    (grids / "d4m-ipc-1.png").write_bytes(drawn)
+    stamp_grid(grids / "d4m-ipc-1.png", "000000000000")
+    build_site(suite, [], None, site, ["d4m"], [], gone[:1], tmp_path, "redrawn")
+    assert not any(grids.iterdir())
+    (grids / "d4m-ipc-1.png").write_bytes(drawn)
+    with Image.open(grids / "d4m-ipc-1.png") as img:
+        pixels = np.asarray(img)
+    stamp_grid(grids / "d4m-ipc-1.png", d4m[0].config_hash)  # the migration: its pixels unchanged
+    with Image.open(grids / "d4m-ipc-1.png") as img:
+        assert np.array_equal(np.asarray(img), pixels)
+    build_site(suite, [], None, site, ["d4m"], [], gone[:1], tmp_path, "redrawn")
+    assert [p.name for p in grids.iterdir()] == ["d4m-ipc-1.png"]

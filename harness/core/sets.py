@@ -116,6 +116,11 @@ class Manifest:
             **identity,
         )
 
+    @property
+    def on_disk(self) -> bool:
+        """Whether the set's images are where `path` says (a manifest rebuilt from a board's record has no path)."""
+        return bool(self.path) and Path(self.path).is_dir()
+
     def stored(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("stored", True)}
 

@@ -21,6 +21,7 @@ import torch
 from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torchvision.utils import make_grid
 
 from harness.core import atomic
@@ -35,6 +36,9 @@ from methods import get_method, list_methods
 GRID_IMAGES = 10  # images per class row of a set's grid: enough to see a set's variety, few enough to commit
 GRID_ZOOM = 2  # grids are shown at twice their pixels (drawn pixelated): 28-px images are small
 MARKERS = "o^sDvP*Xhp<>"
+# The PNG text chunk a grid carries its set's config hash in, so a redraw without the set keeps a grid that is still its
+# set's (`_draw_grids`) rather than losing it.
+GRID_STAMP = "ddbench:config_hash"
 
 
 def family(method: str) -> str:
@@ -45,6 +49,11 @@ def family(method: str) -> str:
 def _slug(*parts) -> str:
     # Labels such as "d4m, searched on val (20 trials)" become file names and URL fragments: keep them plain.
     return "-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", str(p)).strip("_") for p in parts)
+
+
+def grid_name(method: str, ipc: int) -> str:
+    """The file name of a set's grid (a searched config's by its label: plain, as a URL fragment too)."""
+    return f"{_slug(method, 'ipc', ipc)}.png"
 
 
 def _save(fig: Figure, path: Path) -> str:
@@ -170,7 +179,31 @@ def draw_grid(manifest: Manifest, path: Path, per_class: int = GRID_IMAGES) -> N
     grid = make_grid(tensor, nrow=per_class, padding=1, pad_value=1.0)
     array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     grey = bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
-    Image.fromarray(array[..., 0] if grey else array).save(path, optimize=True)
+    _save_stamped(Image.fromarray(array[..., 0] if grey else array), path, manifest.config_hash)
+
+
+def _save_stamped(image: Image.Image, path: Path, config_hash: str) -> None:
+    info = PngInfo()
+    info.add_text(GRID_STAMP, config_hash)
+    image.save(path, optimize=True, pnginfo=info)
+
+
+def grid_stamp(path: Path) -> str | None:
+    """The config hash a grid PNG was stamped with (`draw_grid`), or None (unstamped, unreadable, absent)."""
+    try:
+        with Image.open(path) as img:
+            return getattr(img, "text", {}).get(GRID_STAMP)
+    except (OSError, ValueError):
+        return None
+
+
+def stamp_grid(path: Path, config_hash: str) -> None:
+    """Stamp an existing grid PNG with its set's config hash, its pixels unchanged (the migration of grids drawn
+    before grids were stamped: scripts/redraw_board.py --stamp-existing-grids)."""
+    with Image.open(path) as img:
+        img.load()
+        image = img.copy()
+    _save_stamped(image, path, config_hash)
 
 
 def _env() -> Environment:
@@ -287,25 +320,34 @@ def _plots(
 
 
 def _draw_grids(manifests: list[Manifest], folder: Path, suite_name: str) -> dict[tuple[str, int], dict]:
-    """(method, IPC) → the page's entry for the grid drawn into `folder` of each set still on disk."""
+    """(method, IPC) → the page's entry for the grid of each set: drawn into `folder` from a set still on disk, or,
+    for a set not on disk, the grid already there when it is stamped with the set's config hash (a board redrawn
+    from the sets' recorded manifests keeps their grids). Any other PNG in `folder` is removed: a set no longer on
+    the board, or a grid of another config of it, leaves no stale file."""
     grids = {}
     for m in manifests:
-        if Path(m.path).is_dir():
-            path = folder / f"{_slug(m.method, 'ipc', m.ipc)}.png"
+        path = folder / grid_name(m.method, m.ipc)
+        if m.on_disk:
             draw_grid(m, path)
-            with Image.open(path) as img:
-                size = (GRID_ZOOM * img.width, GRID_ZOOM * img.height)
-            grids[(m.method, m.ipc)] = {
-                "anchor": f"set-{_slug(m.method, 'ipc', m.ipc)}",
-                "size": size,
-                "src": f"{suite_name}/grids/{path.name}",
-                "method": m.method,
-                "ipc": m.ipc,
-                "images": m.images,
-                "classes": m.classes,
-                "config_hash": m.config_hash,
-                "shown": min(m.ipc, GRID_IMAGES),
-            }
+        elif grid_stamp(path) != m.config_hash:
+            continue
+        with Image.open(path) as img:
+            size = (GRID_ZOOM * img.width, GRID_ZOOM * img.height)
+        grids[(m.method, m.ipc)] = {
+            "anchor": f"set-{path.stem}",
+            "size": size,
+            "src": f"{suite_name}/grids/{path.name}",
+            "method": m.method,
+            "ipc": m.ipc,
+            "images": m.images,
+            "classes": m.classes,
+            "config_hash": m.config_hash,
+            "shown": min(m.ipc, GRID_IMAGES),
+        }
+    shown = {Path(g["src"]).name for g in grids.values()}
+    for old in folder.glob("*.png"):
+        if old.name not in shown:
+            old.unlink()
     return grids
 
 
@@ -327,8 +369,8 @@ def build_site(
     assets = site_dir / suite.name
     for sub in ("plots", "grids"):
         (assets / sub).mkdir(parents=True, exist_ok=True)
-        for old in (assets / sub).glob("*.png"):  # a set or plot no longer on the board leaves no stale file
-            old.unlink()
+    for old in (assets / "plots").glob("*.png"):  # a plot no longer drawn leaves no stale file (grids: _draw_grids)
+        old.unlink()
     board = board_rows(suite, rows, current, method_order, manifests, recipes)
     rows, agg, full, protocol_names = board.rows, board.agg, board.full, board.protocols
     present = set(agg["student"]) if not agg.empty else set()
