@@ -154,6 +154,25 @@ def test_a_method_that_does_not_fit_is_refused_naming_the_setting_to_lower(image
     )
 
 
+def test_a_rehearsal_of_some_methods_keeps_the_files_figures_of_the_others(imagenet, tmp_path):
+    """`--methods` rehearses a subset: the suite's file keeps the other methods' figures (a figure another file
+    holds under the same key is reused, so nothing here is measured)."""
+    other = tmp_path / "imagewoof.json"
+    other.write_text(
+        json.dumps(
+            {
+                "suite": "imagewoof",
+                "methods": {"random-real": {"key": rehearsal_key(imagenet, "random-real"), "stages": {}}},
+            }
+        )
+    )
+    before = json.loads((tmp_path / "imagenet.json").read_text())["methods"]
+    figures = rehearse_suite(imagenet, ["random-real"], tmp_path, log=lambda _: None)
+    assert set(figures["methods"]) == set(before) | {"random-real"}
+    assert all(figures["methods"][n] == before[n] for n in before)
+    assert json.loads((tmp_path / "imagenet.json").read_text())["methods"] == figures["methods"]
+
+
 def test_suites_without_figures_print_a_dash_and_are_never_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(memory_figures, "FIGURES_DIR", tmp_path)
     assert main(["--suite", "fashion-mnist", "--plan", "--gpu-memory", "0.001", "--out", str(tmp_path / "o")]) == 0

@@ -359,7 +359,12 @@ def rehearse_suite(
     order given, until `budget_seconds` have passed (the rest are marked not run, for a later call to measure)."""
     t0 = time.perf_counter()
     known = {} if again else _known_entries(folder)
-    figures = {"suite": suite.name, "command": command, "machine": machine("cpu"), "methods": {}}
+    # A rehearsal of some of the suite's methods (`methods`) keeps the file's figures of the others.
+    before = (
+        json.loads(figures_path(suite.name, folder).read_text()) if figures_path(suite.name, folder).is_file() else {}
+    )
+    kept = {n: e for n, e in before.get("methods", {}).items() if n not in methods}
+    figures = {"suite": suite.name, "command": command, "machine": machine("cpu"), "methods": kept}
     models = None
     for name in methods:
         key = rehearsal_key(suite, name)
