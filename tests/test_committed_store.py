@@ -53,9 +53,7 @@ BOARD_SETS = {
 # All or nothing: a method with some rows must have them all. `python benchmark.py --suite fashion-mnist
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
-# adaptive-sampling and its no-repulsion ablation (issue 25 item 5): the BO budget at Table 5's share; their rows
-# were still training when the rest of issue 25's rows were committed (2026-12-04).
-AWAITING_ROWS: set[str] = {"adaptive-sampling", "adaptive-sampling-no-repulsion"}
+AWAITING_ROWS: set[str] = set()
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
