@@ -202,6 +202,10 @@ class Method:
     # The prompts the paper conditioned its text-to-image generator with; a text-conditioned backbone samples the
     # method with them, a class-conditional one ignores them. None: the suite's prompts.
     prompts: ClassVar[Prompts | None] = None
+    # The kind of generator the method samples (harness/models/generators/), where it is not the suite's own
+    # `backbone`: a suite that lists the method must then hold a section of that kind in `backbones`, and the
+    # harness hands the method that backbone (MAR's methods; a paper's own generator beside the suite's DiT).
+    backbone_kind: ClassVar[str | None] = None
     # Ranges the hyperparameter-search stage may explore, by config field: ("float" | "log" | "int", low, high)
     # or ("choice", [values]). Empty: nothing to search.
     search_space: ClassVar[dict[str, tuple]] = {}

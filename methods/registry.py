@@ -17,11 +17,19 @@ def register_method(cls):
 
 
 def register_variant(
-    name: str, base: type, *, doc: str | None = None, search_space: dict | None = None, revision: int = 0, **overrides
+    name: str,
+    base: type,
+    *,
+    doc: str | None = None,
+    search_space: dict | None = None,
+    revision: int = 0,
+    backbone_kind: str | None = None,
+    **overrides,
 ):
     """Register `name` as `base` with other config defaults (its ablation row). A variant of a family with
     paired switches draws what `base` draws (`Method.seed_identity`): the rows differ only in the stages the
-    overrides switch. `revision`: the variant's own, added to its family's (`Method.revision`)."""
+    overrides switch. `revision`: the variant's own, added to its family's (`Method.revision`). `backbone_kind`: the
+    generator the variant samples where it is not its base's (`Method.backbone_kind`), e.g. D4M on Stable Diffusion."""
     fields = {f.name for f in dataclasses.fields(base.Config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -38,6 +46,8 @@ def register_variant(
         attrs["search_space"] = search_space
     if revision:
         attrs["revision"] = revision
+    if backbone_kind is not None:
+        attrs["backbone_kind"] = backbone_kind
     class_name = "".join(part.capitalize() for part in name.replace("_", "-").split("-"))
     cls = type(class_name, (base,), {**attrs, "__qualname__": class_name})
     setattr(sys.modules[base.__module__], class_name, cls)  # found by name, as pickle looks classes up

@@ -28,6 +28,7 @@ from harness.core import atomic, cache
 from harness.core.cache import drop_damaged, log, read_json
 from harness.core.identity import backbone_check_key, fine_tune_key, fine_tune_schedule_key, identity_fields
 from harness.models.data import RealData, load_real_data
+from harness.models.generators import generator_for
 from harness.models.generators.difffit import DIFFFIT_VERSION, add_difffit
 from harness.models.generators.sampling import fit_to_backbone
 from harness.runtime.data_parallel import Worker, cluster_gpus, run_data_parallel
@@ -242,6 +243,7 @@ def check_fine_tuned(suite: Suite, prepared: Prepared, out: Path, method: str, e
             b.check_cfg_scale,
             b.check_steps,
             conditions=prepared.conditions,
+            generator=generator_for(b),
         )
 
     result = cache.ensure_json(

@@ -21,9 +21,9 @@ from harness.core.cache import log
 from harness.core.identity import backbone_check_key, class_list, relabelled_protocol_key, teacher_val_key
 from harness.models import teacher_sources
 from harness.models.data import RealData
-from harness.models.generators import ddim_sample, generator_for
+from harness.models.generators import generator_for
 from harness.models.generators.difffit import load_difffit_state
-from harness.models.generators.registry import GeneratorError
+from harness.models.generators.registry import Generator, GeneratorError
 from harness.models.teacher_sources import Cluster, TeacherSourceError
 from harness.models.teachers import Teacher, accuracy, save_teacher, train_recipe_teacher
 from harness.runtime.data_parallel import cluster_gpus, run_data_parallel
@@ -248,24 +248,21 @@ def backbone_check(
     seed: int = 0,
     batch_size: int = 100,
     conditions: list[int] | None = None,
+    generator=None,
 ) -> dict:
     """Sample `per_class` images per class and count how many the teacher assigns to their condition.
-    `conditions[c]` is the backbone's label of suite class c (default: c)."""
+    `conditions[c]` is the backbone's label of suite class c (default: c); `generator` the backbone's kind
+    (registry.py `Generator`), which samples them (default: DDIM over the noise predictor)."""
+    generator = generator if generator is not None else Generator(None)
     agree, total = torch.zeros(num_classes), 0
     t0 = time.perf_counter()
     bar = tqdm(total=num_classes * per_class, desc="[prepare] backbone check", mininterval=5)
     for c in range(num_classes):
         g = torch.Generator().manual_seed(seed * 100_003 + c)
-        noise = torch.randn((per_class, *backbone.latent_shape), generator=g)
+        condition = conditions[c] if conditions else c
+        images = generator.check_images(backbone, condition, per_class, g, steps, cfg_scale, batch_size)
         for i in range(0, per_class, batch_size):
-            z = ddim_sample(
-                backbone,
-                noise[i : i + batch_size].to(backbone.device),
-                conditions[c] if conditions else c,
-                steps,
-                cfg_scale,
-            )
-            pred = teacher(backbone.decode(z)).argmax(1).cpu()
+            pred = teacher(images[i : i + batch_size]).argmax(1).cpu()
             agree[c] += (pred == c).sum()
             total += len(pred)
             bar.update(len(pred))
@@ -338,6 +335,7 @@ def prepare(
                 b.check_cfg_scale,
                 b.check_steps,
                 conditions=conditions,
+                generator=generator_for(b),
             )
             made["min_agreement"] = b.check_min_agreement
             made["passed"] = made["agreement"] >= b.check_min_agreement

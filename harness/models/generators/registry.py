@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from harness.models.generators.sampling import ddim_sample
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _REGISTRY: dict[str, type] = {}
@@ -30,6 +32,9 @@ class Generator:
     kind: str = ""
     # How many noise channels guidance combines where the suite does not say (None: every one).
     default_guided_channels: int | None = None
+    # The dataclass of `backbone.train` for a kind `prepare` trains (None: the kind is had, never trained); the
+    # suite's mapping is built into it (harness/config/coerce.py), so each kind's training settings are its own.
+    train_config: type | None = None
 
     def __init__(self, config):
         self.config = config
@@ -80,6 +85,20 @@ class Generator:
         hub nor training: what the rehearsal (perf/rehearsal.py) measures memory and FLOPs on. GeneratorError
         where the architecture is not known without the hub."""
         raise GeneratorError(f"backbone.kind: {self.kind} cannot be built at its true size without its weights")
+
+    @torch.no_grad()
+    def check_images(
+        self, backbone, condition: int, count: int, generator: torch.Generator, steps: int, cfg_scale: float, batch=100
+    ) -> torch.Tensor:
+        """`count` images in [0, 1] of the backbone's class `condition` for the backbone check (harness/stages/
+        prepare.py), drawn from `generator`: DDIM over the noise predictor at `steps` steps and guidance
+        `cfg_scale`, for every kind that predicts noise; a kind that samples otherwise (MAR) overrides it."""
+        noise = torch.randn((count, *backbone.latent_shape), generator=generator)
+        images = []
+        for i in range(0, count, batch):
+            z = ddim_sample(backbone, noise[i : i + batch].to(backbone.device), condition, steps, cfg_scale)
+            images.append(backbone.decode(z))
+        return torch.cat(images)
 
     def prepare_training(self) -> tuple[int, str] | None:
         """What `prepare` trains, for the plan: the samples it trains on (steps × batch) and what to call it;
