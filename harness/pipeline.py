@@ -14,6 +14,7 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+from harness.config.schema import Suite
 from harness.core.identity import FULL_DATA, identity_fields
 from harness.core.lock import output_lock
 from harness.core.sets import Manifest
@@ -35,11 +36,24 @@ from harness.stages.evaluate import evaluate, full_data_protocol
 from harness.stages.fine_tune import fine_tune_backbones, needed_fine_tunes
 from harness.stages.prepare import Prepared, prepare
 from harness.stages.search import SearchSpec, run_search, write_outputs
+from methods import get_method
 
 SEARCHED_NOTE = (
     "rows labelled 'searched on val (N trials)': the method's config chosen by N trials of a "
     "hyperparameter search on the validation split (harness/stages/search.py), beside the suite's own"
 )
+
+
+def generators_note(suite: Suite, methods: list[str]) -> str | None:
+    """Which generator made which rows, where `methods` sample more than one (`Suite.backbones`)."""
+    by_kind: dict[str, list[str]] = {}
+    for name in methods:
+        if "backbone" in get_method(name).needs_for(suite.method_config(name)):
+            by_kind.setdefault(suite.backbone_of(name).kind, []).append(name)
+    if len(by_kind) < 2:
+        return None
+    said = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in by_kind.items())
+    return f"generators (rows by the backbone they sample): {said}"
 
 
 class RunError(Exception):
@@ -217,6 +231,15 @@ class Run:
                 f"backbone check: the teacher agrees with the conditioning class on {c['agreement']:.1%} of "
                 f"{c['samples']} samples (cfg {c['cfg_scale']}, {c['steps']} DDIM steps)"
             )
+        for kind, other in prepared.others.items():
+            if other.check:
+                c = other.check
+                notes.append(
+                    f"backbones.{kind} check: the teacher agrees with the conditioning class on {c['agreement']:.1%} "
+                    f"of {c['samples']} samples (cfg {c['cfg_scale']}, {c['steps']} steps)"
+                )
+        if generators := generators_note(self.suite, self.methods):
+            notes.append(generators)
         for name, tuned in prepared.fine_tuned.items():
             if tuned.check is not None:
                 c = tuned.check

@@ -447,3 +447,10 @@ register_variant(
         **{k: AdaptiveSampling.search_space[k] for k in ("repulsion_weight", "bandwidth_scale", "seed_batch_size")},
     },
 )
+register_variant(
+    "adaptive-sampling-sd",
+    AdaptiveSampling,
+    backbone_kind="stable-diffusion",
+    doc="Adaptive sampling on Stable Diffusion v1.5, its paper's unaligned case (seed 004 Table 3, after D4M): the "
+    "guidance box 1–10 unmapped; the suite's backbones.stable-diffusion.",
+)

@@ -41,7 +41,7 @@ from sklearn.cluster import MiniBatchKMeans
 from harness.models.generators.sampling import fit_to_backbone, img2img
 
 from .base import ClassTask, Method, PaperGenerator, Prompts, Work, evaluations_per_step, fit_to_task, real_as_float
-from .registry import register_method
+from .registry import register_method, register_variant
 
 
 @dataclass(frozen=True)
@@ -139,3 +139,12 @@ class D4M(Method):
                     ).cpu()
                 )
         return fit_to_task(torch.cat(out), task)
+
+
+register_variant(
+    "d4m-sd",
+    D4M,
+    backbone_kind="stable-diffusion",
+    doc="D4M on Stable Diffusion v1.5, as its paper and gen_syn_image_imgnt.sh run it: the suite's "
+    "backbones.stable-diffusion, its guidance 8 and strength 0.7 unmapped, its prompts and negative prompt.",
+)

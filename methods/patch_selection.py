@@ -330,3 +330,10 @@ register_variant(
     revision=1,
     doc="Patch selection clustering the teacher's features in place of DIFT (Table 5's CLIP row).",
 )
+register_variant(
+    "patch-selection-sd",
+    PatchSelection,
+    backbone_kind="stable-diffusion",
+    doc="Patch selection on Stable Diffusion v1.5, as the paper runs it (§3.2–3.3): R(z|c) under SD's text U-Net with "
+    '"An image of c" against "An image of .", DIFT at its second up block; the suite\'s backbones.stable-diffusion.',
+)

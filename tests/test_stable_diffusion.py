@@ -5,7 +5,6 @@ features, encode/decode, the plan's size of the real SD v1.5, and D4M and patch 
 ImageNet-layout suite with the papers' prompts and SD guidance taken unmapped."""
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,6 @@ from methods import get_method
 from methods.base import MethodContext
 from tests.factories import real_task, tiny_sd, tiny_teacher
 
-SD_SUITE = Path(__file__).resolve().parent.parent / "docs" / "suites" / "imagewoof-sd.yaml"
 TENCH, SPRINGER = 0, 217  # ImageNet-1k indices of n01440764 and n02102040
 WNIDS = ("n01440764", "n02102040")
 
@@ -146,22 +144,20 @@ def test_the_suite_names_the_class_list_the_prompts_come_from(tmp_path):
         load_suite(str(path), check_files=False)
 
 
-def test_the_imagewoof_sd_suite_takes_the_papers_settings_and_plans_without_the_hub(tmp_path, monkeypatch, capsys):
+def test_the_imagenet_suites_sd_rows_take_the_papers_settings_and_plan_without_the_hub(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "absent"))
-    suite = load_suite(str(SD_SUITE), check_files=False)
-    d4m, adaptive = suite.methods["d4m"], suite.methods["adaptive-sampling"]
+    suite = load_suite("imagewoof", check_files=False)
+    d4m, adaptive = suite.methods["d4m-sd"], suite.methods["adaptive-sampling-sd"]
     # gen_syn_image_imgnt.sh: --guidance_scale 8 --strength 0.7; the pipeline's 50 steps.
     assert (d4m.cfg_scale, d4m.strength, d4m.steps) == (8.0, 0.7, 50)
-    assert (adaptive.cfg_scale_min, adaptive.cfg_scale_max, suite.methods["adaptive-sampling-fixed"].cfg_scale) == (
-        1.0,
-        10.0,
-        8.0,
-    )
-    assert not any("guidance mapped" in n for n in suite.notes)
-    assert main(["--suite", str(SD_SUITE), "--plan", "--out", str(tmp_path / "out"), "--gpus", "4"]) == 0
+    assert (adaptive.cfg_scale_min, adaptive.cfg_scale_max, adaptive.cfg_scale) == (1.0, 10.0, 8.0)
+    mapped = [n.split(":")[0] for n in suite.notes if "guidance mapped" in n]
+    assert mapped == ["d4m", "adaptive-sampling", "adaptive-sampling-no-repulsion", "adaptive-sampling-fixed"]
+    argv = ["--suite", "imagewoof", "--plan", "--methods", "d4m-sd", "--out", str(tmp_path / "out"), "--gpus", "4"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert re.search(r"backbone stable-diffusion-v1-5/stable-diffusion-v1-5 \(published architecture\)", text)
-    assert re.search(r"^  d4m +3 +30 +800 +56,000 ", text, re.M)  # 800 images × 35 img2img steps × 2 (guided)
+    assert re.search(r"backbones\.stable-diffusion stable-diffusion-v1-5/stable-diffusion-v1-5 \(published", text)
+    assert re.search(r"^  d4m-sd +3 +30 +800 +56,000 ", text, re.M)  # 800 images × 35 img2img steps × 2 (guided)
 
 
 # ---- D4M and patch selection on an ImageNet-layout suite ----

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from harness.config.coerce import resolve_method_configs, resolve_protocols
+from harness.config.coerce import resolve_backbone_training, resolve_method_configs, resolve_protocols
 from harness.config.schema import BEST_OF_PROTOCOLS, DataConfig, ReportedEntry, Suite, SuiteError, TeacherConfig
 from harness.core.identity import CLASSES_DIR, FULL_DATA, read_class_list
 from harness.models.data import IMAGE_EXTENSIONS
@@ -147,25 +147,43 @@ def _check_folders(d: DataConfig, fail) -> None:
 
 
 def check_backbone(s: Suite, fail) -> None:
-    if s.backbone.kind not in list_generators():
-        fail("backbone.kind", f"must be {' or '.join(list_generators())}, got {s.backbone.kind!r}")
-    get_generator(s.backbone.kind).check_required(s.backbone, fail)
-    if s.backbone.classes is not None:
-        path = CLASSES_DIR / f"{s.backbone.classes}.txt"
+    """The suite's `backbone` and each further section in `backbones` (by kind), each with its kind's own checks;
+    a section's training settings become its kind's dataclass here."""
+    for where, b in s.backbone_sections().items():
+        key = where.removeprefix("backbones.")
+        if where != "backbone" and b.kind != key:
+            fail(f"{where}.kind", f"a section of backbones is named by its kind: {key!r}, got {b.kind!r}")
+        check_backbone_section(s, b, where, fail)
+    if s.backbone.kind in s.backbones:
+        fail(f"backbones.{s.backbone.kind}", "is the suite's own backbone's kind: one section per kind")
+
+
+def check_backbone_section(s: Suite, b, where: str, fail) -> None:
+    def fail_here(field: str, message: str) -> None:  # a kind's checks name `backbone.…`: this section's place
+        fail(where + field.removeprefix("backbone"), message)
+
+    if b.kind not in list_generators():
+        fail_here("backbone.kind", f"must be {' or '.join(list_generators())}, got {b.kind!r}")
+    get_generator(b.kind).check_required(b, fail_here)
+    resolve_backbone_training(b, where, s.source)
+    if b.classes is not None:
+        path = CLASSES_DIR / f"{b.classes}.txt"
         if not path.is_file():
-            fail("backbone.classes", f"class list {s.backbone.classes!r} not found in {CLASSES_DIR}")
+            fail_here("backbone.classes", f"class list {b.classes!r} not found in {CLASSES_DIR}")
         if s.data.format == "imagefolder" and (s.data.names_classes_itself() or s.data.class_list_path().is_file()):
             missing = sorted(set(s.data.class_keys()) - set(read_class_list(path)))
             if missing:
-                fail("backbone.classes", f"{len(missing)} suite classes are not backbone labels, e.g. {missing[0]}")
-    if s.backbone.dtype not in ("float32", "float16", "bfloat16"):
-        fail("backbone.dtype", f"must be float32, float16 or bfloat16, got {s.backbone.dtype!r}")
-    if not 0 <= s.backbone.check_min_agreement <= 1:
-        fail("backbone.check_min_agreement", "must be a fraction in [0, 1]")
+                fail_here(
+                    "backbone.classes", f"{len(missing)} suite classes are not backbone labels, e.g. {missing[0]}"
+                )
+    if b.dtype not in ("float32", "float16", "bfloat16"):
+        fail_here("backbone.dtype", f"must be float32, float16 or bfloat16, got {b.dtype!r}")
+    if not 0 <= b.check_min_agreement <= 1:
+        fail_here("backbone.check_min_agreement", "must be a fraction in [0, 1]")
     for name in ("check_per_class", "check_steps"):
-        if getattr(s.backbone, name) < 1:
-            fail(f"backbone.{name}", f"must be at least 1, got {getattr(s.backbone, name)}")
-    get_generator(s.backbone.kind).check(s.backbone, s.data.image_size, fail)
+        if getattr(b, name) < 1:
+            fail_here(f"backbone.{name}", f"must be at least 1, got {getattr(b, name)}")
+    get_generator(b.kind).check(b, s.data.image_size, fail_here)
 
 
 def check_ipcs(s: Suite, fail) -> None:

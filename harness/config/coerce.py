@@ -9,7 +9,7 @@ import typing
 from typing import Any
 
 from harness.config.schema import Suite, SuiteError
-from harness.models.generators import generator_for
+from harness.models.generators import generator_for, get_generator
 from harness.models.protocols import get_protocol, list_protocols
 from methods import get_method, list_methods
 from methods.base import map_guidance
@@ -90,6 +90,17 @@ def build(cls, raw, where: str, source: str):
         raise SuiteError(f"{source}: {where or 'top level'}: {e}") from None
 
 
+def resolve_backbone_training(b, where: str, source: str) -> None:
+    """A backbone section's `train` mapping becomes its kind's training dataclass (`Generator.train_config`); a kind
+    that is never trained refuses one rather than ignore it."""
+    if isinstance(b.train, dict) or b.train is None:
+        train_config = get_generator(b.kind).train_config
+        if train_config is not None:
+            b.train = build(train_config, b.train or {}, f"{where}.train", source)
+        elif b.train is not None:
+            raise SuiteError(f"{source}: {where}.train: kind {b.kind} is not trained by prepare; remove it")
+
+
 def resolve_method_configs(s: Suite, source: str) -> None:
     """Each listed method's entry becomes its typed config (its defaults under the suite's fields): the stages read
     these and never go back to the YAML."""
@@ -98,19 +109,21 @@ def resolve_method_configs(s: Suite, source: str) -> None:
             cls = get_method(name)
         except KeyError:
             raise SuiteError(f"{source}: methods.{name}: unknown method (known: {', '.join(list_methods())})") from None
+        s.backbone_of(name)  # a method on a generator the suite lacks stops here
         if not isinstance(raw, cls.Config):
             fields = {**cls.defaults, **_guidance_for_backbone(s, cls, raw or {}), **(raw or {})}
             s.methods[name] = build(cls.Config, fields, f"methods.{name}", source)
 
 
 def _guidance_for_backbone(s: Suite, cls, raw: dict) -> dict:
-    """The paper's guidance settings the suite leaves unset, mapped to the suite's backbone where the paper chose
-    them on another generator; each mapping becomes one of the board's notes."""
+    """The paper's guidance settings the suite leaves unset, mapped to the backbone the method samples where the
+    paper chose them on another generator; each mapping becomes one of the board's notes."""
     paper = cls.paper_generator
     unset = [f for f in cls.guidance_fields if f not in raw]
-    if paper is None or not unset or paper.kind == s.backbone.kind:
+    backbone = s.backbone_of(cls.name)
+    if paper is None or not unset or paper.kind == backbone.kind:
         return {}
-    typical = generator_for(s.backbone).typical_guidance()
+    typical = generator_for(backbone).typical_guidance()
     defaults = {**{f.name: f.default for f in dataclasses.fields(cls.Config)}, **cls.defaults}
     mapped = {f: map_guidance(defaults[f], paper.typical_guidance, typical) for f in unset}
     moved = [f for f in unset if mapped[f] != defaults[f]]
@@ -119,7 +132,7 @@ def _guidance_for_backbone(s: Suite, cls, raw: dict) -> dict:
     said = ", ".join(f"{f} {defaults[f]:g} → {mapped[f]:g}" for f in moved)
     note = (
         f"{cls.name}: guidance mapped from its paper's generator ({paper.name}, typical guidance "
-        f"{paper.typical_guidance:g}) to this {s.backbone.kind} backbone (typical {typical:g}): {said} "
+        f"{paper.typical_guidance:g}) to this {backbone.kind} backbone (typical {typical:g}): {said} "
         "(1 + (g − 1) · (typical here − 1) / (typical there − 1); set them in the suite to override)"
     )
     if note not in s.notes:

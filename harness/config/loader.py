@@ -123,6 +123,8 @@ def load_suite(
         raw = _merge(raw, _with_includes(profiles[profile], f"profiles.{profile}", path))
     # Profiles not chosen are not expanded: a variable only another profile uses need not be set.
     raw = {k: v if k == "profiles" else _expand_env(v, k, source) for k, v in _merge(raw, overrides or {}).items()}
+    if isinstance(raw.get("backbones"), dict):  # a further section is named by its kind, which it need not repeat
+        raw["backbones"] = {k: {"kind": k, **v} if isinstance(v, dict) else v for k, v in raw["backbones"].items()}
     suite = build(Suite, raw, "", source)
     suite.source = source
     resolve_and_check(suite, source, check_files)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.identity import CLASSES_DIR, FULL_DATA, read_class_list
-from harness.models.generators.pixel_dit import PixelDiTConfig
 from harness.models.measures import DiversityConfig
 from harness.models.protocols import Protocol, reference_protocol
 from harness.models.teachers import TeacherTrainConfig, TorchvisionRecipe
+from methods import get_method
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -68,7 +68,9 @@ class BackboneConfig:
     # The class list of a pretrained backbone's labels (kind: dit), e.g. imagenet-1k: each suite class is
     # conditioned on its own index there, found by WNID. None: the suite's class order (a backbone trained on it).
     classes: str | None = None
-    train: PixelDiTConfig = field(default_factory=PixelDiTConfig)  # kind: pixel-dit
+    # A kind `prepare` trains (pixel-dit, a MAR without `pretrained`): its training settings, built into the kind's
+    # own dataclass (`Generator.train_config`) when the suite is loaded.
+    train: Any = None
     check_per_class: int = 100  # the backbone check: teacher agreement on fresh samples
     check_min_agreement: float = 0.75
     check_cfg_scale: float = 4.0
@@ -212,6 +214,9 @@ class Suite:
     backbone: BackboneConfig
     teacher: TeacherConfig
     methods: dict[str, Any] = field(default_factory=dict)
+    # Further generators, by kind, for the methods that declare they sample one (`Method.backbone_kind`): MAR's
+    # methods beside a DiT, a paper's own Stable Diffusion. Every other method samples `backbone`.
+    backbones: dict[str, BackboneConfig] = field(default_factory=dict)
     ipcs: list[int] = field(default_factory=lambda: [1, 10, 50])
     students: list[str] = field(default_factory=lambda: ["convnet3"])
     protocols: dict[str, Any] = field(default_factory=_default_protocols)
@@ -237,6 +242,27 @@ class Suite:
         if name not in self.methods:
             raise SuiteError(f"{self.source}: methods.{name}: not in the suite (it has: {', '.join(self.methods)})")
         return self.methods[name]
+
+    def backbone_of(self, name: str) -> BackboneConfig:
+        """The backbone section method `name` samples: its declared kind's, else the suite's `backbone`."""
+        kind = get_method(name).backbone_kind
+        if kind is None or kind == self.backbone.kind:
+            return self.backbone
+        if kind not in self.backbones:
+            raise SuiteError(
+                f"{self.source}: methods.{name}: samples a {kind} backbone; add a backbones.{kind} section"
+            )
+        return self.backbones[kind]
+
+    def for_method(self, name: str) -> Suite:
+        """This suite as method `name` sees it: `backbone` is the section it samples (itself where that is the
+        suite's own), so every stage reads one `backbone` for a method whichever generator it declares."""
+        backbone = self.backbone_of(name)
+        return self if backbone is self.backbone else dataclasses.replace(self, backbone=backbone)
+
+    def backbone_sections(self) -> dict[str, BackboneConfig]:
+        """Every backbone section by its place in the file: `backbone` and each `backbones.<kind>`."""
+        return {"backbone": self.backbone, **{f"backbones.{k}": b for k, b in self.backbones.items()}}
 
     def with_method_config(self, name: str, config) -> Suite:
         """This suite with `name`'s config replaced (a search trial's, a searched one): what plans its set."""

@@ -179,29 +179,51 @@ def _hours(seconds: float) -> str:
 
 
 @dataclass
+class _BackboneUnits:
+    """One backbone section's unit FLOPs: of one denoiser evaluation (for MAR, one autoregressive step) of one
+    latent, of one VAE pass of one image; its parameters and what was sized."""
+
+    config: object  # the section (a BackboneConfig)
+    transformer: float
+    vae: float
+    params: int
+    sized: str
+
+    def check_flops(self, teacher: float) -> float:
+        """FLOPs of one backbone-check image: its sampling, decode and the teacher's look at it."""
+        evaluations = generator_for(self.config).check_evaluations()
+        return evaluations * self.transformer + self.vae + teacher
+
+
+@dataclass
 class _Units:
     """What every section of the plan prices with: the data's counts, what `--out` measured, the GPU rate and the
-    models' unit FLOPs."""
+    models' unit FLOPs (each backbone a planned method samples: the suite's `backbone` and its `backbones`)."""
 
     suite: object
     out: Path
     counts: Counts
     measured: Measured
     rate: float
-    transformer: float
-    vae: float
-    params: int
-    sized: str
+    backbones: dict[str, _BackboneUnits]  # by kind
     teacher: float
     teacher_size: int
     relabel: float
     relabel_size: int
 
+    def of(self, method: str) -> _BackboneUnits:
+        """The units of the backbone `method` samples."""
+        return self.backbones[self.suite.backbone_of(method).kind]
 
-def _units(suite, out: Path, gpu_tflops: float) -> _Units:
+
+def _units(suite, out: Path, gpu_tflops: float, methods: list[str]) -> _Units:
     counts = count_data(suite)
     t = suite.teacher
-    transformer, vae, params, sized = backbone_flops(suite, counts.channels, counts.classes)
+    backbones = {}
+    for section in [suite.backbone, *(suite.backbone_of(name) for name in methods)]:
+        if section.kind not in backbones:
+            view = dataclasses.replace(suite, backbone=section)
+            backbones[section.kind] = _BackboneUnits(section, *backbone_flops(view, counts.channels, counts.classes))
     teacher, teacher_size = teacher_flops(t, counts, suite.data.image_size)
     relabel, relabel_size = (
         teacher_flops(t.relabel, counts, suite.data.image_size) if t.relabel else (teacher, teacher_size)
@@ -212,10 +234,7 @@ def _units(suite, out: Path, gpu_tflops: float) -> _Units:
         counts,
         measured_costs(suite, out, counts.classes),
         gpu_tflops * 1e12,
-        transformer,
-        vae,
-        params,
-        sized,
+        backbones,
         teacher,
         teacher_size,
         relabel,
@@ -238,15 +257,15 @@ def make_plan(
     as harness/pipeline.py's Run decides them)."""
     if gpus < 1 or gpu_tflops <= 0:
         raise PlanError("--gpus must be at least 1 and --gpu-tflops positive")
-    u = _units(suite, out, gpu_tflops)
+    u = _units(suite, out, gpu_tflops, methods)
     lines = _header(u, gpus, gpu_tflops)
     # A config a search chose is its own set beside the method's, priced from FLOPs: earlier runs' costs are read
     # for the suite's configs only.
     entries = [(name, name, suite.method_config(name)) for name in methods] + [
         (f"{name}, searched", name, suite.searched_config(name)) for name in searched
     ]
-    distill_lines, distill_seconds, needs_backbone = _distill_section(u, entries, gpus, gpu_memory_gb)
-    prepare_lines, prepare_seconds = _prepare_section(u, needs_backbone, fine_tunes)
+    distill_lines, distill_seconds, sampled = _distill_section(u, entries, gpus, gpu_memory_gb)
+    prepare_lines, prepare_seconds = _prepare_section(u, sampled, fine_tunes)
     evaluate_lines, evaluate_seconds = _evaluate_section(u, len(entries))
     total = distill_seconds + prepare_seconds + evaluate_seconds
     return "\n".join(
@@ -264,13 +283,19 @@ def make_plan(
 
 def _header(u: _Units, gpus: int, gpu_tflops: float) -> list[str]:
     suite, counts, t = u.suite, u.counts, u.suite.teacher
+    backbones = [
+        f"{'backbone' if b.config is suite.backbone else f'backbones.{kind}'} {b.sized}: "
+        f"{b.transformer / 1e9:,.1f} GFLOP per {generator_for(b.config).evaluation}"
+        + (f", VAE {b.vae / 1e9:,.1f} GFLOP per image" if b.vae else "")
+        for kind, b in u.backbones.items()
+    ]
     return [
         f"plan for suite {suite.name} on {gpus} GPU(s) at {gpu_tflops:g} sustained TFLOP/s "
         "(nothing runs; estimates labelled)",
         f"data: {counts.classes} classes, {counts.train_per_class} training images per class, {counts.test} test "
         f"images ({counts.source})",
-        f"unit FLOPs: backbone {u.sized}: {u.transformer / 1e9:,.1f} GFLOP per evaluation"
-        + (f", VAE {u.vae / 1e9:,.1f} GFLOP per image" if u.vae else "")
+        "unit FLOPs: "
+        + "; ".join(backbones)
         + f"; teacher {t.arch} at {u.teacher_size} px: {u.teacher / 1e9:,.2f} GFLOP per image"
         + (
             f"; relabelling teacher {t.relabel.arch} at {u.relabel_size} px: {u.relabel / 1e9:,.2f} GFLOP per image"
@@ -297,11 +322,13 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: 
         f"{'peak mem':>9}  basis",
     ]
     total_images = distill_seconds = 0.0
-    needs_backbone = needs_teacher = False
+    needs_teacher, sampled = False, {}
     for label, name, config in entries:
         cls = get_method(name)
         needs = cls.needs_for(config)
-        needs_backbone |= "backbone" in needs
+        b = u.of(name)
+        if "backbone" in needs:
+            sampled[b.config.kind] = b
         needs_teacher |= bool({"teacher", "relabel_teacher"} & needs)
         images = sum(ipc * C for ipc in ipcs)
         works = [cls.work(config, ipc, u.counts.train_per_class) for ipc in ipcs]
@@ -311,7 +338,7 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: 
         elif any(w is None for w in works):
             seconds, basis = math.nan, "unknown: the method declares no work"
         else:
-            flops = sum(C * (w.backbone * u.transformer + w.vae * u.vae + w.teacher * u.teacher) for w in works)
+            flops = sum(C * (w.backbone * b.transformer + w.vae * b.vae + w.teacher * u.teacher) for w in works)
             seconds, basis = flops / u.rate, "FLOPs"
         evals = sum(C * w.backbone for w in works if w is not None)
         total_images += images
@@ -324,7 +351,7 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: 
         )
     shards = len(entries) * len(ipcs) * C
     actors = min(gpus, shards)
-    loads = [what for what, needed in (("backbone", needs_backbone), ("teacher", needs_teacher)) if needed]
+    loads = [f"{kind} backbone" for kind in sampled] + (["teacher"] if needs_teacher else [])
     raw = u.counts.channels * u.suite.data.image_size**2
     png = measured.png_bytes_per_image or raw * PNG_FRACTION
     lines.append(
@@ -332,7 +359,7 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: 
         + (", ".join(f"{w} ×{actors}" for w in loads) or "none")
         + f"; {total_images:,.0f} images ≈ {total_images * png / 1e9:,.2f} GB of PNG "
         + ("(measured size)" if measured.png_bytes_per_image else f"(estimated at {PNG_FRACTION:.0%} of raw)")
-        + (f"; backbone weights {u.params * 4 / 1e9:,.2f} GB in fp32 per node" if needs_backbone else "")
+        + "".join(f"; {kind} weights {b.params * 4 / 1e9:,.2f} GB in fp32 per node" for kind, b in sampled.items())
     )
     source = shown(figures_path(u.suite.name))
     lines.append(
@@ -343,23 +370,28 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: 
         if any(peaks.values())
         else f"  peak mem: — (no rehearsal figures for this suite: perf/rehearsal.py --suite {u.suite.name} makes them)"
     )
-    return lines, distill_seconds, needs_backbone
+    return lines, distill_seconds, sampled
 
 
-def _prepare_section(u: _Units, needs_backbone: bool, fine_tunes: dict) -> tuple[list[str], float]:
-    """The models `prepare` trains or checks once (cached after), and the fine-tunes."""
+def _prepare_section(u: _Units, sampled: dict, fine_tunes: dict) -> tuple[list[str], float]:
+    """The models `prepare` trains or checks once (cached after), and the fine-tunes. `sampled`: the units of the
+    backbones the planned sets sample, by kind."""
     suite, C, t, rate = u.suite, u.counts.classes, u.suite.teacher, u.rate
     lines, prepare_seconds = [], 0.0
-    if suite.backbone.check_per_class and needs_backbone:
-        n = suite.backbone.check_per_class * C
-        prepare_seconds = n * (suite.backbone.check_steps * 2 * u.transformer + u.vae + u.teacher) / rate
-        lines.append(f"  prepare: backbone check samples {n:,} images ({_hours(prepare_seconds)} GPU-h, FLOPs)")
+    main = u.backbones[suite.backbone.kind]
+    for kind, b in {suite.backbone.kind: main, **sampled}.items():
+        where = "backbone" if b is main else f"backbones.{kind}"
+        if b.config.check_per_class and kind in sampled:
+            n = b.config.check_per_class * C
+            seconds = n * b.check_flops(u.teacher) / rate
+            prepare_seconds += seconds
+            lines.append(f"  prepare: {where} check samples {n:,} images ({_hours(seconds)} GPU-h, FLOPs)")
+        if (training := generator_for(b.config).prepare_training()) is not None:
+            samples, trained = training
+            seconds = samples * TRAIN_FLOPS_PER_FORWARD * b.transformer / rate
+            prepare_seconds += seconds
+            lines.append(f"  prepare: trains {trained} ({_hours(seconds)} GPU-h, FLOPs; once: cached)")
     train_images = u.counts.train_per_class * C
-    if (training := generator_for(suite.backbone).prepare_training()) is not None:
-        samples, trained = training
-        seconds = samples * TRAIN_FLOPS_PER_FORWARD * u.transformer / rate
-        prepare_seconds += seconds
-        lines.append(f"  prepare: trains {trained} ({_hours(seconds)} GPU-h, FLOPs; once: cached)")
     for what, config, forward in (("teacher", t, u.teacher), ("relabelling teacher", t.relabel, u.relabel)):
         if config is not None and (epochs := teacher_source(config).training_epochs()) is not None:
             seconds = epochs * train_images * TRAIN_FLOPS_PER_FORWARD * forward / rate
@@ -371,11 +403,12 @@ def _prepare_section(u: _Units, needs_backbone: bool, fine_tunes: dict) -> tuple
     for ft, (name, *_) in fine_tunes.values():  # named by the first method that asks for it
         steps = ft.epochs * (train_images // ft.batch_size)
         steps = min(steps, ft.max_steps) if ft.max_steps else steps
-        seconds = steps * ft.batch_size * (TRAIN_FLOPS_PER_FORWARD * u.transformer + u.vae) / rate
+        b = u.of(name)
+        seconds = steps * ft.batch_size * (TRAIN_FLOPS_PER_FORWARD * b.transformer + b.vae) / rate
         check = ""
-        if suite.backbone.check_per_class:  # the fine-tuned backbone is checked like the suite's
-            n = suite.backbone.check_per_class * C
-            seconds += n * (suite.backbone.check_steps * 2 * u.transformer + u.vae + u.teacher) / rate
+        if b.config.check_per_class:  # the fine-tuned backbone is checked like the one it tunes
+            n = b.config.check_per_class * C
+            seconds += n * b.check_flops(u.teacher) / rate
             check = f" and its backbone check of {n:,} samples"
         prepare_seconds += seconds
         lines.append(

@@ -34,7 +34,7 @@ def rehearsal_key(suite: Suite, name: str) -> str:
     method, config = get_method(name), suite.method_config(name)
     batch_fields = {f for f in method.stage_batches.values() if isinstance(f, str)}
     needs = method.needs_for(config)
-    b, t = suite.backbone, suite.teacher
+    b, t = suite.backbone_of(name), suite.teacher
     teachers = {}
     if "teacher" in needs:
         teachers["teacher"] = (t.arch, t.input_size)

@@ -83,6 +83,7 @@ def method_identity(suite: Suite, prepared: Prepared, name: str) -> tuple[dict, 
     method_config = suite.method_config(name)
     config = dataclasses.asdict(method_config)
     needs = cls.needs_for(method_config)
+    prepared = prepared.for_method(name)  # its backbone's identity, where it samples another than the suite's
     extra = {}
     if "teacher_val_accuracy" in needs:  # it decides the images (CaO2's ĉ)
         extra["teacher_val_accuracy"] = prepared.teacher_val_accuracy
@@ -157,7 +158,7 @@ class ShardWorker:
         self.real = real if real is not None else load_real_data(suite.data)
         self.context = MethodContext(torch.device(device))  # models are loaded as methods ask for them
         self._methods: dict[tuple[str, str], object] = {}  # by (method, config hash)
-        self._fine_tuned: dict[str, object] = {}  # by hash: methods asking for one fine-tune share it
+        self._backbones: dict[str, object] = {}  # by hash: methods sampling one backbone (or fine-tune) share it
 
     def _method(self, job: DistillJob):
         """The job's method built with the job's own config: a searched config is not the suite's."""
@@ -166,17 +167,20 @@ class ShardWorker:
             cls = get_method(name)
             config = dataclasses.replace(self.suite.method_config(name), **job.config)
             needs = cls.needs_for(config)
-            tuned = self.prepared.fine_tuned.get(name)
-            if tuned is None or "backbone" not in needs:
-                context = self.prepared.provide(self.context, needs)
-            else:
-                if tuned.hash not in self._fine_tuned:
-                    self._fine_tuned[tuned.hash] = self.prepared.load_backbone(self.device, tuned)
-                context = dataclasses.replace(
-                    self.prepared.provide(self.context, needs - {"backbone"}), backbone=self._fine_tuned[tuned.hash]
-                )
+            context = self.prepared.provide(self.context, needs - {"backbone"})
+            if "backbone" in needs:
+                context = dataclasses.replace(context, backbone=self._backbone(name))
             self._methods[name, job.config_hash] = cls(config, context)
         return self._methods[name, job.config_hash]
+
+    def _backbone(self, name: str):
+        """The backbone method `name` samples, loaded once per worker: the suite's, another kind the method declares
+        (`Suite.backbones`), or its fine-tuned one; methods sampling the same one share it."""
+        prepared, tuned = self.prepared.for_method(name), self.prepared.fine_tuned.get(name)
+        key = tuned.hash if tuned is not None else prepared.backbone_hash
+        if key not in self._backbones:
+            self._backbones[key] = prepared.load_backbone(self.device, tuned)
+        return self._backbones[key]
 
     def _task(self, method, job: DistillJob, label: int) -> ClassTask:
         key = self.real.classes[label]
@@ -191,7 +195,7 @@ class ShardWorker:
             len(self.real.classes),
             self.real.image_size,
             self.real.channels,
-            condition=self.prepared.conditions[label],
+            condition=self.prepared.for_method(job.method).conditions[label],
         )
 
     def run_shard(self, job: DistillJob, label: int) -> dict:
@@ -264,6 +268,7 @@ def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: l
     cls = get_method(job.method)
     needs = cls.needs_for(suite.method_config(job.method))
     tuned = prepared.fine_tuned.get(job.method)
+    prepared = prepared.for_method(job.method)
     manifest = Manifest.from_shards(
         [read_shard(job.path / k) for k in classes],
         suite=suite.name,
@@ -418,7 +423,7 @@ def distill(
     return [Manifest.read(job.path) for job in jobs]
 
 
-_LOADED: dict[tuple, MethodContext] = {}
+_LOADED: dict[tuple, tuple[MethodContext, dict]] = {}
 
 
 def distill_here(suite: Suite, real: RealData, prepared: Prepared, job: DistillJob, device: str = "cpu") -> Manifest:
@@ -427,9 +432,10 @@ def distill_here(suite: Suite, real: RealData, prepared: Prepared, job: DistillJ
     repair_sets([job], real.classes)
     if not job.done():
         worker = ShardWorker(suite, prepared, device, real=real)
-        # A Ray worker that runs trial after trial loads the models once: they depend on the prepared models only.
-        key = (prepared.backbone_hash, prepared.teacher_hash, prepared.relabel_hash, str(device))
-        worker.context = _LOADED.setdefault(key, worker.context)
+        # A Ray worker that runs trial after trial loads the models once: the teachers by their identities, the
+        # backbones each by its own (the worker keys them).
+        key = (prepared.teacher_hash, prepared.relabel_hash, str(device))
+        worker.context, worker._backbones = _LOADED.setdefault(key, (worker.context, worker._backbones))
         for label in range(len(real.classes)):
             worker.run_shard(job, label)
         write_manifest(job, suite, prepared, real.classes)

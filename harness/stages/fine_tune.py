@@ -219,11 +219,10 @@ def fine_tune_backbones(
     entries = {}
     for ft, names in needed_fine_tunes(suite, methods).values():
         first = names[0]  # methods that share a schedule share its model, named by the first that asks for it
-        tuned = prepare_fine_tuned(
-            suite, real, prepared, Path(out), first, suite.method_config(first), ft, connect, make
-        )
+        view, base = suite.for_method(first), prepared.for_method(first)  # the backbone it fine-tunes
+        tuned = prepare_fine_tuned(view, real, base, Path(out), first, suite.method_config(first), ft, connect, make)
         if check and tuned.source is not None:
-            tuned.check = check_fine_tuned(suite, prepared, Path(out), first, tuned)
+            tuned.check = check_fine_tuned(view, base, Path(out), first, tuned)
         entries.update(dict.fromkeys(names, tuned))
     return dataclasses.replace(prepared, fine_tuned=entries)
 

@@ -7,6 +7,7 @@ suite reuses what an earlier run (or the repository's committed `weights/`) alre
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,17 @@ class FineTuned:
 
 
 @dataclass
+class PreparedBackbone:
+    """A further backbone section (`backbones.<kind>`) prepared: what `Prepared.for_kind` puts in its view."""
+
+    config: BackboneConfig
+    source: str
+    hash: str
+    conditions: list[int]
+    check: dict | None = None
+
+
+@dataclass
 class Prepared:
     """The suite's prepared artefacts: where they are, their identities (hashes) for downstream cache keys,
     and what loading them takes, so that any worker loads them from this object alone."""
@@ -78,6 +90,30 @@ class Prepared:
     relabel: PreparedTeacher | None = None  # relabels for protocols that train on a teacher's outputs
     # By method: the fine-tuned backbone it samples from.
     fine_tuned: dict[str, FineTuned] = field(default_factory=dict)
+    # The further backbones (`Suite.backbones`) the methods of this run sample, by kind.
+    others: dict[str, PreparedBackbone] = field(default_factory=dict)
+
+    def for_kind(self, kind: str) -> Prepared:
+        """This object as a method on backbone kind `kind` sees it: the backbone fields are that backbone's."""
+        if kind == self.backbone.kind:
+            return self
+        if kind not in self.others:
+            raise PrepareError(f"no {kind} backbone was prepared (the suite's backbones.{kind}, for the methods run)")
+        o = self.others[kind]
+        return dataclasses.replace(
+            self,
+            backbone=o.config,
+            backbone_source=o.source,
+            backbone_hash=o.hash,
+            conditions=o.conditions,
+            backbone_check=o.check,
+        )
+
+    def for_method(self, name: str) -> Prepared:
+        """This object as method `name` sees it (`Suite.for_method`): itself, unless the method declares another
+        kind of backbone, whose prepared fields then stand in the backbone's."""
+        kind = get_method(name).backbone_kind
+        return self if kind is None else self.for_kind(kind)
 
     def load_backbone(self, device="cpu", fine_tuned: FineTuned | None = None):
         """The suite's backbone, or the fine-tuned one `fine_tuned` (an entry of `self.fine_tuned`) names."""
@@ -288,10 +324,21 @@ def prepare(
     accept_failed_check: bool = False,
 ) -> Prepared:
     """`connect` reaches the Ray cluster; only a teacher trained with a recipe asks for it (for its GPUs).
-    A failed backbone check stops the run here (PrepareError) when any of `methods` (default: the suite's)
-    samples the backbone, unless `accept_failed_check`: then their rows are marked on the board."""
+    Every backbone one of `methods` (default: the suite's) samples is prepared and checked: the suite's own always,
+    a further section (`backbones`) where a method declares its kind. A failed check stops the run here
+    (PrepareError) when any of `methods` samples that backbone, unless `accept_failed_check`: then their rows are
+    marked on the board."""
     out = Path(out)
+    methods = list(methods or suite.methods)
     backbone_source, backbone_hash = prepare_backbone(suite, real, out)
+    others = {}
+    for name in methods:
+        view = suite.for_method(name)
+        if view is not suite and view.backbone.kind not in others:
+            source, key = prepare_backbone(view, real, out)
+            others[view.backbone.kind] = PreparedBackbone(
+                view.backbone, source, key, backbone_conditions(view, real.classes)
+            )
     teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out, connect=connect)
     relabel = None
     if suite.teacher.relabel is not None:
@@ -301,78 +348,92 @@ def prepare(
     val_acc = None
     if "teacher_val_accuracy" in suite_needs(suite):
         val_acc = teacher_val_accuracy(suite, real, out, teacher_source, teacher_hash)
-    conditions = backbone_conditions(suite, real.classes)
+    prepared = Prepared(
+        list(real.classes),
+        suite.backbone,
+        backbone_source,
+        backbone_hash,
+        backbone_conditions(suite, real.classes),
+        suite.teacher,
+        teacher_source,
+        teacher_hash,
+        teacher_acc,
+        None,
+        val_acc,
+        describe_teacher(suite.teacher, suite, teacher_acc),
+        relabel,
+        others=others,
+    )
+    if not check:
+        return prepared
+    prepared.backbone_check = check_backbone(prepared, out, "backbone")
+    for kind, other in others.items():
+        other.check = check_backbone(prepared.for_kind(kind), out, f"backbones.{kind}")
+    for name in methods:
+        view = prepared.for_method(name)
+        users = [m for m in methods if prepared.for_method(m).backbone_hash == view.backbone_hash]
+        _stop_on_failed_check(suite, view, users, accept_failed_check)
+    return prepared
 
-    def prepared(check_result: dict | None) -> Prepared:
-        return Prepared(
-            list(real.classes),
-            suite.backbone,
-            backbone_source,
-            backbone_hash,
-            conditions,
-            suite.teacher,
-            teacher_source,
-            teacher_hash,
-            teacher_acc,
-            check_result,
-            val_acc,
-            describe_teacher(suite.teacher, suite, teacher_acc),
-            relabel,
+
+def check_backbone(prepared: Prepared, out: Path, where: str) -> dict:
+    """The backbone check of `prepared`'s backbone (a `for_kind` view for a further section), cached by backbone,
+    teacher and settings."""
+    b = prepared.backbone
+    key = backbone_check_key(
+        prepared.backbone_hash, prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps
+    )
+
+    def made() -> dict:
+        result = backbone_check(
+            prepared.load_backbone(),
+            prepared.load_teacher(),
+            len(prepared.classes),
+            b.check_per_class,
+            b.check_cfg_scale,
+            b.check_steps,
+            conditions=prepared.conditions,
+            generator=generator_for(b),
         )
+        result["min_agreement"] = b.check_min_agreement
+        result["passed"] = result["agreement"] >= b.check_min_agreement
+        return result
 
-    result = None
-    if check:
-        b = suite.backbone
-        key = backbone_check_key(backbone_hash, teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps)
-
-        def check_backbone() -> dict:
-            unchecked = prepared(None)
-            made = backbone_check(
-                unchecked.load_backbone(),
-                unchecked.load_teacher(),
-                len(real.classes),
-                b.check_per_class,
-                b.check_cfg_scale,
-                b.check_steps,
-                conditions=conditions,
-                generator=generator_for(b),
-            )
-            made["min_agreement"] = b.check_min_agreement
-            made["passed"] = made["agreement"] >= b.check_min_agreement
-            return made
-
-        result = cache.ensure_json(
-            out / "cache" / f"backbone-check-{key}.json",
-            "backbone check",
-            ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement"),
-            "checking again",
-            check_backbone,
-            indent=1,
-        )
-        verdict = "passes" if result["passed"] else "FAILS"
-        log(
-            f"[prepare] backbone check: teacher agrees with the conditioning class on {result['agreement']:.1%} "
-            f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
-            f"{verdict} the suite's minimum {result['min_agreement']:.0%}"
-        )
-        _stop_on_failed_check(suite, result, methods, accept_failed_check)
-    return prepared(result)
+    result = cache.ensure_json(
+        out / "cache" / f"backbone-check-{key}.json",
+        "backbone check",
+        ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement"),
+        "checking again",
+        made,
+        indent=1,
+    )
+    verdict = "passes" if result["passed"] else "FAILS"
+    named = "" if where == "backbone" else f" ({where})"
+    log(
+        f"[prepare] backbone check{named}: teacher agrees with the conditioning class on {result['agreement']:.1%} "
+        f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
+        f"{verdict} the suite's minimum {result['min_agreement']:.0%}"
+    )
+    return result
 
 
-def _stop_on_failed_check(suite: Suite, result: dict, methods: list[str] | None, accept: bool) -> None:
-    """Sets sampled from a backbone that does not make its classes are not results: refuse to make them."""
-    users = [m for m in (methods or suite.methods) if "backbone" in get_method(m).needs_for(suite.method_config(m))]
+def _stop_on_failed_check(suite: Suite, prepared: Prepared, methods: list[str], accept: bool) -> None:
+    """Sets sampled from a backbone that does not make its classes are not results: refuse to make them.
+    `prepared` is the view of the backbone `methods` sample."""
+    result = prepared.backbone_check
+    users = [m for m in methods if "backbone" in get_method(m).needs_for(suite.method_config(m))]
     if result["passed"] or not users:
         return
+    where = "backbone" if prepared.backbone is suite.backbone else f"backbones.{prepared.backbone.kind}"
     if accept:
         log(
-            f"[prepare] backbone check failed; --accept-failed-check: the rows of {', '.join(users)} are marked "
+            f"[prepare] {where} check failed; --accept-failed-check: the rows of {', '.join(users)} are marked "
             f"on the board"
         )
         return
     raise PrepareError(
-        f"{suite.source}: backbone: the check failed ({result['agreement']:.1%} agreement, below "
+        f"{suite.source}: {where}: the check failed ({result['agreement']:.1%} agreement, below "
         f"check_min_agreement {result['min_agreement']:.0%}), so {', '.join(users)} would sample a "
-        f"backbone that does not make its classes; train it longer (backbone.train.steps), run "
+        f"backbone that does not make its classes; train it longer ({where}.train.steps), run "
         f"only methods without it (--methods), or pass --accept-failed-check to mark their rows"
     )

@@ -365,7 +365,7 @@ def rehearse_suite(
     )
     kept = {n: e for n, e in before.get("methods", {}).items() if n not in methods}
     figures = {"suite": suite.name, "command": command, "machine": machine("cpu"), "methods": kept}
-    models = None
+    models: dict[str, RehearsalModels] = {}  # by the kind of backbone: a suite's methods may sample several
     for name in methods:
         key = rehearsal_key(suite, name)
         if key in known:
@@ -377,9 +377,13 @@ def rehearse_suite(
         else:
             log(f"[rehearsal] {name}: measuring")
             started = time.perf_counter()
-            models = models or true_size_models(suite)
+            view = suite.for_method(name)
+            if view.backbone.kind not in models:
+                models[view.backbone.kind] = true_size_models(view)
             try:
-                entry = rehearse_method(name, suite.method_config(name), models, log, suite_settings)
+                entry = rehearse_method(
+                    name, suite.method_config(name), models[view.backbone.kind], log, suite_settings
+                )
             except (MemoryError, torch.OutOfMemoryError) as e:  # the box's memory, not the method's fault
                 entry = {"stages": {}, "not_run": f"out of memory on this machine ({type(e).__name__})"}
             entry.update(measured_in=suite.name, wall_seconds=round(time.perf_counter() - started, 1))

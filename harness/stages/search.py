@@ -133,7 +133,7 @@ def search_id(suite: Suite, prepared: Prepared, spec: SearchSpec, real: RealData
         {k: list(v) for k, v in space_of(suite, spec).items()},
         protocol.identity(),
         real.val.fingerprint(),
-        prepared.backbone_hash,
+        prepared.for_method(spec.method).backbone_hash,
         prepared.teacher_hash,
     )
 

@@ -194,6 +194,7 @@ class PixelDiTGenerator(Generator):
 
     kind = "pixel-dit"
     default_guided_channels = None  # every channel, as its committed sets were made
+    train_config = PixelDiTConfig
 
     def typical_guidance(self) -> float:
         return self.config.check_cfg_scale  # a backbone trained here: the guidance its suite checks it at

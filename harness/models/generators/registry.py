@@ -35,6 +35,8 @@ class Generator:
     # The dataclass of `backbone.train` for a kind `prepare` trains (None: the kind is had, never trained); the
     # suite's mapping is built into it (harness/config/coerce.py), so each kind's training settings are its own.
     train_config: type | None = None
+    # What `flops` prices one of, as the plan names it: one denoiser evaluation of one latent, for noise predictors.
+    evaluation: str = "evaluation"
 
     def __init__(self, config):
         self.config = config
@@ -99,6 +101,11 @@ class Generator:
             z = ddim_sample(backbone, noise[i : i + batch].to(backbone.device), condition, steps, cfg_scale)
             images.append(backbone.decode(z))
         return torch.cat(images)
+
+    def check_evaluations(self) -> float:
+        """The `flops` units one backbone-check image costs (its decode and the teacher's look priced apart): the
+        check's DDIM steps, each guided (the conditional and the null pass)."""
+        return self.config.check_steps * 2
 
     def prepare_training(self) -> tuple[int, str] | None:
         """What `prepare` trains, for the plan: the samples it trains on (steps × batch) and what to call it;
