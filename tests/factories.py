@@ -6,8 +6,6 @@ A test imports these from here, never from another test module: pytest imports t
 the name Ray workers find too.
 """
 
-import json
-import string
 from pathlib import Path
 
 import torch
@@ -20,7 +18,7 @@ from harness.models.generators.dit import DiTBackbone
 from harness.models.generators.mar import MARBackbone, save_mar_backbone
 from harness.models.generators.mar_model import KLVAE, MAR, MARConfig
 from harness.models.generators.pixel_dit import PixelDiTConfig
-from harness.models.generators.stable_diffusion import StableDiffusionBackbone, save_sd_backbone
+from harness.models.generators.stable_diffusion import StableDiffusionBackbone, character_tokenizer, save_sd_backbone
 from harness.models.students import create_student
 from harness.models.teachers import Teacher
 from methods.base import ClassTask
@@ -93,14 +91,9 @@ def sd_scheduler() -> DDIMScheduler:
 def tiny_clip(folder: Path, tokens: int = 16) -> tuple[CLIPTextModel, CLIPTokenizer]:
     """A CLIP text tower in miniature (width 16, one layer) and a character-level CLIP tokenizer (no merges)
     of `tokens` positions, the tokenizer written to `folder` (it is built from files)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(string.ascii_lowercase) + list(".,'-")
-    vocab = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=tokens)
+    tokenizer = character_tokenizer(folder, tokens)
     config = CLIPTextConfig(
-        vocab_size=len(vocab),
+        vocab_size=len(tokenizer.get_vocab()),
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=1,

@@ -282,3 +282,14 @@ def test_the_backbone_check_samples_each_classs_prompt(imagenet_suite):
     result = backbone_check(bb, tiny_teacher(2), 2, 3, 7.5, 4, conditions=prepared.conditions)
     assert result["samples"] == 6 and 0 <= result["agreement"] <= 1
     assert set(prompted) == {"tench", "English springer", ""}
+
+
+def test_the_rehearsal_builds_sd_v1_5_at_its_true_size_without_the_hub():
+    """The rehearsal's SD (random weights, a character tokenizer standing in for CLIP's hub vocabulary) has SD
+    v1.5's shapes: 1.07 B parameters with the text tower, 64 × 64 latents of 512-px images, 77-token prompts."""
+    suite = load_suite("imagewoof", check_files=False)
+    with torch.device("meta"):
+        bb = generator_for(suite.backbones["stable-diffusion"]).random_backbone()
+    assert sum(p.numel() for p in bb.parameters()) == 1_066_235_307
+    assert bb.latent_shape == (4, 64, 64) and bb.image_size == 512 and bb.num_classes == 1000
+    assert len(bb.tokenizer(bb.prompt_of(0), padding="max_length").input_ids) == 77

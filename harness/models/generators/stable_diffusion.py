@@ -21,6 +21,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import string
+import tempfile
 from pathlib import Path
 
 import torch
@@ -55,6 +57,8 @@ SD_V1_5_TEXT = dict(
     max_position_embeddings=77,
     hidden_act="quick_gelu",
 )
+# SD v1.5's noise schedule (its scheduler/scheduler_config.json): scaled-linear betas 0.00085 … 0.012.
+SD_V1_5_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
 # SD v1.5 was trained dropping the text condition for 10 % of its steps (the model card: "10% dropping of the
 # text-conditioning to improve classifier-free guidance sampling").
 SD_TEXT_DROPOUT = 0.1
@@ -232,6 +236,18 @@ def save_sd_backbone(backbone: StableDiffusionBackbone, path: Path) -> None:
     backbone.scheduler.save_pretrained(path / "scheduler")
 
 
+def character_tokenizer(folder: Path, max_length: int) -> CLIPTokenizer:
+    """A CLIP tokenizer over single characters (no merges), padding to `max_length` as CLIP's does: what the
+    rehearsal and the tests tokenize with, since CLIP's own vocabulary comes only from the hub. Prompts get other
+    ids than CLIP's, the same shapes. Its files are written to `folder` (a tokenizer is built from files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(string.ascii_lowercase) + list(".,'-")
+    vocab = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+
+
 def class_names_of(classes: str) -> list[str]:
     """The names of a class list shipped in harness/classes/ (its `.names.txt`, one per key, in order)."""
     return read_class_list(CLASSES_DIR / f"{classes}.names.txt")
@@ -302,6 +318,33 @@ class StableDiffusionGenerator(Generator):
         return load_sd_backbone(
             source, class_names_of(b.classes), device, DTYPES[b.dtype], prompt=b.prompt, null_prompt=b.null_prompt
         )
+
+    def random_backbone(self) -> StableDiffusionBackbone:
+        """SD v1.5 at its published architecture (U-Net, VAE, CLIP ViT-L/14 text tower) with random weights and its
+        noise schedule, for the rehearsal; the tokenizer is a character-level stand-in (CLIP's vocabulary is the
+        hub's), padding to CLIP's 77 positions, so every tensor has SD's shape."""
+        if self.source != SD_V1_5:
+            raise GeneratorError(f"backbone.pretrained: only {SD_V1_5} is known without its weights")
+        dtype = DTYPES[self.config.dtype]
+        unet = UNet2DConditionModel.from_config(SD_V1_5_UNET)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**SD_V1_5_TEXT, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+        with tempfile.TemporaryDirectory(prefix="ddbench-tokenizer-") as folder:  # read whole when built
+            tokenizer = character_tokenizer(Path(folder), SD_V1_5_TEXT["max_position_embeddings"])
+        scheduler = DDIMScheduler(
+            num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, **SD_V1_5_SCHEDULE
+        )
+        b = self.config
+        backbone = StableDiffusionBackbone(
+            unet,
+            AutoencoderKL(**SD_VAE),
+            text_encoder,
+            tokenizer,
+            scheduler,
+            class_names_of(b.classes),
+            b.prompt,
+            b.null_prompt,
+        )
+        return backbone.to(dtype)
 
     def flops(self, channels: int, num_classes: int) -> tuple[float, float, int, str]:
         """One U-Net evaluation of one 64 × 64 latent with a 77-token context, and one VAE decode; the text
