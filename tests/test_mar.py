@@ -334,6 +334,9 @@ def test_pixel_tokens_are_patches_both_ways_and_save_without_a_vae(tmp_path):
     a = loaded.sample(torch.tensor([0, 2]), _gens(0, 1), num_iter=4, steps=3, cfg=2.0)
     assert torch.equal(a, bb.sample(torch.tensor([0, 2]), _gens(0, 1), num_iter=4, steps=3, cfg=2.0))
     assert loaded.decode(a).shape == (2, 1, 8, 8)
+    # Pixel tokens lie in [−1, 1]: the head clips its x̂_0 there at each step (the last step's output is x̂_0); MAR's
+    # VAE latents are unbounded and sampled unclipped, as the reference does.
+    assert a.abs().max() <= 1 and bb.mar.diffloss.clip_denoised and not tiny_mar_backbone().mar.diffloss.clip_denoised
     with pytest.raises(ValueError, match="vae_channels"):
         dataclasses.replace(TINY_PIXEL_MAR, vae_channels=12)
     # A config written before the tokenizer existed is MAR-Base's KL-16 one.

@@ -214,9 +214,14 @@ class DiffLoss(nn.Module):
     """The diffusion head: p(x | z) of one token by a small MLP denoiser, with its own 1000-step cosine diffusion
     (ε-prediction, learned variance range, loss = MSE + VLB as improved DDPM) and a respaced ancestral sampler."""
 
-    def __init__(self, channels: int, z_channels: int, width: int, depth: int, train_steps: int = 1000):
+    def __init__(
+        self, channels: int, z_channels: int, width: int, depth: int, train_steps: int = 1000, clip_denoised=False
+    ):
         super().__init__()
         self.channels = channels
+        # Sampling clips each step's x̂_0 to [−1, 1] (improved DDPM's `clip_denoised`): for pixel tokens, which lie
+        # there; MAR's VAE latents are unbounded and the reference samples them unclipped.
+        self.clip_denoised = clip_denoised
         self.net = SimpleMLPAdaLN(channels, width, z_channels, depth)
         # The schedule stays float64 on the CPU, as plain attributes rather than buffers: moving or casting the
         # model (`.to(device, dtype)`) must not round it; each use casts the terms it needs.
@@ -297,6 +302,8 @@ class DiffLoss(nn.Module):
                 eps, var_values = out[:, : self.channels], out[:, self.channels :]
             ac = schedule.alphas_cumprod
             x0 = at((1 / ac).sqrt(), i) * x - at((1 / ac - 1).sqrt(), i) * eps
+            if self.clip_denoised:
+                x0 = x0.clamp(-1, 1)
             mean = at(schedule.posterior_mean_coef1, i) * x0 + at(schedule.posterior_mean_coef2, i) * x
             if i == 0:
                 x = mean
@@ -385,7 +392,9 @@ class MAR(nn.Module):
             elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        self.diffloss = DiffLoss(c.vae_channels, c.width, c.diffloss_width, c.diffloss_depth)
+        self.diffloss = DiffLoss(
+            c.vae_channels, c.width, c.diffloss_width, c.diffloss_depth, clip_denoised=c.tokenizer == "pixel"
+        )
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) → (N, h·w, C), row-major."""
