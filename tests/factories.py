@@ -16,7 +16,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from harness.models.data import RealData
 from harness.models.generators.dit import DiTBackbone
 from harness.models.generators.mar import MARBackbone, save_mar_backbone
-from harness.models.generators.mar_model import KLVAE, MAR, MARConfig
+from harness.models.generators.mar_model import MAR, MARConfig, build_tokenizer
 from harness.models.generators.pixel_dit import PixelDiTConfig
 from harness.models.generators.stable_diffusion import StableDiffusionBackbone, character_tokenizer, save_sd_backbone
 from harness.models.students import create_student
@@ -151,16 +151,33 @@ TINY_MAR = MARConfig(
 )
 
 
-def tiny_mar_backbone() -> MARBackbone:
-    """TINY_MAR with random weights from torch's RNG seeded 0: the same model on every call. The head's layers that
-    MAR initialises at zero (AdaLN, output) are drawn too, so that its output depends on its conditions."""
+# The pixel-token MAR in miniature: 8-px grey images as 2 × 2 patches (16 tokens of 4 channels), 3 classes.
+TINY_PIXEL_MAR = MARConfig(
+    image_size=8,
+    vae_stride=2,
+    vae_channels=4,
+    image_channels=1,
+    tokenizer="pixel",
+    width=16,
+    depth=1,
+    heads=2,
+    buffer_size=2,
+    num_classes=3,
+    diffloss_depth=1,
+    diffloss_width=16,
+)
+
+
+def tiny_mar_backbone(config: MARConfig = TINY_MAR) -> MARBackbone:
+    """TINY_MAR (or `config`) with random weights from torch's RNG seeded 0: the same model on every call. The head's
+    layers that MAR initialises at zero (AdaLN, output) are drawn too, so that its output depends on its conditions."""
     torch.manual_seed(0)
-    mar = MAR(TINY_MAR)
+    mar = MAR(config)
     with torch.no_grad():
         for p in mar.diffloss.net.parameters():
             if not p.any():
                 p.normal_(std=0.1)
-    return MARBackbone(mar, KLVAE(TINY_MAR))
+    return MARBackbone(mar, build_tokenizer(config))
 
 
 def tiny_mar(folder: Path) -> Path:

@@ -2,9 +2,11 @@
 random weights) written in MAR's release layout and loaded through the generator's own load path: sampling shapes and
 bitwise determinism, the cosine mask schedule revealing every token, guidance (cfg 1 is the conditional pass alone),
 the diffusion head's loss overfitting, loading equal to the in-memory model, and the plan's size of the real
-MAR-Base."""
+MAR-Base. The pixel-token MAR: patches as tokens both ways, saved and loaded without a VAE, trained by `prepare`
+into the cache and resumed, its train fields checked, and the backbone check sampling it."""
 
 import argparse
+import dataclasses
 import math
 
 import pytest
@@ -18,12 +20,17 @@ from harness.models.generators.mar import (
     CHECKPOINT,
     MAR_B_CFG,
     MAR_BASE,
+    VAE_FILE,
     MARBackbone,
+    MARGenerator,
+    MARTrainConfig,
     load_mar_backbone,
     mar_parameters,
+    save_mar_backbone,
 )
-from harness.models.generators.mar_model import KLVAE, DiffLoss, linear_cfg, mask_schedule
+from harness.models.generators.mar_model import KLVAE, DiffLoss, MARConfig, linear_cfg, mask_schedule
 from harness.models.generators.registry import GeneratorError
+from harness.stages.prepare import backbone_check
 from methods.cao2 import (
     MAR_CLO_ITERATIONS,
     MAR_CLO_LR,
@@ -31,7 +38,7 @@ from methods.cao2 import (
     mar_condition,
     optimise_mar_latents,
 )
-from tests.factories import TINY_MAR, tiny_mar, tiny_mar_backbone
+from tests.factories import TINY_MAR, TINY_PIXEL_MAR, tiny_mar, tiny_mar_backbone
 
 L = TINY_MAR.seq_len  # 16 tokens
 
@@ -257,8 +264,8 @@ def test_a_suite_naming_kind_mar_is_checked_in_one_line(tmp_path):
     with pytest.raises(SuiteError) as err:
         load_suite(str(path), check_files=False)
     assert str(err.value) == (
-        f"{path}: backbone.pretrained: required for kind mar: a local folder with MAR's checkpoint-last.pth "
-        "and the VAE's kl16.ckpt"
+        f"{path}: backbone.pretrained: required for kind mar unless backbone.train sets a MAR for prepare to train: "
+        "a local folder with MAR's checkpoint-last.pth and the VAE's kl16.ckpt"
     )
     raw["backbone"] = {"kind": "mar", "pretrained": str(tmp_path), "guided_channels": 3}
     path.write_text(yaml.safe_dump(raw))
@@ -268,3 +275,136 @@ def test_a_suite_naming_kind_mar_is_checked_in_one_line(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SuiteError, match="backbone.dtype: kind mar runs in float32"):
         load_suite(str(path), check_files=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pixel-token MAR (item 4): 8-px grey images as 2 × 2 patches, 16 tokens of 4 channels.
+
+TINY_TRAIN = MARTrainConfig(
+    sample_size=8,
+    patch_size=2,
+    width=16,
+    depth=1,
+    heads=2,
+    buffer_size=2,
+    diffloss_width=16,
+    diffloss_depth=1,
+    steps=4,
+    batch_size=4,
+    warmup_steps=2,
+    checkpoint_every=2,
+    sample_ar_steps=4,
+)
+
+
+class _Split:
+    """The part of a training split `prepare` reads: 12 random grey 8-px images of 3 classes."""
+
+    def __init__(self):
+        self.images = torch.randint(0, 256, (12, 1, 8, 8), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+        self.labels = torch.arange(12) % 3
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, idx):
+        return self.images[idx]
+
+    def fingerprint(self):
+        return "tiny"
+
+
+def _real():
+    return type("Real", (), {"train": _Split(), "classes": ["a", "b", "c"]})()
+
+
+def test_pixel_tokens_are_patches_both_ways_and_save_without_a_vae(tmp_path):
+    bb = tiny_mar_backbone(TINY_PIXEL_MAR)
+    assert (bb.scaling_factor, bb.image_channels, bb.latent_shape) == (1.0, 1, (4, 4, 4))
+    images = torch.randint(0, 256, (2, 1, 8, 8), generator=torch.Generator().manual_seed(1)) / 255
+    z = bb.encode(images)
+    assert z.shape == (2, 4, 4, 4)
+    # Token (0, 0) is the top-left 2 × 2 patch in [−1, 1], row-major.
+    torch.testing.assert_close(z[0, :, 0, 0], images[0, 0, :2, :2].flatten() * 2 - 1)
+    torch.testing.assert_close(bb.decode(z), images, rtol=0, atol=1e-6)
+    save_mar_backbone(bb, tmp_path / "m")
+    assert not (tmp_path / "m" / VAE_FILE).exists()
+    loaded = load_mar_backbone(tmp_path / "m")
+    assert loaded.config == TINY_PIXEL_MAR
+    a = loaded.sample(torch.tensor([0, 2]), _gens(0, 1), num_iter=4, steps=3, cfg=2.0)
+    assert torch.equal(a, bb.sample(torch.tensor([0, 2]), _gens(0, 1), num_iter=4, steps=3, cfg=2.0))
+    assert loaded.decode(a).shape == (2, 1, 8, 8)
+    # Pixel tokens lie in [−1, 1]: the head clips its x̂_0 there at each step (the last step's output is x̂_0); MAR's
+    # VAE latents are unbounded and sampled unclipped, as the reference does.
+    assert a.abs().max() <= 1 and bb.mar.diffloss.clip_denoised and not tiny_mar_backbone().mar.diffloss.clip_denoised
+    with pytest.raises(ValueError, match="vae_channels"):
+        dataclasses.replace(TINY_PIXEL_MAR, vae_channels=12)
+    # A config written before the tokenizer existed is MAR-Base's KL-16 one.
+    assert (
+        MARConfig.from_dict({k: v for k, v in MAR_BASE.to_dict().items() if k not in ("tokenizer", "image_channels")})
+        == MAR_BASE
+    )
+
+
+def test_prepare_trains_a_pixel_mar_into_the_cache_and_resumes(tmp_path):
+    real = _real()
+    g = generator_for(BackboneConfig(kind="mar", train=TINY_TRAIN))
+    fails = []
+    g.check_required(g.config, lambda field, message: fails.append(field))
+    assert fails == [] and g.prepare_training() == (16, "the pixel-token MAR, 4 steps")
+    source, key = g.prepare(real, tmp_path / "a")
+    bb = g.load(source)
+    assert bb.config.tokenizer == "pixel" and bb.config.num_classes == 3 and bb.image_channels == 1
+    assert g.prepare(real, tmp_path / "a") == (source, key)  # cached
+    # How often it checkpoints and how it samples do not name the model.
+    other = dataclasses.replace(TINY_TRAIN, checkpoint_every=1, sample_ar_steps=2)
+    assert generator_for(BackboneConfig(kind="mar", train=other)).prepare(real, tmp_path / "a")[1] == key
+    # Raising the steps resumes the finished run: 4 + 2 steps give the weights of 6 straight.
+    six = dataclasses.replace(TINY_TRAIN, steps=6)
+    resumed = load_mar_backbone(generator_for(BackboneConfig(kind="mar", train=six)).prepare(real, tmp_path / "a")[0])
+    straight = load_mar_backbone(generator_for(BackboneConfig(kind="mar", train=six)).prepare(real, tmp_path / "b")[0])
+    for (name, x), (_, y) in zip(resumed.state_dict().items(), straight.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert not torch.equal(resumed.mar.fake_latent, bb.mar.fake_latent)
+
+
+def test_the_backbone_check_samples_the_trained_mar(tmp_path):
+    g = MARGenerator(BackboneConfig(kind="mar", train=TINY_TRAIN))
+    bb = tiny_mar_backbone(TINY_PIXEL_MAR)
+    assert g.ar_steps(bb) == 4 and g.typical_guidance() == BackboneConfig(kind="mar").check_cfg_scale
+    images = g.check_images(bb, 1, 3, torch.Generator().manual_seed(0), steps=3, cfg_scale=2.0, batch=2)
+    assert images.shape == (3, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, g.check_images(bb, 1, 3, torch.Generator().manual_seed(0), 3, 2.0, batch=2))
+    torch.testing.assert_close(images, g.check_images(bb, 1, 3, torch.Generator().manual_seed(0), 3, 2.0, batch=3))
+    teacher = lambda x: torch.nn.functional.one_hot(torch.full((len(x),), 1), 3).float()  # noqa: E731
+    result = backbone_check(bb, teacher, 3, 2, 2.0, 3, generator=g, batch_size=2)
+    assert result["agreement"] == pytest.approx(1 / 3) and result["per_class"] == [0.0, 1.0, 0.0]
+    # A released MAR samples the check at MAR's default AR steps, at most one per token.
+    assert MARGenerator(BackboneConfig(kind="mar", pretrained=str(tmp_path))).ar_steps(bb) == 16
+
+
+def test_the_train_fields_are_checked_one_line_each():
+    def fails(**changes):
+        out = []
+        config = BackboneConfig(kind="mar", train=dataclasses.replace(MARTrainConfig(), **changes))
+        MARGenerator.check(config, 28, lambda field, message: out.append(field))
+        return out
+
+    assert fails() == []
+    assert fails(heads=3) == ["backbone.train.heads"]
+    assert fails(patch_size=5) == ["backbone.train.patch_size"]
+    assert fails(sample_size=32) == ["backbone.train.sample_size"]
+    assert fails(ema_decay=1.0) == ["backbone.train.ema_decay"]
+    assert fails(lr=0) == ["backbone.train.lr"]
+    assert fails(sample_ar_steps=50) == ["backbone.train.sample_ar_steps"]  # 49 tokens
+    assert fails(warmup_steps=-1) == ["backbone.train.warmup_steps"]
+
+
+def test_the_true_size_mar_builds_on_the_meta_device_and_the_trained_one_is_priced(tmp_path):
+    with torch.device("meta"):
+        bb = MARGenerator(BackboneConfig(kind="mar", pretrained=str(tmp_path))).random_backbone()
+    assert bb.latent_shape == (16, 16, 16) and bb.image_channels == 3
+    assert sum(p.numel() for p in bb.parameters()) == sum(mar_parameters(MAR_BASE))
+    step, decode, params, what = MARGenerator(BackboneConfig(kind="mar", train=MARTrainConfig())).flops(1, 10)
+    assert step > 0 and decode == 0 and what.startswith("pixel-token MAR")
+    assert params == sum(mar_parameters(MARTrainConfig().model_config(1, 10)))

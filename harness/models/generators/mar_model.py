@@ -25,16 +25,21 @@ from harness.models.generators.sampling import respaced_schedule
 # The VAE latents' scale: MAR's engine multiplies the KL-16 posterior by 0.2325 before the transformer sees it and
 # divides by it before decoding (engine_mar.py).
 MAR_VAE_SCALE = 0.2325
+TOKENIZERS = ("kl16", "pixel")
 
 
 @dataclass(frozen=True)
 class MARConfig:
     """An architecture. Defaults are MAR-Base at 256 px (the paper's Table 1 / the reference's `mar_base` with
     `--diffloss_d 6 --diffloss_w 1024`): 12 + 12 blocks of width 768, 12 heads, a 6-block width-1024 MLP head, 64
-    buffer tokens, a KL-16 VAE with 16 channels (16 × 16 tokens)."""
+    buffer tokens, a KL-16 VAE with 16 channels (16 × 16 tokens).
+
+    `tokenizer: pixel` replaces the VAE by p × p pixel patches (space-to-depth, `vae_stride` = p): tokens of
+    `image_channels` · p² channels, pixels in [−1, 1], latent scale 1 — for data no public VAE covers (the MAR that
+    `prepare` trains on Fashion-MNIST)."""
 
     image_size: int = 256
-    vae_stride: int = 16
+    vae_stride: int = 16  # the tokenizer's downsampling: the KL VAE's, or the pixel patch's side
     vae_channels: int = 16  # token width (patch size 1)
     width: int = 768  # encoder and decoder alike, as every published MAR
     depth: int = 12  # encoder blocks; the decoder has as many
@@ -53,6 +58,25 @@ class MARConfig:
     vae_ch: int = 128
     vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
     vae_groups: int = 32
+    # "kl16" (the VAE above) or "pixel" (patches; the vae_ch* fields then unused); the images' channels.
+    tokenizer: str = "kl16"
+    image_channels: int = 3
+
+    def __post_init__(self):
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer: must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        if self.image_size % self.vae_stride:
+            raise ValueError(f"vae_stride {self.vae_stride} must divide image_size {self.image_size}")
+        if self.tokenizer == "pixel" and self.vae_channels != self.image_channels * self.vae_stride**2:
+            raise ValueError(
+                f"vae_channels: pixel tokens of {self.vae_stride}² patches of {self.image_channels} channels have "
+                f"{self.image_channels * self.vae_stride**2}, got {self.vae_channels}"
+            )
+
+    @property
+    def latent_scale(self) -> float:
+        """What the transformer's latents are the tokenizer's output times: 0.2325 for KL-16, 1 for pixels."""
+        return MAR_VAE_SCALE if self.tokenizer == "kl16" else 1.0
 
     @property
     def seq_side(self) -> int:
@@ -190,9 +214,14 @@ class DiffLoss(nn.Module):
     """The diffusion head: p(x | z) of one token by a small MLP denoiser, with its own 1000-step cosine diffusion
     (ε-prediction, learned variance range, loss = MSE + VLB as improved DDPM) and a respaced ancestral sampler."""
 
-    def __init__(self, channels: int, z_channels: int, width: int, depth: int, train_steps: int = 1000):
+    def __init__(
+        self, channels: int, z_channels: int, width: int, depth: int, train_steps: int = 1000, clip_denoised=False
+    ):
         super().__init__()
         self.channels = channels
+        # Sampling clips each step's x̂_0 to [−1, 1] (improved DDPM's `clip_denoised`): for pixel tokens, which lie
+        # there; MAR's VAE latents are unbounded and the reference samples them unclipped.
+        self.clip_denoised = clip_denoised
         self.net = SimpleMLPAdaLN(channels, width, z_channels, depth)
         # The schedule stays float64 on the CPU, as plain attributes rather than buffers: moving or casting the
         # model (`.to(device, dtype)`) must not round it; each use casts the terms it needs.
@@ -273,6 +302,8 @@ class DiffLoss(nn.Module):
                 eps, var_values = out[:, : self.channels], out[:, self.channels :]
             ac = schedule.alphas_cumprod
             x0 = at((1 / ac).sqrt(), i) * x - at((1 / ac - 1).sqrt(), i) * eps
+            if self.clip_denoised:
+                x0 = x0.clamp(-1, 1)
             mean = at(schedule.posterior_mean_coef1, i) * x0 + at(schedule.posterior_mean_coef2, i) * x
             if i == 0:
                 x = mean
@@ -361,7 +392,9 @@ class MAR(nn.Module):
             elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        self.diffloss = DiffLoss(c.vae_channels, c.width, c.diffloss_width, c.diffloss_depth)
+        self.diffloss = DiffLoss(
+            c.vae_channels, c.width, c.diffloss_width, c.diffloss_depth, clip_denoised=c.tokenizer == "pixel"
+        )
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) → (N, h·w, C), row-major."""
@@ -537,7 +570,7 @@ class VAEEncoder(nn.Module):
     def __init__(self, c: MARConfig, blocks: int = 2):
         super().__init__()
         g, mult = c.vae_groups, c.vae_ch_mult
-        self.conv_in = nn.Conv2d(3, c.vae_ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(c.image_channels, c.vae_ch, 3, padding=1)
         self.down = nn.ModuleList()
         cin = c.vae_ch
         for level, m in enumerate(mult):
@@ -584,7 +617,7 @@ class VAEDecoder(nn.Module):
             cin = cout
         self.up = nn.ModuleList(ups)
         self.norm_out = _norm(cin, g)
-        self.conv_out = nn.Conv2d(cin, 3, 3, padding=1)
+        self.conv_out = nn.Conv2d(cin, c.image_channels, 3, padding=1)
 
     def forward(self, z):
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
@@ -611,3 +644,23 @@ class KLVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
+
+
+class PixelTokenizer(nn.Module):
+    """Pixel patches as tokens, in KLVAE's place: images in [−1, 1] (N, C, H, W) ↔ (N, C·p², H/p, W/p) by
+    space-to-depth (`pixel_unshuffle`), exact both ways; no parameters."""
+
+    def __init__(self, config: MARConfig):
+        super().__init__()
+        self.patch = config.vae_stride
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, self.patch)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(z, self.patch)
+
+
+def build_tokenizer(config: MARConfig) -> nn.Module:
+    """The config's tokenizer: the KL-16 VAE (its weights loaded separately) or pixel patches."""
+    return KLVAE(config) if config.tokenizer == "kl16" else PixelTokenizer(config)
