@@ -94,8 +94,9 @@ def resolve_backbone_training(b, where: str, source: str) -> None:
     """A backbone section's `train` mapping becomes its kind's training dataclass (`Generator.train_config`); a kind
     that is never trained refuses one rather than ignore it."""
     if isinstance(b.train, dict) or b.train is None:
-        train_config = get_generator(b.kind).train_config
-        if train_config is not None:
+        generator = get_generator(b.kind)
+        train_config = generator.train_config
+        if train_config is not None and (b.train is not None or generator.train_by_default):
             b.train = build(train_config, b.train or {}, f"{where}.train", source)
         elif b.train is not None:
             raise SuiteError(f"{source}: {where}.train: kind {b.kind} is not trained by prepare; remove it")

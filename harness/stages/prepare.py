@@ -19,7 +19,13 @@ from tqdm.auto import tqdm
 from harness.config.schema import BackboneConfig, Suite, TeacherConfig
 from harness.core import atomic, cache
 from harness.core.cache import log
-from harness.core.identity import backbone_check_key, class_list, relabelled_protocol_key, teacher_val_key
+from harness.core.identity import (
+    backbone_check_key,
+    class_list,
+    config_hash,
+    relabelled_protocol_key,
+    teacher_val_key,
+)
 from harness.models import teacher_sources
 from harness.models.data import RealData
 from harness.models.generators import generator_for
@@ -383,6 +389,8 @@ def check_backbone(prepared: Prepared, out: Path, where: str) -> dict:
     key = backbone_check_key(
         prepared.backbone_hash, prepared.teacher_hash, b.check_per_class, b.check_cfg_scale, b.check_steps
     )
+    if extra := generator_for(b).check_settings():  # a kind's own settings (MAR's AR steps); none keeps the old key
+        key = config_hash([key, extra])
 
     def made() -> dict:
         result = backbone_check(

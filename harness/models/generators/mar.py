@@ -390,8 +390,10 @@ class MARGenerator(Generator):
     or, without one, a small pixel-token MAR trained by `prepare` on the suite's training split (`backbone.train`)."""
 
     kind = "mar"
+    evaluation = "autoregressive step"
     default_guided_channels = None
     train_config = MARTrainConfig
+    train_by_default = False  # a suite trains a MAR by writing backbone.train; without it the release is loaded
 
     def typical_guidance(self) -> float:
         # A released MAR-B samples at the README's 2.9; a MAR trained here at the guidance its suite checks it at.
@@ -400,16 +402,29 @@ class MARGenerator(Generator):
     def _train(self) -> MARTrainConfig | None:
         """The suite's training settings where `prepare` trains this MAR (None: the released one is loaded)."""
         train = getattr(self.config, "train", None)
-        return train if not self.config.pretrained and isinstance(train, MARTrainConfig) else None
+        return train if isinstance(train, MARTrainConfig) else None
 
     @staticmethod
     def check_required(config, fail) -> None:
-        if not config.pretrained and not isinstance(getattr(config, "train", None), MARTrainConfig):
+        train = getattr(config, "train", None)
+        if not config.pretrained and train is None:
             fail(
                 "backbone.pretrained",
                 f"required for kind mar unless backbone.train sets a MAR for prepare to train: a local folder with "
                 f"MAR's {CHECKPOINT} and the VAE's {VAE_FILE}",
             )
+        if config.pretrained and train is not None:
+            fail("backbone.train", "a MAR is loaded from backbone.pretrained or trained from backbone.train, not both")
+
+    def check_settings(self) -> dict:
+        return {"ar_steps": self._train().sample_ar_steps} if self._train() is not None else {}
+
+    def check_evaluations(self) -> float:
+        """AR steps (the unit of `flops`) per check image, each guided: the conditional and the fake-class pass."""
+        config = self._architecture(3, 1000)[0]
+        train = self._train()
+        steps = train.sample_ar_steps if train is not None else DEFAULT_AR_STEPS
+        return min(steps, config.seq_len) * 2
 
     @staticmethod
     def check(config, image_size: int, fail) -> None:

@@ -35,6 +35,9 @@ class Generator:
     # The dataclass of `backbone.train` for a kind `prepare` trains (None: the kind is had, never trained); the
     # suite's mapping is built into it (harness/config/coerce.py), so each kind's training settings are its own.
     train_config: type | None = None
+    # Whether a section without `train:` is trained at `train_config`'s defaults (pixel-dit: always trained), or
+    # trained only where the suite writes `train:` (MAR: otherwise the released model is loaded).
+    train_by_default: bool = True
     # What `flops` prices one of, as the plan names it: one denoiser evaluation of one latent, for noise predictors.
     evaluation: str = "evaluation"
 
@@ -101,6 +104,11 @@ class Generator:
             z = ddim_sample(backbone, noise[i : i + batch].to(backbone.device), condition, steps, cfg_scale)
             images.append(backbone.decode(z))
         return torch.cat(images)
+
+    def check_settings(self) -> dict:
+        """What else decides the backbone check's samples beside the backbone's identity and the suite's `check_*`
+        fields (a part of the check's cache key; empty for the kinds whose check is DDIM at `check_steps`)."""
+        return {}
 
     def check_evaluations(self) -> float:
         """The `flops` units one backbone-check image costs (its decode and the teacher's look priced apart): the
