@@ -320,6 +320,52 @@ CASES = [
         edit=_set("profiles", {"searched": {"include": ["no-such-fragment.yaml"]}}),
         argv=("--profile", "searched"),
     ),
+    # NaN and infinite settings (issue 30 item 2): every float of every section, however deep
+    Case(
+        "protocol lr NaN",
+        "protocols.hard-label.lr: must be a finite number, got nan",
+        edit=_set("protocols.hard-label.lr", float("nan")),
+    ),
+    Case(
+        "protocol lr infinite",
+        "protocols.soft-label.lr: must be a finite number, got inf",
+        edit=_set("protocols.soft-label.lr", float("inf")),
+    ),
+    Case(
+        "method cfg_scale NaN",
+        "methods.diffusion.cfg_scale: must be a finite number, got nan",
+        edit=_set("methods.diffusion.cfg_scale", float("nan")),
+    ),
+    Case(
+        "teacher lr NaN",
+        "teacher.train.lr: must be a finite number, got nan",
+        edit=_set("teacher.train.lr", float("nan")),
+    ),
+    Case(
+        "backbone lr -inf",
+        "backbone.train.lr: must be a finite number, got -inf",
+        edit=_set("backbone.train.lr", float("-inf")),
+    ),
+    Case(
+        "backbone check agreement NaN",
+        "backbone.check_min_agreement: must be a finite number, got nan",
+        edit=_set("backbone.check_min_agreement", float("nan")),
+    ),
+    Case(
+        "per-student lr NaN",
+        "protocols.soft-label.per_student.convnet3.lr: must be a finite number, got nan",
+        edit=_set("protocols.soft-label.per_student", {"convnet3": {"lr": float("nan")}}),
+    ),
+    Case(
+        "searched config NaN",
+        "searched.diffusion.config.cfg_scale: must be a finite number, got nan",
+        edit=_set("searched", {"diffusion": {"config": {"cfg_scale": float("nan")}, "trials": 3}}),
+    ),
+    Case(
+        "lr 1e-3 read as a string",
+        "protocols.hard-label.lr: expected a number, got '1e-3' (YAML reads 1e-3 as a string; write 1.0e-3)",
+        text=lambda t: t.replace("  hard-label:\n", "  hard-label:\n    lr: 1e-3\n"),
+    ),
     Case("--out is a file", "--out: {store} is a file", argv=("--out", "{store}")),
     Case("--out under a file", "--out: {store}/run is under {store}, which is a file", argv=("--out", "{store}/run")),
     Case("--out unwritable", "--out: cannot write to /proc/ddbench-out", argv=("--out", "/proc/ddbench-out")),
