@@ -227,11 +227,22 @@ CASES = [
     Case("--ipc 0", "--ipc", argv=("--ipc", "0")),
     Case("--ipc -3", "--ipc", argv=("--ipc", "-3")),
     Case("--ipc not an integer", "--ipc", argv=("--ipc", "1.5")),
-    Case("--ipc above a class's images", "ipcs: random-real at IPC 101 draws 101", argv=("--ipc", "101")),
+    Case(
+        "--ipc above a class's images",
+        "ipcs: random-real at IPC 101 draws 101",
+        edit=lambda r: [p.update(epochs_beyond=2) for p in r["protocols"].values()],
+        argv=("--ipc", "101"),
+    ),
+    Case(
+        "--ipc above every bound of an epochs table",
+        "protocols.hard-label.epochs: has no bound for IPC 3 (its largest is 2), which would train epochs_beyond's "
+        "default 300 epochs",
+        argv=("--ipc", "3"),
+    ),
     Case(
         "--ipc above a class's images for rded's crops",
         "ipcs: rded at IPC 30 draws 120",
-        edit=lambda r: r["methods"].update(rded={}),
+        edit=lambda r: [r["methods"].update(rded={}), *(p.update(epochs_beyond=2) for p in r["protocols"].values())],
         argv=("--methods", "rded", "--ipc", "30"),
     ),
     Case("--seeds 0", "--seeds", argv=("--seeds", "0")),

@@ -41,8 +41,10 @@ def resolve_and_check(s: Suite, source: str, check_files: bool) -> None:
     check_distributed_students(s, fail)
     check_cross_arch(s, fail)
     check_diversity(s, source, fail, check_files)
+    written = {name: raw for name, raw in s.protocols.items() if isinstance(raw, dict)}  # as the suite wrote them
     resolve_protocols(s, source)
     check_protocols(s, fail)
+    check_epoch_tables(s, written, fail)
     if s.reported is not None:
         check_reported(s, fail)
 
@@ -295,6 +297,25 @@ def check_protocols(s: Suite, fail) -> None:
     for name, protocol in s.protocols.items():
         for student, options in getattr(protocol, "student_kwargs", {}).items():
             _check_options(f"protocols.{name}.student_kwargs.{student}", student, options, s.data.image_size, fail)
+
+
+def check_epoch_tables(s: Suite, written: dict[str, dict], fail) -> None:
+    """An epochs table the suite writes is a list of IPC bounds (the first bound ≥ the IPC applies); an IPC above
+    its largest bound trains `epochs_beyond` epochs, 300 by default. A suite that writes the table but not
+    `epochs_beyond` and runs an IPC above every bound would give that IPC 300 epochs silently: refused, naming it."""
+    for name, raw in written.items():
+        protocol = s.protocols[name]
+        table = getattr(protocol, "epochs", None)
+        if "epochs" not in raw or "epochs_beyond" in raw or not table:
+            continue
+        above = [ipc for ipc in s.ipcs if ipc > max(table)]
+        if above:
+            fail(
+                f"protocols.{name}.epochs",
+                f"has no bound for IPC {above[0]} (its largest is {max(table)}), which would train "
+                f"epochs_beyond's default {protocol.epochs_beyond} epochs; add {above[0]}: N to the table, "
+                "or set epochs_beyond",
+            )
 
 
 def _check_options(where: str, arch: str, options: dict, image_size: int, fail) -> None:
