@@ -44,8 +44,8 @@ UNSET = dict(
     search_student=None,
     search_set=None,
     resume=False,
-    gpus=1,
-    gpu_tflops=DEFAULT_GPU_TFLOPS,
+    gpus=None,  # None: not given (1 GPU, DEFAULT_GPU_TFLOPS): a run refuses what only a plan reads
+    gpu_tflops=None,
     gpu_memory=DEFAULT_GPU_MEMORY_GB,
     site=False,
     compare=None,
@@ -73,6 +73,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _out_dir(text: str) -> Path:
+    if not text.strip():  # Path("") is ".": the run would write its caches, sets and store into the current folder
+        raise argparse.ArgumentTypeError(
+            "an empty path names the current folder; name the output folder (default: runs)"
+        )
+    return Path(text)
+
+
 def _positive_number(text: str) -> float:
     try:
         value = float(text)
@@ -90,7 +98,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _suite_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="fashion-mnist", help="a suite name in benchmarks/ or a YAML path")
-    p.add_argument("--out", default="runs", type=Path, help="all outputs of the run (default: runs/)")
+    p.add_argument("--out", default=Path("runs"), type=_out_dir, help="all outputs of the run (default: runs/)")
     p.add_argument("--methods", help="comma-separated methods (default: the suite's)")
     p.add_argument("--ipc", type=_int_list, help="comma-separated IPCs (default: the suite's)")
     p.add_argument("--students", help="comma-separated students (default: the suite's or the profile's)")
@@ -132,11 +140,11 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _plan_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpus", type=_positive, default=1, help="GPUs the plan spreads the work over (default: 1)")
+    p.add_argument("--gpus", type=_positive, default=None, help="GPUs the plan spreads the work over (default: 1)")
     p.add_argument(
         "--gpu-tflops",
         type=_positive_number,
-        default=DEFAULT_GPU_TFLOPS,
+        default=None,
         help=f"sustained TFLOP/s per GPU the plan prices unmeasured work at (default: {DEFAULT_GPU_TFLOPS:g})",
     )
 
@@ -241,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         if verb in ("run", "plan"):  # before any compute: the cluster, the data, the models
             check_memory_fits(suite, [suite.cross_arch.method] if args.cross_arch else methods, args.gpu_memory)
         if verb == "plan":
-            print(Run(suite, methods, args.out).plan(args.gpus, args.gpu_tflops, args.gpu_memory), flush=True)
+            plan = Run(suite, methods, args.out).plan(
+                args.gpus or 1, args.gpu_tflops or DEFAULT_GPU_TFLOPS, args.gpu_memory
+            )
+            print(plan, flush=True)
             return 0
         specs = _search_specs(args, suite) if verb == "search" else []
         run = _run(args, suite, specs or methods, verb, pair, command)
@@ -323,6 +334,18 @@ def _verb(args, suite) -> tuple[str, list[str] | None]:
         )
     if args.export is not None and (not args.ipc or len(args.ipc) != 1):
         raise SuiteError(f"{suite.source}: ipcs: --export needs one IPC (--ipc K)")
+    if args.no_check and args.accept_failed_check:
+        raise SuiteError(
+            f"{suite.source}: --no-check and --accept-failed-check: one or the other (--no-check skips the "
+            "backbone check; --accept-failed-check runs it and marks the rows when it fails)"
+        )
+    if not args.plan:
+        for flag in ("gpus", "gpu_tflops"):
+            if getattr(args, flag) is not None:
+                raise SuiteError(
+                    f"{suite.source}: --{flag.replace('_', '-')}: only with --plan (it prices the plan; a run uses "
+                    "the GPUs its Ray cluster has)"
+                )
     if args.search is not None:
         return "search", None
     for flag in ("resume", "search_student", "search_set", "trials"):

@@ -377,6 +377,17 @@ CASES = [
         "protocols.hard-label.lr: expected a number, got '1e-3' (YAML reads 1e-3 as a string; write 1.0e-3)",
         text=lambda t: t.replace("  hard-label:\n", "  hard-label:\n    lr: 1e-3\n"),
     ),
+    # surprising choices (issue 30 item 5): refused in one line
+    Case("--out empty", "argument --out: an empty path names the current folder", argv=("--out", "")),
+    Case("--out blank", "argument --out: an empty path", argv=("--out", " ")),
+    Case("a flag's prefix", "unrecognized arguments: --method herding", argv=("--method", "herding")),
+    Case("--gpus without --plan", "--gpus: only with --plan", argv=("--gpus", "4")),
+    Case("--gpu-tflops without --plan", "--gpu-tflops: only with --plan", argv=("--gpu-tflops", "100")),
+    Case(
+        "--no-check with --accept-failed-check",
+        "--no-check and --accept-failed-check: one or the other",
+        argv=("--no-check", "--accept-failed-check"),
+    ),
     Case("--out is a file", "--out: {store} is a file", argv=("--out", "{store}")),
     Case("--out under a file", "--out: {store}/run is under {store}, which is a file", argv=("--out", "{store}/run")),
     Case("--out unwritable", "--out: cannot write to /proc/ddbench-out", argv=("--out", "/proc/ddbench-out")),
@@ -460,6 +471,18 @@ def test_out_without_write_permission(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--suite", str(BASE), "--out", str(locked / "run")])
     assert exit_.value.code == 2 and "--out: cannot write to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "verb", [["run"], ["plan"], ["search", "diffusion"], ["site"], ["compare", "herding,k-center"]]
+)
+def test_no_verb_takes_a_flag_by_its_prefix(verb, capsys):
+    """argparse would take `--method` for `--methods` (and `--gpu` for `--gpus`): every parser is built with
+    allow_abbrev=False, so a near-miss is an unknown flag, not a silent guess."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*verb, "--suite", str(BASE), "--method", "herding"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "unrecognized arguments: --method herding" in err[0], err
 
 
 def test_the_real_entry_point_gives_one_line_and_exit_2(tmp_path):
