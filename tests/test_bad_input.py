@@ -388,6 +388,32 @@ CASES = [
         "--no-check and --accept-failed-check: one or the other",
         argv=("--no-check", "--accept-failed-check"),
     ),
+    Case(
+        "negative guidance",
+        "methods.diffusion.cfg_scale: a guidance scale must be ≥ 0",
+        edit=_set("methods.diffusion.cfg_scale", -2),
+    ),
+    Case(
+        "negative guidance in a searched config",
+        "searched.diffusion.config.cfg_scale: a guidance scale must be ≥ 0",
+        edit=_set("searched", {"diffusion": {"config": {"cfg_scale": -1.0}, "trials": 3}}),
+    ),
+    Case(
+        "negative guidance in the backbone check",
+        "backbone.check_cfg_scale: a guidance scale must be ≥ 0",
+        edit=_set("backbone.check_cfg_scale", -1.0),
+    ),
+    Case(
+        "one class listed",
+        "data.classes: the inline list names 1 class (shirts): distillation makes images per class for a classifier, "
+        "which needs at least 2",
+        edit=lambda r: r["data"].update(format="imagefolder", classes=["shirts"]),
+    ),
+    Case(
+        "data root a file",
+        f"data.root: {BASE} is a file, not a folder",
+        edit=_set("data.root", str(BASE)),
+    ),
     Case("--out is a file", "--out: {store} is a file", argv=("--out", "{store}")),
     Case("--out under a file", "--out: {store}/run is under {store}, which is a file", argv=("--out", "{store}/run")),
     Case("--out unwritable", "--out: cannot write to /proc/ddbench-out", argv=("--out", "/proc/ddbench-out")),
@@ -483,6 +509,66 @@ def test_no_verb_takes_a_flag_by_its_prefix(verb, capsys):
         main([*verb, "--suite", str(BASE), "--method", "herding"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1 and "unrecognized arguments: --method herding" in err[0], err
+
+
+def _folder(root: Path, layout: dict[str, int]) -> Path:
+    """An ImageFolder of empty .png files (the checks before compute count images by name, and open none):
+    `layout` maps a train/ sub-folder to its number of images; test/ gets the same classes."""
+    for split in ("train", "test"):
+        for key, n in layout.items():
+            (root / split / key).mkdir(parents=True)
+            for i in range(n if split == "train" else 1):
+                (root / split / key / f"{i:04d}.png").touch()
+    return root
+
+
+FOLDER_CASES = {
+    # an empty class folder: named, with its count, not blamed on val_per_class
+    "empty class": ({"coat": 40, "shirt": 0}, "data.classes: class 'shirt' has no images in"),
+    # a class too small for any validation split: the class is named with its count, and no impossible advice
+    "3-image class": (
+        {"coat": 40, "shirt": 3},
+        "data.classes: class 'shirt' has 3 training images ({root}/train/shirt): too few to hold out a validation "
+        "split (at most 25% of a class; data.val_per_class 1 needs 4)",
+    ),
+    # a class that a smaller split fits: the advice is a value that works
+    "val_per_class above a quarter": ({"coat": 40, "shirt": 8}, "data.val_per_class: 3 would hold out more than 25%"),
+    # a hidden folder is a tool's, not a class: skipped, so one real class is one class
+    "hidden folder beside one class": (
+        {"coat": 40, ".ipynb_checkpoints": 0},
+        "data.classes: {root}/train names 1 class (coat): distillation makes images per class",
+    ),
+    "one class": ({"coat": 40}, "data.classes: {root}/train names 1 class (coat)"),
+}
+
+
+@pytest.mark.parametrize("name", FOLDER_CASES)
+def test_a_bad_image_folder_is_one_line_naming_the_class(name, tmp_path, capsys):
+    layout, expect = FOLDER_CASES[name]
+    root = _folder(tmp_path / "data", layout)
+    raw = yaml.safe_load(BASE.read_text())
+    raw["data"].update(
+        format="imagefolder", root=str(root), classes="auto", test_dir="test", max_train_per_class=None, val_per_class=3
+    )
+    if name == "3-image class":
+        raw["data"]["val_per_class"] = 1
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out, _ = _prepare_out(tmp_path)
+    before = _snapshot(out)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--suite", str(suite), "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert expect.format(root=root) in lines[0], lines[0]
+    assert _snapshot(out) == before
+
+
+def test_classes_auto_skips_hidden_folders(tmp_path):
+    from harness.config.schema import DataConfig
+
+    root = _folder(tmp_path / "data", {"coat": 1, "shirt": 1, ".ipynb_checkpoints": 1, ".cache": 0})
+    assert DataConfig(format="imagefolder", root=str(root), classes="auto").class_keys() == ["coat", "shirt"]
 
 
 def test_the_real_entry_point_gives_one_line_and_exit_2(tmp_path):
