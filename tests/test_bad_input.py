@@ -414,6 +414,13 @@ CASES = [
         f"data.root: {BASE} is a file, not a folder",
         edit=_set("data.root", str(BASE)),
     ),
+    Case(
+        "profile include from an unset variable",
+        "profiles.searched.include[0]: environment variable DDBENCH_UNSET_DIR is not set",
+        edit=_set("profiles", {"searched": {"include": ["${DDBENCH_UNSET_DIR}/d4m.yaml"]}}),
+        argv=("--profile", "searched"),
+        env={"DDBENCH_UNSET_DIR": None},
+    ),
     Case("--out is a file", "--out: {store} is a file", argv=("--out", "{store}")),
     Case("--out under a file", "--out: {store}/run is under {store}, which is a file", argv=("--out", "{store}/run")),
     Case("--out unwritable", "--out: cannot write to /proc/ddbench-out", argv=("--out", "/proc/ddbench-out")),

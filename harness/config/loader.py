@@ -141,7 +141,7 @@ def _with_includes(profile: dict, where: str, suite_path: Path) -> dict:
         raise SuiteError(f"{source}: {where}.include: expected a list of YAML files")
     merged: dict = {}
     for i, name in enumerate(includes):
-        path = Path(os.path.expandvars(name))
+        path = Path(_expand_env(name, f"{where}.include[{i}]", source))  # an unset variable is named, as elsewhere
         path = path if path.is_absolute() else suite_path.parent / path
         if not path.is_file():
             raise SuiteError(f"{source}: {where}.include[{i}]: {path} is not a file")
