@@ -421,6 +421,11 @@ CASES = [
         argv=("--profile", "searched"),
         env={"DDBENCH_UNSET_DIR": None},
     ),
+    Case(
+        "suite not UTF-8",
+        "not UTF-8 text (byte 0xe9 at offset",
+        text=lambda t: t.replace("a tiny suite", "a tiny suite, caf\udce9"),
+    ),
     Case("--out is a file", "--out: {store} is a file", argv=("--out", "{store}")),
     Case("--out under a file", "--out: {store}/run is under {store}, which is a file", argv=("--out", "{store}/run")),
     Case("--out unwritable", "--out: cannot write to /proc/ddbench-out", argv=("--out", "/proc/ddbench-out")),
@@ -437,7 +442,7 @@ def _write_suite(case: Case, folder: Path) -> Path:
     if case.text is not None:
         text = case.text(text)
     path = folder / "suite.yaml"
-    path.write_text(text)
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))  # a lone surrogate \udcXX writes the byte 0xXX
     return path
 
 
