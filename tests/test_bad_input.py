@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -581,6 +583,39 @@ def test_classes_auto_skips_hidden_folders(tmp_path):
 
     root = _folder(tmp_path / "data", {"coat": 1, "shirt": 1, ".ipynb_checkpoints": 1, ".cache": 0})
     assert DataConfig(format="imagefolder", root=str(root), classes="auto").class_keys() == ["coat", "shirt"]
+
+
+@pytest.fixture
+def not_ray():
+    """A plain TCP server on localhost that answers every connection with an HTTP reply, as a web server would."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\nnot ray\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_an_address_where_something_else_listens_is_one_line(not_ray, tmp_path, capsys):
+    """Ray's client would wait 40 s for a GCS there and end in a 13-line RpcError."""
+    out, _ = _prepare_out(tmp_path)
+    before = _snapshot(out)
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--suite", str(BASE), "--out", str(out), "--address", not_ray])
+    seconds = time.perf_counter() - t0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert f"--address: {not_ray}: something listens there, but not a Ray head" in lines[0], lines[0]
+    assert _snapshot(out) == before and not ray.is_initialized() and seconds < 10, seconds
 
 
 def test_the_real_entry_point_gives_one_line_and_exit_2(tmp_path):

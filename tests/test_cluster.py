@@ -179,6 +179,13 @@ def test_refused_token_is_one_line_and_exit_2(head, small_suite, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing computed, nothing written
 
 
+def test_a_head_answers_the_grpc_probe(head):
+    """The probe that tells a Ray head from something else on its port (tests/test_bad_input.py) passes a real one."""
+    from harness.runtime.cluster import _speaks_grpc
+
+    assert _speaks_grpc(head["address"])
+
+
 def test_nothing_listening_is_one_line_within_seconds(small_suite, tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     t0 = time.perf_counter()

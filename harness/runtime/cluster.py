@@ -74,6 +74,27 @@ def _listens(address: str, seconds: float = PROBE_SECONDS) -> bool:
         return False
 
 
+# HTTP/2's client preface and an empty SETTINGS frame: what a gRPC client sends first. A head's GCS (gRPC over
+# HTTP/2, plain unless RAY_USE_TLS) answers with its own SETTINGS frame at once.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _speaks_grpc(address: str, seconds: float = PROBE_SECONDS) -> bool:
+    """Whether what listens at `address` answers as a gRPC server: its first 9 bytes are a SETTINGS frame's header
+    (type 4, stream 0). Something else there (a web server, a database) made Ray's client wait 40 s for a GCS and
+    end in a 13-line RpcError."""
+    try:
+        with socket.create_connection(_host_port(address), timeout=seconds) as conn:
+            conn.settimeout(seconds)
+            conn.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9 and (chunk := conn.recv(9 - len(head))):
+                head += chunk
+    except OSError:
+        return False
+    return len(head) == 9 and head[3] == 4 and head[5:9] == bytes(4)
+
+
 def resolve(address: str | None) -> Target:
     """The cluster the run means. `--address` wins, then RAY_ADDRESS, then the cluster `ray start --head` recorded on
     this machine (what `ray submit` runs beside) if it still answers; else a local cluster (`--address local` asks
@@ -144,6 +165,12 @@ def check_target(target: Target) -> None:
     # Ray turns token auth on by itself only for a cluster it finds through the file `ray start` wrote, never for
     # an explicit address. A client that sends a token is accepted by a cluster without auth as well (measured on
     # Ray 2.60), so a token the environment holds is always sent.
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+    if not target.address.startswith("ray://") and not tls and not _speaks_grpc(target.address):
+        raise ClusterError(
+            f"{where}: something listens there, but not a Ray head (it does not answer as Ray's GCS, a gRPC "
+            "server, would): give the head's GCS port (`ray start --head` prints it; 6379 by default)"
+        )
     if not TOKEN_AUTH:
         return
     if "RAY_AUTH_MODE" not in os.environ and _token_available():
@@ -159,6 +186,8 @@ def check_target(target: Target) -> None:
             f"{where}: the cluster refused this client's token (RAY_AUTH_MODE {mode}): give the "
             f"cluster's token in {TOKEN_SOURCES} (`ray get-auth-token` on the head prints it)"
         ) from None
+    except RayError as e:  # e.g. a gRPC server that is not a GCS: "Timed out while waiting for GCS"
+        raise ClusterError(f"{where}: not a Ray head that answers: {str(e).splitlines()[0]}") from None
 
 
 def runtime_env() -> dict | None:
