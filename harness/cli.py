@@ -7,9 +7,13 @@ Verbs: run (the default: suite → prepare → distill → evaluate → leaderbo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import signal
 import sys
 from pathlib import Path
+
+import ray
 
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
@@ -19,7 +23,8 @@ from harness.models.students import is_student
 from harness.pipeline import Run, RunError
 from harness.report.export import ExportError
 from harness.report.plan import DEFAULT_GPU_TFLOPS, PlanError
-from harness.runtime.cluster import ClusterError, check_target, resolve
+from harness.runtime.cluster import ClusterError, check_target, resolve, signalled
+from harness.runtime.cluster import _exit_on as on_signal
 from harness.runtime.preflight import (
     DEFAULT_GPU_MEMORY_GB,
     check_memory_fits,
@@ -238,7 +243,63 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+@contextlib.contextmanager
+def _signals_as_exceptions():
+    """SIGTERM/SIGHUP raise Terminated while the CLI runs (a handler already set by whoever embeds it is kept)."""
+    saved = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(signum) in (signal.SIG_DFL, None):
+                saved[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        if not ray.is_initialized():  # with a cluster up, the handler stays: it is what lets atexit stop it
+            for signum, handler in saved.items():
+                signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The CLI. Ctrl-C is one line and exit status 130, SIGTERM 143 (SIGHUP 129): what is finished is on disk, and
+    the same command resumes from it."""
+    try:
+        with _signals_as_exceptions():
+            return _main(argv)
+    except KeyboardInterrupt:
+        if signalled():
+            _stopped(f"stopped by {signal.Signals(signalled()).name}", 128 + signalled())
+        _stopped("interrupted (Ctrl-C)", 130)
+    except SystemExit as e:  # Terminated, or what Ray's get makes of it: SystemExit(1)
+        signum = signalled() or (signal.SIGTERM if _rays_sigterm_exit(e) else None)
+        if signum:  # (a SIGTERM while ray.init runs meets Ray's own handler: sys.exit(15))
+            _stopped(f"stopped by {signal.Signals(signum).name}", 128 + signum)
+        raise
+
+
+def _rays_sigterm_exit(e: SystemExit) -> bool:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame if tb is not None else None
+    return (
+        frame is not None
+        and frame.f_code.co_name == "sigterm_handler"
+        and frame.f_globals.get("__name__", "").startswith("ray.")
+    )
+
+
+def _stopped(what: str, status: int) -> None:
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):  # end a progress bar's line, so that ours is a line of its own
+        bar.close()
+    print(f"ddbench: {what}; what is finished is kept, and the same command resumes from it", file=sys.stderr)
+    sys.exit(status)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     command = shlex.join(["python", "benchmark.py", *argv])

@@ -273,8 +273,29 @@ def _start_watchdog(owner: str) -> None:
     )
 
 
-def _exit_on(signum, frame):  # SIGTERM/SIGHUP as an exit, so that atexit's ray.shutdown() stops the cluster
-    sys.exit(128 + signum)
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP as an exit with status 128 + the signal, raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt: the stages unwind (their locks, their Ray work), atexit's ray.shutdown() stops a local
+    cluster, and the CLI (harness/cli.py) says so in one line."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+_signalled: int | None = None
+
+
+def _exit_on(signum, frame):
+    global _signalled
+    _signalled = signum
+    raise Terminated(signum)
+
+
+def signalled() -> int | None:
+    """The SIGTERM/SIGHUP `_exit_on` took, if any: raised inside `ray.get`, Terminated reaches the caller as Ray's
+    SystemExit(1) (and a KeyboardInterrupt as a plain one), so the CLI asks here which signal it was."""
+    return _signalled
 
 
 def start_local() -> None:
@@ -295,12 +316,18 @@ def start_local() -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
     finally:
         del os.environ[OWNER_VAR]
-    # On SIGTERM the driver's core worker (its C++ failure handler, installed by ray.init over Ray's own Python one)
-    # aborts: no atexit, no ray.shutdown. A handler set now from Python replaces it; one the user set is kept.
+    reclaim_signals()
+
+
+def reclaim_signals() -> None:
+    """On SIGTERM the driver's core worker (its C++ failure handler, installed by ray.init over Ray's own Python one,
+    which itself replaced any handler set before) aborts: no atexit, no ray.shutdown. A handler set now from Python
+    replaces it (the CLI's own included: one line, exit 143); one the user set is kept."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         try:
             current = signal.getsignal(signum)
-            if current in (signal.SIG_DFL, None) or getattr(current, "__module__", "").startswith("ray."):
+            module = getattr(current, "__module__", "") or ""
+            if current in (signal.SIG_DFL, None) or module.startswith(("ray.", "harness.")):
                 signal.signal(signum, _exit_on)
         except ValueError:  # not the main thread: leave signals to whoever owns them
             pass
@@ -320,6 +347,7 @@ def connector(address: str | None, out: Path):
             ray.init(address=target.address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
         except (ConnectionError, RayError) as e:
             raise ClusterError(f"{target.source}: {target.address}: {str(e).splitlines()[0]}") from None
+        reclaim_signals()
         resources = ray.cluster_resources()
         print(
             f"[ray] attached to {target.address} ({target.source}): {resources.get('CPU', 0):g} CPUs, "
