@@ -298,16 +298,24 @@ def signalled() -> int | None:
     return _signalled
 
 
+def use_session_token() -> None:
+    """Token auth on for a local cluster this process starts, with the environment's token or, where it holds none,
+    a fresh one in this process's environment only: a plain `ray.init()` (Ray 2.60) writes a new token to
+    ~/.ray/auth_token, which then turns token auth on for every later client and `ray start` on the machine. Also
+    what the tests' own cluster (tests/conftest.py) starts with, so that the test suite leaves no token behind."""
+    if TOKEN_AUTH and "RAY_AUTH_MODE" not in os.environ:
+        if not _token_available():
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        _set_auth_mode("token")
+
+
 def start_local() -> None:
     """A local cluster on this machine's cores. Its auth mode is set on purpose, which also silences Ray's
     token-auth warning: token auth stays on (its head listens on every interface, not loopback only, as measured on
     Ray 2.60), and where the environment holds no token a fresh one lives only in this process's environment,
     which the cluster's processes inherit, rather than in ~/.ray/auth_token, where it would turn token auth on for
     every later `ray start` on the machine."""
-    if TOKEN_AUTH and "RAY_AUTH_MODE" not in os.environ:
-        if not _token_available():
-            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-        _set_auth_mode("token")
+    use_session_token()
     owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if os.path.isdir("/proc"):
         _start_watchdog(owner)  # first: a driver killed inside ray.init leaves helpers too
