@@ -7,9 +7,13 @@ Verbs: run (the default: suite → prepare → distill → evaluate → leaderbo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import signal
 import sys
 from pathlib import Path
+
+import ray
 
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
@@ -19,7 +23,8 @@ from harness.models.students import is_student
 from harness.pipeline import Run, RunError
 from harness.report.export import ExportError
 from harness.report.plan import DEFAULT_GPU_TFLOPS, PlanError
-from harness.runtime.cluster import ClusterError, check_target, resolve
+from harness.runtime.cluster import ClusterError, check_target, resolve, signalled
+from harness.runtime.cluster import _exit_on as on_signal
 from harness.runtime.preflight import (
     DEFAULT_GPU_MEMORY_GB,
     check_memory_fits,
@@ -44,8 +49,8 @@ UNSET = dict(
     search_student=None,
     search_set=None,
     resume=False,
-    gpus=1,
-    gpu_tflops=DEFAULT_GPU_TFLOPS,
+    gpus=None,  # None: not given (1 GPU, DEFAULT_GPU_TFLOPS): a run refuses what only a plan reads
+    gpu_tflops=None,
     gpu_memory=DEFAULT_GPU_MEMORY_GB,
     site=False,
     compare=None,
@@ -73,6 +78,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _out_dir(text: str) -> Path:
+    if not text.strip():  # Path("") is ".": the run would write its caches, sets and store into the current folder
+        raise argparse.ArgumentTypeError(
+            "an empty path names the current folder; name the output folder (default: runs)"
+        )
+    return Path(text)
+
+
 def _positive_number(text: str) -> float:
     try:
         value = float(text)
@@ -90,7 +103,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _suite_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="fashion-mnist", help="a suite name in benchmarks/ or a YAML path")
-    p.add_argument("--out", default="runs", type=Path, help="all outputs of the run (default: runs/)")
+    p.add_argument("--out", default=Path("runs"), type=_out_dir, help="all outputs of the run (default: runs/)")
     p.add_argument("--methods", help="comma-separated methods (default: the suite's)")
     p.add_argument("--ipc", type=_int_list, help="comma-separated IPCs (default: the suite's)")
     p.add_argument("--students", help="comma-separated students (default: the suite's or the profile's)")
@@ -132,11 +145,11 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _plan_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpus", type=_positive, default=1, help="GPUs the plan spreads the work over (default: 1)")
+    p.add_argument("--gpus", type=_positive, default=None, help="GPUs the plan spreads the work over (default: 1)")
     p.add_argument(
         "--gpu-tflops",
         type=_positive_number,
-        default=DEFAULT_GPU_TFLOPS,
+        default=None,
         help=f"sustained TFLOP/s per GPU the plan prices unmeasured work at (default: {DEFAULT_GPU_TFLOPS:g})",
     )
 
@@ -230,7 +243,63 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+@contextlib.contextmanager
+def _signals_as_exceptions():
+    """SIGTERM/SIGHUP raise Terminated while the CLI runs (a handler already set by whoever embeds it is kept)."""
+    saved = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(signum) in (signal.SIG_DFL, None):
+                saved[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        if not ray.is_initialized():  # with a cluster up, the handler stays: it is what lets atexit stop it
+            for signum, handler in saved.items():
+                signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The CLI. Ctrl-C is one line and exit status 130, SIGTERM 143 (SIGHUP 129): what is finished is on disk, and
+    the same command resumes from it."""
+    try:
+        with _signals_as_exceptions():
+            return _main(argv)
+    except KeyboardInterrupt:
+        if signalled():
+            _stopped(f"stopped by {signal.Signals(signalled()).name}", 128 + signalled())
+        _stopped("interrupted (Ctrl-C)", 130)
+    except SystemExit as e:  # Terminated, or what Ray's get makes of it: SystemExit(1)
+        signum = signalled() or (signal.SIGTERM if _rays_sigterm_exit(e) else None)
+        if signum:  # (a SIGTERM while ray.init runs meets Ray's own handler: sys.exit(15))
+            _stopped(f"stopped by {signal.Signals(signum).name}", 128 + signum)
+        raise
+
+
+def _rays_sigterm_exit(e: SystemExit) -> bool:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame if tb is not None else None
+    return (
+        frame is not None
+        and frame.f_code.co_name == "sigterm_handler"
+        and frame.f_globals.get("__name__", "").startswith("ray.")
+    )
+
+
+def _stopped(what: str, status: int) -> None:
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):  # end a progress bar's line, so that ours is a line of its own
+        bar.close()
+    print(f"ddbench: {what}; what is finished is kept, and the same command resumes from it", file=sys.stderr)
+    sys.exit(status)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     command = shlex.join(["python", "benchmark.py", *argv])
@@ -241,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         if verb in ("run", "plan"):  # before any compute: the cluster, the data, the models
             check_memory_fits(suite, [suite.cross_arch.method] if args.cross_arch else methods, args.gpu_memory)
         if verb == "plan":
-            print(Run(suite, methods, args.out).plan(args.gpus, args.gpu_tflops, args.gpu_memory), flush=True)
+            plan = Run(suite, methods, args.out).plan(
+                args.gpus or 1, args.gpu_tflops or DEFAULT_GPU_TFLOPS, args.gpu_memory
+            )
+            print(plan, flush=True)
             return 0
         specs = _search_specs(args, suite) if verb == "search" else []
         run = _run(args, suite, specs or methods, verb, pair, command)
@@ -323,6 +395,18 @@ def _verb(args, suite) -> tuple[str, list[str] | None]:
         )
     if args.export is not None and (not args.ipc or len(args.ipc) != 1):
         raise SuiteError(f"{suite.source}: ipcs: --export needs one IPC (--ipc K)")
+    if args.no_check and args.accept_failed_check:
+        raise SuiteError(
+            f"{suite.source}: --no-check and --accept-failed-check: one or the other (--no-check skips the "
+            "backbone check; --accept-failed-check runs it and marks the rows when it fails)"
+        )
+    if not args.plan:
+        for flag in ("gpus", "gpu_tflops"):
+            if getattr(args, flag) is not None:
+                raise SuiteError(
+                    f"{suite.source}: --{flag.replace('_', '-')}: only with --plan (it prices the plan; a run uses "
+                    "the GPUs its Ray cluster has)"
+                )
     if args.search is not None:
         return "search", None
     for flag in ("resume", "search_student", "search_set", "trials"):

@@ -107,7 +107,7 @@ class CaO2Config:
             raise ValueError(f"steps: must be at least 1, got {self.steps}")
         if self.clo_timesteps == "reference" and self.steps < 2:
             raise ValueError("steps: clo_timesteps 'reference' draws respaced index 1, which needs at least 2 steps")
-        if self.lr <= 0:
+        if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")
         if self.pool_factor < 1:
             raise ValueError(f"pool_factor must be at least 1, got {self.pool_factor}")

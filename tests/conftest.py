@@ -21,6 +21,9 @@ def ray_cluster():
     """A real local Ray cluster (two CPUs), shared by the tests that need one."""
     import ray
 
+    from harness.runtime.cluster import use_session_token
+
+    use_session_token()  # a plain ray.init() would write ~/.ray/auth_token (issue 30 item 1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -227,11 +229,22 @@ CASES = [
     Case("--ipc 0", "--ipc", argv=("--ipc", "0")),
     Case("--ipc -3", "--ipc", argv=("--ipc", "-3")),
     Case("--ipc not an integer", "--ipc", argv=("--ipc", "1.5")),
-    Case("--ipc above a class's images", "ipcs: random-real at IPC 101 draws 101", argv=("--ipc", "101")),
+    Case(
+        "--ipc above a class's images",
+        "ipcs: random-real at IPC 101 draws 101",
+        edit=lambda r: [p.update(epochs_beyond=2) for p in r["protocols"].values()],
+        argv=("--ipc", "101"),
+    ),
+    Case(
+        "--ipc above every bound of an epochs table",
+        "protocols.hard-label.epochs: has no bound for IPC 3 (its largest is 2), which would train epochs_beyond's "
+        "default 300 epochs",
+        argv=("--ipc", "3"),
+    ),
     Case(
         "--ipc above a class's images for rded's crops",
         "ipcs: rded at IPC 30 draws 120",
-        edit=lambda r: r["methods"].update(rded={}),
+        edit=lambda r: [r["methods"].update(rded={}), *(p.update(epochs_beyond=2) for p in r["protocols"].values())],
         argv=("--methods", "rded", "--ipc", "30"),
     ),
     Case("--seeds 0", "--seeds", argv=("--seeds", "0")),
@@ -320,6 +333,101 @@ CASES = [
         edit=_set("profiles", {"searched": {"include": ["no-such-fragment.yaml"]}}),
         argv=("--profile", "searched"),
     ),
+    # NaN and infinite settings (issue 30 item 2): every float of every section, however deep
+    Case(
+        "protocol lr NaN",
+        "protocols.hard-label.lr: must be a finite number, got nan",
+        edit=_set("protocols.hard-label.lr", float("nan")),
+    ),
+    Case(
+        "protocol lr infinite",
+        "protocols.soft-label.lr: must be a finite number, got inf",
+        edit=_set("protocols.soft-label.lr", float("inf")),
+    ),
+    Case(
+        "method cfg_scale NaN",
+        "methods.diffusion.cfg_scale: must be a finite number, got nan",
+        edit=_set("methods.diffusion.cfg_scale", float("nan")),
+    ),
+    Case(
+        "teacher lr NaN",
+        "teacher.train.lr: must be a finite number, got nan",
+        edit=_set("teacher.train.lr", float("nan")),
+    ),
+    Case(
+        "backbone lr -inf",
+        "backbone.train.lr: must be a finite number, got -inf",
+        edit=_set("backbone.train.lr", float("-inf")),
+    ),
+    Case(
+        "backbone check agreement NaN",
+        "backbone.check_min_agreement: must be a finite number, got nan",
+        edit=_set("backbone.check_min_agreement", float("nan")),
+    ),
+    Case(
+        "per-student lr NaN",
+        "protocols.soft-label.per_student.convnet3.lr: must be a finite number, got nan",
+        edit=_set("protocols.soft-label.per_student", {"convnet3": {"lr": float("nan")}}),
+    ),
+    Case(
+        "searched config NaN",
+        "searched.diffusion.config.cfg_scale: must be a finite number, got nan",
+        edit=_set("searched", {"diffusion": {"config": {"cfg_scale": float("nan")}, "trials": 3}}),
+    ),
+    Case(
+        "lr 1e-3 read as a string",
+        "protocols.hard-label.lr: expected a number, got '1e-3' (YAML reads 1e-3 as a string; write 1.0e-3)",
+        text=lambda t: t.replace("  hard-label:\n", "  hard-label:\n    lr: 1e-3\n"),
+    ),
+    # surprising choices (issue 30 item 5): refused in one line
+    Case("--out empty", "argument --out: an empty path names the current folder", argv=("--out", "")),
+    Case("--out blank", "argument --out: an empty path", argv=("--out", " ")),
+    Case("a flag's prefix", "unrecognized arguments: --method herding", argv=("--method", "herding")),
+    Case("--gpus without --plan", "--gpus: only with --plan", argv=("--gpus", "4")),
+    Case("--gpu-tflops without --plan", "--gpu-tflops: only with --plan", argv=("--gpu-tflops", "100")),
+    Case(
+        "--no-check with --accept-failed-check",
+        "--no-check and --accept-failed-check: one or the other",
+        argv=("--no-check", "--accept-failed-check"),
+    ),
+    Case(
+        "negative guidance",
+        "methods.diffusion.cfg_scale: a guidance scale must be ≥ 0",
+        edit=_set("methods.diffusion.cfg_scale", -2),
+    ),
+    Case(
+        "negative guidance in a searched config",
+        "searched.diffusion.config.cfg_scale: a guidance scale must be ≥ 0",
+        edit=_set("searched", {"diffusion": {"config": {"cfg_scale": -1.0}, "trials": 3}}),
+    ),
+    Case(
+        "negative guidance in the backbone check",
+        "backbone.check_cfg_scale: a guidance scale must be ≥ 0",
+        edit=_set("backbone.check_cfg_scale", -1.0),
+    ),
+    Case(
+        "one class listed",
+        "data.classes: the inline list names 1 class (shirts): distillation makes images per class for a classifier, "
+        "which needs at least 2",
+        edit=lambda r: r["data"].update(format="imagefolder", classes=["shirts"]),
+    ),
+    Case(
+        "data root a file",
+        f"data.root: {BASE} is a file, not a folder",
+        edit=_set("data.root", str(BASE)),
+    ),
+    Case(
+        "profile include from an unset variable",
+        "profiles.searched.include[0]: environment variable DDBENCH_UNSET_DIR is not set",
+        edit=_set("profiles", {"searched": {"include": ["${DDBENCH_UNSET_DIR}/d4m.yaml"]}}),
+        argv=("--profile", "searched"),
+        env={"DDBENCH_UNSET_DIR": None},
+    ),
+    Case(
+        "suite not UTF-8",
+        "not UTF-8 text (byte 0xe9 at offset",
+        text=lambda t: t.replace("a tiny suite", "a tiny suite, caf\udce9"),
+    ),
     Case("--out is a file", "--out: {store} is a file", argv=("--out", "{store}")),
     Case("--out under a file", "--out: {store}/run is under {store}, which is a file", argv=("--out", "{store}/run")),
     Case("--out unwritable", "--out: cannot write to /proc/ddbench-out", argv=("--out", "/proc/ddbench-out")),
@@ -336,7 +444,7 @@ def _write_suite(case: Case, folder: Path) -> Path:
     if case.text is not None:
         text = case.text(text)
     path = folder / "suite.yaml"
-    path.write_text(text)
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))  # a lone surrogate \udcXX writes the byte 0xXX
     return path
 
 
@@ -403,6 +511,111 @@ def test_out_without_write_permission(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--suite", str(BASE), "--out", str(locked / "run")])
     assert exit_.value.code == 2 and "--out: cannot write to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "verb", [["run"], ["plan"], ["search", "diffusion"], ["site"], ["compare", "herding,k-center"]]
+)
+def test_no_verb_takes_a_flag_by_its_prefix(verb, capsys):
+    """argparse would take `--method` for `--methods` (and `--gpu` for `--gpus`): every parser is built with
+    allow_abbrev=False, so a near-miss is an unknown flag, not a silent guess."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*verb, "--suite", str(BASE), "--method", "herding"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "unrecognized arguments: --method herding" in err[0], err
+
+
+def _folder(root: Path, layout: dict[str, int]) -> Path:
+    """An ImageFolder of empty .png files (the checks before compute count images by name, and open none):
+    `layout` maps a train/ sub-folder to its number of images; test/ gets the same classes."""
+    for split in ("train", "test"):
+        for key, n in layout.items():
+            (root / split / key).mkdir(parents=True)
+            for i in range(n if split == "train" else 1):
+                (root / split / key / f"{i:04d}.png").touch()
+    return root
+
+
+FOLDER_CASES = {
+    # an empty class folder: named, with its count, not blamed on val_per_class
+    "empty class": ({"coat": 40, "shirt": 0}, "data.classes: class 'shirt' has no images in"),
+    # a class too small for any validation split: the class is named with its count, and no impossible advice
+    "3-image class": (
+        {"coat": 40, "shirt": 3},
+        "data.classes: class 'shirt' has 3 training images ({root}/train/shirt): too few to hold out a validation "
+        "split (at most 25% of a class; data.val_per_class 1 needs 4)",
+    ),
+    # a class that a smaller split fits: the advice is a value that works
+    "val_per_class above a quarter": ({"coat": 40, "shirt": 8}, "data.val_per_class: 3 would hold out more than 25%"),
+    # a hidden folder is a tool's, not a class: skipped, so one real class is one class
+    "hidden folder beside one class": (
+        {"coat": 40, ".ipynb_checkpoints": 0},
+        "data.classes: {root}/train names 1 class (coat): distillation makes images per class",
+    ),
+    "one class": ({"coat": 40}, "data.classes: {root}/train names 1 class (coat)"),
+}
+
+
+@pytest.mark.parametrize("name", FOLDER_CASES)
+def test_a_bad_image_folder_is_one_line_naming_the_class(name, tmp_path, capsys):
+    layout, expect = FOLDER_CASES[name]
+    root = _folder(tmp_path / "data", layout)
+    raw = yaml.safe_load(BASE.read_text())
+    raw["data"].update(
+        format="imagefolder", root=str(root), classes="auto", test_dir="test", max_train_per_class=None, val_per_class=3
+    )
+    if name == "3-image class":
+        raw["data"]["val_per_class"] = 1
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out, _ = _prepare_out(tmp_path)
+    before = _snapshot(out)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--suite", str(suite), "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert expect.format(root=root) in lines[0], lines[0]
+    assert _snapshot(out) == before
+
+
+def test_classes_auto_skips_hidden_folders(tmp_path):
+    from harness.config.schema import DataConfig
+
+    root = _folder(tmp_path / "data", {"coat": 1, "shirt": 1, ".ipynb_checkpoints": 1, ".cache": 0})
+    assert DataConfig(format="imagefolder", root=str(root), classes="auto").class_keys() == ["coat", "shirt"]
+
+
+@pytest.fixture
+def not_ray():
+    """A plain TCP server on localhost that answers every connection with an HTTP reply, as a web server would."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\nnot ray\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_an_address_where_something_else_listens_is_one_line(not_ray, tmp_path, capsys):
+    """Ray's client would wait 40 s for a GCS there and end in a 13-line RpcError."""
+    out, _ = _prepare_out(tmp_path)
+    before = _snapshot(out)
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--suite", str(BASE), "--out", str(out), "--address", not_ray])
+    seconds = time.perf_counter() - t0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert f"--address: {not_ray}: something listens there, but not a Ray head" in lines[0], lines[0]
+    assert _snapshot(out) == before and not ray.is_initialized() and seconds < 10, seconds
 
 
 def test_the_real_entry_point_gives_one_line_and_exit_2(tmp_path):

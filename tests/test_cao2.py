@@ -408,9 +408,12 @@ def test_imagenette_also_runs_what_its_script_runs():
 
 def test_ddpm_pool_shares_its_draws_across_variants_and_batches():
     """With DiT's sampler the pool's step noise comes from per-image seeds drawn after every DDIM draw: the
-    variants still share their pool, and the batch size changes no image."""
+    variants still share their pool, and the batch size changes no image (to float tolerance: a batch of 3 and the
+    default run the network's kernels on other shapes, whose blocking and reduction order differ on some CPUs, e.g.
+    AVX-512/AMX Xeons; bitwise only where the shapes are the same)."""
     oss_only = _method("cao2-oss-only", sampler="ddpm").distill_class(_task(2))
-    assert torch.equal(oss_only, _method("cao2-oss-only", sampler="ddpm", batch_size=3).distill_class(_task(2)))
+    by_three = _method("cao2-oss-only", sampler="ddpm", batch_size=3).distill_class(_task(2))
+    torch.testing.assert_close(by_three, oss_only, rtol=1e-5, atol=1e-5)
     assert torch.equal(oss_only, _method(sampler="ddpm", iterations=0).distill_class(_task(2)))
     assert not torch.equal(oss_only, _method("cao2-oss-only").distill_class(_task(2)))
 

@@ -179,6 +179,28 @@ def test_refused_token_is_one_line_and_exit_2(head, small_suite, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing computed, nothing written
 
 
+def test_a_local_cluster_writes_no_token_file(tmp_path):
+    """What the harness and tests/conftest.py start a local cluster with: a plain ray.init() writes a fresh token to
+    ~/.ray/auth_token (Ray 2.60), and with it token auth for every later client on the machine."""
+    driver = (
+        "from harness.runtime.cluster import use_session_token; import ray\n"
+        "use_session_token(); ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False); ray.shutdown()\n"
+    )
+    env = _driver_env(HOME=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", driver], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / ".ray" / "auth_token").exists()
+
+
+def test_a_head_answers_the_grpc_probe(head):
+    """The probe that tells a Ray head from something else on its port (tests/test_bad_input.py) passes a real one."""
+    from harness.runtime.cluster import _speaks_grpc
+
+    assert _speaks_grpc(head["address"])
+
+
 def test_nothing_listening_is_one_line_within_seconds(small_suite, tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     t0 = time.perf_counter()

@@ -226,3 +226,23 @@ def test_two_runs_on_one_out_store_each_result_once(small, tmp_path):
     assert "1 trials, 0 to run" in waited[0] and "1 trials, 1 to run" in logs[logs.index(waited[0]) ^ 1]
     rows = ResultStore(out / "results" / "tiny.jsonl").read()
     assert [(r["method"], r["student"]) for r in rows] == [("random-real", "convnet3")]
+
+
+def test_a_torn_manifest_alone_is_rewritten_not_redone(tmp_path, monkeypatch, capsys):
+    """Only the manifest is damaged: the line says it is rewritten (it said "redoing rewriting manifest.json")."""
+    from types import SimpleNamespace
+
+    from harness.stages import distill as stage
+
+    path = tmp_path / "set"
+    (path / "coat").mkdir(parents=True)
+    (path / "manifest.json").write_text("{torn")
+    job = SimpleNamespace(
+        method="herding", ipc=1, path=path, selects=False, manifest_path=path / "manifest.json", done=lambda: True
+    )
+    monkeypatch.setattr(stage, "shard_damage", lambda _: None)
+    monkeypatch.setattr(stage, "manifest_damage", lambda _: "unreadable manifest.json")
+    stage.repair_sets([job], ["coat"])
+    out = capsys.readouterr().out.strip()
+    assert out == f"[distill] herding IPC 1 at {path} is damaged; rewriting manifest.json (unreadable manifest.json)"
+    assert not (path / "manifest.json").exists() and (path / "coat").is_dir()

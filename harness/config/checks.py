@@ -3,6 +3,8 @@ that names the field: run before any compute, so a mistake costs a line, not a t
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -41,8 +43,10 @@ def resolve_and_check(s: Suite, source: str, check_files: bool) -> None:
     check_distributed_students(s, fail)
     check_cross_arch(s, fail)
     check_diversity(s, source, fail, check_files)
+    written = {name: raw for name, raw in s.protocols.items() if isinstance(raw, dict)}  # as the suite wrote them
     resolve_protocols(s, source)
     check_protocols(s, fail)
+    check_epoch_tables(s, written, fail)
     if s.reported is not None:
         check_reported(s, fail)
 
@@ -73,6 +77,7 @@ def check_data(s: Suite, fail, check_files: bool) -> None:
         if isinstance(s.data.classes, list):
             if not s.data.classes or len(set(s.data.classes)) != len(s.data.classes):
                 fail("data.classes", "the inline list must name each class folder once")
+            _check_two_classes(s.data.classes, "the inline list", fail)
         elif s.data.classes != "auto" and not s.data.class_list_path().is_file():
             fail("data.classes", f"class list {s.data.class_list_path()} not found")
     if s.data.channels not in ("auto", 1, 3) or (s.data.format == "idx" and s.data.channels == 3):
@@ -96,6 +101,8 @@ def check_data(s: Suite, fail, check_files: bool) -> None:
 
 def _check_data_files(d: DataConfig, fail) -> None:
     root = Path(d.root)
+    if root.is_file():
+        fail("data.root", f"{root} is a file, not a folder; point data.root at the folder that holds the data")
     if not root.is_dir():
         hint = (
             "install it with `apt-get install -y dataset-fashion-mnist`"
@@ -127,22 +134,41 @@ def _check_folders(d: DataConfig, fail) -> None:
             )
     keys = d.class_keys()
     if not keys:
-        fail("data.classes", f"auto: {root / d.train_dir} holds no class folders")
+        fail("data.classes", f"auto: {root / d.train_dir} holds no class folders (hidden folders, .*, are skipped)")
+    _check_two_classes(keys, f"{root / d.train_dir}", fail)
     smallest = None
     for key in keys:
         folder = root / d.train_dir / key
         if not folder.is_dir():
             fail("data.classes", f"class {key!r} has no folder {folder}")
-        n = sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        n = min(n, d.max_train_per_class) if d.max_train_per_class else n
-        smallest = (n, key) if smallest is None or n < smallest[0] else smallest
-    n, key = smallest
+        found = sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if found == 0:
+            fail("data.classes", f"class {key!r} has no images in {folder} ({', '.join(IMAGE_EXTENSIONS)})")
+        n = min(found, d.max_train_per_class) if d.max_train_per_class else found
+        smallest = (n, key, folder) if smallest is None or n < smallest[0] else smallest
+    n, key, folder = smallest
     if d.val_per_class > MAX_VAL_SHARE * n:
+        need = math.ceil(d.val_per_class / MAX_VAL_SHARE)
+        if int(MAX_VAL_SHARE * n) < 1:  # no validation split fits: the class is too small, not the setting too large
+            fail(
+                "data.classes",
+                f"class {key!r} has {n} training images ({folder}): too few to hold out a validation split "
+                f"(at most {MAX_VAL_SHARE:.0%} of a class; data.val_per_class {d.val_per_class} needs {need}); "
+                "add images, or leave the class out",
+            )
         fail(
             "data.val_per_class",
             f"{d.val_per_class} would hold out more than {MAX_VAL_SHARE:.0%} of class "
-            f"{key!r} ({n} training images) for validation; set it to at most "
-            f"{max(1, int(MAX_VAL_SHARE * n))}",
+            f"{key!r} ({n} training images) for validation; set it to at most {int(MAX_VAL_SHARE * n)}",
+        )
+
+
+def _check_two_classes(keys: list[str], where: str, fail) -> None:
+    if len(keys) < 2:
+        fail(
+            "data.classes",
+            f"{where} names {len(keys)} class ({', '.join(keys)}): distillation makes images per class for a "
+            "classifier, which needs at least 2",
         )
 
 
@@ -178,6 +204,8 @@ def check_backbone_section(s: Suite, b, where: str, fail) -> None:
                 )
     if b.dtype not in ("float32", "float16", "bfloat16"):
         fail_here("backbone.dtype", f"must be float32, float16 or bfloat16, got {b.dtype!r}")
+    if not b.check_cfg_scale >= 0:
+        fail_here("backbone.check_cfg_scale", f"a guidance scale must be ≥ 0, got {b.check_cfg_scale:g}")
     if not 0 <= b.check_min_agreement <= 1:
         fail_here("backbone.check_min_agreement", "must be a fraction in [0, 1]")
     for name in ("check_per_class", "check_steps"):
@@ -215,10 +243,25 @@ def check_methods(s: Suite, fail) -> None:
         fail("methods", "no methods listed")
     for name, config in s.methods.items():
         cls = get_method(name)
+        _check_guidance(config, f"methods.{name}", fail)
         missing = [f for f in cls.search_space if not hasattr(config, f)]
         if missing:
             fail(
                 f"methods.{name}", f"its search_space names {', '.join(missing)}, not a field of {cls.Config.__name__}"
+            )
+
+
+def _check_guidance(config, where: str, fail) -> None:
+    """Every guidance scale (a field named cfg_scale…) is ≥ 0. Classifier-free guidance below 1 is legal maths: 0
+    samples unconditionally, (0, 1) mixes the unconditional and the conditional prediction; below 0 it steers away
+    from the class, which no distilled set wants (decisions.md, issue 30)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name.startswith("cfg_scale") and isinstance(value, (int, float)) and not value >= 0:
+            fail(
+                f"{where}.{f.name}",
+                f"a guidance scale must be ≥ 0 (0: unconditional, 1: plain conditional, above 1: more of the "
+                f"class), got {value:g}",
             )
 
 
@@ -227,9 +270,10 @@ def check_searched(s: Suite, fail) -> None:
         if name not in s.methods:
             fail(f"searched.{name}", f"not one of the suite's methods (it has: {', '.join(s.methods)})")
         try:
-            s.searched_config(name)
+            config = s.searched_config(name)
         except (TypeError, ValueError) as e:
             fail(f"searched.{name}.config", str(e))
+        _check_guidance(config, f"searched.{name}.config", fail)
         if searched.trials < 1:
             fail(f"searched.{name}.trials", f"must be at least 1, got {searched.trials}")
 
@@ -295,6 +339,25 @@ def check_protocols(s: Suite, fail) -> None:
     for name, protocol in s.protocols.items():
         for student, options in getattr(protocol, "student_kwargs", {}).items():
             _check_options(f"protocols.{name}.student_kwargs.{student}", student, options, s.data.image_size, fail)
+
+
+def check_epoch_tables(s: Suite, written: dict[str, dict], fail) -> None:
+    """An epochs table the suite writes is a list of IPC bounds (the first bound ≥ the IPC applies); an IPC above
+    its largest bound trains `epochs_beyond` epochs, 300 by default. A suite that writes the table but not
+    `epochs_beyond` and runs an IPC above every bound would give that IPC 300 epochs silently: refused, naming it."""
+    for name, raw in written.items():
+        protocol = s.protocols[name]
+        table = getattr(protocol, "epochs", None)
+        if "epochs" not in raw or "epochs_beyond" in raw or not table:
+            continue
+        above = [ipc for ipc in s.ipcs if ipc > max(table)]
+        if above:
+            fail(
+                f"protocols.{name}.epochs",
+                f"has no bound for IPC {above[0]} (its largest is {max(table)}), which would train "
+                f"epochs_beyond's default {protocol.epochs_beyond} epochs; add {above[0]}: N to the table, "
+                "or set epochs_beyond",
+            )
 
 
 def _check_options(where: str, arch: str, options: dict, image_size: int, fail) -> None:

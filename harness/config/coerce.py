@@ -4,6 +4,8 @@ one line naming it), and the methods' and protocols' raw entries swapped for the
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any
@@ -53,13 +55,41 @@ def _coerce(value, tp, where: str, source: str):
             _coerce(k, key_tp, f"{where} key", source): _coerce(v, val_tp, f"{where}.{k}", source)
             for k, v in value.items()
         }
-    if tp is Any:
+    if tp is Any:  # free-form settings (a method's raw entry, a searched config, student options): its numbers too
+        _check_finite(value, where, source)
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise SuiteError(f"{source}: {where}: expected {_describe(tp)}, got {value!r}")
+        raise SuiteError(f"{source}: {where}: expected {_describe(tp)}, got {value!r}{_number_hint(value, tp)}")
+    if tp is float:
+        _check_finite(value, where, source)
     return value
+
+
+def _check_finite(value, where: str, source: str) -> None:
+    """Every number a suite sets is finite: a NaN passes every range check written `x <= 0` (NaN compares false),
+    and a NaN or infinite learning rate trains chance-level rows that look like results."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SuiteError(f"{source}: {where}: must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}", source)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]", source)
+
+
+# What YAML 1.1 (PyYAML) reads as a string though it means a number: an exponent without a dot (1e-3, 5E4).
+_EXPONENT_WITHOUT_DOT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
+
+
+def _number_hint(value, tp) -> str:
+    if tp in (int, float) and isinstance(value, str) and _EXPONENT_WITHOUT_DOT.fullmatch(value.strip()):
+        mantissa, _, exponent = value.strip().lower().partition("e")
+        written = f"{int(float(value))}" if tp is int and float(value).is_integer() else f"{mantissa}.0e{exponent}"
+        return f" (YAML reads {value} as a string; write {written})"
+    return ""
 
 
 def build(cls, raw, where: str, source: str):

@@ -86,6 +86,16 @@ def _parse_yaml(text: str, source: str):
         raise SuiteError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
 
 
+def _read_text(path: Path, where: str) -> str:
+    """A suite file's text; bytes that are not UTF-8 (a file saved as Latin-1 or UTF-16, a binary) are one line."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SuiteError(
+            f"{where}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -109,7 +119,7 @@ def load_suite(
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in BENCHMARKS_DIR.glob("*.yaml")))
         raise SuiteError(f"{source}: no such suite file (suites in benchmarks/: {known})")
-    raw = _parse_yaml(path.read_text(), source)
+    raw = _parse_yaml(_read_text(path, source), source)
     if not isinstance(raw, dict):
         raise SuiteError(f"{source}: top level: expected a mapping")
     profiles = raw.get("profiles") or {}
@@ -141,11 +151,11 @@ def _with_includes(profile: dict, where: str, suite_path: Path) -> dict:
         raise SuiteError(f"{source}: {where}.include: expected a list of YAML files")
     merged: dict = {}
     for i, name in enumerate(includes):
-        path = Path(os.path.expandvars(name))
+        path = Path(_expand_env(name, f"{where}.include[{i}]", source))  # an unset variable is named, as elsewhere
         path = path if path.is_absolute() else suite_path.parent / path
         if not path.is_file():
             raise SuiteError(f"{source}: {where}.include[{i}]: {path} is not a file")
-        fragment = _parse_yaml(path.read_text(), str(path))
+        fragment = _parse_yaml(_read_text(path, f"{source}: {where}.include[{i}]: {path}"), str(path))
         if not isinstance(fragment, dict):
             raise SuiteError(f"{source}: {where}.include[{i}]: {path} is not a mapping of suite fields")
         merged = _merge(merged, fragment)

@@ -49,7 +49,12 @@ class DataConfig:
             return list(self.classes)
         if self.classes == "auto":
             train = Path(self.root) / self.train_dir
-            return sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
+            # A hidden folder (.ipynb_checkpoints, .git, .cache) is a tool's, never a class.
+            return (
+                sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+                if train.is_dir()
+                else []
+            )
         return read_class_list(self.class_list_path())
 
     def class_names(self) -> list[str]:

@@ -128,11 +128,11 @@ class Protocol:
     def _check_numbers(self, positive=(), non_negative=(), tables=(), fractions=()):
         """`field: why` for a number out of range, so the suite names the field: `positive` fields > 0,
         `non_negative` ≥ 0, `tables` IPC → count mappings with positive IPCs and counts, `fractions` in [0, 1]."""
-        for name in positive:
-            if getattr(self, name) <= 0:
+        for name in positive:  # written `not x > 0`, so that NaN (every comparison false) fails too
+            if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
         for name in non_negative:
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
         for name in tables:
             if any(k < 1 or v < 1 for k, v in getattr(self, name).items()):
@@ -397,9 +397,9 @@ class SoftLabel(Protocol):
             non_negative=("weight_decay", "cutmix_beta"),
             tables=("epochs", "batch_size"),
         )
-        if self.temperature is not None and self.temperature <= 0:
+        if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"temperature: must be positive or null, got {self.temperature}")
-        if any(lr <= 0 for lr in self.student_lr.values()):
+        if not all(lr > 0 for lr in self.student_lr.values()):
             raise ValueError(f"student_lr: every learning rate must be positive, got {self.student_lr}")
         self._check_per_student()
 

@@ -81,7 +81,7 @@ class TeacherTrainConfig:
 
     def __post_init__(self):
         for name in ("width", "epochs", "batch_size", "lr"):
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:  # NaN fails too
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: must be ≥ 0, got {self.weight_decay}")
@@ -171,7 +171,7 @@ class TorchvisionRecipe:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "lr_gamma"):
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:  # NaN fails too
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
         for name in ("momentum", "weight_decay"):
             if getattr(self, name) < 0:

@@ -74,6 +74,27 @@ def _listens(address: str, seconds: float = PROBE_SECONDS) -> bool:
         return False
 
 
+# HTTP/2's client preface and an empty SETTINGS frame: what a gRPC client sends first. A head's GCS (gRPC over
+# HTTP/2, plain unless RAY_USE_TLS) answers with its own SETTINGS frame at once.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _speaks_grpc(address: str, seconds: float = PROBE_SECONDS) -> bool:
+    """Whether what listens at `address` answers as a gRPC server: its first 9 bytes are a SETTINGS frame's header
+    (type 4, stream 0). Something else there (a web server, a database) made Ray's client wait 40 s for a GCS and
+    end in a 13-line RpcError."""
+    try:
+        with socket.create_connection(_host_port(address), timeout=seconds) as conn:
+            conn.settimeout(seconds)
+            conn.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9 and (chunk := conn.recv(9 - len(head))):
+                head += chunk
+    except OSError:
+        return False
+    return len(head) == 9 and head[3] == 4 and head[5:9] == bytes(4)
+
+
 def resolve(address: str | None) -> Target:
     """The cluster the run means. `--address` wins, then RAY_ADDRESS, then the cluster `ray start --head` recorded on
     this machine (what `ray submit` runs beside) if it still answers; else a local cluster (`--address local` asks
@@ -144,6 +165,12 @@ def check_target(target: Target) -> None:
     # Ray turns token auth on by itself only for a cluster it finds through the file `ray start` wrote, never for
     # an explicit address. A client that sends a token is accepted by a cluster without auth as well (measured on
     # Ray 2.60), so a token the environment holds is always sent.
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+    if not target.address.startswith("ray://") and not tls and not _speaks_grpc(target.address):
+        raise ClusterError(
+            f"{where}: something listens there, but not a Ray head (it does not answer as Ray's GCS, a gRPC "
+            "server, would): give the head's GCS port (`ray start --head` prints it; 6379 by default)"
+        )
     if not TOKEN_AUTH:
         return
     if "RAY_AUTH_MODE" not in os.environ and _token_available():
@@ -159,6 +186,8 @@ def check_target(target: Target) -> None:
             f"{where}: the cluster refused this client's token (RAY_AUTH_MODE {mode}): give the "
             f"cluster's token in {TOKEN_SOURCES} (`ray get-auth-token` on the head prints it)"
         ) from None
+    except RayError as e:  # e.g. a gRPC server that is not a GCS: "Timed out while waiting for GCS"
+        raise ClusterError(f"{where}: not a Ray head that answers: {str(e).splitlines()[0]}") from None
 
 
 def runtime_env() -> dict | None:
@@ -244,8 +273,40 @@ def _start_watchdog(owner: str) -> None:
     )
 
 
-def _exit_on(signum, frame):  # SIGTERM/SIGHUP as an exit, so that atexit's ray.shutdown() stops the cluster
-    sys.exit(128 + signum)
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP as an exit with status 128 + the signal, raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt: the stages unwind (their locks, their Ray work), atexit's ray.shutdown() stops a local
+    cluster, and the CLI (harness/cli.py) says so in one line."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+_signalled: int | None = None
+
+
+def _exit_on(signum, frame):
+    global _signalled
+    _signalled = signum
+    raise Terminated(signum)
+
+
+def signalled() -> int | None:
+    """The SIGTERM/SIGHUP `_exit_on` took, if any: raised inside `ray.get`, Terminated reaches the caller as Ray's
+    SystemExit(1) (and a KeyboardInterrupt as a plain one), so the CLI asks here which signal it was."""
+    return _signalled
+
+
+def use_session_token() -> None:
+    """Token auth on for a local cluster this process starts, with the environment's token or, where it holds none,
+    a fresh one in this process's environment only: a plain `ray.init()` (Ray 2.60) writes a new token to
+    ~/.ray/auth_token, which then turns token auth on for every later client and `ray start` on the machine. Also
+    what the tests' own cluster (tests/conftest.py) starts with, so that the test suite leaves no token behind."""
+    if TOKEN_AUTH and "RAY_AUTH_MODE" not in os.environ:
+        if not _token_available():
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        _set_auth_mode("token")
 
 
 def start_local() -> None:
@@ -254,10 +315,7 @@ def start_local() -> None:
     Ray 2.60), and where the environment holds no token a fresh one lives only in this process's environment,
     which the cluster's processes inherit, rather than in ~/.ray/auth_token, where it would turn token auth on for
     every later `ray start` on the machine."""
-    if TOKEN_AUTH and "RAY_AUTH_MODE" not in os.environ:
-        if not _token_available():
-            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-        _set_auth_mode("token")
+    use_session_token()
     owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if os.path.isdir("/proc"):
         _start_watchdog(owner)  # first: a driver killed inside ray.init leaves helpers too
@@ -266,12 +324,18 @@ def start_local() -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
     finally:
         del os.environ[OWNER_VAR]
-    # On SIGTERM the driver's core worker (its C++ failure handler, installed by ray.init over Ray's own Python one)
-    # aborts: no atexit, no ray.shutdown. A handler set now from Python replaces it; one the user set is kept.
+    reclaim_signals()
+
+
+def reclaim_signals() -> None:
+    """On SIGTERM the driver's core worker (its C++ failure handler, installed by ray.init over Ray's own Python one,
+    which itself replaced any handler set before) aborts: no atexit, no ray.shutdown. A handler set now from Python
+    replaces it (the CLI's own included: one line, exit 143); one the user set is kept."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         try:
             current = signal.getsignal(signum)
-            if current in (signal.SIG_DFL, None) or getattr(current, "__module__", "").startswith("ray."):
+            module = getattr(current, "__module__", "") or ""
+            if current in (signal.SIG_DFL, None) or module.startswith(("ray.", "harness.")):
                 signal.signal(signum, _exit_on)
         except ValueError:  # not the main thread: leave signals to whoever owns them
             pass
@@ -291,6 +355,7 @@ def connector(address: str | None, out: Path):
             ray.init(address=target.address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
         except (ConnectionError, RayError) as e:
             raise ClusterError(f"{target.source}: {target.address}: {str(e).splitlines()[0]}") from None
+        reclaim_signals()
         resources = ray.cluster_resources()
         print(
             f"[ray] attached to {target.address} ({target.source}): {resources.get('CPU', 0):g} CPUs, "

@@ -327,8 +327,10 @@ def repair_sets(jobs: list[DistillJob], classes: list[str]) -> None:
         damaged_manifest = job.done() and manifest_damage(job.path)
         if redo or damaged_manifest:
             job.manifest_path.unlink(missing_ok=True)  # rewritten from the shards once they are whole
-            what = "; ".join(redo + ([f"rewriting {MANIFEST} ({damaged_manifest})"] if damaged_manifest else []))
-            print(f"[distill] {job.method} IPC {job.ipc} at {job.path} is damaged; redoing {what}", flush=True)
+            what = (["redoing " + "; ".join(redo)] if redo else []) + (
+                [f"rewriting {MANIFEST} ({damaged_manifest})"] if damaged_manifest else []
+            )  # not "redoing rewriting manifest.json" when only the manifest is torn
+            print(f"[distill] {job.method} IPC {job.ipc} at {job.path} is damaged; {'; '.join(what)}", flush=True)
 
 
 def _actor_count_and_options(pending: int, max_actors: int | None) -> tuple[int, dict, str, int]:

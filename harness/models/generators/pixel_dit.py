@@ -209,7 +209,7 @@ class PixelDiTGenerator(Generator):
             return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
         for name in _POSITIVE:
-            if number(name) is not None and number(name) <= 0:
+            if number(name) is not None and not number(name) > 0:
                 fail(f"backbone.train.{name}", f"must be positive, got {number(name)}")
         for name in _NON_NEGATIVE:
             if number(name) is not None and number(name) < 0:

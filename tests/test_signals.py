@@ -1,0 +1,75 @@
+"""Ctrl-C and SIGTERM during a run (issue 30 item 4): one line, exit status 130 / 143 within seconds (not after the
+shard in flight), and the same command then finishes the run from what is on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITE = ROOT / "tests" / "tiny-suite.yaml"
+
+
+def _command(out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "benchmark.py",
+        "--suite",
+        str(SUITE),
+        "--out",
+        str(out),
+        "--methods",
+        "diffusion",
+        "--ipc",
+        "1",
+        "--seeds",
+        "1",
+        "--no-check",
+    ]
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_signalled_run_ends_in_one_line_and_resumes(signum, status, tmp_path):
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        _command(out), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    reader.start()
+    for line in proc.stdout:  # distill has begun: a local Ray cluster is starting or its actors are sampling
+        if line.startswith("[distill]"):
+            break
+    time.sleep(3)
+    t0 = time.perf_counter()
+    proc.send_signal(signum)
+    proc.stdout.read()
+    proc.wait(60)
+    seconds = time.perf_counter() - t0
+    reader.join(10)
+    text = "".join(err)
+    name = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "stopped by SIGTERM"
+    assert proc.returncode == status, text[-3000:]
+    assert text.strip().splitlines()[-1] == (
+        f"ddbench: {name}; what is finished is kept, and the same command resumes from it"
+    ), text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    print(f"{name}: exit {proc.returncode} {seconds:.1f} s after the signal")
+    assert seconds < 10, seconds  # the issue asks for 5 s; the margin is for a loaded 2-core machine
+    if signum == signal.SIGTERM:  # the rerun finishes from what the stopped run left
+        done = subprocess.run(_command(out), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert "backbone: training" not in done.stdout, done.stdout[-2000:]  # prepare's models were kept
+        assert (out / "leaderboard" / "tiny.md").is_file()
