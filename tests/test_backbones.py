@@ -167,3 +167,15 @@ def test_each_backbone_is_checked_and_a_failed_check_stops_only_its_methods(suit
     assert sd["samples"] == 4 and not sd["passed"] and prepared.backbone_check["samples"] == 4
     assert prepared.for_method("d4m-sd").backbone_check is sd
     assert len(list((tmp_path / "cache").glob("backbone-check-*.json"))) == 2  # one per backbone, cached
+
+
+def test_a_further_backbone_that_cannot_be_had_is_named_by_its_section(suite_file, tmp_path):
+    root, raw = suite_file
+    raw = {
+        **raw,
+        "backbones": {"mar": {"pretrained": str(tmp_path / "no-mar"), "classes": "imagenet-1k"}},
+        "methods": {"mar": {}, "random-real": {}},
+    }
+    suite = load_suite(_write(root, raw, "no-mar.yaml"))
+    with pytest.raises(PrepareError, match=r"backbones\.mar\.pretrained: no .*no-mar/checkpoint-last\.pth"):
+        prepare(suite, load_real_data(suite.data), tmp_path)

@@ -189,12 +189,13 @@ def suite_needs(suite: Suite) -> frozenset[str]:
     return frozenset().union(*(get_method(name).needs_for(cfg) for name, cfg in suite.methods.items()))
 
 
-def prepare_backbone(suite: Suite, real: RealData, out: Path) -> tuple[str, str]:
-    """The suite's backbone, made into the cache if it must be: its source (what loading reads) and identity."""
+def prepare_backbone(suite: Suite, real: RealData, out: Path, where: str = "backbone") -> tuple[str, str]:
+    """The suite's backbone, made into the cache if it must be: its source (what loading reads) and identity.
+    `where` names the section in errors (a further one: `backbones.<kind>`)."""
     try:
         return generator_for(suite.backbone).prepare(real, Path(out))
     except GeneratorError as e:
-        raise PrepareError(f"{suite.source}: {e}") from None
+        raise PrepareError(f"{suite.source}: {where}{str(e).removeprefix('backbone')}") from None
 
 
 def describe_teacher(t: TeacherConfig, suite: Suite, test_accuracy: float | None) -> str:
@@ -336,15 +337,13 @@ def prepare(
     marked on the board."""
     out = Path(out)
     methods = list(methods or suite.methods)
-    backbone_source, backbone_hash = prepare_backbone(suite, real, out)
-    others = {}
+    others = {}  # first: a missing local model (MAR's release) stops the run before the main one is fetched
     for name in methods:
         view = suite.for_method(name)
-        if view is not suite and view.backbone.kind not in others:
-            source, key = prepare_backbone(view, real, out)
-            others[view.backbone.kind] = PreparedBackbone(
-                view.backbone, source, key, backbone_conditions(view, real.classes)
-            )
+        if view is not suite and (kind := view.backbone.kind) not in others:
+            source, key = prepare_backbone(view, real, out, f"backbones.{kind}")
+            others[kind] = PreparedBackbone(view.backbone, source, key, backbone_conditions(view, real.classes))
+    backbone_source, backbone_hash = prepare_backbone(suite, real, out)
     teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out, connect=connect)
     relabel = None
     if suite.teacher.relabel is not None:
