@@ -23,6 +23,9 @@ from harness.core.identity import NEVER, identity_fields
 
 # Images per teacher forward where a method has no setting for it (features for herding, k-center and S3).
 TEACHER_BATCH = 256
+# Images of at most this side are "small" for `Method.small_image_defaults`: RDED's reference runs CIFAR (32 px) and
+# Tiny-ImageNet (64 px) at its low-resolution setting and only the 128–224 px ImageNet family at its own.
+SMALL_IMAGES = 64
 
 
 @dataclass
@@ -202,6 +205,12 @@ class Method:
     # The prompts the paper conditioned its text-to-image generator with; a text-conditioned backbone samples the
     # method with them, a class-conditional one ignores them. None: the suite's prompts.
     prompts: ClassVar[Prompts | None] = None
+    # Settings that fit a kind of generator better than the paper's (chosen for DiT-XL/2 or Stable Diffusion at
+    # 256–512 px), by the kind of backbone the method samples: a field the suite leaves unset takes them there, and
+    # the board says so. A guidance field set here is not mapped (`paper_generator`): it is this kind's own.
+    generator_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Settings for images of at most SMALL_IMAGES px (the references' low-resolution runs), applied alike.
+    small_image_defaults: ClassVar[dict[str, Any]] = {}
     # The kind of generator the method samples (harness/models/generators/), where it is not the suite's own
     # `backbone`: a suite that lists the method must then hold a section of that kind in `backbones`, and the
     # harness hands the method that backbone (MAR's methods; a paper's own generator beside the suite's DiT).

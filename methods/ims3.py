@@ -151,6 +151,8 @@ def brute_force_subgroups(centroids: torch.Tensor, real: torch.Tensor, a: float,
 @register_method
 class IMS3(Diffusion):
     name = "ims3"
+    # On the harness's pixel DiT: sampled like `diffusion` there (DDIM, 25 steps, guidance 2.0).
+    generator_defaults = {"pixel-dit": {"cfg_scale": 2.0, "steps": 25, "sampler": "ddim"}}
     Config = IMS3Config
     # Every variant asks for the teacher and the real images, S3's or not: what a set needs enters its identity, and
     # the variants must share their seeds (`paired_switches`) for IM-only to be IMS3's first subgroup.

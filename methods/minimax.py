@@ -134,6 +134,8 @@ class MinimaxObjective(FineTuneObjective):
 @register_method
 class Minimax(Diffusion):
     name = "minimax"
+    # On the harness's pixel DiT: sampled like `diffusion` there (DDIM, 25 steps, guidance 2.0).
+    generator_defaults = {"pixel-dit": {"cfg_scale": 2.0, "steps": 25, "sampler": "ddim"}}
     Config = MinimaxConfig
     stage_batches = {**Diffusion.stage_batches, "fine-tune": "fine_tune_batch_size"}
 

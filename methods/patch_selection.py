@@ -178,6 +178,8 @@ class Scored:
 @register_method
 class PatchSelection(Method):
     name = "patch-selection"
+    # Small images: the paper's low-resolution setting (§4.2): R of the whole image, no crops, one patch an image.
+    small_image_defaults = {"patch_fraction": 1.0, "factor": 1}
     Config = PatchSelectionConfig
     needs = frozenset({"backbone", "real_images"})
     paired_switches = ("clustering",)

@@ -192,6 +192,8 @@ class Selection:
 @register_method
 class RDED(Method):
     name = "rded"
+    # Small images: one whole-size crop per image, as every reference script at 32 and 64 px passes --factor 1.
+    small_image_defaults = {"factor": 1}
     Config = RDEDConfig
     # The observer that scores the crops is the one whose soft labels the students learn from: RDED scores and
     # relabels with one model (synthesize/utils.py:227-240 loads the subset-trained observer for both).

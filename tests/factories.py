@@ -7,6 +7,7 @@ the name Ray workers find too.
 """
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import yaml
@@ -235,3 +236,11 @@ def write_suite(raw: dict, path: Path) -> Path:
     """A suite file holding `raw`, at `path`."""
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def stand_in_prepared(**hashes) -> SimpleNamespace:
+    """Prepared models' identities without preparing any (what a set's key reads): one stand-in backbone for
+    every kind a method may declare."""
+    prepared = SimpleNamespace(fine_tuned={}, **hashes)
+    prepared.for_method = lambda name: prepared
+    return prepared

@@ -4,7 +4,6 @@ VAE, the ablation variants' shared draws, and the defaults and suite settings pi
 
 import dataclasses
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from methods.adaptive_sampling import (
     teacher_log_probs,
 )
 from methods.base import MethodContext, Work, fit_to_task
-from tests.factories import random_real, tiny_latent_dit, tiny_task, tiny_teacher
+from tests.factories import random_real, stand_in_prepared, tiny_latent_dit, tiny_task, tiny_teacher
 
 VARIANTS = ("adaptive-sampling", "adaptive-sampling-no-repulsion", "adaptive-sampling-fixed")
 
@@ -317,7 +316,7 @@ def test_variants_seed_from_one_key_in_the_harness():
     from harness.stages.distill import method_identity
 
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
-    prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
+    prepared = stand_in_prepared(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9)
     ids = {n: method_identity(suite, prepared, n) for n in VARIANTS}
     assert len({h for _, h, _ in ids.values()}) == 3  # three different sets …
     assert len({key for _, _, key in ids.values()}) == 1  # … from one seed key

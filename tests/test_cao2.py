@@ -26,7 +26,7 @@ from methods.cao2 import (
     resolve_condition,
     selector_scores,
 )
-from tests.factories import tiny_latent_dit, tiny_task, tiny_teacher
+from tests.factories import stand_in_prepared, tiny_latent_dit, tiny_task, tiny_teacher
 
 
 def _task(ipc, seed=5, label=3):
@@ -187,14 +187,14 @@ def test_ablation_variants_share_their_draws():
     from harness.stages.distill import method_identity
 
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
-    prepared = SimpleNamespace(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
+    prepared = stand_in_prepared(backbone_hash="b", teacher_hash="t", teacher_val_accuracy=0.9)
     names = ("cao2", "cao2-oss-only", "cao2-clo-only", "cao2-reference-t", "diffusion")
     ids = {n: method_identity(suite, prepared, n) for n in names}
     assert len({h for _, h, _ in ids.values()}) == 5  # five different sets …
     family = {ids[n][2] for n in names[:4]}
     assert len(family) == 1  # … four from one seed key: cao2-reference-t optimises cao2's selection from cao2's ε
     assert ids["diffusion"][2] == f"diffusion/{ids['diffusion'][1]}"
-    other = SimpleNamespace(backbone_hash="b2", teacher_hash="t", teacher_val_accuracy=0.9, fine_tuned={})
+    other = stand_in_prepared(backbone_hash="b2", teacher_hash="t", teacher_val_accuracy=0.9)
     assert method_identity(suite, other, "cao2")[2] != ids["cao2"][2]  # a new backbone draws anew
 
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from harness.config.loader import load_suite
-from harness.config.schema import BackboneConfig, SuiteError, TeacherConfig
+from harness.config.schema import BENCHMARKS_DIR, BackboneConfig, SuiteError, TeacherConfig
 from harness.core.identity import identity_fields as config_identity
 from harness.models.generators import generator_for
 from harness.models.generators.dit import DIT_GUIDED_CHANNELS, DiTBackbone, save_dit_backbone
@@ -451,3 +451,39 @@ def test_fashion_keeps_ddim_and_every_channel():
     )
     with pytest.raises(SuiteError, match="methods.diffusion.sampler"):
         load_suite("fashion-mnist", overrides={"methods": {"diffusion": {"sampler": "dpm"}}}, check_files=False)
+
+
+# ---- settings that fit the generator a method samples (issue 31 item 2) ----
+
+
+def test_methods_listed_bare_on_the_pixel_dit_get_the_settings_the_embedded_suite_measured(tmp_path):
+    """A suite on the harness's pixel DiT that lists every paper method with `{}` gets, field for field, the
+    settings benchmarks/fashion-mnist.yaml writes out for them (measured there), and the board notes each."""
+    path = BENCHMARKS_DIR / "fashion-mnist.yaml"
+    raw = yaml.safe_load(path.read_text())
+    measured = load_suite("fashion-mnist", "leaderboard", check_files=False)
+    bare = {k: v for k, v in raw.items() if k not in ("profiles", "searched")}
+    bare["methods"] = dict.fromkeys(measured.methods, {})
+    bare_path = tmp_path / "bare.yaml"
+    bare_path.write_text(yaml.safe_dump(bare))
+    suite = load_suite(str(bare_path), check_files=False)
+    fitted = 0
+    for name in measured.methods:
+        cls = get_method(name)
+        fields = {**cls.generator_defaults.get("pixel-dit", {}), **cls.small_image_defaults}
+        for f in fields:
+            assert getattr(suite.methods[name], f) == getattr(measured.methods[name], f), (name, f)
+            fitted += 1
+        assert any(n.startswith(f"{name}: settings fit for") for n in suite.notes) == bool(fields)
+    assert fitted >= 20
+    d4m = next(n for n in suite.notes if n.startswith("d4m: settings fit"))
+    assert "a pixel-dit backbone: cfg_scale 2, steps 25" in d4m
+    assert "28-px images: factor 1" in next(n for n in suite.notes if n.startswith("rded: settings fit"))
+    assert not any("guidance mapped" in n for n in suite.notes)  # the kind's own guidance is not mapped
+
+
+def test_the_imagenet_suites_keep_the_papers_settings():
+    suite = load_suite("imagewoof", check_files=False)
+    assert suite.methods["rded"].factor == 2 and suite.methods["patch-selection"].factor == 2  # 256 px: not small
+    assert suite.methods["d4m"].steps == 50 and suite.methods["diffusion"].steps == 50
+    assert not any("settings fit for" in n for n in suite.notes)

@@ -13,7 +13,7 @@ from harness.config.loader import load_suite
 from methods import get_method
 from methods.base import MethodContext
 from methods.rded import RDEDConfig, draw_boxes, stitch, true_class_cross_entropy
-from tests.factories import real_task, tiny_teacher
+from tests.factories import real_task, stand_in_prepared, tiny_teacher
 
 LABEL = 7
 
@@ -196,18 +196,13 @@ def test_fashion_mnist_runs_rded_unstitched_on_the_leaderboard_only():
 def test_rded_scores_with_the_teacher_that_relabels():
     """RDED's observer scores the crops and relabels the students: where a suite names a subset teacher for the
     soft labels, that teacher scores, and its identity keys the set."""
-    from types import SimpleNamespace
 
     from harness.stages.distill import method_identity
 
     assert get_method("rded").needs == frozenset({"relabel_teacher", "real_images"})
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
-    own = SimpleNamespace(
-        backbone_hash="b", teacher_hash="t", relabel_hash="t", teacher_val_accuracy=None, fine_tuned={}
-    )
-    subset = SimpleNamespace(
-        backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=None, fine_tuned={}
-    )
+    own = stand_in_prepared(backbone_hash="b", teacher_hash="t", relabel_hash="t", teacher_val_accuracy=None)
+    subset = stand_in_prepared(backbone_hash="b", teacher_hash="t", relabel_hash="r", teacher_val_accuracy=None)
     assert method_identity(suite, own, "rded")[1] != method_identity(suite, subset, "rded")[1]
     # Herding still reads the suite's own teacher: the relabelling one does not enter its identity.
     assert method_identity(suite, own, "herding")[1] == method_identity(suite, subset, "herding")[1]

@@ -14,7 +14,7 @@ from harness.config.schema import Suite, SuiteError
 from harness.models.generators import generator_for, get_generator
 from harness.models.protocols import get_protocol, list_protocols
 from methods import get_method, list_methods
-from methods.base import map_guidance
+from methods.base import SMALL_IMAGES, map_guidance
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -142,8 +142,38 @@ def resolve_method_configs(s: Suite, source: str) -> None:
             raise SuiteError(f"{source}: methods.{name}: unknown method (known: {', '.join(list_methods())})") from None
         s.backbone_of(name)  # a method on a generator the suite lacks stops here
         if not isinstance(raw, cls.Config):
-            fields = {**cls.defaults, **_guidance_for_backbone(s, cls, raw or {}), **(raw or {})}
+            fitted = _fitted_defaults(s, cls, raw or {})
+            guidance = _guidance_for_backbone(s, cls, {**fitted, **(raw or {})})
+            fields = {**cls.defaults, **fitted, **guidance, **(raw or {})}
             s.methods[name] = build(cls.Config, fields, f"methods.{name}", source)
+
+
+def _fitted_defaults(s: Suite, cls, raw: dict) -> dict:
+    """The settings the method declares for the kind of backbone it samples here and for small images
+    (`Method.generator_defaults`, `small_image_defaults`), for the fields the suite leaves unset; the board notes
+    which it took."""
+    kind = s.backbone_of(cls.name).kind
+    small = s.data.image_size <= SMALL_IMAGES
+    fitted, why = {}, []
+    for settings, reason in (
+        (cls.generator_defaults.get(kind, {}), f"a {kind} backbone"),
+        (cls.small_image_defaults if small else {}, f"{s.data.image_size}-px images"),
+    ):
+        taken = {k: v for k, v in settings.items() if k not in raw and k not in fitted}
+        fitted.update(taken)
+        if taken:
+            why.append(
+                f"{reason}: "
+                + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in taken.items())
+            )
+    if why:
+        note = (
+            f"{cls.name}: settings fit for " + "; ".join(why) + f" (its paper's are for its own generator and size; "
+            f"methods/{cls.__module__.rsplit('.', 1)[-1]}.py; set them in the suite to override)"
+        )
+        if note not in s.notes:
+            s.notes.append(note)
+    return fitted
 
 
 def _guidance_for_backbone(s: Suite, cls, raw: dict) -> dict:
