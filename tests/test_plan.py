@@ -172,3 +172,17 @@ def test_a_plan_prices_searched_configs_and_fine_tunes(tmp_path):
         ("minimax", f"{minimax.max_steps:,}", str(minimax.fine_tune_batch_size)),
         ("ims3", f"{ims3.max_steps:,}", str(ims3.fine_tune_batch_size)),
     ]
+
+
+def test_the_plan_shows_each_generators_rows_with_their_rehearsed_memory(capsys, tmp_path, monkeypatch):
+    """ImageWoof's SD and MAR rows sit on their own backbones' unit FLOPs and show the peaks the true-size
+    rehearsal measured (benchmarks/rehearsal/imagewoof.json): SD v1.5 at 512 px is the dearest generator there."""
+    monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "absent"))
+    methods = "d4m,d4m-sd,patch-selection-sd,mar,cao2-mar"
+    assert main(["--suite", "imagewoof", "--plan", "--methods", methods, "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ") and "FLOPs" in line}
+    peak = {name: float(re.search(r" ([\d.]+) GB ", rows[name]).group(1)) for name in methods.split(",")}
+    assert peak["d4m-sd"] > 3 * peak["d4m"] and peak["patch-selection-sd"] > 40 and peak["mar"] < peak["d4m"]
+    assert "backbones.mar MAR-Base (published architecture) + KL-16 VAE" in text
+    assert "model loads: dit backbone ×1, stable-diffusion backbone ×1, mar backbone ×1" in text
