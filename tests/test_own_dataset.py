@@ -15,7 +15,7 @@ from harness.core.sets import Manifest
 from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_real_data
 from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
 from harness.report.leaderboard import render
-from harness.stages.prepare import PrepareError, prepare, prepare_backbone
+from harness.stages.prepare import PrepareError, prepare, prepare_backbone, prepare_teacher
 from scripts.export_fashion_imagefolder import export
 from tests.factories import FASHION_ROOT, tiny_pixel_dit_config, tiny_suite_raw, write_suite
 
@@ -207,3 +207,21 @@ def test_the_board_marks_rows_from_a_backbone_that_failed_its_check(tmp_path):
     passed = [manifest("random-real", None, True), manifest("diffusion", "bb", True)]
     text = render(suite, rows, current, tmp_path / "b", ["random-real", "diffusion"], [], passed)[0].read_text()
     assert "✗" not in text
+
+
+def test_an_interrupted_training_leaves_no_empty_cache_folder(tmp_path, tiny_suite, tiny_real, monkeypatch):
+    """Issue 31, item 6: Ctrl-C while the backbone (or the teacher) trains leaves no empty `backbone-<hash>/`;
+    the training folder with its checkpoints, from which the next run resumes, is not a cache entry."""
+    from harness.models import teacher_sources
+    from harness.models.generators import pixel_dit
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pixel_dit, "train_pixel_dit", interrupted)
+    monkeypatch.setattr(teacher_sources, "train_teacher", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_backbone(tiny_suite, tiny_real, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_teacher(tiny_suite, tiny_real, tmp_path)
+    assert not list((tmp_path / "cache").glob("backbone-*")) and not list((tmp_path / "cache").glob("teacher-*"))

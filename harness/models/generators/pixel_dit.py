@@ -254,8 +254,8 @@ class PixelDiTGenerator(Generator):
             )
             images = real.train.load(torch.arange(len(real.train)))
             atomic.sweep_temps(where)  # a model folder a killed run left half-written
-            # Training resumes from `work`, never from a half-written model.
-            with atomic.replacing(model_dir) as tmp, torch_threads(threads):
+            # Training resumes from `work`, never from a half-written model; a killed run leaves no empty `where`.
+            with cache.filling(where), atomic.replacing(model_dir) as tmp, torch_threads(threads):
                 train_pixel_dit(images, real.train.labels, len(real.classes), train, tmp, work)
         channels = json.loads((model_dir / "transformer" / "config.json").read_text())["in_channels"]
         self.check_guided_channels(channels)
