@@ -3,6 +3,7 @@ and splits and refuses a greedy validation split by field, the pixel DiT's EMA w
 finished one, committed weights are found by content, and a failed backbone check stops generative methods."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -225,3 +226,85 @@ def test_an_interrupted_training_leaves_no_empty_cache_folder(tmp_path, tiny_sui
     with pytest.raises(KeyboardInterrupt):
         prepare_teacher(tiny_suite, tiny_real, tmp_path)
     assert not list((tmp_path / "cache").glob("backbone-*")) and not list((tmp_path / "cache").glob("teacher-*"))
+
+
+def _check_script(capsys, *argv) -> tuple[int, str]:
+    from scripts.check_backbone import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_the_check_script_names_classes_exits_1_on_failure_and_suggests_steps(tmp_path, capsys):
+    """Issue 31, item 4: per-class rates by name in the output and the record, exit status 1 on a failed check,
+    the lagging classes and the trend's next step count, and no word of --accept-failed-check (not passed)."""
+    suite = _strict_tiny_suite(tmp_path)
+    code, out = _check_script(capsys, "--suite", suite.source, "--out", tmp_path / "out", "--steps", "10,20")
+    assert code == 1, out
+    assert "accept-failed-check" not in out and "are marked" not in out
+    assert "[check] steps 10: agreement" in out and "[check] steps 20: agreement" in out
+    assert "per class: t-shirt_top " in out and "below 100%: " in out
+    assert "[check] FAILED: the classes below 100% are " in out
+    assert "try --steps" in out or "did not rise" in out
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "cache").glob("backbone-check-*.json")]
+    assert sorted(r["backbone_steps"] for r in records) == [10, 20]
+    assert all(r["classes"][:2] == ["t-shirt_top", "trouser"] for r in records), records[0]["classes"]
+
+
+def test_the_trend_suggests_a_step_count_from_the_measured_ones():
+    from scripts.check_backbone import next_step
+
+    def c(a):
+        return {"agreement": a, "per_class": [0.9, 0.2], "classes": ["coat", "shirt"], "min_agreement": 0.75}
+
+    said = next_step([(1500, c(0.54)), (3000, c(0.727))])  # the issue's numbers: 54.0 % and 72.7 %, bar 75 %
+    assert "the classes below 75% are shirt 20%" in said and "coat" not in said.split("are ")[1].split(";")[0]
+    assert "+18.7 points per doubling" in said and "try --steps 3500" in said
+    assert "did not rise" in next_step([(1500, c(0.6)), (3000, c(0.6))])
+    assert "--steps 1500,3000" in next_step([(1500, c(0.6))])
+
+
+@pytest.mark.parametrize(
+    "backbone, expected",
+    [
+        ("backbone:\n  kind: pixel-dit  # x\n  check_steps: 25\n", "backbone:\n  train: {steps: 3000}\n  kind:"),
+        ("backbone:\n  kind: pixel-dit\n  train: {lr: 1.0e-3, steps: 6000}\n", "  train: {lr: 1.0e-3, steps: 3000}\n"),
+        ("backbone:\n  kind: pixel-dit\n  train: {lr: 1.0e-3}\n", "  train: {steps: 3000, lr: 1.0e-3}\n"),
+        ("backbone:\n  kind: pixel-dit\n  train:\n    lr: 1.0e-3\n    steps: 6000\n", "    steps: 3000\n"),
+        (
+            "backbone:\n  kind: pixel-dit\n  train:\n    lr: 1.0e-3\n  check_steps: 2\n",
+            "  train:\n    steps: 3000\n    lr: 1.0e-3\n",
+        ),
+    ],
+)
+def test_write_puts_the_steps_into_the_backbone_section(backbone, expected):
+    from scripts.check_backbone import _with_steps
+
+    text = f"name: x  # a comment kept\n{backbone}teacher: {{kind: trained}}\n"
+    new = _with_steps(text, 3000)
+    assert (
+        expected in new and new.startswith("name: x  # a comment kept\n") and new.endswith("teacher: {kind: trained}\n")
+    )
+    assert yaml.safe_load(new)["backbone"]["train"]["steps"] == 3000
+
+
+def test_a_passing_check_prints_and_writes_its_steps_and_a_run_past_it_says_so(tmp_path, capsys, tiny_real):
+    """Issue 31, item 1: the check script prints (and with --write, writes) the `backbone.train.steps` line that
+    passed; a later run on the suite's own, longer steps names its backbone and says it trains past the checked one."""
+    raw = tiny_suite_raw()  # bar 0: every check passes
+    path = write_suite(raw, tmp_path / "mine.yaml")
+    code, out = _check_script(capsys, "--suite", path, "--out", tmp_path / "out", "--steps", "10", "--write")
+    assert code == 0, out
+    assert "\nbackbone.train.steps: 10\n" in out and f"wrote backbone.train.steps: 10 into {path}" in out
+    assert load_suite(str(path)).backbone.train.steps == 10
+    suite = load_suite(str(write_suite(raw, tmp_path / "again.yaml")))  # the suite's own 20 steps
+    prepare(suite, tiny_real, tmp_path / "out", methods=["random-real"])
+    out = capsys.readouterr().out
+    assert (
+        "[prepare] backbone: the suite's 20 steps (backbone.train.steps) are past the checked step counts of this "
+        "backbone's training: 10 (" in out
+    )
+    assert "to use the checked 10-step one, set backbone.train.steps: 10)" in out
+    assert "[prepare] backbone check of pixel-dit " in out and " (20 training steps): the teacher agrees" in out
+    assert "[prepare] backbone check per class: t-shirt_top " in out
