@@ -4,6 +4,7 @@ finished one, committed weights are found by content, and a failed backbone chec
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -308,3 +309,56 @@ def test_a_passing_check_prints_and_writes_its_steps_and_a_run_past_it_says_so(t
     assert "to use the checked 10-step one, set backbone.train.steps: 10)" in out
     assert "[prepare] backbone check of pixel-dit " in out and " (20 training steps): the teacher agrees" in out
     assert "[prepare] backbone check per class: t-shirt_top " in out
+
+
+def readme_template() -> str:
+    """The suite of README's "Benchmark your own dataset", as the README prints it: its first YAML block."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Benchmark your own dataset") :]
+    return section[section.index("```yaml\n") + len("```yaml\n") : section.index("```\n", section.index("```yaml"))]
+
+
+def _template_suite(tmp_path, root, profile="full"):
+    text = readme_template()
+    assert "root: /data/my-data\n" in text
+    path = tmp_path / "my-data.yaml"
+    path.write_text(text.replace("root: /data/my-data\n", f"root: {root}\n"))
+    # A folder of 20 images a class cannot spare the template's 100 for validation: that one field is set as an
+    # override (the path the command line's flags take), the file stays the README's.
+    return load_suite(str(path), profile, overrides={"data": {"val_per_class": 2}})
+
+
+def test_the_readme_template_runs_both_protocols_at_small_image_epochs(tmp_path, grey_folder):
+    """Issue 31, item 3 (its must-show test, less item 2's methods): the README's template, written verbatim beside a
+    small grey ImageFolder, resolves both protocols at the small-image rule's epochs (the embedded fashion suite's,
+    a fifteenth to a thirty-seventh of Minimax's ImageNet epochs), and --profile quick and papers load."""
+    from harness.models.protocols import HardLabel, SoftLabel
+
+    suite = _template_suite(tmp_path, grey_folder)
+    real = load_real_data(suite.data)
+    assert real.channels == 1 and len(real.classes) == 10
+    assert set(suite.protocols) == {"hard-label", "soft-label"}
+    fashion = load_suite("fashion-mnist").protocols
+    for name, kind in (("hard-label", HardLabel), ("soft-label", SoftLabel)):
+        p = suite.protocols[name]
+        assert isinstance(p, kind)
+        assert (
+            [p.epochs_for(i) for i in suite.ipcs] == [200, 100, 40] == [fashion[name].epochs_for(i) for i in suite.ipcs]
+        )
+    reference = HardLabel()  # the epochs a suite without protocols gets: Minimax's, for ImageNet
+    assert all(suite.protocols["hard-label"].epochs_for(i) * 10 < reference.epochs_for(i) for i in suite.ipcs)
+    # --profile quick on a suite that defines none: the built-in one, said in the notes.
+    quick = _template_suite(tmp_path, grey_folder, "quick")
+    assert quick.ipcs == [1, 10] and quick.seeds == 1 and quick.full_data.epochs == 0
+    assert [quick.protocols["soft-label"].epochs_for(i) for i in quick.ipcs] == [50, 25]
+    assert any(n.startswith("--profile quick: the built-in quick profile") for n in quick.notes)
+    papers = _template_suite(tmp_path, grey_folder, "papers")
+    assert {"cao2", "d4m", "adaptive-sampling", "patch-selection", "rded", "diffusion"} <= set(papers.methods)
+    with pytest.raises(SuiteError, match=r"profiles.fast: no such profile \(have: full, papers\)"):
+        _template_suite(tmp_path, grey_folder, "fast")
+
+
+def test_a_suite_s_own_quick_profile_wins_over_the_built_in_one():
+    suite = load_suite("fashion-mnist", "quick")
+    assert suite.ipcs == [1, 10] and suite.backbone.check_per_class == 20
+    assert not any("built-in quick" in n for n in suite.notes)
