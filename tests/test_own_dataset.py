@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -362,3 +363,97 @@ def test_a_suite_s_own_quick_profile_wins_over_the_built_in_one():
     suite = load_suite("fashion-mnist", "quick")
     assert suite.ipcs == [1, 10] and suite.backbone.check_per_class == 20
     assert not any("built-in quick" in n for n in suite.notes)
+
+
+def _failed_store():
+    """A store of two methods at two IPCs, 2 seeds, where diffusion's sets were sampled from a failed check: it is
+    the cheapest and, at IPC 1, the most accurate, so it would sit on the Pareto front if it counted."""
+
+    def manifest(method, ipc, passed, seconds):
+        return Manifest(
+            suite="s",
+            method=method,
+            config={},
+            config_hash="h",
+            ipc=ipc,
+            classes=["a"],
+            seeds={},
+            images=ipc,
+            distill_seconds=seconds * ipc,
+            seconds_per_image=seconds,
+            peak_memory_bytes=1,
+            backbone="bb" if method == "diffusion" else None,
+            backbone_check={"agreement": 0.385, "passed": passed},
+        )
+
+    accuracy = {("random-real", 1): 0.40, ("diffusion", 1): 0.50, ("random-real", 10): 0.70, ("diffusion", 10): 0.60}
+    rows = [
+        dict(
+            method=m,
+            config_hash="h",
+            ipc=ipc,
+            student="convnet3",
+            protocol="hard-label",
+            seed=seed,
+            accuracy=acc + 0.01 * seed,
+            train_seconds=1.0,
+            distill_seconds_per_image=0.1,
+            peak_memory_bytes=1,
+            kind="measured",
+        )
+        for (m, ipc), acc in accuracy.items()
+        for seed in (0, 1)
+    ]
+    manifests = [manifest(m, ipc, m != "diffusion", 0.01 if m == "diffusion" else 1.0) for m, ipc in accuracy]
+    return rows, manifests
+
+
+def test_failed_check_rows_keep_their_mark_in_the_plots_and_compare(tmp_path):
+    """Issue 31, item 5: off the table too — the site's accuracy, cost and diversity plots draw a failed-check set
+    as an open marker labelled †, with a legend entry, and keep it off the Pareto front; `--compare` marks its
+    cells with † and a footnote."""
+    from types import SimpleNamespace
+
+    from harness.models.protocols import HardLabel
+    from harness.report.compare import compare, lines, mark_failed
+    from harness.report.rows import (
+        FAILED_PLOT_LEGEND,
+        FAILED_PLOT_NOTE,
+        best_of_protocols,
+        board_rows,
+        failed_check_cells,
+        measured_rows,
+    )
+    from harness.report.site import accuracy_vs_ipc_figure, build_site, per_ipc_figure
+
+    rows, manifests = _failed_store()
+    methods = ["random-real", "diffusion"]
+    suite = SimpleNamespace(name="s", protocols={"hard-label": HardLabel()}, methods=methods, students=["convnet3"])
+    current = {(m, "h") for m in methods}
+    page = build_site(suite, rows, current, tmp_path / "site", methods, [], manifests, tmp_path, "cmd")
+    text = page.read_text()
+    assert "Open markers, † after the method: sampled from a backbone that FAILED its check" in text
+    assert "kept off the Pareto front" in text
+    assert {p.name for p in (tmp_path / "site" / "s" / "plots").iterdir()} >= {"accuracy-vs-ipc.png", "cost.png"}
+
+    agg = board_rows(suite, rows, current, methods, manifests).agg
+    fig = accuracy_vs_ipc_figure(agg, ["convnet3"], methods)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "diffusion †" in legend and "random-real" in legend and FAILED_PLOT_LEGEND in legend
+    points = best_of_protocols(agg).merge(pd.DataFrame([m.__dict__ for m in manifests])[["method", "ipc"]])
+    points = points.assign(seconds_per_image=[0.01 if m == "diffusion" else 1.0 for m in points["method"]])
+    fig = per_ipc_figure(points, "seconds_per_image", "s/image", "convnet3", log=True, front=True)
+    first = fig.axes[0]  # IPC 1: diffusion is cheaper and more accurate, and off the front
+    assert {t.get_text() for t in first.texts} == {"diffusion †", "random-real"}
+    (front,) = [line for line in first.lines if line.get_label() == "Pareto front"]
+    assert list(front.get_xdata()) == [1.0]
+    assert FAILED_PLOT_LEGEND in [t.get_text() for t in first.get_legend().get_texts()]
+
+    failed = failed_check_cells(manifests, current)
+    assert failed == {("diffusion", 1), ("diffusion", 10)}
+    a, b = "diffusion", "random-real"
+    clean = compare(measured_rows(rows, current), a, b)
+    md = "\n".join(lines(mark_failed(clean, a, b, failed), a, b))
+    assert "| convnet3 | hard-label | 1 | 50.5 (2) † | 40.5 (2) |" in md
+    assert md.rstrip().endswith(f"{FAILED_PLOT_NOTE}.") and FAILED_PLOT_NOTE.startswith("†: sampled from a backbone")
+    assert "†" not in "\n".join(lines(mark_failed(clean, a, b, set()), a, b))
