@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from harness.config.loader import load_suite  # noqa: E402
 from harness.config.schema import SuiteError  # noqa: E402
 from harness.models.data import load_real_data  # noqa: E402
-from harness.stages.prepare import PrepareError, lagging_classes, per_class_line, prepare  # noqa: E402
+from harness.stages.prepare import PrepareError, lagging_classes, prepare  # noqa: E402
 
 CHECKPOINT_EVERY = 500  # suggested step counts are rounded up to this (the pixel DiT's checkpoint interval)
 
@@ -95,8 +95,8 @@ def check(args: argparse.Namespace) -> int:
         print(
             f"[check] {label}: agreement {c['agreement']:.1%} against the bar {c['min_agreement']:.0%}, "
             f"{'passed' if c['passed'] else 'FAILED'} (teacher test accuracy "
-            f"{_percent(prepared.teacher_test_accuracy)}); per class: {per_class_line(c)}; "
-            f"prepare took {time.perf_counter() - t0:.0f} s",
+            f"{_percent(prepared.teacher_test_accuracy)}); prepare took {time.perf_counter() - t0:.0f} s "
+            "(the rate of each class: the [prepare] line above)",
             flush=True,
         )
         results.append((steps if steps is not None else getattr(trained, "steps", None), c))
