@@ -19,13 +19,20 @@ from harness.core.identity import FULL_DATA, identity_fields
 from harness.core.lock import output_lock
 from harness.core.sets import Manifest
 from harness.core.store import ResultStore
-from harness.report.compare import compare
+from harness.report.compare import compare, mark_failed
 from harness.report.compare import lines as compare_lines
 from harness.report.export import export_set
 from harness.report.leaderboard import render
 from harness.report.markdown import protocols_note
 from harness.report.plan import make_plan
-from harness.report.rows import board_order, measured_rows, searched_label, trained_under, with_searched_labels
+from harness.report.rows import (
+    board_order,
+    failed_check_cells,
+    measured_rows,
+    searched_label,
+    trained_under,
+    with_searched_labels,
+)
 from harness.report.site import build_site
 from harness.runtime.cluster import connector
 from harness.runtime.preflight import DEFAULT_GPU_MEMORY_GB
@@ -360,7 +367,9 @@ class Run:
         rows = trained_under(rows, self.recipes)
         s = self.suite
         table = board_order(
-            compare(measured_rows(rows, compared), *pair),
+            mark_failed(
+                compare(measured_rows(rows, compared), *pair), *pair, failed_check_cells(self.manifests, compared)
+            ),
             pair,
             list(s.students),
             list(s.protocols),

@@ -3,7 +3,10 @@ and splits and refuses a greedy validation split by field, the pixel DiT's EMA w
 finished one, committed weights are found by content, and a failed backbone check stops generative methods."""
 
 import dataclasses
+import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -15,7 +18,7 @@ from harness.core.sets import Manifest
 from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_real_data
 from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
 from harness.report.leaderboard import render
-from harness.stages.prepare import PrepareError, prepare, prepare_backbone
+from harness.stages.prepare import PrepareError, prepare, prepare_backbone, prepare_teacher
 from scripts.export_fashion_imagefolder import export
 from tests.factories import FASHION_ROOT, tiny_pixel_dit_config, tiny_suite_raw, write_suite
 
@@ -207,3 +210,250 @@ def test_the_board_marks_rows_from_a_backbone_that_failed_its_check(tmp_path):
     passed = [manifest("random-real", None, True), manifest("diffusion", "bb", True)]
     text = render(suite, rows, current, tmp_path / "b", ["random-real", "diffusion"], [], passed)[0].read_text()
     assert "✗" not in text
+
+
+def test_an_interrupted_training_leaves_no_empty_cache_folder(tmp_path, tiny_suite, tiny_real, monkeypatch):
+    """Issue 31, item 6: Ctrl-C while the backbone (or the teacher) trains leaves no empty `backbone-<hash>/`;
+    the training folder with its checkpoints, from which the next run resumes, is not a cache entry."""
+    from harness.models import teacher_sources
+    from harness.models.generators import pixel_dit
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pixel_dit, "train_pixel_dit", interrupted)
+    monkeypatch.setattr(teacher_sources, "train_teacher", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_backbone(tiny_suite, tiny_real, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_teacher(tiny_suite, tiny_real, tmp_path)
+    assert not list((tmp_path / "cache").glob("backbone-*")) and not list((tmp_path / "cache").glob("teacher-*"))
+
+
+def _check_script(capsys, *argv) -> tuple[int, str]:
+    from scripts.check_backbone import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_the_check_script_names_classes_exits_1_on_failure_and_suggests_steps(tmp_path, capsys):
+    """Issue 31, item 4: per-class rates by name in the output and the record, exit status 1 on a failed check,
+    the lagging classes and the trend's next step count, and no word of --accept-failed-check (not passed)."""
+    suite = _strict_tiny_suite(tmp_path)
+    code, out = _check_script(capsys, "--suite", suite.source, "--out", tmp_path / "out", "--steps", "10,20")
+    assert code == 1, out
+    assert "accept-failed-check" not in out and "are marked" not in out
+    assert "[check] steps 10: agreement" in out and "[check] steps 20: agreement" in out
+    assert "per class: t-shirt_top " in out and "below 100%: " in out
+    assert "[check] FAILED: the classes below 100% are " in out
+    assert "try --steps" in out or "did not rise" in out
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "cache").glob("backbone-check-*.json")]
+    assert sorted(r["backbone_steps"] for r in records) == [10, 20]
+    assert all(r["classes"][:2] == ["t-shirt_top", "trouser"] for r in records), records[0]["classes"]
+
+
+def test_the_trend_suggests_a_step_count_from_the_measured_ones():
+    from scripts.check_backbone import next_step
+
+    def c(a):
+        return {"agreement": a, "per_class": [0.9, 0.2], "classes": ["coat", "shirt"], "min_agreement": 0.75}
+
+    said = next_step([(1500, c(0.54)), (3000, c(0.727))])  # the issue's numbers: 54.0 % and 72.7 %, bar 75 %
+    assert "the classes below 75% are shirt 20%" in said and "coat" not in said.split("are ")[1].split(";")[0]
+    assert "+18.7 points per doubling" in said and "try --steps 3500" in said
+    assert "did not rise" in next_step([(1500, c(0.6)), (3000, c(0.6))])
+    assert "--steps 1500,3000" in next_step([(1500, c(0.6))])
+
+
+@pytest.mark.parametrize(
+    "backbone, expected",
+    [
+        ("backbone:\n  kind: pixel-dit  # x\n  check_steps: 25\n", "backbone:\n  train: {steps: 3000}\n  kind:"),
+        ("backbone:\n  kind: pixel-dit\n  train: {lr: 1.0e-3, steps: 6000}\n", "  train: {lr: 1.0e-3, steps: 3000}\n"),
+        ("backbone:\n  kind: pixel-dit\n  train: {lr: 1.0e-3}\n", "  train: {steps: 3000, lr: 1.0e-3}\n"),
+        ("backbone:\n  kind: pixel-dit\n  train:\n    lr: 1.0e-3\n    steps: 6000\n", "    steps: 3000\n"),
+        (
+            "backbone:\n  kind: pixel-dit\n  train:\n    lr: 1.0e-3\n  check_steps: 2\n",
+            "  train:\n    steps: 3000\n    lr: 1.0e-3\n",
+        ),
+    ],
+)
+def test_write_puts_the_steps_into_the_backbone_section(backbone, expected):
+    from scripts.check_backbone import _with_steps
+
+    text = f"name: x  # a comment kept\n{backbone}teacher: {{kind: trained}}\n"
+    new = _with_steps(text, 3000)
+    assert (
+        expected in new and new.startswith("name: x  # a comment kept\n") and new.endswith("teacher: {kind: trained}\n")
+    )
+    assert yaml.safe_load(new)["backbone"]["train"]["steps"] == 3000
+
+
+def test_a_passing_check_prints_and_writes_its_steps_and_a_run_past_it_says_so(tmp_path, capsys, tiny_real):
+    """Issue 31, item 1: the check script prints (and with --write, writes) the `backbone.train.steps` line that
+    passed; a later run on the suite's own, longer steps names its backbone and says it trains past the checked one."""
+    raw = tiny_suite_raw()  # bar 0: every check passes
+    path = write_suite(raw, tmp_path / "mine.yaml")
+    code, out = _check_script(capsys, "--suite", path, "--out", tmp_path / "out", "--steps", "10", "--write")
+    assert code == 0, out
+    assert "\nbackbone.train.steps: 10\n" in out and f"wrote backbone.train.steps: 10 into {path}" in out
+    assert load_suite(str(path)).backbone.train.steps == 10
+    suite = load_suite(str(write_suite(raw, tmp_path / "again.yaml")))  # the suite's own 20 steps
+    prepare(suite, tiny_real, tmp_path / "out", methods=["random-real"])
+    out = capsys.readouterr().out
+    assert (
+        "[prepare] backbone: the suite's 20 steps (backbone.train.steps) are past the checked step counts of this "
+        "backbone's training: 10 (" in out
+    )
+    assert "to use the checked 10-step one, set backbone.train.steps: 10)" in out
+    assert "[prepare] backbone check of pixel-dit " in out and " (20 training steps): the teacher agrees" in out
+    assert "[prepare] backbone check per class: t-shirt_top " in out
+
+
+def readme_template() -> str:
+    """The suite of README's "Benchmark your own dataset", as the README prints it: its first YAML block."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Benchmark your own dataset") :]
+    return section[section.index("```yaml\n") + len("```yaml\n") : section.index("```\n", section.index("```yaml"))]
+
+
+def _template_suite(tmp_path, root, profile="full"):
+    text = readme_template()
+    assert "root: /data/my-data\n" in text
+    path = tmp_path / "my-data.yaml"
+    path.write_text(text.replace("root: /data/my-data\n", f"root: {root}\n"))
+    # A folder of 20 images a class cannot spare the template's 100 for validation: that one field is set as an
+    # override (the path the command line's flags take), the file stays the README's.
+    return load_suite(str(path), profile, overrides={"data": {"val_per_class": 2}})
+
+
+def test_the_readme_template_runs_both_protocols_at_small_image_epochs(tmp_path, grey_folder):
+    """Issue 31, item 3 (its must-show test, less item 2's methods): the README's template, written verbatim beside a
+    small grey ImageFolder, resolves both protocols at the small-image rule's epochs (the embedded fashion suite's,
+    a fifteenth to a thirty-seventh of Minimax's ImageNet epochs), and --profile quick and papers load."""
+    from harness.models.protocols import HardLabel, SoftLabel
+
+    suite = _template_suite(tmp_path, grey_folder)
+    real = load_real_data(suite.data)
+    assert real.channels == 1 and len(real.classes) == 10
+    assert set(suite.protocols) == {"hard-label", "soft-label"}
+    fashion = load_suite("fashion-mnist").protocols
+    for name, kind in (("hard-label", HardLabel), ("soft-label", SoftLabel)):
+        p = suite.protocols[name]
+        assert isinstance(p, kind)
+        assert (
+            [p.epochs_for(i) for i in suite.ipcs] == [200, 100, 40] == [fashion[name].epochs_for(i) for i in suite.ipcs]
+        )
+    reference = HardLabel()  # the epochs a suite without protocols gets: Minimax's, for ImageNet
+    assert all(suite.protocols["hard-label"].epochs_for(i) * 10 < reference.epochs_for(i) for i in suite.ipcs)
+    # --profile quick on a suite that defines none: the built-in one, said in the notes.
+    quick = _template_suite(tmp_path, grey_folder, "quick")
+    assert quick.ipcs == [1, 10] and quick.seeds == 1 and quick.full_data.epochs == 0
+    assert [quick.protocols["soft-label"].epochs_for(i) for i in quick.ipcs] == [50, 25]
+    assert any(n.startswith("--profile quick: the built-in quick profile") for n in quick.notes)
+    papers = _template_suite(tmp_path, grey_folder, "papers")
+    assert {"cao2", "d4m", "adaptive-sampling", "patch-selection", "rded", "diffusion"} <= set(papers.methods)
+    with pytest.raises(SuiteError, match=r"profiles.fast: no such profile \(have: full, papers\)"):
+        _template_suite(tmp_path, grey_folder, "fast")
+
+
+def test_a_suite_s_own_quick_profile_wins_over_the_built_in_one():
+    suite = load_suite("fashion-mnist", "quick")
+    assert suite.ipcs == [1, 10] and suite.backbone.check_per_class == 20
+    assert not any("built-in quick" in n for n in suite.notes)
+
+
+def _failed_store():
+    """A store of two methods at two IPCs, 2 seeds, where diffusion's sets were sampled from a failed check: it is
+    the cheapest and, at IPC 1, the most accurate, so it would sit on the Pareto front if it counted."""
+
+    def manifest(method, ipc, passed, seconds):
+        return Manifest(
+            suite="s",
+            method=method,
+            config={},
+            config_hash="h",
+            ipc=ipc,
+            classes=["a"],
+            seeds={},
+            images=ipc,
+            distill_seconds=seconds * ipc,
+            seconds_per_image=seconds,
+            peak_memory_bytes=1,
+            backbone="bb" if method == "diffusion" else None,
+            backbone_check={"agreement": 0.385, "passed": passed},
+        )
+
+    accuracy = {("random-real", 1): 0.40, ("diffusion", 1): 0.50, ("random-real", 10): 0.70, ("diffusion", 10): 0.60}
+    rows = [
+        dict(
+            method=m,
+            config_hash="h",
+            ipc=ipc,
+            student="convnet3",
+            protocol="hard-label",
+            seed=seed,
+            accuracy=acc + 0.01 * seed,
+            train_seconds=1.0,
+            distill_seconds_per_image=0.1,
+            peak_memory_bytes=1,
+            kind="measured",
+        )
+        for (m, ipc), acc in accuracy.items()
+        for seed in (0, 1)
+    ]
+    manifests = [manifest(m, ipc, m != "diffusion", 0.01 if m == "diffusion" else 1.0) for m, ipc in accuracy]
+    return rows, manifests
+
+
+def test_failed_check_rows_keep_their_mark_in_the_plots_and_compare(tmp_path):
+    """Issue 31, item 5: off the table too — the site's accuracy, cost and diversity plots draw a failed-check set
+    as an open marker labelled †, with a legend entry, and keep it off the Pareto front; `--compare` marks its
+    cells with † and a footnote."""
+    from types import SimpleNamespace
+
+    from harness.models.protocols import HardLabel
+    from harness.report.compare import compare, lines, mark_failed
+    from harness.report.rows import (
+        FAILED_PLOT_LEGEND,
+        FAILED_PLOT_NOTE,
+        best_of_protocols,
+        board_rows,
+        failed_check_cells,
+        measured_rows,
+    )
+    from harness.report.site import accuracy_vs_ipc_figure, build_site, per_ipc_figure
+
+    rows, manifests = _failed_store()
+    methods = ["random-real", "diffusion"]
+    suite = SimpleNamespace(name="s", protocols={"hard-label": HardLabel()}, methods=methods, students=["convnet3"])
+    current = {(m, "h") for m in methods}
+    page = build_site(suite, rows, current, tmp_path / "site", methods, [], manifests, tmp_path, "cmd")
+    text = page.read_text()
+    assert "Open markers, † after the method: sampled from a backbone that FAILED its check" in text
+    assert "kept off the Pareto front" in text
+    assert {p.name for p in (tmp_path / "site" / "s" / "plots").iterdir()} >= {"accuracy-vs-ipc.png", "cost.png"}
+
+    agg = board_rows(suite, rows, current, methods, manifests).agg
+    fig = accuracy_vs_ipc_figure(agg, ["convnet3"], methods)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "diffusion †" in legend and "random-real" in legend and FAILED_PLOT_LEGEND in legend
+    points = best_of_protocols(agg).merge(pd.DataFrame([m.__dict__ for m in manifests])[["method", "ipc"]])
+    points = points.assign(seconds_per_image=[0.01 if m == "diffusion" else 1.0 for m in points["method"]])
+    fig = per_ipc_figure(points, "seconds_per_image", "s/image", "convnet3", log=True, front=True)
+    first = fig.axes[0]  # IPC 1: diffusion is cheaper and more accurate, and off the front
+    assert {t.get_text() for t in first.texts} == {"diffusion †", "random-real"}
+    (front,) = [line for line in first.lines if line.get_label() == "Pareto front"]
+    assert list(front.get_xdata()) == [1.0]
+    assert FAILED_PLOT_LEGEND in [t.get_text() for t in first.get_legend().get_texts()]
+
+    failed = failed_check_cells(manifests, current)
+    assert failed == {("diffusion", 1), ("diffusion", 10)}
+    a, b = "diffusion", "random-real"
+    clean = compare(measured_rows(rows, current), a, b)
+    md = "\n".join(lines(mark_failed(clean, a, b, failed), a, b))
+    assert "| convnet3 | hard-label | 1 | 50.5 (2) † | 40.5 (2) |" in md
+    assert md.rstrip().endswith(f"{FAILED_PLOT_NOTE}.") and FAILED_PLOT_NOTE.startswith("†: sampled from a backbone")
+    assert "†" not in "\n".join(lines(mark_failed(clean, a, b, set()), a, b))

@@ -125,7 +125,9 @@ def load_suite(
     profiles = raw.get("profiles") or {}
     if not isinstance(profiles, dict):
         raise SuiteError(f"{source}: profiles: expected a mapping of profile name to overrides")
-    if profile != "full":
+    if profile == QUICK and QUICK not in profiles:
+        raw = _merge(raw, builtin_quick(raw))
+    elif profile != "full":
         if profile not in profiles:
             raise SuiteError(f"{source}: profiles.{profile}: no such profile (have: {', '.join(['full', *profiles])})")
         if not isinstance(profiles[profile], dict):
@@ -139,6 +141,33 @@ def load_suite(
     suite.source = source
     resolve_and_check(suite, source, check_files)
     return suite
+
+
+QUICK = "quick"
+
+
+def builtin_quick(raw: dict) -> dict:
+    """`--profile quick` on a suite that defines no `quick` profile (issue 31, item 3): a smoke run of the suite as
+    written, smaller in every dimension that does not change what is prepared — the suite's IPCs up to 10 (its
+    smallest where none is), one seed, no full-data row, a quarter of each epoch count the suite's protocols write
+    (at least 1) — said in the board's notes. The backbone, teacher and check are the full profile's, so a quick
+    run reuses them and what it prepares serves the full run."""
+    ipcs = raw.get("ipcs") if isinstance(raw.get("ipcs"), list) else []
+    numbers = [i for i in ipcs if isinstance(i, int) and not isinstance(i, bool)]
+    quick: dict = {"seeds": 1, "full_data": {"epochs": 0}}
+    if numbers:
+        quick["ipcs"] = [i for i in numbers if i <= 10] or [min(numbers)]
+    protocols = {}
+    for name, p in (raw.get("protocols") or {}).items() if isinstance(raw.get("protocols"), dict) else []:
+        epochs = p.get("epochs") if isinstance(p, dict) else None
+        if isinstance(epochs, dict) and all(isinstance(e, int) and not isinstance(e, bool) for e in epochs.values()):
+            protocols[name] = {"epochs": {k: max(1, e // 4) for k, e in epochs.items()}}
+    if protocols:
+        quick["protocols"] = protocols
+    said = "IPCs up to 10, 1 seed, no full-data row" + (", a quarter of the epochs" if protocols else "")
+    notes = raw.get("notes") if isinstance(raw.get("notes"), list) else []
+    quick["notes"] = [*notes, f"--profile quick: the built-in quick profile (the suite defines none): {said}"]
+    return quick
 
 
 def _with_includes(profile: dict, where: str, suite_path: Path) -> dict:

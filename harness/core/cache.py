@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.core import atomic
@@ -64,6 +65,21 @@ def cached_dir(out: Path, name: str) -> Path:
         if rel.startswith(name + "/") and hashlib.sha256((sums.parent / rel).read_bytes()).hexdigest() != digest:
             raise RuntimeError(f"committed weights {sums.parent / rel} do not match {sums}: re-fetch the repository")
     return committed_copy
+
+
+@contextmanager
+def filling(folder: Path) -> Iterator[Path]:
+    """Work that makes `folder` (a cache entry) and writes into it: if the work fails or is interrupted (Ctrl-C,
+    SIGTERM) and leaves the folder empty, the folder goes too, so a killed run leaves no empty
+    `backbone-<hash>/` or `teacher-<hash>/` that looks like an entry (issue 31, item 6). What it did write stays."""
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir() and not committed(folder) and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
 
 
 def ensure(path: Path, what: str, load, redo: str, make: Callable[[Path], None]) -> bool:

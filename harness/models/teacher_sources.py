@@ -154,16 +154,17 @@ class TrainedTeacher(TeacherSource):
 
         def train(path: Path) -> None:
             cache.log(f"[prepare] teacher: training {t.arch} {key}")
-            where.mkdir(parents=True, exist_ok=True)
-            train_teacher(
-                real.train.load(torch.arange(len(real.train))),
-                real.train.labels,
-                len(real.classes),
-                t.arch,
-                t.train,
-                path,
-                arch_kwargs=t.arch_kwargs,
-            )
+            with cache.filling(where):
+                where.mkdir(parents=True, exist_ok=True)
+                train_teacher(
+                    real.train.load(torch.arange(len(real.train))),
+                    real.train.labels,
+                    len(real.classes),
+                    t.arch,
+                    t.train,
+                    path,
+                    arch_kwargs=t.arch_kwargs,
+                )
 
         cache.ensure(path, "teacher", load_trained_teacher, "training it again", train)
         return path, key

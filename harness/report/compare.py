@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.report.rows import FAILED_PLOT_MARK, FAILED_PLOT_NOTE
+
 LEVEL = 0.95
 CELL = ["student", "protocol", "ipc"]
 
@@ -109,8 +111,19 @@ def leaders(agg: pd.DataFrame, seeds: dict[tuple, dict[int, float]], cell: list[
     return out
 
 
+def mark_failed(table: pd.DataFrame, a: str, b: str, failed: set[tuple[str, int]]) -> pd.DataFrame:
+    """`table` with a `failed_check` column where any cell has one: which of the pair's cells ("a", "b", "a,b" or
+    "") were sampled from a backbone that failed its check (`failed`: (method, IPC), harness/report/rows.py
+    `failed_check_cells`)."""
+    if table.empty:
+        return table
+    marked = [",".join(m for m in (a, b) if (m, int(ipc)) in failed) for ipc in table["ipc"]]
+    return table.assign(failed_check=marked) if any(marked) else table  # a board with none keeps its columns
+
+
 def lines(table: pd.DataFrame, a: str, b: str) -> list[str]:
-    """The comparison as Markdown: one row per cell, points of accuracy."""
+    """The comparison as Markdown: one row per cell, points of accuracy; a cell sampled from a backbone that failed
+    its check (the table's `failed_check`, `mark_failed`) carries † and a footnote says what it means."""
     head = [
         f"# {a} − {b}",
         "",
@@ -128,11 +141,18 @@ def lines(table: pd.DataFrame, a: str, b: str) -> list[str]:
         f"| student | protocol | IPC | {a} | {b} | difference | 95 % CI | test | resolved |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    marked = False
     for r in table.to_dict("records"):
         ci = "–" if math.isnan(r["ci_low"]) else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
+        failed = str(r.get("failed_check") or "").split(",")
+        mark = {m: f" {FAILED_PLOT_MARK}" if m in failed else "" for m in (a, b)}
+        marked = marked or any(mark.values())
         head.append(
-            f"| {r['student']} | {r['protocol']} | {r['ipc']} | {100 * r[f'{a}_mean']:.1f} ({r[f'{a}_seeds']}) "
-            f"| {100 * r[f'{b}_mean']:.1f} ({r[f'{b}_seeds']}) | {100 * r['difference']:+.2f} | {ci} | "
+            f"| {r['student']} | {r['protocol']} | {r['ipc']} "
+            f"| {100 * r[f'{a}_mean']:.1f} ({r[f'{a}_seeds']}){mark[a]} "
+            f"| {100 * r[f'{b}_mean']:.1f} ({r[f'{b}_seeds']}){mark[b]} | {100 * r['difference']:+.2f} | {ci} | "
             f"{r['test']} | {'yes' if r['resolved'] else 'no'} |"
         )
+    if marked:
+        head += ["", FAILED_PLOT_NOTE + "."]
     return head

@@ -21,6 +21,13 @@ from harness.models.protocols import get_protocol, list_protocols
 
 GROUP = ["method", "config_hash", "ipc", "student", "protocol"]
 FAILED_CHECK_MARK = " ✗"
+# Off the table (the site's plots, `--compare`), a failed-check row keeps a mark too: † after its label (a font's
+# sure glyph), an open marker in the plots, and this legend or footnote (issue 31, item 5).
+FAILED_PLOT_MARK = "†"
+FAILED_PLOT_NOTE = (
+    "†: sampled from a backbone that FAILED its check (--accept-failed-check); not a result of the method"
+)
+FAILED_PLOT_LEGEND = "† open marker: backbone\nFAILED its check"
 
 
 def trained_under(rows: list[dict], recipes: set[tuple[str, str]] | None) -> list[dict]:
@@ -93,14 +100,24 @@ def board_order(
     return df.sort_values(columns, key=rank, kind="stable").reset_index(drop=True)
 
 
+def sampled_from_failed_check(m: Manifest) -> bool:
+    """Whether set `m` was sampled from a backbone whose check failed (a run with --accept-failed-check)."""
+    return bool(m.backbone and m.backbone_check and not m.backbone_check.get("passed", True))
+
+
+def failed_check_cells(manifests: list[Manifest] | None, current) -> set[tuple[str, int]]:
+    """(method, IPC) of the current sets (`current`: (method, config hash) pairs) sampled from a failed check."""
+    return {
+        (m.method, m.ipc)
+        for m in manifests or []
+        if sampled_from_failed_check(m) and (m.method, m.config_hash) in current
+    }
+
+
 def mark_failed_checks(agg: pd.DataFrame, manifests: list[Manifest] | None) -> tuple[pd.DataFrame, list[str]]:
     """`agg` with a `backbone_check_failed` column: the rows of sets sampled from a backbone whose check failed
     (run with --accept-failed-check), and the note that explains the mark, if any row has it."""
-    failed = {
-        (m.method, m.config_hash, m.ipc)
-        for m in manifests or []
-        if m.backbone and m.backbone_check and not m.backbone_check.get("passed", True)
-    }
+    failed = {(m.method, m.config_hash, m.ipc) for m in manifests or [] if sampled_from_failed_check(m)}
     if agg.empty or not failed:
         return agg, []
     agg = agg.assign(backbone_check_failed=[k in failed for k in zip(agg["method"], agg["config_hash"], agg["ipc"])])

@@ -30,7 +30,15 @@ from harness.report.compare import CELL, LEVEL, by_seed, leaders
 from harness.report.manifest_tables import cost_table, diversity_table, machine_label
 from harness.report.markdown import format_cell
 from harness.report.reported import reported_table
-from harness.report.rows import best_of_protocols, board_order, board_rows, measured_rows
+from harness.report.rows import (
+    FAILED_PLOT_LEGEND,
+    FAILED_PLOT_MARK,
+    FAILED_PLOT_NOTE,
+    best_of_protocols,
+    board_order,
+    board_rows,
+    measured_rows,
+)
 from methods import get_method, list_methods
 
 GRID_IMAGES = 10  # images per class row of a set's grid: enough to see a set's variety, few enough to commit
@@ -67,9 +75,41 @@ def _styles(methods: list[str]) -> dict[str, dict]:
     return {m: {"color": c, "marker": MARKERS[i % len(MARKERS)]} for i, (m, c) in enumerate(zip(methods, colours))}
 
 
+def _failed(df: pd.DataFrame) -> pd.Series:
+    """Which rows of a board frame were sampled from a backbone that failed its check (rows.py `mark_failed_checks`)."""
+    if "backbone_check_failed" not in df:
+        return pd.Series(False, index=df.index)
+    return df["backbone_check_failed"].fillna(False).astype(bool)
+
+
+def _marked(method: str, failed: bool) -> str:
+    return f"{method} {FAILED_PLOT_MARK}" if failed else method
+
+
+def _open_if(failed: bool) -> dict:
+    return {"markerfacecolor": "none"} if failed else {}
+
+
+def _failed_legend(ax):
+    """The legend entry that says what an open marker and † mean."""
+    return ax.plot(
+        [], [], color="grey", marker="o", markerfacecolor="none", linestyle="none", label=FAILED_PLOT_LEGEND
+    )[0]
+
+
 def plot_accuracy_vs_ipc(agg: pd.DataFrame, students: list[str], methods: list[str], path: Path) -> str:
     """A panel per student; a line per method and protocol (line style per protocol), mean ± std over seeds."""
+    fig = accuracy_vs_ipc_figure(agg, students, methods)
+    fig.savefig(path, dpi=90)
+    return path.name
+
+
+def accuracy_vs_ipc_figure(agg: pd.DataFrame, students: list[str], methods: list[str]) -> Figure:
+    """`plot_accuracy_vs_ipc`'s figure. A point sampled from a backbone that failed its check is an open marker, its
+    method's legend label carries †, and a legend entry says what they mean (issue 31, item 5)."""
     protocols = list(dict.fromkeys(agg["protocol"]))
+    failed = _failed(agg)
+    failed_methods = set(agg.loc[failed, "method"])
     dashes = dict(zip(protocols, ["-", "--", ":", "-."] * 3))
     style = _styles(methods)
     fig = Figure(figsize=(4.2 * len(students) + 2.2, 3.8))
@@ -88,6 +128,17 @@ def plot_accuracy_vs_ipc(agg: pd.DataFrame, students: list[str], methods: list[s
                 markersize=3,
                 **style[method],
             )
+            if (bad := _failed(line)).any():  # open markers over the failed points
+                ax.plot(
+                    line.loc[bad, "ipc"],
+                    100 * line.loc[bad, "mean"],
+                    linestyle="none",
+                    markersize=6,
+                    markerfacecolor="white",
+                    markeredgecolor=style[method]["color"],
+                    marker=style[method]["marker"],
+                    zorder=3,
+                )
         ax.set_xscale("log")
         ipcs = sorted(agg["ipc"].unique())
         ax.set_xticks(ipcs, [str(i) for i in ipcs])
@@ -95,12 +146,23 @@ def plot_accuracy_vs_ipc(agg: pd.DataFrame, students: list[str], methods: list[s
         ax.set_title(student, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    handles = [axes[0].plot([], [], label=m, **style[m])[0] for m in methods if m in set(agg["method"])]
+    handles = [
+        axes[0].plot(
+            [],
+            [],
+            label=_marked(m, m in failed_methods),
+            **style[m],
+            **({"markerfacecolor": "none"} if m in failed_methods else {}),
+        )[0]
+        for m in methods
+        if m in set(agg["method"])
+    ]
     handles += [axes[0].plot([], [], color="grey", linestyle=dashes[p], label=p)[0] for p in protocols]
+    if failed_methods:
+        handles.append(_failed_legend(axes[0]))
     fig.legend(handles=handles, loc="center right", fontsize=7)
     fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
-    fig.savefig(path, dpi=90)
-    return path.name
+    return fig
 
 
 def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
@@ -114,28 +176,51 @@ def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
 
 
 def _per_ipc_panels(points: pd.DataFrame, x: str, xlabel: str, student: str, path: Path, log: bool, front: bool) -> str:
+    return _save(per_ipc_figure(points, x, xlabel, student, log, front), path)
+
+
+def per_ipc_figure(points: pd.DataFrame, x: str, xlabel: str, student: str, log: bool, front: bool) -> Figure:
+    """A panel per IPC of `points` (x against best-of-protocols accuracy), each labelled by method, with the Pareto
+    front where `front`. A set sampled from a backbone that failed its check is an open marker labelled with †, and
+    stays off the front: it is not a result of the method (issue 31, item 5)."""
     ipcs = sorted(points["ipc"].unique())
     fig = Figure(figsize=(4.0 * len(ipcs), 3.6))
     axes = fig.subplots(1, len(ipcs), squeeze=False)[0]
     style = _styles(list(dict.fromkeys(points["method"])))
     for ax, ipc in zip(axes, ipcs):
         part = points[points["ipc"] == ipc]
-        for r in part.itertuples():
+        bad = _failed(part)
+        for r, failed in zip(part.itertuples(), bad):
+            colour, marker = style[r.method]["color"], style[r.method]["marker"]
             ax.scatter(
-                getattr(r, x), 100 * r.mean, s=18, color=style[r.method]["color"], marker=style[r.method]["marker"]
+                getattr(r, x),
+                100 * r.mean,
+                s=18,
+                marker=marker,
+                **({"facecolors": "none", "edgecolors": colour} if failed else {"color": colour}),
             )
-            ax.annotate(r.method, (getattr(r, x), 100 * r.mean), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        if front and len(part):
-            idx = pareto_front(part[x].to_numpy(float), part["mean"].to_numpy(float))
+            ax.annotate(
+                _marked(r.method, failed),
+                (getattr(r, x), 100 * r.mean),
+                fontsize=6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
+        if bad.any():
+            _failed_legend(ax)
+        ok = part[~bad]
+        if front and len(ok):
+            idx = pareto_front(ok[x].to_numpy(float), ok["mean"].to_numpy(float))
             ax.step(
-                part[x].to_numpy()[idx],
-                100 * part["mean"].to_numpy()[idx],
+                ok[x].to_numpy()[idx],
+                100 * ok["mean"].to_numpy()[idx],
                 where="post",
                 color="black",
                 linewidth=0.8,
                 alpha=0.6,
                 label="Pareto front",
             )
+        if (front and len(ok)) or bad.any():
             ax.legend(fontsize=7, loc="best")
         if log:
             ax.set_xscale("log")
@@ -143,7 +228,7 @@ def _per_ipc_panels(points: pd.DataFrame, x: str, xlabel: str, student: str, pat
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{student}: best-of-protocols accuracy (%)")
-    return _save(fig, path)
+    return fig
 
 
 def plot_heatmap(table: pd.DataFrame, path: Path) -> str:
@@ -259,10 +344,12 @@ def _plots(
     """(title, caption, file name) of every plot the data allows, drawn into `folder`."""
     plots = []
     if not agg.empty:
+        # Sets sampled from a backbone that failed its check: open markers with †, said in every caption.
+        failed = f" Open markers, † after the method: {FAILED_PLOT_NOTE[3:]}." if _failed(agg).any() else ""
         plots.append(
             (
                 "Accuracy against images per class",
-                "One panel per student; a line per method and protocol, mean ± std over seeds.",
+                "One panel per student; a line per method and protocol, mean ± std over seeds." + failed,
                 plot_accuracy_vs_ipc(agg, students, methods, folder / "accuracy-vs-ipc.png"),
             )
         )
@@ -277,7 +364,8 @@ def _plots(
                     "Accuracy against cost",
                     "Seconds of distillation per image (log scale) against "
                     f"{main}'s best-of-protocols accuracy; the line is the Pareto front (no other set is both "
-                    "cheaper and more accurate). Costs compare only between like machines.",
+                    "cheaper and more accurate). Costs compare only between like machines."
+                    + (failed and failed[:-1] + ", kept off the Pareto front."),
                     _per_ipc_panels(
                         points[points["seconds_per_image"] > 0],
                         "seconds_per_image",
@@ -301,7 +389,7 @@ def _plots(
                     "Diversity against accuracy",
                     "Each set's coverage of the real data (its diversity, "
                     "harness/stages/diversity.py; higher is more diverse) against "
-                    f"{main}'s best-of-protocols accuracy.",
+                    f"{main}'s best-of-protocols accuracy." + failed,
                     _per_ipc_panels(
                         points, "coverage", "coverage", main, folder / "diversity.png", log=False, front=False
                     ),

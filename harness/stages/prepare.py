@@ -98,6 +98,7 @@ class Prepared:
     fine_tuned: dict[str, FineTuned] = field(default_factory=dict)
     # The further backbones (`Suite.backbones`) the methods of this run sample, by kind.
     others: dict[str, PreparedBackbone] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)  # the classes' names, in order: what the check prints
 
     def for_kind(self, kind: str) -> Prepared:
         """This object as a method on backbone kind `kind` sees it: the backbone fields are that backbone's."""
@@ -329,13 +330,17 @@ def prepare(
     connect=None,
     methods: list[str] | None = None,
     accept_failed_check: bool = False,
+    report_only: bool = False,
 ) -> Prepared:
     """`connect` reaches the Ray cluster; only a teacher trained with a recipe asks for it (for its GPUs).
     Every backbone one of `methods` (default: the suite's) samples is prepared and checked: the suite's own always,
     a further section (`backbones`) where a method declares its kind. A failed check stops the run here
     (PrepareError) when any of `methods` samples that backbone, unless `accept_failed_check`: then their rows are
-    marked on the board."""
+    marked on the board. `report_only` (scripts/check_backbone.py): the checks are made and said, and neither
+    stop nor mark anything, since nothing is sampled."""
     out = Path(out)
+    if not report_only:  # the check script checks step counts in turn: each is the one it means to check
+        say_checked_elsewhere(suite, real, out)
     methods = list(methods or suite.methods)
     others = {}  # first: a missing local model (MAR's release) stops the run before the main one is fetched
     for name in methods:
@@ -368,12 +373,16 @@ def prepare(
         describe_teacher(suite.teacher, suite, teacher_acc),
         relabel,
         others=others,
+        class_names=list(real.class_names),
     )
     if not check:
+        log(f"[prepare] backbone: {describe_backbone(prepared)}, not checked by this run")
         return prepared
     prepared.backbone_check = check_backbone(prepared, out, "backbone")
     for kind, other in others.items():
         other.check = check_backbone(prepared.for_kind(kind), out, f"backbones.{kind}")
+    if report_only:
+        return prepared
     for name in methods:
         view = prepared.for_method(name)
         users = [m for m in methods if prepared.for_method(m).backbone_hash == view.backbone_hash]
@@ -391,6 +400,10 @@ def check_backbone(prepared: Prepared, out: Path, where: str) -> dict:
     if extra := generator_for(b).check_settings():  # a kind's own settings (MAR's AR steps); none keeps the old key
         key = config_hash([key, extra])
 
+    generator = generator_for(b)
+    names = prepared.class_names or prepared.classes
+    steps = generator.trained_steps()
+
     def made() -> dict:
         result = backbone_check(
             prepared.load_backbone(),
@@ -406,22 +419,102 @@ def check_backbone(prepared: Prepared, out: Path, where: str) -> dict:
         result["passed"] = result["agreement"] >= b.check_min_agreement
         return result
 
+    path = out / "cache" / f"backbone-check-{key}.json"
     result = cache.ensure_json(
-        out / "cache" / f"backbone-check-{key}.json",
+        path,
         "backbone check",
         ("agreement", "passed", "samples", "cfg_scale", "steps", "min_agreement"),
         "checking again",
         made,
         indent=1,
     )
+    # What the record says besides the rates (issue 31): the classes by name, and which backbone it checked (its
+    # hash and training steps, by which a later run finds the checks of its own training run). A record made
+    # before these were kept gets them here, once.
+    said = {"classes": list(names), "backbone": prepared.backbone_hash}
+    if steps is not None:
+        said["backbone_steps"] = steps
+    if any(result.get(k) != v for k, v in said.items()):
+        result = {**result, **said}
+        atomic.write_json(path, result, indent=1)
     verdict = "passes" if result["passed"] else "FAILS"
     named = "" if where == "backbone" else f" ({where})"
     log(
-        f"[prepare] backbone check{named}: teacher agrees with the conditioning class on {result['agreement']:.1%} "
-        f"of {result['samples']} samples (cfg {result['cfg_scale']}, {result['steps']} steps); "
-        f"{verdict} the suite's minimum {result['min_agreement']:.0%}"
+        f"[prepare] backbone check{named} of {describe_backbone(prepared)}: the teacher agrees with the conditioning "
+        f"class on {result['agreement']:.1%} of {result['samples']} samples (cfg {result['cfg_scale']}, "
+        f"{result['steps']} steps); {verdict} the suite's minimum {result['min_agreement']:.0%}"
     )
+    log(f"[prepare] backbone check{named} per class: {per_class_line(result)}")
     return result
+
+
+def describe_backbone(prepared: Prepared) -> str:
+    """Which backbone this is, in a few words: its kind, identity and, for one prepare trains, its steps."""
+    steps = generator_for(prepared.backbone).trained_steps()
+    return f"{prepared.backbone.kind} {prepared.backbone_hash}" + (
+        f" ({steps:,} training steps)" if steps is not None else ""
+    )
+
+
+def per_class_line(check: dict) -> str:
+    """A check's rate per class, by name, in the suite's order; those below the bar, worst first, after them."""
+    names = check.get("classes") or [str(c) for c in range(len(check["per_class"]))]
+    rates = list(zip(names, check["per_class"]))
+    line = ", ".join(f"{n} {r:.0%}" for n, r in rates)
+    if lagging := lagging_classes(check):
+        line += f"; below {check['min_agreement']:.0%}: " + ", ".join(f"{n} {r:.0%}" for n, r in lagging)
+    return line
+
+
+def lagging_classes(check: dict) -> list[tuple[str, float]]:
+    """The classes whose rate is below the check's bar, worst first, as (name, rate)."""
+    names = check.get("classes") or [str(c) for c in range(len(check["per_class"]))]
+    below = [(n, r) for n, r in zip(names, check["per_class"]) if r < check["min_agreement"]]
+    return sorted(below, key=lambda nr: nr[1])
+
+
+def checks_of_training_run(suite: Suite, real: RealData, out: Path) -> dict[int, dict]:
+    """The backbone checks in `out`'s cache of the suite's backbone trained to other step counts (the same training
+    run, stopped elsewhere: what scripts/check_backbone.py --steps made), by step count; empty for a backbone that
+    is had, not trained."""
+    generator = generator_for(suite.backbone)
+    if generator.trained_steps() is None:
+        return {}
+    found = {}
+    for path in sorted((Path(out) / "cache").glob("backbone-check-*.json")):
+        try:
+            c = cache.read_json(path, ("agreement", "passed", "backbone", "backbone_steps"))
+        except Exception:  # a damaged or older record: not one this can place
+            continue
+        steps = c["backbone_steps"]
+        if isinstance(steps, int) and generator.key_at_steps(real, steps) == c["backbone"]:
+            found[steps] = c
+    return found
+
+
+def say_checked_elsewhere(suite: Suite, real: RealData, out: Path) -> None:
+    """One line where the suite's backbone is not one that was checked but others of its training run were: a run
+    that trains past (or stops short of) the checked backbone says so before training (issue 31, item 1)."""
+    generator = generator_for(suite.backbone)
+    steps = generator.trained_steps()
+    checks = checks_of_training_run(suite, real, out)
+    if steps is None or not checks or steps in checks:
+        return
+    done = ", ".join(
+        f"{s:,} ({c['agreement']:.1%}, {'passed' if c['passed'] else 'failed'})" for s, c in sorted(checks.items())
+    )
+    passed = sorted(s for s, c in checks.items() if c["passed"])
+    past = "past" if steps > max(checks) else "short of" if steps < min(checks) else "between"
+    use = (
+        f"to use the checked {passed[0]:,}-step one, set backbone.train.steps: {passed[0]}"
+        if passed
+        else "none of those passed"
+    )
+    log(
+        f"[prepare] backbone: the suite's {steps:,} steps (backbone.train.steps) are {past} the checked step "
+        f"counts of this backbone's training: {done}; this run trains and checks a {steps:,}-step backbone "
+        f"that was not checked ({use})"
+    )
 
 
 def _stop_on_failed_check(suite: Suite, prepared: Prepared, methods: list[str], accept: bool) -> None:
@@ -441,6 +534,7 @@ def _stop_on_failed_check(suite: Suite, prepared: Prepared, methods: list[str], 
     raise PrepareError(
         f"{suite.source}: {where}: the check failed ({result['agreement']:.1%} agreement, below "
         f"check_min_agreement {result['min_agreement']:.0%}), so {', '.join(users)} would sample a "
-        f"backbone that does not make its classes; train it longer ({where}.train.steps), run "
-        f"only methods without it (--methods), or pass --accept-failed-check to mark their rows"
+        f"backbone that does not make its classes; train it longer ({where}.train.steps: "
+        f"scripts/check_backbone.py --steps finds how long), run only methods without it (--methods), or pass "
+        f"--accept-failed-check to mark their rows"
     )

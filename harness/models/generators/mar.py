@@ -510,7 +510,7 @@ class MARGenerator(Generator):
         )
         images = real.train.load(torch.arange(len(real.train)))
         atomic.sweep_temps(where)  # a model folder a killed run left half-written
-        with atomic.replacing(model_dir) as tmp, _torch_threads(threads):
+        with cache.filling(where), atomic.replacing(model_dir) as tmp, _torch_threads(threads):
             train_mar(images, real.train.labels, len(real.classes), train, tmp, work, log_every=100)
         return str(model_dir), key
 

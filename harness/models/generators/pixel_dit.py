@@ -11,6 +11,7 @@ steps and then 2,000 more gives the weights of training 8,000 straight through).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from contextlib import contextmanager
@@ -226,14 +227,29 @@ class PixelDiTGenerator(Generator):
         if number("heads") and cfg.width % cfg.heads:
             fail("backbone.train.heads", f"must divide width {cfg.width}, got {cfg.heads}")
 
-    def prepare(self, real, out: Path) -> tuple[str, str]:
-        train = self.config.train
-        identity = {
+    def _identity(self, real, steps: int | None = None) -> dict:
+        train = self.config.train if steps is None else dataclasses.replace(self.config.train, steps=steps)
+        return {
             "kind": self.kind,
             "train": train.identity(),
             "data": real.train.fingerprint(),
             "classes": real.classes,
         }
+
+    def _published_key(self, key: str, channels: int) -> str:
+        """`key` names the trained model; sets made with other guidance than every channel get another identity."""
+        n = self.guided_channels()
+        return key if n in (None, channels) else config_hash({"backbone": key, "guided_channels": n})
+
+    def trained_steps(self) -> int:
+        return self.config.train.steps
+
+    def key_at_steps(self, real, steps: int) -> str:
+        return self._published_key(config_hash(self._identity(real, steps)), real.channels)
+
+    def prepare(self, real, out: Path) -> tuple[str, str]:
+        train = self.config.train
+        identity = self._identity(real)
         key = config_hash(identity)
         where = cache.cached_dir(out, f"backbone-{key}")
         model_dir = where / "model"
@@ -254,14 +270,12 @@ class PixelDiTGenerator(Generator):
             )
             images = real.train.load(torch.arange(len(real.train)))
             atomic.sweep_temps(where)  # a model folder a killed run left half-written
-            # Training resumes from `work`, never from a half-written model.
-            with atomic.replacing(model_dir) as tmp, torch_threads(threads):
+            # Training resumes from `work`, never from a half-written model; a killed run leaves no empty `where`.
+            with cache.filling(where), atomic.replacing(model_dir) as tmp, torch_threads(threads):
                 train_pixel_dit(images, real.train.labels, len(real.classes), train, tmp, work)
         channels = json.loads((model_dir / "transformer" / "config.json").read_text())["in_channels"]
         self.check_guided_channels(channels)
-        n = self.guided_channels()
-        # `key` names the trained model; sets made with other guidance than every channel get another identity.
-        return str(model_dir), key if n in (None, channels) else config_hash({"backbone": key, "guided_channels": n})
+        return str(model_dir), self._published_key(key, channels)
 
     def load(self, source: str, device="cpu") -> DiTBackbone:
         return load_dit_backbone(

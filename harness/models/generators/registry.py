@@ -120,6 +120,16 @@ class Generator:
         None for a backbone that is had, not trained."""
         return None
 
+    def trained_steps(self) -> int | None:
+        """The training steps of the backbone `prepare` trains (what names it among the checks of its training
+        run, issue 31 item 1); None for a backbone that is had, not trained, or a kind that does not say."""
+        return None
+
+    def key_at_steps(self, real, steps: int) -> str | None:
+        """The identity `prepare` would give this backbone trained for `steps` steps instead of the suite's (the
+        same training run, stopped elsewhere); None where the kind does not say."""
+        return None
+
 
 def _cpu_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
