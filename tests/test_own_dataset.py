@@ -19,6 +19,7 @@ from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_
 from harness.models.generators.pixel_dit import PixelDiTConfig, train_pixel_dit
 from harness.report.leaderboard import render
 from harness.stages.prepare import PrepareError, prepare, prepare_backbone, prepare_teacher
+from methods import get_method
 from scripts.export_fashion_imagefolder import export
 from tests.factories import FASHION_ROOT, tiny_pixel_dit_config, tiny_suite_raw, write_suite
 
@@ -330,7 +331,7 @@ def _template_suite(tmp_path, root, profile="full"):
 
 
 def test_the_readme_template_runs_both_protocols_at_small_image_epochs(tmp_path, grey_folder):
-    """Issue 31, item 3 (its must-show test, less item 2's methods): the README's template, written verbatim beside a
+    """Issue 31's must-show test: the README's template, written verbatim beside a
     small grey ImageFolder, resolves both protocols at the small-image rule's epochs (the embedded fashion suite's,
     a fifteenth to a thirty-seventh of Minimax's ImageNet epochs), and --profile quick and papers load."""
     from harness.models.protocols import HardLabel, SoftLabel
@@ -355,6 +356,14 @@ def test_the_readme_template_runs_both_protocols_at_small_image_epochs(tmp_path,
     assert any(n.startswith("--profile quick: the built-in quick profile") for n in quick.notes)
     papers = _template_suite(tmp_path, grey_folder, "papers")
     assert {"cao2", "d4m", "adaptive-sampling", "patch-selection", "rded", "diffusion"} <= set(papers.methods)
+    # Item 2: every paper method listed with `{}` takes the settings it declares for the pixel DiT and 28-px images.
+    fitted = 0
+    for name, config in papers.methods.items():
+        cls = get_method(name)
+        for field, value in {**cls.generator_defaults.get("pixel-dit", {}), **cls.small_image_defaults}.items():
+            assert getattr(config, field) == value, (name, field)
+            fitted += 1
+    assert fitted >= 10 and papers.methods["d4m"].cfg_scale == 2.0 and papers.methods["rded"].factor == 1
     with pytest.raises(SuiteError, match=r"profiles.fast: no such profile \(have: full, papers\)"):
         _template_suite(tmp_path, grey_folder, "fast")
 
