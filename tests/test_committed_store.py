@@ -47,13 +47,16 @@ BOARD_SETS = {
     "ims3-s3-only": ("7c1593a3e587", "ims3/d80258b7c104"),
     # Issue 25 item 4 (2026-12-04): cao2 with CLO's timesteps as the reference code draws them; cao2's draws.
     "cao2-reference-t": ("7461e629c574", "cao2/6672bcbdcc82"),
+    # Issue 26 items 3–4 (2026-12-05): MAR alone and CaO2 on MAR, on the suite's trained MAR (backbones.mar).
+    "mar": ("06782e80005c", "mar/06782e80005c"),
+    "cao2-mar": ("de42c6c82cdb", "cao2-mar/de42c6c82cdb"),
 }
 
 # Methods the `leaderboard` profile lists whose rows are still to be run: planned, not yet in the store.
 # All or nothing: a method with some rows must have them all. `python benchmark.py --suite fashion-mnist
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
-AWAITING_ROWS: set[str] = {"mar", "cao2-mar"}
+AWAITING_ROWS: set[str] = set()
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
