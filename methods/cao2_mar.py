@@ -70,6 +70,8 @@ class CaO2MARConfig:
             raise ValueError(f"lr: must be positive, got {self.lr}")
         if not 0 < self.max_mask_ratio <= 1:
             raise ValueError(f"max_mask_ratio: must be in (0, 1], got {self.max_mask_ratio}")
+        if not self.cfg >= 0:  # as every guidance scale (harness/config/checks.py): 0 unconditional, 1 plain
+            raise ValueError(f"cfg: a guidance scale must be ≥ 0, got {self.cfg}")
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"cfg_schedule: must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
         if self.condition not in MAR_CONDITIONS:

@@ -41,6 +41,8 @@ class MARSamplingConfig:
         for name in ("num_iter", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if not self.cfg >= 0:  # as every guidance scale (harness/config/checks.py): 0 unconditional, 1 plain
+            raise ValueError(f"cfg: a guidance scale must be ≥ 0, got {self.cfg}")
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"cfg_schedule: must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
         if self.temperature <= 0:

@@ -89,7 +89,9 @@ def check(args: argparse.Namespace) -> int:
         if steps is not None:
             suite.backbone.train = dataclasses.replace(suite.backbone.train, steps=steps)
         t0 = time.perf_counter()
-        prepared = prepare(suite, real, args.out, report_only=True)
+        # The suite's own backbone only: a further one (`backbones:`) is its methods' and is checked by their runs.
+        on_main = [m for m in suite.methods if suite.backbone_of(m) is suite.backbone]
+        prepared = prepare(suite, real, args.out, methods=on_main, report_only=True)
         c = prepared.backbone_check
         label = f"steps {steps:,}" if steps is not None else "the suite's backbone"
         print(

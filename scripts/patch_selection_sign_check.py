@@ -73,7 +73,7 @@ def main():
     args = p.parse_args()
     suite = load_suite(args.suite)
     real = load_real_data(suite.data)
-    prepared = prepare(suite, real, Path(tempfile.mkdtemp()), check=False)
+    prepared = prepare(suite, real, Path(tempfile.mkdtemp()), check=False, methods=["patch-selection"])
     backbone, teacher = prepared.load_backbone(), prepared.load_teacher()
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()

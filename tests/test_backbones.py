@@ -179,3 +179,10 @@ def test_a_further_backbone_that_cannot_be_had_is_named_by_its_section(suite_fil
     suite = load_suite(_write(root, raw, "no-mar.yaml"))
     with pytest.raises(PrepareError, match=r"backbones\.mar\.pretrained: no .*no-mar/checkpoint-last\.pth"):
         prepare(suite, load_real_data(suite.data), tmp_path)
+
+
+def test_a_mar_methods_ar_steps_are_checked_against_its_tokens(suite_file, tmp_path):
+    """The fashion MAR has 49 tokens: more AR steps than tokens is one line at load, not a traceback in a worker."""
+    with pytest.raises(SuiteError, match=r"methods\.mar\.num_iter: at most this MAR's 49 tokens .* got 64"):
+        load_suite("fashion-mnist", "leaderboard", overrides={"methods": {"mar": {"num_iter": 64}}}, check_files=False)
+    assert load_suite("fashion-mnist", "leaderboard", check_files=False).methods["mar"].num_iter == 16

@@ -244,7 +244,7 @@ CASES = [
     Case(
         "--ipc above a class's images for rded's crops",
         "ipcs: rded at IPC 30 draws 120",
-        edit=lambda r: [r["methods"].update(rded={}), *(p.update(epochs_beyond=2) for p in r["protocols"].values())],
+        edit=lambda r: [r["methods"].update(rded={"factor": 2}), *(p.update(epochs_beyond=2) for p in r["protocols"].values())],
         argv=("--methods", "rded", "--ipc", "30"),
     ),
     Case("--seeds 0", "--seeds", argv=("--seeds", "0")),

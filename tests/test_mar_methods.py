@@ -44,7 +44,8 @@ def test_mar_makes_the_backbones_samples_deterministically(backbone):
     images = method.distill_class(task)
     assert images.shape == (3, 1, 8, 8) and images.dtype == torch.float32
     assert torch.equal(images, _method("mar", backbone, **SAMPLING).distill_class(task))
-    assert torch.equal(images, backbone.decode(_samples(backbone, task, 3)))
+    # The method samples in batches of 2 + 1: against one batch of 3, equal up to the batch's rounding.
+    torch.testing.assert_close(images, backbone.decode(_samples(backbone, task, 3)), rtol=1e-5, atol=1e-5)
     # Per-image generators: another batch size rounds differently but draws the same images.
     torch.testing.assert_close(images, _method("mar", backbone, **{**SAMPLING, "batch_size": 3}).distill_class(task))
     assert not torch.equal(images, method.distill_class(dataclasses.replace(task, seed=6)))
@@ -75,7 +76,7 @@ def test_cao2_mar_keeps_the_selected_pool_and_changes_only_its_latents(backbone,
     p, correct = selector_scores(teacher, fit_to_task(backbone.decode(pool), task), task.label)
     keep = oss_select(p, correct, 2, True, fill)
     selected, optimised, kwargs = seen[0]
-    assert torch.equal(selected, pool[keep])
+    torch.testing.assert_close(selected, pool[keep], rtol=1e-5, atol=1e-5)  # pooled in batches of 2, here of 4
     assert kwargs["condition"] == "zero" and kwargs["max_mask_ratio"] == 0.25 and kwargs["iterations"] == 3
     assert not torch.equal(optimised, selected)
     torch.testing.assert_close(images, fit_to_task(backbone.decode(optimised), task))

@@ -244,6 +244,8 @@ def check_methods(s: Suite, fail) -> None:
     for name, config in s.methods.items():
         cls = get_method(name)
         _check_guidance(config, f"methods.{name}", fail)
+        section = s.backbone_of(name)
+        get_generator(section.kind)(section).check_method(config, f"methods.{name}", fail)
         missing = [f for f in cls.search_space if not hasattr(config, f)]
         if missing:
             fail(

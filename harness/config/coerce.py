@@ -159,7 +159,8 @@ def _fitted_defaults(s: Suite, cls, raw: dict) -> dict:
         (cls.generator_defaults.get(kind, {}), f"a {kind} backbone"),
         (cls.small_image_defaults if small else {}, f"{s.data.image_size}-px images"),
     ):
-        taken = {k: v for k, v in settings.items() if k not in raw and k not in fitted}
+        # A variant's own overrides (`cls.defaults`) define its row: a fitted setting never undoes them.
+        taken = {k: v for k, v in settings.items() if k not in raw and k not in fitted and k not in cls.defaults}
         fitted.update(taken)
         if taken:
             why.append(

@@ -53,7 +53,11 @@ def needed_fine_tunes(suite: Suite, methods: list[str]) -> dict[str, tuple[FineT
     for name in methods:
         ft = get_method(name).fine_tuning(suite.method_config(name))
         if ft is not None:
-            needed.setdefault(fine_tune_schedule_key(fine_tune_schedule(ft)), (ft, []))[1].append(name)
+            # Keyed by the backbone it tunes too: one schedule on two kinds is two fine-tunes.
+            key = fine_tune_schedule_key(fine_tune_schedule(ft))
+            kind = suite.backbone_of(name).kind
+            key = key if kind == suite.backbone.kind else f"{kind}/{key}"
+            needed.setdefault(key, (ft, []))[1].append(name)
     return needed
 
 

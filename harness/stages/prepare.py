@@ -341,7 +341,7 @@ def prepare(
     out = Path(out)
     if not report_only:  # the check script checks step counts in turn: each is the one it means to check
         say_checked_elsewhere(suite, real, out)
-    methods = list(methods or suite.methods)
+    methods = list(suite.methods if methods is None else methods)
     others = {}  # first: a missing local model (MAR's release) stops the run before the main one is fetched
     for name in methods:
         view = suite.for_method(name)
@@ -383,9 +383,9 @@ def prepare(
         other.check = check_backbone(prepared.for_kind(kind), out, f"backbones.{kind}")
     if report_only:
         return prepared
-    for name in methods:
-        view = prepared.for_method(name)
-        users = [m for m in methods if prepared.for_method(m).backbone_hash == view.backbone_hash]
+    views = {prepared.for_method(m).backbone_hash: prepared.for_method(m) for m in methods}
+    for key, view in views.items():  # once per backbone, naming the methods that sample it
+        users = [m for m in methods if prepared.for_method(m).backbone_hash == key]
         _stop_on_failed_check(suite, view, users, accept_failed_check)
     return prepared
 

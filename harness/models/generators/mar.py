@@ -416,6 +416,16 @@ class MARGenerator(Generator):
         if config.pretrained and train is not None:
             fail("backbone.train", "a MAR is loaded from backbone.pretrained or trained from backbone.train, not both")
 
+    def check_method(self, config, where: str, fail) -> None:
+        """A MAR reveals at least one token a step: a method's `num_iter` may not exceed the tokens."""
+        tokens = self._architecture(3, 1000)[0].seq_len
+        num_iter = getattr(config, "num_iter", None)
+        if isinstance(num_iter, int) and num_iter > tokens:
+            fail(
+                f"{where}.num_iter",
+                f"at most this MAR's {tokens} tokens (one revealed a step at least), got {num_iter}",
+            )
+
     def check_settings(self) -> dict:
         return {"ar_steps": self._train().sample_ar_steps} if self._train() is not None else {}
 

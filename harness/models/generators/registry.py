@@ -105,6 +105,10 @@ class Generator:
             images.append(backbone.decode(z))
         return torch.cat(images)
 
+    def check_method(self, config, where: str, fail) -> None:
+        """A method's settings against this backbone, at load, for what only the kind knows (MAR: no more AR steps
+        than tokens): `fail(field, message)`, `where` naming the method (`methods.<name>`)."""
+
     def check_settings(self) -> dict:
         """What else decides the backbone check's samples beside the backbone's identity and the suite's `check_*`
         fields (a part of the check's cache key; empty for the kinds whose check is DDIM at `check_steps`)."""
