@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.config.loader import load_suite
+from harness.core.cache import REPO_WEIGHTS
 from harness.core.identity import FULL_DATA
 from harness.models.data import load_real_data
 from harness.stages.distill import plan
@@ -85,15 +86,23 @@ def committed_rows():
     return [json.loads(line) for line in STORE.read_text().splitlines() if line.strip()]
 
 
-def test_every_committed_row_is_current(committed_rows, tmp_path_factory):
+@pytest.fixture(scope="module")
+def leaderboard(tmp_path_factory):
+    """The `leaderboard` profile's suite, its real data and its prepared models' keys, made once for this file.
+    The committed backbones (the pixel DiT and `backbones.mar`'s MAR) and teacher (weights/fashion-mnist/) are found,
+    not trained (the MAR would be 4,500 steps, ~20 CPU-minutes); no backbone check."""
     suite = load_suite("fashion-mnist", "leaderboard")
     real = load_real_data(suite.data)
-    # The committed backbone and teacher (weights/fashion-mnist/) are found, not trained; no backbone check.
     out = tmp_path_factory.mktemp("out")
+    base = prepare(suite, real, out, check=False)
+    assert all(Path(o.source).is_relative_to(REPO_WEIGHTS) for o in base.others.values()) and base.others
     # A fine-tuning method's sets are keyed by its fine-tuned backbone's key, which needs no training to compute.
-    prepared = fine_tune_backbones(
-        suite, real, prepare(suite, real, out, check=False), out, list(suite.methods), make=False
-    )
+    prepared = fine_tune_backbones(suite, real, base, out, list(suite.methods), make=False)
+    return suite, real, prepared
+
+
+def test_every_committed_row_is_current(committed_rows, leaderboard):
+    suite, real, prepared = leaderboard
     jobs = plan(suite, prepared, Path("unused"), list(suite.methods), [1])
     assert {job.method: (job.config_hash, job.seed_key) for job in jobs if job.method in BOARD_SETS} == BOARD_SETS
     sets = {(job.method, job.config_hash) for job in jobs}
@@ -125,16 +134,10 @@ def test_every_committed_row_is_current(committed_rows, tmp_path_factory):
     assert methods <= set(suite.methods) | {FULL_DATA} and len(methods) >= 12
 
 
-def test_the_published_convnet3_board_is_complete(committed_rows, tmp_path_factory):
+def test_the_published_convnet3_board_is_complete(committed_rows, leaderboard):
     """Every ConvNet-3 trial the `leaderboard` profile plans is in the committed store, so redrawing the board
     with `--profile leaderboard --students convnet3` trains nothing."""
-    suite = load_suite("fashion-mnist", "leaderboard")
-    real = load_real_data(suite.data)
-    out = tmp_path_factory.mktemp("out")
-    # A fine-tuning method's sets are keyed by its fine-tuned backbone's key, which needs no training to compute.
-    prepared = fine_tune_backbones(
-        suite, real, prepare(suite, real, out, check=False), out, list(suite.methods), make=False
-    )
+    suite, real, prepared = leaderboard
     stored = {
         (r["method"], r["config_hash"], r["ipc"], r["student"], r["protocol"], r["protocol_hash"], r["seed"])
         for r in committed_rows

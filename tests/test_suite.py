@@ -1,13 +1,12 @@
 """Suite loading: the shipped suites load; every kind of mistake is one line naming file and field, exit 2."""
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from harness.cli import main
 from harness.config.loader import load_suite
 from harness.config.schema import BENCHMARKS_DIR, SuiteError
 from harness.core.identity import CLASSES_DIR, class_list, config_hash, read_class_list
@@ -133,7 +132,17 @@ def test_bad_suite_is_one_line(tmp_path, case):
     assert message.startswith(f"{path}: ") and expected in message and "\n" not in message
 
 
-def test_cli_bad_input_exits_2_with_one_line(tmp_path):
+def _cli_error(args: list[str], capsys) -> str:
+    """`args` through the CLI in this process: it must exit 2; returns what it wrote to stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2, (args, exit_.value.code)
+    return capsys.readouterr().err
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    # In this process: `python benchmark.py` itself, in a subprocess, is tests/test_bad_input.py's
+    # test_the_real_entry_point_gives_one_line_and_exit_2 (six subprocesses here cost ~50 s on two busy cores).
     path = _write(tmp_path, lambda r: r["data"].update(colour="red"))
     cases = [
         ["--suite", str(path)],
@@ -143,35 +152,13 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
         ["--suite", "fashion-mnist", "--profile", "huge"],
     ]
     for args in cases:
-        proc = subprocess.run(
-            [sys.executable, "benchmark.py", *args, "--out", str(tmp_path / "out")],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 2, (args, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("ddbench: error:"), (args, proc.stderr)
+        stderr = _cli_error([*args, "--out", str(tmp_path / "out")], capsys)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ddbench: error:"), (args, stderr)
         assert not (tmp_path / "out").exists()
     # A paper's method asked of the default run points at the profile that has it.
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmark.py",
-            "--suite",
-            "fashion-mnist",
-            "--methods",
-            "cao2,d4m",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and proc.stderr.strip().endswith("; --profile leaderboard lists them"), proc.stderr
+    stderr = _cli_error(["--suite", "fashion-mnist", "--methods", "cao2,d4m", "--out", str(tmp_path / "out")], capsys)
+    assert stderr.strip().endswith("; --profile leaderboard lists them"), stderr
 
 
 @pytest.mark.parametrize("name", ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"])
