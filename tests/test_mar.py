@@ -8,6 +8,7 @@ into the cache and resumed, its train fields checked, and the backbone check sam
 import argparse
 import dataclasses
 import math
+import shutil
 
 import pytest
 import torch
@@ -411,3 +412,19 @@ def test_the_true_size_mar_builds_on_the_meta_device_and_the_trained_one_is_pric
     step, decode, params, what = MARGenerator(BackboneConfig(kind="mar", train=MARTrainConfig())).flops(1, 10)
     assert step > 0 and decode == 0 and what.startswith("pixel-token MAR")
     assert params == sum(mar_parameters(MARTrainConfig().model_config(1, 10)))
+
+
+def test_a_released_mar_is_named_by_its_files_not_their_folder(tmp_path):
+    """The same release under another $MAR_BASE keeps its identity; another checkpoint at the same path does not."""
+    first = tiny_mar(tmp_path / "a")
+    second = tmp_path / "elsewhere" / "b"
+    shutil.copytree(first, second)
+
+    def key(folder):
+        return generator_for(BackboneConfig(kind="mar", pretrained=str(folder))).prepare(None, tmp_path / "out")[1]
+
+    assert key(first) == key(second)
+    state = torch.load(second / "checkpoint-last.pth", weights_only=False)
+    state["model"]["fake_latent"] = state["model"]["fake_latent"] + 1
+    torch.save(state, second / "checkpoint-last.pth")
+    assert key(second) != key(first)

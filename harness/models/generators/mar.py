@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -288,6 +289,15 @@ def _torch_load(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def file_digest(path: Path, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a file, read in 16 MB chunks (MAR-B's checkpoint is ~0.8 GB: about a second)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_config(folder: Path) -> MARConfig:
     path = Path(folder) / CONFIG_FILE
     return MARConfig.from_dict(json.loads(path.read_text())) if path.is_file() else MAR_BASE
@@ -489,9 +499,13 @@ class MARGenerator(Generator):
                 raise GeneratorError(
                     f"{field}: no {path} (MAR is loaded from local files: LTH14/mar's release, the hub is not used)"
                 )
-        return str(folder), config_hash(
-            {"pretrained": str(folder), "vae": b.vae, "dtype": b.dtype, "classes": b.classes, "kind": self.kind}
+        # Named by what the files hold, not where they lie: MAR has no hub id, and each machine's $MAR_BASE differs
+        # (the same release elsewhere keeps its sets; a replaced checkpoint at the same path gets new ones).
+        files = [folder / CHECKPOINT, vae_path(folder, b.vae)] + (
+            [folder / CONFIG_FILE] * (folder / CONFIG_FILE).is_file()
         )
+        contents = {f.name: file_digest(f) for f in files}
+        return str(folder), config_hash({"files": contents, "dtype": b.dtype, "classes": b.classes, "kind": self.kind})
 
     def _prepare_trained(self, train: MARTrainConfig, real, out: Path) -> tuple[str, str]:
         identity = {
