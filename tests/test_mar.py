@@ -7,6 +7,7 @@ into the cache and resumed, its train fields checked, and the backbone check sam
 
 import argparse
 import dataclasses
+import json
 import math
 import shutil
 
@@ -428,3 +429,16 @@ def test_a_released_mar_is_named_by_its_files_not_their_folder(tmp_path):
     state["model"]["fake_latent"] = state["model"]["fake_latent"] + 1
     torch.save(state, second / "checkpoint-last.pth")
     assert key(second) != key(first)
+
+
+def test_a_release_of_another_architecture_is_one_line_in_prepare(tmp_path):
+    folder = tiny_mar(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "width": config["width"] * 2}))
+    g = generator_for(BackboneConfig(kind="mar", pretrained=str(folder)))
+    wrong = r"backbone\.pretrained: checkpoint-last\.pth is not its config\.json's MAR \(\d+ of other shapes, e\.g\. "
+    with pytest.raises(GeneratorError, match=wrong):
+        g.prepare(None, tmp_path / "out")
+    (folder / "checkpoint-last.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(GeneratorError, match=r"checkpoint-last\.pth cannot be read"):
+        g.prepare(None, tmp_path / "out")

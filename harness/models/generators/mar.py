@@ -283,10 +283,38 @@ def train_mar(
     return backbone
 
 
-def _torch_load(path: Path) -> dict:
+def _torch_load(path: Path, mmap: bool = False) -> dict:
     # The reference's checkpoints also hold its argparse Namespace (`args`): allowed, nothing else is.
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def architecture_mismatch(folder: Path) -> str | None:
+    """Why the checkpoint in `folder` is not the MAR its config (or MAR-Base) builds, in a few words; None where
+    its weights' names and shapes are exactly the model's. Reads the file memory-mapped and builds the model on the
+    meta device, so a release of another size fails in `prepare` in one line, not at load in a worker."""
+    config = read_config(folder)
+    try:
+        checkpoint = _torch_load(Path(folder) / CHECKPOINT, mmap=True)
+        weights = checkpoint.get("model_ema") or checkpoint.get("model")
+    except Exception as e:  # a truncated or foreign file
+        return f"{CHECKPOINT} cannot be read ({type(e).__name__})"
+    if not isinstance(weights, dict):
+        return f"{CHECKPOINT} holds neither `model_ema` nor `model` weights"
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in MAR(config).state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(weights) if tuple(weights[k].shape) != expected[k])
+    if not (missing or extra or shapes):
+        return None
+    said = [
+        f"{len(x)} {what}, e.g. {x[0]}"
+        for x, what in ((missing, "missing"), (extra, "unexpected"), (shapes, "of other shapes"))
+        if x
+    ]
+    built = "its config.json's" if (Path(folder) / CONFIG_FILE).is_file() else "MAR-Base's"
+    return f"{CHECKPOINT} is not {built} MAR ({'; '.join(said)})"
 
 
 def file_digest(path: Path, chunk: int = 1 << 24) -> str:
@@ -499,6 +527,8 @@ class MARGenerator(Generator):
                 raise GeneratorError(
                     f"{field}: no {path} (MAR is loaded from local files: LTH14/mar's release, the hub is not used)"
                 )
+        if (why := architecture_mismatch(folder)) is not None:
+            raise GeneratorError(f"backbone.pretrained: {why}; another MAR size needs its {CONFIG_FILE} beside it")
         # Named by what the files hold, not where they lie: MAR has no hub id, and each machine's $MAR_BASE differs
         # (the same release elsewhere keeps its sets; a replaced checkpoint at the same path gets new ones).
         files = [folder / CHECKPOINT, vae_path(folder, b.vae)] + (
