@@ -58,8 +58,9 @@ def tiny_pixel_dit_config(checkpoint_every: int) -> PixelDiTConfig:
     )
 
 
-def tiny_latent_dit() -> DiTBackbone:
-    """DiT-XL/2's shape in miniature: 4 latent channels, learn_sigma (8 outputs), an SD-style VAE."""
+def tiny_latent_dit(num_classes: int = 10) -> DiTBackbone:
+    """DiT-XL/2's shape in miniature: 4 latent channels, learn_sigma (8 outputs), an SD-style VAE; `num_classes`
+    labels (1,000 for a suite conditioned by ImageNet-1k index)."""
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(
         num_attention_heads=2,
@@ -69,7 +70,7 @@ def tiny_latent_dit() -> DiTBackbone:
         num_layers=1,
         sample_size=4,
         patch_size=2,
-        num_embeds_ada_norm=10,
+        num_embeds_ada_norm=num_classes,
     )
     vae = tiny_vae()
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")

@@ -5,40 +5,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from diffusers import DDIMScheduler, DiTTransformer2DModel
 from PIL import Image
 
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
 from harness.models.data import load_real_data
-from harness.models.generators import DiTBackbone
 from harness.models.generators.dit import save_dit_backbone
 from harness.pipeline import generators_note
 from harness.report.plan import make_plan
 from harness.stages.distill import distill_here, plan
 from harness.stages.prepare import PrepareError, prepare
-from tests.factories import tiny_sd, tiny_vae
+from tests.factories import tiny_latent_dit, tiny_sd
 
 WNIDS = ["n01440764", "n02102040"]  # tench, English springer: ImageNet-1k labels 0 and 217
 
 
 def _tiny_imagenet_dit(folder):
     """DiT-XL/2's layout in miniature with ImageNet-1k's 1,000 labels, so that suite classes are conditioned by WNID."""
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=8,
-        num_layers=1,
-        sample_size=4,
-        patch_size=2,
-        num_embeds_ada_norm=1000,
-    )
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    save_dit_backbone(DiTBackbone(transformer, scheduler, tiny_vae()), folder)
+    save_dit_backbone(tiny_latent_dit(num_classes=1000), folder)
     return folder
 
 

@@ -351,7 +351,7 @@ def test_pixel_tokens_are_patches_both_ways_and_save_without_a_vae(tmp_path):
 
 def test_prepare_trains_a_pixel_mar_into_the_cache_and_resumes(tmp_path, monkeypatch):
     # Bitwise resume needs the same thread count in each training call; prepare picks it from the load average.
-    monkeypatch.setattr(mar_module, "_idle_cores", lambda: 1)
+    monkeypatch.setattr(mar_module, "idle_cores", lambda: 1)
     real = _real()
     g = generator_for(BackboneConfig(kind="mar", train=TINY_TRAIN))
     fails = []

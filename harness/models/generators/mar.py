@@ -21,9 +21,7 @@ import argparse
 import copy
 import hashlib
 import json
-import os
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +32,16 @@ from tqdm.auto import tqdm
 from harness.core import atomic, cache
 from harness.core.identity import config_hash
 from harness.models.generators.mar_model import MAR, MARConfig, build_tokenizer, mask_schedule
-from harness.models.generators.registry import DTYPES, Generator, GeneratorError, count_flops, register_generator
+from harness.models.generators.registry import (
+    DTYPES,
+    Generator,
+    GeneratorError,
+    count_flops,
+    idle_cores,
+    register_generator,
+    torch_threads,
+    training_dir,
+)
 
 MAR_BASE = MARConfig()
 CHECKPOINT, VAE_FILE, CONFIG_FILE = "checkpoint-last.pth", "kl16.ckpt", "config.json"
@@ -551,7 +558,7 @@ class MARGenerator(Generator):
         if (model_dir / CHECKPOINT).exists():
             cache.log(f"[prepare] backbone: MAR {key} from {where}")
             return str(model_dir), key
-        work, threads = training_dir(out, identity), _idle_cores()
+        work, threads = training_dir(out, identity, self.kind), idle_cores()
         cache.drop_damaged(
             work / "checkpoint.pt",
             "backbone",  # training resumes from it
@@ -564,7 +571,7 @@ class MARGenerator(Generator):
         )
         images = real.train.load(torch.arange(len(real.train)))
         atomic.sweep_temps(where)  # a model folder a killed run left half-written
-        with cache.filling(where), atomic.replacing(model_dir) as tmp, _torch_threads(threads):
+        with cache.filling(where), atomic.replacing(model_dir) as tmp, torch_threads(threads):
             train_mar(images, real.train.labels, len(real.classes), train, tmp, work, log_every=100)
         return str(model_dir), key
 
@@ -624,33 +631,3 @@ class MARGenerator(Generator):
         if train is None:
             return None
         return train.steps * train.batch_size, f"the pixel-token MAR, {train.steps:,} steps"
-
-
-def training_dir(out: Path, identity: dict) -> Path:
-    """Where a MAR trains: keyed by all but its step count, so raising `steps` extends the finished run from its
-    last checkpoint; a run asked for fewer steps than that checkpoint holds trains in its own folder (as the pixel
-    DiT's `training_dir`)."""
-    steps = identity["train"]["steps"]
-    every_step_count = {**identity, "train": {**identity["train"], "steps": None}}
-    shared = Path(out) / "cache" / f"mar-training-{config_hash(every_step_count)}"
-    checkpoint = shared / "checkpoint.pt"
-    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] > steps:
-        return shared.with_name(f"{shared.name}-{steps}-steps")
-    return shared
-
-
-def _idle_cores() -> int:
-    """The cores no other process keeps busy, at least one (pixel_dit.py `idle_cores`, which this module does not
-    import: mar.py registers its kind before pixel_dit.py's)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores - round(os.getloadavg()[0])))
-
-
-@contextmanager
-def _torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +23,14 @@ from tqdm.auto import tqdm
 from harness.core import atomic, cache
 from harness.core.identity import config_hash
 from harness.models.generators.dit import DiTBackbone, load_dit_backbone, save_dit_backbone, transformer_flops
-from harness.models.generators.registry import DTYPES, Generator, register_generator
+from harness.models.generators.registry import (
+    DTYPES,
+    Generator,
+    idle_cores,
+    register_generator,
+    torch_threads,
+    training_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -263,7 +268,7 @@ class PixelDiTGenerator(Generator):
         if (model_dir / "transformer" / "config.json").exists():
             cache.log(f"[prepare] backbone: pixel DiT {key} from {where}")
         else:
-            work, threads = training_dir(out, identity), idle_cores()
+            work, threads = training_dir(out, identity, self.kind), idle_cores()
             cache.log(
                 f"[prepare] backbone: training pixel DiT {key} ({train.steps} steps on {len(real.train)} "
                 f"images, {threads} torch threads; resumes from {work} if interrupted or shorter)"
@@ -290,33 +295,3 @@ class PixelDiTGenerator(Generator):
     def prepare_training(self) -> tuple[int, str]:
         train = self.config.train
         return train.steps * train.batch_size, f"the pixel DiT, {train.steps:,} steps"
-
-
-def idle_cores() -> int:
-    """The cores no other process keeps busy (the last minute's load average off this process's cores), at
-    least one: torch's default of every core beside busy Ray actors or other jobs made a pixel DiT step 3–6 s
-    instead of 0.55 s with one thread (issue 13)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores - round(os.getloadavg()[0])))
-
-
-@contextmanager
-def torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def training_dir(out: Path, identity: dict) -> Path:
-    """Where a pixel DiT trains: keyed by all but its step count, so raising `steps` extends the finished run
-    from its last checkpoint. A run asked for fewer steps than that checkpoint holds trains in its own folder."""
-    steps = identity["train"]["steps"]
-    every_step_count = {**identity, "train": {**identity["train"], "steps": None}}
-    shared = Path(out) / "cache" / f"pixel-dit-training-{config_hash(every_step_count)}"
-    checkpoint = shared / "checkpoint.pt"
-    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] > steps:
-        return shared.with_name(f"{shared.name}-{steps}-steps")
-    return shared

@@ -6,11 +6,14 @@ generator").
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from harness.core.identity import config_hash
 from harness.models.generators.sampling import ddim_sample
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -185,3 +188,37 @@ def list_generators() -> list[str]:
 def generator_for(config) -> Generator:
     """The generator of the suite's `backbone` section."""
     return get_generator(config.kind)(config)
+
+
+# Training a kind `prepare` trains (pixel-dit, a trained MAR): the threads it takes and where it checkpoints.
+
+
+def idle_cores() -> int:
+    """The cores no other process keeps busy (the last minute's load average off this process's cores), at
+    least one: torch's default of every core beside busy Ray actors or other jobs made a pixel DiT step 3–6 s
+    instead of 0.55 s with one thread (issue 13)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - round(os.getloadavg()[0])))
+
+
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def training_dir(out: Path, identity: dict, prefix: str) -> Path:
+    """Where a kind `prepare` trains (`<prefix>-training-<hash>` in the cache): keyed by all but its step count, so
+    raising `steps` extends the finished run from its last checkpoint. A run asked for fewer steps than that
+    checkpoint holds trains in its own folder."""
+    steps = identity["train"]["steps"]
+    every_step_count = {**identity, "train": {**identity["train"], "steps": None}}
+    shared = Path(out) / "cache" / f"{prefix}-training-{config_hash(every_step_count)}"
+    checkpoint = shared / "checkpoint.pt"
+    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] > steps:
+        return shared.with_name(f"{shared.name}-{steps}-steps")
+    return shared
