@@ -17,12 +17,14 @@ import ray
 
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
+from harness.core.store import stored_rows
 from harness.models.data import DataError, load_real_data
 from harness.models.measures import DiversityError
 from harness.models.students import is_student
 from harness.pipeline import Run, RunError
 from harness.report.export import ExportError
 from harness.report.plan import DEFAULT_GPU_TFLOPS, PlanError
+from harness.report.rows import external_names
 from harness.runtime.cluster import ClusterError, check_target, resolve, signalled
 from harness.runtime.cluster import _exit_on as on_signal
 from harness.runtime.preflight import (
@@ -387,11 +389,15 @@ def _verb(args, suite) -> tuple[str, list[str] | None]:
         pair = [m.strip() for m in args.compare.split(",") if m.strip()]
         if len(pair) != 2 or pair[0] == pair[1]:
             raise SuiteError(f"{suite.source}: methods: --compare {args.compare!r} must name two different methods")
-    unknown = [m for m in (pair or []) + ([args.export] if args.export is not None else []) if m not in suite.methods]
+    # --compare may name an external set (`ddbench evaluate`) the store in --out holds beside the suite's methods
+    external = external_names(stored_rows(Path(args.out) / "results" / f"{suite.name}.jsonl")) if pair else []
+    unknown = [m for m in pair or [] if m not in suite.methods and m not in external]
+    unknown += [args.export] if args.export is not None and args.export not in suite.methods else []
     if unknown:
         raise SuiteError(
             f"{suite.source}: methods: {', '.join(unknown)} not in the suite (it has: "
-            f"{', '.join(suite.methods)}){'; try --profile leaderboard' if args.profile == 'full' else ''}"
+            f"{', '.join(suite.methods)}{'; external sets in --out: ' + ', '.join(external) if external else ''})"
+            f"{'; try --profile leaderboard' if args.profile == 'full' else ''}"
         )
     if args.export is not None and (not args.ipc or len(args.ipc) != 1):
         raise SuiteError(f"{suite.source}: ipcs: --export needs one IPC (--ipc K)")
@@ -450,8 +456,8 @@ def _run(args, suite, methods, verb: str, pair, command: str) -> Run:
     else:
         check_real_image_counts(suite, real.train, methods, suite.ipcs)
     reads_only = verb in ("site", "compare", "export")
-    if verb in ("compare", "export"):
-        methods = pair or [args.export]
+    if verb in ("compare", "export"):  # an external set of the pair is no method: the Run reads its rows only
+        methods = [m for m in pair if m in suite.methods] if pair else [args.export]
     return Run(
         suite,
         methods,
