@@ -14,6 +14,7 @@ import pytest
 from harness.cli import _verb, main, parse
 from harness.config.loader import load_suite
 from harness.config.schema import BEST_OF_PROTOCOLS, ReportedConfig, ReportedEntry
+from harness.core.sets import Manifest, save_images
 from harness.models.protocols import HardLabel, SoftLabel
 from harness.report.compare import by_seed, compare, difference
 from harness.report.leaderboard import render
@@ -240,3 +241,32 @@ def test_the_sites_first_view_is_the_methods_by_ipc_matrix(tmp_path):
         1: 0.80,
         2: 0.77,
     }
+
+
+def test_an_external_sets_cell_opens_its_grid(tmp_path, tiny_real):
+    """The external set's manifest in the store's set folders (as `ddbench evaluate` copies a set there): its grid is
+    drawn, and its matrix cell links to it."""
+    path, sums = tmp_path / "rel" / "ipc10", {}
+    for label, key in enumerate(tiny_real.classes):
+        (path / key).mkdir(parents=True)
+        sums[key] = save_images(tiny_real.train.class_images(label)[:10].float() / 255, path / key)
+    manifest = Manifest(
+        suite="s",
+        method="rel",
+        config={},
+        config_hash=SHA[:12],
+        ipc=10,
+        classes=list(tiny_real.classes),
+        seeds={},
+        images=10 * len(tiny_real.classes),
+        distill_seconds=0.0,
+        seconds_per_image=0.0,
+        peak_memory_bytes=0,
+        checksums=sums,
+        path=str(path),
+    )
+    site = tmp_path / "site"
+    page = build_site(_suite(), _store(), None, site, ["a", "b"], [], [], tmp_path, "cmd", RECIPES, [manifest])
+    cell = _Matrix(page.read_text()).cells[(("convnet3", "hard-label"), "external", f"rel (external, {SHA[:12]})", 1)]
+    assert cell["class"] == "num mcell leader"
+    assert '<a href="#set-rel-ipc-10">★ 78.3' in page.read_text() and (site / "s/grids/rel-ipc-10.png").is_file()

@@ -594,9 +594,12 @@ def build_site(
     board_dir: Path,
     command: str,
     recipes: set[tuple[str, str]] | None = None,
+    external_sets: list[Manifest] | None = None,
 ) -> Path:
     """Write <site_dir>/<suite>.html (with its plots and grids) and redraw the index; returns the page.
-    The rows shown are the board's (harness/report/rows.py `board_rows`): current configurations, current recipes."""
+    The rows shown are the board's (harness/report/rows.py `board_rows`): current configurations, current recipes.
+    `external_sets` are the manifests of the external sets in the store's set folders (`ddbench evaluate`): their
+    grids are drawn and their cells open them; they have no cost or diversity of ours."""
     site_dir, manifests = Path(site_dir), manifests or []
     assets = site_dir / suite.name
     for sub in ("plots", "grids"):
@@ -612,7 +615,7 @@ def build_site(
     students = [s for s in board.students if s in present] + sorted(present - set(board.students))
     methods = [m for m in method_order if not agg.empty and m in set(agg["method"])]
 
-    grids = _draw_grids(manifests, assets / "grids", suite.name)
+    grids = _draw_grids(manifests + list(external_sets or []), assets / "grids", suite.name)
     table = _cells(cells, seeds, method_order, students, protocol_names, grids) if not cells.empty else []
     reported = getattr(suite, "reported", None)
     matrices = _matrices(board, seeds, grids, reported, students)
