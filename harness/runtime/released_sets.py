@@ -11,6 +11,7 @@ commit once the file has been checked against its source.
 from __future__ import annotations
 
 import hashlib
+import shlex
 import shutil
 import tarfile
 import urllib.error
@@ -195,7 +196,9 @@ def fetch(entry: ReleasedSet, to: Path, record_hash: bool = False) -> Fetched:
 def evaluate_line(fetched: Fetched) -> str:
     """The command that evaluates the fetched set (ddbench evaluate, issue 27 item 1)."""
     e = fetched.entry
-    line = f"ddbench evaluate --suite {e.suite or 'SUITE'} --set {fetched.set_dir} --name {e.name}"
+    line = shlex.join(
+        ["ddbench", "evaluate", "--suite", e.suite or "SUITE", "--set", str(fetched.set_dir), "--name", e.name]
+    )
     if e.reported is not None:
         line += f" --reported {e.reported.accuracy:g}"
     return line
