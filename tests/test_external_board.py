@@ -270,3 +270,22 @@ def test_an_external_sets_cell_opens_its_grid(tmp_path, tiny_real):
     cell = _Matrix(page.read_text()).cells[(("convnet3", "hard-label"), "external", f"rel (external, {SHA[:12]})", 1)]
     assert cell["class"] == "num mcell leader"
     assert '<a href="#set-rel-ipc-10">★ 78.3' in page.read_text() and (site / "s/grids/rel-ipc-10.png").is_file()
+
+
+def test_an_external_set_has_dd_rankings_scores_in_its_own_group(tmp_path):
+    """The label-robust score pairs an external set's seeds with the random baseline's, as a method's are."""
+    both = {"hard-label": [0.60, 0.62, 0.61], "soft-label": [0.70, 0.71, 0.73]}
+    rows = [r for p, accs in both.items() for r in _rows("random-real", [a - 0.1 for a in accs], protocol=p)]
+    rows += [r for p, accs in both.items() for r in _external("rel", accs, protocol=p)]
+    rows += _rows("full-data", [0.9], protocol="hard-label", config_hash="f", ipc=0)
+    suite = SimpleNamespace(**{**vars(_suite()), "methods": ["random-real"]})
+    md, _ = render(suite, rows, None, tmp_path, ["random-real"], [])
+    lrs = pd.read_csv(tmp_path / "s-lrs.csv").set_index("method")
+    # Per seed: HLR = full − set (hard), IOR = set − random-real (soft) = 0.1; the mean over the seeds.
+    per_seed = [
+        (math.exp(0.5 * 0.1 - 0.5 * (0.9 - h)) - math.exp(-1)) / (math.e - math.exp(-1)) for h in both["hard-label"]
+    ]
+    assert math.isclose(lrs.loc["rel", "lrs"], sum(per_seed) / 3, abs_tol=1e-5)  # the CSV keeps 5 decimals
+    assert lrs.loc["rel", "kind"] == "external" and lrs.loc["rel", "seeds"] == 3
+    section = md.read_text().split("## DD-Ranking label-robust score")[1]
+    assert f"| rel (external, {SHA[:12]}) |" in section.split("## DD-Ranking augmentation")[0]
