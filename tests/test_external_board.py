@@ -204,7 +204,8 @@ def test_the_sites_first_view_is_the_methods_by_ipc_matrix(tmp_path):
     )
     rows = _store() + _rows("a", [0.6, 0.7, 0.65], ipc=10, protocol="soft-label")
     rows += _rows("b", [0.6, 0.5, 0.55], ipc=10, protocol="soft-label") + _rows("a", [0.8, 0.81], ipc=50)
-    current = {("a", "h"), ("b", "h")}
+    rows += _rows("full-data", [0.9], config_hash="f", ipc=0)
+    current = {("a", "h"), ("b", "h"), ("full-data", "f")}
     suite = _suite(reported=reported)
     page = build_site(suite, rows, current, tmp_path, ["a", "b"], [], [], tmp_path, "cmd", recipes=RECIPES)
     html = _Matrix(page.read_text())
@@ -234,6 +235,8 @@ def test_the_sites_first_view_is_the_methods_by_ipc_matrix(tmp_path):
     best = html.matrices[("convnet3", "best of protocols")]
     assert best[-1] == ["reported", "a", ["–", "80.1"]]
     assert all(r[0] != "reported" or r[1] != "a" for r in hard)
+    # Under each matrix, the papers' "whole dataset" column: the full-data row, never a cell of the matrix.
+    assert page.read_text().count("Full data (the student trained once on the whole training split): 90.0 (1)") == 3
     # An external set's row is in the flat table too, as its own family.
     assert f'data-method="rel (external, {SHA[:12]})" data-family="external"' in page.read_text()
     assert by_seed(cell_rows(trained_under(rows, RECIPES), current))[("rel", "convnet3", "hard-label", 10)] == {

@@ -427,6 +427,7 @@ def _matrices(board: Board, seeds: dict, grids: dict, reported, students: list[s
                     "rows": [{**r, "cells": [r["cells"].get(i) for i in ipcs]} for r in rows.values()],
                 }
             )
+        full = board.full[board.full["student"] == student] if len(board.full) else board.full
         out.append(
             {
                 "student": student,
@@ -434,6 +435,10 @@ def _matrices(board: Board, seeds: dict, grids: dict, reported, students: list[s
                 "ipcs": ipcs,
                 "groups": groups,
                 "id": _slug("matrix", student, protocol),
+                # the papers' "whole dataset" column: the student trained on the full training split
+                "full": None
+                if full.empty
+                else format_cell(full.iloc[0]["mean"], full.iloc[0]["std"], full.iloc[0]["seeds"]),
             }
         )
     return out
