@@ -389,7 +389,7 @@ def _matrices(board: Board, seeds: dict, grids: dict, reported, students: list[s
     views = list(
         board.ordered(cells, ("student", "protocol", "method", "ipc")).groupby(["student", "protocol"], sort=False)
     )
-    contest = {key: c for key, c in contests(cells, seeds, CELL).items()}
+    contest = dict(contests(cells, seeds, CELL))
     best = board.ordered(best_of_protocols(cells), ("student", "method", "ipc"))
     if cells.loc[cells["protocol"].map(ranked), "protocol"].nunique() > 1:
         views += [((student, BEST), part) for student, part in best.groupby("student", sort=False)]
