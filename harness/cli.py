@@ -259,7 +259,9 @@ def flat_parser() -> argparse.ArgumentParser:
         prog="ddbench",
         description=__doc__,
         allow_abbrev=False,
-        usage="ddbench [VERB] [--suite NAME] [flags]  (VERB: " + " | ".join(VERBS) + "; `ddbench VERB --help`)",
+        usage="ddbench [VERB] [--suite NAME] [flags]  (VERB: "
+        + " | ".join((*VERBS, "fetch-set"))
+        + "; `ddbench VERB --help`)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _suite_flags(p)

@@ -135,7 +135,7 @@ def test_a_google_drive_set_is_downloaded_by_hand_then_fetched(tmp_path, archive
     to = tmp_path / "fetched"
     status, _, err = _fetch(capsys, "my-set", "--to", to, "--registry", registry)
     assert status == 2 and err == [
-        f"ddbench: error: my-set: {url} needs a browser (Google Drive): download {url} by hand into "
+        f"ddbench: error: my-set: its file needs a browser (Google Drive): download {url} by hand into "
         f"{to / 'my-set.zip'} and run the same command again"
     ]
     (to / "my-set.zip").write_bytes(archive.read_bytes())  # what the person does

@@ -167,7 +167,7 @@ def fetch(entry: ReleasedSet, to: Path, record_hash: bool = False) -> Fetched:
         if not download.is_file():
             if entry.download == "manual":
                 raise ReleasedError(
-                    f"{entry.name}: {entry.url} needs a browser (Google Drive): {_by_hand(entry, download)}"
+                    f"{entry.name}: its file needs a browser (Google Drive): {_by_hand(entry, download)}"
                 )
             _download(entry, download)
         sha = file_sha256(download)
