@@ -1,7 +1,8 @@
 """`ddbench VERB --suite NAME [flags]` (`python benchmark.py ...`): the command line. It parses, checks what it was
 given (one line and exit status 2 before any compute), and hands over to the pipeline (harness/pipeline.py).
 
-Verbs: run (the default: suite → prepare → distill → evaluate → leaderboard), plan, search, site, compare, export.
+Verbs: run (the default: suite → prepare → distill → evaluate → leaderboard), plan, search, site, compare, export;
+and fetch-set NAME, which downloads a released set of the registry (benchmarks/released/) and needs no suite.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from pathlib import Path
 import ray
 
 from harness.config.loader import load_suite
+from harness.config.released import RELEASED_DIR, ReleasedError, load_released
 from harness.config.schema import SuiteError
+from harness.core.store import stored_rows
 from harness.models.data import DataError, load_real_data
 from harness.models.measures import DiversityError
 from harness.models.students import is_student
 from harness.pipeline import Run, RunError
 from harness.report.export import ExportError
 from harness.report.plan import DEFAULT_GPU_TFLOPS, PlanError
+from harness.report.rows import external_names
 from harness.runtime.cluster import ClusterError, check_target, resolve, signalled
 from harness.runtime.cluster import _exit_on as on_signal
 from harness.runtime.preflight import (
@@ -31,6 +35,7 @@ from harness.runtime.preflight import (
     check_out_dir,
     check_real_image_counts,
 )
+from harness.runtime.released_sets import evaluate_line, fetch
 from harness.stages.distill import DistillError
 from harness.stages.prepare import PrepareError
 from harness.stages.search import DEFAULT_TRIALS, SearchError, SearchSpec, default_point, search_protocol, space_of
@@ -177,6 +182,9 @@ HELP = {
     "compare": "two methods of the suite: per student, protocol and IPC, A − B with its 95%% confidence interval and "
     "whether it is resolved, from the store in --out; written to <out>/compare/",
     "export": "write METHOD's set at --ipc K (one IPC) as a Hugging Face datasets folder under <out>/exports/",
+    "fetch-set": "download a released set of the registry (benchmarks/released/NAME.yaml), check its SHA-256, unpack "
+    "it, and print the `ddbench evaluate` line that puts it on the board; where the network fails, one line says what "
+    "to download by hand and where to put it",
 }
 CROSS_ARCH_HELP = "run the suite's cross-architecture study (teacher × student table and heatmap) instead"
 
@@ -206,7 +214,42 @@ def parser() -> argparse.ArgumentParser:
     verb("site", _address_flag, _check_flags, site=True)
     verb("compare", _address_flag).add_argument("compare", metavar="A,B", help="the two methods")
     verb("export", _address_flag).add_argument("export", metavar="METHOD", help="the method whose set to write")
+    verbs.add_parser("fetch-set", help=HELP["fetch-set"], add_help=False)  # listed here; parsed by fetch_set_parser
     return p
+
+
+def fetch_set_parser() -> argparse.ArgumentParser:
+    """`ddbench fetch-set NAME [--to DIR] [--record-hash]`: needs no suite, cluster or data."""
+    p = _Parser(prog="ddbench fetch-set", description=HELP["fetch-set"], allow_abbrev=False)
+    p.add_argument("name", metavar="NAME", help="a registry entry (benchmarks/released/NAME.yaml)")
+    p.add_argument("--to", type=_out_dir, default=None, help="where to download and unpack it (default: released/NAME)")
+    p.add_argument(
+        "--record-hash",
+        action="store_true",
+        help="fetch an entry whose SHA-256 the registry does not record (unverified) and print the file's, to commit",
+    )
+    p.add_argument("--registry", type=Path, default=RELEASED_DIR, help="the registry folder (default: %(default)s)")
+    return p
+
+
+def fetch_set(argv: list[str]) -> int:
+    """The fetch-set verb: the registry entry, fetched and checked; one line and exit 2 on any failure."""
+    args = fetch_set_parser().parse_args(argv)
+    try:
+        entry = load_released(args.name, args.registry)
+        fetched = fetch(entry, args.to or Path("released") / entry.name, record_hash=args.record_hash)
+    except ReleasedError as e:
+        fail(str(e))
+    state = "verified against the registry" if fetched.verified else "UNVERIFIED: the registry records none"
+    print(f"[fetch-set] {entry.name}: {fetched.download}, SHA-256 {fetched.sha256} ({state})", flush=True)
+    if not fetched.verified:
+        print(f"[fetch-set] once checked against the source, commit to {entry.source}: sha256: {fetched.sha256}")
+    print(f"[fetch-set] set folder: {fetched.set_dir} (class folders by {entry.class_folders}: {entry.class_order})")
+    if entry.reported is not None:
+        r = entry.reported
+        print(f"[fetch-set] its paper reports {r.accuracy:g} % ({r.student}, {r.protocol}; {r.table})")
+    print(evaluate_line(fetched), flush=True)
+    return 0
 
 
 def flat_parser() -> argparse.ArgumentParser:
@@ -216,7 +259,9 @@ def flat_parser() -> argparse.ArgumentParser:
         prog="ddbench",
         description=__doc__,
         allow_abbrev=False,
-        usage="ddbench [VERB] [--suite NAME] [flags]  (VERB: " + " | ".join(VERBS) + "; `ddbench VERB --help`)",
+        usage="ddbench [VERB] [--suite NAME] [flags]  (VERB: "
+        + " | ".join((*VERBS, "fetch-set"))
+        + "; `ddbench VERB --help`)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _suite_flags(p)
@@ -301,6 +346,8 @@ def _stopped(what: str, status: int) -> None:
 
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fetch-set"]:
+        return fetch_set(argv[1:])
     args = parse(argv)
     command = shlex.join(["python", "benchmark.py", *argv])
     try:
@@ -387,11 +434,15 @@ def _verb(args, suite) -> tuple[str, list[str] | None]:
         pair = [m.strip() for m in args.compare.split(",") if m.strip()]
         if len(pair) != 2 or pair[0] == pair[1]:
             raise SuiteError(f"{suite.source}: methods: --compare {args.compare!r} must name two different methods")
-    unknown = [m for m in (pair or []) + ([args.export] if args.export is not None else []) if m not in suite.methods]
+    # --compare may name an external set (`ddbench evaluate`) the store in --out holds beside the suite's methods
+    external = external_names(stored_rows(Path(args.out) / "results" / f"{suite.name}.jsonl")) if pair else []
+    unknown = [m for m in pair or [] if m not in suite.methods and m not in external]
+    unknown += [args.export] if args.export is not None and args.export not in suite.methods else []
     if unknown:
         raise SuiteError(
             f"{suite.source}: methods: {', '.join(unknown)} not in the suite (it has: "
-            f"{', '.join(suite.methods)}){'; try --profile leaderboard' if args.profile == 'full' else ''}"
+            f"{', '.join(suite.methods)}{'; external sets in --out: ' + ', '.join(external) if external else ''})"
+            f"{'; try --profile leaderboard' if args.profile == 'full' else ''}"
         )
     if args.export is not None and (not args.ipc or len(args.ipc) != 1):
         raise SuiteError(f"{suite.source}: ipcs: --export needs one IPC (--ipc K)")
@@ -450,8 +501,8 @@ def _run(args, suite, methods, verb: str, pair, command: str) -> Run:
     else:
         check_real_image_counts(suite, real.train, methods, suite.ipcs)
     reads_only = verb in ("site", "compare", "export")
-    if verb in ("compare", "export"):
-        methods = pair or [args.export]
+    if verb in ("compare", "export"):  # an external set of the pair is no method: the Run reads its rows only
+        methods = [m for m in pair if m in suite.methods] if pair else [args.export]
     return Run(
         suite,
         methods,

@@ -27,8 +27,8 @@ from harness.report.markdown import protocols_note
 from harness.report.plan import make_plan
 from harness.report.rows import (
     board_order,
+    cell_rows,
     failed_check_cells,
-    measured_rows,
     searched_label,
     trained_under,
     with_searched_labels,
@@ -367,9 +367,7 @@ class Run:
         rows = trained_under(rows, self.recipes)
         s = self.suite
         table = board_order(
-            mark_failed(
-                compare(measured_rows(rows, compared), *pair), *pair, failed_check_cells(self.manifests, compared)
-            ),
+            mark_failed(compare(cell_rows(rows, compared), *pair), *pair, failed_check_cells(self.manifests, compared)),
             pair,
             list(s.students),
             list(s.protocols),

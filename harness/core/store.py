@@ -33,6 +33,13 @@ def _rows(data: bytes) -> list[dict]:
     return rows
 
 
+def stored_rows(path: Path) -> list[dict]:
+    """The rows of the store file at `path`, read without opening the store (no folder is made): [] where there
+    is no file. For checks before a run, which must write nothing."""
+    path = Path(path)
+    return _rows(path.read_bytes()) if path.is_file() else []
+
+
 class ResultStore:
     def __init__(self, path: Path):
         self.path = Path(path)

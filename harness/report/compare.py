@@ -93,10 +93,11 @@ def compare(rows: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def leaders(agg: pd.DataFrame, seeds: dict[tuple, dict[int, float]], cell: list[str]) -> dict[tuple, str]:
-    """Per cell of `agg` (grouped by `cell`), the method with the highest mean where its lead over the runner-up
-    is resolved; cells with no resolved lead are absent. `seeds` is `by_seed` of the rows `agg` aggregates; a
-    row's own protocol picks its seeds (the best-of-protocols table mixes recipes: those pairs go to Welch)."""
+def contests(agg: pd.DataFrame, seeds: dict[tuple, dict[int, float]], cell: list[str]) -> dict[tuple, tuple]:
+    """Per cell of `agg` (grouped by `cell`) that holds two rows or more: (first, runner-up, first − runner-up with
+    its interval), first and runner-up being the rows of the two highest means. `seeds` is `by_seed` of the rows
+    `agg` aggregates; a row's own protocol picks its seeds (the best-of-protocols table mixes recipes: those pairs
+    go to Welch)."""
     out = {}
     for key, part in agg.groupby(cell, sort=False):
         if len(part) < 2:
@@ -106,9 +107,15 @@ def leaders(agg: pd.DataFrame, seeds: dict[tuple, dict[int, float]], cell: list[
         def accuracies(r):
             return seeds.get((r["method"], r["student"], r["protocol"], r["ipc"]), {})
 
-        if difference(accuracies(first), accuracies(second), paired=first["protocol"] == second["protocol"]).resolved:
-            out[key if isinstance(key, tuple) else (key,)] = first["method"]
+        d = difference(accuracies(first), accuracies(second), paired=first["protocol"] == second["protocol"])
+        out[key if isinstance(key, tuple) else (key,)] = (first, second, d)
     return out
+
+
+def leaders(agg: pd.DataFrame, seeds: dict[tuple, dict[int, float]], cell: list[str]) -> dict[tuple, str]:
+    """Per cell of `agg` (grouped by `cell`), the method with the highest mean where its lead over the runner-up
+    is resolved (`contests`); cells with no resolved lead are absent."""
+    return {key: first["method"] for key, (first, _, d) in contests(agg, seeds, cell).items() if d.resolved}
 
 
 def mark_failed(table: pd.DataFrame, a: str, b: str, failed: set[tuple[str, int]]) -> pd.DataFrame:

@@ -12,7 +12,17 @@ from harness.config.schema import BEST_OF_PROTOCOLS
 from harness.core.identity import FULL_DATA
 from harness.report.compare import CELL, LEVEL, by_seed, leaders
 from harness.report.manifest_tables import machine_label
-from harness.report.rows import FAILED_CHECK_MARK, Board, best_of_protocols, measured_rows, ranked
+from harness.report.rows import (
+    EXTERNAL,
+    FAILED_CHECK_MARK,
+    OVERLAP_MARK,
+    OVERLAP_NOTE,
+    Board,
+    best_of_protocols,
+    cell_rows,
+    external_label,
+    ranked,
+)
 from harness.report.scores import Scores
 
 BEST = "best of protocols"
@@ -53,18 +63,31 @@ def _ipc_table(
     part: pd.DataFrame, ipcs: list[int], order: dict[str, int], cell, leader: dict[int, str] | None = None
 ) -> list[str]:
     """A method × IPC table of `part`'s rows, methods in the suite's order, `cell(row)` in each; the cell of
-    `leader[ipc]`, the method whose lead at that IPC is resolved (harness/report/compare.py), in bold."""
+    `leader[ipc]`, the method whose lead at that IPC is resolved (harness/report/compare.py), in bold. Rows of
+    external sets (`part`'s `kind`, where it has one) come after the measured ones, under their own heading row,
+    labelled by `external_label`."""
     leader = leader or {}
     lines = ["| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---|" + "---|" * len(ipcs)]
-    for method in sorted(part["method"].unique(), key=lambda m: order.get(m, math.inf)):
-        cells = []
-        for ipc in ipcs:
-            r = part[(part["method"] == method) & (part["ipc"] == ipc)]
-            text = cell(r.iloc[0]) if len(r) else "–"
-            if len(r) and leader.get(ipc) == method:
-                text = f"**{text}**"
-            cells.append(text + (FAILED_CHECK_MARK if len(r) and r.iloc[0].get("backbone_check_failed") else ""))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    external = part["kind"] == EXTERNAL if "kind" in part else pd.Series(False, index=part.index)
+    for elsewhere, group in ((False, part[~external]), (True, part[external])):
+        if elsewhere and len(group):
+            lines.append("| *made elsewhere, evaluated by ddbench* |" + " |" * len(ipcs))
+        for method in sorted(group["method"].unique(), key=lambda m: order.get(m, math.inf)):
+            rows = group[group["method"] == method]
+            first = rows.iloc[0]
+            label = (
+                external_label(method, first["config_hash"], int(first.get("overlap", 0) or 0))
+                if first.get("kind") == EXTERNAL
+                else method
+            )
+            cells = []
+            for ipc in ipcs:
+                r = rows[rows["ipc"] == ipc]
+                text = cell(r.iloc[0]) if len(r) else "–"
+                if len(r) and leader.get(ipc) == method:
+                    text = f"**{text}**"
+                cells.append(text + (FAILED_CHECK_MARK if len(r) and r.iloc[0].get("backbone_check_failed") else ""))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -76,6 +99,11 @@ def board_lines(suite, board: Board, scores: Scores, notes: list[str]) -> list[s
         if getattr(suite, "reported", None)
         else "all rows measured by ddbench, none reported from papers"
     )
+    if len(board.external):
+        provenance += (
+            "; rows under 'made elsewhere' are sets distilled by others (their sources under 'External sets'), "
+            "evaluated by ddbench under the same students, protocols and seeds"
+        )
     lines = [
         f"# {suite.name}",
         "",
@@ -83,12 +111,16 @@ def board_lines(suite, board: Board, scores: Scores, notes: list[str]) -> list[s
         f"(number of seeds in brackets); {provenance}.",
         "",
     ]
+    if len(board.external) and (board.external["overlap"] > 0).any():
+        notes = [*notes, OVERLAP_NOTE]
     lines += [f"- {n}" for n in notes] + [""]
-    if board.agg.empty:
+    cells = board.cells()
+    if cells.empty:
         return lines + ["No results yet."]
-    ipcs = sorted(board.agg["ipc"].unique())
+    ipcs = sorted(cells["ipc"].unique())
     order = {m: i for i, m in enumerate(board.method_order)}
     lines += _accuracy_lines(board, ipcs, order) + _full_data_lines(board, scores.recipes["hard"])
+    lines += external_lines(board)
     baseline, hard, no_aug = scores.baseline, scores.recipes["hard"], scores.recipes["no_aug"]
     if not scores.lrs.empty:
         lines += _score_lines(
@@ -118,14 +150,14 @@ def board_lines(suite, board: Board, scores: Scores, notes: list[str]) -> list[s
 def _accuracy_lines(board: Board, ipcs: list[int], order: dict[str, int]) -> list[str]:
     """A table per (student, protocol) and, where more than one protocol is ranked, one per student of the best
     of protocols (each cell naming the protocol it took); a column's resolved leader in bold."""
-    agg = board.agg
+    agg = board.cells()
     tables = list(
         board.ordered(agg, ("student", "protocol", "method", "ipc")).groupby(["student", "protocol"], sort=False)
     )
     best = board.ordered(best_of_protocols(agg), ("student", "method", "ipc"))
     if agg.loc[agg["protocol"].map(ranked), "protocol"].nunique() > 1:
         tables += [((student, BEST), part) for student, part in best.groupby("student", sort=False)]
-    seeds = by_seed(measured_rows(board.rows, board.current))
+    seeds = by_seed(cell_rows(board.rows, board.current))
     led = leaders(agg, seeds, CELL)
     led.update({(s, BEST, i): m for (s, i), m in leaders(best, seeds, ["student", "ipc"]).items()})
     lines = [
@@ -146,6 +178,48 @@ def _accuracy_lines(board: Board, ipcs: list[int], order: dict[str, int]) -> lis
         )
         lines.append("")
     return lines
+
+
+def external_lines(board: Board) -> list[str]:
+    """The external sets' section: each set's name, source, SHA-256 and test-split overlaps, then each of its cells
+    beside the accuracy its paper reports for it, where its row says one, and measured − reported in points."""
+    ext = board.external
+    if ext.empty:
+        return []
+    lines = [
+        "## External sets",
+        "",
+        "Sets distilled elsewhere (a paper's released set, anyone's), copied into ddbench's store and evaluated "
+        "under this board's students, protocols and seeds (`ddbench evaluate`): their cells above, under 'made "
+        "elsewhere', with the same statistics and intervals as the measured ones. A name stands for its latest "
+        "set; its config hash is the first 12 hex digits of the set's SHA-256. The reported number is the one "
+        "the set's paper prints, under the paper's own student and recipe, which may not be this board's: the "
+        "difference says how far ddbench's protocol moves the set, not that one of the two is wrong.",
+        "",
+        "| set | source | SHA-256 | test-split overlaps |",
+        "|---|---|---|---|",
+    ]
+    for (method, _), part in ext.groupby(["method", "config_hash"], sort=False):
+        first = part.iloc[0]
+        overlap = int(part["overlap"].max())
+        lines.append(
+            f"| {method} | {first['set_source']} | `{first['set_sha256']}` | "
+            f"{f'{overlap}{OVERLAP_MARK}' if overlap else 0} |"
+        )
+    lines += [
+        "",
+        "| set | IPC | student | protocol | measured | reported | measured − reported |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in board.ordered(ext, ("method", "ipc", "student", "protocol")).to_dict("records"):
+        reported, diff = r["reported_accuracy"], r["measured_minus_reported"]
+        known = not (reported is None or math.isnan(reported))
+        lines.append(
+            f"| {r['method']} | {r['ipc']} | {r['student']} | {r['protocol']} "
+            f"| {format_cell(r['mean'], r['std'], r['seeds'])} | {_fmt(100 * reported if known else None, '.1f')} "
+            f"| {_fmt(100 * diff if known else None, '+.1f')} |"
+        )
+    return lines + [""]
 
 
 def _full_data_lines(board: Board, hard: str) -> list[str]:

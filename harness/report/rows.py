@@ -5,7 +5,9 @@ so a cell means the same wherever it is shown.
 Only rows of the configurations the suite defines now are shown (an old config's rows stay in the store but would
 mix two experiments), and only rows trained under the current recipes. Rows copied from papers carry kind
 "reported" and are never averaged with measured ones. A config a search chose is relabelled as its own method,
-shown beside the method's own config and never averaged with it.
+shown beside the method's own config and never averaged with it. Rows of sets made elsewhere and evaluated by
+ddbench (`ddbench evaluate`, kind "external") are their own group: the same statistics as measured rows, each
+name's latest set only, never averaged with a method's rows nor standing in for one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from harness.core.sets import Manifest
 from harness.models.protocols import get_protocol, list_protocols
 
 GROUP = ["method", "config_hash", "ipc", "student", "protocol"]
+MEASURED, EXTERNAL = "measured", "external"
+# An external set that holds test-split near-duplicates (evaluated with --allow-overlap) carries this mark
+# wherever its cells are shown, and OVERLAP_NOTE says what it means.
+OVERLAP_MARK = " ⚠"
+OVERLAP_NOTE = (
+    "⚠: an external set holding images (near-)identical to test-split images, evaluated with --allow-overlap: "
+    "its accuracy is inflated by an unknown amount"
+)
 FAILED_CHECK_MARK = " ✗"
 # Off the table (the site's plots, `--compare`), a failed-check row keeps a mark too: † after its label (a font's
 # sure glyph), an open marker in the plots, and this legend or footnote (issue 31, item 5).
@@ -47,20 +57,78 @@ def measured_rows(rows: list[dict], current: set[tuple[str, str]] | None = None)
     return df
 
 
+def external_rows(rows: list[dict]) -> pd.DataFrame:
+    """The store's rows of sets made elsewhere (kind "external"), of each name's latest set only: the store is
+    appended to, so the last row of a name says which set (config hash: the set's SHA-256) it stands for now; an
+    earlier set under the name stays in the store but would mix two sets into one row."""
+    external = [r for r in rows if r.get("kind") == EXTERNAL]
+    latest = {r["method"]: r["config_hash"] for r in external}
+    return pd.DataFrame([r for r in external if latest[r["method"]] == r["config_hash"]])
+
+
+def external_names(rows: list[dict]) -> list[str]:
+    """The names of the external sets among `rows`, in the order they reached the store."""
+    return list(dict.fromkeys(r["method"] for r in rows if r.get("kind") == EXTERNAL))
+
+
+def cell_rows(rows: list[dict], current: set[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """The rows every cell of the board is made of: measured rows of the configurations in `current` and the
+    external sets' rows. `--compare` and the leaders' intervals read these."""
+    parts = [df for df in (measured_rows(rows, current), external_rows(rows)) if not df.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _statistics(df: pd.DataFrame, **extra) -> pd.DataFrame:
+    """Each cell (GROUP) of `df`'s rows: mean ± sample std of accuracy over seeds, their number, and `extra`."""
+    return (
+        df.groupby(GROUP, sort=False)
+        .agg(
+            mean=("accuracy", "mean"),
+            std=("accuracy", lambda a: a.std(ddof=1) if len(a) > 1 else 0.0),
+            seeds=("seed", "nunique"),
+            train_seconds=("train_seconds", "mean"),
+            **extra,
+        )
+        .reset_index()
+    )
+
+
 def aggregate(rows: list[dict], current: set[tuple[str, str]] | None = None) -> pd.DataFrame:
     df = measured_rows(rows, current)
     if df.empty:
         return df
-    g = df.groupby(GROUP, sort=False)
-    out = g.agg(
-        mean=("accuracy", "mean"),
-        std=("accuracy", lambda a: a.std(ddof=1) if len(a) > 1 else 0.0),
-        seeds=("seed", "nunique"),
-        train_seconds=("train_seconds", "mean"),
+    return _statistics(
+        df,
         seconds_per_image=("distill_seconds_per_image", "first"),
         peak_memory_mb=("peak_memory_bytes", lambda b: b.iloc[0] / 2**20),
-    ).reset_index()
-    return out
+    )
+
+
+def aggregate_external(rows: list[dict]) -> pd.DataFrame:
+    """The external sets' cells (`external_rows`), with the statistics of `aggregate` and each set's label: its
+    source, SHA-256, the test-split near-duplicates it was allowed to hold (`overlap`) and the accuracy its paper
+    reports for it (`reported_accuracy`, a fraction; NaN where none)."""
+    df = external_rows(rows)
+    if df.empty:
+        return df
+    for column, default in (("overlap", 0), ("reported_accuracy", float("nan")), ("set_source", "")):
+        if column not in df:
+            df[column] = default
+    df["overlap"] = df["overlap"].fillna(0).astype(int)
+    out = _statistics(
+        df,
+        set_source=("set_source", "last"),
+        set_sha256=("set_sha256", "last"),
+        overlap=("overlap", "max"),
+        reported_accuracy=("reported_accuracy", "last"),
+    )
+    return out.assign(measured_minus_reported=out["mean"] - out["reported_accuracy"])
+
+
+def external_label(method: str, config_hash: str, overlap: int = 0) -> str:
+    """How an external set is named in a table: its name, that it was made elsewhere, its short hash, and the mark
+    of a set that holds test-split near-duplicates."""
+    return f"{method} (external, {config_hash})" + (OVERLAP_MARK if overlap else "")
 
 
 def best_of_protocols(agg: pd.DataFrame) -> pd.DataFrame:
@@ -161,6 +229,7 @@ class Board:
     rows: list[dict]  # the store's rows trained under the current recipes
     current: set[tuple[str, str]]  # (method, config hash) of the sets on the board
     agg: pd.DataFrame  # each set's cells, mean ± std over seeds, in board order; full data apart
+    external: pd.DataFrame  # the external sets' cells (`aggregate_external`), by name, student, protocol, IPC
     full: pd.DataFrame  # the full-data reference rows
     failed_note: list[str]  # the note on cells sampled from a backbone that failed its check, if any
     method_order: list[str]
@@ -170,6 +239,14 @@ class Board:
     def ordered(self, df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
         """`df` in this board's order of the columns `by` (see `board_order`)."""
         return board_order(df, self.method_order, self.students, self.protocols, by)
+
+    def cells(self) -> pd.DataFrame:
+        """The measured and external cells together (with a `kind` column), where a column's leader is resolved."""
+        parts = [df.assign(kind=kind) for kind, df in ((MEASURED, self.agg), (EXTERNAL, self.external)) if len(df)]
+        cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        if "backbone_check_failed" in cells:  # an external set is sampled from no backbone of ours
+            cells["backbone_check_failed"] = cells["backbone_check_failed"].fillna(False).astype(bool)
+        return cells
 
 
 def board_rows(
@@ -183,7 +260,8 @@ def board_rows(
     """The board of `rows`: only those of the sets in `current` (method, config hash) and, where given, trained
     under the `recipes` (student, protocol hash), so that a store holding a quick profile's 30-epoch students
     beside the full suite's, or a student's rows from before its recipe was searched, never averages the two into
-    one cell. Cells of sets sampled from a backbone that failed its check (their `manifests` say so) are marked."""
+    one cell. Cells of sets sampled from a backbone that failed its check (their `manifests` say so) are marked.
+    The external sets' cells (`aggregate_external`) are trained under the same `recipes`, or left off."""
     rows = trained_under(rows, recipes)
     students, protocols = list(getattr(suite, "students", [])), list(suite.protocols)
     agg, failed_note = mark_failed_checks(
@@ -191,4 +269,5 @@ def board_rows(
     )
     full = agg[agg["method"] == FULL_DATA] if not agg.empty else agg
     agg = agg[agg["method"] != FULL_DATA] if not agg.empty else agg
-    return Board(rows, current, agg, full, failed_note, method_order, students, protocols)
+    external = board_order(aggregate_external(rows), [], students, protocols)
+    return Board(rows, current, agg, external, full, failed_note, method_order, students, protocols)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness.core.identity import FULL_DATA
 from harness.models.protocols import score_protocols
-from harness.report.rows import Board, measured_rows
+from harness.report.rows import EXTERNAL, Board, cell_rows
 from methods import get_method, list_methods
 
 
@@ -24,16 +24,19 @@ def _normalised(x: float) -> float:
 
 def _paired_scores(rows: list[dict], current, name: str, score) -> pd.DataFrame:
     """`score(acc, full, method, ipc, student, seed)` → {name: value, parts…} or None, per seed, for every
-    (method, IPC, student) of the measured rows: the means over the seeds that have every accuracy the score
-    needs, and the sample std of `name`. `acc` is indexed by (method, IPC, student, protocol, seed); `full`
-    is the full-data accuracy by student."""
-    df = measured_rows(rows, current)
+    (method, IPC, student) of the measured rows and the external sets' (`kind` says which): the means over the seeds
+    that have every accuracy the score needs, and the sample std of `name`. `acc` is indexed by (method, IPC,
+    student, protocol, seed); `full` is the full-data accuracy by student (measured: never an external set's)."""
+    df = cell_rows(rows, current)
     if df.empty:
         return df
     full = df[df["method"] == FULL_DATA].groupby("student")["accuracy"].mean()
     df = df[df["method"] != FULL_DATA]
     acc = df.set_index(["method", "ipc", "student", "protocol", "seed"])["accuracy"]
     acc = acc[~acc.index.duplicated(keep="last")]
+    # An external set's scores are a group of their own, as its cells are; a board without one keeps its columns.
+    mine = df[df["kind"] == EXTERNAL] if "kind" in df else df.iloc[:0]
+    external = dict(zip(mine["method"], mine["config_hash"]))
     out = []
     for (method, ipc, student), _ in df.groupby(["method", "ipc", "student"], sort=False):
         per_seed = [score(acc, full, method, ipc, student, seed) for seed in sorted(df["seed"].unique())]
@@ -41,6 +44,8 @@ def _paired_scores(rows: list[dict], current, name: str, score) -> pd.DataFrame:
         if per_seed.empty:
             continue
         entry = {"method": method, "ipc": ipc, "student": student}
+        if method in external:  # its label on the board (harness/report/markdown.py `_ipc_table`)
+            entry.update(kind=EXTERNAL, config_hash=external[method])
         for column in per_seed.columns:
             entry[column] = per_seed[column].mean()
             if column == name:

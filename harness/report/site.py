@@ -24,20 +24,29 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from torchvision.utils import make_grid
 
+from harness.config.schema import BEST_OF_PROTOCOLS
 from harness.core import atomic
+from harness.core.identity import FULL_DATA
 from harness.core.sets import Manifest
-from harness.report.compare import CELL, LEVEL, by_seed, leaders
+from harness.report.compare import CELL, LEVEL, Difference, by_seed, contests, difference
 from harness.report.manifest_tables import cost_table, diversity_table, machine_label
-from harness.report.markdown import format_cell
+from harness.report.markdown import BEST, format_cell
 from harness.report.reported import reported_table
 from harness.report.rows import (
+    EXTERNAL,
     FAILED_PLOT_LEGEND,
     FAILED_PLOT_MARK,
     FAILED_PLOT_NOTE,
+    MEASURED,
+    OVERLAP_MARK,
+    OVERLAP_NOTE,
+    Board,
     best_of_protocols,
     board_order,
     board_rows,
-    measured_rows,
+    cell_rows,
+    external_label,
+    ranked,
 )
 from methods import get_method, list_methods
 
@@ -300,36 +309,176 @@ def _env() -> Environment:
     )
 
 
+def _label(r: dict) -> str:
+    """A cell's row label: the method, or an external set's name, source hash and overlap mark."""
+    return (
+        external_label(r["method"], r["config_hash"], int(r.get("overlap") or 0))
+        if r["kind"] == EXTERNAL
+        else r["method"]
+    )
+
+
 def _cells(
-    agg: pd.DataFrame,
-    rows: list[dict],
-    current,
+    cells: pd.DataFrame,
+    seeds: dict,
     order: list[str],
     students: list[str],
     protocols: list[str],
     grids: dict,
 ) -> list[dict]:
-    """The accuracy table's rows: one per (student, protocol, IPC, method) cell, its resolved leader marked."""
-    led = leaders(agg, by_seed(measured_rows(rows, current)), CELL)
+    """The flat table's rows: one per (student, protocol, IPC, method or external set) cell, its resolved leader
+    marked."""
+    led = {key: first["method"] for key, (first, _, d) in contests(cells, seeds, CELL).items() if d.resolved}
     out = []
-    for r in board_order(agg, order, students, protocols, ("student", "protocol", "ipc", "method")).to_dict("records"):
+    for r in board_order(cells, order, students, protocols, ("student", "protocol", "ipc", "method")).to_dict(
+        "records"
+    ):
         out.append(
             {
-                "method": r["method"],
-                "family": family(r["method"]),
+                "method": _label(r),
+                "family": EXTERNAL if r["kind"] == EXTERNAL else family(r["method"]),
                 "student": r["student"],
                 "protocol": r["protocol"],
                 "ipc": int(r["ipc"]),
                 "mean": 100 * r["mean"],
                 "seeds": int(r["seeds"]),
                 "cell": format_cell(r["mean"], r["std"], r["seeds"]),
-                "seconds_per_image": r["seconds_per_image"],
+                "seconds_per_image": r.get("seconds_per_image", math.nan),
                 "leader": led.get((r["student"], r["protocol"], r["ipc"])) == r["method"],
                 "failed_check": bool(r.get("backbone_check_failed")),
                 "grid": grids[(r["method"], r["ipc"])]["anchor"] if (r["method"], r["ipc"]) in grids else None,
             }
         )
     return out
+
+
+def _interval(d: Difference, other: str) -> str:
+    """A difference in points with its interval, against `other`, as a cell says it."""
+    if math.isnan(d.low):
+        return f"{100 * d.mean:+.1f} vs {other} ({d.test})"
+    return f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}] vs {other} ({d.test})"
+
+
+def _reported_in(reported, student: str, protocol: str, protocols: list[str]) -> list:
+    """The papers' entries (not full data) a matrix of `student` under `protocol` shows: those of its protocol (the
+    best-of matrix: those a paper took the better of its evaluations for), whose student is `student` under it (a
+    paper's name stands for the network `reported.measured_as` says)."""
+    if reported is None:
+        return []
+    under = [p for p in protocols if ranked(p)] if protocol == BEST else [protocol]
+    wanted = BEST_OF_PROTOCOLS if protocol == BEST else protocol
+    return [
+        e
+        for e in reported.entries
+        if e.kind != FULL_DATA
+        and e.protocol == wanted
+        and any(reported.measured_as.get(e.student, {}).get(p, e.student) == student for p in under)
+    ]
+
+
+def _matrices(board: Board, seeds: dict, grids: dict, reported, students: list[str]) -> list[dict]:
+    """The site's first view, as papers print it: per student and protocol (and, where more than one protocol is
+    ranked, per student the best of protocols), a methods × IPC matrix in three groups: measured by ddbench, made
+    elsewhere and evaluated by ddbench, reported by the papers. A column's resolved leader is starred (the one
+    rule of harness/report/compare.py); its top cell shows its interval against the runner-up, every other cell
+    (on hover) its interval against the top; a cell opens its set's grid."""
+    cells = board.cells()
+    if cells.empty:
+        return []
+    cells = cells[cells["student"].isin(students)]
+    views = list(
+        board.ordered(cells, ("student", "protocol", "method", "ipc")).groupby(["student", "protocol"], sort=False)
+    )
+    contest = dict(contests(cells, seeds, CELL))
+    best = board.ordered(best_of_protocols(cells), ("student", "method", "ipc"))
+    if cells.loc[cells["protocol"].map(ranked), "protocol"].nunique() > 1:
+        views += [((student, BEST), part) for student, part in best.groupby("student", sort=False)]
+        contest.update({(s, BEST, i): c for (s, i), c in contests(best, seeds, ["student", "ipc"]).items()})
+    out = []
+    for (student, protocol), part in views:
+        papers = _reported_in(reported, student, protocol, board.protocols)
+        ipcs = sorted({int(i) for i in part["ipc"]} | {e.ipc for e in papers})
+        groups = []
+        for kind, title in ((MEASURED, "measured by ddbench"), (EXTERNAL, "made elsewhere, evaluated by ddbench")):
+            group = part[part["kind"] == kind]
+            rows = []
+            for method in dict.fromkeys(group["method"]):
+                mine = {int(r["ipc"]): r for r in group[group["method"] == method].to_dict("records")}
+                row = {"label": _label(next(iter(mine.values()))), "cells": []}
+                for ipc in ipcs:
+                    r = mine.get(ipc)
+                    row["cells"].append(None if r is None else _matrix_cell(r, protocol, contest, seeds, grids))
+                rows.append(row)
+            if rows:
+                groups.append({"kind": kind, "title": title, "rows": rows})
+        if papers:
+            rows = {}
+            for e in papers:
+                row = rows.setdefault(e.method, {"label": e.method, "cells": {}})
+                spread = "" if e.std is None else f" ± {e.std:.1f}"
+                row["cells"][e.ipc] = {
+                    "text": f"{e.accuracy:.1f}{spread}",
+                    "title": f"{e.paper}, {e.table}; {e.student}",
+                }
+            groups.append(
+                {
+                    "kind": "reported",
+                    "title": "reported by the papers (copied, not measured; never starred)",
+                    "rows": [{**r, "cells": [r["cells"].get(i) for i in ipcs]} for r in rows.values()],
+                }
+            )
+        full = board.full[board.full["student"] == student] if len(board.full) else board.full
+        out.append(
+            {
+                "student": student,
+                "protocol": protocol,
+                "ipcs": ipcs,
+                "groups": groups,
+                "id": _slug("matrix", student, protocol),
+                # the papers' "whole dataset" column: the student trained on the full training split
+                "full": None
+                if full.empty
+                else format_cell(full.iloc[0]["mean"], full.iloc[0]["std"], full.iloc[0]["seeds"]),
+            }
+        )
+    return out
+
+
+def _matrix_cell(r: dict, protocol: str, contest: dict, seeds: dict, grids: dict) -> dict:
+    """One matrix cell: mean ± std (seeds), the protocol it took in a best-of matrix, its star where it leads by a
+    resolved margin, its interval against the runner-up (the top cell) or against the top (every other), the
+    measured − reported of an external set whose paper prints a number, and its set's grid."""
+    text = format_cell(r["mean"], r["std"], r["seeds"]) + (f" {r['protocol']}" if protocol == BEST else "")
+    first, second, d = contest.get((r["student"], protocol, r["ipc"]), (None, None, None))
+    top = first is not None and first["method"] == r["method"]
+    if first is None:
+        vs = "alone in its column"
+    elif top:
+        vs = _interval(d, second["method"])
+    else:
+
+        def accuracies(x):
+            return seeds.get((x["method"], x["student"], x["protocol"], x["ipc"]), {})
+
+        vs = _interval(
+            difference(accuracies(r), accuracies(first), paired=r["protocol"] == first["protocol"]), first["method"]
+        )
+    reported = r.get("reported_accuracy")
+    paper = (
+        f"reported {100 * reported:.1f}, measured − reported {100 * (r['mean'] - reported):+.1f}"
+        if r["kind"] == EXTERNAL and reported is not None and not math.isnan(reported)
+        else ""
+    )
+    return {
+        "text": text,
+        "leader": top and d.resolved,
+        "top": top,
+        "vs": vs,
+        "paper": paper,
+        "overlap": int(r.get("overlap") or 0) if r["kind"] == EXTERNAL else 0,
+        "failed_check": bool(r.get("backbone_check_failed")),
+        "grid": grids[(r["method"], r["ipc"])]["anchor"] if (r["method"], r["ipc"]) in grids else None,
+    }
 
 
 def _plots(
@@ -450,9 +599,12 @@ def build_site(
     board_dir: Path,
     command: str,
     recipes: set[tuple[str, str]] | None = None,
+    external_sets: list[Manifest] | None = None,
 ) -> Path:
     """Write <site_dir>/<suite>.html (with its plots and grids) and redraw the index; returns the page.
-    The rows shown are the board's (harness/report/rows.py `board_rows`): current configurations, current recipes."""
+    The rows shown are the board's (harness/report/rows.py `board_rows`): current configurations, current recipes.
+    `external_sets` are the manifests of the external sets in the store's set folders (`ddbench evaluate`): their
+    grids are drawn and their cells open them; they have no cost or diversity of ours."""
     site_dir, manifests = Path(site_dir), manifests or []
     assets = site_dir / suite.name
     for sub in ("plots", "grids"):
@@ -461,13 +613,17 @@ def build_site(
         old.unlink()
     board = board_rows(suite, rows, current, method_order, manifests, recipes)
     rows, agg, full, protocol_names = board.rows, board.agg, board.full, board.protocols
-    present = set(agg["student"]) if not agg.empty else set()
+    cells = board.cells()
+    seeds = by_seed(cell_rows(rows, current))
+    present = set(cells["student"]) if not cells.empty else set()
     # the site's filters and panels list only the students that have cells
     students = [s for s in board.students if s in present] + sorted(present - set(board.students))
     methods = [m for m in method_order if not agg.empty and m in set(agg["method"])]
 
-    grids = _draw_grids(manifests, assets / "grids", suite.name)
-    table = _cells(agg, rows, current, method_order, students, protocol_names, grids) if not agg.empty else []
+    grids = _draw_grids(manifests + list(external_sets or []), assets / "grids", suite.name)
+    table = _cells(cells, seeds, method_order, students, protocol_names, grids) if not cells.empty else []
+    reported = getattr(suite, "reported", None)
+    matrices = _matrices(board, seeds, grids, reported, students)
     plots = [
         (title, text, f"{suite.name}/plots/{name}")
         for title, text, name in _plots(
@@ -480,8 +636,10 @@ def build_site(
             assets / "plots",
         )
     ]
-    reported = getattr(suite, "reported", None)
     reported_rows = reported_table(reported, agg, full).to_dict("records") if reported and not agg.empty else []
+    external = board.external.to_dict("records")
+    if any(r["overlap"] for r in external):
+        notes = [*notes, OVERLAP_NOTE]
     versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in rows if r.get("versions")})
     machines = sorted(set(cost_table(manifests, method_order).apply(machine_label, axis=1))) if manifests else []
     filters = {
@@ -498,6 +656,9 @@ def build_site(
         env.get_template("suite.html.j2").render(
             suite=suite.name,
             table=table,
+            matrices=matrices,
+            external=external,
+            overlap_mark=OVERLAP_MARK.strip(),
             filters=filters,
             plots=plots,
             sets=list(grids.values()),

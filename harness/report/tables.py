@@ -55,10 +55,16 @@ def dd_ranking_table(rows: list[dict], current, suite, baseline: str, hard: str,
 
 
 def write_board_csvs(suite, board: Board, scores: Scores, out_dir: Path) -> Path:
-    """Write <suite>.csv (the accuracy cells, full data apart) and, where the suite can score, <suite>-lrs.csv,
-    <suite>-ars.csv and <suite>-dd-ranking.csv into `out_dir`; returns the accuracy CSV."""
+    """Write <suite>.csv (the accuracy cells, full data apart), <suite>-external.csv (the external sets' cells with
+    their source, SHA-256, overlaps and reported accuracy) where the store holds any, and, where the suite can score,
+    <suite>-lrs.csv, <suite>-ars.csv and <suite>-dd-ranking.csv into `out_dir`; returns the accuracy CSV."""
     csv_path = out_dir / f"{suite.name}.csv"
     board.agg.to_csv(csv_path, index=False, float_format="%.5f")
+    external = out_dir / f"{suite.name}-external.csv"
+    if len(board.external):  # apart from the measured CSV, as the papers' numbers are: a reader never mixes them
+        board.external.to_csv(external, index=False, float_format="%.5f")
+    elif external.exists():  # the store no longer holds an external set under the current recipes
+        external.unlink()
     if not scores.lrs.empty:
         scores.lrs.to_csv(out_dir / f"{suite.name}-lrs.csv", index=False, float_format="%.5f")
     if not scores.ars.empty:
