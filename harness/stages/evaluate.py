@@ -101,10 +101,10 @@ def _trial_data(trial: EvalTrial, protocol: Protocol, classes, channels, suite):
         validation = (real.val.load(torch.arange(len(real.val))), real.val.labels) if full.plateau_rule() else None
         return real.train.load(torch.arange(len(real.train))), real.train.labels, full, validation
     images, labels = load_set(Path(trial.set_path), classes, channels)
-    if len(labels) != trial.ipc * len(classes):  # lost since distill verified it at the start of this run
-        raise RuntimeError(
-            f"{trial.set_path} holds {len(labels)} images, not {trial.ipc} per class: run again to repair it"
-        )
+    # The manifest's count: IPC × classes for the sets ddbench makes, the set's own for one made elsewhere.
+    expected = Manifest.read(Path(trial.set_path)).images
+    if len(labels) != expected:  # lost since distill verified it at the start of this run
+        raise RuntimeError(f"{trial.set_path} holds {len(labels)} images, not {expected}: run again to repair it")
     return images, labels, protocol, None
 
 
