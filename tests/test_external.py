@@ -26,6 +26,9 @@ from harness.stages.external import (
 )
 from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
 
+# The round trip runs a tiny board, exports it and trains its set three times more: about two minutes on two
+# busy cores. The leak check's test is fast and runs by default.
+slow = pytest.mark.slow
 pytest.importorskip("datasets", reason="the export extra (pip install -e .[export]) is not installed")
 
 # Fashion-MNIST's own mean and std (the DC/DM family's normalisation), as a float tensor of DD-Ranking's carries it.
@@ -62,6 +65,7 @@ def board(tmp_path_factory, ray_cluster):
     return suite, out, out / "exports" / "tiny-random-real-ipc2"
 
 
+@slow
 def test_an_exported_set_evaluated_back_gives_identical_rows(board, capsys):
     suite, out, export = board
     original = _rows(out, "random-real")
@@ -92,6 +96,7 @@ def test_an_exported_set_evaluated_back_gives_identical_rows(board, capsys):
     assert list((out / "cache").glob("test-fingerprints-*.npz"))  # the test split's hashes, kept for the next
 
 
+@slow
 def test_a_dd_ranking_tensor_set_and_the_python_api(board, tmp_path):
     """The same images as DD-Ranking holds them (a folder with images.pt: float, normalised by the dataset's mean
     and std, class-major, no labels.pt) hash as the export does and score the same; so do they through
@@ -151,6 +156,7 @@ def test_the_leak_check_finds_copies_and_passes_neighbours():
     assert THUMB_MAD_THRESHOLD == 2.0 and HAMMING_THRESHOLD == 4  # docs/decisions.md states these
 
 
+@slow
 def test_row_keys_of_an_external_set_differ_from_the_originals(board):
     _, out, _ = board
     keys = [row_key(r) for r in _rows(out)]
