@@ -238,8 +238,8 @@ def _tensor_items(images, labels, where: str, classes: int, channels: int, norma
     labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if labels.ndim == 2:
         raise ExternalSetError(
-            f"--set: {where}: soft labels {tuple(labels.shape)}: ddbench trains on hard labels (its soft-label "
-            "protocols relabel with the suite's teacher); give each image's class index"
+            f"--set: {where}: soft labels {tuple(labels.shape)}: ddbench trains on hard labels (the recipes that "
+            "train on a teacher's outputs relabel with the suite's teacher); give each image's class index"
         )
     if labels.ndim != 1 or len(labels) != n or labels.is_floating_point():
         raise ExternalSetError(

@@ -390,7 +390,7 @@ def prepare(
 
 
 def prepare_relabel_teacher(suite: Suite, real: RealData, out: Path, connect) -> PreparedTeacher | None:
-    """The teacher whose outputs the soft-label recipes train on, where the suite names one apart from its own."""
+    """The teacher whose outputs the relabelling recipes train on, where the suite names one apart from its own."""
     if suite.teacher.relabel is None:
         return None
     r = suite.teacher.relabel
@@ -400,7 +400,7 @@ def prepare_relabel_teacher(suite: Suite, real: RealData, out: Path, connect) ->
 
 def _teachers_only(suite: Suite, real: RealData, out: Path, connect) -> Prepared:
     """The suite's teacher and relabelling teacher, with no backbone: what training students on a given set
-    needs (its soft-label recipes relabel with them; the protocol hash names the relabelling teacher)."""
+    needs (its relabelling recipes train on their outputs; the protocol hash names the relabelling teacher)."""
     teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out, connect=connect)
     relabel = prepare_relabel_teacher(suite, real, out, connect)
     return Prepared(
