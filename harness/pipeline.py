@@ -37,7 +37,7 @@ from harness.report.rows import (
 )
 from harness.report.site import build_site
 from harness.runtime.cluster import connector
-from harness.runtime.preflight import DEFAULT_GPU_MEMORY_GB
+from harness.runtime.preflight import DEFAULT_GPU_MEMORY_GB, check_out_dir
 from harness.stages.cross_arch import cross_architecture
 from harness.stages.distill import DistillJob, distill, plan
 from harness.stages.diversity import measure_sets
@@ -558,6 +558,7 @@ def evaluate_set(
         suite = load_suite(str(suite), profile, overrides)
     name = check_name(name)
     chosen = check_protocols(suite, ",".join(protocols) if protocols is not None else None)
+    check_out_dir(Path(out), suite.source)
     real = load_real_data(suite.data)
     keys, names = suite_classes(suite.data)
     items = items_from_arrays(images, labels, len(keys), real.channels, parse_normalisation(tensor_normalization))

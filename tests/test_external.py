@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from harness.cli import main
-from harness.core.identity import row_key
+from harness.core.identity import CLASSES_DIR, read_class_list, row_key
 from harness.core.sets import Manifest, load_set
 from harness.models.data import load_fashion_mnist
 from harness.pipeline import evaluate_set
@@ -21,8 +21,12 @@ from harness.stages.external import (
     THUMB_MAD_THRESHOLD,
     ExternalSet,
     ExternalSetError,
+    check_and_build,
+    check_leakage,
     fingerprints,
     leaks,
+    map_classes,
+    suite_classes,
 )
 from tests.factories import FASHION_ROOT, tiny_suite_raw, write_suite
 
@@ -161,3 +165,42 @@ def test_row_keys_of_an_external_set_differ_from_the_originals(board):
     _, out, _ = board
     keys = [row_key(r) for r in _rows(out)]
     assert len(keys) == len(set(keys))
+
+
+def _png_folder(root, images_by_class):
+    for key, images in images_by_class.items():
+        (root / key).mkdir(parents=True)
+        for i, a in enumerate(images):
+            Image.fromarray(a).save(root / key / f"{i:04d}.png")
+    return root
+
+
+def test_classes_map_by_wnid_by_name_and_by_an_explicit_order():
+    keys = read_class_list(CLASSES_DIR / "imagewoof.txt")
+    names = read_class_list(CLASSES_DIR / "imagewoof.names.txt")
+    by_name = map_classes(sorted(names), keys, names, None, "imagefolder")
+    assert by_name["Shih-Tzu"] == "n02086240" and len(set(by_name.values())) == 10
+    assert map_classes([n.lower().replace(" ", "_") for n in names], keys, names, None, "imagefolder")
+    order = list(reversed(keys))  # index i is the i-th line of the order, whatever the suite's order
+    by_index = map_classes([str(i) for i in range(10)], keys, names, order, "imagefolder")
+    assert by_index["0"] == keys[-1] and by_index["9"] == keys[0]
+    with pytest.raises(ExternalSetError, match="missing n02086240 \\(Shih-Tzu\\)"):
+        map_classes(sorted(k for k in keys if k != "n02086240") + ["n01440764"], keys, names, None, "imagefolder")
+
+
+def test_one_hash_for_the_same_pixels_in_any_container_and_overlap_allowed(tmp_path, tiny_suite, tiny_real):
+    """A PNG folder and a uint8 .npz of the same pixels hash the same; an uneven set passes with --allow-uneven at
+    its rounded mean IPC; a set holding test images passes with --allow-overlap, counted."""
+    keys, names = suite_classes(tiny_suite.data)
+    test = tiny_real.test
+    by_class = {k: [test.images[i, 0].numpy() for i in test.indices_of(c)[:2]] for c, k in enumerate(keys)}
+    folder = check_and_build(str(_png_folder(tmp_path / "pngs", by_class)), keys, names, 1, 28)
+    stacked = np.stack([a for k in keys for a in by_class[k]])[:, None]
+    np.savez(tmp_path / "set.npz", images=stacked, labels=np.repeat(np.arange(10), 2))
+    tensor = check_and_build(str(tmp_path / "set.npz"), keys, names, 1, 28, order="suite")
+    assert folder.sha256 == tensor.sha256 and torch.equal(folder.images, tensor.images)
+    overlap, _ = check_leakage(folder, test, None, allow_overlap=True)
+    assert overlap == 20
+    by_class["coat"] = by_class["coat"][:1]
+    uneven = check_and_build(str(_png_folder(tmp_path / "uneven", by_class)), keys, names, 1, 28, allow_uneven=True)
+    assert uneven.ipc == 2 and uneven.counts[keys.index("coat")] == 1 and "uneven" in uneven.notes[0]

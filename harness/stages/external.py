@@ -554,9 +554,11 @@ def store_set(ext: ExternalSet, out: Path, suite_name: str, name: str, overlap: 
     manifest recording its source and SHA-256; a whole copy already there is kept (a rerun resumes)."""
     folder = set_folder(out, suite_name, name, ext)
     external = {"source": ext.source, "sha256": ext.sha256, "overlap": overlap, "counts": ext.counts}
-    if not manifest_damage(folder) and all(not shard_damage(folder / k) for k in ext.classes):
+    if not manifest_damage(folder):
         manifest = Manifest.read(folder)
-        if (manifest.external or {}).get("sha256") == ext.sha256:
+        if (manifest.external or {}).get("sha256") != ext.sha256:  # another set under the same 12 hex digits
+            shutil.rmtree(folder)
+        elif all(not shard_damage(folder / k) for k in ext.classes):
             return manifest
     for label, key in enumerate(ext.classes):
         images = ext.images[ext.labels == label]
