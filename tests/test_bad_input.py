@@ -692,7 +692,8 @@ def test_out_without_write_permission(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "verb", [["run"], ["plan"], ["search", "diffusion"], ["site"], ["compare", "herding,k-center"]]
+    "verb",
+    [["run"], ["plan"], ["search", "diffusion"], ["site"], ["compare", "herding,k-center"], ["evaluate", "--set", "x"]],
 )
 def test_no_verb_takes_a_flag_by_its_prefix(verb, capsys):
     """argparse would take `--method` for `--methods` (and `--gpu` for `--gpus`): every parser is built with
