@@ -1,8 +1,9 @@
 """`ddbench VERB --suite NAME [flags]` (`python benchmark.py ...`): the command line. It parses, checks what it was
 given (one line and exit status 2 before any compute), and hands over to the pipeline (harness/pipeline.py).
 
-Verbs: run (the default: suite → prepare → distill → evaluate → leaderboard), plan, search, site, compare, export;
-and fetch-set NAME, which downloads a released set of the registry (benchmarks/released/) and needs no suite.
+Verbs: run (the default: suite → prepare → distill → evaluate → leaderboard), plan, search, site, compare, export,
+evaluate (a set made elsewhere); and fetch-set NAME, which downloads a released set of the registry
+(benchmarks/released/) and needs no suite.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from harness.core.store import stored_rows
 from harness.models.data import DataError, load_real_data
 from harness.models.measures import DiversityError
 from harness.models.students import is_student
-from harness.pipeline import Run, RunError
+from harness.pipeline import Run, RunError, at_set_ipc, check_protocols, evaluate_checked
 from harness.report.export import ExportError
 from harness.report.plan import DEFAULT_GPU_TFLOPS, PlanError
 from harness.report.rows import external_names
@@ -37,11 +38,19 @@ from harness.runtime.preflight import (
 )
 from harness.runtime.released_sets import evaluate_line, fetch
 from harness.stages.distill import DistillError
+from harness.stages.external import (
+    ExternalSetError,
+    check_and_build,
+    check_name,
+    parse_normalisation,
+    read_class_order,
+    suite_classes,
+)
 from harness.stages.prepare import PrepareError
 from harness.stages.search import DEFAULT_TRIALS, SearchError, SearchSpec, default_point, search_protocol, space_of
 from methods import get_method
 
-VERBS = ("run", "plan", "search", "site", "compare", "export")
+VERBS = ("run", "plan", "search", "site", "compare", "export", "evaluate")
 # What a verb's namespace holds for the flags it does not take: every check reads one namespace, however parsed.
 UNSET = dict(
     address=None,
@@ -60,6 +69,26 @@ UNSET = dict(
     site=False,
     compare=None,
     export=None,
+    evaluate=None,
+    name=None,
+    class_order=None,
+    allow_uneven=False,
+    allow_duplicates=False,
+    allow_overlap=False,
+    reported=None,
+    protocols=None,
+    tensor_normalization=None,
+)
+# The flags only `evaluate` takes, as their dest: given to another verb, they are refused.
+EVALUATE_ONLY = (
+    "name",
+    "class_order",
+    "allow_uneven",
+    "allow_duplicates",
+    "allow_overlap",
+    "reported",
+    "protocols",
+    "tensor_normalization",
 )
 
 
@@ -99,6 +128,17 @@ def _positive_number(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def _percent(text: str) -> float:
+    """--reported PERCENT → a fraction, as the rows hold accuracy."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage in (0, 100], got {text!r}")
+    return value / 100
 
 
 class _Parser(argparse.ArgumentParser):
@@ -170,6 +210,34 @@ def _memory_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _evaluate_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="the set's name on the board (its rows' method), e.g. rded-released")
+    p.add_argument(
+        "--class-order",
+        metavar="FILE",
+        help="for a set whose classes are indices (folders 0, 1, …; a tensor's labels): a file of one class key or "
+        "name per line, line i naming index i, or `suite` for the suite's own order (never guessed)",
+    )
+    p.add_argument("--protocols", help="comma-separated protocols to train under (default: the suite's, all of them)")
+    p.add_argument("--allow-uneven", action="store_true", help="evaluate a set whose classes hold unequal counts")
+    p.add_argument(
+        "--allow-duplicates", action="store_true", help="evaluate a set in which an image repeats another exactly"
+    )
+    p.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="evaluate a set holding images (near-)identical to the suite's test split; its rows carry the count",
+    )
+    p.add_argument(
+        "--reported", type=_percent, metavar="PERCENT", help="the accuracy the set's paper reports, kept beside"
+    )
+    p.add_argument(
+        "--tensor-normalization",
+        metavar="NAME|MEANS/STDS",
+        help="a float tensor's normalisation to undo: imagenet, cifar10, cifar100 or e.g. 0.2861/0.3530",
+    )
+
+
 HELP = {
     "run": "make the suite's sets, train its students on them, draw the board and the site (the default verb)",
     "plan": "print what the suite would do and cost (shards, trials, model loads, images, disk, GPU-hours) and run "
@@ -185,6 +253,10 @@ HELP = {
     "fetch-set": "download a released set of the registry (benchmarks/released/NAME.yaml), check its SHA-256, unpack "
     "it, and print the `ddbench evaluate` line that puts it on the board; where the network fails, one line says what "
     "to download by hand and where to put it",
+    "evaluate": "evaluate a set made elsewhere (an ImageFolder, a datasets folder or Parquet file, a .pt/.npz "
+    "tensor file) like the suite's own: checked first (classes, images per class, size, unreadable files, "
+    "duplicates, test-set leakage), copied into --out's set folders, trained on by every student, protocol and "
+    "seed; rows of kind external",
 }
 CROSS_ARCH_HELP = "run the suite's cross-architecture study (teacher × student table and heatmap) instead"
 
@@ -215,6 +287,9 @@ def parser() -> argparse.ArgumentParser:
     verb("compare", _address_flag).add_argument("compare", metavar="A,B", help="the two methods")
     verb("export", _address_flag).add_argument("export", metavar="METHOD", help="the method whose set to write")
     verbs.add_parser("fetch-set", help=HELP["fetch-set"], add_help=False)  # listed here; parsed by fetch_set_parser
+    verb("evaluate", _address_flag, _evaluate_flags).add_argument(
+        "--set", dest="evaluate", metavar="SOURCE", required=True, help="the set: a folder or file"
+    )
     return p
 
 
@@ -276,6 +351,8 @@ def flat_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", action="store_true", help="as the verb site: " + HELP["site"])
     p.add_argument("--compare", metavar="A,B", help="as the verb compare: " + HELP["compare"])
     p.add_argument("--export", metavar="METHOD", help="as the verb export: " + HELP["export"])
+    p.add_argument("--evaluate", metavar="SOURCE", help="as the verb evaluate --set SOURCE: " + HELP["evaluate"])
+    _evaluate_flags(p)
     return p
 
 
@@ -354,6 +431,8 @@ def _main(argv: list[str] | None) -> int:
         suite = load_suite(args.suite, args.profile, _overrides(args), check_files=not args.plan)
         methods = _methods(args, suite)
         verb, pair = _verb(args, suite)
+        if verb == "evaluate":
+            return _evaluate(args, suite, command)
         if verb in ("run", "plan"):  # before any compute: the cluster, the data, the models
             check_memory_fits(suite, [suite.cross_arch.method] if args.cross_arch else methods, args.gpu_memory)
         if verb == "plan":
@@ -374,11 +453,44 @@ def _main(argv: list[str] | None) -> int:
         DistillError,
         DiversityError,
         ExportError,
+        ExternalSetError,
         RunError,
     ) as e:
         fail(str(e))
     except DataError as e:  # its message says what is wrong with the data; the suite's data section points at it
         fail(f"{suite.source}: data: {e}")
+
+
+def _evaluate(args, suite, command: str) -> int:
+    """`evaluate`: the set is read and checked against the suite (classes, counts, size and mode, unreadable
+    files, duplicates), the suite reloaded at the set's IPC, the set checked for test-set leakage, then trained on.
+    Every check comes before any training."""
+    name = check_name(args.name)
+    protocols = check_protocols(suite, args.protocols)
+    order = read_class_order(args.class_order) if args.class_order is not None else None
+    normalisation = parse_normalisation(args.tensor_normalization)
+    check_target(resolve(args.address))
+    check_out_dir(args.out, suite.source)
+    real = load_real_data(suite.data)
+    keys, names = suite_classes(suite.data)
+    ext = check_and_build(
+        args.evaluate,
+        keys,
+        names,
+        real.channels,
+        real.image_size,
+        order,
+        normalisation,
+        allow_uneven=args.allow_uneven,
+        allow_duplicates=args.allow_duplicates,
+    )
+    if args.ipc and ext.ipc not in args.ipc:
+        raise SuiteError(f"{suite.source}: --ipc: the set holds {ext.ipc} images per class, not {args.ipc}")
+    suite = at_set_ipc(suite, ext, args.profile, _overrides(args))
+    evaluate_checked(
+        suite, real, ext, name, args.out, args.address, protocols, args.allow_overlap, args.reported, command
+    )
+    return 0
 
 
 def _overrides(args) -> dict:
@@ -422,6 +534,7 @@ def _verb(args, suite) -> tuple[str, list[str] | None]:
             ("--site", args.site),
             ("--compare", args.compare is not None),
             ("--export", args.export is not None),
+            ("--evaluate", args.evaluate is not None),
             ("--plan", args.plan),
             ("--cross-arch", args.cross_arch),
         )
@@ -458,6 +571,13 @@ def _verb(args, suite) -> tuple[str, list[str] | None]:
                     f"{suite.source}: --{flag.replace('_', '-')}: only with --plan (it prices the plan; a run uses "
                     "the GPUs its Ray cluster has)"
                 )
+    if args.evaluate is not None:
+        if args.methods is not None:
+            raise SuiteError(f"{suite.source}: --methods: evaluate trains on the set it is given; --name names it")
+        return "evaluate", None
+    given = [f for f in EVALUATE_ONLY if getattr(args, f) not in (None, False)]
+    if given:
+        raise SuiteError(f"{suite.source}: --{given[0].replace('_', '-')}: only with evaluate (--evaluate SOURCE)")
     if args.search is not None:
         return "search", None
     for flag in ("resume", "search_student", "search_set", "trials"):

@@ -14,11 +14,13 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+from harness.config.loader import load_suite
 from harness.config.schema import Suite
-from harness.core.identity import FULL_DATA, identity_fields
+from harness.core.identity import FULL_DATA, identity_fields, row_key
 from harness.core.lock import output_lock
 from harness.core.sets import Manifest
 from harness.core.store import ResultStore
+from harness.models.data import RealData, load_real_data
 from harness.report.compare import compare, mark_failed
 from harness.report.compare import lines as compare_lines
 from harness.report.export import export_set
@@ -35,11 +37,22 @@ from harness.report.rows import (
 )
 from harness.report.site import build_site
 from harness.runtime.cluster import connector
-from harness.runtime.preflight import DEFAULT_GPU_MEMORY_GB
+from harness.runtime.preflight import DEFAULT_GPU_MEMORY_GB, check_out_dir
 from harness.stages.cross_arch import cross_architecture
 from harness.stages.distill import DistillJob, distill, plan
 from harness.stages.diversity import measure_sets
-from harness.stages.evaluate import evaluate, full_data_protocol
+from harness.stages.evaluate import evaluate, full_data_protocol, plan_trials, run_trials
+from harness.stages.external import (
+    ExternalSet,
+    ExternalSetError,
+    check_and_build,
+    check_leakage,
+    check_name,
+    items_from_arrays,
+    parse_normalisation,
+    store_set,
+    suite_classes,
+)
 from harness.stages.fine_tune import fine_tune_backbones, needed_fine_tunes
 from harness.stages.prepare import Prepared, prepare
 from harness.stages.search import SearchSpec, run_search, write_outputs
@@ -94,7 +107,8 @@ class Run:
     instead of the board's. `real` may be None for the questions that need no data (the plan). `recorded` (with
     `make` False) are manifests of sets --out does not hold, as a board recorded them (scripts/redraw_board.py
     rebuilds them from a board's cost and diversity tables): each current set not on disk is shown by its recorded
-    manifest, if it has one, so a board can be redrawn without every set it shows."""
+    manifest, if it has one, so a board can be redrawn without every set it shows. `samples` False: the run only
+    trains students on a set made elsewhere, and prepares no backbone."""
 
     def __init__(
         self,
@@ -109,6 +123,7 @@ class Run:
         cross_arch: bool = False,
         command: str = "",
         recorded: list[Manifest] | None = None,
+        samples: bool = True,
     ):
         self.suite, self.methods, self.real = suite, list(methods), real
         self.recorded = list(recorded or [])
@@ -116,6 +131,7 @@ class Run:
         self.out = self.given_out.absolute()  # workers resolve a relative path against their own working directory
         self.address, self.check, self.accept_failed_check = address, check, accept_failed_check
         self.make, self.cross_arch, self.command = make, cross_arch, command
+        self.samples = samples  # False: this run only trains students on a given set; no backbone is prepared
         self.t0 = time.perf_counter()
 
     # What the suite alone decides: the plan asks for these too, before any data or model is there.
@@ -165,7 +181,10 @@ class Run:
             connect=self.connect,
             methods=self.set_methods,
             accept_failed_check=self.accept_failed_check,
+            backbone=self.samples,
         )
+        if not self.samples:
+            return base
         return fine_tune_backbones(
             self.suite,
             self.real,
@@ -402,3 +421,156 @@ class Run:
         )
         print(f"[export] {dest}: load it with datasets.load_dataset({str(dest)!r}, split='train')", flush=True)
         return dest
+
+    @_holding_out
+    def evaluate_external(
+        self,
+        ext: ExternalSet,
+        name: str,
+        overlap: int,
+        save_fingerprints=None,
+        protocols: list[str] | None = None,
+        reported: float | None = None,
+    ) -> list[dict]:
+        """A checked set made elsewhere, copied into the store's set folders and trained on by every student,
+        protocol (or `protocols`) and seed of the suite; its rows (kind `external`) go to the store. A rerun
+        trains only what the store lacks. Returns the set's rows."""
+        s = self.suite
+        if save_fingerprints is not None:  # the set passed: the next evaluate reads the test split's from the cache
+            save_fingerprints()
+        manifest = store_set(ext, self.out, s.name, name, overlap)
+        print(
+            f"[evaluate] {name}: {manifest.images} images, IPC {manifest.ipc}, sha256 {ext.sha256[:12]}… "
+            f"from {ext.source} → {manifest.path}",
+            flush=True,
+        )
+        for note in ext.notes + ([f"{overlap} images near-identical to test images (--allow-overlap)"] * bool(overlap)):
+            print(f"[evaluate] {name}: {note}", flush=True)
+        wanted = protocols or list(s.protocols)
+        trials = [
+            t for t in plan_trials(s, [manifest], s.students, s.seeds, None, self.prepared) if t.protocol in wanted
+        ]
+        extra = {"kind": "external", "set_source": ext.source, "set_sha256": ext.sha256, "overlap": overlap}
+        if reported is not None:
+            extra["reported_accuracy"] = reported
+        todo = [t for t in trials if not self.store.has(t.key())]
+        print(
+            f"[evaluate] {len(trials)} trials, {len(todo)} to run ({len(trials) - len(todo)} already in the store)",
+            flush=True,
+        )
+        if todo:
+            self.connect()
+            run_trials(
+                todo,
+                lambda t: s.protocols[t.protocol],
+                self.real,
+                self.store,
+                s,
+                self.prepared,
+                extra_for=lambda t: extra,
+                storage_path=str(self.out / "ray_train"),
+            )
+        keys = {t.key() for t in trials}
+        rows = [r for r in self.store.read() if row_key(r) in keys]
+        for (student, protocol), group in _by_cell(rows).items():
+            accuracies = [r["accuracy"] for r in group]
+            print(
+                f"[evaluate] {name} IPC {manifest.ipc} {student} {protocol}: "
+                f"{sum(accuracies) / len(accuracies):.2%} over {len(accuracies)} seeds",
+                flush=True,
+            )
+        print(f"[evaluate] {len(rows)} rows of {name} in {self.store.path} {self._elapsed()}", flush=True)
+        return rows
+
+
+def _by_cell(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["student"], r["protocol"], r["seed"])):
+        cells.setdefault((r["student"], r["protocol"]), []).append(r)
+    return cells
+
+
+def check_protocols(suite: Suite, text: str | None) -> list[str] | None:
+    """--protocols: a comma-separated subset of the suite's protocols (None: all of them)."""
+    if text is None:
+        return None
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in suite.protocols]
+    if not names or unknown:
+        raise ExternalSetError(
+            f"--protocols: {', '.join(unknown) or repr(text)} not the suite's (it has: {', '.join(suite.protocols)})"
+        )
+    return names
+
+
+def at_set_ipc(suite: Suite, ext: ExternalSet, profile: str, overrides: dict) -> Suite:
+    """The suite loaded again at the set's IPC, so that the IPC checks of a run (a recipe's epochs table bounds)
+    hold for it too."""
+    return load_suite(str(suite.source), profile, {**overrides, "ipcs": [ext.ipc]})
+
+
+def evaluate_checked(
+    suite: Suite,
+    real: RealData,
+    ext: ExternalSet,
+    name: str,
+    out: Path,
+    address: str | None = None,
+    protocols: list[str] | None = None,
+    allow_overlap: bool = False,
+    reported: float | None = None,
+    command: str = "",
+) -> list[dict]:
+    """A set that passed its checks: checked for test-set leakage, then evaluated (`Run.evaluate_external`)."""
+    overlap, save = check_leakage(ext, real.test, out, allow_overlap)
+    run = Run(suite, [], out, real, address, check=False, command=command, samples=False)
+    return run.evaluate_external(ext, name, overlap, save, protocols, reported)
+
+
+def evaluate_set(
+    suite: str | Suite,
+    images,
+    labels,
+    name: str,
+    out: str | Path = "runs",
+    class_order: list[str] | str | None = None,
+    students: list[str] | None = None,
+    protocols: list[str] | None = None,
+    seeds: int | None = None,
+    profile: str = "full",
+    allow_uneven: bool = False,
+    allow_duplicates: bool = False,
+    allow_overlap: bool = False,
+    reported: float | None = None,
+    tensor_normalization: str | None = None,
+    source: str = "python",
+    address: str | None = None,
+) -> list[dict]:
+    """`ddbench evaluate` for a notebook: `images` (N, C, H, W; uint8, or floats in [0, 1], or normalised with
+    `tensor_normalization`) and `labels` (class keys or names, or indices with `class_order`: a list of keys or
+    names, or "suite") evaluated under `suite` (a name, a path, or a loaded Suite) as set `name`. The same checks
+    as the command line, raised as ExternalSetError (or the suite's SuiteError); returns the set's rows."""
+    overrides = {k: v for k, v in (("students", students), ("seeds", seeds)) if v is not None}
+    loaded_here = not isinstance(suite, Suite)  # a Suite given as loaded is taken as it is, IPCs and all
+    if loaded_here:
+        suite = load_suite(str(suite), profile, overrides)
+    name = check_name(name)
+    chosen = check_protocols(suite, ",".join(protocols) if protocols is not None else None)
+    check_out_dir(Path(out), suite.source)
+    real = load_real_data(suite.data)
+    keys, names = suite_classes(suite.data)
+    items = items_from_arrays(images, labels, len(keys), real.channels, parse_normalisation(tensor_normalization))
+    ext = check_and_build(
+        source,
+        keys,
+        names,
+        real.channels,
+        real.image_size,
+        class_order,
+        allow_uneven=allow_uneven,
+        allow_duplicates=allow_duplicates,
+        items=items,
+        container="tensor",
+    )
+    suite = at_set_ipc(suite, ext, profile, overrides) if loaded_here else suite
+    return evaluate_checked(suite, real, ext, name, Path(out), address, chosen, allow_overlap, reported)

@@ -19,14 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
+import torch
 import yaml
+from PIL import Image
 
 from harness.cli import main
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
+from harness.core.identity import CLASSES_DIR, read_class_list
+from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from harness.runtime.preflight import check_real_image_counts
+from tests.factories import FASHION_ROOT
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -440,7 +446,168 @@ CASES = [
 ]
 
 
-def _write_suite(case: Case, folder: Path) -> Path:
+# `evaluate`: a set made elsewhere (harness/stages/external.py), refused before any training; the sets are
+# `bad_sets`' folders ({sets}), each a good ImageFolder of 2 Fashion-MNIST training images per class, less one fault.
+LEAKED = "{sets}/leak/trouser/0001.png (test image 2), {sets}/leak/pullover/0001.png (test image 1), "
+LEAKED += "{sets}/leak/ankle_boot/0001.png (test image 0)"
+CASES += [
+    Case(
+        "evaluate: wrong class count",
+        "--set: the set has 9 classes, the suite 10 (missing shirt)",
+        argv=("--evaluate", "{sets}/nine", "--name", "outside"),
+    ),
+    Case(
+        "evaluate: index folders without an order",
+        "--class-order: the set's class folders are named by index (0, 1, 2, 3, 4 and 5 more)",
+        argv=("--evaluate", "{sets}/index", "--name", "outside"),
+    ),
+    Case(
+        "evaluate: a WNID folder missing",
+        "--set: the set has 9 classes, the suite 10 (missing n02086240 (Shih-Tzu))",
+        edit=lambda r: r["data"].update(
+            format="imagefolder",
+            root="{sets}/woof-data",
+            classes="imagewoof",
+            test_dir="test",
+            val_per_class=1,
+            max_train_per_class=None,
+        ),
+        argv=("--evaluate", "{sets}/woof-nine", "--name", "outside"),
+    ),
+    Case(
+        "evaluate: mixed sizes",
+        "--set: the suite's students take 28×28 grey (L) images (data.image_size, its channels); 1 are not: "
+        "{sets}/mixed/coat/0001.png (32×32 L)",
+        argv=("--evaluate", "{sets}/mixed", "--name", "outside"),
+    ),
+    Case(
+        "evaluate: an RGB image for a grey suite",
+        "1 are not: {sets}/rgb/coat/0001.png (28×28 RGB)",
+        argv=("--evaluate", "{sets}/rgb", "--name", "outside"),
+    ),
+    Case(
+        "evaluate: a corrupt file",
+        "--set: unreadable images: {sets}/corrupt/coat/0001.png",
+        argv=("--evaluate", "{sets}/corrupt", "--name", "outside"),
+    ),
+    Case(
+        "evaluate: uneven classes",
+        "--set: uneven classes: images per class range from 1 to 2 (coat: 1); --allow-uneven evaluates it at IPC 2",
+        argv=("--evaluate", "{sets}/uneven", "--name", "outside"),
+    ),
+    Case(
+        "evaluate: an exact duplicate",
+        "--set: 1 images repeat another of the set exactly: {sets}/duplicate/coat/0001.png = "
+        "{sets}/duplicate/coat/0000.png",
+        argv=("--evaluate", "{sets}/duplicate", "--name", "outside"),
+    ),
+    Case(
+        "evaluate: 3 Fashion-MNIST test images in the set",
+        "--set: 3 images are (near-)identical to the suite's test split: " + LEAKED,
+        argv=("--evaluate", "{sets}/leak", "--name", "outside"),
+    ),
+    Case(
+        "evaluate: a normalised tensor without its normalisation",
+        "--set: {sets}/normalised/images.pt: float images range over",
+        argv=("--evaluate", "{sets}/normalised", "--name", "outside", "--class-order", "suite"),
+    ),
+    Case(
+        "evaluate: soft labels",
+        "--set: {sets}/soft.pt: soft labels (20, 10): ddbench trains on hard labels",
+        argv=("--evaluate", "{sets}/soft.pt", "--name", "outside", "--class-order", "suite"),
+    ),
+    Case(
+        "evaluate: no such set",
+        "--set: {sets}/nope does not exist",
+        argv=("--evaluate", "{sets}/nope", "--name", "outside"),
+    ),
+    Case("evaluate without --name", "--name: name the set", argv=("--evaluate", "{sets}/names")),
+    Case(
+        "evaluate under a method's name",
+        "--name: herding is a method's",
+        argv=("--evaluate", "{sets}/names", "--name", "herding"),
+    ),
+    Case(
+        "evaluate: an order for named classes",
+        "--class-order: the set names its classes",
+        argv=("--evaluate", "{sets}/names", "--name", "outside", "--class-order", "suite"),
+    ),
+    Case(
+        "evaluate: an unknown protocol",
+        "--protocols: magic not the suite's",
+        argv=("--evaluate", "{sets}/names", "--name", "outside", "--protocols", "magic"),
+    ),
+    Case(
+        "evaluate: --ipc not the set's",
+        "--ipc: the set holds 2 images per class, not [1]",
+        argv=("--evaluate", "{sets}/names", "--name", "outside", "--ipc", "1"),
+    ),
+    Case(
+        "evaluate with --methods",
+        "--methods: evaluate trains on the set it is given",
+        argv=("--evaluate", "{sets}/names", "--name", "outside", "--methods", "herding"),
+    ),
+    Case(
+        "evaluate with --export",
+        "--export and --evaluate: one at a time",
+        argv=("--evaluate", "x", "--export", "herding"),
+    ),
+    Case("--allow-overlap without evaluate", "--allow-overlap: only with evaluate", argv=("--allow-overlap",)),
+]
+
+
+def _png(a: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+
+
+@pytest.fixture(scope="module")
+def bad_sets(tmp_path_factory) -> Path:
+    """The sets the `evaluate` cases read ({sets}), and an ImageWoof-shaped data root of Fashion-MNIST images."""
+    root = tmp_path_factory.mktemp("sets")
+    train = load_fashion_mnist(FASHION_ROOT, "train")
+    test = load_fashion_mnist(FASHION_ROOT, "test")
+    good = {
+        key: [train.images[i, 0].numpy() for i in train.indices_of(label)[:2]]
+        for label, key in enumerate(FASHION_MNIST_CLASSES)
+    }
+
+    def folder(name: str, skip=(), rename=None) -> Path:
+        for key, images in good.items():
+            for i, a in enumerate(images):
+                if key not in skip:
+                    _png(a, root / name / (rename or {}).get(key, key) / f"{i:04d}.png")
+        return root / name
+
+    folder("names")
+    folder("nine", skip=("shirt",))
+    folder("index", rename={k: str(i) for i, k in enumerate(FASHION_MNIST_CLASSES)})
+    _png(np.zeros((32, 32), np.uint8), folder("mixed") / "coat" / "0001.png")
+    _png(np.stack([good["coat"][1]] * 3, -1), folder("rgb") / "coat" / "0001.png")
+    path = folder("corrupt") / "coat" / "0001.png"
+    path.write_bytes(path.read_bytes()[:60])
+    (folder("uneven") / "coat" / "0001.png").unlink()
+    _png(good["coat"][0], folder("duplicate") / "coat" / "0001.png")
+    leak = folder("leak")
+    assert test.labels[:3].tolist() == [9, 2, 1]  # ankle_boot, pullover, trouser: LEAKED names them
+    for k in range(3):
+        _png(test.images[k, 0].numpy(), leak / FASHION_MNIST_CLASSES[int(test.labels[k])] / "0001.png")
+    images = torch.from_numpy(np.stack([a for images in good.values() for a in images]))[:, None]
+    (root / "normalised").mkdir()
+    torch.save((images.float() / 255 - 0.2861) / 0.3530, root / "normalised" / "images.pt")
+    torch.save({"images": images, "labels": torch.full((20, 10), 0.1)}, root / "soft.pt")
+    woof = read_class_list(CLASSES_DIR / "imagewoof.txt")
+    for label, wnid in enumerate(woof):
+        for i, a in enumerate(train.images[train.indices_of(label)[:6], 0].numpy()):
+            _png(a, root / "woof-data" / "train" / wnid / f"{i:04d}.png")
+            if i < 2:
+                _png(a, root / "woof-data" / "test" / wnid / f"{i:04d}.png")
+                if wnid != "n02086240":
+                    _png(a, root / "woof-nine" / wnid / f"{i:04d}.png")
+    return root
+
+
+def _write_suite(case: Case, folder: Path, fill: dict[str, str] | None = None) -> Path:
     text = BASE.read_text()
     if case.edit is not None:
         raw = yaml.safe_load(text)
@@ -448,6 +615,7 @@ def _write_suite(case: Case, folder: Path) -> Path:
         text = yaml.safe_dump(raw, sort_keys=False)
     if case.text is not None:
         text = case.text(text)
+    text = _fill(text, fill or {})
     path = folder / "suite.yaml"
     path.write_bytes(text.encode("utf-8", "surrogateescape"))  # a lone surrogate \udcXX writes the byte 0xXX
     return path
@@ -475,12 +643,12 @@ def _prepare_out(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch, bad_sets):
     for name, value in (case.env or {}).items():
         monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
     out, store = _prepare_out(tmp_path)
-    suite = _write_suite(case, tmp_path)
-    fill = {"out": str(out), "store": str(store)}
+    fill = {"out": str(out), "store": str(store), "sets": str(bad_sets)}
+    suite = _write_suite(case, tmp_path, fill)
     argv = ["--suite", str(suite), "--out", str(out), *(_fill(a, fill) for a in case.argv)]
     before = _snapshot(out)
     t0 = time.perf_counter()
@@ -524,7 +692,8 @@ def test_out_without_write_permission(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "verb", [["run"], ["plan"], ["search", "diffusion"], ["site"], ["compare", "herding,k-center"]]
+    "verb",
+    [["run"], ["plan"], ["search", "diffusion"], ["site"], ["compare", "herding,k-center"], ["evaluate", "--set", "x"]],
 )
 def test_no_verb_takes_a_flag_by_its_prefix(verb, capsys):
     """argparse would take `--method` for `--methods` (and `--gpu` for `--gpus`): every parser is built with

@@ -89,6 +89,9 @@ class Manifest:
     # The fine-tuned backbone the set was sampled from: its hash and what training it took (seconds, peak
     # memory, machine), once for every set sampled from it; None for a set from the suite's backbone.
     fine_tune: dict | None = None
+    # A set made elsewhere (`ddbench evaluate`): its source as given, its canonical SHA-256, how many of its images
+    # are near-identical to test images, and its images per class; None for the sets ddbench makes.
+    external: dict | None = None
     # Not stored: where this run keeps the set (so a set can be moved), and its diversity measures.
     path: str = field(default="", metadata={"stored": False})
     diversity: dict | None = field(default=None, metadata={"stored": False})

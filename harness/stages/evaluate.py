@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.core.identity import FULL_DATA, row_key, versions
-from harness.core.sets import Manifest, load_set
+from harness.core.sets import MANIFEST, Manifest, load_set
 from harness.core.store import COMMITTED_RESULTS, ResultStore
 from harness.models.data import load_real_data
 from harness.models.protocols import Protocol, reference_protocol
@@ -93,6 +93,13 @@ def plan_trials(
     return trials
 
 
+def expected_images(path: Path, ipc: int, classes: int) -> int:
+    """IPC × classes; for a set made elsewhere (`ddbench evaluate`, whose classes may be uneven), the counts its
+    manifest records."""
+    external = Manifest.read(path).external if (path / MANIFEST).exists() else None
+    return sum(external["counts"]) if external else ipc * classes
+
+
 def _trial_data(trial: EvalTrial, protocol: Protocol, classes, channels, suite):
     """The trial's training images, labels and recipe, and the validation split where the recipe follows it."""
     if trial.method == FULL_DATA:
@@ -101,10 +108,9 @@ def _trial_data(trial: EvalTrial, protocol: Protocol, classes, channels, suite):
         validation = (real.val.load(torch.arange(len(real.val))), real.val.labels) if full.plateau_rule() else None
         return real.train.load(torch.arange(len(real.train))), real.train.labels, full, validation
     images, labels = load_set(Path(trial.set_path), classes, channels)
-    if len(labels) != trial.ipc * len(classes):  # lost since distill verified it at the start of this run
-        raise RuntimeError(
-            f"{trial.set_path} holds {len(labels)} images, not {trial.ipc} per class: run again to repair it"
-        )
+    expected = expected_images(Path(trial.set_path), trial.ipc, len(classes))
+    if len(labels) != expected:  # lost since distill verified it at the start of this run
+        raise RuntimeError(f"{trial.set_path} holds {len(labels)} images, not {expected}: run again to repair it")
     return images, labels, protocol, None
 
 

@@ -331,6 +331,7 @@ def prepare(
     methods: list[str] | None = None,
     accept_failed_check: bool = False,
     report_only: bool = False,
+    backbone: bool = True,
 ) -> Prepared:
     """`connect` reaches the Ray cluster; only a teacher trained with a recipe asks for it (for its GPUs).
     Every backbone one of `methods` (default: the suite's) samples is prepared and checked: the suite's own always,
@@ -339,6 +340,8 @@ def prepare(
     marked on the board. `report_only` (scripts/check_backbone.py): the checks are made and said, and neither
     stop nor mark anything, since nothing is sampled."""
     out = Path(out)
+    if not backbone:  # a set made elsewhere is only trained on: no generator is fetched, trained or checked
+        return _teachers_only(suite, real, out, connect)
     if not report_only:  # the check script checks step counts in turn: each is the one it means to check
         say_checked_elsewhere(suite, real, out)
     methods = list(suite.methods if methods is None else methods)
@@ -350,11 +353,7 @@ def prepare(
             others[kind] = PreparedBackbone(view.backbone, source, key, backbone_conditions(view, real.classes))
     backbone_source, backbone_hash = prepare_backbone(suite, real, out)
     teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out, connect=connect)
-    relabel = None
-    if suite.teacher.relabel is not None:
-        r = suite.teacher.relabel
-        source, key, acc = prepare_teacher(suite, real, out, r, connect, where="teacher.relabel")
-        relabel = PreparedTeacher(r, source, key, acc, describe_teacher(r, suite, acc))
+    relabel = prepare_relabel_teacher(suite, real, out, connect)
     val_acc = None
     if "teacher_val_accuracy" in suite_needs(suite):
         val_acc = teacher_val_accuracy(suite, real, out, teacher_source, teacher_hash)
@@ -388,6 +387,38 @@ def prepare(
         users = [m for m in methods if prepared.for_method(m).backbone_hash == key]
         _stop_on_failed_check(suite, view, users, accept_failed_check)
     return prepared
+
+
+def prepare_relabel_teacher(suite: Suite, real: RealData, out: Path, connect) -> PreparedTeacher | None:
+    """The teacher whose outputs the relabelling recipes train on, where the suite names one apart from its own."""
+    if suite.teacher.relabel is None:
+        return None
+    r = suite.teacher.relabel
+    source, key, acc = prepare_teacher(suite, real, out, r, connect, where="teacher.relabel")
+    return PreparedTeacher(r, source, key, acc, describe_teacher(r, suite, acc))
+
+
+def _teachers_only(suite: Suite, real: RealData, out: Path, connect) -> Prepared:
+    """The suite's teacher and relabelling teacher, with no backbone: what training students on a given set
+    needs (its relabelling recipes train on their outputs; the protocol hash names the relabelling teacher)."""
+    teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out, connect=connect)
+    relabel = prepare_relabel_teacher(suite, real, out, connect)
+    return Prepared(
+        list(real.classes),
+        suite.backbone,
+        "",
+        "",
+        [],
+        suite.teacher,
+        teacher_source,
+        teacher_hash,
+        teacher_acc,
+        None,
+        None,
+        describe_teacher(suite.teacher, suite, teacher_acc),
+        relabel,
+        class_names=list(real.class_names),
+    )
 
 
 def check_backbone(prepared: Prepared, out: Path, where: str) -> dict:
