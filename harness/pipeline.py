@@ -51,6 +51,7 @@ from harness.stages.external import (
     items_from_arrays,
     parse_normalisation,
     store_set,
+    stored_external_sets,
     suite_classes,
 )
 from harness.stages.fine_tune import fine_tune_backbones, needed_fine_tunes
@@ -331,6 +332,7 @@ class Run:
             self.out / "leaderboard",
             self.command,
             recipes,
+            external_sets=stored_external_sets(self.out, self.suite.name, rows),
         )
         print(f"[site] {page} {self._elapsed()}", flush=True)
         return md, csv, page

@@ -586,6 +586,18 @@ def store_set(ext: ExternalSet, out: Path, suite_name: str, name: str, overlap: 
     return manifest
 
 
+def stored_external_sets(out: Path, suite_name: str, rows: list[dict]) -> list[Manifest]:
+    """The manifests of the external sets whose rows the store holds (by name and hash), where their copies
+    in `out`'s set folders are whole: the site draws their grids and opens them from their cells."""
+    wanted = {(r["method"], r["config_hash"]) for r in rows if r.get("kind") == "external"}
+    found = []
+    for name, config_hash in sorted(wanted):
+        for folder in sorted((Path(out) / "distilled" / suite_name / name / config_hash).glob("ipc*")):
+            if not manifest_damage(folder) and Manifest.read(folder).external:
+                found.append(Manifest.read(folder))
+    return found
+
+
 def check_name(name: str | None) -> str:
     """--name: a folder-safe name that is neither a registered method's nor the full-data reference's."""
     if not name:
