@@ -2,6 +2,7 @@
 auth on): a run attaches through RAY_ADDRESS with no --address, and through --address, with a relative --out;
 a refused token and an address where nothing listens end in one line and exit 2 within seconds."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -55,13 +56,14 @@ def _stop(value: str) -> None:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def head():
-    """A real head with token auth on. Its temp dir is short: Ray's socket paths must fit in 107 bytes."""
+@contextlib.contextmanager
+def _head(auth_mode: str, token: str | None = None):
+    """A real `ray start --head` of the given auth mode, on its own port and temp dir (short: Ray's socket paths
+    must fit in 107 bytes); stopped with its processes alone."""
     temp = Path(tempfile.mkdtemp(prefix="ddh", dir="/tmp"))
-    port, token, mark = _free_port(), secrets.token_hex(32), uuid.uuid4().hex
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, MARK: mark}
-    env.pop("RAY_ADDRESS", None)
+    port, mark = _free_port(), uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({"RAY_AUTH_MODE": auth_mode, MARK: mark, **({"RAY_AUTH_TOKEN": token} if token else {})})
     proc = subprocess.Popen(
         [
             "ray",
@@ -93,6 +95,13 @@ def head():
             pass
         _stop(mark)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A real head with token auth on."""
+    with _head("token", secrets.token_hex(32)) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +288,44 @@ def test_killed_driver_takes_its_local_cluster_along(first_out, small_suite, tmp
     while _owned_by(proc.pid) and time.time() < deadline:
         time.sleep(0.5)
     assert not _owned_by(proc.pid)
+
+
+def test_a_token_on_the_machine_is_not_sent_to_a_head_without_auth(small_suite, tmp_path):
+    """Issue 30 item 1: a token in RAY_AUTH_TOKEN and in ~/.ray/auth_token (what `ray get-auth-token --generate`
+    writes) made the driver present one to an auth-off head, whose calls back into the driver were then refused and
+    every actor died. The driver asks the head first: this one asks for no token, so none is sent, the `[ray]` line
+    says so, and the run finishes."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    with _head("disabled") as off:
+        done, _ = _run(
+            ["--suite", str(small_suite), "--out", "runs", "--no-check", "--address", off["address"]],
+            tmp_path,
+            _driver_env(HOME=str(home), RAY_AUTH_TOKEN=secrets.token_hex(32)),
+        )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    attached = next(line for line in done.stdout.splitlines() if line.startswith(f"[ray] attached to {off['address']}"))
+    assert "the head runs without token auth; the token in RAY_AUTH_TOKEN is not sent" in attached, attached
+    assert len(_rows(tmp_path / "runs")) == 2  # the set's trial and the full-data row
+
+
+def test_a_token_head_is_asked_and_sent_the_token(head):
+    """The same question to a head with token auth: it asks, and the token on the machine is sent."""
+    env = _driver_env(RAY_AUTH_TOKEN=head["token"])
+    code = (
+        "from harness.runtime.cluster import Target, check_target\n"
+        f"print(check_target(Target({head['address']!r}, '--address')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "the head asks for a token; sent from RAY_AUTH_TOKEN"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**_driver_env(), "HOME": str(head["temp"])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "the head runs token auth and this machine holds no token" in done.stderr
