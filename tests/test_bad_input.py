@@ -8,6 +8,7 @@ the real entry point, `python benchmark.py`, in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -266,6 +267,17 @@ CASES = [
     Case("--compare one method", "methods: --compare 'herding' must name two", argv=("--compare", "herding")),
     Case("--compare unknown", "methods: magic not in the suite", argv=("--compare", "herding,magic")),
     Case("--export without one IPC", "ipcs: --export needs one IPC", argv=("--export", "herding")),
+    # answered before prepare (which can load or train models for a minute), from the store and the folders alone
+    Case(
+        "--compare with no rows of either",
+        "methods: the store in {out} holds no row of herding or k-center",
+        argv=("--compare", "herding,k-center"),
+    ),
+    Case(
+        "--export of a set not on disk",
+        "methods: no herding set at IPC 1 in {out}",
+        argv=("--export", "herding", "--ipc", "1"),
+    ),
     Case("--gpus 0", "--gpus", argv=("--gpus", "0")),
     Case("unknown flag", "unrecognized arguments: --colour", argv=("--colour", "red")),
     # --search (harness/stages/search.py)
@@ -474,8 +486,23 @@ def _prepare_out(tmp_path: Path) -> tuple[Path, Path]:
     return out, store
 
 
+@pytest.fixture(scope="module")
+def seconds_by_case(request):
+    """Each case's seconds, written to the test report at the module's end (measured, not asserted: the machine's
+    load decides them; in process, the heavy imports are paid once before the first case)."""
+    seconds: dict[str, float] = {}
+    yield seconds
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if seconds and reporter is not None:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"\n[bad input] {len(seconds)} cases, {sum(seconds.values()):.1f} s, slowest first:")
+            for name, s in sorted(seconds.items(), key=lambda kv: -kv[1]):
+                reporter.write_line(f"  {s:6.2f} s  {name}")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch, seconds_by_case):
     for name, value in (case.env or {}).items():
         monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
     out, store = _prepare_out(tmp_path)
@@ -491,7 +518,7 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
         reached_ray = ray.is_initialized()
         if reached_ray:  # a case whose check no longer fires ran the pipeline: fail it alone, not every case after
             ray.shutdown()
-    seconds = time.perf_counter() - t0
+    seconds = seconds_by_case[case.name] = time.perf_counter() - t0
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert exit_.value.code == 2, err
@@ -628,20 +655,42 @@ def test_an_address_where_something_else_listens_is_one_line(not_ray, tmp_path, 
     assert _snapshot(out) == before and not ray.is_initialized() and seconds < 10, seconds
 
 
-def test_the_real_entry_point_gives_one_line_and_exit_2(tmp_path):
+# Through the real entry point: the mistakes benchmark.py answers before the heavy imports (harness/flags.py).
+EARLY = {
+    "duplicate key": ((), "seeds: duplicate key"),
+    "no such suite": (("--suite", "nope"), "nope.yaml: no such suite file"),
+    "unknown profile": (("--profile", "nope"), "profiles.nope: no such profile"),
+    "flag by its prefix": (("--method", "herding"), "unrecognized arguments: --method herding"),
+    "empty --out": (("--out", ""), "argument --out: an empty path names the current folder"),
+    "not UTF-8": (("--suite", "{latin1}"), "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("name", EARLY)
+def test_the_real_entry_point_answers_before_the_heavy_imports(name, tmp_path, seconds_by_case):
+    """One line, exit 2, the store untouched, and neither torch nor Ray imported (`-X importtime` lists every module
+    the process imported): what made every mistake cost 9-47 s (issue 30 item 7)."""
     out, store = _prepare_out(tmp_path)
-    suite = _write_suite(CASES[0], tmp_path)
+    suite = _write_suite(CASES[0], tmp_path) if name == "duplicate key" else BASE
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(BASE.read_text().replace("tiny", "tiny-caf\u00e9", 1).encode("latin-1"))
+    extra, expect = EARLY[name]
+    argv = ["--suite", str(suite), "--out", str(out), *(a.replace("{latin1}", str(latin1)) for a in extra)]
     before = _snapshot(out)
+    t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "benchmark.py", "--suite", str(suite), "--out", str(out)],
+        [sys.executable, "-X", "importtime", "benchmark.py", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"ddbench: error: {suite}: seeds: duplicate key"), lines[0]
+    seconds_by_case[f"benchmark.py: {name}"] = time.perf_counter() - t0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("ddbench: error: ") and expect in lines[0], lines[0]
+    assert "yaml" in imported and not imported & {"torch", "ray", "diffusers", "timm"}, sorted(imported)[:20]
     assert _snapshot(out) == before
 
 

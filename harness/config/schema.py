@@ -8,17 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config.text import BENCHMARKS_DIR as BENCHMARKS_DIR  # re-exported: the suites folder, the error
+from harness.config.text import SuiteError as SuiteError
 from harness.core.identity import CLASSES_DIR, FULL_DATA, read_class_list
 from harness.models.measures import DiversityConfig
 from harness.models.protocols import Protocol, reference_protocol
 from harness.models.teachers import TeacherTrainConfig, TorchvisionRecipe
 from methods import get_method
-
-BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-class SuiteError(Exception):
-    """A suite file is wrong; the message is one line naming the file and the field."""
 
 
 @dataclass

@@ -33,6 +33,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from harness.config.defaults import DEFAULT_TRIALS as DEFAULT_TRIALS  # re-exported
 from harness.config.schema import Suite
 from harness.core import atomic
 from harness.core.identity import config_hash, search_key, versions
@@ -45,7 +46,6 @@ from harness.stages.distill import distill_here, plan
 from harness.stages.prepare import Prepared
 from methods import get_method
 
-DEFAULT_TRIALS = 20  # per searched method: the budget issue 14 asks for, the same for every method
 ROW_KIND = "search"
 METRIC = "val_accuracy"
 # Where Ray keeps a session's files (`ray.init(_temp_dir=...)` moves it): a killed search's intact state is there.
