@@ -19,6 +19,7 @@ from harness.core.identity import FULL_DATA, identity_fields
 from harness.core.lock import output_lock
 from harness.core.sets import MANIFEST, Manifest
 from harness.core.store import ResultStore
+from harness.models.data import SHOWN_UNREADABLE
 from harness.report.compare import compare, mark_failed
 from harness.report.compare import lines as compare_lines
 from harness.report.export import export_set
@@ -256,6 +257,17 @@ class Run:
                     "samples"
                 )
         notes.append(protocols_note(self.suite.protocols))
+        if self.real is not None and self.real.unreadable:
+            shown = ", ".join(self.real.unreadable[:SHOWN_UNREADABLE])
+            more = (
+                f" and {len(self.real.unreadable) - SHOWN_UNREADABLE} more"
+                if len(self.real.unreadable) > SHOWN_UNREADABLE
+                else ""
+            )
+            notes.append(
+                f"data.skip_unreadable: {len(self.real.unreadable)} unreadable images left out of the data ({shown}"
+                f"{more})"
+            )
         notes += self.suite.notes
         if self.labels:
             notes.append(SEARCHED_NOTE)

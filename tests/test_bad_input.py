@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from harness.cli import main
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
 from harness.runtime.preflight import check_real_image_counts
+from tests.factories import broken_image_folder
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -68,6 +70,21 @@ def _set(path: str, value):
         node[last] = value
 
     return edit
+
+
+_BROKEN = tempfile.TemporaryDirectory(prefix="ddbench-broken-")  # made when a case first needs it; gone at exit
+
+
+def _broken_images(raw):
+    """An edit pointing the suite at a two-class ImageFolder holding a truncated PNG and a garbage .jpg."""
+    raw["data"] = {
+        "format": "imagefolder",
+        "root": str(broken_image_folder(Path(_BROKEN.name))),
+        "classes": "auto",
+        "test_dir": "test",
+        "image_size": 28,
+        "val_per_class": 1,
+    }
 
 
 CASES = [
@@ -267,6 +284,13 @@ CASES = [
     Case("--compare one method", "methods: --compare 'herding' must name two", argv=("--compare", "herding")),
     Case("--compare unknown", "methods: magic not in the suite", argv=("--compare", "herding,magic")),
     Case("--export without one IPC", "ipcs: --export needs one IPC", argv=("--export", "herding")),
+    # every image of a user's folder decoded once before compute: the bad ones named in the one line
+    Case(
+        "unreadable images in an ImageFolder",
+        "data: 2 of 21 images under {broken} cannot be read: train/bag/zz-garbage.jpg (cannot identify image file); "
+        "train/coat/0003.png (image file is truncated); replace or remove them, or set data.skip_unreadable: true",
+        edit=_broken_images,
+    ),
     # answered before prepare (which can load or train models for a minute), from the store and the folders alone
     Case(
         "--compare with no rows of either",
@@ -507,7 +531,7 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch, s
         monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
     out, store = _prepare_out(tmp_path)
     suite = _write_suite(case, tmp_path)
-    fill = {"out": str(out), "store": str(store)}
+    fill = {"out": str(out), "store": str(store), "broken": _BROKEN.name}
     argv = ["--suite", str(suite), "--out", str(out), *(_fill(a, fill) for a in case.argv)]
     before = _snapshot(out)
     t0 = time.perf_counter()

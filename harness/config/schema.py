@@ -31,6 +31,9 @@ class DataConfig:
     test_dir: str = "val"
     max_train_per_class: int | None = None
     channels: int | str = "auto"  # imagefolder: 1, 3, or auto (1 where the images are grey); idx is 1
+    # imagefolder: every image is decoded once before any compute (cached); an unreadable one is refused by name,
+    # or, with this set, left out and counted on the board's notes.
+    skip_unreadable: bool = False
 
     def class_list_path(self) -> Path:
         p = Path(self.classes)
