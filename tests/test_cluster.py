@@ -3,8 +3,10 @@ auth on): a run attaches through RAY_ADDRESS with no --address, and through --ad
 a refused token and an address where nothing listens end in one line and exit 2 within seconds."""
 
 import contextlib
+import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from harness.runtime.cluster import PROBE_SECONDS, ClusterError, Target, check_t
 from tests.factories import tiny_suite_raw, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command of this interpreter's environment
 MARK = "DDBENCH_TEST_HEAD"  # carried by every process of the test's head (workers inherit the raylet's environment)
 
 
@@ -57,16 +61,24 @@ def _stop(value: str) -> None:
 
 
 @contextlib.contextmanager
-def _head(auth_mode: str, token: str | None = None):
-    """A real `ray start --head` of the given auth mode, on its own port and temp dir (short: Ray's socket paths
-    must fit in 107 bytes); stopped with its processes alone."""
+def _head(auth_mode: str, token: str | None = None, dashboard_port: int | None = None, **extra_env: str):
+    """A real `ray start --head` of the given auth mode (with its dashboard where a port is given), on its own port
+    and temp dir (short: Ray's socket paths must fit in 107 bytes); stopped with its processes alone. Its PATH starts
+    with this interpreter's folder, so a job's `python` is the tests' own."""
     temp = Path(tempfile.mkdtemp(prefix="ddh", dir="/tmp"))
     port, mark = _free_port(), uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update({"RAY_AUTH_MODE": auth_mode, MARK: mark, **({"RAY_AUTH_TOKEN": token} if token else {})})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra_env)
+    dashboard = (
+        [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+        if dashboard_port
+        else ["--include-dashboard=false"]
+    )
     proc = subprocess.Popen(
         [
-            "ray",
+            *RAY,
             "start",
             "--head",
             "--block",
@@ -74,7 +86,7 @@ def _head(auth_mode: str, token: str | None = None):
             f"--temp-dir={temp / 'ray'}",
             "--num-cpus=2",
             "--disable-usage-stats",
-            "--include-dashboard=false",
+            *dashboard,
         ],
         env=env,
         start_new_session=True,
@@ -329,3 +341,37 @@ def test_a_token_head_is_asked_and_sent_the_token(head):
         timeout=60,
     )
     assert done.returncode == 1 and "the head runs token auth and this machine holds no token" in done.stderr
+
+
+@pytest.mark.slow  # a head with its dashboard, and a run that prepares the tiny suite's models: ~2 minutes
+@pytest.mark.skipif(
+    importlib.util.find_spec("aiohttp") is None, reason="ray job submit needs ray[default]: pip install -e '.[cluster]'"
+)
+def test_ray_job_submit_runs_the_suite_on_a_local_head(small_suite, tmp_path):
+    """Issue 30 item 8: Ray's job API, the modern way to submit to a cluster: `ray job submit --working-dir . --
+    python benchmark.py ...` against a real head with its dashboard; the job's driver attaches through the
+    RAY_ADDRESS the job supervisor sets, keeps the job's runtime_env, and its rows land in the store."""
+    out, dashboard = tmp_path / "runs", _free_port()
+    # Ray's memory monitor kills the newest workers when the machine's memory is 95% used, whoever uses it: on a
+    # machine shared with other runs it killed this job's actors for their memory, not the job's.
+    with _head("disabled", dashboard_port=dashboard, RAY_memory_monitor_refresh_ms="0") as started:
+        url, deadline = f"http://127.0.0.1:{dashboard}", time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=5):
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail(f"the dashboard of {started['address']} did not answer at {url}")
+        command = [*RAY, "job", "submit", "--address", url, "--working-dir", ".", "--", "python", "benchmark.py"]
+        command += ["--suite", str(small_suite), "--out", str(out), "--no-check"]
+        done = subprocess.run(command, cwd=ROOT, env=_driver_env(), capture_output=True, text=True, timeout=600)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)  # the job's log and Ray's coloured status lines
+    lines = [line for line in text.splitlines() if line.startswith(("[", "ddbench", "Traceback"))]
+    assert done.returncode == 0 and "' succeeded" in text, "\n".join(lines[:40]) + done.stderr[-2000:]
+    # the job's driver finds the cluster through the RAY_ADDRESS the job supervisor sets, and the auth mode it
+    # inherits from the head
+    attached = f"[ray] attached to {started['address']} (RAY_ADDRESS): 2 CPUs, 0 GPUs"
+    assert attached in text and "auth: RAY_AUTH_MODE=disabled as set" in text, "\n".join(lines[:40])
+    assert len(_rows(out)) == 2  # the set's trial and the full-data row
