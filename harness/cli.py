@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             return _main(argv)
     except KeyboardInterrupt:
         if signalled():
-            _stopped(f"stopped by {signal.Signals(signalled()).name}", 128 + signalled())
-        _stopped("interrupted (Ctrl-C)", 130)
+            _stopped(f"stopped by {signal.Signals(signalled()).name}", 128 + signalled(), argv)
+        _stopped("interrupted (Ctrl-C)", 130, argv)
     except SystemExit as e:  # Terminated, or what Ray's get makes of it: SystemExit(1)
         signum = signalled() or (signal.SIGTERM if _rays_sigterm_exit(e) else None)
         if signum:  # (a SIGTERM while ray.init runs meets Ray's own handler: sys.exit(15))
-            _stopped(f"stopped by {signal.Signals(signum).name}", 128 + signum)
+            _stopped(f"stopped by {signal.Signals(signum).name}", 128 + signum, argv)
         raise
 
 
@@ -79,12 +79,19 @@ def _rays_sigterm_exit(e: SystemExit) -> bool:
     )
 
 
-def _stopped(what: str, status: int) -> None:
+def _stopped(what: str, status: int, argv: list[str] | None) -> None:
     from tqdm import tqdm
 
     for bar in list(getattr(tqdm, "_instances", ())):  # end a progress bar's line, so that ours is a line of its own
         bar.close()
-    print(f"ddbench: {what}; what is finished is kept, and the same command resumes from it", file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # A stopped search continues only when asked to (--resume): the same command alone would refuse its folder.
+    resumes = (
+        "the same command with --resume continues the search"
+        if parse(argv).search is not None and "--resume" not in argv
+        else "the same command resumes from it"
+    )
+    print(f"ddbench: {what}; what is finished is kept, and {resumes}", file=sys.stderr)
     sys.exit(status)
 
 

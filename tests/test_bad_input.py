@@ -260,6 +260,16 @@ CASES = [
         argv=("--ipc", "3"),
     ),
     Case(
+        "--ipc above every bound of a soft-label batch_size table",
+        "protocols.soft-label.batch_size: has no bound for IPC 3 (its largest is 2), which would train at "
+        "batch_size_beyond's default batch size 100; add 3: N to the table, or set batch_size_beyond",
+        edit=lambda r: (
+            [r["protocols"]["soft-label"].update(batch_size={2: 10})]
+            + [p.update(epochs_beyond=2) for p in r["protocols"].values()]
+        ),
+        argv=("--ipc", "3"),
+    ),
+    Case(
         "--ipc above a class's images for rded's crops",
         "ipcs: rded at IPC 30 draws 120",
         # factor 2 set by hand: at 28 px RDED now defaults to its low-resolution factor 1 (small_image_defaults),

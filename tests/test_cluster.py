@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.runtime.cluster import PROBE_SECONDS, ClusterError, Target, check_target, resolve
+from harness.runtime.cluster import (
+    PROBE_SECONDS,
+    ClusterError,
+    Target,
+    check_target,
+    local_choice_line,
+    resolve,
+    unrecorded_heads,
+)
 from tests.factories import tiny_suite_raw, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,3 +383,17 @@ def test_ray_job_submit_runs_the_suite_on_a_local_head(small_suite, tmp_path):
     attached = f"[ray] attached to {started['address']} (RAY_ADDRESS): 2 CPUs, 0 GPUs"
     assert attached in text and "auth: RAY_AUTH_MODE=disabled as set" in text, "\n".join(lines[:40])
     assert len(_rows(out)) == 2  # the set's trial and the full-data row
+
+
+def test_a_head_on_its_own_temp_dir_is_named_when_a_local_cluster_is_chosen(head, monkeypatch, tmp_path):
+    """Issue 30 item 5: `ray start --head --temp-dir X` records its address under X, where ray.init does not look;
+    a run naming no cluster starts a local one, and now says so in one line that names the head it passed over."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # where this run looks: no head recorded there
+    assert resolve(None) == Target(None, "no cluster named")
+    port = head["address"].rsplit(":", 1)[1]
+    found = [(address, temp) for address, temp in unrecorded_heads() if address.endswith(f":{port}")]
+    assert found == [(head["address"], str(head["temp"] / "ray"))], unrecorded_heads()
+    line = local_choice_line()
+    assert line.startswith(f"[ray] starting a local cluster on this machine's {os.cpu_count()} CPUs: no --address")
+    assert "a head started with its own --temp-dir runs here" in line and "--address " in line, line

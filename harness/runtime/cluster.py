@@ -124,6 +124,44 @@ def resolve(address: str | None) -> Target:
     )
 
 
+def unrecorded_heads() -> list[tuple[str, str]]:
+    """(address, temp dir) of each `ray start --head` running on this machine that `resolve` cannot find: one
+    started with its own `--temp-dir` records its address there, not where ray.init looks. Told apart from a
+    driver's own local cluster (GCS port 0, chosen at random) by the fixed port `ray start` gives its GCS."""
+    recorded = _current_cluster_file().parent
+    heads = []
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not args or not args[0].endswith("gcs_server"):
+            continue
+        pairs = (a.lstrip("-").split("=", 1) for a in args[1:] if a.startswith("--") and "=" in a)
+        flags = {key.replace("-", "_"): value for key, value in pairs}  # Ray spells some with -, some with _
+        port, session = flags.get("gcs_server_port", "0"), Path(flags.get("session_dir", ""))
+        if port != "0" and session.parent != recorded:
+            heads.append((f"{flags.get('node_ip_address', '127.0.0.1')}:{port}", str(session.parent)))
+    return sorted(heads)
+
+
+def local_choice_line() -> str:
+    """What a run that names no cluster says when it starts a local one: the choice, and a head it passed over
+    (issue 30 item 5: a head on a custom --temp-dir was passed over without a word)."""
+    heads = unrecorded_heads()
+    line = (
+        f"[ray] starting a local cluster on this machine's {os.cpu_count()} CPUs: no --address, no RAY_ADDRESS, "
+        f"no head recorded in {_current_cluster_file()}"
+    )
+    if heads:
+        (address, temp), others = heads[0], f" and {len(heads) - 1} more" if len(heads) > 1 else ""
+        line += (
+            f"; a head started with its own --temp-dir runs here ({address}, temp dir {temp}{others}), which that "
+            f"file does not name: --address {address} attaches to it"
+        )
+    return line
+
+
 def _token_source() -> str | None:
     """Where the token this client would send comes from (Ray's own order), or None where the machine holds none."""
     if os.environ.get("RAY_AUTH_TOKEN"):
@@ -414,6 +452,8 @@ def connector(address: str | None, out: Path):
 
     def connect():
         if not ray.is_initialized():
+            if target.source == "no cluster named":
+                print(local_choice_line(), flush=True)
             start_local()
 
     return connect
