@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "tests" / "tiny-suite.yaml"
@@ -80,9 +81,14 @@ def test_ctrl_c_during_a_search_is_one_line_exit_130_and_resumes(tmp_path):
     """Issue 30 item 5: Ctrl-C during `search` ended in Ray Tune's warnings and a search error (exit 2); now it is
     one line naming the way on (--resume), exit 130 within seconds, and the same command with --resume finishes
     the search."""
-    out = tmp_path / "runs"
-    command = [sys.executable, "benchmark.py", "search", "diffusion", "--suite", str(SUITE), "--out", str(out)]
-    command += ["--ipc", "1", "--trials", "3", "--no-check"]
+    raw = yaml.safe_load(SUITE.read_text())  # test_search's suite: the steps inside diffusion's search range
+    raw.update(methods={"diffusion": {"cfg_scale": 2.0, "steps": 10}}, ipcs=[1])
+    raw["protocols"] = {"hard-label": {"epochs": {1: 4}, "student_kwargs": {"convnet3": {"width": 8}}}}
+    raw.pop("cross_arch")
+    suite, out = tmp_path / "search.yaml", tmp_path / "runs"
+    suite.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "benchmark.py", "search", "diffusion", "--suite", str(suite), "--out", str(out)]
+    command += ["--trials", "3", "--no-check"]
     proc = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)

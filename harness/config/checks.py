@@ -351,10 +351,10 @@ IPC_TABLES = (
 
 
 def check_epoch_tables(s: Suite, written: dict[str, dict], fail) -> None:
-    """A table of IPC bounds the suite writes (`epochs`; soft-label's `batch_size` too): the first bound ≥ the IPC
-    applies, and an IPC above its largest bound takes the `..._beyond` field (300 epochs, batch size 100 by
-    default). A suite that writes the table but not its `..._beyond` field and runs an IPC above every bound would
-    get that default silently: refused, naming the IPC."""
+    """A table of IPC bounds the suite writes (`epochs`, and `batch_size` where a protocol's is a table): the first
+    bound ≥ the IPC applies, and an IPC above its largest bound takes the `..._beyond` field (300 epochs, batch
+    size 100 by default). A suite that writes the table but not its `..._beyond` field and runs an IPC above every
+    bound would get that default silently: refused, naming the IPC."""
     for name, raw in written.items():
         protocol = s.protocols[name]
         for field, beyond, what in IPC_TABLES:
