@@ -2,7 +2,14 @@
 
 import sys
 
-from harness.cli import main
+from harness.flags import precheck
+
+if __name__ == "__main__":
+    # The flags and the suite's text first, before the heavy imports below (torch, Ray, diffusers: 10-30 s on a
+    # busy machine): a typo or a missing suite is one line and exit status 2 in well under two seconds.
+    precheck(sys.argv[1:])
+
+from harness.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,9 +18,9 @@ from harness.config.loader import load_suite
 from harness.config.schema import Suite
 from harness.core.identity import FULL_DATA, identity_fields, row_key
 from harness.core.lock import output_lock
-from harness.core.sets import Manifest
+from harness.core.sets import MANIFEST, Manifest
 from harness.core.store import ResultStore
-from harness.models.data import RealData, load_real_data
+from harness.models.data import SHOWN_UNREADABLE, RealData, load_real_data
 from harness.report.compare import compare, mark_failed
 from harness.report.compare import lines as compare_lines
 from harness.report.export import export_set
@@ -276,6 +276,17 @@ class Run:
                     "samples"
                 )
         notes.append(protocols_note(self.suite.protocols))
+        if self.real is not None and self.real.unreadable:
+            shown = ", ".join(self.real.unreadable[:SHOWN_UNREADABLE])
+            more = (
+                f" and {len(self.real.unreadable) - SHOWN_UNREADABLE} more"
+                if len(self.real.unreadable) > SHOWN_UNREADABLE
+                else ""
+            )
+            notes.append(
+                f"data.skip_unreadable: {len(self.real.unreadable)} unreadable images left out of the data ({shown}"
+                f"{more})"
+            )
         notes += self.suite.notes
         if self.labels:
             notes.append(SEARCHED_NOTE)
@@ -379,9 +390,20 @@ class Run:
             gpu_memory_gb,
         )
 
-    @_holding_out
     def compare(self, pair: list[str]) -> Path:
-        """A − B per cell from the store (a Run whose methods are the pair, made with `make` False)."""
+        """A − B per cell from the store (a Run whose methods are the pair, made with `make` False). A method with no
+        row at all is one line before prepare (which the cells' identities need, and which can load or train models
+        for a minute) and before the output lock (whose file a refused command must not leave behind)."""
+        absent = [m for m in pair if not any(r.get("method") == m for r in self.store.read())]
+        if absent:
+            raise RunError(
+                f"{self.suite.source}: methods: the store in {self.out} holds no row of {' or '.join(absent)} "
+                f"(a run with --methods {','.join(absent)} makes them)"
+            )
+        return self._compare(pair)
+
+    @_holding_out
+    def _compare(self, pair: list[str]) -> Path:
         self.header()
         # A searched config is its own row, never averaged with the method's own.
         rows, compared, _, _ = with_searched_labels(self.store.read(), self.current, [], self.methods, self.labels)
@@ -406,16 +428,26 @@ class Run:
         print(text + f"\n[compare] {stem}.md and .csv", flush=True)
         return stem.with_suffix(".md")
 
-    @_holding_out
     def export(self) -> Path:
-        """The one set of this Run (one method at one IPC, made with `make` False) as a datasets folder."""
+        """The one set of this Run (one method at one IPC, made with `make` False) as a datasets folder. No set of the
+        method at that IPC on disk at all is one line before prepare and the output lock, as in `compare`."""
+        (method,), (ipc,) = self.set_methods, self.ipcs
+        if not list((self.out / "distilled" / self.suite.name / method).glob(f"*/ipc{ipc}/{MANIFEST}")):
+            raise RunError(self._no_set(method, ipc))
+        return self._export()
+
+    def _no_set(self, method: str, ipc: int) -> str:
+        return (
+            f"{self.suite.source}: methods: no {method} set at IPC {ipc} in {self.out} (a run "
+            f"with --methods {method} --ipc {ipc} makes it)"
+        )
+
+    @_holding_out
+    def _export(self) -> Path:
         self.header()
         (job,) = self.own_jobs
         if not job.done():
-            raise RunError(
-                f"{self.suite.source}: methods: no {job.method} set at IPC {job.ipc} in {self.out} (a run "
-                f"with --methods {job.method} --ipc {job.ipc} makes it)"
-            )
+            raise RunError(self._no_set(job.method, job.ipc))
         dest = export_set(
             Manifest.read(job.path),
             self.out / "exports" / f"{self.suite.name}-{job.method}-ipc{job.ipc}",

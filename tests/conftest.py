@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,27 @@ from tests.factories import FASHION_ROOT, TINY_SUITE  # noqa: E402
 def pytest_sessionstart(session):
     if not (FASHION_ROOT / "train-images-idx3-ubyte.gz").exists():
         pytest.exit("Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist", returncode=2)
+
+
+def _token_file_state() -> bytes | None:
+    try:
+        return (Path.home() / ".ray" / "auth_token").read_bytes()
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_no_token_file():
+    """The suite leaves ~/.ray/auth_token as it found it (issue 30 item 1): a plain ray.init() or `ray start` under Ray
+    2.60 writes a fresh token there, which turns token auth on for every later client and head on the machine and,
+    sent to a head without auth, broke runs. A file the machine already had is left alone, and must stay the same."""
+    before = _token_file_state()
+    yield
+    after = _token_file_state()
+    assert after == before, (
+        f"the test suite {'wrote' if before is None else 'changed'} {Path.home() / '.ray' / 'auth_token'}; "
+        "start Ray with harness.runtime.cluster.use_session_token() or RAY_AUTH_MODE set, never a plain ray.init()"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import yaml
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from harness.models.data import RealData
+from harness.models.data import FASHION_MNIST_CLASSES, RealData, load_fashion_mnist
 from harness.models.generators.dit import DiTBackbone
 from harness.models.generators.mar import MARBackbone, save_mar_backbone
 from harness.models.generators.mar_model import MAR, MARConfig, build_tokenizer
@@ -245,3 +245,28 @@ def stand_in_prepared(**hashes) -> SimpleNamespace:
     prepared = SimpleNamespace(fine_tuned={}, **hashes)
     prepared.for_method = lambda name: prepared
     return prepared
+
+
+BROKEN_IMAGES = ("train/coat/0003.png", "train/bag/zz-garbage.jpg")  # what `broken_image_folder` spoils
+
+
+def broken_image_folder(root: Path, per_class: int = 8) -> Path:
+    """A grey ImageFolder of real Fashion-MNIST images (coat and bag; `per_class` training and 2 test PNGs each)
+    holding two files PIL cannot decode: a PNG cut to half its bytes (a copy that stopped midway) and a .jpg of
+    bytes that are no image at all (BROKEN_IMAGES). Made once per `root`."""
+    from PIL import Image
+
+    if (root / BROKEN_IMAGES[1]).exists():
+        return root
+    train = load_fashion_mnist(FASHION_ROOT, "train")
+    for key in ("coat", "bag"):
+        label = FASHION_MNIST_CLASSES.index(key)
+        positions = train.indices_of(label)[: per_class + 2].tolist()
+        for split, chosen in (("train", positions[:per_class]), ("test", positions[per_class:])):
+            (root / split / key).mkdir(parents=True, exist_ok=True)
+            for i, position in enumerate(chosen):
+                Image.fromarray(train.images[position, 0].numpy(), "L").save(root / split / key / f"{i:04d}.png")
+    cut = root / BROKEN_IMAGES[0]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    (root / BROKEN_IMAGES[1]).write_bytes(bytes(range(256)) * 4)
+    return root

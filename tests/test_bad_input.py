@@ -8,11 +8,13 @@ the real entry point, `python benchmark.py`, in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from harness.config.schema import SuiteError
 from harness.core.identity import CLASSES_DIR, read_class_list
 from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from harness.runtime.preflight import check_real_image_counts
-from tests.factories import FASHION_ROOT
+from tests.factories import FASHION_ROOT, broken_image_folder
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -73,6 +75,21 @@ def _set(path: str, value):
         node[last] = value
 
     return edit
+
+
+_BROKEN = tempfile.TemporaryDirectory(prefix="ddbench-broken-")  # made when a case first needs it; gone at exit
+
+
+def _broken_images(raw):
+    """An edit pointing the suite at a two-class ImageFolder holding a truncated PNG and a garbage .jpg."""
+    raw["data"] = {
+        "format": "imagefolder",
+        "root": str(broken_image_folder(Path(_BROKEN.name))),
+        "classes": "auto",
+        "test_dir": "test",
+        "image_size": 28,
+        "val_per_class": 1,
+    }
 
 
 CASES = [
@@ -248,6 +265,16 @@ CASES = [
         argv=("--ipc", "3"),
     ),
     Case(
+        "--ipc above every bound of a soft-label batch_size table",
+        "protocols.soft-label.batch_size: has no bound for IPC 3 (its largest is 2), which would train at "
+        "batch_size_beyond's default batch size 100; add 3: N to the table, or set batch_size_beyond",
+        edit=lambda r: (
+            [r["protocols"]["soft-label"].update(batch_size={2: 10})]
+            + [p.update(epochs_beyond=2) for p in r["protocols"].values()]
+        ),
+        argv=("--ipc", "3"),
+    ),
+    Case(
         "--ipc above a class's images for rded's crops",
         "ipcs: rded at IPC 30 draws 120",
         # factor 2 set by hand: at 28 px RDED now defaults to its low-resolution factor 1 (small_image_defaults),
@@ -272,6 +299,24 @@ CASES = [
     Case("--compare one method", "methods: --compare 'herding' must name two", argv=("--compare", "herding")),
     Case("--compare unknown", "methods: magic not in the suite", argv=("--compare", "herding,magic")),
     Case("--export without one IPC", "ipcs: --export needs one IPC", argv=("--export", "herding")),
+    # every image of a user's folder decoded once before compute: the bad ones named in the one line
+    Case(
+        "unreadable images in an ImageFolder",
+        "data: 2 of 21 images under {broken} cannot be read: train/bag/zz-garbage.jpg (cannot identify image file); "
+        "train/coat/0003.png (image file is truncated); replace or remove them, or set data.skip_unreadable: true",
+        edit=_broken_images,
+    ),
+    # answered before prepare (which can load or train models for a minute), from the store and the folders alone
+    Case(
+        "--compare with no rows of either",
+        "methods: the store in {out} holds no row of herding or k-center",
+        argv=("--compare", "herding,k-center"),
+    ),
+    Case(
+        "--export of a set not on disk",
+        "methods: no herding set at IPC 1 in {out}",
+        argv=("--export", "herding", "--ipc", "1"),
+    ),
     Case("--gpus 0", "--gpus", argv=("--gpus", "0")),
     Case("unknown flag", "unrecognized arguments: --colour", argv=("--colour", "red")),
     # --search (harness/stages/search.py)
@@ -642,12 +687,27 @@ def _prepare_out(tmp_path: Path) -> tuple[Path, Path]:
     return out, store
 
 
+@pytest.fixture(scope="module")
+def seconds_by_case(request):
+    """Each case's seconds, written to the test report at the module's end (measured, not asserted: the machine's
+    load decides them; in process, the heavy imports are paid once before the first case)."""
+    seconds: dict[str, float] = {}
+    yield seconds
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if seconds and reporter is not None:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"\n[bad input] {len(seconds)} cases, {sum(seconds.values()):.1f} s, slowest first:")
+            for name, s in sorted(seconds.items(), key=lambda kv: -kv[1]):
+                reporter.write_line(f"  {s:6.2f} s  {name}")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch, bad_sets):
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch, bad_sets, seconds_by_case):
     for name, value in (case.env or {}).items():
         monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
     out, store = _prepare_out(tmp_path)
-    fill = {"out": str(out), "store": str(store), "sets": str(bad_sets)}
+    fill = {"out": str(out), "store": str(store), "sets": str(bad_sets), "broken": _BROKEN.name}
     suite = _write_suite(case, tmp_path, fill)
     argv = ["--suite", str(suite), "--out", str(out), *(_fill(a, fill) for a in case.argv)]
     before = _snapshot(out)
@@ -659,7 +719,7 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch, b
         reached_ray = ray.is_initialized()
         if reached_ray:  # a case whose check no longer fires ran the pipeline: fail it alone, not every case after
             ray.shutdown()
-    seconds = time.perf_counter() - t0
+    seconds = seconds_by_case[case.name] = time.perf_counter() - t0
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert exit_.value.code == 2, err
@@ -797,20 +857,42 @@ def test_an_address_where_something_else_listens_is_one_line(not_ray, tmp_path, 
     assert _snapshot(out) == before and not ray.is_initialized() and seconds < 10, seconds
 
 
-def test_the_real_entry_point_gives_one_line_and_exit_2(tmp_path):
+# Through the real entry point: the mistakes benchmark.py answers before the heavy imports (harness/flags.py).
+EARLY = {
+    "duplicate key": ((), "seeds: duplicate key"),
+    "no such suite": (("--suite", "nope"), "nope.yaml: no such suite file"),
+    "unknown profile": (("--profile", "nope"), "profiles.nope: no such profile"),
+    "flag by its prefix": (("--method", "herding"), "unrecognized arguments: --method herding"),
+    "empty --out": (("--out", ""), "argument --out: an empty path names the current folder"),
+    "not UTF-8": (("--suite", "{latin1}"), "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("name", EARLY)
+def test_the_real_entry_point_answers_before_the_heavy_imports(name, tmp_path, seconds_by_case):
+    """One line, exit 2, the store untouched, and neither torch nor Ray imported (`-X importtime` lists every module
+    the process imported): what made every mistake cost 9-47 s (issue 30 item 7)."""
     out, store = _prepare_out(tmp_path)
-    suite = _write_suite(CASES[0], tmp_path)
+    suite = _write_suite(CASES[0], tmp_path) if name == "duplicate key" else BASE
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(BASE.read_text().replace("tiny", "tiny-caf\u00e9", 1).encode("latin-1"))
+    extra, expect = EARLY[name]
+    argv = ["--suite", str(suite), "--out", str(out), *(a.replace("{latin1}", str(latin1)) for a in extra)]
     before = _snapshot(out)
+    t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "benchmark.py", "--suite", str(suite), "--out", str(out)],
+        [sys.executable, "-X", "importtime", "benchmark.py", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"ddbench: error: {suite}: seeds: duplicate key"), lines[0]
+    seconds_by_case[f"benchmark.py: {name}"] = time.perf_counter() - t0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("ddbench: error: ") and expect in lines[0], lines[0]
+    assert "yaml" in imported and not imported & {"torch", "ray", "diffusers", "timm"}, sorted(imported)[:20]
     assert _snapshot(out) == before
 
 

@@ -2,8 +2,11 @@
 auth on): a run attaches through RAY_ADDRESS with no --address, and through --address, with a relative --out;
 a refused token and an address where nothing listens end in one line and exit 2 within seconds."""
 
+import contextlib
+import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -12,15 +15,25 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from harness.runtime.cluster import PROBE_SECONDS, ClusterError, Target, check_target, resolve
+from harness.runtime.cluster import (
+    PROBE_SECONDS,
+    ClusterError,
+    Target,
+    check_target,
+    local_choice_line,
+    resolve,
+    unrecorded_heads,
+)
 from tests.factories import tiny_suite_raw, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command of this interpreter's environment
 MARK = "DDBENCH_TEST_HEAD"  # carried by every process of the test's head (workers inherit the raylet's environment)
 
 
@@ -55,16 +68,25 @@ def _stop(value: str) -> None:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def head():
-    """A real head with token auth on. Its temp dir is short: Ray's socket paths must fit in 107 bytes."""
+@contextlib.contextmanager
+def _head(auth_mode: str, token: str | None = None, dashboard_port: int | None = None, **extra_env: str):
+    """A real `ray start --head` of the given auth mode (with its dashboard where a port is given), on its own port
+    and temp dir (short: Ray's socket paths must fit in 107 bytes); stopped with its processes alone. Its PATH starts
+    with this interpreter's folder, so a job's `python` is the tests' own."""
     temp = Path(tempfile.mkdtemp(prefix="ddh", dir="/tmp"))
-    port, token, mark = _free_port(), secrets.token_hex(32), uuid.uuid4().hex
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, MARK: mark}
-    env.pop("RAY_ADDRESS", None)
+    port, mark = _free_port(), uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({"RAY_AUTH_MODE": auth_mode, MARK: mark, **({"RAY_AUTH_TOKEN": token} if token else {})})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra_env)
+    dashboard = (
+        [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+        if dashboard_port
+        else ["--include-dashboard=false"]
+    )
     proc = subprocess.Popen(
         [
-            "ray",
+            *RAY,
             "start",
             "--head",
             "--block",
@@ -72,7 +94,7 @@ def head():
             f"--temp-dir={temp / 'ray'}",
             "--num-cpus=2",
             "--disable-usage-stats",
-            "--include-dashboard=false",
+            *dashboard,
         ],
         env=env,
         start_new_session=True,
@@ -93,6 +115,13 @@ def head():
             pass
         _stop(mark)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A real head with token auth on."""
+    with _head("token", secrets.token_hex(32)) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +308,92 @@ def test_killed_driver_takes_its_local_cluster_along(first_out, small_suite, tmp
     while _owned_by(proc.pid) and time.time() < deadline:
         time.sleep(0.5)
     assert not _owned_by(proc.pid)
+
+
+def test_a_token_on_the_machine_is_not_sent_to_a_head_without_auth(small_suite, tmp_path):
+    """Issue 30 item 1: a token in RAY_AUTH_TOKEN and in ~/.ray/auth_token (what `ray get-auth-token --generate`
+    writes) made the driver present one to an auth-off head, whose calls back into the driver were then refused and
+    every actor died. The driver asks the head first: this one asks for no token, so none is sent, the `[ray]` line
+    says so, and the run finishes."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    with _head("disabled") as off:
+        done, _ = _run(
+            ["--suite", str(small_suite), "--out", "runs", "--no-check", "--address", off["address"]],
+            tmp_path,
+            _driver_env(HOME=str(home), RAY_AUTH_TOKEN=secrets.token_hex(32)),
+        )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    attached = next(line for line in done.stdout.splitlines() if line.startswith(f"[ray] attached to {off['address']}"))
+    assert "the head runs without token auth; the token in RAY_AUTH_TOKEN is not sent" in attached, attached
+    assert len(_rows(tmp_path / "runs")) == 2  # the set's trial and the full-data row
+
+
+def test_a_token_head_is_asked_and_sent_the_token(head):
+    """The same question to a head with token auth: it asks, and the token on the machine is sent."""
+    env = _driver_env(RAY_AUTH_TOKEN=head["token"])
+    code = (
+        "from harness.runtime.cluster import Target, check_target\n"
+        f"print(check_target(Target({head['address']!r}, '--address')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "the head asks for a token; sent from RAY_AUTH_TOKEN"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**_driver_env(), "HOME": str(head["temp"])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "the head runs token auth and this machine holds no token" in done.stderr
+
+
+@pytest.mark.slow  # a head with its dashboard, and a run that prepares the tiny suite's models: ~2 minutes
+@pytest.mark.skipif(
+    importlib.util.find_spec("aiohttp") is None, reason="ray job submit needs ray[default]: pip install -e '.[cluster]'"
+)
+def test_ray_job_submit_runs_the_suite_on_a_local_head(small_suite, tmp_path):
+    """Issue 30 item 8: Ray's job API, the modern way to submit to a cluster: `ray job submit --working-dir . --
+    python benchmark.py ...` against a real head with its dashboard; the job's driver attaches through the
+    RAY_ADDRESS the job supervisor sets, keeps the job's runtime_env, and its rows land in the store."""
+    out, dashboard = tmp_path / "runs", _free_port()
+    # Ray's memory monitor kills the newest workers when the machine's memory is 95% used, whoever uses it: on a
+    # machine shared with other runs it killed this job's actors for their memory, not the job's.
+    with _head("disabled", dashboard_port=dashboard, RAY_memory_monitor_refresh_ms="0") as started:
+        url, deadline = f"http://127.0.0.1:{dashboard}", time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=5):
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail(f"the dashboard of {started['address']} did not answer at {url}")
+        command = [*RAY, "job", "submit", "--address", url, "--working-dir", ".", "--", "python", "benchmark.py"]
+        command += ["--suite", str(small_suite), "--out", str(out), "--no-check"]
+        done = subprocess.run(command, cwd=ROOT, env=_driver_env(), capture_output=True, text=True, timeout=600)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)  # the job's log and Ray's coloured status lines
+    lines = [line for line in text.splitlines() if line.startswith(("[", "ddbench", "Traceback"))]
+    assert done.returncode == 0 and "' succeeded" in text, "\n".join(lines[:40]) + done.stderr[-2000:]
+    # the job's driver finds the cluster through the RAY_ADDRESS the job supervisor sets, and the auth mode it
+    # inherits from the head
+    attached = f"[ray] attached to {started['address']} (RAY_ADDRESS): 2 CPUs, 0 GPUs"
+    assert attached in text and "auth: RAY_AUTH_MODE=disabled as set" in text, "\n".join(lines[:40])
+    assert len(_rows(out)) == 2  # the set's trial and the full-data row
+
+
+def test_a_head_on_its_own_temp_dir_is_named_when_a_local_cluster_is_chosen(head, monkeypatch, tmp_path):
+    """Issue 30 item 5: `ray start --head --temp-dir X` records its address under X, where ray.init does not look;
+    a run naming no cluster starts a local one, and now says so in one line that names the head it passed over."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # where this run looks: no head recorded there
+    assert resolve(None) == Target(None, "no cluster named")
+    port = head["address"].rsplit(":", 1)[1]
+    found = [(address, temp) for address, temp in unrecorded_heads() if address.endswith(f":{port}")]
+    assert found == [(head["address"], str(head["temp"] / "ray"))], unrecorded_heads()
+    line = local_choice_line()
+    assert line.startswith(f"[ray] starting a local cluster on this machine's {os.cpu_count()} CPUs: no --address")
+    assert "a head started with its own --temp-dir runs here" in line and "--address " in line, line

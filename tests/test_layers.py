@@ -22,6 +22,7 @@ LAYERS = (
     "harness.stages",  # prepare, fine-tune, distill, evaluate, diversity, cross-arch, search
     "harness.report",  # the board, the site, comparisons, exports, the cost plan
     "harness.pipeline",  # the pipeline: one invocation's stages and what they produce
+    "harness.flags",  # the command line's flags and the checks that need no heavy import (issue 30 item 7)
     "harness.cli",  # the verbs, handed over to the pipeline
 )
 

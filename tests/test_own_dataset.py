@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from harness.cli import main
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
 from harness.core.cache import cached_dir
@@ -21,7 +22,14 @@ from harness.report.leaderboard import render
 from harness.stages.prepare import PrepareError, prepare, prepare_backbone, prepare_teacher
 from methods import get_method
 from scripts.export_fashion_imagefolder import export
-from tests.factories import FASHION_ROOT, tiny_pixel_dit_config, tiny_suite_raw, write_suite
+from tests.factories import (
+    BROKEN_IMAGES,
+    FASHION_ROOT,
+    broken_image_folder,
+    tiny_pixel_dit_config,
+    tiny_suite_raw,
+    write_suite,
+)
 
 PER_CLASS = 20
 
@@ -466,3 +474,51 @@ def test_failed_check_rows_keep_their_mark_in_the_plots_and_compare(tmp_path):
     assert "| convnet3 | hard-label | 1 | 50.5 (2) † | 40.5 (2) |" in md
     assert md.rstrip().endswith(f"{FAILED_PLOT_NOTE}.") and FAILED_PLOT_NOTE.startswith("†: sampled from a backbone")
     assert "†" not in "\n".join(lines(mark_failed(clean, a, b, set()), a, b))
+
+
+def _skip_suite(tmp_path) -> Path:
+    """The tiny suite cut to one method, IPC, protocol and seed, on a folder with two broken files, skipping them."""
+    raw = tiny_suite_raw()
+    raw.update(methods={"random-real": {}}, ipcs=[1], seeds=1, full_data={"epochs": 0})
+    raw["protocols"] = {"hard-label": raw["protocols"]["hard-label"]}
+    raw.pop("cross_arch")
+    raw["data"] = {
+        "format": "imagefolder",
+        "root": str(broken_image_folder(tmp_path / "data")),
+        "classes": "auto",
+        "test_dir": "test",
+        "image_size": 28,
+        "val_per_class": 1,
+        "skip_unreadable": True,
+    }
+    return write_suite(raw, tmp_path / "skip.yaml")
+
+
+def test_unreadable_images_are_checked_once_and_skipped_when_asked(tmp_path, monkeypatch, capsys):
+    """Issue 30 item 3: with data.skip_unreadable the two broken files are left out and listed; the check's verdict
+    is cached by the folder's listing, so a second load decodes nothing, and a changed file is checked again.
+    (Without the field, the same folder is one line and exit 2: tests/test_bad_input.py.)"""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    suite = _skip_suite(tmp_path)
+    real = load_real_data(load_suite(str(suite)).data)
+    assert real.unreadable == sorted(BROKEN_IMAGES)
+    assert len(real.train) + len(real.val) == 2 * 8 - 1  # bag: 8 and the garbage; coat: 8, one cut
+    assert "[data] checked 21 images once (cached): 2 unreadable" in capsys.readouterr().out
+    assert load_real_data(load_suite(str(suite)).data).unreadable == real.unreadable
+    assert "[data] checked" not in capsys.readouterr().out  # the cached verdict: nothing decoded again
+    (tmp_path / "data" / "train" / "coat" / "0000.png").touch()  # a new modification time: the key changes
+    load_real_data(load_suite(str(suite)).data)
+    assert "[data] checked 21 images once" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # 85 s on the busy machine: prepare trains the tiny teacher and backbone
+def test_a_run_skipping_unreadable_images_finishes_and_counts_them(tmp_path, ray_cluster):
+    """The run leaves the broken files out the same way on the driver and in the workers (which load the data
+    again), finishes, and counts them on the board's notes."""
+    out = tmp_path / "out"
+    assert main(["--suite", str(_skip_suite(tmp_path)), "--out", str(out), "--no-check"]) == 0
+    board = (out / "leaderboard" / "tiny.md").read_text()
+    assert (
+        "data.skip_unreadable: 2 unreadable images left out of the data "
+        "(train/bag/zz-garbage.jpg, train/coat/0003.png)" in board
+    )

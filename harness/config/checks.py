@@ -343,23 +343,32 @@ def check_protocols(s: Suite, fail) -> None:
             _check_options(f"protocols.{name}.student_kwargs.{student}", student, options, s.data.image_size, fail)
 
 
+# A protocol's tables of IPC bounds and the field that applies above their largest bound, with what that field is.
+IPC_TABLES = (
+    ("epochs", "epochs_beyond", "train {beyond}'s default {value} epochs"),
+    ("batch_size", "batch_size_beyond", "train at {beyond}'s default batch size {value}"),
+)
+
+
 def check_epoch_tables(s: Suite, written: dict[str, dict], fail) -> None:
-    """An epochs table the suite writes is a list of IPC bounds (the first bound ≥ the IPC applies); an IPC above
-    its largest bound trains `epochs_beyond` epochs, 300 by default. A suite that writes the table but not
-    `epochs_beyond` and runs an IPC above every bound would give that IPC 300 epochs silently: refused, naming it."""
+    """A table of IPC bounds the suite writes (`epochs`, and `batch_size` where a protocol's is a table): the first
+    bound ≥ the IPC applies, and an IPC above its largest bound takes the `..._beyond` field (300 epochs, batch
+    size 100 by default). A suite that writes the table but not its `..._beyond` field and runs an IPC above every
+    bound would get that default silently: refused, naming the IPC."""
     for name, raw in written.items():
         protocol = s.protocols[name]
-        table = getattr(protocol, "epochs", None)
-        if "epochs" not in raw or "epochs_beyond" in raw or not table:
-            continue
-        above = [ipc for ipc in s.ipcs if ipc > max(table)]
-        if above:
-            fail(
-                f"protocols.{name}.epochs",
-                f"has no bound for IPC {above[0]} (its largest is {max(table)}), which would train "
-                f"epochs_beyond's default {protocol.epochs_beyond} epochs; add {above[0]}: N to the table, "
-                "or set epochs_beyond",
-            )
+        for field, beyond, what in IPC_TABLES:
+            table = getattr(protocol, field, None)
+            if field not in raw or beyond in raw or not isinstance(table, dict) or not table:
+                continue
+            above = [ipc for ipc in s.ipcs if ipc > max(table)]
+            if above:
+                fail(
+                    f"protocols.{name}.{field}",
+                    f"has no bound for IPC {above[0]} (its largest is {max(table)}), which would "
+                    f"{what.format(beyond=beyond, value=getattr(protocol, beyond))}; add {above[0]}: N to the "
+                    f"table, or set {beyond}",
+                )
 
 
 def _check_options(where: str, arch: str, options: dict, image_size: int, fail) -> None:

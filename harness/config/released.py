@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from harness.config.schema import BENCHMARKS_DIR
+from harness.config.text import BENCHMARKS_DIR
 
 RELEASED_DIR = BENCHMARKS_DIR / "released"
 DOWNLOADS = ("url", "manual", "huggingface")

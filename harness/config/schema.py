@@ -8,17 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config.text import BENCHMARKS_DIR as BENCHMARKS_DIR  # re-exported: the suites folder, the error
+from harness.config.text import SuiteError as SuiteError
 from harness.core.identity import CLASSES_DIR, FULL_DATA, read_class_list
 from harness.models.measures import DiversityConfig
 from harness.models.protocols import Protocol, reference_protocol
 from harness.models.teachers import TeacherTrainConfig, TorchvisionRecipe
 from methods import get_method
-
-BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-class SuiteError(Exception):
-    """A suite file is wrong; the message is one line naming the file and the field."""
 
 
 @dataclass
@@ -35,6 +31,9 @@ class DataConfig:
     test_dir: str = "val"
     max_train_per_class: int | None = None
     channels: int | str = "auto"  # imagefolder: 1, 3, or auto (1 where the images are grey); idx is 1
+    # imagefolder: every image is decoded once before any compute (cached); an unreadable one is refused by name,
+    # or, with this set, left out and counted on the board's notes.
+    skip_unreadable: bool = False
 
     def class_list_path(self) -> Path:
         p = Path(self.classes)

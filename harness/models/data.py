@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import os
 import struct
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from harness.core.atomic import write_json
 
 FASHION_MNIST_CLASSES = [
     "t-shirt_top",
@@ -112,6 +117,11 @@ class FolderImageSet(ImageSet):
             labels += [label] * len(files)
         self.paths, self.labels = paths, torch.tensor(labels, dtype=torch.long)
 
+    def drop(self, unreadable: set[Path]) -> None:
+        """Leave out the files `check_readable` found unreadable (data.skip_unreadable)."""
+        keep = [i for i, path in enumerate(self.paths) if path not in unreadable]
+        self.paths, self.labels = [self.paths[i] for i in keep], self.labels[keep]
+
     def load(self, indices) -> torch.Tensor:
         from PIL import Image
 
@@ -156,6 +166,70 @@ def folder_channels(sets: list[FolderImageSet], sample_per_class: int = 4) -> in
                     if img.mode not in GREY_MODES:
                         return 3
     return 1
+
+
+# Bump when what the check does changes: its cached verdicts are then asked again.
+READABLE_CHECK_VERSION = 1
+SHOWN_UNREADABLE = 5  # names in the one line; the rest are counted
+
+
+def _checks_dir() -> Path:
+    """Where the verdicts of `check_readable` are kept: the user's cache folder, not the data's (which may be
+    read-only or shared) nor --out (the workers that load the data again find them here on the same machine)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddbench" / "image-checks"
+
+
+def _why_unreadable(path: Path, size: int) -> str | None:
+    """Why PIL cannot decode `path` to its last pixel (a truncated file, a non-image under an image's name), or None.
+    A JPEG is decoded at its reduced DCT scale nearest `size` (draft): every byte of its data is still read, at a
+    fraction of the full decode's cost, which is what ImageNet's 1.3 M files need."""
+    from PIL import Image  # heavy, and only an ImageFolder needs it
+
+    try:
+        with Image.open(path) as img:
+            img.draft(None, (size, size))
+            img.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ... by format
+        return (str(e).replace(f" {str(path)!r}", "").splitlines() or [type(e).__name__])[0][:80]
+    return None
+
+
+def check_readable(sets: list[FolderImageSet], skip: bool) -> list[str]:
+    """Every image of `sets` decodes, checked once before any compute: the verdicts are cached under a key of the
+    files' names, sizes and modification times, so a rerun on the same folder pays a stat per file. A bad file
+    raised a PIL traceback in a worker after the run had started (issue 30 item 3). Unreadable files are one
+    DataError naming them, or, with `skip`, are left out of the sets; returns their paths relative to the data."""
+    files = sorted({p for s in sets for p in s.paths})
+    if not files:
+        return []
+    size = max(s.size for s in sets)
+    key = hashlib.sha256(f"v{READABLE_CHECK_VERSION} size={size}".encode())
+    for path in files:
+        stat = path.stat()
+        key.update(f"\n{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    verdict = _checks_dir() / f"{key.hexdigest()[:32]}.json"
+    try:
+        bad = json.loads(verdict.read_text())["unreadable"]
+    except (OSError, ValueError, KeyError):
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL's decoders release the GIL
+            reasons = list(pool.map(lambda path: _why_unreadable(path, size), files, chunksize=64))
+        bad = {str(path): why for path, why in zip(files, reasons) if why is not None}
+        print(f"[data] checked {len(files)} images once (cached): {len(bad)} unreadable", flush=True)
+        verdict.parent.mkdir(parents=True, exist_ok=True)
+        write_json(verdict, {"unreadable": bad, "files": len(files)})
+    if not bad:
+        return []
+    root = Path(os.path.commonpath([s.root.parent for s in sets]))
+    shown = [f"{Path(p).relative_to(root) if Path(p).is_relative_to(root) else p} ({why})" for p, why in bad.items()]
+    if not skip:
+        more = f" and {len(shown) - SHOWN_UNREADABLE} more" if len(shown) > SHOWN_UNREADABLE else ""
+        raise DataError(
+            f"{len(bad)} of {len(files)} images under {root} cannot be read: {'; '.join(shown[:SHOWN_UNREADABLE])}"
+            f"{more}; replace or remove them, or set data.skip_unreadable: true to leave them out"
+        )
+    for s in sets:
+        s.drop({Path(p) for p in bad})
+    return [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p for p in bad]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -232,12 +306,13 @@ class RealData:
     class_names: list[str]
     channels: int
     image_size: int
+    unreadable: list[str] = field(default_factory=list)  # left out (data.skip_unreadable), relative to data.root
 
 
 def load_real_data(data_cfg, with_test: bool = True) -> RealData:
     """Build the three splits a suite's `data` section describes. `with_test=False` (a hyperparameter search)
     never opens the test split's files: `test` is None."""
-    test = None
+    test, unreadable = None, []
     if data_cfg.format == "idx":
         full_train = load_fashion_mnist(data_cfg.root, "train")
         if with_test:
@@ -257,6 +332,7 @@ def load_real_data(data_cfg, with_test: bool = True) -> RealData:
         if with_test:
             test = FolderImageSet(Path(data_cfg.root) / data_cfg.test_dir, classes, data_cfg.image_size)
         splits = [s for s in (full_train, test) if s is not None]
+        unreadable = check_readable(splits, data_cfg.skip_unreadable)
         channels = data_cfg.channels if data_cfg.channels != "auto" else folder_channels(splits)
         for split in splits:
             split.channels = channels
@@ -271,4 +347,4 @@ def load_real_data(data_cfg, with_test: bool = True) -> RealData:
         raise DataError(
             f"images in {data_cfg.root} are {size}px but the suite's data.image_size is {data_cfg.image_size}"
         )
-    return RealData(train, val, test, list(full_train.classes), names, channels, size)
+    return RealData(train, val, test, list(full_train.classes), names, channels, size, unreadable)

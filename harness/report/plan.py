@@ -43,7 +43,6 @@ PNG_FRACTION = 0.7
 # Unmeasured work is priced at this sustained rate per GPU: about what fp32 work sustains on cluster.yaml's
 # A10G (31 TFLOP/s peak). A stated assumption, to replace with a rate measured on the user's GPUs
 # (perf/ and docs/performance.md) through `--gpu-tflops`.
-DEFAULT_GPU_TFLOPS = 25.0
 TRAIN_FLOPS_PER_FORWARD = 3  # a training step is a forward and a backward pass of about twice its cost
 
 

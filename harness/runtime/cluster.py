@@ -124,11 +124,57 @@ def resolve(address: str | None) -> Target:
     )
 
 
-def _token_available() -> bool:
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or (
-        Path(path).is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
+def unrecorded_heads() -> list[tuple[str, str]]:
+    """(address, temp dir) of each `ray start --head` running on this machine that `resolve` cannot find: one
+    started with its own `--temp-dir` records its address there, not where ray.init looks. Told apart from a
+    driver's own local cluster (GCS port 0, chosen at random) by the fixed port `ray start` gives its GCS."""
+    recorded = _current_cluster_file().parent
+    heads = []
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not args or not args[0].endswith("gcs_server"):
+            continue
+        pairs = (a.lstrip("-").split("=", 1) for a in args[1:] if a.startswith("--") and "=" in a)
+        flags = {key.replace("-", "_"): value for key, value in pairs}  # Ray spells some with -, some with _
+        port, session = flags.get("gcs_server_port", "0"), Path(flags.get("session_dir", ""))
+        if port != "0" and session.parent != recorded:
+            heads.append((f"{flags.get('node_ip_address', '127.0.0.1')}:{port}", str(session.parent)))
+    return sorted(heads)
+
+
+def local_choice_line() -> str:
+    """What a run that names no cluster says when it starts a local one: the choice, and a head it passed over
+    (issue 30 item 5: a head on a custom --temp-dir was passed over without a word)."""
+    heads = unrecorded_heads()
+    line = (
+        f"[ray] starting a local cluster on this machine's {os.cpu_count()} CPUs: no --address, no RAY_ADDRESS, "
+        f"no head recorded in {_current_cluster_file()}"
     )
+    if heads:
+        (address, temp), others = heads[0], f" and {len(heads) - 1} more" if len(heads) > 1 else ""
+        line += (
+            f"; a head started with its own --temp-dir runs here ({address}, temp dir {temp}{others}), which that "
+            f"file does not name: --address {address} attaches to it"
+        )
+    return line
+
+
+def _token_source() -> str | None:
+    """Where the token this client would send comes from (Ray's own order), or None where the machine holds none."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        return f"RAY_AUTH_TOKEN_PATH ({path})" if Path(path).is_file() else None
+    home = Path.home() / ".ray" / "auth_token"
+    return str(home) if home.is_file() else None
+
+
+def _token_available() -> bool:
+    return _token_source() is not None
 
 
 def _set_auth_mode(mode: str) -> None:
@@ -151,20 +197,72 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def check_target(target: Target) -> None:
-    """Before any compute: the named cluster answers within seconds and accepts this client's token. Ray itself
-    would wait for ever on a dead address and retry a refused token for 20 s before a traceback."""
+# What check_target found out about each address's auth, for the `[ray]` line: the CLI checks before any compute and
+# the connector again when it attaches, and the head is asked once.
+_auth_by_address: dict[str, str] = {}
+
+
+def _gcs_accepts(address: str, where: str) -> bool:
+    """Whether the head's GCS takes this client as its auth mode now stands; False: it refused the client's token
+    (or the absence of one). The client ray.init builds first; it fails at once on a refused token."""
+    try:
+        with _quiet_stderr():  # its C++ side logs the refusal too: the user gets one line
+            GcsClient(address=address)
+    except AuthenticationError:
+        return False
+    except RayError as e:  # e.g. a gRPC server that is not a GCS: "Timed out while waiting for GCS"
+        raise ClusterError(f"{where}: not a Ray head that answers: {str(e).splitlines()[0]}") from None
+    return True
+
+
+def _choose_auth(target: Target) -> str:
+    """Present a token only to a head that asks for one. A head without token auth accepts a client that sends one,
+    but the calls it makes back into the driver then carry none and the driver, in token mode, refuses them (every
+    actor dies: issue 30 item 1). Ray 2.60 offers a client no question for the mode but the dashboard's
+    /api/authentication_mode, which a minimal install or `--include-dashboard=false` head lacks; the GCS answers the
+    same question directly: a client that sends no token is refused by exactly the heads that run token auth.
+    RAY_AUTH_MODE set by the user is kept as it is. Returns the auth part of the `[ray]` line."""
+    where = f"{target.source}: {target.address}"
+    source = _token_source()
+    if "RAY_AUTH_MODE" in os.environ:
+        mode = os.environ["RAY_AUTH_MODE"].lower()
+        chosen = f"RAY_AUTH_MODE={mode} as set" + (f", token from {source}" if mode == "token" and source else "")
+    elif target.address.startswith("ray://"):  # a Ray Client server: its proxy, not a GCS, answers there
+        if source:
+            _set_auth_mode("token")
+        return f"token from {source} (a ray:// address cannot be asked its mode)" if source else "no token"
+    else:
+        _set_auth_mode("disabled")
+        if _gcs_accepts(target.address, where):
+            return "the head runs without token auth" + (f"; the token in {source} is not sent" if source else "")
+        if source is None:
+            raise ClusterError(
+                f"{where}: the head runs token auth and this machine holds no token: give the cluster's token in "
+                f"{TOKEN_SOURCES} (`ray get-auth-token` on the head prints it)"
+            )
+        _set_auth_mode("token")
+        chosen = f"the head asks for a token; sent from {source}"
+    if not _gcs_accepts(target.address, where):
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        raise ClusterError(
+            f"{where}: the cluster refused this client's token (RAY_AUTH_MODE {mode}): give the "
+            f"cluster's token in {TOKEN_SOURCES} (`ray get-auth-token` on the head prints it)"
+        )
+    return chosen
+
+
+def check_target(target: Target) -> str:
+    """Before any compute: the named cluster answers within seconds and takes this client (with a token only if it
+    asks for one). Ray itself would wait for ever on a dead address and retry a refused token for 20 s before a
+    traceback. Returns how the client authenticates, for the `[ray]` line ("" for a local cluster)."""
     if not target.attach:
-        return
+        return ""
     where = f"{target.source}: {target.address}"
     if not _listens(target.address):
         raise ClusterError(
             f"{where}: no Ray head answers there within {PROBE_SECONDS:g} s "
             f"(start one with `ray start --head`, or leave out --address for a local cluster)"
         )
-    # Ray turns token auth on by itself only for a cluster it finds through the file `ray start` wrote, never for
-    # an explicit address. A client that sends a token is accepted by a cluster without auth as well (measured on
-    # Ray 2.60), so a token the environment holds is always sent.
     tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
     if not target.address.startswith("ray://") and not tls and not _speaks_grpc(target.address):
         raise ClusterError(
@@ -172,22 +270,10 @@ def check_target(target: Target) -> None:
             "server, would): give the head's GCS port (`ray start --head` prints it; 6379 by default)"
         )
     if not TOKEN_AUTH:
-        return
-    if "RAY_AUTH_MODE" not in os.environ and _token_available():
-        _set_auth_mode("token")
-    if target.address.startswith("ray://"):
-        return  # a Ray Client server: its proxy, not a GCS, answers there
-    try:  # the client ray.init builds first; it fails at once on a refused token
-        with _quiet_stderr():  # its C++ side logs the refusal too: the user gets one line, below
-            GcsClient(address=target.address)
-    except AuthenticationError:
-        mode = os.environ.get("RAY_AUTH_MODE", "unset")
-        raise ClusterError(
-            f"{where}: the cluster refused this client's token (RAY_AUTH_MODE {mode}): give the "
-            f"cluster's token in {TOKEN_SOURCES} (`ray get-auth-token` on the head prints it)"
-        ) from None
-    except RayError as e:  # e.g. a gRPC server that is not a GCS: "Timed out while waiting for GCS"
-        raise ClusterError(f"{where}: not a Ray head that answers: {str(e).splitlines()[0]}") from None
+        return "no token auth (Ray before 2.52)"
+    if target.address not in _auth_by_address:
+        _auth_by_address[target.address] = _choose_auth(target)
+    return _auth_by_address[target.address]
 
 
 def runtime_env() -> dict | None:
@@ -349,7 +435,7 @@ def connector(address: str | None, out: Path):
     if target.note and not ray.is_initialized():
         print(f"[ray] {target.note}", flush=True)
     if target.attach and not ray.is_initialized():
-        check_target(target)
+        auth = check_target(target)
         t0 = time.perf_counter()
         try:
             ray.init(address=target.address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
@@ -359,13 +445,15 @@ def connector(address: str | None, out: Path):
         resources = ray.cluster_resources()
         print(
             f"[ray] attached to {target.address} ({target.source}): {resources.get('CPU', 0):g} CPUs, "
-            f"{resources.get('GPU', 0):g} GPUs, in {time.perf_counter() - t0:.1f} s",
+            f"{resources.get('GPU', 0):g} GPUs, in {time.perf_counter() - t0:.1f} s; auth: {auth}",
             flush=True,
         )
         check_shared(out)
 
     def connect():
         if not ray.is_initialized():
+            if target.source == "no cluster named":
+                print(local_choice_line(), flush=True)
             start_local()
 
     return connect

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
+from harness.config.defaults import DEFAULT_GPU_MEMORY_GB as DEFAULT_GPU_MEMORY_GB  # re-exported
 from harness.config.schema import Suite, SuiteError
 from harness.runtime.memory_figures import GB, figures_path, gigabytes, predict_peaks, shown
 from methods import get_method
-
-DEFAULT_GPU_MEMORY_GB = 80.0  # an 80 GB card (A100 / H100), the size the papers' ImageNet runs name
 
 
 def check_out_dir(out: Path, source: str) -> None:

@@ -33,6 +33,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from harness.config.defaults import DEFAULT_TRIALS as DEFAULT_TRIALS  # re-exported
 from harness.config.schema import Suite
 from harness.core import atomic
 from harness.core.identity import config_hash, search_key, versions
@@ -45,7 +46,6 @@ from harness.stages.distill import distill_here, plan
 from harness.stages.prepare import Prepared
 from methods import get_method
 
-DEFAULT_TRIALS = 20  # per searched method: the budget issue 14 asks for, the same for every method
 ROW_KIND = "search"
 METRIC = "val_accuracy"
 # Where Ray keeps a session's files (`ray.init(_temp_dir=...)` moves it): a killed search's intact state is there.
@@ -353,9 +353,14 @@ def run_search(
                 name=name, storage_path=str(storage), verbose=0, failure_config=tune.FailureConfig(max_failures=1)
             ),
         )
+    # Ray Tune answers Ctrl-C by logging a warning, saving its state and returning from fit() with trials unfinished,
+    # which a caller cannot tell from another early end; with its handler off (TUNE_DISABLE_SIGINT_HANDLER, its
+    # documented switch, read when fit() starts) Ctrl-C is the KeyboardInterrupt the CLI answers with one line and
+    # exit 130, as everywhere else. The search resumes as after a kill: from Tune's last saved state and the ledger,
+    # which replays every finished trial's curve rather than training it again.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     grid = tuner.fit()
-    # Ray Tune answers Ctrl-C (or a SIGTERM) by saving its state and returning from fit() as if done: a search
-    # cut short must not publish its best-so-far as the search's result.
+    # A search cut short otherwise (a SIGTERM's end of fit()) must not publish its best-so-far as its result.
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     if unfinished or len(grid) < spec.trials:
         raise SearchError(
