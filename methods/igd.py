@@ -119,8 +119,9 @@ class IGD(Minimax):
         "decode": "batch_size",
         "fine-tune": "fine_tune_batch_size",
     }
-    # Three steps put one position in the window (2 · 50/3 ≈ 33) and one outside it: every stage runs once.
-    rehearsal_settings = {"steps": 3}
+    # Three steps put one position in the window (2 · 50/3 ≈ 33) and the others outside it: every stage runs once.
+    # Two real images make the real gradient's batches (its memory per image is the slope over batches 1 and 2).
+    rehearsal_settings = {"steps": 3, "grad_ipc": 2}
     # Around the reference's scales (k 5–10, γ 100–120), an order of magnitude either way.
     search_space = {"gm_scale": ("log", 0.5, 50.0), "dev_scale": ("log", 10.0, 1200.0)}
 
