@@ -57,7 +57,8 @@ BOARD_SETS = {
 # All or nothing: a method with some rows must have them all. `python benchmark.py --suite fashion-mnist
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
-AWAITING_ROWS: set[str] = set()
+# Issue 28 (2026-12-05): IGD, its board run under way (docs/decisions.md, "IGD").
+AWAITING_ROWS: set[str] = {"igd"}
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
