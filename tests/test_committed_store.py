@@ -51,6 +51,8 @@ BOARD_SETS = {
     # Issue 26 items 3–4 (2026-12-05): MAR alone and CaO2 on MAR, on the suite's trained MAR (backbones.mar).
     "mar": ("06782e80005c", "mar/06782e80005c"),
     "cao2-mar": ("de42c6c82cdb", "cao2-mar/de42c6c82cdb"),
+    # Issue 28 (2026-12-05): IGD on the pixel DiT (DDIM, 25 steps, guidance 2.0), the teacher as its surrogate.
+    "igd": ("dd5445fdf453", "igd/dd5445fdf453"),
 }
 
 # Methods the `leaderboard` profile lists whose rows are still to be run: planned, not yet in the store.
