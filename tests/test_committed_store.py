@@ -51,13 +51,16 @@ BOARD_SETS = {
     # Issue 26 items 3–4 (2026-12-05): MAR alone and CaO2 on MAR, on the suite's trained MAR (backbones.mar).
     "mar": ("06782e80005c", "mar/06782e80005c"),
     "cao2-mar": ("de42c6c82cdb", "cao2-mar/de42c6c82cdb"),
+    # Issue 28 (2026-12-05): IGD on the pixel DiT (DDIM, 25 steps, guidance 2.0), the teacher as its surrogate.
+    "igd": ("dd5445fdf453", "igd/dd5445fdf453"),
 }
 
 # Methods the `leaderboard` profile lists whose rows are still to be run: planned, not yet in the store.
 # All or nothing: a method with some rows must have them all. `python benchmark.py --suite fashion-mnist
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
-AWAITING_ROWS: set[str] = set()
+# Issue 28 (2026-12-05): IGD, its board run under way (docs/decisions.md, "IGD").
+AWAITING_ROWS: set[str] = {"igd"}
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained

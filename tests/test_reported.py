@@ -26,6 +26,10 @@ TABLES = {
     ("CaO2", "Table 2"): ("000_65130d1c6a4314d4.txt", "Settings\tIPC\tImageNet-100", "Table 2. **Performance"),
     ("CaO2", "Table 5"): ("000_65130d1c6a4314d4.txt", "Method\tWoof IPC=10", "Table 5. Performance"),
     ("Adaptive sampling", "Table 2"): ("004_b327daff7559c905.txt", "dataset\tIPC\tSRe", "Table 2: Experimental"),
+    ("Adaptive sampling", "Table 3"): ("004_b327daff7559c905.txt", "ImageNet, IPC=50\tOurs", "Table 3: Property"),
+    # Tables 6 and 7 of CaO2's appendix 7.1 are extracted side by side, their rows interleaved: one span holds both.
+    ("CaO2", "Table 6 (appendix 7.1)"): ("000_65130d1c6a4314d4.txt", "7.1. Quantitative Comparison", "Table 6. Base"),
+    ("CaO2", "Table 7 (appendix 7.1)"): ("000_65130d1c6a4314d4.txt", "7.1. Quantitative Comparison", "Table 7. Comp"),
     ("IMS3", "Table 1"): ("003_5765f50bc01fb1de.txt", "| IPC (Ratio) | Model |", "5.1 Experimental Settings"),
     ("IMS3", "Table 4"): ("003_5765f50bc01fb1de.txt", "| Method | ImageWoof | ImageNette |", "Analysis on . Fig. 4"),
     ("IMS3", "Table 5 (appendix 8.1)"): ("003_5765f50bc01fb1de.txt", "8.1 Comparison on ImageNet-100\n|", "8.2 Exp"),

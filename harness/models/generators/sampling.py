@@ -8,6 +8,7 @@ without the scheduler's internal state getting in the way.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,23 +39,50 @@ def ddim_sample(
     `step_hook(x, i, t)` may return a modified `x` after each step (used by repulsion-style methods).
     Returns latents; `backbone.decode` turns them into images.
     """
-    ac = backbone.alphas_cumprod.to(x.device)
     ts = ddim_timesteps(backbone.num_train_timesteps, steps)
     if start_t is not None:
         ts = [t for t in ts if t <= start_t]
     labels = torch.as_tensor(labels, device=x.device).long().expand(x.shape[0])
     for i, t in enumerate(ts):
-        a_t = ac[t]
-        a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=x.device)
-        eps = backbone.eps_cfg(x, torch.tensor(t, device=x.device), labels, cfg_scale)
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        if backbone.clip_sample:
-            x0 = x0.clamp(-1, 1)
-            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        x = ddim_step(backbone, x, t, ts[i + 1] if i + 1 < len(ts) else None, labels, cfg_scale)
         if step_hook is not None:
             x = step_hook(x, i, t)
     return x
+
+
+# A guidance function of a sampler step: given the step's input x (requiring grad) and the clean sample x̂_0 the
+# step predicts from it (still in x's graph), the gradient w.r.t. x of the objective the samples should climb.
+CondFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ddim_step(
+    backbone,
+    x: torch.Tensor,
+    t: int,
+    t_prev: int | None,
+    labels: torch.Tensor,
+    cfg_scale: float,
+    cond_fn: CondFn | None = None,
+) -> torch.Tensor:
+    """One deterministic DDIM step (η = 0) from timestep `t` to `t_prev` (None: to the clean end).
+
+    `cond_fn`: classifier guidance in the score form DDIM takes it (Dhariwal & Nichol 2021, Alg. 2; DiT's
+    `condition_score`): ε ← ε − √(1 − ᾱ_t)·∇_x G, G differentiated through the denoiser's x̂_0."""
+    ac = backbone.alphas_cumprod.to(x.device)
+    a_t = ac[t]
+    a_prev = ac[t_prev] if t_prev is not None else torch.ones((), device=x.device)
+    with torch.enable_grad() if cond_fn is not None else contextlib.nullcontext():
+        if cond_fn is not None:
+            x = x.detach().requires_grad_(True)
+        eps = backbone.eps_cfg(x, torch.tensor(t, device=x.device), labels, cfg_scale)
+        if cond_fn is not None:
+            gradient = cond_fn(x, (x - (1 - a_t).sqrt() * eps) / a_t.sqrt())
+            x, eps = x.detach(), eps.detach() - (1 - a_t).sqrt() * gradient
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    if backbone.clip_sample:
+        x0 = x0.clamp(-1, 1)
+        eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
 
 
 def img2img_timesteps(num_train_timesteps: int, steps: int, strength: float) -> list[int]:
@@ -200,31 +228,51 @@ def ddpm_step(
     labels: torch.Tensor,
     cfg_scale: float,
     noise: torch.Tensor | None,
+    cond_fn: CondFn | None = None,
 ) -> torch.Tensor:
     """One ancestral step from position `i` of `schedule` (the model told timestep `schedule.timesteps[i]`) to
     i − 1, as DiT's `p_sample` takes it (gaussian_diffusion.py l.254-332, l.376-417): x̂_0 from the guided noise,
     the posterior mean, and a variance that a model with learned variance (LEARNED_RANGE) interpolates in
     log space between the posterior's β̃ (its output −1) and β (+1), and that is β otherwise (FIXED_LARGE,
-    DiT's `learn_sigma=False`). `noise` is x's shape; at i = 0 no noise is added (and None is allowed)."""
+    DiT's `learn_sigma=False`). `noise` is x's shape; at i = 0 no noise is added (and None is allowed).
+
+    `cond_fn`: classifier guidance as DiT's `p_sample` takes its `cond_fn` (`condition_mean`): the
+    mean moved by the step's variance times ∇_x G, G differentiated through the denoiser's x̂_0."""
 
     def at(values: torch.Tensor) -> torch.Tensor:  # float64 terms cast once, as DiT's `_extract_into_tensor`
         return values[i].to(x.device, torch.float32)
 
     c = backbone.latent_channels
-    out = backbone.guided_output(x, torch.tensor(schedule.timesteps[i], device=x.device), labels, cfg_scale)
-    eps = out[:, :c]
     ac = schedule.alphas_cumprod
+    gradient = None
+    with torch.enable_grad() if cond_fn is not None else contextlib.nullcontext():
+        if cond_fn is not None:
+            x = x.detach().requires_grad_(True)
+        out = backbone.guided_output(x, torch.tensor(schedule.timesteps[i], device=x.device), labels, cfg_scale)
+        if cond_fn is not None:
+            gradient = cond_fn(x, at((1 / ac).sqrt()) * x - at((1 / ac - 1).sqrt()) * out[:, :c])
+            x, out = x.detach(), out.detach()
+    eps = out[:, :c]
     x0 = at((1 / ac).sqrt()) * x - at((1 / ac - 1).sqrt()) * eps
     if backbone.clip_sample:
         x0 = x0.clamp(-1, 1)
     mean = at(schedule.posterior_mean_coef1) * x0 + at(schedule.posterior_mean_coef2) * x
-    if i == 0:
+    if i == 0 and gradient is None:
         return mean
-    if backbone.learned_variance:
+    if len(schedule.timesteps) == 1:  # a one-step chain: its one β (no posterior to clip to)
+        log_variance = at(schedule.betas.log()).expand_as(x)
+    elif backbone.learned_variance:
         frac = (out[:, c : 2 * c] + 1) / 2
         log_variance = frac * at(schedule.betas.log()) + (1 - frac) * at(schedule.posterior_log_variance_clipped)
-    else:  # FIXED_LARGE differs from β only at i = 0, where no noise is added
+    elif i == 0:  # FIXED_LARGE's first variance is the posterior's next: `np.append(posterior_variance[1], betas[1:])`
+        log_variance = schedule.posterior_variance[1].log().to(x.device, torch.float32).expand_as(x)
+    else:  # FIXED_LARGE is β from the second step on
         log_variance = at(schedule.betas.log()).expand_as(x)
+    if gradient is not None:
+        # DiT's `condition_mean` moves the mean by the step's variance (`p_mean_var["variance"]`) times ∇G.
+        mean = mean + log_variance.exp() * gradient
+    if i == 0:
+        return mean
     return mean + (0.5 * log_variance).exp() * noise.to(x.device, x.dtype)
 
 
