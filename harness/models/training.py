@@ -16,9 +16,9 @@ import torch
 from harness.models.protocols import Protocol
 from harness.models.students import create_student
 
-# Test batches: on a CPU, 64 images of a small student stay in the caches and pass in half the time per image of
-# 1,000 (ConvNet-3 at 28 px, one thread: 3.8 s against 8.2 s of CPU per 10,000; docs/performance.md); a GPU wants
-# large batches. The model is in eval mode, so the batch size changes no prediction.
+# Test batches: on a CPU, the activations of 64 images of a small student stay in the caches and pass in less time
+# per image than 1,000 (ConvNet-3 at 28 px, one thread: 1.1–2.2× less CPU, with the load; docs/performance.md); a
+# GPU wants large batches. The model is in eval mode, so the batch size changes no prediction.
 CPU_TEST_BATCH, GPU_TEST_BATCH = 64, 1000
 
 
