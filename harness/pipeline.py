@@ -41,7 +41,7 @@ from harness.runtime.preflight import DEFAULT_GPU_MEMORY_GB, check_out_dir
 from harness.stages.cross_arch import cross_architecture
 from harness.stages.distill import DistillJob, distill, plan
 from harness.stages.diversity import measure_sets
-from harness.stages.evaluate import evaluate, full_data_protocol, plan_trials, run_trials
+from harness.stages.evaluate import evaluate, full_data_protocol, plan_trials, run_trials, student_device
 from harness.stages.external import (
     ExternalSet,
     ExternalSetError,
@@ -96,7 +96,12 @@ def current_recipes(suite, prepared, rows: list[dict]) -> set[tuple[str, str]]:
     """(student, protocol hash) of every recipe the board shows: the one each student trains under now in each
     protocol (a searched per-student recipe is that student's alone), and the full-data recipe."""
     students = set(suite.students) | {r.get("student") for r in rows}
-    recipes = {(s, prepared.protocol_hash(p.for_student(s))) for p in suite.protocols.values() for s in students}
+    device = student_device()  # a recipe whose precision follows the device: as this run's trials key it
+    recipes = {
+        (s, prepared.protocol_hash(p.for_student(s).on_device(device)))
+        for p in suite.protocols.values()
+        for s in students
+    }
     if suite.full_data.epochs:  # full_data.epochs 0: no full-data row, and no recipe of 0 epochs to build
         recipes |= {(s, full_data_protocol(suite).identity()) for s in students}
     return recipes
@@ -482,7 +487,9 @@ class Run:
             print(f"[evaluate] {name}: {note}", flush=True)
         wanted = protocols or list(s.protocols)
         trials = [
-            t for t in plan_trials(s, [manifest], s.students, s.seeds, None, self.prepared) if t.protocol in wanted
+            t
+            for t in plan_trials(s, [manifest], s.students, s.seeds, None, self.prepared, student_device())
+            if t.protocol in wanted
         ]
         extra = {"kind": "external", "set_source": ext.source, "set_sha256": ext.sha256, "overlap": overlap}
         if reported is not None:

@@ -40,7 +40,8 @@ def test_identity_is_the_hash_of_the_recipe_fields_only():
     # The defaults' hashes as the harness computed them before protocols were objects (HardLabelConfig and
     # SoftLabelConfig of evaluate.py): a recipe's identity is its fields, not its class.
     assert (P.HardLabel().identity(), P.SoftLabel().identity()) == ("1a1e49560f70", "b6c62117d705")
-    later = {f.name for f in dataclasses.fields(P.HardLabel()) if f.metadata == P.WHEN_SET}
+    # Fields added later (WHEN_SET, at their default) and those that change how, not what (NEVER) are left out.
+    later = {f.name for f in dataclasses.fields(P.HardLabel()) if f.metadata in (P.WHEN_SET, P.NEVER)}
     earlier = {k: v for k, v in dataclasses.asdict(P.HardLabel()).items() if k not in later}
     assert P.HardLabel().identity() == config_hash(earlier)
     assert P.HardLabel().identity() != P.HardLabel(lr=0.02).identity()
@@ -65,6 +66,7 @@ def test_fields_added_later_enter_the_identity_only_when_set(cls):
             str: lambda v: "random",
             dict: lambda v: {"convnet3": {"lr": 0.5}},
         }.get(type(default), lambda v: 300)(default)
+        other = "bf16" if f.name == "precision" else other  # its one value that is not the default's
         # A test view's resize comes with the crop it is resized for.
         changed = cls(**{f.name: other, **({"input_size": 224} if f.name == "test_resize" else {})})
         assert changed.identity() != base and f.name in changed.identity_fields(), f.name

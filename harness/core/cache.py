@@ -67,6 +67,20 @@ def cached_dir(out: Path, name: str) -> Path:
     return committed_copy
 
 
+def committed_record(name: str) -> Path | None:
+    """A record (a JSON file) the repository committed beside its weights, weights/<any suite>/`name`, verified by
+    that folder's checksums; None where there is none. A record is named by the hash of what made it, as a cache
+    entry is, so one found here is what the run would make: the same models, data and settings."""
+    found = next(iter(sorted(REPO_WEIGHTS.glob(f"*/{name}"))), None)
+    if found is None:
+        return None
+    sums = found.parent / "SHA256SUMS"
+    listed = dict(reversed(line.split(maxsplit=1)) for line in sums.read_text().splitlines()) if sums.exists() else {}
+    if listed.get(name) != hashlib.sha256(found.read_bytes()).hexdigest():
+        raise RuntimeError(f"committed record {found} does not match {sums}: re-fetch the repository")
+    return found
+
+
 @contextmanager
 def filling(folder: Path) -> Iterator[Path]:
     """Work that makes `folder` (a cache entry) and writes into it: if the work fails or is interrupted (Ctrl-C,
@@ -93,10 +107,24 @@ def ensure(path: Path, what: str, load, redo: str, make: Callable[[Path], None])
 
 
 def ensure_json(
-    path: Path, what: str, keys: tuple[str, ...], redo: str, make: Callable[[], dict], indent: int | None = None
+    path: Path,
+    what: str,
+    keys: tuple[str, ...],
+    redo: str,
+    make: Callable[[], dict],
+    indent: int | None = None,
+    from_weights: bool = False,
 ) -> dict:
-    """The cached record at `path` (damaged, or lacking any of `keys`: made again), else `make()`'s, written."""
+    """The cached record at `path` (damaged, or lacking any of `keys`: made again), else `make()`'s, written.
+    `from_weights`: where the cache has none, the record of the same name committed beside the weights
+    (`committed_record`) is copied into the cache instead of being made, and the run says so in one line."""
     drop_damaged(path, what, lambda f: read_json(f, keys), redo)
+    if not Path(path).exists() and from_weights and (copy := committed_record(Path(path).name)) is not None:
+        read_json(copy, keys)  # a committed record lacking a key is a repository fault: say so, do not remake it
+        atomic.write_text(path, copy.read_text())
+        log(
+            f"[prepare] {what}: taken from {copy.relative_to(REPO_WEIGHTS.parent)} (the same models, data and settings)"
+        )
     if Path(path).exists():
         return json.loads(Path(path).read_text())
     result = make()

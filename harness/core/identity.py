@@ -15,6 +15,7 @@ would change; tests/test_committed_store.py and tests/test_contract.py hold them
 | a fine-tuned backbone | `fine_tune_key`: base backbone, schedule, training data, conditions, DiffFit version | here |
 | a backbone check | `backbone_check_key`: backbone (or fine-tune), teacher, the check's settings | here |
 | the teacher's validation accuracy | `teacher_val_key`: teacher, validation split | here |
+| the teacher's test accuracy | `teacher_test_key`: teacher, test split | here |
 | a search | `search_key`: suite, spec, default point, space, recipe, validation split, models | here |
 | diversity measures | `diversity_keys`: extractor, real reference, settings | here |
 | a generator, a teacher | the plug-in's own identity (settings, data) | models/generators/, teacher_sources.py |
@@ -191,6 +192,11 @@ def backbone_check_key(backbone_hash: str, teacher_hash: str, per_class: int, cf
 
 def teacher_val_key(teacher_hash: str, val_fingerprint: str) -> str:
     return config_hash([teacher_hash, val_fingerprint])
+
+
+def teacher_test_key(teacher_hash: str, test_fingerprint: str) -> str:
+    """The teacher's test accuracy (what the board's note says of it): teacher, test split."""
+    return config_hash(["test", teacher_hash, test_fingerprint])
 
 
 def search_key(

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from harness.core.identity import WHEN_SET, config_hash, identity_fields
+from harness.core.identity import NEVER, WHEN_SET, config_hash, identity_fields
 from harness.models.augment import JITTER_ORDERS, augment, cutmix, mixup, resize_center_crop, shuffle_patches
 
 _REGISTRY: dict[str, type[Protocol]] = {}
@@ -42,6 +42,10 @@ def get_protocol(name: str) -> type[Protocol]:
 
 def list_protocols() -> list[str]:
     return list(_REGISTRY)
+
+
+# A student's arithmetic (`precision`); None: the device's (`Protocol.on_device`).
+PRECISIONS = (None, "fp32", "bf16")
 
 
 def by_ipc(table: dict[int, int], ipc: int, beyond: int) -> int:
@@ -94,8 +98,28 @@ class Protocol:
         return self.labels == "soft"
 
     def identity_fields(self) -> dict:
-        """Every field of the recipe, less the fields added later (WHEN_SET) that are at their default."""
-        return identity_fields(self)
+        """Every field of the recipe, less the fields added later (WHEN_SET) that are at their default; fp32 named
+        explicitly is the default too (every row made before `precision` existed is fp32)."""
+        fields = identity_fields(self)
+        if fields.get("precision") == "fp32":
+            del fields["precision"]
+        return fields
+
+    def on_device(self, device: str) -> Protocol:
+        """This recipe as a trial on `device` ("cpu", "cuda") runs it, and so as its rows are keyed: a precision
+        left to the device (None) is bf16 autocast on CUDA, where it roughly halves a student's time, and fp32 on a
+        CPU, where bf16 autocast is slower (docs/performance.md)."""
+        if getattr(self, "precision", "fp32") is None and str(device).startswith("cuda"):
+            return dataclasses.replace(self, precision="bf16")
+        return self
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype the student (and the teacher that relabels for it) computes in under autocast; None: fp32."""
+        return torch.bfloat16 if getattr(self, "precision", None) == "bf16" else None
+
+    def _check_precision(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: must be fp32, bf16 or null (the device's), got {self.precision!r}")
 
     def identity(self) -> str:
         """The protocol hash of result rows: the hash of `identity_fields()`."""
@@ -213,6 +237,14 @@ class SGDRecipe(Protocol):
     plateau_drops: int = field(default=2, metadata=WHEN_SET)
     # Settings for one student (e.g. {resnetap10: {lr: 0.03}}), as a protocol search on validation chose them.
     per_student: dict[str, dict] = field(default_factory=dict, metadata=WHEN_SET)
+    # How the student's arithmetic runs (issue 29; docs/decisions.md "GPU fast paths for students"). `precision`
+    # None follows the device (`on_device`: bf16 autocast on CUDA, fp32 elsewhere); "fp32" or "bf16" force one.
+    # Autocast keeps fp32 master weights and the teacher relabels in the same precision. A bf16 row's protocol
+    # hash holds it; fp32 is every row made before the field and hashes as they did. Channels-last (None: on
+    # CUDA) and torch.compile change the order of floating-point sums, not the recipe: in no identity.
+    precision: str | None = field(default=None, metadata=WHEN_SET)
+    channels_last: bool | None = field(default=None, metadata=NEVER)
+    compile: bool = field(default=False, metadata=NEVER)
     search_space: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-3, 1e-1)}
 
     def __post_init__(self):
@@ -230,6 +262,7 @@ class SGDRecipe(Protocol):
             non_negative=("momentum", "weight_decay", "many_classes_weight_decay"),
             tables=("epochs",),
         )
+        self._check_precision()
         if any(not 0 < m <= 1 for m in self.milestones):
             raise ValueError(f"milestones: must be fractions of training in (0, 1], got {self.milestones}")
         self._check_per_student()
@@ -375,6 +408,14 @@ class SoftLabel(Protocol):
     input_size: int | None = field(default=None, metadata=WHEN_SET)
     test_resize: int | None = field(default=None, metadata=WHEN_SET)
     per_student: dict[str, dict] = field(default_factory=dict, metadata=WHEN_SET)  # as SGDRecipe's
+    # How the student's arithmetic runs (issue 29; docs/decisions.md "GPU fast paths for students"). `precision`
+    # None follows the device (`on_device`: bf16 autocast on CUDA, fp32 elsewhere); "fp32" or "bf16" force one.
+    # Autocast keeps fp32 master weights and the teacher relabels in the same precision. A bf16 row's protocol
+    # hash holds it; fp32 is every row made before the field and hashes as they did. Channels-last (None: on
+    # CUDA) and torch.compile change the order of floating-point sums, not the recipe: in no identity.
+    precision: str | None = field(default=None, metadata=WHEN_SET)
+    channels_last: bool | None = field(default=None, metadata=NEVER)
+    compile: bool = field(default=False, metadata=NEVER)
     # Around RDED's AdamW lr 1e-3 and the cutmix temperature 20.
     search_space: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-2), "temperature": ("float", 1.0, 30.0)}
 
@@ -391,6 +432,7 @@ class SoftLabel(Protocol):
     def __post_init__(self):
         if self.mix not in MIXES:
             raise ValueError(f"mix: must be cutmix or mixup, got {self.mix!r}")
+        self._check_precision()
         self._check_sizes()
         self._check_numbers(
             positive=("epochs_beyond", "batch_size_beyond", "lr", "mixup_alpha", "patch_factor"),

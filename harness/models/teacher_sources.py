@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from harness.core import cache
-from harness.core.identity import CLASSES_DIR, class_list, config_hash
+from harness.core.identity import CLASSES_DIR, class_list, config_hash, teacher_test_key
 from harness.models.students import is_student
 from harness.models.teachers import (
     Teacher,
@@ -132,7 +132,17 @@ class TrainedTeacher(TeacherSource):
         teacher = load_trained_teacher(path)
         if real.test is None:  # a hyperparameter search: the test split is not loaded, and not read
             return str(path), key, None
-        acc = accuracy(teacher, real.test.load(torch.arange(len(real.test))), real.test.labels)
+        acc = cache.ensure_json(
+            Path(out) / "cache" / f"teacher-test-{teacher_test_key(key, real.test.fingerprint())}.json",
+            "teacher's test accuracy",
+            ("accuracy",),
+            "measuring it again",
+            lambda: {
+                "accuracy": accuracy(teacher, real.test.load(torch.arange(len(real.test))), real.test.labels),
+                "images": len(real.test),
+            },
+            from_weights=True,
+        )["accuracy"]
         cache.log(f"[prepare] teacher: {self.config.arch} {key}, test accuracy {acc:.2%}")
         return str(path), key, acc
 

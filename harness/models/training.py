@@ -16,19 +16,35 @@ import torch
 from harness.models.protocols import Protocol
 from harness.models.students import create_student
 
+# Test batches: on a CPU, the activations of 64 images of a small student stay in the caches and pass in less time
+# per image than 1,000 (ConvNet-3 at 28 px, one thread: 1.1–2.2× less CPU, with the load; docs/performance.md); a
+# GPU wants large batches. The model is in eval mode, so the batch size changes no prediction.
+CPU_TEST_BATCH, GPU_TEST_BATCH = 64, 1000
+
 
 @torch.no_grad()
 def test_accuracy(
-    model, images_u8: torch.Tensor, labels: torch.Tensor, mean: float, std: float, batch_size: int = 1000, view=None
+    model,
+    images_u8: torch.Tensor,
+    labels: torch.Tensor,
+    mean: float,
+    std: float,
+    batch_size: int | None = None,
+    view=None,
+    autocast: torch.dtype | None = None,
 ) -> float:
     """Top-1 accuracy on uint8 test images, each batch in [0, 1] passed through `view` (the protocol's test-time
-    resize and crop; None: as they are) and normalised."""
+    resize and crop; None: as they are) and normalised. `batch_size` None: the device's (CPU_TEST_BATCH,
+    GPU_TEST_BATCH). `autocast`: the dtype the student trained in (None: fp32), which it is tested in too."""
+    batch_size = batch_size or (CPU_TEST_BATCH if images_u8.device.type == "cpu" else GPU_TEST_BATCH)
     model.eval()
     correct = 0
     for i in range(0, len(images_u8), batch_size):
         x = images_u8[i : i + batch_size].float().div(255)
         x = ((view(x) if view is not None else x) - mean) / std
-        correct += (model(x).argmax(1) == labels[i : i + batch_size]).sum().item()
+        with torch.autocast(images_u8.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            logits = model(x)
+        correct += (logits.argmax(1) == labels[i : i + batch_size]).sum().item()
     return correct / len(images_u8)
 
 
@@ -154,6 +170,7 @@ def train_student(
     first seed's accuracy on `test_images`: a hyperparameter search passes the validation split as those, and
     its early-stopping scheduler reads the curve. Evaluating draws no random number, so it changes no result.
     """
+    started = time.perf_counter()
     seeds = [seed] if isinstance(seed, int) else list(seed)
     protocol = protocol.for_student(student)
     if protocol.needs_teacher and teacher is None:
@@ -170,6 +187,17 @@ def train_student(
         models.append(
             create_student(student, num_classes, in_chans, size, **protocol.student_kwargs.get(student, {})).to(device)
         )
+    # The GPU fast paths (Protocol.precision, channels_last, compile): bf16 autocast over fp32 master weights;
+    # channels-last where the seeds run one after another (vmap's stacked weights have no memory format).
+    autocast = protocol.autocast_dtype()
+    on_cuda = str(device).startswith("cuda")
+    channels_last = (on_cuda if protocol.channels_last is None else protocol.channels_last) and not vectorise
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        models = [m.to(memory_format=torch.channels_last) for m in models]
+    if protocol.compile and not vectorise:
+        for m in models:
+            m.compile()
     if wrap is not None:
         models = [wrap(m) for m in models]
     stack = SeedStack(models, vectorise)
@@ -184,6 +212,9 @@ def train_student(
     plateau = Plateau(opt, *rule) if rule is not None else None
     if protocol.needs_teacher:
         teacher = teacher.to(device).eval()
+        if channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+    device_type = torch.device(device).type
 
     t0 = time.perf_counter()
     stack.train()
@@ -195,12 +226,17 @@ def train_student(
                 continue  # a last batch too small to give every worker an image
             xs, targets = zip(*(protocol.batch(data[idx], labels[idx], g, num_classes) for idx, g in zip(idxs, gens)))
             x = torch.stack(xs)[:, rank::world]
-            if protocol.needs_teacher:
-                with torch.no_grad():
-                    target = teacher(x.flatten(0, 1)).view(len(seeds), x.shape[1], -1)
-            else:
-                target = torch.stack(targets)[:, rank::world]
-            logits = stack((x - mean) / std)
+            with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                if protocol.needs_teacher:  # the teacher relabels in the student's precision
+                    with torch.no_grad():
+                        target = teacher(x.flatten(0, 1).contiguous(memory_format=memory_format))
+                    target = target.float().view(len(seeds), x.shape[1], -1)
+                else:
+                    target = torch.stack(targets)[:, rank::world]
+                inputs = (x - mean) / std
+                if channels_last:
+                    inputs = torch.stack([xi.contiguous(memory_format=torch.channels_last) for xi in inputs])
+                logits = stack(inputs).float()  # the loss in fp32
             loss = sum(protocol.loss(logits[k], target[k]) for k in range(len(seeds)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -212,7 +248,13 @@ def train_student(
             report(
                 epoch + 1,
                 test_accuracy(
-                    model, test_images.to(device), test_labels.to(device), mean, std, view=protocol.test_view
+                    model,
+                    test_images.to(device),
+                    test_labels.to(device),
+                    mean,
+                    std,
+                    view=protocol.test_view,
+                    autocast=autocast,
                 ),
             )
             stack.train()
@@ -222,7 +264,13 @@ def train_student(
         model = stack.models[0]
         if plateau.ended(
             test_accuracy(
-                model, validation[0].to(device), validation[1].to(device), mean, std, view=protocol.test_view
+                model,
+                validation[0].to(device),
+                validation[1].to(device),
+                mean,
+                std,
+                view=protocol.test_view,
+                autocast=autocast,
             ),
             model,
         ):
@@ -235,15 +283,22 @@ def train_student(
     results = []
     for model in stack.unstacked():
         t1 = time.perf_counter()
-        acc = test_accuracy(model, test_images.to(device), test_labels.to(device), mean, std, view=protocol.test_view)
+        acc = test_accuracy(
+            model, test_images.to(device), test_labels.to(device), mean, std, view=protocol.test_view, autocast=autocast
+        )
         results.append(
             {
                 "accuracy": acc,
                 "train_seconds": train_seconds / len(seeds),
                 "epochs": epochs_run,
                 "test_seconds": time.perf_counter() - t1,
+                # Building the students, moving the data to the device, normalising it: what precedes training.
+                "setup_seconds": (t0 - started) / len(seeds),
                 "seeds_together": len(seeds),
                 "vectorised": vectorise,
+                "precision": protocol.precision or "fp32",
+                "channels_last": channels_last,
+                "compiled": bool(protocol.compile and not vectorise),
                 **({"best_epoch": plateau.best_epoch, "val_accuracy": plateau.best} if plateau else {}),
             }
         )

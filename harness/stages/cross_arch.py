@@ -15,7 +15,7 @@ from harness.core.identity import cross_arch_protocol_key, row_key
 from harness.core.sets import Manifest
 from harness.core.store import ResultStore
 from harness.models.protocols import teacher_protocol
-from harness.stages.evaluate import EvalTrial, run_trials
+from harness.stages.evaluate import EvalTrial, run_trials, student_device
 from harness.stages.prepare import load_teacher, prepare_teacher
 
 
@@ -28,7 +28,7 @@ def cross_architecture(suite, real, prepared, manifest: Manifest, out: Path, con
     """Every cross_arch student trained on `manifest`'s set (the suite's cross_arch method at its IPC) under every
     cross_arch teacher's soft labels; returns the table's markdown, CSV and heatmap."""
     c = suite.cross_arch
-    protocol = teacher_protocol(suite.protocols)
+    protocol = teacher_protocol(suite.protocols).on_device(student_device())  # keyed as its trials run
     teachers = []
     for t in c.teachers:
         source, key, acc = prepare_teacher(suite, real, out, t)

@@ -59,8 +59,10 @@ def plan_trials(
     seeds: int,
     real_fingerprint: str | None = None,
     prepared=None,
+    device: str = "cpu",
 ) -> list[EvalTrial]:
-    """Every (set, student, protocol, seed), plus one full-data trial per student when the suite asks for it."""
+    """Every (set, student, protocol, seed), plus one full-data trial per student when the suite asks for it.
+    `device` is where the trials run: a recipe whose precision follows the device is keyed as it runs there."""
     trials = []
     protocol_hash = prepared.protocol_hash if prepared is not None else (lambda p: p.identity())
     if suite.full_data.epochs and real_fingerprint:
@@ -84,7 +86,7 @@ def plan_trials(
                             m.path,
                             student,
                             name,
-                            protocol_hash(protocol.for_student(student)),
+                            protocol_hash(protocol.for_student(student).on_device(device)),
                             seed,
                             m.seconds_per_image,
                             m.peak_memory_bytes,
@@ -137,9 +139,11 @@ def _train_group(
     **options,
 ) -> list[dict]:
     """Load the group's set (or the real training split) and its teacher, train its seeds, make its rows."""
+    started = time.perf_counter()
     images, labels, protocol, validation = _trial_data(trials[0], protocol, classes, channels, suite)
     if teacher is None and protocol.needs_teacher:
         teacher = prepared.load_relabel_teacher(device)
+    loading = time.perf_counter() - started
     results = train_student(
         trials[0].student,
         images,
@@ -155,6 +159,8 @@ def _train_group(
         validation=validation,
         **options,
     )
+    for result in results:  # the set and teacher loaded: data movement, as the profile counts it
+        result["setup_seconds"] += loading / len(results)
     return _rows(trials, results)
 
 
@@ -214,6 +220,13 @@ def run_group_distributed(
     )
 
 
+def student_device() -> str:
+    """Where this run's student trials go, known before any starts: the attached cluster's GPUs, or for a local
+    cluster (started only when work needs it) this machine's."""
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else torch.cuda.device_count()
+    return "cuda" if gpus else "cpu"
+
+
 def trial_resources() -> tuple[dict, str]:
     """Per-trial Ray resources and device: small students share a GPU four ways; on CPU each trial is a
     single-threaded task on one core."""
@@ -228,6 +241,18 @@ def group_seeds(todo: list[EvalTrial]) -> list[list[EvalTrial]]:
     for t in todo:
         groups.setdefault(t.key()[:-1] + (t.set_path,), []).append(t)
     return list(groups.values())
+
+
+def group_cost(
+    group: list[EvalTrial], protocol: Protocol, num_classes: int, train_images: int, test_images: int
+) -> float:
+    """A group's cost in image passes, to schedule the dearest first: training steps over its epochs (a backward
+    pass about two forward ones, the teacher's relabelling one more) and each seed's test pass."""
+    first = group[0]
+    images = train_images if first.method == FULL_DATA else first.ipc * num_classes  # full data: dearest anyway
+    epochs = protocol.for_student(first.student).epochs_for(max(first.ipc, 1))
+    per_image = 3 + (1 if protocol.needs_teacher else 0)
+    return len(group) * (epochs * images * per_image + test_images)
 
 
 def run_trials(
@@ -247,13 +272,21 @@ def run_trials(
     many workers; the others are concurrent single-core (or quarter-GPU) Ray tasks."""
 
     options, device = trial_resources()
+    protocol_of = protocol_for
+    protocol_for = lambda t: protocol_of(t).on_device(device)  # noqa: E731 — as plan_trials keyed the rows
     task = ray.remote(**options)(run_group)
     distributed = ray.remote(num_cpus=0)(run_group_distributed)  # its workers hold the resources
     test_ref = ray.put((real.test.load(torch.arange(len(real.test))), real.test.labels))
     suite_ref, prepared_ref = ray.put(suite), ray.put(prepared)
     workers_for = getattr(suite, "distributed_students", {}) or {}
     futures = {}
-    for group in group_seeds(todo):
+    # The dearest groups first: concurrent tasks then end together instead of one core training an IPC 50 group
+    # alone at the end while the others idle (Ray starts queued tasks in the order they were submitted).
+    groups = sorted(
+        group_seeds(todo),
+        key=lambda g: -group_cost(g, protocol_for(g[0]), len(real.classes), len(real.train), len(real.test)),
+    )
+    for group in groups:
         first = group[0]
         teacher = teacher_for(first) if teacher_for else None
         if workers_for.get(first.student, 1) > 1:
@@ -339,7 +372,7 @@ def evaluate(
     rows found under `committed` for the same key are copied, not trained (`adopt_committed_references`).
     Returns the number of trials run.
     """
-    trials = plan_trials(suite, manifests, students, seeds, real.train.fingerprint(), prepared)
+    trials = plan_trials(suite, manifests, students, seeds, real.train.fingerprint(), prepared, student_device())
     adopt_committed_references(trials, store, committed)
     todo = [t for t in trials if not store.has(t.key())]
     print(

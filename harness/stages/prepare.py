@@ -276,6 +276,7 @@ def teacher_val_accuracy(
         ("accuracy",),
         "measuring its validation accuracy again",
         measure,
+        from_weights=True,
     )["accuracy"]
     log(f"[prepare] teacher: validation accuracy {acc:.2%} ({len(real.val)} images)")
     return acc
@@ -458,6 +459,7 @@ def check_backbone(prepared: Prepared, out: Path, where: str) -> dict:
         "checking again",
         made,
         indent=1,
+        from_weights=True,
     )
     # What the record says besides the rates (issue 31): the classes by name, and which backbone it checked (its
     # hash and training steps, by which a later run finds the checks of its own training run). A record made
