@@ -60,7 +60,11 @@ BOARD_SETS = {
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
 # Issue 28 (2026-12-05): IGD, its board run under way (docs/decisions.md, "IGD").
-AWAITING_ROWS: set[str] = {"igd"}
+AWAITING_ROWS: set[str] = set()
+
+# External sets on the board (`ddbench evaluate`, rows of kind external) by name → the first 12 hex of their SHA-256:
+# herding's IPC 10 set exported (`--export herding --ipc 10`) and evaluated back under another name (issue 27).
+EXTERNAL_SETS = {"herding-roundtrip": "9b34bc981a9e"}
 
 # Rows of recipes the suite has since replaced, kept in the append-only store and left off the board (it filters
 # by the current recipes), as (protocol hash, student): the 3-epoch full-data rows that issue 13 found under-trained
@@ -115,6 +119,7 @@ def test_every_committed_row_is_current(committed_rows, leaderboard):
         )
         sets.add((name, job.config_hash))
     sets.add((FULL_DATA, real.train.fingerprint()[:12]))
+    sets |= set(EXTERNAL_SETS.items())
     full = full_data_protocol(suite)
     assert len(committed_rows) >= 381
     stale = []
@@ -134,7 +139,7 @@ def test_every_committed_row_is_current(committed_rows, leaderboard):
     assert not stale, f"{len(stale)} committed rows are no longer current, e.g. {stale[:3]}"
     # Rows of every method on the published board (11 and the full-data row): the check above is not vacuous.
     methods = {r["method"] for r in committed_rows}
-    assert methods <= set(suite.methods) | {FULL_DATA} and len(methods) >= 12
+    assert methods <= set(suite.methods) | {FULL_DATA} | set(EXTERNAL_SETS) and len(methods) >= 12
 
 
 def test_the_published_convnet3_board_is_complete(committed_rows, leaderboard):
@@ -190,3 +195,29 @@ def test_the_resnets_soft_label_rows_were_re_measured_under_their_searched_recip
         }
 
     assert len(settings("f3b821ef047f")) == 45 and settings("f3b821ef047f") <= settings(current)
+
+
+def test_the_exported_herding_set_evaluated_back_matches_herding(committed_rows):
+    """The round trip of issue 27 on the board: herding's IPC 10 set, exported and evaluated back as an external set,
+    is the same images (its rows' SHA-256 is the export's) trained under the same seeds. Without augmentation every
+    seed's accuracy is identical to herding's; with it the rows differ by at most 0.22 points (herding's rows were
+    trained 12 days earlier; a second evaluation of the export repeated its own rows exactly), under the seeds' std."""
+
+    def by_seed(method):
+        return {
+            (r["protocol"], r["seed"]): r["accuracy"]
+            for r in committed_rows
+            if r["method"] == method
+            and r["ipc"] == 10
+            and r["student"] == "convnet3"
+            and r.get("kind", "measured") in ("measured", "external")
+            and (r["protocol_hash"], r["student"]) not in SUPERSEDED_RECIPES
+        }
+
+    herding, back = by_seed("herding"), by_seed("herding-roundtrip")
+    assert len(back) == 9 and set(back) <= set(herding)
+    for (protocol, seed), accuracy in back.items():
+        if protocol == "hard-label-no-aug":
+            assert accuracy == herding[(protocol, seed)]
+        else:
+            assert abs(accuracy - herding[(protocol, seed)]) <= 0.0025
