@@ -192,20 +192,20 @@ def respaced_schedule(train_betas: torch.Tensor, steps: int) -> RespacedSchedule
     )
 
 
-def ddpm_step(
+def ddpm_posterior(
     backbone,
     schedule: RespacedSchedule,
     x: torch.Tensor,
     i: int,
     labels: torch.Tensor,
     cfg_scale: float,
-    noise: torch.Tensor | None,
-) -> torch.Tensor:
-    """One ancestral step from position `i` of `schedule` (the model told timestep `schedule.timesteps[i]`) to
-    i − 1, as DiT's `p_sample` takes it (gaussian_diffusion.py l.254-332, l.376-417): x̂_0 from the guided noise,
-    the posterior mean, and a variance that a model with learned variance (LEARNED_RANGE) interpolates in
-    log space between the posterior's β̃ (its output −1) and β (+1), and that is β otherwise (FIXED_LARGE,
-    DiT's `learn_sigma=False`). `noise` is x's shape; at i = 0 no noise is added (and None is allowed)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The parts of one ancestral step from position `i` of `schedule` (the model told timestep
+    `schedule.timesteps[i]`) to i − 1, as DiT's `p_mean_variance` forms them (gaussian_diffusion.py l.254-332):
+    the posterior mean, x̂_0 from the guided noise, and the log variance — which a model with learned variance
+    (LEARNED_RANGE) interpolates in log space between the posterior's β̃ (its output −1) and β (+1), and that is
+    β otherwise (FIXED_LARGE, DiT's `learn_sigma=False`); None at i = 0, where no noise is added. A method that
+    adds a term to the step (MGD3's mode guidance) reads them here."""
 
     def at(values: torch.Tensor) -> torch.Tensor:  # float64 terms cast once, as DiT's `_extract_into_tensor`
         return values[i].to(x.device, torch.float32)
@@ -219,12 +219,30 @@ def ddpm_step(
         x0 = x0.clamp(-1, 1)
     mean = at(schedule.posterior_mean_coef1) * x0 + at(schedule.posterior_mean_coef2) * x
     if i == 0:
-        return mean
+        return mean, x0, None
     if backbone.learned_variance:
         frac = (out[:, c : 2 * c] + 1) / 2
         log_variance = frac * at(schedule.betas.log()) + (1 - frac) * at(schedule.posterior_log_variance_clipped)
     else:  # FIXED_LARGE differs from β only at i = 0, where no noise is added
         log_variance = at(schedule.betas.log()).expand_as(x)
+    return mean, x0, log_variance
+
+
+def ddpm_step(
+    backbone,
+    schedule: RespacedSchedule,
+    x: torch.Tensor,
+    i: int,
+    labels: torch.Tensor,
+    cfg_scale: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """One ancestral step from position `i` of `schedule` to i − 1, as DiT's `p_sample` takes it
+    (gaussian_diffusion.py l.376-417): the posterior mean plus the step's noise at `ddpm_posterior`'s variance.
+    `noise` is x's shape; at i = 0 no noise is added (and None is allowed)."""
+    mean, _, log_variance = ddpm_posterior(backbone, schedule, x, i, labels, cfg_scale)
+    if log_variance is None:
+        return mean
     return mean + (0.5 * log_variance).exp() * noise.to(x.device, x.dtype)
 
 
