@@ -145,12 +145,7 @@ class D3HR(Method):
     generator_defaults = {"pixel-dit": {"cfg_scale": 2.0, "steps": 25, "domain_steps": 15, "sampling_start_step": 8}}
     Config = D3HRConfig
     needs = frozenset({"backbone", "real_images"})
-    stage_batches = {
-        "encode": "batch_size",
-        "inversion": "batch_size",
-        "group-sampling": "groups_per_batch",
-        "generate": "batch_size",
-    }
+    stage_batches = {"encode": "batch_size", "inversion": "batch_size", "generate": "batch_size"}
     # Two steps: one inversion step, denoising from the first; one batch of groups; the fewest images a Gaussian needs.
     rehearsal_settings = {"steps": 2, "domain_steps": 1, "sampling_start_step": 0, "group_batches": 1}
     # The guidance (inversion and denoising alike) and how many candidate groups are drawn (batches of
@@ -207,8 +202,9 @@ class D3HR(Method):
         cfg, bb = self.config, self.backbone
         chosen, seeds = self._draws(task)
         mean, std = self.gaussian(task, chosen)
-        with self.stage("group-sampling"):
-            group, _ = group_sampling(mean, std, task.ipc, seeds, cfg.groups_per_batch, cfg.skew_weight)
+        # Group sampling draws and scores on the CPU (every draw from the task's generator) and runs no matrix
+        # product: no named stage, since the rehearsal's stages are the ones with device work to measure.
+        group, _ = group_sampling(mean, std, task.ipc, seeds, cfg.groups_per_batch, cfg.skew_weight)
         latents = group.view(task.ipc, *bb.latent_shape)
         start_t = ddim_timesteps(bb.num_train_timesteps, cfg.steps)[cfg.sampling_start_step]
         out = []

@@ -110,8 +110,7 @@ class MGD3(Method):
     generator_defaults = {"pixel-dit": {"cfg_scale": 2.0, "steps": 25, "stop_t": 12}}
     Config = MGD3Config
     needs = frozenset({"backbone", "real_images"})
-    # Mode discovery is k-means on the CPU over the whole class: a fixed batch of one, no device memory.
-    stage_batches = {"encode": "batch_size", "mode-discovery": 1, "sample": "batch_size", "decode": "batch_size"}
+    stage_batches = {"encode": "batch_size", "sample": "batch_size", "decode": "batch_size"}
     # Two steps with the stop at 0: one step under the mode term, the last without.
     rehearsal_settings = {"steps": 2, "stop_t": 0}
     # Around the reference's λ 0.1, the guidance, and the stop over [0, 24]: valid on a 25-step chain as on a
@@ -156,8 +155,9 @@ class MGD3(Method):
         random_state, noise, seeds = self._draws(task)
         with self.stage("encode", record=False):
             latents = self.encode_real(task)
-        with self.stage("mode-discovery", record=True):
-            modes = mode_centres(latents, task.ipc, random_state)
+        # Mode discovery is k-means on the CPU (sklearn): no named stage, as D4M's, since the rehearsal's stages are
+        # the ones with device work to measure.
+        modes = mode_centres(latents, task.ipc, random_state)
         out = []
         for i in range(0, task.ipc, cfg.batch_size):
             part = slice(i, i + cfg.batch_size)
