@@ -27,6 +27,7 @@ Defaults (pinned by tests/test_contract.py):
     cfg_scale = 4.0             sample_mode_guidance.py: --cfg-scale default 4.0 (DiT's)
     steps = 50                  scripts/*_mgd.sh: T=50 (--num-sampling-steps)
     batch_size = 50             memory only: images sampled at once
+    fixed_variance = "large"    DiT's FIXED_LARGE (β) where a backbone does not learn its variance; DiT-XL/2 does
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class MGD3Config:
     cfg_scale: float = 4.0
     steps: int = 50
     batch_size: int = 50
+    # The step variance of a backbone that does not learn it (DiT-XL/2 does, and ignores this): "large", β (DiT's
+    # FIXED_LARGE), or "small", the posterior's β̃ (FIXED_SMALL). At 25 steps β leaves visible noise in the pixel
+    # DiT's images (σ 0.15 against β̃'s 0.01 at the last noisy step; docs/decisions.md).
+    fixed_variance: str = "large"
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -57,6 +62,8 @@ class MGD3Config:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.stop_t < self.steps:
             raise ValueError(f"stop_t: must be in [0, steps) = [0, {self.steps}), got {self.stop_t}")
+        if self.fixed_variance not in ("large", "small"):
+            raise ValueError(f"fixed_variance: must be 'large' or 'small', got {self.fixed_variance!r}")
         if self.mode_guidance_scale < 0:
             raise ValueError(f"mode_guidance_scale: must be at least 0, got {self.mode_guidance_scale}")
 
@@ -82,6 +89,7 @@ def mode_guided_ddpm(
     mode_guidance_scale: float,
     stop_t: int,
     generators: list[torch.Generator],
+    small_variance: bool = False,
 ) -> torch.Tensor:
     """DiT's guided DDPM from `noise` with MGD3's mode term: while the respaced index i > stop_t, each image's step
     adds λ·σ_i·(m − x̂_0) toward its own mode m (`modes`, one per image). Step noise is drawn on the CPU from
@@ -90,7 +98,7 @@ def mode_guided_ddpm(
     labels = torch.as_tensor(label, device=noise.device).long().expand(noise.shape[0])
     x, modes = noise, modes.to(noise.device, noise.dtype)
     for i in reversed(range(steps)):
-        mean, x0, log_variance = ddpm_posterior(backbone, schedule, x, i, labels, cfg_scale)
+        mean, x0, log_variance = ddpm_posterior(backbone, schedule, x, i, labels, cfg_scale, small_variance)
         if log_variance is None:  # i = 0: the mean, no noise and (stop_t ≥ 0) no mode term
             x = mean
             continue
@@ -106,8 +114,9 @@ def mode_guided_ddpm(
 class MGD3(Method):
     name = "mgd3"
     # On the harness's pixel DiT: its guidance 2.0 and 25 steps (as `diffusion` on the fashion board), the stop at
-    # the same fraction of the chain as the reference's 25 of 50 (12 of 25: the mode term on 12 steps of 25).
-    generator_defaults = {"pixel-dit": {"cfg_scale": 2.0, "steps": 25, "stop_t": 12}}
+    # the same fraction of the chain as the reference's 25 of 50 (12 of 25: the mode term on 12 steps of 25); the
+    # posterior's variance β̃, as DiT-XL/2's learned variance nears it, instead of β's noise left in the images.
+    generator_defaults = {"pixel-dit": {"cfg_scale": 2.0, "steps": 25, "stop_t": 12, "fixed_variance": "small"}}
     Config = MGD3Config
     needs = frozenset({"backbone", "real_images"})
     stage_batches = {"encode": "batch_size", "sample": "batch_size", "decode": "batch_size"}
@@ -172,6 +181,7 @@ class MGD3(Method):
                     cfg.mode_guidance_scale,
                     cfg.stop_t,
                     [torch.Generator().manual_seed(int(s)) for s in seeds[part]],
+                    cfg.fixed_variance == "small",
                 )
             with self.stage("decode", record=False):
                 out.append(bb.decode(z).cpu())

@@ -34,6 +34,7 @@ def test_defaults_are_the_references():
     assert cfg.mode_guidance_scale == 0.1
     assert (cfg.stop_t, cfg.steps) == (25, 50)
     assert cfg.cfg_scale == 4.0
+    assert cfg.fixed_variance == "large"  # DiT's FIXED_LARGE; DiT-XL/2 learns its variance and never reads it
     for bad in ({"stop_t": 50}, {"stop_t": -1}, {"mode_guidance_scale": -0.1}, {"steps": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             dataclasses.replace(cfg, **bad)
@@ -139,3 +140,26 @@ def test_fashion_mnist_runs_mgd3_at_the_backbones_guidance_and_half_the_chain_gu
     assert (cfg.cfg_scale, cfg.steps) == (diffusion.cfg_scale, diffusion.steps) == (2.0, 25)
     # The reference guides indices 49 … 26 of 50 (24 steps); here 24 … 13 of 25 (12 steps).
     assert cfg.stop_t == 12 and cfg.mode_guidance_scale == 0.1
+    # This backbone learns no variance: the posterior's β̃, not β, whose noise stayed in the images.
+    assert cfg.fixed_variance == "small"
+
+
+def test_a_backbone_without_learned_variance_steps_with_beta_or_the_posteriors_beta_tilde():
+    fixed = tiny_latent_dit()
+    fixed.learned_variance = False
+    schedule = respaced_schedule(fixed.betas, 4)
+    x = torch.randn((2, 4, 4, 4), generator=torch.Generator().manual_seed(0))
+    labels = torch.full((2,), 3)
+    _, _, large = ddpm_posterior(fixed, schedule, x, 2, labels, 4.0)
+    _, _, small = ddpm_posterior(fixed, schedule, x, 2, labels, 4.0, small_variance=True)
+    torch.testing.assert_close(large, schedule.betas.log()[2].float().expand_as(x))
+    torch.testing.assert_close(small, schedule.posterior_log_variance_clipped[2].float().expand_as(x))
+    assert (small < large).all()
+    # A model that learns its variance ignores the choice (DiT-XL/2's runs are unchanged by it).
+    learned = tiny_latent_dit()
+    torch.testing.assert_close(
+        ddpm_posterior(learned, schedule, x, 2, labels, 4.0)[2],
+        ddpm_posterior(learned, schedule, x, 2, labels, 4.0, small_variance=True)[2],
+    )
+    with pytest.raises(ValueError, match="fixed_variance"):
+        MGD3Config(fixed_variance="medium")

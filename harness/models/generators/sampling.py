@@ -199,13 +199,15 @@ def ddpm_posterior(
     i: int,
     labels: torch.Tensor,
     cfg_scale: float,
+    small_variance: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The parts of one ancestral step from position `i` of `schedule` (the model told timestep
     `schedule.timesteps[i]`) to i − 1, as DiT's `p_mean_variance` forms them (gaussian_diffusion.py l.254-332):
     the posterior mean, x̂_0 from the guided noise, and the log variance — which a model with learned variance
     (LEARNED_RANGE) interpolates in log space between the posterior's β̃ (its output −1) and β (+1), and that is
-    β otherwise (FIXED_LARGE, DiT's `learn_sigma=False`); None at i = 0, where no noise is added. A method that
-    adds a term to the step (MGD3's mode guidance) reads them here."""
+    β otherwise (FIXED_LARGE, DiT's `learn_sigma=False`), or with `small_variance` the posterior's β̃ (FIXED_SMALL,
+    DDPM's other choice); None at i = 0, where no noise is added. A method that adds a term to the step (MGD3's mode
+    guidance) reads them here."""
 
     def at(values: torch.Tensor) -> torch.Tensor:  # float64 terms cast once, as DiT's `_extract_into_tensor`
         return values[i].to(x.device, torch.float32)
@@ -223,6 +225,8 @@ def ddpm_posterior(
     if backbone.learned_variance:
         frac = (out[:, c : 2 * c] + 1) / 2
         log_variance = frac * at(schedule.betas.log()) + (1 - frac) * at(schedule.posterior_log_variance_clipped)
+    elif small_variance:  # FIXED_SMALL: β̃, its log clipped at i = 1 as DiT's posterior_log_variance_clipped
+        log_variance = at(schedule.posterior_log_variance_clipped).expand_as(x)
     else:  # FIXED_LARGE differs from β only at i = 0, where no noise is added
         log_variance = at(schedule.betas.log()).expand_as(x)
     return mean, x0, log_variance
