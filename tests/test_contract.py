@@ -21,7 +21,19 @@ from methods.base import NEEDS, MethodContext
 from tests.factories import TINY_MAR, real_task, stand_in_prepared, tiny_latent_dit, tiny_mar_backbone, tiny_teacher
 
 # Cost knobs common to the methods, shrunk where a method has them; a method without them runs at its defaults.
-CHEAP = {"steps": 4, "iterations": 2, "bo_init": 2, "bo_iterations": 1, "num_iter": 2}
+# Shrunk with `steps`: the settings that index into the chain (MGD3's stop, D3HR's inverted and starting steps), and
+# D3HR's 10,000 batches of candidate groups.
+CHEAP = {
+    "steps": 4,
+    "iterations": 2,
+    "bo_init": 2,
+    "bo_iterations": 1,
+    "num_iter": 2,
+    "stop_t": 1,
+    "domain_steps": 2,
+    "sampling_start_step": 1,
+    "group_batches": 2,
+}
 IPC, CLASSES = 2, (0, 7)
 
 

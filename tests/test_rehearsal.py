@@ -173,6 +173,23 @@ def test_a_rehearsal_of_some_methods_keeps_the_files_figures_of_the_others(image
     assert json.loads((tmp_path / "imagenet.json").read_text())["methods"] == figures["methods"]
 
 
+@pytest.mark.parametrize(
+    ("name", "stages"),
+    [("mgd3", {"encode", "sample", "decode"}), ("d3hr", {"encode", "inversion", "generate"})],
+)
+def test_the_training_free_baselines_rehearse_every_stage_with_device_work(name, stages):
+    """MGD3 and D3HR under their rehearsal settings at the reference's defaults: every named stage runs at both
+    batches and counts the backbone's FLOPs (their CPU steps, k-means and group sampling, are no stage)."""
+    models = RehearsalModels(tiny_latent_dit(), tiny_teacher(), None, 8, 3, 10)
+    cls = get_method(name)
+    figures = rehearse_method(name, cls.default_config(), models, log=lambda _: None)
+    assert set(figures["stages"]) == stages
+    for stage, fig in figures["stages"].items():
+        one, two = fig["peak_bytes"]
+        assert two >= one and fig["flops_per_image"] > 0, stage
+    assert figures["rehearsal"]["settings"]["steps"] == 2
+
+
 def test_suites_without_figures_print_a_dash_and_are_never_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(memory_figures, "FIGURES_DIR", tmp_path)
     assert main(["--suite", "fashion-mnist", "--plan", "--gpu-memory", "0.001", "--out", str(tmp_path / "o")]) == 0

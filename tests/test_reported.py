@@ -101,6 +101,12 @@ SPOT = {
     ("imagenette", "IMS3", "Table 4", "resnetap10", "ims3", 50, BEST_OF_PROTOCOLS): (84.2, 1.0),
     # IMS3 Table 5 (appendix 8.1, ImageNet-100), IPC 20, ResNet-18 row, Random column
     ("imagenet-100", "IMS3", "Table 5 (appendix 8.1)", "resnet18", "random-real", 20, BEST_OF_PROTOCOLS): (25.5, 0.3),
+    # IMS3 Table 1 (ImageWoof), IPC 10, ResNetAP-10 row, D3HR column
+    ("imagewoof", "IMS3", "Table 1", "resnetap10", "d3hr", 10, BEST_OF_PROTOCOLS): (40.7, 1.0),
+    # IMS3 Table 5 (appendix 8.1, ImageNet-100), IPC 20, ResNetAP-10 row, MGD3 column
+    ("imagenet-100", "IMS3", "Table 5 (appendix 8.1)", "resnetap10", "mgd3", 20, BEST_OF_PROTOCOLS): (33.9, 1.1),
+    # Adaptive sampling Table 3, "Acc (%, aligned case, DiT)" row, MGD3 column
+    ("imagenet", "Adaptive sampling", "Table 3", "resnet18", "mgd3", 50, "soft-label"): (60.2, None),
 }
 
 

@@ -220,21 +220,23 @@ def respaced_schedule(train_betas: torch.Tensor, steps: int) -> RespacedSchedule
     )
 
 
-def ddpm_step(
+def ddpm_posterior(
     backbone,
     schedule: RespacedSchedule,
     x: torch.Tensor,
     i: int,
     labels: torch.Tensor,
     cfg_scale: float,
-    noise: torch.Tensor | None,
+    small_variance: bool = False,
     cond_fn: CondFn | None = None,
-) -> torch.Tensor:
-    """One ancestral step from position `i` of `schedule` (the model told timestep `schedule.timesteps[i]`) to
-    i − 1, as DiT's `p_sample` takes it (gaussian_diffusion.py l.254-332, l.376-417): x̂_0 from the guided noise,
-    the posterior mean, and a variance that a model with learned variance (LEARNED_RANGE) interpolates in
-    log space between the posterior's β̃ (its output −1) and β (+1), and that is β otherwise (FIXED_LARGE,
-    DiT's `learn_sigma=False`). `noise` is x's shape; at i = 0 no noise is added (and None is allowed).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The parts of one ancestral step from position `i` of `schedule` (the model told timestep
+    `schedule.timesteps[i]`) to i − 1, as DiT's `p_mean_variance` forms them (gaussian_diffusion.py l.254-332):
+    the posterior mean, x̂_0 from the guided noise, and the log variance — which a model with learned variance
+    (LEARNED_RANGE) interpolates in log space between the posterior's β̃ (its output −1) and β (+1), and that is
+    β otherwise (FIXED_LARGE, DiT's `learn_sigma=False`), or with `small_variance` the posterior's β̃ (FIXED_SMALL,
+    DDPM's other choice); None at i = 0, where no noise is added. A method that adds a term to the step (MGD3's mode
+    guidance) reads them here.
 
     `cond_fn`: classifier guidance as DiT's `p_sample` takes its `cond_fn` (`condition_mean`): the
     mean moved by the step's variance times ∇_x G, G differentiated through the denoiser's x̂_0."""
@@ -258,12 +260,14 @@ def ddpm_step(
         x0 = x0.clamp(-1, 1)
     mean = at(schedule.posterior_mean_coef1) * x0 + at(schedule.posterior_mean_coef2) * x
     if i == 0 and gradient is None:
-        return mean
+        return mean, x0, None
     if len(schedule.timesteps) == 1:  # a one-step chain: its one β (no posterior to clip to)
         log_variance = at(schedule.betas.log()).expand_as(x)
     elif backbone.learned_variance:
         frac = (out[:, c : 2 * c] + 1) / 2
         log_variance = frac * at(schedule.betas.log()) + (1 - frac) * at(schedule.posterior_log_variance_clipped)
+    elif small_variance:  # FIXED_SMALL: β̃, its log clipped at i = 1 as DiT's posterior_log_variance_clipped
+        log_variance = at(schedule.posterior_log_variance_clipped).expand_as(x)
     elif i == 0:  # FIXED_LARGE's first variance is the posterior's next: `np.append(posterior_variance[1], betas[1:])`
         log_variance = schedule.posterior_variance[1].log().to(x.device, torch.float32).expand_as(x)
     else:  # FIXED_LARGE is β from the second step on
@@ -271,7 +275,25 @@ def ddpm_step(
     if gradient is not None:
         # DiT's `condition_mean` moves the mean by the step's variance (`p_mean_var["variance"]`) times ∇G.
         mean = mean + log_variance.exp() * gradient
-    if i == 0:
+    return mean, x0, None if i == 0 else log_variance
+
+
+def ddpm_step(
+    backbone,
+    schedule: RespacedSchedule,
+    x: torch.Tensor,
+    i: int,
+    labels: torch.Tensor,
+    cfg_scale: float,
+    noise: torch.Tensor | None,
+    cond_fn: CondFn | None = None,
+) -> torch.Tensor:
+    """One ancestral step from position `i` of `schedule` to i − 1, as DiT's `p_sample` takes it
+    (gaussian_diffusion.py l.376-417): the posterior mean (moved by `cond_fn`'s guidance where given) plus the
+    step's noise at `ddpm_posterior`'s variance. `noise` is x's shape; at i = 0 no noise is added (and None is
+    allowed)."""
+    mean, _, log_variance = ddpm_posterior(backbone, schedule, x, i, labels, cfg_scale, cond_fn=cond_fn)
+    if log_variance is None:
         return mean
     return mean + (0.5 * log_variance).exp() * noise.to(x.device, x.dtype)
 
