@@ -218,7 +218,8 @@ def test_every_guided_sampler_goes_through_the_one_guided_function():
 )
 def test_every_guided_method_goes_through_the_one_guided_function(name):
     cls = get_method(name)
-    cheap = {"steps": 4, "iterations": 2, "bo_init": 2, "bo_iterations": 1}
+    cheap = {"steps": 4, "iterations": 2, "bo_init": 2, "bo_iterations": 1, "stop_t": 1, "domain_steps": 2}
+    cheap |= {"sampling_start_step": 1, "group_batches": 2}  # the chain positions must fit 4 steps (as test_contract)
     config = cls.default_config()
     config = dataclasses.replace(config, **{k: v for k, v in cheap.items() if hasattr(config, k)})
     bb = SpyBackbone()
