@@ -18,7 +18,15 @@ from harness.config.loader import load_suite
 from harness.stages.distill import method_identity
 from methods import get_method, list_methods
 from methods.base import NEEDS, MethodContext
-from tests.factories import TINY_MAR, real_task, stand_in_prepared, tiny_latent_dit, tiny_mar_backbone, tiny_teacher
+from tests.factories import (
+    TINY_MAR,
+    real_task,
+    stand_in_prepared,
+    tiny_bn_teacher,
+    tiny_latent_dit,
+    tiny_mar_backbone,
+    tiny_teacher,
+)
 
 # Cost knobs common to the methods, shrunk where a method has them; a method without them runs at its defaults.
 CHEAP = {"steps": 4, "iterations": 2, "bo_init": 2, "bo_iterations": 1, "num_iter": 2}
@@ -47,6 +55,7 @@ def context():
         teacher=teacher,
         relabel_teacher=teacher,
         teacher_val_accuracy=0.9,
+        bn_teacher=tiny_bn_teacher(),
     )
 
 
