@@ -268,7 +268,7 @@ class Suite:
 
     def bn_teacher(self) -> tuple[TeacherConfig, str] | None:
         """The teacher handed to methods that need `bn_teacher` and its place in the suite: the first of the
-        relabelling teacher (the one the soft-label protocols read), the suite's teacher and the cross_arch teachers
+        relabelling teacher (the one protocols with soft labels read), the suite's teacher and the cross_arch teachers
         whose network has batch-norm layers. None: no teacher of the suite has them."""
         candidates = [(self.teacher.relabel, "teacher.relabel"), (self.teacher, "teacher")]
         if self.cross_arch is not None:
