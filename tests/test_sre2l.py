@@ -174,7 +174,7 @@ def test_the_plan_prices_sre2l_and_dm_on_imagenet(tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.slow
-def test_sre2l_and_dm_end_to_end_on_the_tiny_suite(tmp_path, ray_cluster):
+def test_sre2l_and_dm_end_to_end_on_the_tiny_suite(tmp_path, ray_cluster, tiny_real):
     """The tiny suite with a batch-norm ConvNet-3 among its cross_arch teachers: prepare trains it,
     SRe2L recovers from it, DM matches embeddings, both sets are evaluated under both protocols."""
     raw = tiny_suite_raw()
@@ -187,11 +187,12 @@ def test_sre2l_and_dm_end_to_end_on_the_tiny_suite(tmp_path, ray_cluster):
         }  # fmt: skip
     )
     raw["methods"] = {"sre2l": {"iterations": 3}, "dm": {"iterations": 3, "batch_real": 16, "width": 8}}
+    raw["cross_arch"]["method"] = "dm"
     raw.update(ipcs=[2], seeds=1, full_data={"epochs": 0})
     suite = load_suite(str(write_suite(raw, tmp_path / "tiny-optim.yaml")))
     assert suite.bn_teacher()[1] == "cross_arch.teachers[2]"
     out = tmp_path / "out"
-    Run(suite, ["sre2l", "dm"], out, check=False).board()
+    Run(suite, ["sre2l", "dm"], out, tiny_real, check=False).board()
     manifests = {
         json.loads(p.read_text())["method"]: json.loads(p.read_text())
         for p in out.glob("distilled/*/*/*/ipc2/manifest.json")
