@@ -52,7 +52,10 @@ class ClassTask:
 
 # What a method may ask the harness for (`Method.needs`). Each is loaded once per worker and handed over in
 # the MethodContext, except `real_images`, which arrive per class in the ClassTask.
-NEEDS = frozenset({"backbone", "teacher", "relabel_teacher", "teacher_val_accuracy", "real_images"})
+# `bn_teacher`: a teacher with batch-norm layers, whose running statistics a method matches (SRe2L's recover); the
+# harness hands over the first of the suite's teachers that has them (`Suite.bn_teacher`) and refuses the suite
+# where none has.
+NEEDS = frozenset({"backbone", "teacher", "relabel_teacher", "bn_teacher", "teacher_val_accuracy", "real_images"})
 
 
 @dataclass
@@ -63,6 +66,9 @@ class Work:
     backbone: float = 0.0  # transformer evaluations of one latent at one timestep (guidance doubles them)
     vae: float = 0.0  # VAE encodes and decodes of one image
     teacher: float = 0.0  # teacher forward passes of one image
+    bn_teacher: float = 0.0  # forward passes of one image through the batch-norm teacher (need `bn_teacher`)
+    # Forward passes of one image through the method's own network (`Method.own_network`: DM's random ConvNets).
+    network: float = 0.0
 
 
 def evaluations_per_step(cfg_scale: float) -> int:
@@ -159,6 +165,9 @@ class MethodContext:
     relabel_teacher: Any = None
     # The teacher's accuracy on the suite's validation split (never the test split).
     teacher_val_accuracy: float | None = None
+    # A teacher with batch norm (need `bn_teacher`): the first of the relabelling teacher, the suite's teacher and
+    # the cross-architecture teachers whose network has batch-norm layers (`Suite.bn_teacher`).
+    bn_teacher: Any = None
 
 
 class Method:
@@ -229,6 +238,7 @@ class Method:
         if self.prompts is not None and hasattr(self.backbone, "with_prompts"):
             self.backbone = self.backbone.with_prompts(self.prompts.template, self.prompts.null)
         self.relabel_teacher = self.context.relabel_teacher
+        self.bn_teacher = self.context.bn_teacher
         self.device = torch.device(self.context.device)
         # Seconds a method spends in its named stages (e.g. {"bo": 3.2}) during one distill_class call; the
         # harness clears it before each class and records it with the shard's cost.
@@ -296,6 +306,13 @@ class Method:
     def work(cls, config, ipc: int, real_per_class: int) -> Work | None:
         """The model evaluations one class costs at `ipc` with `real_per_class` training images; None where the
         method has not declared it (the plan then says its generation cost is unknown)."""
+        return None
+
+    @classmethod
+    def own_network(cls, config, image_size: int) -> tuple[str, dict, int] | None:
+        """The network the method builds and runs itself, where it has one (DM's randomly initialised ConvNet): its
+        timm name, options and the side of its input for the suite's `image_size`, which the plan sizes to price
+        `Work.network`. None: it has none."""
         return None
 
     @classmethod

@@ -197,6 +197,18 @@ def tiny_teacher(num_outputs=10, class_indices=None) -> Teacher:
     )
 
 
+def tiny_bn_teacher(num_outputs=10) -> Teacher:
+    """A ResNet-18 of channels (4, 4, 8, 8) on 8×8 RGB images (batch norm, the small-input stem), the same weights
+    and batch-norm statistics on every call (running statistics set away from their initial 0 and 1)."""
+    torch.manual_seed(0)
+    model = create_student("resnet18", num_outputs, 3, 8, channels=[4, 4, 8, 8])
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    return Teacher(model, 8, 3, [0.5] * 3, [0.25] * 3)
+
+
 def random_real(n: int, label: int, channels: int = 3, size: int = 8) -> torch.Tensor:
     """`n` uint8 images of noise standing for class `label`'s real images, the same for the same label."""
     return torch.randint(

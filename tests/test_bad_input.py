@@ -137,6 +137,12 @@ CASES = [
     Case("unknown method field", "methods.diffusion.cfg: unknown field", edit=_set("methods.diffusion", {"cfg": 2})),
     Case("method steps 0", "methods.diffusion.steps: must be at least 1", edit=_set("methods.diffusion", {"steps": 0})),
     Case("method batch_size 0", "methods.diffusion.batch_size", edit=_set("methods.diffusion", {"batch_size": 0})),
+    # SRe2L matches a teacher's batch-norm statistics: the tiny suite's teachers (ConvNet-3, ResNetAP-10) have none.
+    Case(
+        "a batch-norm method without a batch-norm teacher",
+        "methods.sre2l: needs a teacher with batch norm",
+        edit=_set("methods.sre2l", {}),
+    ),
     Case("unknown protocol", "protocols.magic: unknown protocol", edit=_set("protocols.magic", {})),
     Case("negative epochs", "protocols.hard-label.epochs:", edit=_set("protocols.hard-label.epochs", {2: -1})),
     Case("zero epochs", "protocols.soft-label.epochs:", edit=_set("protocols.soft-label.epochs", {2: 0})),

@@ -18,7 +18,15 @@ from harness.config.loader import load_suite
 from harness.stages.distill import method_identity
 from methods import get_method, list_methods
 from methods.base import NEEDS, MethodContext
-from tests.factories import TINY_MAR, real_task, stand_in_prepared, tiny_latent_dit, tiny_mar_backbone, tiny_teacher
+from tests.factories import (
+    TINY_MAR,
+    real_task,
+    stand_in_prepared,
+    tiny_bn_teacher,
+    tiny_latent_dit,
+    tiny_mar_backbone,
+    tiny_teacher,
+)
 
 # Cost knobs common to the methods, shrunk where a method has them; a method without them runs at its defaults.
 # Shrunk with `steps`: the settings that index into the chain (MGD3's stop, D3HR's inverted and starting steps), and
@@ -59,6 +67,7 @@ def context():
         teacher=teacher,
         relabel_teacher=teacher,
         teacher_val_accuracy=0.9,
+        bn_teacher=tiny_bn_teacher(),
     )
 
 

@@ -42,6 +42,7 @@ def resolve_and_check(s: Suite, source: str, check_files: bool) -> None:
     check_full_data(s, fail)
     check_distributed_students(s, fail)
     check_cross_arch(s, fail)
+    check_bn_teacher(s, fail)
     check_diversity(s, source, fail, check_files)
     written = {name: raw for name, raw in s.protocols.items() if isinstance(raw, dict)}  # as the suite wrote them
     resolve_protocols(s, source)
@@ -325,6 +326,19 @@ def check_cross_arch(s: Suite, fail) -> None:
     for i, student in enumerate(c.students):
         if not is_student(student):
             fail(f"cross_arch.students[{i}]", f"unknown student {student!r}: not in timm's registry")
+
+
+def check_bn_teacher(s: Suite, fail) -> None:
+    """A method that matches a teacher's batch-norm statistics (need `bn_teacher`) needs a suite teacher that has
+    them: refused here, before any work, where none has."""
+    for name, config in s.methods.items():
+        if "bn_teacher" in get_method(name).needs_for(config) and s.bn_teacher() is None:
+            fail(
+                f"methods.{name}",
+                "needs a teacher with batch norm (it matches the teacher's batch-norm statistics), and none of "
+                "teacher, teacher.relabel and cross_arch.teachers has any: add one (e.g. a resnet18) to "
+                "cross_arch.teachers",
+            )
 
 
 def check_diversity(s: Suite, source: str, fail, check_files: bool) -> None:

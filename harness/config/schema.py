@@ -13,6 +13,7 @@ from harness.config.text import SuiteError as SuiteError
 from harness.core.identity import CLASSES_DIR, FULL_DATA, read_class_list
 from harness.models.measures import DiversityConfig
 from harness.models.protocols import Protocol, reference_protocol
+from harness.models.teacher_sources import teacher_source
 from harness.models.teachers import TeacherTrainConfig, TorchvisionRecipe
 from methods import get_method
 
@@ -263,6 +264,18 @@ class Suite:
         suite's own), so every stage reads one `backbone` for a method whichever generator it declares."""
         backbone = self.backbone_of(name)
         return self if backbone is self.backbone else dataclasses.replace(self, backbone=backbone)
+
+    def bn_teacher(self) -> tuple[TeacherConfig, str] | None:
+        """The teacher handed to methods that need `bn_teacher` and its place in the suite: the first of the
+        relabelling teacher (the one protocols with soft labels read), the suite's teacher and the cross_arch teachers
+        whose network has batch-norm layers. None: no teacher of the suite has them."""
+        candidates = [(self.teacher.relabel, "teacher.relabel"), (self.teacher, "teacher")]
+        if self.cross_arch is not None:
+            candidates += [(t, f"cross_arch.teachers[{i}]") for i, t in enumerate(self.cross_arch.teachers)]
+        for t, where in candidates:
+            if t is not None and teacher_source(t).has_batch_norm(self.data.image_size):
+                return t, where
+        return None
 
     def backbone_sections(self) -> dict[str, BackboneConfig]:
         """Every backbone section by its place in the file: `backbone` and each `backbones.<kind>`."""

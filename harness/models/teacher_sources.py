@@ -8,15 +8,18 @@ recipe). The suite's checks, `prepare` and the plan ask the source; none of them
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import timm
 import torch
+from torch import nn
 
 from harness.core import cache
 from harness.core.identity import CLASSES_DIR, class_list, config_hash, teacher_test_key
-from harness.models.students import is_student
+from harness.models.students import create_student, is_student
 from harness.models.teachers import (
     Teacher,
     accuracy,
@@ -82,6 +85,28 @@ class TeacherSource:
     def training_epochs(self) -> int | None:
         """The epochs `prepare` trains it for over the training split, for the plan; None: not trained here."""
         return None
+
+    def has_batch_norm(self, image_size: int) -> bool:
+        """Whether the teacher's network has batch-norm layers (whose running statistics SRe2L's recover matches):
+        its architecture built on the meta device, no weights read."""
+        t = self.config
+        return _has_batch_norm(t.arch, json.dumps(t.arch_kwargs, sort_keys=True), self.pretrained, image_size)
+
+
+_BATCH_NORM_SEEN: dict[tuple, bool] = {}
+
+
+def _has_batch_norm(arch: str, kwargs_json: str, pretrained: bool, image_size: int) -> bool:
+    key = (arch, kwargs_json, pretrained, image_size)
+    if key not in _BATCH_NORM_SEEN:
+        with torch.device("meta"):
+            model = (
+                timm.create_model(arch, pretrained=False, num_classes=1000)
+                if pretrained
+                else create_student(arch, 10, 3, image_size, **json.loads(kwargs_json))
+            )
+        _BATCH_NORM_SEEN[key] = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return _BATCH_NORM_SEEN[key]
 
 
 def register_teacher_source(cls):

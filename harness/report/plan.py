@@ -75,6 +75,15 @@ def classifier_flops(arch: str, num_classes: int, channels: int, size: int, kwar
         return _flops(model, torch.zeros(1, 3 if pretrained else channels, size, size))
 
 
+def network_flops(method, config, image_size: int, counts) -> float:
+    """FLOPs of one forward pass of one image through the method's own network (`Method.own_network`; 0: none)."""
+    own = method.own_network(config, image_size)
+    if own is None:
+        return 0.0
+    arch, kwargs, side = own
+    return classifier_flops(arch, counts.classes, counts.channels, side, kwargs, False)
+
+
 def teacher_flops(t, counts: Counts, image_size: int) -> tuple[float, int]:
     """FLOPs of one forward pass of a teacher, and the side it sees: a pretrained or recipe-trained one its
     input size, one trained by `prepare`'s small recipe the suite's images."""
@@ -209,6 +218,9 @@ class _Units:
     teacher_size: int
     relabel: float
     relabel_size: int
+    # The teacher with batch norm (`Suite.bn_teacher`), where a planned method needs it: its config and place, and
+    # the FLOPs and side of one forward pass; None where no planned method needs one.
+    bn_teacher: tuple | None = None
 
     def of(self, method: str) -> _BackboneUnits:
         """The units of the backbone `method` samples."""
@@ -227,6 +239,10 @@ def _units(suite, out: Path, gpu_tflops: float, methods: list[str]) -> _Units:
     relabel, relabel_size = (
         teacher_flops(t.relabel, counts, suite.data.image_size) if t.relabel else (teacher, teacher_size)
     )
+    bn_teacher = None
+    if any("bn_teacher" in get_method(m).needs_for(suite.method_config(m)) for m in methods if m in suite.methods):
+        if (found := suite.bn_teacher()) is not None:
+            bn_teacher = (*found, *teacher_flops(found[0], counts, suite.data.image_size))
     return _Units(
         suite,
         out,
@@ -238,6 +254,7 @@ def _units(suite, out: Path, gpu_tflops: float, methods: list[str]) -> _Units:
         teacher_size,
         relabel,
         relabel_size,
+        bn_teacher,
     )
 
 
@@ -300,6 +317,12 @@ def _header(u: _Units, gpus: int, gpu_tflops: float) -> list[str]:
             f"; relabelling teacher {t.relabel.arch} at {u.relabel_size} px: {u.relabel / 1e9:,.2f} GFLOP per image"
             if t.relabel
             else ""
+        )
+        + (
+            f"; batch-norm teacher ({u.bn_teacher[1]}) {u.bn_teacher[0].arch} at {u.bn_teacher[3]} px: "
+            f"{u.bn_teacher[2] / 1e9:,.2f} GFLOP per image"
+            if u.bn_teacher
+            else ""
         ),
         "",
     ]
@@ -328,7 +351,7 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: 
         b = u.of(name)
         if "backbone" in needs:
             sampled[b.config.kind] = b
-        needs_teacher |= bool({"teacher", "relabel_teacher"} & needs)
+        needs_teacher |= bool({"teacher", "relabel_teacher", "bn_teacher"} & needs)
         images = sum(ipc * C for ipc in ipcs)
         works = [cls.work(config, ipc, u.counts.train_per_class) for ipc in ipcs]
         if label == name and name in measured.per_image:
@@ -337,7 +360,19 @@ def _distill_section(u: _Units, entries: list[tuple], gpus: int, gpu_memory_gb: 
         elif any(w is None for w in works):
             seconds, basis = math.nan, "unknown: the method declares no work"
         else:
-            flops = sum(C * (w.backbone * b.transformer + w.vae * b.vae + w.teacher * u.teacher) for w in works)
+            bn = u.bn_teacher[2] if u.bn_teacher else 0.0
+            network = network_flops(cls, config, u.suite.data.image_size, u.counts)
+            flops = sum(
+                C
+                * (
+                    w.backbone * b.transformer
+                    + w.vae * b.vae
+                    + w.teacher * u.teacher
+                    + w.bn_teacher * bn
+                    + w.network * network
+                )
+                for w in works
+            )
             seconds, basis = flops / u.rate, "FLOPs"
         evals = sum(C * w.backbone for w in works if w is not None)
         total_images += images
@@ -391,7 +426,10 @@ def _prepare_section(u: _Units, sampled: dict, fine_tunes: dict) -> tuple[list[s
             prepare_seconds += seconds
             lines.append(f"  prepare: trains {trained} ({_hours(seconds)} GPU-h, FLOPs; once: cached)")
     train_images = u.counts.train_per_class * C
-    for what, config, forward in (("teacher", t, u.teacher), ("relabelling teacher", t.relabel, u.relabel)):
+    trained = [("teacher", t, u.teacher), ("relabelling teacher", t.relabel, u.relabel)]
+    if u.bn_teacher and u.bn_teacher[0] is not t and u.bn_teacher[0] is not t.relabel:
+        trained.append((f"batch-norm teacher ({u.bn_teacher[1]})", u.bn_teacher[0], u.bn_teacher[2]))
+    for what, config, forward in trained:
         if config is not None and (epochs := teacher_source(config).training_epochs()) is not None:
             seconds = epochs * train_images * TRAIN_FLOPS_PER_FORWARD * forward / rate
             prepare_seconds += seconds

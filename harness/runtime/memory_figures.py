@@ -41,6 +41,8 @@ def rehearsal_key(suite: Suite, name: str) -> str:
     if "relabel_teacher" in needs:
         r = t.relabel or t
         teachers["relabel_teacher"] = (r.arch, r.input_size)
+    if "bn_teacher" in needs and (found := suite.bn_teacher()) is not None:
+        teachers["bn_teacher"] = (found[0].arch, found[0].input_size, found[0].arch_kwargs)
     return config_hash(
         {
             "method": method.__name__,

@@ -119,6 +119,8 @@ def _models(needs: frozenset[str], prepared: Prepared) -> dict:
         models["teacher"] = prepared.teacher_hash
     if "relabel_teacher" in needs:  # under the same key: where no other teacher relabels, it is the suite's own
         models["teacher"] = prepared.relabel_hash
+    if "bn_teacher" in needs:
+        models["bn_teacher"] = prepared.bn_teacher.hash
     return models
 
 
@@ -279,7 +281,9 @@ def write_manifest(job: DistillJob, suite: Suite, prepared: Prepared, classes: l
         classes=classes,
         backbone=prepared.backbone_hash if "backbone" in needs else None,
         fine_tune=tuned.manifest_entry() if tuned is not None else None,
-        teacher=prepared.relabel_hash
+        teacher=prepared.bn_teacher.hash
+        if "bn_teacher" in needs
+        else prepared.relabel_hash
         if "relabel_teacher" in needs
         else prepared.teacher_hash
         if "teacher" in needs
@@ -436,7 +440,8 @@ def distill_here(suite: Suite, real: RealData, prepared: Prepared, job: DistillJ
         worker = ShardWorker(suite, prepared, device, real=real)
         # A Ray worker that runs trial after trial loads the models once: the teachers by their identities, the
         # backbones each by its own (the worker keys them).
-        key = (prepared.teacher_hash, prepared.relabel_hash, str(device))
+        bn_hash = prepared.bn_teacher.hash if prepared.bn_teacher is not None else None
+        key = (prepared.teacher_hash, prepared.relabel_hash, bn_hash, str(device))
         worker.context, worker._backbones = _LOADED.setdefault(key, (worker.context, worker._backbones))
         for label in range(len(real.classes)):
             worker.run_shard(job, label)

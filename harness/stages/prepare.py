@@ -94,6 +94,8 @@ class Prepared:
     teacher_val_accuracy: float | None = None  # only where a suite's method needs it
     teacher_description: str = ""  # one line for the board: what the teacher is, where it came from
     relabel: PreparedTeacher | None = None  # relabels for protocols that train on a teacher's outputs
+    # The teacher with batch norm (`Suite.bn_teacher`), where a method of the run needs `bn_teacher`.
+    bn_teacher: PreparedTeacher | None = None
     # By method: the fine-tuned backbone it samples from.
     fine_tuned: dict[str, FineTuned] = field(default_factory=dict)
     # The further backbones (`Suite.backbones`) the methods of this run sample, by kind.
@@ -150,6 +152,11 @@ class Prepared:
         relabelled = protocol.needs_teacher and self.relabel is not None
         return relabelled_protocol_key(protocol.identity(), self.relabel.hash if relabelled else None)
 
+    def load_bn_teacher(self, device="cpu") -> Teacher:
+        if self.bn_teacher is None:
+            raise PrepareError("no teacher with batch norm was prepared (a method needing bn_teacher was not planned)")
+        return load_teacher(self.bn_teacher.config, self.bn_teacher.source, self.classes, device)
+
     def teacher_note(self) -> str:
         if self.relabel is None:
             return f"teacher: {self.teacher_description}"
@@ -167,6 +174,8 @@ class Prepared:
             context.teacher = self.load_teacher(context.device)
         if "relabel_teacher" in needs and context.relabel_teacher is None:
             context.relabel_teacher = self.load_relabel_teacher(context.device)
+        if "bn_teacher" in needs and context.bn_teacher is None:
+            context.bn_teacher = self.load_bn_teacher(context.device)
         context.teacher_val_accuracy = self.teacher_val_accuracy
         return context
 
@@ -355,6 +364,14 @@ def prepare(
     backbone_source, backbone_hash = prepare_backbone(suite, real, out)
     teacher_source, teacher_hash, teacher_acc = prepare_teacher(suite, real, out, connect=connect)
     relabel = prepare_relabel_teacher(suite, real, out, connect)
+    bn_teacher = None
+    if any("bn_teacher" in get_method(m).needs_for(suite.method_config(m)) for m in methods):
+        found = suite.bn_teacher()
+        if found is None:  # the suite's checks refuse this first; a suite built in code may still get here
+            raise PrepareError(f"{suite.source}: no teacher with batch norm for the methods that need one")
+        t, where = found
+        source, key, acc = prepare_teacher(suite, real, out, t, connect, where=where)
+        bn_teacher = PreparedTeacher(t, source, key, acc, f"{describe_teacher(t, suite, acc)} ({where})")
     val_acc = None
     if "teacher_val_accuracy" in suite_needs(suite):
         val_acc = teacher_val_accuracy(suite, real, out, teacher_source, teacher_hash)
@@ -372,6 +389,7 @@ def prepare(
         val_acc,
         describe_teacher(suite.teacher, suite, teacher_acc),
         relabel,
+        bn_teacher=bn_teacher,
         others=others,
         class_names=list(real.class_names),
     )

@@ -154,6 +154,8 @@ class RehearsalModels:
     num_classes: int
     # Fine-tune steps measured so far, by the schedule they train (methods sharing a fine-tune share its figures).
     fine_tunes: dict = field(default_factory=dict)
+    # The teacher with batch norm (`Suite.bn_teacher`; None where the suite has none).
+    bn_teacher: object | None = None
 
 
 def _random_teacher(t, image_size: int, num_classes: int) -> Teacher:
@@ -179,8 +181,16 @@ def true_size_models(suite: Suite) -> RehearsalModels:
     t = suite.teacher
     teacher = _random_teacher(t, suite.data.image_size, classes)
     relabel = _random_teacher(t.relabel, suite.data.image_size, classes) if t.relabel else None
+    found = suite.bn_teacher()
+    bn_teacher = _random_teacher(found[0], suite.data.image_size, classes) if found is not None else None
     return RehearsalModels(
-        generator_for(suite.backbone).random_backbone(), teacher, relabel, suite.data.image_size, 3, classes
+        generator_for(suite.backbone).random_backbone(),
+        teacher,
+        relabel,
+        suite.data.image_size,
+        3,
+        classes,
+        bn_teacher=bn_teacher,
     )
 
 
@@ -191,10 +201,11 @@ def _context(cls, config, models: RehearsalModels, backbone) -> tuple[MethodCont
         backbone=backbone if "backbone" in needs else None,
         teacher=models.teacher if "teacher" in needs else None,
         relabel_teacher=relabel if "relabel_teacher" in needs else None,
+        bn_teacher=models.bn_teacher if "bn_teacher" in needs else None,
         # Only whether CaO2's `auto` condition picks the class or the null one hangs on it: either runs the same work.
         teacher_val_accuracy=0.0 if "teacher_val_accuracy" in needs else None,
     )
-    return context, module_bytes(context.backbone, context.teacher, context.relabel_teacher)
+    return context, module_bytes(context.backbone, context.teacher, context.relabel_teacher, context.bn_teacher)
 
 
 def _real(models: RehearsalModels, n: int, seed: int) -> torch.Tensor:
