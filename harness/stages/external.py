@@ -588,8 +588,11 @@ def store_set(ext: ExternalSet, out: Path, suite_name: str, name: str, overlap: 
 
 def stored_external_sets(out: Path, suite_name: str, rows: list[dict]) -> list[Manifest]:
     """The manifests of the external sets whose rows the store holds (by name and hash), where their copies
-    in `out`'s set folders are whole: the site draws their grids and opens them from their cells."""
-    wanted = {(r["method"], r["config_hash"]) for r in rows if r.get("kind") == "external"}
+    in `out`'s set folders are whole: the site draws their grids and opens them from their cells. Each name's latest
+    set only, as the board shows it (harness/report/rows.py `external_rows`): an earlier set under the name would
+    draw its grid over the latest's (one grid file per name and IPC)."""
+    latest = {r["method"]: r["config_hash"] for r in rows if r.get("kind") == "external"}
+    wanted = set(latest.items())
     found = []
     for name, config_hash in sorted(wanted):
         for folder in sorted((Path(out) / "distilled" / suite_name / name / config_hash).glob("ipc*")):
