@@ -16,10 +16,9 @@ import ray
 
 from harness.config.defaults import DEFAULT_GPU_TFLOPS
 from harness.config.loader import load_suite
-from harness.config.released import ReleasedError, load_released
 from harness.config.schema import SuiteError
 from harness.core.store import stored_rows
-from harness.flags import EVALUATE_ONLY, fail, fetch_set_parser, overrides, parse
+from harness.flags import EVALUATE_ONLY, fail, overrides, parse
 from harness.models.data import DataError, load_real_data
 from harness.models.measures import DiversityError
 from harness.models.students import is_student
@@ -30,7 +29,7 @@ from harness.report.rows import external_names
 from harness.runtime.cluster import ClusterError, check_target, resolve, signalled
 from harness.runtime.cluster import _exit_on as on_signal
 from harness.runtime.preflight import check_memory_fits, check_out_dir, check_real_image_counts
-from harness.runtime.released_sets import evaluate_line, fetch
+from harness.runtime.released_sets import fetch_set
 from harness.stages.distill import DistillError
 from harness.stages.external import (
     ExternalSetError,
@@ -106,26 +105,6 @@ def _stopped(what: str, status: int, argv: list[str] | None) -> None:
     )
     print(f"ddbench: {what}; what is finished is kept, and {resumes}", file=sys.stderr)
     sys.exit(status)
-
-
-def fetch_set(argv: list[str]) -> int:
-    """The fetch-set verb: the registry entry, fetched and checked; one line and exit 2 on any failure."""
-    args = fetch_set_parser().parse_args(argv)
-    try:
-        entry = load_released(args.name, args.registry)
-        fetched = fetch(entry, args.to or Path("released") / entry.name, record_hash=args.record_hash)
-    except ReleasedError as e:
-        fail(str(e))
-    state = "verified against the registry" if fetched.verified else "UNVERIFIED: the registry records none"
-    print(f"[fetch-set] {entry.name}: {fetched.download}, SHA-256 {fetched.sha256} ({state})", flush=True)
-    if not fetched.verified:
-        print(f"[fetch-set] once checked against the source, commit to {entry.source}: sha256: {fetched.sha256}")
-    print(f"[fetch-set] set folder: {fetched.set_dir} (class folders by {entry.class_folders}: {entry.class_order})")
-    if entry.reported is not None:
-        r = entry.reported
-        print(f"[fetch-set] its paper reports {r.accuracy:g} % ({r.student}, {r.protocol}; {r.table})")
-    print(evaluate_line(fetched), flush=True)
-    return 0
 
 
 def _main(argv: list[str] | None) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 
-from harness.config.released import ReleasedError, ReleasedSet
+from harness.config.released import ReleasedError, ReleasedSet, load_released
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30
@@ -202,3 +202,26 @@ def evaluate_line(fetched: Fetched) -> str:
     if e.reported is not None:
         line += f" --reported {e.reported.accuracy:g}"
     return line
+
+
+def fetch_set(argv: list[str]) -> int:
+    """The fetch-set verb: the registry entry, fetched and checked; one line and exit 2 on any failure. Imports
+    neither torch nor Ray: benchmark.py runs it before the heavy imports, so a wrong NAME is answered at once."""
+    from harness.flags import fail, fetch_set_parser
+
+    args = fetch_set_parser().parse_args(argv)
+    try:
+        entry = load_released(args.name, args.registry)
+        fetched = fetch(entry, args.to or Path("released") / entry.name, record_hash=args.record_hash)
+    except ReleasedError as e:
+        fail(str(e))
+    state = "verified against the registry" if fetched.verified else "UNVERIFIED: the registry records none"
+    print(f"[fetch-set] {entry.name}: {fetched.download}, SHA-256 {fetched.sha256} ({state})", flush=True)
+    if not fetched.verified:
+        print(f"[fetch-set] once checked against the source, commit to {entry.source}: sha256: {fetched.sha256}")
+    print(f"[fetch-set] set folder: {fetched.set_dir} (class folders by {entry.class_folders}: {entry.class_order})")
+    if entry.reported is not None:
+        r = entry.reported
+        print(f"[fetch-set] its paper reports {r.accuracy:g} % ({r.student}, {r.protocol}; {r.table})")
+    print(evaluate_line(fetched), flush=True)
+    return 0
