@@ -16,9 +16,10 @@ import ray
 
 from harness.config.defaults import DEFAULT_GPU_TFLOPS
 from harness.config.loader import load_suite
+from harness.config.released import ReleasedError
 from harness.config.schema import SuiteError
 from harness.core.store import stored_rows
-from harness.flags import EVALUATE_ONLY, fail, overrides, parse
+from harness.flags import EVALUATE_ONLY, fail, fetch_set_parser, overrides, parse
 from harness.models.data import DataError, load_real_data
 from harness.models.measures import DiversityError
 from harness.models.students import is_student
@@ -110,7 +111,10 @@ def _stopped(what: str, status: int, argv: list[str] | None) -> None:
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["fetch-set"]:
-        return fetch_set(argv[1:])
+        try:
+            return fetch_set(fetch_set_parser().parse_args(argv[1:]))
+        except ReleasedError as e:
+            fail(str(e))
     args = parse(argv)
     command = shlex.join(["python", "benchmark.py", *argv])
     try:

@@ -204,17 +204,12 @@ def evaluate_line(fetched: Fetched) -> str:
     return line
 
 
-def fetch_set(argv: list[str]) -> int:
-    """The fetch-set verb: the registry entry, fetched and checked; one line and exit 2 on any failure. Imports
-    neither torch nor Ray: benchmark.py runs it before the heavy imports, so a wrong NAME is answered at once."""
-    from harness.flags import fail, fetch_set_parser
-
-    args = fetch_set_parser().parse_args(argv)
-    try:
-        entry = load_released(args.name, args.registry)
-        fetched = fetch(entry, args.to or Path("released") / entry.name, record_hash=args.record_hash)
-    except ReleasedError as e:
-        fail(str(e))
+def fetch_set(args) -> int:
+    """The fetch-set verb on its parsed flags (harness/flags.py `fetch_set_parser`): the registry entry, fetched and
+    checked, and the `ddbench evaluate` line printed; a failure raises ReleasedError (one line). Imports neither torch
+    nor Ray: benchmark.py runs it before the heavy imports, so a wrong NAME is answered at once."""
+    entry = load_released(args.name, args.registry)
+    fetched = fetch(entry, args.to or Path("released") / entry.name, record_hash=args.record_hash)
     state = "verified against the registry" if fetched.verified else "UNVERIFIED: the registry records none"
     print(f"[fetch-set] {entry.name}: {fetched.download}, SHA-256 {fetched.sha256} ({state})", flush=True)
     if not fetched.verified:
