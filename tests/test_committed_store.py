@@ -60,7 +60,7 @@ BOARD_SETS = {
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
 # Issue 28 (2026-12-05): IGD, its board run under way (docs/decisions.md, "IGD").
-AWAITING_ROWS: set[str] = {"sre2l", "dm", "mgd3", "d3hr"}
+AWAITING_ROWS: set[str] = {"sre2l", "dm"}
 
 # External sets on the board (`ddbench evaluate`, rows of kind external) by name → the first 12 hex of their SHA-256:
 # herding's IPC 10 set exported (`--export herding --ipc 10`) and evaluated back under another name (issue 27).
