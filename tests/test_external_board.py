@@ -18,7 +18,7 @@ from harness.core.sets import Manifest, save_images
 from harness.models.protocols import HardLabel, SoftLabel
 from harness.report.compare import by_seed, compare, difference
 from harness.report.leaderboard import render
-from harness.report.rows import OVERLAP_MARK, aggregate, board_rows, cell_rows, trained_under
+from harness.report.rows import OVERLAP_MARK, aggregate, board_rows, cell_rows, external_rows, trained_under
 from harness.report.site import build_site
 
 SHA = "c0ffee" + "0123456789abcdef" * 3 + "0123456789"  # 64 hex digits
@@ -292,3 +292,16 @@ def test_an_external_set_has_dd_rankings_scores_in_its_own_group(tmp_path):
     assert lrs.loc["rel", "kind"] == "external" and lrs.loc["rel", "seeds"] == 3
     section = md.read_text().split("## DD-Ranking label-robust score")[1]
     assert f"| rel (external, {SHA[:12]}) |" in section.split("## DD-Ranking augmentation")[0]
+
+
+def test_one_external_name_keeps_each_ipcs_latest_set():
+    """A name evaluated at IPC 10 and then at IPC 50 shows both cells; evaluated again at IPC 10 with another set,
+    its IPC 10 cell is the new set's and its IPC 50 cell stays (the latest set per name and IPC)."""
+    rows = _rows("theirs", [0.6, 0.62], ipc=10, kind="external", config_hash="aaa")
+    rows += _rows("theirs", [0.7, 0.72], ipc=50, kind="external", config_hash="bbb")
+    shown = external_rows(rows)
+    assert sorted(set(zip(shown["ipc"], shown["config_hash"]))) == [(10, "aaa"), (50, "bbb")]
+    rows += _rows("theirs", [0.65, 0.66], ipc=10, kind="external", config_hash="ccc")
+    shown = external_rows(rows)
+    assert sorted(set(zip(shown["ipc"], shown["config_hash"]))) == [(10, "ccc"), (50, "bbb")]
+    assert sorted(shown[shown["ipc"] == 10]["accuracy"]) == [0.65, 0.66]

@@ -16,7 +16,7 @@ def test_a_reused_name_draws_only_its_latest_set(tmp_path):
     old, new = _set(10), _set(200)
     for ext in (old, new):
         store_set(ext, tmp_path, "tiny", "outside", 0)
-    row = {"kind": "external", "method": "outside"}
+    row = {"kind": "external", "method": "outside", "ipc": 2}
     rows = [{**row, "config_hash": old.config_hash}, {**row, "config_hash": new.config_hash}]
     found = stored_external_sets(tmp_path, "tiny", rows)
     assert [m.config_hash for m in found] == [new.config_hash]

@@ -100,3 +100,10 @@ class ResultStore:
         last = f.read(1)
         f.seek(0, os.SEEK_END)
         return last == b"\n"
+
+
+def latest_external_sets(rows: list[dict]) -> dict[tuple[str, int], str]:
+    """(name, IPC) → the config hash (the set's SHA-256) of the latest external set (`ddbench evaluate`, rows of kind
+    "external") the store holds under them: the store is appended to, so the last row says which set a name stands
+    for now at that IPC (harness/report/rows.py `external_rows`)."""
+    return {(r["method"], r["ipc"]): r["config_hash"] for r in rows if r.get("kind") == "external"}

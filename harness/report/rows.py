@@ -19,6 +19,7 @@ import pandas as pd
 
 from harness.core.identity import FULL_DATA
 from harness.core.sets import Manifest
+from harness.core.store import latest_external_sets
 from harness.models.protocols import get_protocol, list_protocols
 
 GROUP = ["method", "config_hash", "ipc", "student", "protocol"]
@@ -58,12 +59,13 @@ def measured_rows(rows: list[dict], current: set[tuple[str, str]] | None = None)
 
 
 def external_rows(rows: list[dict]) -> pd.DataFrame:
-    """The store's rows of sets made elsewhere (kind "external"), of each name's latest set only: the store is
-    appended to, so the last row of a name says which set (config hash: the set's SHA-256) it stands for now; an
-    earlier set under the name stays in the store but would mix two sets into one row."""
+    """The store's rows of sets made elsewhere (kind "external"), of each name's latest set at each IPC only: the
+    store is appended to, so the last row of a name and IPC says which set (config hash: the set's SHA-256) it stands
+    for now; an earlier set under the name and IPC stays in the store but would mix two sets into one cell. A name
+    evaluated at IPC 10 and then at IPC 50 keeps both (they are two columns of one row)."""
     external = [r for r in rows if r.get("kind") == EXTERNAL]
-    latest = {r["method"]: r["config_hash"] for r in external}
-    return pd.DataFrame([r for r in external if latest[r["method"]] == r["config_hash"]])
+    latest = latest_external_sets(external)
+    return pd.DataFrame([r for r in external if latest[(r["method"], r["ipc"])] == r["config_hash"]])
 
 
 def external_names(rows: list[dict]) -> list[str]:

@@ -27,6 +27,7 @@ from PIL import Image
 from harness.core import atomic, cache
 from harness.core.identity import FULL_DATA
 from harness.core.sets import Manifest, manifest_damage, shard_damage, write_shard
+from harness.core.store import latest_external_sets
 from harness.models.data import FASHION_MNIST_CLASSES, IMAGE_EXTENSIONS
 from methods import list_methods
 
@@ -591,13 +592,11 @@ def stored_external_sets(out: Path, suite_name: str, rows: list[dict]) -> list[M
     in `out`'s set folders are whole: the site draws their grids and opens them from their cells. Each name's latest
     set only, as the board shows it (harness/report/rows.py `external_rows`): an earlier set under the name would
     draw its grid over the latest's (one grid file per name and IPC)."""
-    latest = {r["method"]: r["config_hash"] for r in rows if r.get("kind") == "external"}
-    wanted = set(latest.items())
     found = []
-    for name, config_hash in sorted(wanted):
-        for folder in sorted((Path(out) / "distilled" / suite_name / name / config_hash).glob("ipc*")):
-            if not manifest_damage(folder) and Manifest.read(folder).external:
-                found.append(Manifest.read(folder))
+    for (name, ipc), config_hash in sorted(latest_external_sets(rows).items()):
+        folder = Path(out) / "distilled" / suite_name / name / config_hash / f"ipc{ipc}"
+        if folder.is_dir() and not manifest_damage(folder) and Manifest.read(folder).external:
+            found.append(Manifest.read(folder))
     return found
 
 
