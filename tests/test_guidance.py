@@ -457,6 +457,11 @@ def test_fashion_keeps_ddim_and_every_channel():
 # ---- settings that fit the generator a method samples (issue 31 item 2) ----
 
 
+# Fields benchmarks/fashion-mnist.yaml sets below the method's small-image default for its CPU budget, not because it
+# measured them better: SRe2L's recover at 100 steps instead of the reference's CIFAR 1,000 (docs/decisions.md).
+BUDGET_CUTS = {("sre2l", "iterations")}
+
+
 def test_methods_listed_bare_on_the_pixel_dit_get_the_settings_the_embedded_suite_measured(tmp_path):
     """A suite on the harness's pixel DiT that lists every paper method with `{}` gets, field for field, the
     settings benchmarks/fashion-mnist.yaml writes out for them (measured there), and the board notes each."""
@@ -473,6 +478,8 @@ def test_methods_listed_bare_on_the_pixel_dit_get_the_settings_the_embedded_suit
         cls = get_method(name)
         fields = {**cls.generator_defaults.get("pixel-dit", {}), **cls.small_image_defaults}
         for f in fields:
+            if (name, f) in BUDGET_CUTS:  # the embedded suite writes less than the method's fitted default
+                continue
             assert getattr(suite.methods[name], f) == getattr(measured.methods[name], f), (name, f)
             fitted += 1
         assert any(n.startswith(f"{name}: settings fit for") for n in suite.notes) == bool(fields)

@@ -228,7 +228,7 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
                 },
                 "reported": {
                     "papers": {"Tiny": "a made-up paper for this test"},
-                    "not_implemented": {"sre2l": "SRe2L"},
+                    "not_implemented": {"ddvlcp": "DDVLCP"},
                     "entries": [
                         {
                             "paper": "Tiny",
@@ -243,7 +243,7 @@ def test_imagenet_family_path_on_tiny_local_models(tmp_path, ray_cluster):
                         {
                             "paper": "Tiny",
                             "table": "Table 1",
-                            "method": "sre2l",
+                            "method": "ddvlcp",
                             "ipc": 2,
                             "student": "convnet3",
                             "protocol": "hard-label",
