@@ -15,11 +15,12 @@ from pathlib import Path
 import ray
 
 from harness.config.defaults import DEFAULT_GPU_TFLOPS
+from harness.config.evaluate_args import ExternalSetError, parse_normalisation, read_class_order
 from harness.config.loader import load_suite
 from harness.config.released import ReleasedError
 from harness.config.schema import SuiteError
 from harness.core.store import stored_rows
-from harness.flags import EVALUATE_ONLY, fail, fetch_set_parser, overrides, parse
+from harness.flags import check_evaluate_only, fail, fetch_set_parser, overrides, parse
 from harness.models.data import DataError, load_real_data
 from harness.models.measures import DiversityError
 from harness.models.students import is_student
@@ -32,14 +33,7 @@ from harness.runtime.cluster import _exit_on as on_signal
 from harness.runtime.preflight import check_memory_fits, check_out_dir, check_real_image_counts
 from harness.runtime.released_sets import fetch_set
 from harness.stages.distill import DistillError
-from harness.stages.external import (
-    ExternalSetError,
-    check_and_build,
-    check_name,
-    parse_normalisation,
-    read_class_order,
-    suite_classes,
-)
+from harness.stages.external import check_and_build, check_name, suite_classes
 from harness.stages.prepare import PrepareError
 from harness.stages.search import DEFAULT_TRIALS, SearchError, SearchSpec, default_point, search_protocol, space_of
 from methods import get_method
@@ -250,13 +244,9 @@ def _verb(args, suite) -> tuple[str, list[str] | None]:
                     f"{suite.source}: --{flag.replace('_', '-')}: only with --plan (it prices the plan; a run uses "
                     "the GPUs its Ray cluster has)"
                 )
+    check_evaluate_only(args, suite.source)
     if args.evaluate is not None:
-        if args.methods is not None:
-            raise SuiteError(f"{suite.source}: --methods: evaluate trains on the set it is given; --name names it")
         return "evaluate", None
-    given = [f for f in EVALUATE_ONLY if getattr(args, f) not in (None, False)]
-    if given:
-        raise SuiteError(f"{suite.source}: --{given[0].replace('_', '-')}: only with evaluate (--evaluate SOURCE)")
     if args.search is not None:
         return "search", None
     for flag in ("resume", "search_student", "search_set", "trials"):

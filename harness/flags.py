@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from harness.config.defaults import DEFAULT_GPU_MEMORY_GB, DEFAULT_GPU_TFLOPS
+from harness.config.evaluate_args import ExternalSetError, precheck_evaluate
 from harness.config.released import RELEASED_DIR
 from harness.config.text import SuiteError, read_suite
 
@@ -340,7 +341,21 @@ def precheck(argv: list[str]) -> argparse.Namespace:
         return fetch_set_parser().parse_args(argv[1:])
     args = parse(argv)
     try:
-        read_suite(args.suite, args.profile, overrides(args))
-    except SuiteError as e:
+        raw, source = read_suite(args.suite, args.profile, overrides(args))
+        check_evaluate_only(args, source)
+        if args.evaluate is not None:
+            precheck_evaluate(args, raw)
+    except (SuiteError, ExternalSetError) as e:
         fail(str(e))
     return args
+
+
+def check_evaluate_only(args, source: str) -> None:
+    """evaluate's flags with evaluate only, and evaluate without --methods (it trains on the set it is given)."""
+    if args.evaluate is not None:
+        if args.methods is not None:
+            raise SuiteError(f"{source}: --methods: evaluate trains on the set it is given; --name names it")
+        return
+    given = [f for f in EVALUATE_ONLY if getattr(args, f) not in (None, False)]
+    if given:
+        raise SuiteError(f"{source}: --{given[0].replace('_', '-')}: only with evaluate (--evaluate SOURCE)")

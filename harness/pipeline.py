@@ -14,6 +14,7 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+from harness.config.evaluate_args import check_protocol_names, parse_normalisation
 from harness.config.loader import load_suite
 from harness.config.schema import Suite
 from harness.core.identity import FULL_DATA, identity_fields, row_key
@@ -44,15 +45,14 @@ from harness.stages.diversity import measure_sets
 from harness.stages.evaluate import evaluate, full_data_protocol, plan_trials, run_trials, student_device
 from harness.stages.external import (
     ExternalSet,
-    ExternalSetError,
     check_and_build,
     check_leakage,
     check_name,
     items_from_arrays,
-    parse_normalisation,
     store_set,
     stored_external_sets,
     suite_classes,
+    with_reported,
 )
 from harness.stages.fine_tune import fine_tune_backbones, needed_fine_tunes
 from harness.stages.prepare import Prepared, prepare
@@ -330,8 +330,9 @@ class Run:
                 self.prepared,
                 self.out,
             )
+        external_sets = stored_external_sets(self.out, self.suite.name, store.read())
         rows, current, manifests, order = with_searched_labels(
-            store.read(), self.current, manifests, self.methods, self.labels
+            with_reported(store.read(), external_sets), self.current, manifests, self.methods, self.labels
         )
         md, csv = render(self.suite, rows, current, self.out / "leaderboard", order, self.notes, manifests, recipes)
         print(f"[leaderboard] {md} and {csv} {self._elapsed()}", flush=True)
@@ -348,7 +349,7 @@ class Run:
             self.out / "leaderboard",
             self.command,
             recipes,
-            external_sets=stored_external_sets(self.out, self.suite.name, rows),
+            external_sets=external_sets,
         )
         print(f"[site] {page} {self._elapsed()}", flush=True)
         return md, csv, page
@@ -477,7 +478,7 @@ class Run:
         s = self.suite
         if save_fingerprints is not None:  # the set passed: the next evaluate reads the test split's from the cache
             save_fingerprints()
-        manifest = store_set(ext, self.out, s.name, name, overlap)
+        manifest = store_set(ext, self.out, s.name, name, overlap, reported)
         print(
             f"[evaluate] {name}: {manifest.images} images, IPC {manifest.ipc}, sha256 {ext.sha256[:12]}… "
             f"from {ext.source} → {manifest.path}",
@@ -512,14 +513,13 @@ class Run:
                 storage_path=str(self.out / "ray_train"),
             )
         keys = {t.key() for t in trials}
-        rows = [r for r in self.store.read() if row_key(r) in keys]
+        rows = with_reported([r for r in self.store.read() if row_key(r) in keys], [manifest])
         for (student, protocol), group in _by_cell(rows).items():
-            accuracies = [r["accuracy"] for r in group]
-            print(
-                f"[evaluate] {name} IPC {manifest.ipc} {student} {protocol}: "
-                f"{sum(accuracies) / len(accuracies):.2%} over {len(accuracies)} seeds",
-                flush=True,
-            )
+            mean = sum(r["accuracy"] for r in group) / len(group)
+            paper = group[0].get("reported_accuracy")
+            beside = "" if paper is None else f" (reported {paper:.2%}: measured − reported {mean - paper:+.2%})"
+            cell = f"{name} IPC {manifest.ipc} {student} {protocol}"
+            print(f"[evaluate] {cell}: {mean:.2%} over {len(group)} seeds{beside}", flush=True)
         print(f"[evaluate] {len(rows)} rows of {name} in {self.store.path} {self._elapsed()}", flush=True)
         return rows
 
@@ -533,15 +533,7 @@ def _by_cell(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 def check_protocols(suite: Suite, text: str | None) -> list[str] | None:
     """--protocols: a comma-separated subset of the suite's protocols (None: all of them)."""
-    if text is None:
-        return None
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in names if p not in suite.protocols]
-    if not names or unknown:
-        raise ExternalSetError(
-            f"--protocols: {', '.join(unknown) or repr(text)} not the suite's (it has: {', '.join(suite.protocols)})"
-        )
-    return names
+    return check_protocol_names(text, list(suite.protocols))
 
 
 def at_set_ipc(suite: Suite, ext: ExternalSet, profile: str, overrides: dict) -> Suite:

@@ -871,6 +871,24 @@ EARLY = {
     "flag by its prefix": (("--method", "herding"), "unrecognized arguments: --method herding"),
     "empty --out": (("--out", ""), "argument --out: an empty path names the current folder"),
     "not UTF-8": (("--suite", "{latin1}"), "not UTF-8 text"),
+    # evaluate's own flags, checked from their text (harness/config/evaluate_args.py)
+    "evaluate: no such set": (("--evaluate", "{tmp}/nope", "--name", "x"), "--set: {tmp}/nope does not exist"),
+    "evaluate: a method's name": (("--evaluate", "{tmp}", "--name", "herding"), "--name: herding is a method's"),
+    "evaluate: a name no folder takes": (("--evaluate", "{tmp}", "--name", "a b"), "--name: 'a b': use letters"),
+    "evaluate: no such protocol": (
+        ("--evaluate", "{tmp}", "--name", "x", "--protocols", "hard"),
+        "--protocols: hard not the suite's",
+    ),
+    "evaluate: a normalisation unread": (
+        ("--evaluate", "{tmp}", "--name", "x", "--tensor-normalization", "a/b"),
+        "--tensor-normalization: 'a/b'",
+    ),
+    "evaluate: no class order file": (
+        ("--evaluate", "{tmp}", "--name", "x", "--class-order", "{tmp}/nope.txt"),
+        "--class-order: {tmp}/nope.txt is not a file",
+    ),
+    "evaluate: its flag without it": (("--reported", "41.5"), "--reported: only with evaluate"),
+    "evaluate: with --methods": (("--evaluate", "{tmp}", "--name", "x", "--methods", "herding"), "--methods: evaluate"),
 }
 
 
@@ -883,7 +901,9 @@ def test_the_real_entry_point_answers_before_the_heavy_imports(name, tmp_path, s
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes(BASE.read_text().replace("tiny", "tiny-caf\u00e9", 1).encode("latin-1"))
     extra, expect = EARLY[name]
-    argv = ["--suite", str(suite), "--out", str(out), *(a.replace("{latin1}", str(latin1)) for a in extra)]
+    extra = [a.replace("{latin1}", str(latin1)).replace("{tmp}", str(tmp_path)) for a in extra]
+    expect = expect.replace("{tmp}", str(tmp_path))
+    argv = ["--suite", str(suite), "--out", str(out), *extra]
     before = _snapshot(out)
     t0 = time.perf_counter()
     proc = subprocess.run(

@@ -24,31 +24,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from harness.config.evaluate_args import (
+    ExternalSetError,
+    check_name_form,
+    check_source,
+)
 from harness.core import atomic, cache
-from harness.core.identity import FULL_DATA
 from harness.core.sets import Manifest, manifest_damage, shard_damage, write_shard
 from harness.core.store import latest_external_sets
 from harness.models.data import FASHION_MNIST_CLASSES, IMAGE_EXTENSIONS
 from methods import list_methods
 
 # Leakage: a set image is near-identical to a test image when their 64-bit DCT hashes differ in at most
-# HAMMING_THRESHOLD bits AND their 32×32 grey thumbnails differ by at most THUMB_MAD_THRESHOLD grey levels on average
-# (docs/decisions.md, 2026-12-05: the hash alone flags a sixth of Fashion-MNIST's training images).
+# HAMMING_THRESHOLD bits AND their 32×32 grey thumbnails, each less its mean brightness, differ by at most
+# THUMB_MAD_THRESHOLD grey levels on average (docs/decisions.md, 2026-12-05: the hash alone flags a sixth of
+# Fashion-MNIST's training images; the closest of 6,000 training images lies 4.48 levels from a test image's).
 HAMMING_THRESHOLD = 4
-THUMB_MAD_THRESHOLD = 2.0
+THUMB_MAD_THRESHOLD = 3.0
 THUMB = 32
 HASH_VERSION = "dct-phash-8x8-of-32/thumb32-mad/v1"
-# Named normalisations a float tensor may carry (DD-Ranking's get_dataset, ddranking/utils/data.py).
-NORMALISATIONS = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-}
 SHOWN = 5  # files named in one line before "and N more"
-
-
-class ExternalSetError(Exception):
-    """What is wrong with a set made elsewhere, as one line."""
 
 
 @dataclass
@@ -100,18 +95,6 @@ def suite_classes(data_cfg) -> tuple[list[str], list[str]]:
 
 def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]+", "_", name.strip().lower())
-
-
-def read_class_order(text: str) -> list[str] | str:
-    """`--class-order`: `suite` (the suite's own order, said explicitly) or a file of one class key or name per
-    line, line i naming index i."""
-    if text == "suite":
-        return "suite"
-    path = Path(text)
-    if not path.is_file():
-        raise ExternalSetError(f"--class-order: {text} is not a file (one class key or name per line, or `suite`)")
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 # ---- reading the containers ----
@@ -208,24 +191,6 @@ def _pixels_of_tensor(images, channels: int, normalisation: str | None, where: s
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def parse_normalisation(text: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    if text is None:
-        return None
-    if text in NORMALISATIONS:
-        return NORMALISATIONS[text]
-    try:
-        means, stds = text.split("/")
-        pair = tuple(float(v) for v in means.split(",")), tuple(float(v) for v in stds.split(","))
-    except ValueError:
-        pair = None
-    if pair is None or len(pair[0]) != len(pair[1]) or not all(s > 0 for s in pair[1]):
-        raise ExternalSetError(
-            f"--tensor-normalization: {text!r}: expected {', '.join(NORMALISATIONS)}, or MEANS/STDS "
-            "(comma-separated, one per channel, e.g. 0.2861/0.3530)"
-        )
-    return pair
-
-
 def _tensor_items(images, labels, where: str, classes: int, channels: int, normalisation) -> list[Item]:
     pixels = _pixels_of_tensor(images, channels, normalisation, where)
     n = len(pixels)
@@ -266,9 +231,7 @@ def items_from_arrays(images, labels, classes: int, channels: int, normalisation
 
 def read_items(source: str, classes: int, channels: int, normalisation=None) -> tuple[str, list[Item]]:
     """The source's images as read, and the container's kind."""
-    path = Path(source)
-    if not path.exists():
-        raise ExternalSetError(f"--set: {source} does not exist")
+    path = check_source(source)
     if path.suffix in (".pt", ".pth", ".npz") or (path.is_dir() and (path / "images.pt").exists()):
         try:
             images, labels, where = _tensor_payload(path)
@@ -512,6 +475,12 @@ def save_test_fingerprints(test, out: Path, hashes: np.ndarray, thumbs: np.ndarr
     tmp.replace(path)
 
 
+def _centred(thumb: np.ndarray) -> np.ndarray:
+    """A thumbnail less its mean: a copy brightened or darkened as a whole is still the same image."""
+    x = thumb.astype(np.float32)
+    return x - x.mean()
+
+
 def leaks(
     ext: ExternalSet, test_hashes: np.ndarray, test_thumbs: np.ndarray, chunk: int = 1024
 ) -> list[tuple[int, int]]:
@@ -521,7 +490,7 @@ def leaks(
     for start in range(0, len(hashes), chunk):
         distance = np.bitwise_count(hashes[start : start + chunk, None] ^ test_hashes[None, :])
         for i, j in zip(*np.nonzero(distance <= HAMMING_THRESHOLD)):
-            mad = np.abs(thumbs[start + i].astype(np.int16) - test_thumbs[j].astype(np.int16)).mean()
+            mad = np.abs(_centred(thumbs[start + i]) - _centred(test_thumbs[j])).mean()
             if mad <= THUMB_MAD_THRESHOLD:
                 found.append((int(start + i), int(j)))
     return sorted(set(found))
@@ -550,16 +519,24 @@ def set_folder(out: Path, suite_name: str, name: str, ext: ExternalSet) -> Path:
     return Path(out) / "distilled" / suite_name / name / ext.config_hash / f"ipc{ext.ipc}"
 
 
-def store_set(ext: ExternalSet, out: Path, suite_name: str, name: str, overlap: int) -> Manifest:
+def store_set(
+    ext: ExternalSet, out: Path, suite_name: str, name: str, overlap: int, reported: float | None = None
+) -> Manifest:
     """Copy the set into the store's set folders (one PNG folder per class key, each with its checksums) with a
-    manifest recording its source and SHA-256; a whole copy already there is kept (a rerun resumes)."""
+    manifest recording its source, SHA-256 and, when given, the accuracy its paper reports (a fraction); a whole copy
+    already there is kept (a rerun resumes), its reported accuracy replaced by one a rerun gives."""
     folder = set_folder(out, suite_name, name, ext)
     external = {"source": ext.source, "sha256": ext.sha256, "overlap": overlap, "counts": ext.counts}
+    if reported is not None:
+        external["reported_accuracy"] = reported
     if not manifest_damage(folder):
         manifest = Manifest.read(folder)
         if (manifest.external or {}).get("sha256") != ext.sha256:  # another set under the same 12 hex digits
             shutil.rmtree(folder)
         elif all(not shard_damage(folder / k) for k in ext.classes):
+            if reported is not None and manifest.external.get("reported_accuracy") != reported:
+                manifest.external = {**manifest.external, "reported_accuracy": reported}
+                manifest.write(folder)
             return manifest
     for label, key in enumerate(ext.classes):
         images = ext.images[ext.labels == label]
@@ -600,12 +577,22 @@ def stored_external_sets(out: Path, suite_name: str, rows: list[dict]) -> list[M
     return found
 
 
+def with_reported(rows: list[dict], sets: list[Manifest]) -> list[dict]:
+    """The rows, each external set's carrying the reported accuracy its manifest holds: given to a rerun that
+    trained nothing (`--reported` after the rows exist), it is kept there, not in the append-only store."""
+    reported = {
+        (m.method, m.config_hash, m.ipc): m.external["reported_accuracy"]
+        for m in sets
+        if m.external.get("reported_accuracy") is not None
+    }
+    return [
+        {**r, "reported_accuracy": reported[key]}
+        if r.get("kind") == "external" and (key := (r["method"], r["config_hash"], r["ipc"])) in reported
+        else r
+        for r in rows
+    ]
+
+
 def check_name(name: str | None) -> str:
     """--name: a folder-safe name that is neither a registered method's nor the full-data reference's."""
-    if not name:
-        raise ExternalSetError("--name: name the set (its rows' method), e.g. --name rded-released")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
-        raise ExternalSetError(f"--name: {name!r}: use letters, digits and . _ + - (it names a folder)")
-    if name in list_methods() or name == FULL_DATA:
-        raise ExternalSetError(f"--name: {name} is a method's (or the full-data rows'); name the set apart from them")
-    return name
+    return check_name_form(name, list_methods())
