@@ -50,7 +50,7 @@ import torch
 from harness.models.generators.sampling import ddim_sample, ddim_timesteps, fit_to_backbone
 
 from .base import ClassTask, Method, Work, draw_real, evaluations_per_step, fit_to_task, real_as_float
-from .registry import register_method
+from .registry import register_method, register_variant
 
 
 @dataclass(frozen=True)
@@ -220,3 +220,16 @@ class D3HR(Method):
                 )
                 out.append(bb.decode(z).cpu())
         return fit_to_task(torch.cat(out), task)
+
+
+# Group sampling ablated: one group of IPC latents drawn from the class's Gaussian and kept whatever its statistics.
+# Its draws are its own (d3hr has no paired switches: pairing them now would change d3hr's stored images), so the
+# two rows differ in their draws as well as in the choice.
+register_variant(
+    "d3hr-one-group",
+    D3HR,
+    group_batches=1,
+    groups_per_batch=1,
+    search_space={"cfg_scale": ("float", 1.0, 10.0)},
+    doc="d3hr without group sampling: one group drawn from the Gaussian, unscored (the paper's ablation of it).",
+)

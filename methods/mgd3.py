@@ -40,7 +40,7 @@ from sklearn.cluster import KMeans
 from harness.models.generators.sampling import ddpm_posterior, fit_to_backbone, respaced_schedule
 
 from .base import ClassTask, Method, Work, evaluations_per_step, fit_to_task, real_as_float
-from .registry import register_method
+from .registry import register_method, register_variant
 
 
 @dataclass(frozen=True)
@@ -186,3 +186,14 @@ class MGD3(Method):
             with self.stage("decode", record=False):
                 out.append(bb.decode(z).cpu())
         return fit_to_task(torch.cat(out), task)
+
+
+# Stop guidance ablated: the mode term on every step but the last. On the pixel DiT its generator default (the stop
+# at 12 of 25) is replaced too, or the variant would be mgd3 itself. Its draws are its own (unpaired, as d3hr's).
+MGD3NoStop = register_variant(
+    "mgd3-no-stop",
+    MGD3,
+    stop_t=0,
+    doc="mgd3 with the mode term kept to the end of the chain: stop guidance ablated.",
+)
+MGD3NoStop.generator_defaults = {kind: {**d, "stop_t": 0} for kind, d in MGD3.generator_defaults.items()}

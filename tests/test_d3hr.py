@@ -153,3 +153,17 @@ def test_fashion_mnist_runs_d3hr_at_the_backbones_guidance_with_its_cost_bounded
     assert cfg.domain_steps * 1000 // 25 == 600
     assert ddim_timesteps(1000, 25)[cfg.sampling_start_step] == 640
     assert (cfg.max_inverted, cfg.group_batches, cfg.groups_per_batch) == (500, 10, 1000)
+
+
+def test_the_group_sampling_ablation_keeps_one_unscored_draw():
+    """d3hr-one-group: one batch of one candidate group, so group sampling returns the Gaussian's first draw as is."""
+    variant = get_method("d3hr-one-group")
+    config = variant.default_config()
+    assert variant.family == "d3hr" and (config.group_batches, config.groups_per_batch) == (1, 1)
+    mean, std = torch.randn(12), torch.rand(12) + 0.1
+    group, _ = group_sampling(mean, std, 3, [7], 1, config.skew_weight)
+    z = torch.randn((1, 3, 12), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(group, (mean + std * z)[0])
+    suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
+    base, ablated = suite.method_config("d3hr"), suite.method_config("d3hr-one-group")
+    assert dataclasses.replace(ablated, group_batches=10, groups_per_batch=1000) == base  # the one difference

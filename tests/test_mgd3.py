@@ -163,3 +163,18 @@ def test_a_backbone_without_learned_variance_steps_with_beta_or_the_posteriors_b
     )
     with pytest.raises(ValueError, match="fixed_variance"):
         MGD3Config(fixed_variance="medium")
+
+
+def test_the_stop_guidance_ablation_keeps_the_mode_term_to_the_end():
+    """mgd3-no-stop: the mode term on every step but the last (stop_t 0), on DiT-XL/2 and on the pixel DiT alike —
+    where mgd3's own generator default (the stop at 12 of 25) would otherwise make it mgd3 again."""
+    variant = get_method("mgd3-no-stop")
+    assert variant.family == "mgd3" and variant.default_config().stop_t == 0
+    base_defaults = get_method("mgd3").generator_defaults["pixel-dit"]
+    assert variant.generator_defaults["pixel-dit"] == {**base_defaults, "stop_t": 0}
+    suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
+    base, ablated = suite.method_config("mgd3"), suite.method_config("mgd3-no-stop")
+    assert (base.stop_t, ablated.stop_t) == (12, 0)
+    assert dataclasses.replace(ablated, stop_t=12) == base  # the one difference
+    for name in ("imagenet", "imagenet-100", "imagenette", "imagewoof", "imageidc"):
+        assert load_suite(name, check_files=False).method_config("mgd3-no-stop").stop_t == 0, name
