@@ -1,30 +1,33 @@
-"""ddbench entry point: `python benchmark.py --suite fashion-mnist` (see README.md)."""
+"""ddbench entry point: `python benchmark.py --suite fashion-mnist`, and the `ddbench` command (see README.md).
+
+It sits outside the packages on purpose: the flags and the suite's text are checked first, and only then are the
+heavy modules imported (torch, Ray, diffusers: 10-30 s on a busy machine), so a typo or a missing suite is one line
+and exit status 2 in well under two seconds, from either way in."""
 
 import sys
 
-from harness.flags import precheck
+from harness.flags import fail, precheck
 
-if __name__ == "__main__":
-    # The flags and the suite's text first, before the heavy imports below (torch, Ray, diffusers: 10-30 s on a
-    # busy machine): a typo or a missing suite is one line and exit status 2 in well under two seconds.
+INTERRUPTED = "ddbench: interrupted (Ctrl-C); what is finished is kept, and the same command resumes from it"
+
+
+def console() -> int:
     args = precheck(sys.argv[1:])
     if sys.argv[1:2] == ["fetch-set"]:  # needs no suite, model or cluster: no heavy import either
         from harness.config.released import ReleasedError
-        from harness.flags import fail
         from harness.runtime.released_sets import fetch_set
 
         try:
-            sys.exit(fetch_set(args))
+            return fetch_set(args)
         except ReleasedError as e:
             fail(str(e))
         except KeyboardInterrupt:  # as harness/cli.py's main says it
-            print(
-                "ddbench: interrupted (Ctrl-C); what is finished is kept, and the same command resumes from it",
-                file=sys.stderr,
-            )
-            sys.exit(130)
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
+    from harness.cli import main
 
-from harness.cli import main  # noqa: E402
+    return main()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import tomllib
 import torch
 import yaml
 from PIL import Image
@@ -920,6 +921,22 @@ def test_the_real_entry_point_answers_before_the_heavy_imports(name, tmp_path, s
     assert lines[0].startswith("ddbench: error: ") and expect in lines[0], lines[0]
     assert "yaml" in imported and not imported & {"torch", "ray", "diffusers", "timm"}, sorted(imported)[:20]
     assert _snapshot(out) == before
+
+
+def test_the_ddbench_command_answers_before_the_heavy_imports_too(tmp_path):
+    """The installed `ddbench` command is benchmark.py's `console` (pyproject's scripts): the same early answer as
+    `python benchmark.py`, torch and Ray never imported (it was harness.cli:main, 10-18 s per mistake)."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"ddbench": "benchmark:console"}
+    code = "import sys, benchmark; sys.argv = ['ddbench', *sys.argv[1:]]; sys.exit(benchmark.console())"
+    argv = ["evaluate", "--suite", str(BASE), "--out", str(tmp_path / "out"), "--set", "/nope", "--name", "x"]
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 2 and lines == ["ddbench: error: --set: /nope does not exist"], lines
+    assert not imported & {"torch", "ray", "diffusers", "timm"} and not (tmp_path / "out").exists()
 
 
 def test_load_suite_keeps_every_shipped_suite_free_of_duplicate_keys():
