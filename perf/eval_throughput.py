@@ -199,6 +199,14 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads (a ddbench CPU trial has one)")
     p.add_argument("--workers", type=int, default=0, help="the reference loop's DataLoader workers")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="ddbench's loop in this precision instead of the device's (bf16 autocast also runs on a CPU with "
+        "AVX-512 BF16 or AMX; the rows of such a protocol are keyed apart); the reference loop stays fp32, as the "
+        "field's scripts run",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     suite = load_suite(args.suite)
@@ -226,7 +234,8 @@ def main():
         .to(args.device)
     )
     print(
-        f"device {args.device}, {args.threads} thread(s), torch {torch.__version__}; {args.student} at {size} px, "
+        f"device {args.device}, {args.threads} thread(s), torch {torch.__version__}, ddbench's loop in "
+        f"{args.precision or 'the device precision'}; {args.student} at {size} px, "
         f"{len(images)} images (IPC {args.ipc}), {n_test} test images"
     )
     print(
@@ -240,6 +249,8 @@ def main():
         if args.size and args.size != real.image_size:
             protocol = dataclasses.replace(protocol, input_size=args.size)
         protocol = protocol.on_device(args.device)
+        if args.precision:
+            protocol = dataclasses.replace(protocol, precision=args.precision)
         epochs = protocol.epochs_for(args.ipc)
         trained = epochs * len(images)
         t0 = time.perf_counter()
