@@ -10,24 +10,22 @@ import contextlib
 import shlex
 import signal
 import sys
-from pathlib import Path
 
 import ray
 
 from harness.config.defaults import DEFAULT_GPU_TFLOPS
 from harness.config.evaluate_args import ExternalSetError, parse_normalisation, read_class_order
+from harness.config.flag_checks import SuiteNames, chosen_methods, chosen_verb
 from harness.config.loader import load_suite
 from harness.config.released import ReleasedError
 from harness.config.schema import SuiteError
-from harness.core.store import stored_rows
-from harness.flags import check_evaluate_only, fail, fetch_set_parser, overrides, parse
+from harness.flags import fail, fetch_set_parser, overrides, parse
 from harness.models.data import DataError, load_real_data
 from harness.models.measures import DiversityError
 from harness.models.students import is_student
 from harness.pipeline import Run, RunError, at_set_ipc, check_protocols, evaluate_checked
 from harness.report.export import ExportError
 from harness.report.plan import PlanError
-from harness.report.rows import external_names
 from harness.runtime.cluster import ClusterError, check_target, resolve, signalled
 from harness.runtime.cluster import _exit_on as on_signal
 from harness.runtime.preflight import check_memory_fits, check_out_dir, check_real_image_counts
@@ -113,8 +111,9 @@ def _main(argv: list[str] | None) -> int:
     command = shlex.join(["python", "benchmark.py", *argv])
     try:
         suite = load_suite(args.suite, args.profile, overrides(args), check_files=not args.plan)
-        methods = _methods(args, suite)
-        verb, pair = _verb(args, suite)
+        names = SuiteNames.of_suite(suite)
+        methods = chosen_methods(args, names)
+        verb, pair = chosen_verb(args, names)
         if verb == "evaluate":
             return _evaluate(args, suite, command)
         if verb in ("run", "plan"):  # before any compute: the cluster, the data, the models
@@ -175,97 +174,6 @@ def _evaluate(args, suite, command: str) -> int:
         suite, real, ext, name, args.out, args.address, protocols, args.allow_overlap, args.reported, command
     )
     return 0
-
-
-def _methods(args, suite) -> list[str]:
-    """The board's methods: --methods, checked against the suite's, else the suite's."""
-    if args.methods is None:
-        return list(suite.methods)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise SuiteError(f"{suite.source}: methods: --methods {args.methods!r} names no method")
-    repeated = sorted({m for m in methods if methods.count(m) > 1})
-    if repeated:
-        raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(repeated)} more than once")
-    unknown = [m for m in methods if m not in suite.methods]
-    if unknown:
-        in_profiles = [p for p, v in suite.profiles.items() if all(m in (v.get("methods") or {}) for m in unknown)]
-        hint = f"; --profile {in_profiles[0]} lists them" if in_profiles and args.profile == "full" else ""
-        raise SuiteError(
-            f"{suite.source}: methods: --methods names {', '.join(unknown)}, "
-            f"not in the suite (it has: {', '.join(suite.methods)}){hint}"
-        )
-    return methods
-
-
-def _verb(args, suite) -> tuple[str, list[str] | None]:
-    """The one verb asked for (a verb, or the mode flag standing for it) and, for compare, its pair; checked."""
-    modes = [
-        flag
-        for flag, on in (
-            ("--search", args.search is not None),
-            ("--site", args.site),
-            ("--compare", args.compare is not None),
-            ("--export", args.export is not None),
-            ("--evaluate", args.evaluate is not None),
-            ("--plan", args.plan),
-            ("--cross-arch", args.cross_arch),
-        )
-        if on
-    ]
-    if len(modes) > 1:
-        raise SuiteError(f"{suite.source}: {' and '.join(modes)}: one at a time")
-    pair = None
-    if args.compare is not None:
-        pair = [m.strip() for m in args.compare.split(",") if m.strip()]
-        if len(pair) != 2 or pair[0] == pair[1]:
-            raise SuiteError(f"{suite.source}: methods: --compare {args.compare!r} must name two different methods")
-    # --compare may name an external set (`ddbench evaluate`) the store in --out holds beside the suite's methods
-    external = external_names(stored_rows(Path(args.out) / "results" / f"{suite.name}.jsonl")) if pair else []
-    unknown = [m for m in pair or [] if m not in suite.methods and m not in external]
-    unknown += [args.export] if args.export is not None and args.export not in suite.methods else []
-    if unknown:
-        raise SuiteError(
-            f"{suite.source}: methods: {', '.join(unknown)} not in the suite (it has: "
-            f"{', '.join(suite.methods)}{'; external sets in --out: ' + ', '.join(external) if external else ''})"
-            f"{'; try --profile leaderboard' if args.profile == 'full' else ''}"
-        )
-    if args.export is not None and (not args.ipc or len(args.ipc) != 1):
-        raise SuiteError(f"{suite.source}: ipcs: --export needs one IPC (--ipc K)")
-    if args.no_check and args.accept_failed_check:
-        raise SuiteError(
-            f"{suite.source}: --no-check and --accept-failed-check: one or the other (--no-check skips the "
-            "backbone check; --accept-failed-check runs it and marks the rows when it fails)"
-        )
-    if not args.plan:
-        for flag in ("gpus", "gpu_tflops"):
-            if getattr(args, flag) is not None:
-                raise SuiteError(
-                    f"{suite.source}: --{flag.replace('_', '-')}: only with --plan (it prices the plan; a run uses "
-                    "the GPUs its Ray cluster has)"
-                )
-    check_evaluate_only(args, suite.source)
-    if args.evaluate is not None:
-        return "evaluate", None
-    if args.search is not None:
-        return "search", None
-    for flag in ("resume", "search_student", "search_set", "trials"):
-        if getattr(args, flag):
-            raise SuiteError(f"{suite.source}: --{flag.replace('_', '-')}: only with --search")
-    if args.cross_arch and suite.cross_arch is None:
-        raise SuiteError(f"{suite.source}: cross_arch: --cross-arch needs a cross_arch section in the suite")
-    verb = (
-        "site"
-        if args.site
-        else "compare"
-        if pair
-        else "export"
-        if args.export is not None
-        else "plan"
-        if args.plan
-        else "run"
-    )
-    return verb, pair
 
 
 def _run(args, suite, methods, verb: str, pair, command: str) -> Run:

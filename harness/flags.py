@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.config.defaults import DEFAULT_GPU_MEMORY_GB, DEFAULT_GPU_TFLOPS
 from harness.config.evaluate_args import ExternalSetError, precheck_evaluate
+from harness.config.flag_checks import SuiteNames, check_out_holds, chosen_methods, chosen_verb
 from harness.config.released import RELEASED_DIR
 from harness.config.text import SuiteError, read_suite
 
@@ -51,17 +52,6 @@ UNSET = dict(
     reported=None,
     protocols=None,
     tensor_normalization=None,
-)
-# The flags only `evaluate` takes, as their dest: given to another verb, they are refused.
-EVALUATE_ONLY = (
-    "name",
-    "class_order",
-    "allow_uneven",
-    "allow_duplicates",
-    "allow_overlap",
-    "reported",
-    "protocols",
-    "tensor_normalization",
 )
 
 
@@ -342,20 +332,13 @@ def precheck(argv: list[str]) -> argparse.Namespace:
     args = parse(argv)
     try:
         raw, source = read_suite(args.suite, args.profile, overrides(args))
-        check_evaluate_only(args, source)
+        if not args.plan:  # a plan needs no --out; its names are checked where the suite is loaded
+            names = SuiteNames.of_text(raw, source)
+            chosen_methods(args, names)
+            verb, pair = chosen_verb(args, names)
+            check_out_holds(args, names, verb, pair)
         if args.evaluate is not None:
             precheck_evaluate(args, raw)
     except (SuiteError, ExternalSetError) as e:
         fail(str(e))
     return args
-
-
-def check_evaluate_only(args, source: str) -> None:
-    """evaluate's flags with evaluate only, and evaluate without --methods (it trains on the set it is given)."""
-    if args.evaluate is not None:
-        if args.methods is not None:
-            raise SuiteError(f"{source}: --methods: evaluate trains on the set it is given; --name names it")
-        return
-    given = [f for f in EVALUATE_ONLY if getattr(args, f) not in (None, False)]
-    if given:
-        raise SuiteError(f"{source}: --{given[0].replace('_', '-')}: only with evaluate (--evaluate SOURCE)")

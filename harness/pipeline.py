@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from harness.config.evaluate_args import check_protocol_names, parse_normalisation
+from harness.config.flag_checks import no_rows_message, no_set_message
 from harness.config.loader import load_suite
 from harness.config.schema import Suite
 from harness.core.identity import FULL_DATA, identity_fields, row_key
@@ -402,10 +403,7 @@ class Run:
         for a minute) and before the output lock (whose file a refused command must not leave behind)."""
         absent = [m for m in pair if not any(r.get("method") == m for r in self.store.read())]
         if absent:
-            raise RunError(
-                f"{self.suite.source}: methods: the store in {self.out} holds no row of {' or '.join(absent)} "
-                f"(a run with --methods {','.join(absent)} makes them)"
-            )
+            raise RunError(no_rows_message(self.suite.source, self.out, absent))
         return self._compare(pair)
 
     @_holding_out
@@ -443,10 +441,7 @@ class Run:
         return self._export()
 
     def _no_set(self, method: str, ipc: int) -> str:
-        return (
-            f"{self.suite.source}: methods: no {method} set at IPC {ipc} in {self.out} (a run "
-            f"with --methods {method} --ipc {ipc} makes it)"
-        )
+        return no_set_message(self.suite.source, self.out, method, ipc)
 
     @_holding_out
     def _export(self) -> Path:

@@ -889,6 +889,11 @@ EARLY = {
         "--class-order: {tmp}/nope.txt is not a file",
     ),
     "evaluate: its flag without it": (("--reported", "41.5"), "--reported: only with evaluate"),
+    # the names the flags give, against the suite's text and what --out holds (harness/config/flag_checks.py)
+    "a method not in the suite": (("--methods", "herding,nope"), "--methods names nope, not in the suite"),
+    "compare with no rows": (("--compare", "herding,k-center"), "holds no row of herding or k-center"),
+    "export with no set": (("--export", "herding", "--ipc", "2"), "no herding set at IPC 2 in"),
+    "two verbs at once": (("--site", "--compare", "herding,k-center"), "--site and --compare: one at a time"),
     "evaluate: with --methods": (("--evaluate", "{tmp}", "--name", "x", "--methods", "herding"), "--methods: evaluate"),
 }
 

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from harness.cli import _verb, main, parse
+from harness.cli import main, parse
+from harness.config.flag_checks import SuiteNames, chosen_verb
 from harness.config.loader import load_suite
 from harness.config.schema import BEST_OF_PROTOCOLS, ReportedConfig, ReportedEntry
 from harness.core.sets import Manifest, save_images
@@ -138,7 +139,7 @@ def test_the_command_line_compares_with_an_external_set_only_where_the_store_hol
     store.parent.mkdir()
     store.write_text("\n".join(pd.Series(_external("rel", [0.8, 0.8])).map(pd.io.json.ujson_dumps)) + "\n")
     args = parse(["compare", "--suite", suite_file, "--out", str(tmp_path), "herding,rel"])
-    assert _verb(args, suite) == ("compare", ["herding", "rel"])
+    assert chosen_verb(args, SuiteNames.of_suite(suite)) == ("compare", ["herding", "rel"])
     with pytest.raises(SystemExit) as stop:
         main(["compare", "--suite", suite_file, "--out", str(tmp_path), "herding,magic"])
     err = capsys.readouterr().err.strip().splitlines()

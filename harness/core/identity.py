@@ -42,6 +42,8 @@ CLASSES_DIR = Path(__file__).resolve().parents[1] / "classes"
 # The method name of the full-data reference rows in the result store (a student trained on the whole
 # training split): not a registered method, a row kind every suite may have.
 FULL_DATA = "full-data"
+# A set folder's record (harness/core/sets.py): its presence says a set is there, without reading its images.
+MANIFEST = "manifest.json"
 
 
 # Field metadata of a setting added after results were first stored under its config (a protocol's recipe, a

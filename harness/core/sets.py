@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from harness.core import atomic
+from harness.core.identity import MANIFEST
 
-MANIFEST = "manifest.json"
 SHARD = "shard.json"
 
 
