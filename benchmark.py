@@ -24,8 +24,11 @@ def console() -> int:
         except KeyboardInterrupt:  # as harness/cli.py's main says it
             print(INTERRUPTED, file=sys.stderr)
             return 130
-    from harness.cli import main
-
+    try:  # the heavy imports: a Ctrl-C here is the same one line as one during the run
+        from harness.cli import main
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     return main()
 
 

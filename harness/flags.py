@@ -332,13 +332,12 @@ def precheck(argv: list[str]) -> argparse.Namespace:
     args = parse(argv)
     try:
         raw, source = read_suite(args.suite, args.profile, overrides(args))
-        if not args.plan:  # a plan needs no --out; its names are checked where the suite is loaded
-            names = SuiteNames.of_text(raw, source)
-            chosen_methods(args, names)
-            verb, pair = chosen_verb(args, names)
-            check_out_holds(args, names, verb, pair)
-        if args.evaluate is not None:
-            precheck_evaluate(args, raw)
+        names = SuiteNames.of_text(raw, source)
+        chosen_methods(args, names)
+        verb, pair = chosen_verb(args, names)  # reads --out only for a compare, which a plan is not
+        check_out_holds(args, names, verb, pair)
+        if verb == "evaluate":
+            precheck_evaluate(args, raw, names.methods)
     except (SuiteError, ExternalSetError) as e:
         fail(str(e))
     return args

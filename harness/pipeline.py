@@ -15,12 +15,12 @@ from functools import cached_property
 from pathlib import Path
 
 from harness.config.evaluate_args import check_protocol_names, parse_normalisation
-from harness.config.flag_checks import no_rows_message, no_set_message
+from harness.config.flag_checks import has_set_on_disk, methods_without_rows, no_rows_message, no_set_message
 from harness.config.loader import load_suite
 from harness.config.schema import Suite
 from harness.core.identity import FULL_DATA, identity_fields, row_key
 from harness.core.lock import output_lock
-from harness.core.sets import MANIFEST, Manifest
+from harness.core.sets import Manifest
 from harness.core.store import ResultStore
 from harness.models.data import SHOWN_UNREADABLE, RealData, load_real_data
 from harness.report.compare import compare, mark_failed
@@ -331,9 +331,10 @@ class Run:
                 self.prepared,
                 self.out,
             )
-        external_sets = stored_external_sets(self.out, self.suite.name, store.read())
+        stored = store.read()
+        external_sets = stored_external_sets(self.out, self.suite.name, stored)
         rows, current, manifests, order = with_searched_labels(
-            with_reported(store.read(), external_sets), self.current, manifests, self.methods, self.labels
+            with_reported(stored, external_sets), self.current, manifests, self.methods, self.labels
         )
         md, csv = render(self.suite, rows, current, self.out / "leaderboard", order, self.notes, manifests, recipes)
         print(f"[leaderboard] {md} and {csv} {self._elapsed()}", flush=True)
@@ -401,7 +402,7 @@ class Run:
         """A − B per cell from the store (a Run whose methods are the pair, made with `make` False). A method with no
         row at all is one line before prepare (which the cells' identities need, and which can load or train models
         for a minute) and before the output lock (whose file a refused command must not leave behind)."""
-        absent = [m for m in pair if not any(r.get("method") == m for r in self.store.read())]
+        absent = methods_without_rows(self.store.read(), pair)
         if absent:
             raise RunError(no_rows_message(self.suite.source, self.out, absent))
         return self._compare(pair)
@@ -436,7 +437,7 @@ class Run:
         """The one set of this Run (one method at one IPC, made with `make` False) as a datasets folder. No set of the
         method at that IPC on disk at all is one line before prepare and the output lock, as in `compare`."""
         (method,), (ipc,) = self.set_methods, self.ipcs
-        if not list((self.out / "distilled" / self.suite.name / method).glob(f"*/ipc{ipc}/{MANIFEST}")):
+        if not has_set_on_disk(self.out, self.suite.name, method, ipc):
             raise RunError(self._no_set(method, ipc))
         return self._export()
 

@@ -188,12 +188,13 @@ class MGD3(Method):
         return fit_to_task(torch.cat(out), task)
 
 
-# Stop guidance ablated: the mode term on every step but the last. On the pixel DiT its generator default (the stop
-# at 12 of 25) is replaced too, or the variant would be mgd3 itself. Its draws are its own (unpaired, as d3hr's).
-MGD3NoStop = register_variant(
+# Stop guidance ablated: the mode term on every step but the last. A generator's defaults never override a
+# variant's own (harness/config/coerce.py), so on the pixel DiT too it stops at 0, not mgd3's 12 of 25; its search
+# leaves the stop out, or a search would switch it back on. Its draws are its own (unpaired, as d3hr's).
+register_variant(
     "mgd3-no-stop",
     MGD3,
     stop_t=0,
+    search_space={k: v for k, v in MGD3.search_space.items() if k != "stop_t"},
     doc="mgd3 with the mode term kept to the end of the chain: stop guidance ablated.",
 )
-MGD3NoStop.generator_defaults = {kind: {**d, "stop_t": 0} for kind, d in MGD3.generator_defaults.items()}

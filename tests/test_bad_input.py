@@ -33,6 +33,7 @@ from harness.cli import main
 from harness.config.loader import load_suite
 from harness.config.schema import SuiteError
 from harness.core.identity import CLASSES_DIR, read_class_list
+from harness.flags import precheck
 from harness.models.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from harness.runtime.preflight import check_real_image_counts
 from tests.factories import FASHION_ROOT, broken_image_folder
@@ -947,3 +948,26 @@ def test_the_ddbench_command_answers_before_the_heavy_imports_too(tmp_path):
 def test_load_suite_keeps_every_shipped_suite_free_of_duplicate_keys():
     for path in sorted((ROOT / "benchmarks").glob("*.yaml")):
         load_suite(str(path), check_files=False)
+
+
+@pytest.mark.parametrize(
+    "field, argv, expect",
+    [
+        ({"methods": ["herding"]}, ["--methods", "herding"], "methods: expected a mapping"),
+        ({"methods": 3}, ["evaluate", "--set", "README.md", "--name", "mine"], "methods: expected a mapping"),
+        ({"profiles": {"broken": 3}}, ["--methods", "nope"], "--methods names nope, not in the suite"),
+    ],
+    ids=["methods a list", "methods a number, evaluate", "a profile not a mapping"],
+)
+def test_the_early_checks_read_a_malformed_suite_as_one_line(field, argv, expect, tmp_path, capsys):
+    """The checks before the heavy imports (harness/flags.py precheck) meet a suite the loader would refuse: one
+    line, exit 2, never a traceback from reading it (review of the early checks)."""
+    raw = yaml.safe_load(BASE.read_text())
+    raw.update(field)
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(yaml.safe_dump(raw))
+    verb = argv[:1] if argv[0] == "evaluate" else []
+    with pytest.raises(SystemExit) as stop:
+        precheck([*verb, "--suite", str(suite), "--out", str(tmp_path / "out"), *argv[len(verb) :]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1 and expect in lines[0], lines

@@ -5,6 +5,8 @@ thresholds hold on real Fashion-MNIST images. The refusals are rows of tests/tes
 
 import io
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,6 +237,9 @@ def test_a_reported_accuracy_given_after_the_rows_is_kept_with_the_set(tmp_path,
     again = store_set(ext, tmp_path / "out", "tiny", "mine", overlap=0, reported=0.412)
     assert Manifest.read(again.path).external["reported_accuracy"] == 0.412
     assert Manifest.read(again.path).checksums == first.checksums  # the copy kept, only the label rewritten
+    shutil.rmtree(Path(again.path) / keys[0])  # a damaged copy, repaired by a rerun that gives no --reported
+    repaired = store_set(ext, tmp_path / "out", "tiny", "mine", overlap=0)
+    assert repaired.external["reported_accuracy"] == 0.412 and repaired.checksums == first.checksums
     row = {"kind": "external", "method": "mine", "config_hash": ext.config_hash, "ipc": 2, "accuracy": 0.4}
     other = {**row, "config_hash": "0" * 12}
     method = {"kind": "method", "method": "herding", "config_hash": ext.config_hash, "ipc": 2, "accuracy": 0.5}

@@ -13,7 +13,7 @@ from harness.models.generators.sampling import ddpm_posterior, ddpm_sample, resp
 from methods import get_method
 from methods.base import MethodContext
 from methods.mgd3 import MGD3Config, mode_centres, mode_guided_ddpm
-from tests.factories import random_real, tiny_latent_dit, tiny_task
+from tests.factories import random_real, tiny_latent_dit, tiny_suite_raw, tiny_task, write_suite
 
 IMAGENET_SUITES = ["imagenet", "imagenette", "imagewoof", "imageidc", "imagenet-100"]
 
@@ -165,13 +165,19 @@ def test_a_backbone_without_learned_variance_steps_with_beta_or_the_posteriors_b
         MGD3Config(fixed_variance="medium")
 
 
-def test_the_stop_guidance_ablation_keeps_the_mode_term_to_the_end():
+def test_the_stop_guidance_ablation_keeps_the_mode_term_to_the_end(tmp_path):
     """mgd3-no-stop: the mode term on every step but the last (stop_t 0), on DiT-XL/2 and on the pixel DiT alike —
-    where mgd3's own generator default (the stop at 12 of 25) would otherwise make it mgd3 again."""
+    a generator's defaults (mgd3's stop at 12 of 25 on the pixel DiT) never override a variant's own; and its search
+    cannot switch the stop back on."""
     variant = get_method("mgd3-no-stop")
     assert variant.family == "mgd3" and variant.default_config().stop_t == 0
-    base_defaults = get_method("mgd3").generator_defaults["pixel-dit"]
-    assert variant.generator_defaults["pixel-dit"] == {**base_defaults, "stop_t": 0}
+    assert "stop_t" not in variant.search_space and "stop_t" in get_method("mgd3").search_space
+    raw = tiny_suite_raw()
+    raw.update(methods={"mgd3": {}, "mgd3-no-stop": {}})
+    raw.pop("cross_arch", None)
+    pixel = load_suite(str(write_suite(raw, tmp_path / "pixel.yaml")), check_files=False)
+    assert pixel.backbone.kind == "pixel-dit"
+    assert (pixel.method_config("mgd3").stop_t, pixel.method_config("mgd3-no-stop").stop_t) == (12, 0)
     suite = load_suite("fashion-mnist", "leaderboard", check_files=False)
     base, ablated = suite.method_config("mgd3"), suite.method_config("mgd3-no-stop")
     assert (base.stop_t, ablated.stop_t) == (12, 0)

@@ -112,7 +112,7 @@ def test_ctrl_c_during_a_search_is_one_line_exit_130_and_resumes(tmp_path):
     print(f"search: exit {proc.returncode} {seconds:.1f} s after Ctrl-C")
     # 4.3-5.1 s measured at load average 3-4 (2026-12-05: ray.shutdown stopping the local cluster, then the
     # interpreter's exit); 26.7 s at load 30. The bound leaves room for a loaded 2-core machine.
-    assert seconds < 30, seconds
+    assert seconds < 60, seconds
     done = subprocess.run([*command, "--resume"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert (out / "search" / "diffusion.yaml").is_file()

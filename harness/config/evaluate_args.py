@@ -83,11 +83,11 @@ def check_protocol_names(text: str | None, protocols) -> list[str] | None:
     return names
 
 
-def precheck_evaluate(args, raw_suite: dict) -> None:
+def precheck_evaluate(args, raw_suite: dict, method_names) -> None:
     """What of `evaluate`'s flags can be checked from their text and the suite's: the same one-line messages the
     full checks give, before any heavy import. The registered methods (variants included) and the suite's default
     protocols are checked again after, where their registries are loaded."""
-    check_name_form(args.name, raw_suite.get("methods") or {})
+    check_name_form(args.name, method_names)
     check_source(args.evaluate)
     if args.class_order is not None:
         read_class_order(args.class_order)

@@ -24,8 +24,11 @@ class SuiteNames:
 
     @classmethod
     def of_text(cls, raw: dict, source: str) -> SuiteNames:
-        methods = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
+        methods = raw.get("methods", {})
+        if not isinstance(methods, dict):  # as the loader says it, not "it has: " nothing
+            raise SuiteError(f"{source}: methods: expected a mapping of method name to settings, got {methods!r}")
         profiles = raw.get("profiles") if isinstance(raw.get("profiles"), dict) else {}
+        profiles = {k: v for k, v in profiles.items() if isinstance(v, dict)}  # the loader refuses the rest
         return cls(source, str(raw.get("name", "")), list(methods), profiles, raw.get("cross_arch") is not None)
 
     @classmethod
@@ -49,17 +52,24 @@ def no_set_message(source: str, out, method: str, ipc: int) -> str:
     )
 
 
+def methods_without_rows(rows: list[dict], methods: list[str]) -> list[str]:
+    return [m for m in methods if not any(r.get("method") == m for r in rows)]
+
+
+def has_set_on_disk(out, suite_name: str, method: str, ipc: int) -> bool:
+    return bool(list((Path(out) / "distilled" / suite_name / method).glob(f"*/ipc{ipc}/{MANIFEST}")))
+
+
 def check_out_holds(args, suite: SuiteNames, verb: str, pair: list[str] | None) -> None:
     """compare: a row of each method in --out's store; export: the method's set at its IPC on disk. What the
     pipeline checks again (for a caller of its API), here before the heavy imports."""
     if verb == "compare":
-        rows = suite.rows(args.out)
-        absent = [m for m in pair if not any(r.get("method") == m for r in rows)]
+        absent = methods_without_rows(suite.rows(args.out), pair)
         if absent:
             raise SuiteError(no_rows_message(suite.source, args.out, absent))
     if verb == "export":
         (ipc,) = args.ipc
-        if not list((Path(args.out) / "distilled" / suite.name / args.export).glob(f"*/ipc{ipc}/{MANIFEST}")):
+        if not has_set_on_disk(args.out, suite.name, args.export, ipc):
             raise SuiteError(no_set_message(suite.source, args.out, args.export, ipc))
 
 
@@ -88,7 +98,11 @@ def chosen_methods(args, suite: SuiteNames) -> list[str]:
         raise SuiteError(f"{suite.source}: methods: --methods names {', '.join(repeated)} more than once")
     unknown = [m for m in methods if m not in suite.methods]
     if unknown:
-        in_profiles = [p for p, v in suite.profiles.items() if all(m in (v.get("methods") or {}) for m in unknown)]
+        in_profiles = [
+            p
+            for p, v in suite.profiles.items()
+            if isinstance(v.get("methods"), dict) and all(m in v["methods"] for m in unknown)
+        ]
         hint = f"; --profile {in_profiles[0]} lists them" if in_profiles and args.profile == "full" else ""
         raise SuiteError(
             f"{suite.source}: methods: --methods names {', '.join(unknown)}, "

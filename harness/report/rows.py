@@ -68,11 +68,6 @@ def external_rows(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([r for r in external if latest[(r["method"], r["ipc"])] == r["config_hash"]])
 
 
-def external_names(rows: list[dict]) -> list[str]:
-    """The names of the external sets among `rows`, in the order they reached the store."""
-    return list(dict.fromkeys(r["method"] for r in rows if r.get("kind") == EXTERNAL))
-
-
 def cell_rows(rows: list[dict], current: set[tuple[str, str]] | None = None) -> pd.DataFrame:
     """The rows every cell of the board is made of: measured rows of the configurations in `current` and the
     external sets' rows. `--compare` and the leaders' intervals read these."""

@@ -38,7 +38,8 @@ from methods import list_methods
 # Leakage: a set image is near-identical to a test image when their 64-bit DCT hashes differ in at most
 # HAMMING_THRESHOLD bits AND their 32×32 grey thumbnails, each less its mean brightness, differ by at most
 # THUMB_MAD_THRESHOLD grey levels on average (docs/decisions.md, 2026-12-05: the hash alone flags a sixth of
-# Fashion-MNIST's training images; the closest of 6,000 training images lies 4.48 levels from a test image's).
+# Fashion-MNIST's training images; the closest of 6,000 random training images lies 4.48 levels from a test image's,
+# but 15 of all 60,000 fall within 3.0 of one, the closest at 0.24: the dataset's own cross-split near-duplicates).
 HAMMING_THRESHOLD = 4
 THUMB_MAD_THRESHOLD = 3.0
 THUMB = 32
@@ -533,6 +534,8 @@ def store_set(
         manifest = Manifest.read(folder)
         if (manifest.external or {}).get("sha256") != ext.sha256:  # another set under the same 12 hex digits
             shutil.rmtree(folder)
+        elif reported is None and manifest.external.get("reported_accuracy") is not None:
+            external["reported_accuracy"] = manifest.external["reported_accuracy"]  # a repair keeps it
         elif all(not shard_damage(folder / k) for k in ext.classes):
             if reported is not None and manifest.external.get("reported_accuracy") != reported:
                 manifest.external = {**manifest.external, "reported_accuracy": reported}
