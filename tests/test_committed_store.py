@@ -59,8 +59,8 @@ BOARD_SETS = {
 # All or nothing: a method with some rows must have them all. `python benchmark.py --suite fashion-mnist
 # --profile leaderboard --students convnet3 --methods M,…` with the committed store copied into the run's
 # results/ makes them; remove a method once its rows are committed.
-# Issue 28 (2026-12-05): the MGD3 and D3HR ablations, their board run under way.
-AWAITING_ROWS: set[str] = {"mgd3-no-stop", "d3hr-one-group"}
+# (none awaiting: every method of the leaderboard profile has its rows, 2026-12-05)
+AWAITING_ROWS: set[str] = set()
 
 # External sets on the board (`ddbench evaluate`, rows of kind external) by name → the first 12 hex of their SHA-256:
 # herding's IPC 10 set exported (`--export herding --ipc 10`) and evaluated back under another name (issue 27).
