@@ -163,8 +163,10 @@ def test_the_plan_prices_sre2l_and_dm_on_imagenet(tmp_path, monkeypatch, capsys)
     text = capsys.readouterr().out
     assert "batch-norm teacher (teacher) resnet18 at 224 px" in text
     for method in ("sre2l", "dm"):
-        row = re.search(rf"^  {method} +2 +2000 +60,000 +0 +([\d,.]+) .*FLOPs$", text, re.M)
+        row = re.search(rf"^  {method} +2 +2000 +60,000 +0 +([\d,.]+) +([\d.]+ GB) +FLOPs; memory: ", text, re.M)
         assert row and float(row.group(1).replace(",", "")) > 0, text
+        # the true-size rehearsal's peak (benchmarks/rehearsal/imagenet.json; docs/performance.md)
+        assert row.group(2) == {"sre2l": "4.2 GB", "dm": "33.1 GB"}[method], row.group(0)
     # SRe2L: 3 teacher passes per image and step (forward and backward) at ResNet-18's 224-px FLOPs.
     sre2l = get_method("sre2l")
     assert sre2l.work(sre2l.default_config(), 10, 1300).bn_teacher == 3 * 4000 * 10
