@@ -36,6 +36,20 @@ def _command(out: Path) -> list[str]:
     ]
 
 
+def _ray_heads() -> set[int]:
+    """The pids of the raylets and GCS servers running now."""
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    return {int(line.split()[0]) for line in ps if "raylet" in line or "gcs_server" in line}
+
+
+def _left_behind(before: set[int]) -> set[int]:
+    """The raylets and GCS servers started since `before` that still run a few seconds after the command ended."""
+    deadline = time.time() + 5
+    while (left := _ray_heads() - before) and time.time() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def _env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
 
@@ -44,6 +58,7 @@ def _env() -> dict:
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_a_signalled_run_ends_in_one_line_and_resumes(signum, status, tmp_path):
     out = tmp_path / "runs"
+    heads = _ray_heads()
     proc = subprocess.Popen(
         _command(out), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -68,7 +83,10 @@ def test_a_signalled_run_ends_in_one_line_and_resumes(signum, status, tmp_path):
     ), text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     print(f"{name}: exit {proc.returncode} {seconds:.1f} s after the signal")
-    assert seconds < 10, seconds  # the issue asks for 5 s; the margin is for a loaded 2-core machine
+    # 0.4-0.5 s measured quiet (2.4 s and 5.1 s before benchmark.py skipped the interpreter's teardown); the
+    # issue asks for 5 s, the margin is for a loaded 2-core machine
+    assert seconds < 10, seconds
+    assert not _left_behind(heads), "the run's local Ray cluster outlived the command"
     if signum == signal.SIGTERM:  # the rerun finishes from what the stopped run left
         done = subprocess.run(_command(out), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -110,8 +128,8 @@ def test_ctrl_c_during_a_search_is_one_line_exit_130_and_resumes(tmp_path):
     ), text[-3000:]
     assert "Traceback" not in text and "Stop signal received" not in text, text[-3000:]
     print(f"search: exit {proc.returncode} {seconds:.1f} s after Ctrl-C")
-    # 4.3-5.1 s measured at load average 3-4 (2026-12-05: ray.shutdown stopping the local cluster, then the
-    # interpreter's exit); 26.7 s at load 30. The bound leaves room for a loaded 2-core machine.
+    # 1.4 s on a quiet machine since the entry point skips the interpreter's teardown (benchmark.py `_end_now`);
+    # 4.1-5.1 s before, 26.7 s at load 30. The bound leaves room for a loaded 2-core machine.
     assert seconds < 60, seconds
     done = subprocess.run([*command, "--resume"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
