@@ -1,6 +1,13 @@
 """The result store: append-only, deduplicated, survives a torn last line."""
 
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
 from harness.core.identity import ROW_KEY_FIELDS as KEY_FIELDS
+from harness.core.identity import versions
 from harness.core.store import ResultStore
 
 
@@ -30,3 +37,14 @@ def test_torn_line_is_skipped_and_appends_continue(tmp_path):
     assert len(store.read()) == 1
     store.append(_row(1))
     assert [r["seed"] for r in ResultStore(path).read()] == [0, 1]
+
+
+def test_rows_and_manifests_name_the_code_that_made_them():
+    """`versions()["ddbench"]`: the checkout's commit (and `-dirty` when tracked files differ), recorded with every
+    row and manifest and keyed by none, so drift under an unchanged recipe can be traced to code (issue 27)."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout: the revision is left out, as in an installed copy")
+    revision = versions()["ddbench"]
+    assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?", revision) and head.stdout.startswith(revision[:12]), revision

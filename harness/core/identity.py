@@ -32,9 +32,11 @@ seed is `shard_seed(suite seed, seed key, IPC, class)` (stages/distill.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +94,34 @@ def versions() -> dict:
     import timm
     import torch
 
-    return {
+    found = {
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),
     }
+    revision = code_revision()
+    return found if revision is None else {**found, "ddbench": revision}
+
+
+@functools.lru_cache(maxsize=1)
+def code_revision() -> str | None:
+    """The commit of the ddbench checkout that made a result (12 hex digits, `-dirty` when tracked files differ from
+    it), or None outside a git checkout. Recorded, never keyed: it names which code made a row when the numbers of
+    an unchanged recipe drift (docs/decisions.md, issue 27's round trip)."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("diff", "--quiet", "HEAD", "--").returncode != 0
+    except (OSError, subprocess.TimeoutExpired):  # no git on the machine, or a hung one
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 # ---- keys: what keys each thing the harness makes ----
