@@ -27,7 +27,7 @@ from harness.report.export import CHECKSUMS, PARQUET, export_set
 from harness.report.leaderboard import render
 from harness.report.rows import searched_label
 from harness.report.scores import label_robust_scores
-from harness.report.site import build_site, grid_stamp, pareto_front, stamp_grid
+from harness.report.site import build_site, grid_stamp, pareto_front, recorded_versions, stamp_grid
 from harness.report.tables import dd_ranking_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,3 +344,15 @@ def test_a_grid_survives_a_redraw_without_its_set_only_when_stamped_with_its_con
         assert np.array_equal(np.asarray(img), pixels)
     build_site(suite, [], None, site, ["d4m"], [], gone[:1], tmp_path, "redrawn")
     assert [p.name for p in grids.iterdir()] == ["d4m-ipc-1.png"]
+
+
+def test_the_site_lists_library_versions_once_and_the_commits_apart():
+    """Rows made by two commits under the same libraries: one line of versions, both commits named."""
+    libraries = {"torch": "2.14.1", "diffusers": "0.42.1"}
+    rows = [
+        {"versions": {**libraries, "ddbench": "aaaaaaaaaaaa"}},
+        {"versions": {**libraries, "ddbench": "bbbbbbbbbbbb-dirty"}},
+        {"versions": libraries},  # a row from before commits were recorded
+        {"method": "reported"},  # no versions at all
+    ]
+    assert recorded_versions(rows) == ([libraries], ["aaaaaaaaaaaa", "bbbbbbbbbbbb-dirty"])

@@ -588,6 +588,18 @@ def _draw_grids(manifests: list[Manifest], folder: Path, suite_name: str) -> dic
     return grids
 
 
+def recorded_versions(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """The distinct library versions the rows were made with, and apart from them the ddbench commits (one per
+    commit would otherwise repeat the same libraries on a line each)."""
+    libraries = {
+        json.dumps({k: v for k, v in r["versions"].items() if k != "ddbench"}, sort_keys=True)
+        for r in rows
+        if r.get("versions")
+    }
+    commits = {r["versions"]["ddbench"] for r in rows if (r.get("versions") or {}).get("ddbench")}
+    return [json.loads(v) for v in sorted(libraries)], sorted(commits)
+
+
 def build_site(
     suite,
     rows: list[dict],
@@ -640,7 +652,7 @@ def build_site(
     external = board.external.to_dict("records")
     if any(r["overlap"] for r in external):
         notes = [*notes, OVERLAP_NOTE]
-    versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in rows if r.get("versions")})
+    versions, commits = recorded_versions(rows)
     machines = sorted(set(cost_table(manifests, method_order).apply(machine_label, axis=1))) if manifests else []
     filters = {
         "student": students,
@@ -665,7 +677,8 @@ def build_site(
             notes=notes + board.failed_note,
             full=full.to_dict("records"),
             reported=reported_rows,
-            versions=[json.loads(v) for v in versions],
+            versions=versions,
+            commits=commits,
             machines=machines,
             command=command,
             level=f"{LEVEL:.0%}",
