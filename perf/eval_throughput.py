@@ -10,7 +10,11 @@ flip, normalise per image; per batch the student's forward pass on the clean ima
 teacher's softmax(·/τ) on the mixed batch, KL divergence, AdamW), which DD-Ranking's train_and_eval.py repeats;
 the test split through a DataLoader with Resize/CenterCrop, ToTensor and Normalize per image. The settings are the
 suite's protocol's, so both loops do the same work; the teacher is an untrained network of the suite's teacher
-architecture (its cost per batch is a trained one's).
+architecture (its cost per batch is a trained one's). The student is the same network in both, built as each side
+builds it: ddbench's 2×2 average pooling is its own CPU kernel (students.AvgPool2x2, bitwise PyTorch's), the
+field's modules use nn.AvgPool2d. Each loop runs in a fresh process: ddbench's with the allocator setting of its
+trial processes (harness/runtime/allocator.py), the reference with glibc's defaults, as the field's scripts run
+(--reference-keeps-freed-memory gives it ddbench's setting, to separate the loop from the allocator).
 
     python perf/eval_throughput.py                      # CPU, ConvNet-3 at 28 px, the fashion suite, IPC 10
     python perf/eval_throughput.py --device cuda --student resnet18 --size 224
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import random
 import sys
 import time
@@ -37,8 +42,9 @@ from torchvision import transforms  # noqa: E402
 
 from harness.config.loader import load_suite  # noqa: E402
 from harness.models.data import load_real_data  # noqa: E402
-from harness.models.students import create_student  # noqa: E402
+from harness.models.students import AvgPool2x2, create_student  # noqa: E402
 from harness.models.training import train_student  # noqa: E402
+from harness.runtime.allocator import keep_freed_memory  # noqa: E402
 
 
 class PILSet(torch.utils.data.Dataset):
@@ -73,6 +79,17 @@ class ShufflePatches(torch.nn.Module):
 
     def forward(self, img):
         return self.shuffle(self.shuffle(img).permute(0, 2, 1)).permute(0, 2, 1)
+
+
+def field_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The student as the reference scripts build it: ddbench's ConvNet / ResNetAP compute 2×2 average pooling with
+    their own CPU kernel (AvgPool2x2: the same numbers bit for bit, in less time); the field's modules use
+    `nn.AvgPool2d(2, 2)` (e.g. DC's utils.py ConvNet, Minimax's train_models/resnet_ap.py)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, AvgPool2x2):
+                setattr(module, name, torch.nn.AvgPool2d(2, 2))
+    return model
 
 
 def rand_bbox(size, lam):
@@ -135,7 +152,8 @@ def reference_loop(student, images, labels, test, classes, ipc, protocol, args, 
         num_workers=args.workers,
         pin_memory=device == "cuda",
     )
-    model = create_student(student, classes, channels, size, **protocol.student_kwargs.get(student, {})).to(device)
+    model = field_module(create_student(student, classes, channels, size, **protocol.student_kwargs.get(student, {})))
+    model = model.to(device)
     epochs = args.epochs or protocol.epochs_for(ipc)
     if protocol.needs_teacher:
         opt = torch.optim.AdamW(model.parameters(), lr=protocol.lr_for(student), weight_decay=protocol.weight_decay)
@@ -187,28 +205,13 @@ def reference_loop(student, images, labels, test, classes, ipc, protocol, args, 
     return train_seconds, time.perf_counter() - t1, correct / len(test[1])
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", default="fashion-mnist")
-    p.add_argument("--student", default="convnet3")
-    p.add_argument("--protocols", default="hard-label,soft-label", help="comma-separated protocols of the suite")
-    p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=None, help="epochs of both loops (default: the protocol's)")
-    p.add_argument("--size", type=int, default=None, help="the student's input side (default: the images')")
-    p.add_argument("--test-images", type=int, default=None, help="the first N test images (default: all)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (a ddbench CPU trial has one)")
-    p.add_argument("--workers", type=int, default=0, help="the reference loop's DataLoader workers")
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default=None,
-        help="ddbench's loop in this precision instead of the device's (bf16 autocast also runs on a CPU with "
-        "AVX-512 BF16 or AMX; the rows of such a protocol are keyed apart); the reference loop stays fp32, as the "
-        "field's scripts run",
-    )
-    args = p.parse_args()
+def measure(args, name: str, loop: str) -> dict:
+    """One loop on one protocol, in a fresh process (the caller's): ddbench's loop as a trial runs it (the allocator
+    kept warm, harness/runtime/allocator.py), the reference as the field's scripts run, with glibc's defaults
+    unless --reference-keeps-freed-memory."""
     torch.set_num_threads(args.threads)
+    if loop == "ddbench" or args.reference_keeps_freed_memory:
+        keep_freed_memory()
     suite = load_suite(args.suite)
     real = load_real_data(suite.data)
     classes = len(real.classes)
@@ -233,45 +236,91 @@ def main():
         .eval()
         .to(args.device)
     )
-    print(
-        f"device {args.device}, {args.threads} thread(s), torch {torch.__version__}, ddbench's loop in "
-        f"{args.precision or 'the device precision'}; {args.student} at {size} px, "
-        f"{len(images)} images (IPC {args.ipc}), {n_test} test images"
-    )
-    print(
-        "| protocol | epochs | loop | train samples/s | test samples/s | all samples/s | accuracy |\n"
-        "|---|---|---|---|---|---|---|"
-    )
-    for name in args.protocols.split(","):
-        protocol = suite.protocols[name].for_student(args.student)
-        if args.epochs:
-            protocol = dataclasses.replace(protocol, epochs={}, epochs_beyond=args.epochs)
-        if args.size and args.size != real.image_size:
-            protocol = dataclasses.replace(protocol, input_size=args.size)
-        protocol = protocol.on_device(args.device)
+    protocol = suite.protocols[name].for_student(args.student)
+    if args.epochs:
+        protocol = dataclasses.replace(protocol, epochs={}, epochs_beyond=args.epochs)
+    if args.size and args.size != real.image_size:
+        protocol = dataclasses.replace(protocol, input_size=args.size)
+    protocol = protocol.on_device(args.device)
+    epochs = protocol.epochs_for(args.ipc)
+    t0 = time.perf_counter()
+    if loop == "ddbench":
         if args.precision:
             protocol = dataclasses.replace(protocol, precision=args.precision)
-        epochs = protocol.epochs_for(args.ipc)
-        trained = epochs * len(images)
-        t0 = time.perf_counter()
         row = train_student(
             args.student, images, labels, *test, classes, args.ipc, protocol, 0, device=args.device, teacher=teacher
         )
-        ours = (row["train_seconds"], row["test_seconds"], row["accuracy"], time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        theirs = (
-            *reference_loop(
-                args.student, images, labels, test, classes, args.ipc, protocol, args, teacher, args.device
-            ),
+        train_s, test_s, acc = row["train_seconds"], row["test_seconds"], row["accuracy"]
+    else:
+        train_s, test_s, acc = reference_loop(
+            args.student, images, labels, test, classes, args.ipc, protocol, args, field_module(teacher), args.device
         )
-        theirs = (*theirs, time.perf_counter() - t0)
+    return {
+        "train_s": train_s,
+        "test_s": test_s,
+        "accuracy": acc,
+        "whole_s": time.perf_counter() - t0,
+        "epochs": epochs,
+        "trained": epochs * len(images),
+        "n_test": n_test,
+        "images": len(images),
+        "size": size,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", default="fashion-mnist")
+    p.add_argument("--student", default="convnet3")
+    p.add_argument("--protocols", default="hard-label,soft-label", help="comma-separated protocols of the suite")
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=None, help="epochs of both loops (default: the protocol's)")
+    p.add_argument("--size", type=int, default=None, help="the student's input side (default: the images')")
+    p.add_argument("--test-images", type=int, default=None, help="the first N test images (default: all)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (a ddbench CPU trial has one)")
+    p.add_argument("--workers", type=int, default=0, help="the reference loop's DataLoader workers")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="ddbench's loop in this precision instead of the device's (bf16 autocast also runs on a CPU with "
+        "AVX-512 BF16 or AMX; the rows of such a protocol are keyed apart); the reference loop stays fp32, as the "
+        "field's scripts run",
+    )
+    p.add_argument(
+        "--reference-keeps-freed-memory",
+        action="store_true",
+        help="the reference loop with ddbench's allocator setting too: what is left of the ratio is the loop's",
+    )
+    args = p.parse_args()
+    spawn = multiprocessing.get_context("spawn")
+    header = False
+    for name in args.protocols.split(","):
+        figures = {}
+        for loop in ("ddbench", "reference"):
+            with spawn.Pool(1) as pool:  # each loop in a fresh process: neither inherits the other's heap
+                figures[loop] = pool.apply(measure, (args, name, loop))
+        if not header:
+            first = figures["ddbench"]
+            print(
+                f"device {args.device}, {args.threads} thread(s), torch {torch.__version__}, ddbench's loop in "
+                f"{args.precision or 'the device precision'}; {args.student} at {first['size']} px, "
+                f"{first['images']} images (IPC {args.ipc}), {first['n_test']} test images; reference allocator: "
+                f"{'ddbench' if args.reference_keeps_freed_memory else 'glibc defaults'}"
+            )
+            print(
+                "| protocol | epochs | loop | train samples/s | test samples/s | all samples/s | accuracy |\n"
+                "|---|---|---|---|---|---|---|"
+            )
+            header = True
         rates = []
-        for label, (train_s, test_s, acc, whole) in (("ddbench", ours), ("reference", theirs)):
-            rate = (trained + n_test) / whole
+        for loop, f in figures.items():
+            rate = (f["trained"] + f["n_test"]) / f["whole_s"]
             rates.append(rate)
             print(
-                f"| {name} | {epochs} | {label} | {trained / train_s:,.0f} | {n_test / test_s:,.0f} | {rate:,.0f} | "
-                f"{acc:.2%} |",
+                f"| {name} | {f['epochs']} | {loop} | {f['trained'] / f['train_s']:,.0f} | "
+                f"{f['n_test'] / f['test_s']:,.0f} | {rate:,.0f} | {f['accuracy']:.2%} |",
                 flush=True,
             )
         print(f"| {name} | | **ratio** | | | **{rates[0] / rates[1]:.2f}×** | |", flush=True)

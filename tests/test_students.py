@@ -1,10 +1,13 @@
 """Students: every architecture a user would name is built through timm at each suite's input size."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from harness.models.students import create_student, is_student
+from harness.models.students import AvgPool2x2, create_student, is_student
+from harness.models.training import SeedStack
 
 STUDENTS = [
     "convnet3",
@@ -121,3 +124,56 @@ def test_resnet18_instancenorm_trains():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] and all(p.grad is not None for p in model.parameters())
+
+
+def _with_torchs_pooling(model: nn.Module) -> nn.Module:
+    """The same model with PyTorch's own `nn.AvgPool2d(2, 2)` where ddbench's AvgPool2x2 stands."""
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, AvgPool2x2):
+                setattr(module, name, nn.AvgPool2d(2, 2))
+    return model
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,chans,size",
+    [
+        ("convnet3", {"width": 16}, 1, 28),  # 28 → 14 → 7 → 3: an odd side drops its last row and column
+        ("convnet3", {"width": 8}, 3, 32),
+        ("resnetap10", {"width": 8}, 1, 28),
+    ],
+)
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_average_pooling_is_pytorchs_bit_for_bit(name, kwargs, chans, size, bf16):
+    """AvgPool2x2 changes no number: outputs, gradients (input and weights) and the second derivative IGD's guidance
+    takes are bitwise those of nn.AvgPool2d(2, 2), in fp32 and under bf16 autocast."""
+    torch.manual_seed(0)
+    ours = create_student(name, 10, chans, size, **kwargs)
+    assert any(isinstance(m, AvgPool2x2) for m in ours.modules())
+    theirs = _with_torchs_pooling(ours)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()  # committed weights load into either
+    x = torch.randn(4, chans, size, size)
+    results = []
+    for model in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(xi).float()
+        grads = torch.autograd.grad(out.logsumexp(1).sum(), [xi, *model.parameters()], create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in grads[1:]), [xi])[0]
+        results.append([out, *grads, second])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_average_pooling_under_vmap_is_pytorchs():
+    """Seeds trained as one stack (torch.func.vmap) pool bitwise as the same stack with PyTorch's pooling."""
+    torch.manual_seed(0)
+    models = [create_student("convnet3", 10, 1, 28, width=8) for _ in range(2)]
+    x = torch.randn(2, 3, 1, 28, 28)
+    stacks = [SeedStack(models, vectorise=True), SeedStack([_with_torchs_pooling(m) for m in models], vectorise=True)]
+    outs = []
+    for stack in stacks:
+        out = stack(x)
+        out.square().sum().backward()
+        outs.append([out, *(stack.params[n].grad for n in sorted(stack.params))])
+    assert all(torch.equal(a, b) for a, b in zip(*outs))

@@ -38,6 +38,7 @@ from harness.core.sets import (
     write_shard,
 )
 from harness.models.data import RealData, load_real_data
+from harness.runtime.allocator import keep_freed_memory
 from harness.runtime.resources import ShardPeakMemory, machine
 from harness.stages.prepare import Prepared
 from methods import get_method
@@ -156,6 +157,7 @@ class ShardWorker:
     ):
         if threads:
             torch.set_num_threads(threads)
+        keep_freed_memory()
         self.suite, self.prepared, self.device = suite, prepared, device
         self.real = real if real is not None else load_real_data(suite.data)
         self.context = MethodContext(torch.device(device))  # models are loaded as methods ask for them
