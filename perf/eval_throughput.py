@@ -19,7 +19,9 @@ trial processes (harness/runtime/allocator.py), the reference with glibc's defau
     python perf/eval_throughput.py                      # CPU, ConvNet-3 at 28 px, the fashion suite, IPC 10
     python perf/eval_throughput.py --device cuda --student resnet18 --size 224
 
-Prints training and test samples/s of each, and the ratio (a)/(b). Single-threaded on CPU unless --threads.
+Prints training and test samples/s of each (medians of --repeats alternated runs: glibc's own heuristics make the
+reference's speed swing by up to 1.5× between processes), and the ratio (a)/(b). Single-threaded on CPU unless
+--threads.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import dataclasses
 import multiprocessing
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -225,6 +228,7 @@ def measure(args, name: str, loop: str) -> dict:
     idx = torch.cat(picks)
     images, labels = real.train.load(idx), real.train.labels[idx]
     size = args.size or real.image_size
+    torch.manual_seed(0)  # the same (untrained) teacher in every process
     teacher = (
         create_student(
             suite.teacher.arch,
@@ -293,37 +297,44 @@ def main():
         action="store_true",
         help="the reference loop with ddbench's allocator setting too: what is left of the ratio is the loop's",
     )
+    p.add_argument("--repeats", type=int, default=3, help="alternated runs of each loop; medians are printed")
     args = p.parse_args()
     spawn = multiprocessing.get_context("spawn")
     header = False
     for name in args.protocols.split(","):
-        figures = {}
-        for loop in ("ddbench", "reference"):
-            with spawn.Pool(1) as pool:  # each loop in a fresh process: neither inherits the other's heap
-                figures[loop] = pool.apply(measure, (args, name, loop))
+        runs = {"ddbench": [], "reference": []}
+        for _ in range(args.repeats):
+            for loop in runs:
+                with spawn.Pool(1) as pool:  # each loop in a fresh process: neither inherits the other's heap
+                    runs[loop].append(pool.apply(measure, (args, name, loop)))
         if not header:
-            first = figures["ddbench"]
+            first = runs["ddbench"][0]
             print(
                 f"device {args.device}, {args.threads} thread(s), torch {torch.__version__}, ddbench's loop in "
                 f"{args.precision or 'the device precision'}; {args.student} at {first['size']} px, "
                 f"{first['images']} images (IPC {args.ipc}), {first['n_test']} test images; reference allocator: "
-                f"{'ddbench' if args.reference_keeps_freed_memory else 'glibc defaults'}"
+                f"{'ddbench' if args.reference_keeps_freed_memory else 'glibc defaults'}; medians of "
+                f"{args.repeats} alternated runs"
             )
             print(
                 "| protocol | epochs | loop | train samples/s | test samples/s | all samples/s | accuracy |\n"
                 "|---|---|---|---|---|---|---|"
             )
             header = True
-        rates = []
-        for loop, f in figures.items():
-            rate = (f["trained"] + f["n_test"]) / f["whole_s"]
-            rates.append(rate)
+        rates = {loop: [(f["trained"] + f["n_test"]) / f["whole_s"] for f in fs] for loop, fs in runs.items()}
+        for loop, fs in runs.items():
+            f = fs[0]
+            train_rate = statistics.median(g["trained"] / g["train_s"] for g in fs)
+            test_rate = statistics.median(g["n_test"] / g["test_s"] for g in fs)
             print(
-                f"| {name} | {f['epochs']} | {loop} | {f['trained'] / f['train_s']:,.0f} | "
-                f"{f['n_test'] / f['test_s']:,.0f} | {rate:,.0f} | {f['accuracy']:.2%} |",
+                f"| {name} | {f['epochs']} | {loop} | {train_rate:,.0f} | {test_rate:,.0f} | "
+                f"{statistics.median(rates[loop]):,.0f} | {f['accuracy']:.2%} |",
                 flush=True,
             )
-        print(f"| {name} | | **ratio** | | | **{rates[0] / rates[1]:.2f}×** | |", flush=True)
+        pairs = [a / b for a, b in zip(rates["ddbench"], rates["reference"])]
+        spread = f" (runs: {min(pairs):.2f}–{max(pairs):.2f}×)" if len(pairs) > 1 else ""
+        ratio = statistics.median(rates["ddbench"]) / statistics.median(rates["reference"])
+        print(f"| {name} | | **ratio** | | | **{ratio:.2f}×**{spread} | |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from harness.runtime.allocator import release_freed_memory
+
 
 class ShardPeakMemory:
     """Peak memory of one shard, not of the actor's lifetime: actors are reused across shards and methods, so
@@ -18,7 +20,8 @@ class ShardPeakMemory:
     - `cuda_max_allocated`: torch's peak allocated CUDA memory, reset before the shard.
     - `shard_peak_rss` (Linux, CPU): writing 5 to /proc/self/clear_refs resets the kernel's resident
       high-water mark (VmHWM) to the current RSS; VmHWM is read back after the shard. It counts what the
-      process already holds (models, real data) as well as what the shard allocates.
+      process already holds (models, real data) as well as what the shard allocates; the freed memory that the
+      allocator keeps for reuse (harness/runtime/allocator.py) is handed back first.
     - `process_max_rss`: where that reset is not possible, the process's lifetime peak, an upper bound.
     """
 
@@ -31,6 +34,7 @@ class ShardPeakMemory:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        release_freed_memory()  # what earlier shards freed and the allocator keeps is not this shard's
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
