@@ -20,13 +20,14 @@ trial processes (harness/runtime/allocator.py), the reference with glibc's defau
     python perf/eval_throughput.py --device cuda --student resnet18 --size 224
 
 Prints training and test samples/s of each (medians of --repeats alternated runs: glibc's own heuristics make the
-reference's speed swing by up to 1.5× between processes), and the ratio (a)/(b). Single-threaded on CPU unless
+reference's speed swing by up to 1.8× between processes), and the ratio (a)/(b). Single-threaded on CPU unless
 --threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import multiprocessing
 import random
@@ -299,14 +300,18 @@ def main():
     )
     p.add_argument("--repeats", type=int, default=3, help="alternated runs of each loop; medians are printed")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     spawn = multiprocessing.get_context("spawn")
     header = False
     for name in args.protocols.split(","):
         runs = {"ddbench": [], "reference": []}
         for _ in range(args.repeats):
             for loop in runs:
-                with spawn.Pool(1) as pool:  # each loop in a fresh process: neither inherits the other's heap
-                    runs[loop].append(pool.apply(measure, (args, name, loop)))
+                # Each loop in a fresh process (neither inherits the other's heap), not a daemon: the reference's
+                # DataLoader may start workers of its own (--workers).
+                with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                    runs[loop].append(pool.submit(measure, args, name, loop).result())
         if not header:
             first = runs["ddbench"][0]
             print(

@@ -36,12 +36,15 @@ print(tuned, keep_freed_memory(), before, after, kept - resident_mb())
 """
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page faults and VmRSS are read from Linux")
 def test_freed_memory_is_kept_for_the_next_step_and_released_on_demand():
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
     tuned, again, before, after, released_mb = out.stdout.split()
     if tuned != "True":
         pytest.skip("this C library has no glibc mallopt")
     assert again == "True"  # idempotent: a Ray worker runs many trials
-    assert int(before) > 5_000  # glibc's own heuristics fault in 6,656–43,168 pages (4 KiB) over these 5 steps
+    if int(before) < 5_000:  # e.g. transparent huge pages always on, or MALLOC_* set: nothing here to take away
+        pytest.skip(f"glibc's defaults faulted only {before} pages over 5 steps on this machine")
+    # glibc's own heuristics faulted 6,656–43,168 pages (4 KiB) over these 5 steps here
     assert int(after) < 500  # 0 measured
-    assert int(released_mb) > 30  # the step's 48 MB, kept, go back to the kernel for a peak-memory measurement
+    assert int(released_mb) > 30  # a step's 48 MB, kept, go back to the kernel (71–139 MB measured with the rest)

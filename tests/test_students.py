@@ -177,3 +177,24 @@ def test_average_pooling_under_vmap_is_pytorchs():
         out.square().sum().backward()
         outs.append([out, *(stack.params[n].grad for n in sorted(stack.params))])
     assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_average_pooling_is_pytorchs_in_the_corners():
+    """Forward-mode and batched derivatives (jacfwd, jacrev) are PyTorch's bit for bit; a window or gradient of −0
+    gives +0 as PyTorch's kernel does (its sums start at +0); channels-last input pools alike; inputs PyTorch's
+    kernel refuses are refused by it (they go to it)."""
+    pool, torchs = AvgPool2x2(), nn.AvgPool2d(2, 2)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    assert torch.equal(torch.func.jacfwd(pool)(x), torch.func.jacfwd(torchs)(x))
+    assert torch.equal(torch.func.jacrev(pool)(x), torch.func.jacrev(torchs)(x))
+    zeros = (-torch.zeros(1, 1, 4, 4)).requires_grad_()
+    out = pool(zeros)
+    (grad,) = torch.autograd.grad(out, zeros, -torch.zeros_like(out))
+    assert not torch.signbit(out).any() and not torch.signbit(grad).any()
+    last = torch.randn(2, 3, 6, 7).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pool(last), torchs(last))
+    for refused in (torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.zeros(4, 4), torch.zeros(1, 1, 1, 1)):
+        with pytest.raises((RuntimeError, NotImplementedError, IndexError)):
+            torchs(refused)
+        with pytest.raises((RuntimeError, NotImplementedError, IndexError)):
+            pool(refused)

@@ -27,21 +27,23 @@ def _reject_unknown_options(model: str, factory_args: dict) -> None:
 
 def _pooled(x: torch.Tensor) -> torch.Tensor:
     """2×2 windows averaged as PyTorch's CPU kernel does, bit for bit: ((a + b) + c) + d in the input's opmath type
-    (fp32 for bf16 / fp16), then ÷ 4; an odd last row or column dropped (floor mode)."""
+    (fp32 for bf16 / fp16), + 0 (the kernel's sum starts at +0, so a window of −0 gives +0), then ÷ 4; an odd last
+    row or column dropped (floor mode)."""
     v = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
     total = v[..., 0::2, 0::2].to(torch.promote_types(x.dtype, torch.float32)) + v[..., 0::2, 1::2]
     total += v[..., 1::2, 0::2]
     total += v[..., 1::2, 1::2]
-    return total.div_(4).to(x.dtype)
+    return total.add_(0.0).div_(4).to(x.dtype)
 
 
-def _spread(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The gradient of `_pooled`: each window's grad ÷ 4 in all four of its pixels, zero in a dropped row or column,
-    as PyTorch's kernel writes it (0 + grad ÷ 4; a bf16 tensor is divided in fp32 and rounded, as there). Written
-    into a tensor `like` the input, so that it is batched where the input is (vmap) and keeps its memory format."""
-    h, w = like.shape[-2] // 2 * 2, like.shape[-1] // 2 * 2
-    quarter = grad / 4
-    out = torch.empty_like(like) if (h, w) == like.shape[-2:] else torch.zeros_like(like)
+def _spread(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The gradient of `_pooled` for an input of `shape`: each window's grad ÷ 4 (+ 0, as the kernel adds it to a
+    zeroed tensor) in all four of its pixels, zero in a dropped row or column; a bf16 tensor is divided in fp32
+    and rounded, as there. Built from `grad`, so that it is batched where the gradient is (vmap, jacrev); in the
+    default memory format (an input's format cannot be asked under vmap, and a gradient may take any)."""
+    h, w = shape[-2] // 2 * 2, shape[-1] // 2 * 2
+    quarter = (grad / 4).add_(0.0)
+    out = grad.new_empty(shape) if (h, w) == shape[-2:] else grad.new_zeros(shape)
     out[..., 0:h:2, 0:w:2] = quarter
     out[..., 0:h:2, 1:w:2] = quarter
     out[..., 1:h:2, :w] = out[..., 0:h:2, :w]
@@ -57,11 +59,15 @@ class _Pool2x2(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
+        ctx.shape = inputs[0].shape
 
     @staticmethod
     def backward(ctx, grad):
-        return _Spread2x2.apply(grad, ctx.saved_tensors[0])
+        return _Spread2x2.apply(grad, ctx.shape)
+
+    @staticmethod
+    def jvp(ctx, tangent):  # linear: the derivative is the pooling itself, as PyTorch's forward-mode rule has it
+        return _pooled(tangent)
 
 
 class _Spread2x2(torch.autograd.Function):
@@ -71,29 +77,44 @@ class _Spread2x2(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(grad, like):
-        return _spread(grad, like)
+    def forward(grad, shape):
+        return _spread(grad, shape)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        pass
+        ctx.shape = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
         return _Pool2x2.apply(grad), None
 
+    @staticmethod
+    def jvp(ctx, tangent, *_):
+        return _spread(tangent, ctx.shape)
+
 
 class AvgPool2x2(nn.AvgPool2d):
-    """`nn.AvgPool2d(2, 2)`, the same numbers bit for bit (forward, gradient and second derivative; tested), in a
-    quarter of the time on a CPU: PyTorch's CPU kernels for it loop per window (forward) and zero-fill then scatter
-    (backward), ~25 % of a ConvNet-3 training step at 28 px in fp32 and ~40 % in bf16 (docs/performance.md). Other
-    devices run PyTorch's kernel, which is fast there."""
+    """`nn.AvgPool2d(2, 2)`, the same numbers bit for bit (forward, gradient, second derivative and forward-mode
+    derivative; tested), in a quarter (fp32) to two fifths (bf16) of the time on a CPU: PyTorch's CPU kernels for
+    it loop per window (forward) and zero-fill then scatter (backward), ~25 % of a ConvNet-3 training step at
+    28 px in fp32 and ~40 % in bf16 (docs/performance.md). Other devices, and inputs PyTorch's kernel would
+    refuse or treat specially (not floating point, not 3-D or 4-D, a side under 2, settings changed after
+    construction), take PyTorch's kernel."""
 
     def __init__(self):
         super().__init__(2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Pool2x2.apply(x) if x.device.type == "cpu" else super().forward(x)
+        if (
+            x.device.type == "cpu"
+            and x.is_floating_point()
+            and x.dim() in (3, 4)
+            and min(x.shape[-2:]) >= 2
+            and (self.kernel_size, self.stride, self.padding, self.ceil_mode) == (2, 2, 0, False)
+            and self.divisor_override is None
+        ):
+            return _Pool2x2.apply(x)
+        return super().forward(x)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

@@ -23,7 +23,7 @@ from harness.core.store import COMMITTED_RESULTS, ResultStore
 from harness.models.data import load_real_data
 from harness.models.protocols import Protocol, reference_protocol
 from harness.models.training import train_student
-from harness.runtime.allocator import keep_freed_memory
+from harness.runtime.allocator import keep_freed_memory, release_freed_memory
 from harness.runtime.data_parallel import run_data_parallel
 
 
@@ -141,6 +141,7 @@ def _train_group(
 ) -> list[dict]:
     """Load the group's set (or the real training split) and its teacher, train its seeds, make its rows."""
     keep_freed_memory()
+    release_freed_memory()  # what an earlier group on this (reused) worker freed: it may sit below live blocks
     started = time.perf_counter()
     images, labels, protocol, validation = _trial_data(trials[0], protocol, classes, channels, suite)
     if teacher is None and protocol.needs_teacher:

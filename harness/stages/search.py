@@ -42,7 +42,7 @@ from harness.core.store import ResultStore
 from harness.models.data import RealData
 from harness.models.protocols import reference_protocol
 from harness.models.training import train_student
-from harness.runtime.allocator import keep_freed_memory
+from harness.runtime.allocator import keep_freed_memory, release_freed_memory
 from harness.stages.distill import distill_here, plan
 from harness.stages.prepare import Prepared
 from methods import get_method
@@ -182,6 +182,7 @@ def run_trial(
         return
     torch.set_num_threads(1)
     keep_freed_memory()
+    release_freed_memory()  # what an earlier trial on this (reused) worker freed
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     trial_suite = (
         suite if spec.protocol_search else suite.with_method_config(spec.method, _typed(suite, spec.method, drawn))
