@@ -46,7 +46,7 @@ from torchvision import transforms  # noqa: E402
 
 from harness.config.loader import load_suite  # noqa: E402
 from harness.models.data import load_real_data  # noqa: E402
-from harness.models.students import AvgPool2x2, create_student  # noqa: E402
+from harness.models.students import create_student, with_torchs_pooling  # noqa: E402
 from harness.models.training import train_student  # noqa: E402
 from harness.runtime.allocator import keep_freed_memory  # noqa: E402
 
@@ -83,17 +83,6 @@ class ShufflePatches(torch.nn.Module):
 
     def forward(self, img):
         return self.shuffle(self.shuffle(img).permute(0, 2, 1)).permute(0, 2, 1)
-
-
-def field_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The student as the reference scripts build it: ddbench's ConvNet / ResNetAP compute 2×2 average pooling with
-    their own CPU kernel (AvgPool2x2: the same numbers bit for bit, in less time); the field's modules use
-    `nn.AvgPool2d(2, 2)` (e.g. DC's utils.py ConvNet, Minimax's train_models/resnet_ap.py)."""
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, AvgPool2x2):
-                setattr(module, name, torch.nn.AvgPool2d(2, 2))
-    return model
 
 
 def rand_bbox(size, lam):
@@ -156,8 +145,8 @@ def reference_loop(student, images, labels, test, classes, ipc, protocol, args, 
         num_workers=args.workers,
         pin_memory=device == "cuda",
     )
-    model = field_module(create_student(student, classes, channels, size, **protocol.student_kwargs.get(student, {})))
-    model = model.to(device)
+    model = create_student(student, classes, channels, size, **protocol.student_kwargs.get(student, {}))
+    model = with_torchs_pooling(model).to(device)
     epochs = args.epochs or protocol.epochs_for(ipc)
     if protocol.needs_teacher:
         opt = torch.optim.AdamW(model.parameters(), lr=protocol.lr_for(student), weight_decay=protocol.weight_decay)
@@ -258,7 +247,16 @@ def measure(args, name: str, loop: str) -> dict:
         train_s, test_s, acc = row["train_seconds"], row["test_seconds"], row["accuracy"]
     else:
         train_s, test_s, acc = reference_loop(
-            args.student, images, labels, test, classes, args.ipc, protocol, args, field_module(teacher), args.device
+            args.student,
+            images,
+            labels,
+            test,
+            classes,
+            args.ipc,
+            protocol,
+            args,
+            with_torchs_pooling(teacher),
+            args.device,
         )
     return {
         "train_s": train_s,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.models.students import AvgPool2x2, create_student, is_student
+from harness.models.students import AvgPool2x2, create_student, is_student, with_torchs_pooling
 from harness.models.training import SeedStack
 
 STUDENTS = [
@@ -126,16 +126,6 @@ def test_resnet18_instancenorm_trains():
     assert losses[-1] < losses[0] and all(p.grad is not None for p in model.parameters())
 
 
-def _with_torchs_pooling(model: nn.Module) -> nn.Module:
-    """The same model with PyTorch's own `nn.AvgPool2d(2, 2)` where ddbench's AvgPool2x2 stands."""
-    model = copy.deepcopy(model)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, AvgPool2x2):
-                setattr(module, name, nn.AvgPool2d(2, 2))
-    return model
-
-
 @pytest.mark.parametrize(
     "name,kwargs,chans,size",
     [
@@ -151,7 +141,7 @@ def test_average_pooling_is_pytorchs_bit_for_bit(name, kwargs, chans, size, bf16
     torch.manual_seed(0)
     ours = create_student(name, 10, chans, size, **kwargs)
     assert any(isinstance(m, AvgPool2x2) for m in ours.modules())
-    theirs = _with_torchs_pooling(ours)
+    theirs = with_torchs_pooling(copy.deepcopy(ours))
     assert ours.state_dict().keys() == theirs.state_dict().keys()  # committed weights load into either
     x = torch.randn(4, chans, size, size)
     results = []
@@ -170,7 +160,8 @@ def test_average_pooling_under_vmap_is_pytorchs():
     torch.manual_seed(0)
     models = [create_student("convnet3", 10, 1, 28, width=8) for _ in range(2)]
     x = torch.randn(2, 3, 1, 28, 28)
-    stacks = [SeedStack(models, vectorise=True), SeedStack([_with_torchs_pooling(m) for m in models], vectorise=True)]
+    theirs = [with_torchs_pooling(copy.deepcopy(m)) for m in models]
+    stacks = [SeedStack(models, vectorise=True), SeedStack(theirs, vectorise=True)]
     outs = []
     for stack in stacks:
         out = stack(x)

@@ -117,6 +117,17 @@ class AvgPool2x2(nn.AvgPool2d):
         return super().forward(x)
 
 
+def with_torchs_pooling(model: nn.Module) -> nn.Module:
+    """`model` with PyTorch's own nn.AvgPool2d(2, 2) wherever AvgPool2x2 stands (in place; returned): the module
+    as the field's scripts build it, for a like-for-like comparison of loops (perf/eval_throughput.py) and for
+    the tests that pin AvgPool2x2 to it."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, AvgPool2x2):
+                setattr(module, name, nn.AvgPool2d(2, 2))
+    return model
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instancenorm":  # the field's ConvNet default: GroupNorm with one group per channel
         return nn.GroupNorm(channels, channels, affine=True)
