@@ -171,13 +171,15 @@ def test_average_pooling_under_vmap_is_pytorchs():
 
 
 def test_average_pooling_is_pytorchs_in_the_corners():
-    """Forward-mode and batched derivatives (jacfwd, jacrev) are PyTorch's bit for bit; a window or gradient of −0
-    gives +0 as PyTorch's kernel does (its sums start at +0); channels-last input pools alike; inputs PyTorch's
-    kernel refuses are refused by it (they go to it)."""
+    """Forward-mode and batched derivatives (jacfwd, jacrev, the Hessian) are PyTorch's bit for bit; a window or
+    gradient of −0 gives +0 as PyTorch's kernel does (its sums start at +0); channels-last input pools alike;
+    inputs PyTorch's kernel refuses are refused by it (they go to it)."""
     pool, torchs = AvgPool2x2(), nn.AvgPool2d(2, 2)
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
     assert torch.equal(torch.func.jacfwd(pool)(x), torch.func.jacfwd(torchs)(x))
     assert torch.equal(torch.func.jacrev(pool)(x), torch.func.jacrev(torchs)(x))
+    cubed = lambda module: lambda t: module(t).pow(3).sum()  # noqa: E731 — a non-linear loss: a real Hessian
+    assert torch.equal(torch.func.hessian(cubed(pool))(x), torch.func.hessian(cubed(torchs))(x))
     zeros = (-torch.zeros(1, 1, 4, 4)).requires_grad_()
     out = pool(zeros)
     (grad,) = torch.autograd.grad(out, zeros, -torch.zeros_like(out))

@@ -59,11 +59,11 @@ class _Pool2x2(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.shape = inputs[0].shape
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad):
-        return _Spread2x2.apply(grad, ctx.shape)
+        return _Spread2x2.apply(grad, ctx.saved_tensors[0])
 
     @staticmethod
     def jvp(ctx, tangent):  # linear: the derivative is the pooling itself, as PyTorch's forward-mode rule has it
@@ -76,13 +76,15 @@ class _Spread2x2(torch.autograd.Function):
 
     generate_vmap_rule = True
 
+    # The input rides along as a tensor, for its shape only: a torch.Size argument is taken apart as a pytree by
+    # forward-mode transforms (torch.func.hessian) and fails there.
     @staticmethod
-    def forward(grad, shape):
-        return _spread(grad, shape)
+    def forward(grad, like):
+        return _spread(grad, like.shape)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.shape = inputs[1]
+        ctx.shape = inputs[1].shape
 
     @staticmethod
     def backward(ctx, grad):
